@@ -1,0 +1,43 @@
+# swarmless: the two commands of the quick start are `make up` and `make test`.
+# Both set up what they need (venv, Docker Engine, base images) and are idempotent.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: up test setup venv engine images lint check bench clean
+
+up: setup
+	$(PY) -m swarmless.demo
+
+test: setup lint
+	bash scripts/pytest.sh $(PYTEST_ARGS)
+
+setup: venv engine images
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev,postgres]'
+	touch $@
+
+engine:
+	bash scripts/engine.sh
+
+images: engine
+	bash scripts/base-images.sh
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy --strict src/
+
+bench: setup
+	$(PY) bench/run_overhead.py
+
+clean:
+	-$(VENV)/bin/swarmless gc
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Build the base images swarmless and its tests need, locally, when they are absent.
+#
+#   swarmless/busybox:latest   FROM scratch + a static busybox (a few MB)
+#   swarmless/python:bookworm  Debian bookworm minbase + python3 (debootstrap + docker import)
+#
+# Idempotent: an image that is already present is skipped. Set SWARMLESS_BASE_IMAGE_PULL=1
+# to try `docker pull` of an upstream image first (for engines that can reach a registry).
+set -euo pipefail
+
+BUSYBOX_IMAGE=${SWARMLESS_BUSYBOX_IMAGE:-swarmless/busybox:latest}
+PYTHON_IMAGE=${SWARMLESS_BASE_IMAGE:-swarmless/python:bookworm}
+SUITE=${SWARMLESS_DEBIAN_SUITE:-bookworm}
+MIRROR=${SWARMLESS_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+say() { printf 'base-images: %s\n' "$*" >&2; }
+have() { docker image inspect "$1" >/dev/null 2>&1; }
+
+need_root_pkg() {  # need_root_pkg CMD PACKAGE
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing $2"
+    apt-get install -y -q "$2" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "$2" >/dev/null; }
+  else
+    say "need '$1' (Debian package $2); install it as root, or pull/tag an image as $3"
+    exit 1
+  fi
+}
+
+build_busybox() {
+  if have "$BUSYBOX_IMAGE"; then say "$BUSYBOX_IMAGE present"; return; fi
+  if [ "${SWARMLESS_BASE_IMAGE_PULL:-0}" = 1 ] && docker pull -q busybox:stable >/dev/null 2>&1; then
+    docker tag busybox:stable "$BUSYBOX_IMAGE"; say "$BUSYBOX_IMAGE tagged from busybox:stable"; return
+  fi
+  local bb
+  bb=$(command -v busybox || true)
+  if [ -z "$bb" ] || ! file -L "$bb" 2>/dev/null | grep -q 'statically linked'; then
+    need_root_pkg busybox busybox-static "$BUSYBOX_IMAGE"
+    bb=/bin/busybox
+  fi
+  local ctx
+  ctx=$(mktemp -d)
+  trap 'rm -rf "$ctx"' RETURN
+  cp "$bb" "$ctx/busybox"
+  cat >"$ctx/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+ENV PATH=/bin
+CMD ["/bin/sh"]
+DOCKERFILE
+  say "building $BUSYBOX_IMAGE"
+  docker build -q --label swarmless.base=busybox -t "$BUSYBOX_IMAGE" "$ctx" >"$ctx/build.log" 2>&1 \
+    || { cat "$ctx/build.log" >&2; exit 1; }
+}
+
+build_python() {
+  if have "$PYTHON_IMAGE"; then say "$PYTHON_IMAGE present"; return; fi
+  if [ "${SWARMLESS_BASE_IMAGE_PULL:-0}" = 1 ] && docker pull -q python:3.11-slim-bookworm >/dev/null 2>&1; then
+    docker tag python:3.11-slim-bookworm "$PYTHON_IMAGE"; say "$PYTHON_IMAGE tagged from python:3.11-slim-bookworm"; return
+  fi
+  need_root_pkg debootstrap debootstrap "$PYTHON_IMAGE"
+  local root
+  root=$(mktemp -d /var/tmp/swarmless-rootfs.XXXXXX)
+  trap 'rm -rf "$root"' RETURN
+  say "debootstrap $SUITE into $root (about a minute)"
+  debootstrap --variant=minbase --include=python3 "$SUITE" "$root" "$MIRROR" >"$root.log" 2>&1 \
+    || { say "debootstrap failed; see $root.log"; exit 1; }
+  rm -f "$root.log"
+  # Slim the tree: apt lists, caches, docs and man pages are not needed at run time.
+  rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/usr/share/doc/* \
+         "$root"/usr/share/man/* "$root"/usr/share/locale/* "$root"/var/log/*
+  say "importing $PYTHON_IMAGE"
+  tar -C "$root" -c . | docker import \
+    -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    -c 'ENV LANG=C.UTF-8' -c 'ENV PYTHONUNBUFFERED=1' -c 'CMD ["python3"]' \
+    -c 'LABEL swarmless.base=python' \
+    - "$PYTHON_IMAGE" >/dev/null
+}
+
+what=${1:-all}
+case "$what" in
+  busybox) build_busybox ;;
+  python) build_python ;;
+  all) build_busybox; build_python ;;
+  *) say "usage: $0 [all|busybox|python]"; exit 2 ;;
+esac

@@ -1,0 +1,55 @@
+"""swarmless: serverless functions on Docker.
+
+>>> import swarmless
+>>> swarmless.from_env().run("swarmless/busybox", ["echo", "hi"])
+b'hi\\n'
+"""
+
+from swarmless.config import Settings
+from swarmless.exceptions import (
+    ContainerError,
+    EngineUnavailable,
+    FunctionFailed,
+    FunctionNotFound,
+    ImageNotFound,
+    InvalidArgument,
+    InvocationNotFound,
+    InvocationTimeout,
+    NotFound,
+    OOMKilled,
+    PayloadTooLarge,
+    QueueFull,
+    RunTimeout,
+    SpecError,
+    SwarmlessError,
+    Unauthorized,
+)
+from swarmless.sdk import AsyncClient, AsyncRun, Client, Run, from_env
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "AsyncRun",
+    "Client",
+    "ContainerError",
+    "EngineUnavailable",
+    "FunctionFailed",
+    "FunctionNotFound",
+    "ImageNotFound",
+    "InvalidArgument",
+    "InvocationNotFound",
+    "InvocationTimeout",
+    "NotFound",
+    "OOMKilled",
+    "PayloadTooLarge",
+    "QueueFull",
+    "Run",
+    "RunTimeout",
+    "Settings",
+    "SpecError",
+    "SwarmlessError",
+    "Unauthorized",
+    "__version__",
+    "from_env",
+]

@@ -1,0 +1,112 @@
+"""``swarmless doctor``: what the engine, Swarm and base images look like, with fixes."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import click
+from rich.table import Table
+
+from swarmless.cli._base import console, main
+from swarmless.config import Settings
+from swarmless.engine import LABEL_MANAGED, connect, engine_address, translate
+from swarmless.exceptions import SwarmlessError
+
+BUSYBOX_IMAGE = "swarmless/busybox:latest"
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    """Look at the engine and say what is fine and what to do about the rest."""
+    address = engine_address(settings.docker_host)
+    try:
+        client = connect(settings.docker_host, timeout=10)
+        with translate(docker_host=settings.docker_host):
+            version = client.version()
+            info = client.info()
+    except SwarmlessError as e:
+        return [Check("engine", False, f"{address}: {e.message}", "sudo scripts/engine.sh")]
+    checks = [
+        Check(
+            "engine",
+            True,
+            f"{address}: Docker {version.get('Version')} (API {version.get('ApiVersion')}), "
+            f"{info.get('Driver')}, cgroup v{info.get('CgroupVersion', '?')}",
+        )
+    ]
+    swarm = info.get("Swarm", {})
+    state = swarm.get("LocalNodeState", "inactive")
+    if state == "active":
+        nodes = swarm.get("Nodes", "?")
+        role = "manager" if swarm.get("ControlAvailable") else "worker"
+        checks.append(Check("swarm", True, f"active, this node is a {role}, {nodes} node(s)"))
+    else:
+        checks.append(
+            Check(
+                "swarm",
+                True,
+                f"{state} (only needed for the swarm backend)",
+                "scripts/engine.sh swarm   # docker swarm init",
+            )
+        )
+    for image in (settings.base_image, BUSYBOX_IMAGE):
+        try:
+            with translate(image=image):
+                img = client.images.get(image)
+            size = img.attrs.get("Size", 0) / 1e6
+            checks.append(Check(f"image {image}", True, f"present, {size:.0f} MB"))
+        except SwarmlessError:
+            checks.append(
+                Check(f"image {image}", False, "missing", "scripts/base-images.sh  # builds it")
+            )
+    with translate():
+        leftovers = client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+    exited = [c for c in leftovers if c.status in ("exited", "dead", "created")]
+    checks.append(
+        Check(
+            "containers",
+            not exited,
+            f"{len(leftovers)} swarmless container(s), {len(exited)} exited",
+            "swarmless gc   # removes exited swarmless containers" if exited else "",
+        )
+    )
+    client.close()
+    return checks
+
+
+@main.command()
+def doctor() -> None:
+    """Check the engine, Swarm state and base images; print a fix for each problem."""
+    checks = run_checks(Settings.load())
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("check")
+    table.add_column("")
+    table.add_column("detail")
+    table.add_column("fix")
+    for c in checks:
+        table.add_row(c.name, "[green]ok[/green]" if c.ok else "[red]!![/red]", c.detail, c.fix)
+    console.print(table)
+    if not all(c.ok for c in checks):
+        sys.exit(1)
+
+
+@main.command()
+def gc() -> None:
+    """Remove exited swarmless-labelled containers (left by detached runs)."""
+    settings = Settings.load()
+    client = connect(settings.docker_host)
+    removed = 0
+    with translate():
+        for c in client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"}):
+            if c.status in ("exited", "dead", "created"):
+                c.remove(force=True)
+                removed += 1
+    click.echo(f"removed {removed} container(s)")

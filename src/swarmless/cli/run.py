@@ -1,0 +1,80 @@
+"""``swarmless run IMAGE [ARGS...]``: run an image as a function call."""
+
+from __future__ import annotations
+
+import sys
+from typing import BinaryIO
+
+import click
+
+from swarmless.cli._base import err_console, main
+from swarmless.exceptions import ContainerError, RunTimeout
+from swarmless.sdk.client import from_env
+from swarmless.sdk.run import RunOptions, run_container, start_container
+
+
+def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="-e/--env")
+        env[key] = value
+    return env
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("image")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("-d", "--detach", is_flag=True, help="Start and print the container id.")
+@click.option("-i", "--input", "input_", type=click.File("rb"), help="File (or -) fed to stdin.")
+@click.option("-e", "--env", multiple=True, metavar="KEY=VAL", help="Environment variable.")
+@click.option("-t", "--timeout", type=float, envvar="SWARMLESS_RUN_TIMEOUT", help="Seconds.")
+@click.option("--memory", help="Memory limit, e.g. 256m.")
+@click.option("--cpus", type=float, help="CPU limit, e.g. 0.5.")
+@click.option("--network", help="Docker network to join.")
+@click.option("--pull", type=click.Choice(["missing", "always", "never"]), default="missing")
+def run(
+    image: str,
+    args: tuple[str, ...],
+    detach: bool,
+    input_: BinaryIO | None,
+    env: tuple[str, ...],
+    timeout: float | None,
+    memory: str | None,
+    cpus: float | None,
+    network: str | None,
+    pull: str,
+) -> None:
+    """Run IMAGE with ARGS; print its stdout, propagate its exit status."""
+    client = from_env()
+    stdin = input_.read() if input_ is not None else None
+    opts = RunOptions(
+        image,
+        list(args) or None,
+        stdin=stdin,
+        env=_parse_env(env),
+        timeout=timeout,
+        memory=memory,
+        cpus=cpus,
+        network=network,
+        pull=pull,  # type: ignore[arg-type]  # click.Choice checked it
+        stderr=sys.stderr.buffer,
+        # Detached, the caller owns the container (docker logs / rm); it stays labelled.
+        remove=not detach,
+    )
+    api = client.docker.api
+    if detach:
+        click.echo(start_container(api, opts).id)
+        return
+    try:
+        out = run_container(api, opts)
+    except ContainerError as e:
+        err_console.print(f"[red]exit status {e.exit_status}[/red]")
+        sys.exit(e.exit_status)
+    except RunTimeout as e:
+        err_console.print(f"[red]timeout:[/red] {e.message}")
+        sys.exit(124)
+    assert isinstance(out, bytes)
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()

@@ -1,0 +1,97 @@
+"""Settings, stated once.
+
+Precedence, highest first:
+
+1. keyword arguments (``Settings.load(gateway_url=...)``, ``swarmless.from_env(...)``);
+2. ``SWARMLESS_*`` environment variables (``SWARMLESS_GATEWAY_URL``, ``SWARMLESS_TOKEN``, ...);
+   the Docker address comes from ``DOCKER_HOST`` and friends, read by the Docker SDK;
+3. the ``settings:`` section of ``swarmless.yml`` in the current directory (or the file named
+   by ``SWARMLESS_CONFIG``);
+4. the defaults below.
+
+>>> Settings.load(gateway_url="http://127.0.0.1:9999").gateway_url
+'http://127.0.0.1:9999'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from swarmless.exceptions import InvalidArgument
+
+__all__ = ["Settings", "default_data_dir"]
+
+
+def default_data_dir() -> Path:
+    """Where the gateway keeps its store and token when nothing else is said."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "swarmless"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything swarmless reads from its environment, in one place."""
+
+    #: Address of the gateway, for deployed functions (invoke, spawn, map).
+    gateway_url: str = "http://127.0.0.1:8080"
+    #: Bearer token for the gateway's admin routes, or a worker's scoped token.
+    token: str | None = None
+    #: Where the gateway keeps its store, token and logs.
+    data_dir: Path = dataclasses.field(default_factory=default_data_dir)
+    #: The image warm functions and scaffolded functions are built on.
+    base_image: str = "swarmless/python:bookworm"
+    #: The user-defined bridge network function containers join.
+    network: str = "swarmless"
+    #: Address and port the gateway listens on.
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Store URL (SQLAlchemy); empty means SQLite in ``data_dir``.
+    store_url: str = ""
+    #: ``docker`` (one engine) or ``swarm``.
+    backend: str = "docker"
+    #: Docker Engine address; None lets the Docker SDK read DOCKER_HOST and friends.
+    docker_host: str | None = None
+    #: Address containers use to reach the gateway; empty means work it out from the network.
+    advertise_url: str = ""
+
+    @classmethod
+    def load(cls, config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+        """Settings from kwargs > ``SWARMLESS_*`` env > ``swarmless.yml`` > defaults."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(overrides) - set(fields)
+        if unknown:
+            raise InvalidArgument(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        path = Path(config_file or os.environ.get("SWARMLESS_CONFIG") or "swarmless.yml")
+        if path.is_file():
+            doc = yaml.safe_load(path.read_text()) or {}
+            section = doc.get("settings") if isinstance(doc, dict) else None
+            if isinstance(section, dict):
+                values.update({k: v for k, v in section.items() if k in fields})
+        for name in fields:
+            env = os.environ.get(f"SWARMLESS_{name.upper()}")
+            if env is not None and env != "":
+                values[name] = env
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "port" in values:
+            try:
+                values["port"] = int(values["port"])
+            except (TypeError, ValueError):
+                raise InvalidArgument(f"port must be an integer, got {values['port']!r}") from None
+        if "data_dir" in values:
+            values["data_dir"] = Path(values["data_dir"]).expanduser()
+        if values.get("backend", "docker") not in ("docker", "swarm"):
+            raise InvalidArgument(f"backend must be 'docker' or 'swarm', got {values['backend']!r}")
+        if "gateway_url" in values:
+            values["gateway_url"] = str(values["gateway_url"]).rstrip("/")
+        return cls(**values)
+
+    @property
+    def store(self) -> str:
+        """The SQLAlchemy URL of the store."""
+        return self.store_url or f"sqlite:///{self.data_dir / 'swarmless.db'}"

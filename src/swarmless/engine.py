@@ -1,0 +1,103 @@
+"""The one place that connects to the Docker Engine and translates its errors.
+
+``docker.errors.*`` and ``requests`` connection errors never escape this package: every call
+into the Docker SDK runs inside :func:`translate`, which raises the swarmless error that
+says what happened and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from swarmless.exceptions import EngineUnavailable, ImageNotFound, SwarmlessError
+
+__all__ = [
+    "LABEL_CALL",
+    "LABEL_FUNCTION",
+    "LABEL_KIND",
+    "LABEL_MANAGED",
+    "LABEL_PARENT",
+    "connect",
+    "engine_address",
+    "managed_labels",
+    "translate",
+]
+
+#: Every object swarmless creates carries ``swarmless.managed=true``.
+LABEL_MANAGED = "swarmless.managed"
+#: What the object is: ``run``, ``oneshot``, ``cgi``, ``worker``, ``network``.
+LABEL_KIND = "swarmless.kind"
+#: The deployed function an object belongs to.
+LABEL_FUNCTION = "swarmless.function"
+#: The invocation a one-shot container serves.
+LABEL_CALL = "swarmless.call"
+#: The container that asked for this one (scoped Docker API).
+LABEL_PARENT = "swarmless.parent"
+
+#: Connections per engine client; 20 threads running containers at once must not queue.
+POOL_SIZE = 64
+
+
+def engine_address(docker_host: str | None = None) -> str:
+    """The engine address the Docker SDK will try, for error messages."""
+    return docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def managed_labels(kind: str, extra: dict[str, str] | None = None, **more: str) -> dict[str, str]:
+    """The labels every swarmless object carries, plus ``extra``."""
+    labels = {LABEL_MANAGED: "true", LABEL_KIND: kind}
+    labels.update({f"swarmless.{k}": v for k, v in more.items()})
+    if extra:
+        labels.update(extra)
+    return labels
+
+
+def connect(docker_host: str | None = None, *, timeout: float = 120) -> docker.DockerClient:
+    """A Docker SDK client; raises :class:`EngineUnavailable` when no engine answers."""
+    try:
+        if docker_host:
+            return docker.DockerClient(
+                base_url=docker_host, version="auto", timeout=int(timeout), max_pool_size=POOL_SIZE
+            )
+        return docker.from_env(timeout=int(timeout), max_pool_size=POOL_SIZE)
+    except docker.errors.DockerException as e:
+        raise EngineUnavailable(engine_address(docker_host), _short(e)) from e
+
+
+def _short(e: BaseException) -> str:
+    text = str(e)
+    # requests wraps the cause several times; the innermost reason is the useful one.
+    for marker in ("Connection refused", "No such file or directory", "Permission denied"):
+        if marker in text:
+            return marker
+    return text[:200]
+
+
+@contextlib.contextmanager
+def translate(*, image: str | None = None, docker_host: str | None = None) -> Iterator[None]:
+    """Run Docker SDK calls, raising swarmless errors instead of docker's."""
+    try:
+        yield
+    except docker.errors.ImageNotFound as e:
+        raise ImageNotFound(image or "?", _explanation(e)) from e
+    except docker.errors.NotFound as e:
+        if image and "No such image" in _explanation(e):
+            raise ImageNotFound(image, _explanation(e)) from e
+        raise SwarmlessError(f"not found on the engine: {_explanation(e)}") from e
+    except docker.errors.APIError as e:
+        raise SwarmlessError(f"Docker Engine refused: {_explanation(e)}") from e
+    except (requests.exceptions.ConnectionError, ConnectionError) as e:
+        raise EngineUnavailable(engine_address(docker_host), _short(e)) from e
+    except docker.errors.DockerException as e:
+        raise SwarmlessError(f"Docker SDK error: {e}") from e
+
+
+def _explanation(e: Any) -> str:
+    return str(getattr(e, "explanation", None) or e)

@@ -1,0 +1,221 @@
+"""The SDK's face: :func:`from_env`, :class:`Client` and its asyncio twin :class:`AsyncClient`.
+
+``Client.run`` talks to the Docker Engine directly (no gateway needed). The asyncio twin has
+the same semantics and no second implementation: the Docker SDK is synchronous, so each
+call runs the one implementation in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping, Sequence
+from typing import IO, Any, Literal, overload
+
+import docker
+
+from swarmless.config import Settings
+from swarmless.engine import connect
+from swarmless.sdk.run import Pull, Run, RunOptions, Stdin, run_container, start_container
+
+__all__ = ["AsyncClient", "AsyncRun", "Client", "from_env"]
+
+
+def from_env(**overrides: Any) -> Client:
+    """A client configured from the environment (``DOCKER_HOST``, ``SWARMLESS_*``).
+
+    Keyword arguments override settings (see :class:`swarmless.config.Settings`)::
+
+        client = swarmless.from_env()
+        client.run("swarmless/busybox", ["echo", "hello"])  # b"hello\\n"
+    """
+    return Client(settings=Settings.load(**overrides))
+
+
+class Client:
+    """Runs images as functions on a Docker Engine, and calls deployed functions."""
+
+    def __init__(self, *, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.load()
+        self._docker: docker.DockerClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def docker(self) -> docker.DockerClient:
+        """The Docker SDK client, connected on first use."""
+        if self._docker is None:
+            with self._lock:
+                if self._docker is None:
+                    self._docker = connect(self.settings.docker_host)
+        return self._docker
+
+    def close(self) -> None:
+        """Close the connections this client holds."""
+        if self._docker is not None:
+            self._docker.close()
+            self._docker = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @overload
+    def run(
+        self,
+        image: str,
+        command: str | Sequence[str] | None = None,
+        *,
+        detach: Literal[False] = False,
+        stdin: Stdin = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        network: str | None = None,
+        memory: int | str | None = None,
+        cpus: float | None = None,
+        user: str | None = None,
+        workdir: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        stdout: bool = True,
+        stderr: bool | IO[bytes] = False,
+        remove: bool = True,
+        pull: Pull = "missing",
+        text: bool = False,
+    ) -> bytes | str: ...
+
+    @overload
+    def run(
+        self,
+        image: str,
+        command: str | Sequence[str] | None = None,
+        *,
+        detach: Literal[True],
+        stdin: Stdin = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        network: str | None = None,
+        memory: int | str | None = None,
+        cpus: float | None = None,
+        user: str | None = None,
+        workdir: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        stdout: bool = True,
+        stderr: bool | IO[bytes] = False,
+        remove: bool = True,
+        pull: Pull = "missing",
+        text: bool = False,
+    ) -> Run: ...
+
+    def run(
+        self,
+        image: str,
+        command: str | Sequence[str] | None = None,
+        *,
+        detach: bool = False,
+        stdin: Stdin = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        network: str | None = None,
+        memory: int | str | None = None,
+        cpus: float | None = None,
+        user: str | None = None,
+        workdir: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        stdout: bool = True,
+        stderr: bool | IO[bytes] = False,
+        remove: bool = True,
+        pull: Pull = "missing",
+        text: bool = False,
+    ) -> bytes | str | Run:
+        """Run ``image`` with ``command`` as a function call.
+
+        Not detached: returns stdout (bytes, or str with ``text=True``; with ``stderr=True``
+        as well, both streams in arrival order; ``stderr=sys.stderr.buffer`` streams it to
+        that file as it arrives). A non-zero exit raises
+        :class:`~swarmless.ContainerError` with ``exit_status`` and ``stderr``; past
+        ``timeout`` seconds the container is killed and :class:`~swarmless.RunTimeout`
+        raised. With ``detach=True`` returns a :class:`Run` handle at once.
+
+        The container carries ``swarmless.*`` labels and is removed on every path unless
+        ``remove=False``. ``pull="missing"`` pulls an image that is not on the engine.
+
+        >>> client = from_env()
+        >>> client.run("swarmless/busybox", ["echo", "hello"], text=True)
+        'hello\\n'
+        """
+        opts = RunOptions(
+            image,
+            command,
+            stdin=stdin,
+            env=env,
+            timeout=timeout,
+            network=network,
+            memory=memory,
+            cpus=cpus,
+            user=user,
+            workdir=workdir,
+            labels=labels,
+            stdout=stdout,
+            stderr=stderr,
+            remove=remove,
+            pull=pull,
+            text=text,
+        )
+        api = self.docker.api
+        if detach:
+            return start_container(api, opts)
+        return run_container(api, opts)
+
+
+class AsyncRun:
+    """The asyncio face of a :class:`Run` handle."""
+
+    def __init__(self, run: Run) -> None:
+        self.sync = run
+        self.id = run.id
+
+    async def wait(self, timeout: float | None = None) -> int:
+        return await asyncio.to_thread(self.sync.wait, timeout)
+
+    async def result(self, timeout: float | None = None) -> bytes | str:
+        return await asyncio.to_thread(self.sync.result, timeout)
+
+    async def logs(self) -> bytes:
+        data: bytes = await asyncio.to_thread(self.sync.logs)
+        return data
+
+    async def kill(self) -> None:
+        await asyncio.to_thread(self.sync.kill)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.sync.close)
+
+    async def __aenter__(self) -> AsyncRun:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncClient:
+    """The asyncio twin of :class:`Client`: same methods, same semantics, awaited."""
+
+    def __init__(self, *, settings: Settings | None = None) -> None:
+        self.sync = Client(settings=settings)
+        self.settings = self.sync.settings
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> AsyncClient:
+        return cls(settings=Settings.load(**overrides))
+
+    async def run(
+        self, image: str, command: str | Sequence[str] | None = None, **kwargs: Any
+    ) -> bytes | str | AsyncRun:
+        """Like :meth:`Client.run`; with ``detach=True`` returns an :class:`AsyncRun`."""
+        run: Any = self.sync.run  # one implementation; its overloads are the sync face's
+        result = await asyncio.to_thread(run, image, command, **kwargs)
+        return AsyncRun(result) if isinstance(result, Run) else result
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.sync.close)

@@ -1,0 +1,94 @@
+"""Shared fixtures: a real Docker Engine, test images built locally, cleanup by label.
+
+Every container a test starts carries ``swarmless.test=<session id>`` (through the
+``labels`` fixture) or at least ``swarmless.managed=true``; the session fixture removes
+whatever is left and fails the run if a swarmless container leaked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tarfile
+import uuid
+from collections.abc import Callable, Iterator
+
+import docker
+import pytest
+
+import swarmless
+
+SESSION = uuid.uuid4().hex[:8]
+BUSYBOX = "swarmless/busybox:latest"
+PYTHON = os.environ.get("SWARMLESS_BASE_IMAGE", "swarmless/python:bookworm")
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[docker.DockerClient]:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as e:
+        pytest.exit(f"no Docker Engine answers ({e}); run `make test`, which starts one", 2)
+    for image in (BUSYBOX, PYTHON):
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            pytest.exit(f"base image {image} missing; run scripts/base-images.sh", 2)
+    yield client
+    flt = {"label": "swarmless.managed=true"}
+    leaked = client.containers.list(all=True, filters=flt)
+    for c in leaked:
+        c.remove(force=True)
+    client.close()
+    assert not leaked, f"swarmless containers left behind: {[c.name for c in leaked]}"
+
+
+@pytest.fixture(scope="session")
+def labels() -> dict[str, str]:
+    return {"swarmless.test": SESSION}
+
+
+@pytest.fixture
+def client(engine: docker.DockerClient) -> Iterator[swarmless.Client]:
+    c = swarmless.from_env()
+    yield c
+    c.close()
+
+
+def _context(dockerfile: str, files: dict[str, str | bytes]) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, content in {"Dockerfile": dockerfile, **files}.items():
+            data = content.encode() if isinstance(content, str) else content
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o755
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+@pytest.fixture(scope="session")
+def build_image(engine: docker.DockerClient) -> Iterator[Callable[..., str]]:
+    """Build a small test image from a Dockerfile text and files; removed at the end."""
+    built: list[str] = []
+
+    def build(tag: str, dockerfile: str, files: dict[str, str | bytes] | None = None) -> str:
+        name = f"swarmless-test/{tag}:{SESSION}"
+        engine.images.build(
+            fileobj=_context(dockerfile, files or {}),
+            custom_context=True,
+            tag=name,
+            rm=True,
+            forcerm=True,
+            labels={"swarmless.test": SESSION},
+        )
+        built.append(name)
+        return name
+
+    yield build
+    for name in built:
+        with contextlib.suppress(docker.errors.DockerException):
+            engine.images.remove(name, force=True)

@@ -1,0 +1,301 @@
+"""Client.run against the real engine: the 2016 call shape and everything it lacked."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import docker
+import pytest
+
+import swarmless
+from tests.conftest import BUSYBOX, PYTHON
+
+LEFTPAD = """\
+import sys
+text, width = sys.argv[1], int(sys.argv[2])
+print(text.rjust(width))
+"""
+
+
+@pytest.fixture(scope="module")
+def leftpad(build_image: Callable[..., str]) -> str:
+    return build_image(
+        "leftpad",
+        f'FROM {PYTHON}\nCOPY leftpad.py /leftpad.py\nENTRYPOINT ["python3", "/leftpad.py"]\n',
+        {"leftpad.py": LEFTPAD},
+    )
+
+
+def _containers(engine: docker.DockerClient, labels: dict[str, str]) -> list[str]:
+    flt = {"label": [f"{k}={v}" for k, v in labels.items()]}
+    return [c.id for c in engine.containers.list(all=True, filters=flt)]
+
+
+@pytest.fixture(scope="module")
+def record_vote(build_image: Callable[..., str]) -> str:
+    # A stand-in for bfirsh/serverless-record-vote-task: arguments in, a line out.
+    script = (
+        '#!/bin/sh\n[ -n "$2" ] || { echo "usage: VOTER VOTE" >&2; exit 2; }\necho "$1 voted $2"\n'
+    )
+    return build_image(
+        "record-vote",
+        f'FROM {BUSYBOX}\nCOPY record.sh /record.sh\nENTRYPOINT ["/record.sh"]\n',
+        {"record.sh": script},
+    )
+
+
+def test_seed_call_parity(
+    record_vote: str, engine: docker.DockerClient, labels: dict[str, str]
+) -> None:
+    # The 2016 essay's call, exactly as written: positional image, list of args, detach.
+    client = swarmless.from_env()
+    voter_id, vote = "alice", "a"
+    handle = client.run(record_vote, [voter_id, vote], detach=True)
+    assert isinstance(handle, swarmless.Run)
+    assert handle.result() == b"alice voted a\n"
+    # The failure path raises, with the container's stderr.
+    with pytest.raises(swarmless.ContainerError) as info:
+        client.run(record_vote, [voter_id], labels=labels)
+    assert info.value.exit_status == 2
+    assert b"usage" in info.value.stderr
+    assert _containers(engine, labels) == []
+
+
+def test_missing_executable_is_a_container_error(client: swarmless.Client) -> None:
+    with pytest.raises(swarmless.ContainerError) as info:
+        client.run(BUSYBOX, ["no-such-program"])
+    assert info.value.exit_status == 127
+    assert b"no-such-program" in info.value.stderr
+
+
+def test_leftpad(client: swarmless.Client, leftpad: str) -> None:
+    assert client.run(leftpad, ["foo", "5"]) == b"  foo\n"
+    assert client.run(leftpad, ["foo", "5"], text=True) == "  foo\n"
+
+
+def test_stdin_round_trip_10mb(client: swarmless.Client) -> None:
+    data = bytes(range(256)) * (10 * 1024 * 1024 // 256)
+    out = client.run(BUSYBOX, ["cat"], stdin=data)
+    assert len(out) == len(data)
+    assert out == data
+
+
+def test_stdin_str_and_file(client: swarmless.Client, tmp_path: object) -> None:
+    import io
+
+    assert client.run(BUSYBOX, ["tr", "a-z", "A-Z"], stdin="hello") == b"HELLO"
+    assert client.run(BUSYBOX, ["wc", "-c"], stdin=io.BytesIO(b"12345")).strip() == b"5"
+
+
+def test_nonzero_exit_carries_stderr(client: swarmless.Client) -> None:
+    with pytest.raises(swarmless.ContainerError) as info:
+        client.run(BUSYBOX, ["sh", "-c", "echo out; echo 'it broke' >&2; exit 3"])
+    err = info.value
+    assert err.exit_status == 3
+    assert err.stderr == b"it broke\n"
+    assert err.image == BUSYBOX
+    assert err.command == ["sh", "-c", "echo out; echo 'it broke' >&2; exit 3"]
+    assert "status 3" in str(err)
+    assert "it broke" in str(err)
+    assert isinstance(err, swarmless.SwarmlessError)
+
+
+def test_stdout_and_stderr_together(client: swarmless.Client) -> None:
+    out = client.run(BUSYBOX, ["sh", "-c", "echo a; echo b >&2"], stderr=True)
+    assert sorted(out.split()) == [b"a", b"b"]
+
+
+def test_env_workdir_user(client: swarmless.Client) -> None:
+    out = client.run(
+        BUSYBOX,
+        ["sh", "-c", 'echo "$GREETING $(pwd) $(id -u)"'],
+        env={"GREETING": "hi"},
+        workdir="/tmp",
+        user="1234",
+        text=True,
+    )
+    assert out == "hi /tmp 1234\n"
+
+
+def test_memory_and_cpus_applied(
+    client: swarmless.Client, engine: docker.DockerClient, labels: dict[str, str]
+) -> None:
+    run = client.run(BUSYBOX, ["sleep", "5"], detach=True, memory="64m", cpus=0.5, labels=labels)
+    with run:
+        attrs = engine.api.inspect_container(run.id)
+        assert attrs["HostConfig"]["Memory"] == 64 * 1024 * 1024
+        assert attrs["HostConfig"]["NanoCpus"] == 500_000_000
+        assert attrs["Config"]["Labels"]["swarmless.managed"] == "true"
+        assert attrs["Config"]["Labels"]["swarmless.test"] == labels["swarmless.test"]
+    assert _containers(engine, labels) == []
+
+
+def test_timeout_kills_and_removes(
+    client: swarmless.Client, engine: docker.DockerClient, labels: dict[str, str]
+) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(swarmless.RunTimeout) as info:
+        client.run(BUSYBOX, ["sleep", "30"], timeout=1, labels=labels)
+    assert time.monotonic() - t0 < 10
+    assert info.value.timeout == 1
+    assert _containers(engine, labels) == []
+
+
+def test_detach_handle(
+    client: swarmless.Client, engine: docker.DockerClient, labels: dict[str, str]
+) -> None:
+    run = client.run(
+        BUSYBOX, ["sh", "-c", "echo one; sleep 0.3; echo two"], detach=True, labels=labels
+    )
+    assert run.id in _containers(engine, labels)
+    lines = list(run.logs(follow=True))
+    assert lines == [b"one\n", b"two\n"]
+    assert run.wait(timeout=10) == 0
+    assert run.result() == b"one\ntwo\n"
+    assert _containers(engine, labels) == []
+
+
+def test_detach_wait_timeout_and_kill(
+    client: swarmless.Client, engine: docker.DockerClient, labels: dict[str, str]
+) -> None:
+    with client.run(BUSYBOX, ["sleep", "30"], detach=True, labels=labels) as run:
+        assert not run.done
+        with pytest.raises(swarmless.InvocationTimeout):
+            run.wait(timeout=0.5)
+        run.kill()
+        assert run.wait(timeout=10) != 0
+    assert _containers(engine, labels) == []
+
+
+def test_detach_timeout(client: swarmless.Client) -> None:
+    run = client.run(BUSYBOX, ["sleep", "30"], detach=True, timeout=1)
+    with pytest.raises(swarmless.RunTimeout):
+        run.result(timeout=15)
+
+
+def test_detach_stdin(client: swarmless.Client) -> None:
+    run = client.run(BUSYBOX, ["cat"], detach=True, stdin=b"piped")
+    assert run.result(timeout=15) == b"piped"
+
+
+def test_abandoned_handle_is_reaped(
+    client: swarmless.Client, engine: docker.DockerClient, labels: dict[str, str]
+) -> None:
+    client.run(BUSYBOX, ["true"], detach=True, labels=labels)  # handle dropped at once
+    deadline = time.monotonic() + 15
+    while _containers(engine, labels) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _containers(engine, labels) == []
+
+
+def test_remove_false_keeps_container(
+    client: swarmless.Client, engine: docker.DockerClient, labels: dict[str, str]
+) -> None:
+    client.run(BUSYBOX, ["true"], remove=False, labels=labels)
+    kept = _containers(engine, labels)
+    assert len(kept) == 1
+    engine.containers.get(kept[0]).remove(force=True)
+
+
+def test_concurrent_runs_from_20_threads(client: swarmless.Client) -> None:
+    results: dict[int, bytes] = {}
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            results[i] = client.run(BUSYBOX, ["echo", str(i)])  # type: ignore[assignment]
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert results == {i: f"{i}\n".encode() for i in range(20)}
+
+
+def test_engine_down_is_clear(tmp_path: object) -> None:
+    client = swarmless.from_env(docker_host="unix:///tmp/swarmless-no-such.sock")
+    with pytest.raises(swarmless.EngineUnavailable) as info:
+        client.run(BUSYBOX, ["true"])
+    assert "unix:///tmp/swarmless-no-such.sock" in str(info.value)
+    assert "engine.sh" in str(info.value)
+
+
+def test_engine_down_via_docker_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///tmp/swarmless-dead.sock")
+    with pytest.raises(swarmless.EngineUnavailable) as info:
+        swarmless.from_env().run(BUSYBOX, ["true"])
+    assert "swarmless-dead.sock" in str(info.value)
+
+
+def test_image_not_found(client: swarmless.Client) -> None:
+    with pytest.raises(swarmless.ImageNotFound) as info:
+        client.run("swarmless-test/does-not-exist:nope", ["true"])
+    assert "swarmless-test/does-not-exist:nope" in str(info.value)
+    with pytest.raises(swarmless.ImageNotFound):
+        client.run("swarmless-test/does-not-exist:nope", ["true"], pull="never")
+
+
+@pytest.mark.parametrize(
+    ("image", "command", "kwargs"),
+    [
+        ("", None, {}),
+        ("   ", None, {}),
+        (None, None, {}),
+        (BUSYBOX, ["echo", 5], {}),
+        (BUSYBOX, 42, {}),
+        (BUSYBOX, None, {"timeout": -1}),
+        (BUSYBOX, None, {"pull": "sometimes"}),
+        (BUSYBOX, None, {"env": {"A": 1}}),
+        (BUSYBOX, None, {"stdin": 12}),
+        (BUSYBOX, None, {"cpus": 0}),
+    ],
+)
+def test_bad_arguments_refused_before_start(
+    client: swarmless.Client,
+    engine: docker.DockerClient,
+    image: object,
+    command: object,
+    kwargs: dict[str, object],
+) -> None:
+    before = len(engine.containers.list(all=True))
+    with pytest.raises(ValueError, match="must"):
+        client.run(image, command, **kwargs)  # type: ignore[arg-type]
+    assert len(engine.containers.list(all=True)) == before
+
+
+def test_keyboard_interrupt_removes_container(
+    client: swarmless.Client, engine: docker.DockerClient, labels: dict[str, str]
+) -> None:
+    import _thread
+
+    timer = threading.Timer(1.0, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        client.run(BUSYBOX, ["sleep", "30"], labels=labels)
+    timer.cancel()
+    assert _containers(engine, labels) == []
+
+
+def test_async_client_same_semantics(engine: docker.DockerClient) -> None:
+    async def main() -> None:
+        client = swarmless.AsyncClient.from_env()
+        assert await client.run(BUSYBOX, ["echo", "async"]) == b"async\n"
+        with pytest.raises(swarmless.ContainerError):
+            await client.run(BUSYBOX, ["false"])
+        with pytest.raises(swarmless.RunTimeout):
+            await client.run(BUSYBOX, ["sleep", "30"], timeout=1)
+        handle = await client.run(BUSYBOX, ["echo", "bg"], detach=True)
+        assert isinstance(handle, swarmless.AsyncRun)
+        assert await handle.result() == b"bg\n"
+        outs = await asyncio.gather(*(client.run(BUSYBOX, ["echo", str(i)]) for i in range(5)))
+        assert outs == [f"{i}\n".encode() for i in range(5)]
+        await client.close()
+
+    asyncio.run(main())
