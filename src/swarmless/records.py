@@ -1,0 +1,76 @@
+"""What is recorded of every invocation.
+
+One :class:`InvocationRecord` per call: the gateway creates it when the call arrives, the
+dispatcher fills in timings as it moves, and the store keeps it (sync calls written behind
+in batches, async calls durably before they are accepted). Logs (the stdout and stderr of
+that invocation alone) are stored beside it, keyed by the same id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from typing import Any, Literal
+
+__all__ = ["STATUSES", "InvocationRecord", "Status", "new_call_id", "now_ms"]
+
+Status = Literal["queued", "running", "succeeded", "failed", "timeout", "dead", "cancelled"]
+STATUSES: tuple[str, ...] = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "timeout",
+    "dead",
+    "cancelled",
+)
+
+
+def new_call_id() -> str:
+    """A call id: sortable by time (ms, hex) then random, e.g. ``0193b2c4d5e6-9f8a7b6c5d4e``."""
+    return f"{int(time.time() * 1000):012x}-{secrets.token_hex(6)}"
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds since the epoch (what records store)."""
+    return int(time.time() * 1000)
+
+
+@dataclasses.dataclass(kw_only=True)
+class InvocationRecord:
+    """One invocation of a deployed function, as the store keeps it."""
+
+    id: str
+    function: str
+    mode: str
+    status: Status = "queued"
+    #: ``sync`` or ``async``
+    kind: str = "sync"
+    #: Timings, epoch ms.
+    queued_at: int = 0
+    started_at: int | None = None
+    finished_at: int | None = None
+    #: Durations, ms: waiting for a container, starting one (cold), running the call.
+    wait_ms: float | None = None
+    init_ms: float | None = None
+    run_ms: float | None = None
+    cold: bool | None = None
+    container: str | None = None
+    attempt: int = 1
+    exit_code: int | None = None
+    #: HTTP status answered (sync) or recorded (async).
+    http_status: int | None = None
+    request_size: int = 0
+    response_size: int | None = None
+    error: str | None = None
+    #: The call that made this one (function-to-function calls).
+    parent: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InvocationRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
