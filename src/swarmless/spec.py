@@ -1,0 +1,477 @@
+"""FunctionSpec: what a deployed function is, validated once, at the edge.
+
+A ``swarmless.yml`` declares functions under ``functions:``, either as a mapping from name
+to spec (as here) or as a list of specs that each carry a ``name``::
+
+    settings:                    # read by swarmless.config, ignored here
+      gateway_url: http://127.0.0.1:8080
+    functions:
+      vote:
+        build: ./vote            # a build context beside this file, tagged swarmless-fn/vote:latest
+        mode: warm
+        handler: app:handle      # module:callable, served by the swarmless runtime
+        concurrency: 4
+        max_containers: 5
+        memory: 128m
+        env: {REDIS_HOST: redis, DEBUG: true}   # values become strings: "true"
+      result:
+        image: swarmless/python:bookworm
+        mode: cgi
+        command: python /app/result.py          # a string is split like a shell would
+        private: true
+      nightly-report:
+        image: example/report:1.2
+        schedule: "0 3 * * *"
+        timezone: Europe/Paris
+        retries: 5
+        timeout: 600
+
+Every field is checked and every problem reported at once, as one
+:class:`~swarmless.exceptions.SpecError` mapping each field to what is wrong with it (in a
+file, the field is prefixed with the function's name: ``vote.timeout``).
+
+>>> spec = FunctionSpec.from_dict({"name": "hello", "image": "busybox", "command": "echo hi"})
+>>> spec.command, spec.timeout
+(['echo', 'hi'], 30.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import hashlib
+import json
+import math
+import os
+import re
+import shlex
+import zoneinfo
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from croniter import croniter
+
+from swarmless.exceptions import InvalidArgument, SpecError
+
+__all__ = [
+    "DOCKER_ACCESS",
+    "HANDLER_KINDS",
+    "MODES",
+    "DockerAccess",
+    "FunctionSpec",
+    "HandlerKind",
+    "Mode",
+    "load_file",
+]
+
+Mode = Literal["oneshot", "cgi", "warm"]
+HandlerKind = Literal["python", "wsgi", "command"]
+DockerAccess = Literal["none", "scoped", "host-socket"]
+MODES: tuple[str, ...] = ("oneshot", "cgi", "warm")
+HANDLER_KINDS: tuple[str, ...] = ("python", "wsgi", "command")
+DOCKER_ACCESS: tuple[str, ...] = ("none", "scoped", "host-socket")
+
+MiB = 1024**2
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_SECRET = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$")
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": MiB, "g": 1024**3, "t": 1024**4}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FunctionSpec:
+    """A function: which image runs, how, with what limits and which async policy.
+
+    The constructor validates (and normalises: sizes to bytes, a command string to a list,
+    ``build`` to an absolute path); :meth:`from_dict` is the loose entry point for YAML and
+    JSON. A spec is immutable: change one with :meth:`replace`.
+
+    >>> FunctionSpec(name="echo", image="busybox", memory="64m").memory
+    67108864
+    """
+
+    name: str
+    image: str | None = None
+    #: A build context directory; its image is tagged ``image`` (default swarmless-fn/NAME).
+    build: str | None = None
+    mode: Mode = "oneshot"
+    command: list[str] | None = None
+    #: Warm mode: ``module:callable`` (python, wsgi) or a command line (command).
+    handler: str | None = None
+    handler_kind: HandlerKind = "python"
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    secrets: tuple[str, ...] = ()
+    #: Seconds; enforced by the dispatcher, the one owner of a call's deadline.
+    timeout: float = 30.0
+    #: Bytes (``"128m"``, ``"1g"``, ``"512k"`` are accepted); at least 6 MiB.
+    memory: int | None = None
+    cpus: float | None = None
+    #: Calls one container serves at once.
+    concurrency: int = 1
+    min_containers: int = 0
+    max_containers: int = 10
+    #: Seconds a container may sit idle before it is removed (scale to zero).
+    idle_timeout: float = 300.0
+    #: Ready containers kept beyond demand (paused ones with ``paused_buffer``).
+    buffer: int = 0
+    paused_buffer: bool = False
+    #: Calls that may wait for a container; one more is answered 429 at once.
+    queue_size: int = 1000
+    #: Request body limit in bytes (sizes like ``"1m"`` accepted).
+    max_body: int = 10 * MiB
+    #: A private function needs the gateway token; a public one does not.
+    private: bool = False
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    network: str | None = None
+    #: Async policy: attempts after the first, backoff base (s), give up after max_age (s).
+    retries: int = 2
+    backoff: float = 1.0
+    max_age: float = 86400.0
+    async_concurrency: int | None = None
+    #: A cron expression (``"*/5 * * * *"``), evaluated in ``timezone``.
+    schedule: str | None = None
+    timezone: str = "UTC"
+    #: Docker access from inside the function's containers.
+    docker: DockerAccess = "none"
+    #: Swarm placement constraints, e.g. ``"node.role == worker"``.
+    placement: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        raw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values, errors = _validate(raw)
+        if errors:
+            raise SpecError(errors)
+        for field, value in values.items():
+            object.__setattr__(self, field, value)
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, base_dir: Path | None = None) -> FunctionSpec:
+        """Validate a spec from YAML or JSON; a relative ``build`` is resolved against
+        ``base_dir`` (the folder of the swarmless.yml), else against the working directory."""
+        if not isinstance(data, Mapping):
+            raise SpecError({"spec": f"must be a mapping of fields, got {data!r}"})
+        known = [f.name for f in dataclasses.fields(cls)]
+        errors: dict[str, str] = {}
+        for key in data:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                errors[str(key)] = "unknown field" + (
+                    f" (did you mean {close[0]!r}?)" if close else ""
+                )
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs.setdefault("name", None)
+        build = kwargs.get("build")
+        if base_dir is not None and isinstance(build, str) and build.strip():
+            kwargs["build"] = str(Path(base_dir) / Path(build).expanduser())
+        try:
+            spec = cls(**kwargs)
+        except SpecError as e:
+            errors = {**e.errors, **errors}
+        else:
+            if not errors:
+                return spec
+        raise SpecError(errors)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-serialisable; ``from_dict(spec.to_dict()) == spec``."""
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    def replace(self, **changes: Any) -> FunctionSpec:
+        """A copy with ``changes`` applied, validated like a new spec."""
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """A short stable hash of the spec, to tell whether a deployed function changed.
+
+        Fields at their default value are left out, so adding a field with a default to a
+        later swarmless does not make every deployed function look changed.
+        """
+        defaults = _defaults()
+        body = {k: v for k, v in self.to_dict().items() if k not in defaults or defaults[k] != v}
+        blob = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_file(path: str | os.PathLike[str]) -> list[FunctionSpec]:
+    """The functions declared in a swarmless.yml, in file order.
+
+    ``functions:`` is a mapping name -> spec (the name is injected) or a list of specs. A
+    ``settings:`` section is ignored here (``swarmless.config`` reads it). Every problem in
+    the file is raised at once as one SpecError with fields like ``vote.timeout``.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise InvalidArgument(f"cannot read {p}: {e.strerror or e}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError({"file": f"{p} is not valid YAML: {e}"}) from None
+    if doc is None:
+        return []
+    if not isinstance(doc, Mapping):
+        raise SpecError({"file": f"{p} must hold a mapping with 'functions:', got {doc!r}"})
+    return _load_functions(doc.get("functions"), p.parent.absolute())
+
+
+def _load_functions(section: Any, base_dir: Path) -> list[FunctionSpec]:
+    errors: dict[str, str] = {}
+    entries: list[tuple[str, Mapping[str, Any]]] = []
+    if section is None:
+        return []
+    if isinstance(section, Mapping):
+        for key, body in section.items():
+            body = {} if body is None else body
+            if not isinstance(body, Mapping):
+                errors[str(key)] = f"must be a mapping of fields, got {body!r}"
+            elif "name" in body and body["name"] != key:
+                errors[f"{key}.name"] = f"differs from its key {key!r}, got {body['name']!r}"
+            else:
+                entries.append((str(key), {**body, "name": key}))
+    elif isinstance(section, list):
+        for i, body in enumerate(section):
+            name = body.get("name") if isinstance(body, Mapping) else None
+            prefix = name if isinstance(name, str) and name else f"functions[{i}]"
+            if isinstance(body, Mapping):
+                entries.append((prefix, body))
+            else:
+                errors[prefix] = f"must be a mapping of fields, got {body!r}"
+    else:
+        errors["functions"] = f"must be a mapping of name to spec or a list, got {section!r}"
+    specs: list[FunctionSpec] = []
+    for prefix, body in entries:
+        try:
+            spec = FunctionSpec.from_dict(body, base_dir=base_dir)
+        except SpecError as e:
+            errors.update({f"{prefix}.{field}": what for field, what in e.errors.items()})
+            continue
+        if any(s.name == spec.name for s in specs):
+            errors[f"{prefix}.name"] = f"duplicate function name {spec.name!r}"
+        specs.append(spec)
+    if errors:
+        raise SpecError(errors)
+    return specs
+
+
+# -- validation ------------------------------------------------------------------------
+
+
+class _Bad(Exception):
+    """One field's value is wrong; the message says how."""
+
+
+_Check = Callable[[Any], Any]
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _rule(ok: Callable[[Any], Any], want: str, convert: _Check = lambda v: v) -> _Check:
+    def check(v: Any) -> Any:
+        if not ok(v):
+            raise _Bad(f"must be {want}, got {v!r}")
+        return convert(v)
+
+    return check
+
+
+def _optional(check: _Check) -> _Check:
+    return lambda v: None if v is None else check(v)
+
+
+def _integer(lo: int, hi: int | None = None) -> _Check:
+    want = f"an integer from {lo} to {hi}" if hi is not None else f"an integer >= {lo}"
+    return _rule(lambda v: _int(v) and lo <= v and (hi is None or v <= hi), want)
+
+
+def _choice(options: tuple[str, ...]) -> _Check:
+    return _rule(lambda v: isinstance(v, str) and v in options, f"one of {', '.join(options)}")
+
+
+def _size(minimum: int) -> _Check:
+    def check(v: Any) -> int:
+        m = _SIZE.match(v) if isinstance(v, str) else None
+        n = v if _int(v) else int(float(m[1]) * _UNITS[m[2].lower()]) if m else None
+        if n is None:
+            raise _Bad(f"must be a number of bytes or a size like '512k', '128m', '1g', got {v!r}")
+        if n < minimum:
+            raise _Bad(f"must be at least {minimum} bytes ({minimum / MiB:g} MiB), got {v!r}")
+        return int(n)
+
+    return check
+
+
+def _scalar(v: Any, what: str) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str) or _num(v):
+        return str(v)
+    raise _Bad(f"{what} must be a string, number or boolean, got {v!r}")
+
+
+def _command(v: Any) -> list[str]:
+    args = v
+    if isinstance(v, str):
+        try:
+            args = shlex.split(v)
+        except ValueError as e:
+            raise _Bad(f"cannot split {v!r} like a shell: {e}") from None
+    if not isinstance(args, list | tuple) or not args:
+        raise _Bad(f"must be a non-empty list of arguments or a command line, got {v!r}")
+    return [_scalar(arg, f"argument {arg!r}") for arg in args]
+
+
+def _mapping(reserved: str, key_ok: Callable[[str], bool]) -> _Check:
+    def check(v: Any) -> dict[str, str]:
+        if not isinstance(v, Mapping | None):
+            raise _Bad(f"must be a mapping of names to strings, got {v!r}")
+        for key in v or {}:
+            if not isinstance(key, str) or not key or not key_ok(key):
+                raise _Bad(f"bad name {key!r}: names are non-empty strings{reserved}")
+        return {k: _scalar(val, f"the value of {k!r}") for k, val in (v or {}).items()}
+
+    return check
+
+
+def _strings(item: Callable[[str], Any], want: str) -> _Check:
+    def check(v: Any) -> tuple[str, ...]:
+        items = [] if v is None else [v] if isinstance(v, str) else v
+        if not isinstance(items, list | tuple):
+            raise _Bad(f"must be a list of {want}, got {v!r}")
+        for x in items:
+            if not isinstance(x, str) or not item(x):
+                raise _Bad(f"must be a list of {want}, got {x!r} in {v!r}")
+        if len(set(items)) != len(items):
+            raise _Bad(f"must not repeat an item, got {v!r}")
+        return tuple(items)
+
+    return check
+
+
+def _is_zone(v: Any) -> bool:
+    try:
+        zoneinfo.ZoneInfo(v)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError, TypeError):
+        return False
+    return True
+
+
+_WORD = _rule(lambda v: isinstance(v, str) and re.fullmatch(r"\S+", v), "a string without spaces")
+_BOOL = _rule(lambda v: isinstance(v, bool), "true or false")
+_POSITIVE = _rule(lambda v: _num(v) and v > 0, "a number > 0", float)
+_CHECKS: dict[str, _Check] = {
+    "name": _rule(
+        lambda v: isinstance(v, str) and _NAME.match(v),
+        "a lower-case DNS label (a-z, 0-9 and '-', 1 to 63 characters, "
+        "starting and ending with a letter or digit)",
+    ),
+    "image": _optional(_WORD),
+    "build": _optional(_rule(lambda v: isinstance(v, str) and v.strip(), "a directory")),
+    "mode": _choice(MODES),
+    "command": _optional(_command),
+    "handler": _optional(_rule(lambda v: isinstance(v, str) and v.strip(), "a non-empty string")),
+    "handler_kind": _choice(HANDLER_KINDS),
+    "env": _mapping(
+        " without '=' and not SWARMLESS_* (reserved)",
+        lambda k: "=" not in k and "\0" not in k and not k.startswith("SWARMLESS_"),
+    ),
+    "secrets": _strings(_SECRET.match, "secret names (a-z, 0-9, '-', '_', '.')"),
+    "timeout": _rule(lambda v: _num(v) and 0 < v <= 3600, "a number > 0 and <= 3600", float),
+    "memory": _optional(_size(6 * MiB)),
+    "cpus": _optional(_rule(lambda v: _num(v) and 0 < v <= 64, "a number > 0 and <= 64", float)),
+    "concurrency": _integer(1, 1000),
+    "min_containers": _integer(0, 1000),
+    "max_containers": _integer(1, 1000),
+    "idle_timeout": _rule(lambda v: _num(v) and v >= 0, "a number >= 0", float),
+    "buffer": _integer(0),
+    "paused_buffer": _BOOL,
+    "queue_size": _integer(0),
+    "max_body": _size(0),
+    "private": _BOOL,
+    "labels": _mapping(
+        " not starting with 'swarmless.' (reserved)", lambda k: k[:10] != "swarmless."
+    ),
+    "network": _optional(_WORD),
+    "retries": _integer(0, 100),
+    "backoff": _POSITIVE,
+    "max_age": _POSITIVE,
+    "async_concurrency": _optional(_integer(1)),
+    "schedule": _optional(
+        _rule(
+            lambda v: isinstance(v, str) and croniter.is_valid(v),
+            "a cron expression like '*/5 * * * *' or '@hourly'",
+            lambda v: " ".join(v.split()),
+        )
+    ),
+    "timezone": _rule(_is_zone, "an IANA time zone like 'UTC' or 'Europe/Paris'"),
+    "docker": _choice(DOCKER_ACCESS),
+    "placement": _strings(
+        lambda s: "==" in s or "!=" in s, "constraints like 'node.role == worker'"
+    ),
+}
+
+
+def _validate(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each field on its own, then the rules between fields (only over valid fields)."""
+    values: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for field, check in _CHECKS.items():
+        try:
+            values[field] = check(raw[field])
+        except _Bad as e:
+            errors[field] = str(e)
+
+    def valid(*fields: str) -> bool:
+        return all(f in values for f in fields)
+
+    if valid("image", "build") and values["image"] is None and values["build"] is None:
+        errors["image"] = "required: give an image, a build directory, or both; got neither"
+    if valid("build") and values["build"] is not None:
+        values["build"] = os.path.normpath(os.path.abspath(os.path.expanduser(values["build"])))
+        if valid("name", "image") and values["image"] is None:
+            values["image"] = f"swarmless-fn/{values['name']}:latest"
+    if valid("min_containers", "max_containers"):
+        low, high = values["min_containers"], values["max_containers"]
+        if high < low:
+            errors["max_containers"] = f"must be >= min_containers ({low}), got {high}"
+    if valid("mode", "command", "handler", "handler_kind"):
+        handler, kind, command = values["handler"], values["handler_kind"], values["command"]
+        if handler is None and values["mode"] == "warm":
+            if command is not None and kind != "wsgi":
+                values["handler"], values["handler_kind"] = shlex.join(command), "command"
+            else:
+                errors["handler"] = (
+                    "required in warm mode: 'module:callable' (python, wsgi) or a command "
+                    "line (handler_kind: command), or give a command; got None"
+                )
+        elif handler is not None and kind != "command" and not _CALLABLE.match(handler):
+            errors["handler"] = (
+                f"must be 'module:callable' for handler_kind {kind}, got {handler!r}"
+            )
+    return values, errors
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(FunctionSpec):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
