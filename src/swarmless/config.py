@@ -58,6 +58,9 @@ class Settings:
     docker_host: str | None = None
     #: Address containers use to reach the gateway; empty means work it out from the network.
     advertise_url: str = ""
+    #: Name of this gateway; its containers carry ``swarmless.gateway=<instance>``, so
+    #: several gateways can share one engine without touching each other's containers.
+    instance: str = "default"
 
     @classmethod
     def load(cls, config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:

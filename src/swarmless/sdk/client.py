@@ -16,6 +16,7 @@ import docker
 
 from swarmless.config import Settings
 from swarmless.engine import connect
+from swarmless.sdk.gateway import GatewayClient, InvokeResult
 from swarmless.sdk.run import Pull, Run, RunOptions, Stdin, run_container, start_container
 
 __all__ = ["AsyncClient", "AsyncRun", "Client", "from_env"]
@@ -38,6 +39,7 @@ class Client:
     def __init__(self, *, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.load()
         self._docker: docker.DockerClient | None = None
+        self._gateway: GatewayClient | None = None
         self._lock = threading.Lock()
 
     @property
@@ -49,11 +51,44 @@ class Client:
                     self._docker = connect(self.settings.docker_host)
         return self._docker
 
+    @property
+    def gateway(self) -> GatewayClient:
+        """The gateway client (deploy, records, logs), connected on first use."""
+        if self._gateway is None:
+            with self._lock:
+                if self._gateway is None:
+                    self._gateway = GatewayClient(self.settings)
+        return self._gateway
+
+    def invoke(
+        self,
+        name: str,
+        data: bytes | str | None = None,
+        *,
+        json: Any = None,
+        args: Sequence[str] | None = None,
+        method: str = "POST",
+        path: str = "",
+        query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> InvokeResult:
+        """Call the deployed function ``name`` through the gateway and wait for its answer.
+
+        >>> swarmless.from_env().invoke("hello", json={"name": "Ada"}).json()  # doctest: +SKIP
+        {'message': 'Hello, Ada!'}
+        """
+        return self.gateway.invoke(
+            name, data, json=json, args=args, method=method, path=path, query=query, headers=headers
+        )
+
     def close(self) -> None:
         """Close the connections this client holds."""
         if self._docker is not None:
             self._docker.close()
             self._docker = None
+        if self._gateway is not None:
+            self._gateway.close()
+            self._gateway = None
 
     def __enter__(self) -> Client:
         return self

@@ -15,9 +15,11 @@ run: create, attach, start, wait, remove (the Docker SDK's own ``containers.run`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any, Literal
@@ -30,7 +32,16 @@ from swarmless.engine import managed_labels, translate
 from swarmless.exceptions import ContainerError, InvalidArgument, InvocationTimeout, OOMKilled
 from swarmless.exceptions import RunTimeout as RunTimeout
 
-__all__ = ["Pull", "Run", "RunOptions", "Stdin", "run_container", "start_container"]
+__all__ = [
+    "Outcome",
+    "Pull",
+    "Run",
+    "RunOptions",
+    "Stdin",
+    "execute",
+    "run_container",
+    "start_container",
+]
 
 Pull = Literal["missing", "always", "never"]
 Stdin = bytes | str | IO[bytes] | None
@@ -268,24 +279,44 @@ def _output(opts: RunOptions, data: bytes) -> bytes | str:
     return data.decode("utf-8", "replace") if opts.text else data
 
 
-def run_container(api: Any, opts: RunOptions, kind: str = "run") -> bytes | str:
-    """Run to completion and return stdout; see :meth:`swarmless.Client.run`."""
+@dataclasses.dataclass
+class Outcome:
+    """What one foreground container run produced (the gateway's one-shot modes use it)."""
+
+    container_id: str
+    status: int
+    stdout: bytes
+    stderr: bytes
+    #: Both streams in arrival order, when both were asked for.
+    combined: bytes | None
+    oom: bool
+    timed_out: bool
+    #: Monotonic seconds: before create, after start, after exit.
+    t_create: float
+    t_started: float
+    t_exited: float
+
+
+def execute(api: Any, opts: RunOptions, kind: str = "run") -> Outcome:
+    """Run to completion and report what happened, without raising for the exit status."""
+    t_create = time.monotonic()
     container_id = _create(api, opts, kind)
     killer: _Killer | None = None
     try:
         stdin = opts.stdin_bytes()
+        out, err = io.BytesIO(), io.BytesIO()
+        both = io.BytesIO() if (opts.stdout and opts.stderr) else None
         with translate(image=opts.image):
             params = {"stdout": 1, "stderr": 1, "stream": 1, "stdin": int(stdin is not None)}
             sock = api.attach_socket(container_id, params=params)
             try:
                 _start(api, opts, container_id)
+                t_started = time.monotonic()
                 killer = _Killer(api, container_id, opts.timeout)
                 feeder = None
                 if stdin is not None:
                     feeder = threading.Thread(target=_feed_stdin, args=(sock, stdin), daemon=True)
                     feeder.start()
-                out, err = io.BytesIO(), io.BytesIO()
-                both = io.BytesIO() if (opts.stdout and opts.stderr) else None
                 sink = opts.stderr_sink
                 for stream, chunk in frames_iter(sock, tty=False):
                     (out if stream == _STDOUT else err).write(chunk)
@@ -300,18 +331,35 @@ def run_container(api: Any, opts: RunOptions, kind: str = "run") -> bytes | str:
                 with contextlib.suppress(Exception):
                     sock.close()
             status, oom = _exit_status(api, container_id)
-        if killer.fired:
-            raise RunTimeout(image=opts.image, timeout=opts.timeout or 0, container=container_id)
-        if status != 0:
-            raise _failure(opts, status, err.getvalue(), container_id, oom)
-        if both is not None:
-            return _output(opts, both.getvalue())
-        return _output(opts, out.getvalue() if opts.stdout else err.getvalue())
+        return Outcome(
+            container_id=container_id,
+            status=status,
+            stdout=out.getvalue(),
+            stderr=err.getvalue(),
+            combined=both.getvalue() if both is not None else None,
+            oom=oom,
+            timed_out=killer.fired,
+            t_create=t_create,
+            t_started=t_started,
+            t_exited=time.monotonic(),
+        )
     finally:
         if killer is not None:
             killer.cancel()
         if opts.remove:
             _remove(api, container_id)
+
+
+def run_container(api: Any, opts: RunOptions, kind: str = "run") -> bytes | str:
+    """Run to completion and return stdout; see :meth:`swarmless.Client.run`."""
+    o = execute(api, opts, kind)
+    if o.timed_out:
+        raise RunTimeout(image=opts.image, timeout=opts.timeout or 0, container=o.container_id)
+    if o.status != 0:
+        raise _failure(opts, o.status, o.stderr, o.container_id, o.oom)
+    if o.combined is not None:
+        return _output(opts, o.combined)
+    return _output(opts, o.stdout if opts.stdout else o.stderr)
 
 
 def start_container(api: Any, opts: RunOptions, kind: str = "run") -> Run:

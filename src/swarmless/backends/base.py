@@ -1,0 +1,106 @@
+"""The backend interface: the one layer that starts and stops containers.
+
+Two implementations: :mod:`swarmless.backends.docker` (one engine, a user-defined bridge
+network) and, later, ``swarm`` (services on an overlay network). The gateway, dispatcher and
+reconciler only speak this interface; ``docker.errors`` never cross it.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+from swarmless.spec import FunctionSpec
+
+__all__ = ["Backend", "ContainerInfo", "OneShotResult", "WorkerLaunch"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WorkerLaunch:
+    """Everything needed to start one warm container."""
+
+    spec: FunctionSpec
+    worker_id: str
+    token: str
+    runtime_url: str
+    version: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OneShotResult:
+    """What a one-shot (oneshot or cgi) container produced."""
+
+    container: str
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    oom: bool
+    timed_out: bool
+    #: ms spent creating and starting the container, and running it.
+    init_ms: float
+    run_ms: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ContainerInfo:
+    """A swarmless container the backend found on the engine."""
+
+    id: str
+    function: str
+    kind: str
+    worker_id: str | None
+    status: str
+    labels: Mapping[str, str]
+
+
+class Backend(abc.ABC):
+    """Starts, stops and lists the containers of deployed functions."""
+
+    #: Called with (container id, worker id or None, exit code) when a container dies.
+    on_exit: Callable[[str, str | None, int], None] | None = None
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect, create the network, start watching container events."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop watching and release connections (containers are left to the caller)."""
+
+    @abc.abstractmethod
+    def runtime_host(self) -> str:
+        """The address containers use to reach the gateway (an IP or DNS name)."""
+
+    @abc.abstractmethod
+    async def ensure_image(self, image: str) -> None:
+        """Raise ImageNotFound unless ``image`` is on the engine or can be pulled."""
+
+    @abc.abstractmethod
+    async def start_worker(self, launch: WorkerLaunch) -> str:
+        """Start a warm container; returns its container id."""
+
+    @abc.abstractmethod
+    async def stop_container(self, container_id: str, *, grace: float = 0) -> None:
+        """Stop (after ``grace`` seconds of SIGTERM) and remove a container; gone is fine."""
+
+    @abc.abstractmethod
+    async def run_once(
+        self,
+        spec: FunctionSpec,
+        *,
+        call_id: str,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        stdin: bytes,
+        timeout: float,
+    ) -> OneShotResult:
+        """Run one fresh container to completion (oneshot and cgi modes)."""
+
+    @abc.abstractmethod
+    async def container_logs(self, container_id: str, *, tail: int = 20) -> str:
+        """The last lines a container printed (to explain a crash); empty when gone."""
+
+    @abc.abstractmethod
+    async def list_containers(self) -> list[ContainerInfo]:
+        """Every swarmless function container on the engine."""

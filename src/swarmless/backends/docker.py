@@ -1,0 +1,371 @@
+"""The local backend: function containers on one Docker Engine, on a user-defined bridge.
+
+Warm containers run ``python -m swarmless.runtime`` from a read-only copy of the gateway's
+own runtime package, bind-mounted at ``/opt/swarmless``: any image with Python 3 becomes a
+warm function without a rebuild, and the runtime always speaks the gateway's protocol
+version. They are watched through the engine's event stream, so a worker that dies is
+noticed at once (its calls in hand go back to the queue, and a container that crashed
+before asking for work is read for its last lines before it is removed). Containers left
+by a gateway that crashed are found by label when the next one starts.
+
+The Docker SDK is synchronous; its calls run in a dedicated thread pool sized for bursts of
+container starts (the default asyncio pool has only ``cpu + 4`` threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import docker.types
+
+from swarmless.backends.base import Backend, ContainerInfo, OneShotResult, WorkerLaunch
+from swarmless.config import Settings
+from swarmless.engine import (
+    LABEL_CALL,
+    LABEL_FUNCTION,
+    LABEL_KIND,
+    LABEL_MANAGED,
+    connect,
+    managed_labels,
+    translate,
+)
+from swarmless.exceptions import ContainerError, ImageNotFound, SwarmlessError
+from swarmless.sdk.run import RunOptions, execute
+from swarmless.spec import FunctionSpec
+
+__all__ = ["DockerBackend", "runtime_package_dir"]
+
+log = logging.getLogger("swarmless.backend")
+T = TypeVar("T")
+
+LABEL_WORKER = "swarmless.worker"
+LABEL_GATEWAY = "swarmless.gateway"
+LABEL_VERSION = "swarmless.version"
+RUNTIME_MOUNT = "/opt/swarmless"
+
+
+def runtime_package_dir(data_dir: Path) -> Path:
+    """Copy the runtime package (and an empty ``swarmless/__init__.py``) under ``data_dir``.
+
+    Only ``swarmless.runtime`` goes into containers: it needs nothing but the standard
+    library, and the rest of the package (docker, starlette, ...) is not installed there.
+    """
+    import swarmless.runtime as runtime
+
+    src = Path(runtime.__file__).parent
+    root = data_dir / "runtime"
+    dest = root / "swarmless" / "runtime"
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (root / "swarmless" / "__init__.py").write_text("")
+    return root
+
+
+class DockerBackend(Backend):
+    """Function containers on one Docker Engine."""
+
+    def __init__(self, settings: Settings, *, labels: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        #: Extra labels on every container (tests use them to clean up by label).
+        self.extra_labels = dict(labels or {})
+        self._client: docker.DockerClient | None = None
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="swarmless-docker")
+        self._gateway_ip = "127.0.0.1"
+        self._runtime_dir: Path | None = None
+        self._events: Any = None
+        self._watcher: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            raise SwarmlessError("backend not started")
+        return self._client
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._client is not None:  # started already (the server binds before lifespan)
+            return
+        self._loop = asyncio.get_running_loop()
+        self._client = await self._call(connect, self.settings.docker_host)
+        self._gateway_ip = await self._call(self._ensure_network)
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._runtime_dir = runtime_package_dir(self.settings.data_dir)
+        self._watcher = threading.Thread(
+            target=self._watch_events, daemon=True, name="swarmless-events"
+        )
+        self._watcher.start()
+
+    async def close(self) -> None:
+        if self._events is not None:
+            with contextlib.suppress(Exception):
+                self._events.close()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def runtime_host(self) -> str:
+        return self._gateway_ip
+
+    def _ensure_network(self) -> str:
+        """Create the bridge network if needed; return its gateway IP (the host's side)."""
+        name = self.settings.network
+        with translate():
+            try:
+                net = self.client.networks.get(name)
+            except docker.errors.NotFound:
+                try:
+                    net = self.client.networks.create(
+                        name,
+                        driver="bridge",
+                        attachable=True,
+                        labels=managed_labels("network"),
+                    )
+                except docker.errors.APIError:  # created meanwhile by another gateway
+                    net = self.client.networks.get(name)
+            net.reload()
+        configs = (net.attrs.get("IPAM") or {}).get("Config") or []
+        for cfg in configs:
+            if cfg.get("Gateway"):
+                return str(cfg["Gateway"]).split("/")[0]
+        raise SwarmlessError(f"network {name!r} has no gateway address; remove it and restart")
+
+    def _watch_events(self) -> None:
+        filters = {"type": "container", "event": ["die"], "label": [f"{LABEL_MANAGED}=true"]}
+        try:
+            self._events = self.client.events(decode=True, filters=filters)
+            for ev in self._events:
+                attrs = (ev.get("Actor") or {}).get("Attributes") or {}
+                cid = ev.get("id") or (ev.get("Actor") or {}).get("ID", "")
+                try:
+                    code = int(attrs.get("exitCode", -1))
+                except ValueError:
+                    code = -1
+                handler, loop = self.on_exit, self._loop
+                if handler is not None and loop is not None and not loop.is_closed():
+                    loop.call_soon_threadsafe(handler, cid, attrs.get(LABEL_WORKER), code)
+        except Exception as e:  # the stream ends when the backend closes
+            log.debug("event stream ended: %s", e)
+
+    # -- images --------------------------------------------------------------------
+
+    async def ensure_image(self, image: str) -> None:
+        def check() -> None:
+            with translate(image=image):
+                try:
+                    self.client.images.get(image)
+                except docker.errors.ImageNotFound:
+                    try:
+                        self.client.images.pull(image)
+                    except docker.errors.APIError as e:
+                        raise ImageNotFound(image, str(e.explanation or e)) from e
+
+        await self._call(check)
+
+    # -- warm containers -----------------------------------------------------------
+
+    def _host_config(self, spec: FunctionSpec, **extra: Any) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"network_mode": spec.network or self.settings.network}
+        if spec.memory is not None:
+            cfg["mem_limit"] = spec.memory
+        if spec.cpus is not None:
+            cfg["nano_cpus"] = int(spec.cpus * 1e9)
+        binds = [f"{self._secret_path(name)}:/run/secrets/{name}:ro" for name in spec.secrets]
+        if binds:
+            cfg["binds"] = binds
+        cfg.update(extra)
+        return cfg
+
+    def _secret_path(self, name: str) -> Path:
+        path = self.settings.data_dir / "secrets" / name
+        if not path.is_file():
+            raise SwarmlessError(
+                f"secret {name!r} does not exist; create it: swarmless secret create {name} FILE"
+            )
+        return path
+
+    def _labels(self, kind: str, spec: FunctionSpec, **more: str) -> dict[str, str]:
+        labels = dict(spec.labels)
+        labels.update(self.extra_labels)
+        labels.update(managed_labels(kind))
+        labels[LABEL_FUNCTION] = spec.name
+        labels[LABEL_GATEWAY] = self.settings.instance
+        labels.update({f"swarmless.{k}": v for k, v in more.items()})
+        return labels
+
+    async def start_worker(self, launch: WorkerLaunch) -> str:
+        spec = launch.spec
+        assert self._runtime_dir is not None
+        handler = spec.handler or ""
+        kind = spec.handler_kind
+        if not handler and spec.command:
+            handler, kind = " ".join(spec.command), "command"
+        env = dict(spec.env)
+        env.update(
+            {
+                "SWARMLESS_RUNTIME_API": launch.runtime_url,
+                "SWARMLESS_WORKER_TOKEN": launch.token,
+                "SWARMLESS_FUNCTION": spec.name,
+                "SWARMLESS_HANDLER": handler,
+                "SWARMLESS_HANDLER_KIND": kind,
+                "SWARMLESS_CONCURRENCY": str(spec.concurrency),
+                "SWARMLESS_GATEWAY_URL": launch.runtime_url,
+                "PYTHONPATH": RUNTIME_MOUNT,
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONDONTWRITEBYTECODE": "1",
+            }
+        )
+        labels = self._labels("worker", spec, worker=launch.worker_id, version=str(launch.version))
+
+        def create_and_start() -> str:
+            api = self.client.api
+            cfg = self._host_config(spec)
+            cfg["binds"] = [*cfg.get("binds", []), f"{self._runtime_dir}:{RUNTIME_MOUNT}:ro"]
+            host_config = api.create_host_config(**cfg)
+            with translate(image=spec.image):
+                created = api.create_container(
+                    image=spec.image,
+                    command=["python3", "-m", "swarmless.runtime"],
+                    environment=env,
+                    labels=labels,
+                    host_config=host_config,
+                    name=f"swarmless-{spec.name}-{launch.worker_id}",
+                )
+                cid = str(created["Id"])
+                try:
+                    api.start(cid)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        api.remove_container(cid, force=True)
+                    raise
+            return cid
+
+        return await self._call(create_and_start)
+
+    async def stop_container(self, container_id: str, *, grace: float = 0) -> None:
+        def stop() -> None:
+            api = self.client.api
+            with contextlib.suppress(docker.errors.APIError):
+                if grace > 0:
+                    api.stop(container_id, timeout=int(grace))
+                api.remove_container(container_id, force=True)
+
+        with translate():
+            await self._call(stop)
+
+    # -- one-shot containers -------------------------------------------------------
+
+    async def run_once(
+        self,
+        spec: FunctionSpec,
+        *,
+        call_id: str,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        stdin: bytes,
+        timeout: float,
+    ) -> OneShotResult:
+        command = [*(spec.command or []), *args] or None
+        opts = RunOptions(
+            spec.image or "",
+            command,
+            stdin=stdin,
+            env={**spec.env, **env},
+            timeout=timeout,
+            network=spec.network or self.settings.network,
+            memory=spec.memory,
+            cpus=spec.cpus,
+            labels={
+                **spec.labels,
+                **self.extra_labels,
+                LABEL_FUNCTION: spec.name,
+                LABEL_CALL: call_id,
+                LABEL_GATEWAY: self.settings.instance,
+            },
+            stdout=True,
+            stderr=False,
+            pull="missing",
+        )
+
+        def run() -> OneShotResult:
+            try:
+                o = execute(self.client.api, opts, kind=spec.mode)
+            except ContainerError as e:  # the command could not be executed at all
+                return OneShotResult(
+                    container=e.container or "",
+                    exit_code=e.exit_status,
+                    stdout=b"",
+                    stderr=e.stderr,
+                    oom=False,
+                    timed_out=False,
+                    init_ms=0.0,
+                    run_ms=0.0,
+                )
+            return OneShotResult(
+                container=o.container_id,
+                exit_code=o.status,
+                stdout=o.stdout,
+                stderr=o.stderr,
+                oom=o.oom,
+                timed_out=o.timed_out,
+                init_ms=(o.t_started - o.t_create) * 1000,
+                run_ms=(o.t_exited - o.t_started) * 1000,
+            )
+
+        return await self._call(run)
+
+    async def container_logs(self, container_id: str, *, tail: int = 20) -> str:
+        def read() -> str:
+            try:
+                data = self.client.api.logs(container_id, stdout=True, stderr=True, tail=tail)
+            except Exception:
+                return ""
+            return bytes(data).decode("utf-8", "replace").strip()
+
+        return await self._call(read)
+
+    # -- inventory -----------------------------------------------------------------
+
+    async def list_containers(self) -> list[ContainerInfo]:
+        def listing() -> list[ContainerInfo]:
+            with translate():
+                found = self.client.api.containers(
+                    all=True,
+                    filters={
+                        "label": [
+                            f"{LABEL_MANAGED}=true",
+                            LABEL_FUNCTION,
+                            f"{LABEL_GATEWAY}={self.settings.instance}",
+                        ]
+                    },
+                )
+            return [
+                ContainerInfo(
+                    id=c["Id"],
+                    function=c["Labels"].get(LABEL_FUNCTION, ""),
+                    kind=c["Labels"].get(LABEL_KIND, ""),
+                    worker_id=c["Labels"].get(LABEL_WORKER),
+                    status=c.get("State", ""),
+                    labels=c["Labels"],
+                )
+                for c in found
+            ]
+
+        return await self._call(listing)

@@ -1,0 +1,192 @@
+"""Commands on deployed functions: deploy, invoke, ls, logs, rm, scale."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from swarmless.cli._base import console, err_console, main
+from swarmless.config import Settings
+from swarmless.exceptions import SwarmlessError
+from swarmless.sdk.gateway import GatewayClient
+from swarmless.spec import load_file
+
+
+def _gateway() -> GatewayClient:
+    settings = Settings.load()
+    if not settings.token:
+        token_file = settings.data_dir / "token"
+        if token_file.is_file():
+            settings = Settings.load(token=token_file.read_text().strip())
+    return GatewayClient(settings)
+
+
+@main.command()
+@click.argument("path", default="swarmless.yml", type=click.Path(exists=True))
+@click.option("--build/--no-build", default=True, help="Build functions that have `build:`.")
+@click.option("--only", multiple=True, help="Deploy only these functions.")
+def deploy(path: str, build: bool, only: tuple[str, ...]) -> None:
+    """Deploy the functions of a swarmless.yml (or a folder holding one)."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / "swarmless.yml"
+    specs = load_file(file)
+    if only:
+        specs = [s for s in specs if s.name in only]
+    gw = _gateway()
+    for spec in specs:
+        if build and spec.build:
+            from swarmless.cli.new import build_spec
+
+            build_spec(spec)
+        result = gw.deploy(spec)
+        console.print(
+            f"deployed [bold]{spec.name}[/bold] ({spec.mode}) version {result['version']}"
+        )
+        console.print(f"  curl {gw.settings.gateway_url}/function/{spec.name}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("-d", "--data", help="Request body; @FILE reads a file, @- stdin.")
+@click.option("-a", "--arg", "args", multiple=True, help="Argument (oneshot functions).")
+@click.option("-X", "--method", default="POST")
+@click.option("--path", default="", help="Sub-path after /function/NAME.")
+@click.option("-H", "--header", "headers", multiple=True, metavar="NAME:VALUE")
+@click.option("-i", "--include", is_flag=True, help="Print the status and call id too.")
+def invoke(
+    name: str,
+    data: str | None,
+    args: tuple[str, ...],
+    method: str,
+    path: str,
+    headers: tuple[str, ...],
+    include: bool,
+) -> None:
+    """Call a deployed function and print its answer."""
+    body: bytes | None = None
+    if data is not None:
+        if data == "@-":
+            body = sys.stdin.buffer.read()
+        elif data.startswith("@"):
+            body = Path(data[1:]).read_bytes()
+        else:
+            body = data.encode()
+    hdrs = {}
+    for h in headers:
+        k, sep, v = h.partition(":")
+        if not sep:
+            raise click.BadParameter(f"expected NAME:VALUE, got {h!r}", param_hint="-H")
+        hdrs[k.strip()] = v.strip()
+    result = _gateway().invoke(
+        name, body, args=list(args) if args else None, method=method, path=path, headers=hdrs
+    )
+    if include:
+        err_console.print(f"HTTP {result.status}  call {result.call_id}")
+    sys.stdout.buffer.write(result.body)
+    sys.stdout.flush()
+    if result.status >= 400:
+        sys.exit(1)
+
+
+@main.command(name="ls")
+def ls() -> None:
+    """List deployed functions and their containers."""
+    rows = _gateway().functions()
+    table = Table(show_header=True, header_style="bold")
+    for col in (
+        "name",
+        "mode",
+        "image",
+        "ver",
+        "ready",
+        "starting",
+        "busy",
+        "in flight",
+        "queued",
+        "scale",
+    ):
+        table.add_column(col)
+    for f in rows:
+        c = f.get("containers", {})
+        spec = f["spec"]
+        scale = f.get("scale") or {}
+        note = ""
+        if scale.get("pinned") is not None:
+            note = f"pinned {scale['pinned']}"
+        elif scale.get("desired") is not None:
+            note = f"want {scale['desired']}"
+        if spec.get("docker") == "host-socket":
+            note += " [red]host socket![/red]"
+        table.add_row(
+            f["name"],
+            spec.get("mode", ""),
+            spec.get("image") or "",
+            str(f["version"]),
+            str(c.get("ready", 0)),
+            str(c.get("starting", 0)),
+            str(c.get("busy", 0)),
+            str(c.get("in_flight", 0)),
+            str(c.get("queued", 0)),
+            note,
+        )
+    console.print(table)
+
+
+@main.command()
+@click.argument("target")
+@click.option("-n", "--limit", default=20, help="Records to list for a function.")
+def logs(target: str, limit: int) -> None:
+    """Logs of one call (CALL_ID), or the latest records of a function (NAME)."""
+    gw = _gateway()
+    if "-" in target and len(target) >= 20:
+        out = gw.logs(target)
+        sys.stdout.write(out["stdout"])
+        sys.stderr.write(out["stderr"])
+        return
+    records = gw.invocations(function=target, limit=limit)
+    table = Table(show_header=True, header_style="bold")
+    for col in ("call id", "status", "http", "cold", "wait ms", "run ms", "container", "error"):
+        table.add_column(col)
+    for r in records:
+        table.add_row(
+            r.id,
+            r.status,
+            str(r.http_status or ""),
+            "cold" if r.cold else "",
+            f"{r.wait_ms:.1f}" if r.wait_ms is not None else "",
+            f"{r.run_ms:.1f}" if r.run_ms is not None else "",
+            r.container or "",
+            (r.error or "").splitlines()[0][:60] if r.error else "",
+        )
+    console.print(table)
+
+
+@main.command()
+@click.argument("names", nargs=-1, required=True)
+def rm(names: tuple[str, ...]) -> None:
+    """Remove deployed functions (their containers drain and go)."""
+    gw = _gateway()
+    failed = False
+    for name in names:
+        try:
+            gw.remove(name)
+            console.print(f"removed {name}")
+        except SwarmlessError as e:
+            err_console.print(f"[red]error:[/red] {e.message}")
+            failed = True
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("name")
+@click.argument("replicas")
+def scale(name: str, replicas: str) -> None:
+    """Pin a warm function to REPLICAS containers (`auto` gives it back to the autoscaler)."""
+    n = None if replicas == "auto" else int(replicas)
+    _gateway().scale(name, n)
+    console.print(f"{name}: {'autoscaled' if n is None else f'pinned to {n}'}")

@@ -1,0 +1,39 @@
+"""``swarmless up``: run the gateway in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import click
+
+from swarmless.cli._base import console, main
+from swarmless.config import Settings
+from swarmless.gateway.app import Gateway, admin_token
+from swarmless.gateway.server import serve
+
+
+@main.command()
+@click.option("--host", envvar="SWARMLESS_HOST", help="Address to listen on (127.0.0.1).")
+@click.option("--port", envvar="SWARMLESS_PORT", type=int, help="Port to listen on (8080).")
+@click.option("--data-dir", envvar="SWARMLESS_DATA_DIR", help="Store, token and runtime copy.")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
+def up(host: str | None, port: int | None, data_dir: str | None, log_level: str) -> None:
+    """Start the gateway (SQLite store, local Docker backend) until Ctrl-C."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    settings = Settings.load(host=host, port=port, data_dir=data_dir)
+    token, new = admin_token(settings.data_dir)
+    gateway = Gateway(settings, token=token)
+
+    def started(gw: Gateway, bound: int) -> None:
+        url = f"http://{gw.settings.host}:{bound}"
+        console.print(f"[green]swarmless gateway[/green] on {url}  (data: {settings.data_dir})")
+        console.print(f"containers reach it at {gw.runtime_url}")
+        if new:
+            console.print(
+                f"admin token (printed once, kept in {settings.data_dir / 'token'}):\n  {token}"
+            )
+        token_file = settings.data_dir / "token"
+        console.print(f"export SWARMLESS_GATEWAY_URL={url} SWARMLESS_TOKEN=$(cat {token_file})")
+
+    asyncio.run(serve(gateway, started=started, log_level="warning"))

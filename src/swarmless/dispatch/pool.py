@@ -1,0 +1,288 @@
+"""One warm function's queue, its workers and the calls they hold.
+
+The pull model (see docs/runtime-api.md): a call that arrives is handed at once to a poller
+that is already waiting, or queued until a worker asks for work. A worker that dies with
+calls in hand gives them back to the front of the queue (unless their deadline has passed);
+a poller whose connection drops is forgotten before it can be handed a call, and a call
+handed to a connection that turned out dead is given back the same way.
+
+Everything here runs on the event loop; nothing blocks and nothing touches Docker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections import deque
+from typing import Literal
+
+from swarmless.exceptions import FunctionFailed, QueueFull
+from swarmless.records import InvocationRecord, now_ms
+from swarmless.spec import FunctionSpec
+
+__all__ = ["RETIRE", "Call", "Result", "WarmPool", "Worker"]
+
+WorkerState = Literal["starting", "ready", "draining", "gone"]
+
+
+class _Retire:
+    """The answer to a poll that tells the worker to finish and exit (HTTP 410)."""
+
+    def __repr__(self) -> str:
+        return "RETIRE"
+
+
+RETIRE = _Retire()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Result:
+    """What a worker answered for one call."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    error: str | None = None
+    exit_code: int | None = None
+
+
+@dataclasses.dataclass(eq=False, kw_only=True)
+class Call:
+    """One invocation travelling through a pool."""
+
+    record: InvocationRecord
+    #: The JSON event header (method, path, query, headers) sent to the worker.
+    event: bytes
+    body: bytes
+    #: Monotonic deadline, and the same instant in epoch ms for the worker.
+    deadline: float
+    deadline_ms: int
+    future: asyncio.Future[Result]
+    queued: float = dataclasses.field(default_factory=time.monotonic)
+    worker: Worker | None = None
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def finished(self) -> bool:
+        return self.future.done()
+
+
+@dataclasses.dataclass(eq=False, kw_only=True)
+class Worker:
+    """A warm container as the gateway sees it."""
+
+    id: str
+    token: str
+    function: str
+    version: int
+    container: str | None = None
+    state: WorkerState = "starting"
+    created: float = dataclasses.field(default_factory=time.monotonic)
+    ready_at: float | None = None
+    last_active: float = dataclasses.field(default_factory=time.monotonic)
+    in_hand: dict[str, Call] = dataclasses.field(default_factory=dict)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.in_hand)
+
+
+class WarmPool:
+    """The queue and workers of one warm function."""
+
+    def __init__(self, spec: FunctionSpec, version: int) -> None:
+        self.spec = spec
+        self.version = version
+        self.pending: deque[Call] = deque()
+        self.workers: dict[str, Worker] = {}
+        self._waiters: deque[tuple[Worker, asyncio.Future[Call | _Retire]]] = deque()
+        #: Set when work arrives that no ready worker can take: the reconciler wakes up.
+        self.wake = asyncio.Event()
+        self.last_busy = time.monotonic()
+        #: Why the last container crashed before it was ready (cleared by a ready worker).
+        self.crashed: str | None = None
+        self.crashes = 0
+        #: Monotonic time before which the reconciler starts no new container (crash backoff).
+        self.backoff_until = 0.0
+
+    def crash(self, reason: str) -> None:
+        """A container died before it asked for work: fail the queue, back off restarts."""
+        self.crashed = reason
+        self.crashes += 1
+        self.backoff_until = time.monotonic() + min(2.0 ** (self.crashes - 1), 30.0)
+        while self.pending:
+            call = self.pending.popleft()
+            if not call.finished:
+                call.future.set_exception(FunctionFailed(reason))
+
+    # -- calls ---------------------------------------------------------------------
+
+    def submit(self, call: Call) -> None:
+        """Hand ``call`` to a waiting poller, or queue it; raises QueueFull when full."""
+        self.last_busy = time.monotonic()
+        while self._waiters:
+            worker, fut = self._waiters.popleft()
+            if fut.done() or worker.state != "ready":
+                continue
+            self._assign(worker, call)
+            fut.set_result(call)
+            return
+        if len(self.pending) >= self.spec.queue_size:
+            raise QueueFull(
+                f"function {self.spec.name!r} has {len(self.pending)} calls queued "
+                f"(queue_size {self.spec.queue_size}); retry later",
+                retry_after=1.0,
+            )
+        self.pending.append(call)
+        self.wake.set()
+
+    def requeue(self, call: Call) -> None:
+        """Give a call back to the front of the queue (its worker vanished)."""
+        if call.worker is not None:
+            call.worker.in_hand.pop(call.id, None)
+            call.worker = None
+        if call.finished or time.monotonic() >= call.deadline:
+            return
+        call.record.attempt += 1
+        while self._waiters:
+            worker, fut = self._waiters.popleft()
+            if fut.done() or worker.state != "ready":
+                continue
+            self._assign(worker, call)
+            fut.set_result(call)
+            return
+        self.pending.appendleft(call)
+        self.wake.set()
+
+    def forget(self, call: Call) -> Worker | None:
+        """Take a finished (timed out) call out of the pool; returns the worker holding it."""
+        with_worker = call.worker
+        if with_worker is not None:
+            with_worker.in_hand.pop(call.id, None)
+        else:
+            with contextlib.suppress(ValueError):
+                self.pending.remove(call)
+        return with_worker
+
+    def _assign(self, worker: Worker, call: Call) -> None:
+        now = time.monotonic()
+        call.worker = worker
+        worker.in_hand[call.id] = call
+        worker.last_active = now
+        rec = call.record
+        rec.status = "running"
+        rec.started_at = now_ms()
+        rec.wait_ms = round((now - call.queued) * 1000, 3)
+        rec.container = worker.container[:12] if worker.container else worker.id
+        rec.cold = worker.created > call.queued
+        if rec.cold and worker.ready_at is not None:
+            rec.init_ms = round((worker.ready_at - worker.created) * 1000, 3)
+
+    # -- workers -------------------------------------------------------------------
+
+    def add_worker(self, worker: Worker) -> None:
+        self.workers[worker.id] = worker
+
+    async def next(self, worker: Worker, timeout: float) -> Call | _Retire | None:
+        """The next call for ``worker``: waits up to ``timeout`` (None: nothing came)."""
+        now = time.monotonic()
+        worker.last_active = now
+        if worker.state == "starting":
+            worker.state = "ready"
+            worker.ready_at = now
+            self.crashed, self.crashes = None, 0
+        if worker.state in ("draining", "gone"):
+            return RETIRE
+        while self.pending:
+            call = self.pending.popleft()
+            if call.finished:
+                continue
+            self._assign(worker, call)
+            return call
+        fut: asyncio.Future[Call | _Retire] = asyncio.get_running_loop().create_future()
+        entry = (worker, fut)
+        self._waiters.append(entry)
+        try:
+            done, _ = await asyncio.wait({fut}, timeout=timeout)
+        except asyncio.CancelledError:
+            self._drop_waiter(entry)
+            raise
+        if not done:
+            fut.cancel()
+            self._drop_waiter(entry)
+            return None
+        return fut.result()
+
+    def _drop_waiter(self, entry: tuple[Worker, asyncio.Future[Call | _Retire]]) -> None:
+        fut = entry[1]
+        if fut.done() and not fut.cancelled():
+            got = fut.result()
+            if isinstance(got, Call):  # handed over just as the poller went away
+                self.requeue(got)
+        else:
+            fut.cancel()
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(entry)
+
+    def complete(self, worker: Worker, call_id: str, result: Result) -> Call | None:
+        """A worker posted the result of ``call_id``."""
+        worker.last_active = time.monotonic()
+        call = worker.in_hand.pop(call_id, None)
+        if call is not None:
+            call.worker = None
+            if not call.finished:
+                call.future.set_result(result)
+        return call
+
+    def retire(self, worker: Worker) -> None:
+        """Drain ``worker``: it finishes what it holds and then exits on its next poll."""
+        if worker.state in ("draining", "gone"):
+            return
+        worker.state = "draining"
+        kept: deque[tuple[Worker, asyncio.Future[Call | _Retire]]] = deque()
+        for w, fut in self._waiters:
+            if w is worker:
+                if not fut.done():
+                    fut.set_result(RETIRE)
+            else:
+                kept.append((w, fut))
+        self._waiters = kept
+
+    def gone(self, worker: Worker) -> list[Call]:
+        """``worker``'s container is gone: forget it and requeue what it held."""
+        worker.state = "gone"
+        self.workers.pop(worker.id, None)
+        self._waiters = deque((w, f) for w, f in self._waiters if w is not worker)
+        held = list(worker.in_hand.values())
+        for call in held:
+            self.requeue(call)
+        return held
+
+    # -- observations ----------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Containers by state and calls by stage, for the autoscaler and metrics."""
+        ready = starting = draining = busy = 0
+        for w in self.workers.values():
+            if w.state == "ready":
+                ready += 1
+                busy += w.busy
+            elif w.state == "starting":
+                starting += 1
+            elif w.state == "draining":
+                draining += 1
+        in_flight = sum(len(w.in_hand) for w in self.workers.values())
+        queued = sum(1 for c in self.pending if not c.finished)
+        return {
+            "ready": ready,
+            "starting": starting,
+            "draining": draining,
+            "busy": busy,
+            "in_flight": in_flight,
+            "queued": queued,
+        }

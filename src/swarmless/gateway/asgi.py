@@ -1,0 +1,96 @@
+"""Small raw-ASGI helpers for the hot paths (function calls, the runtime API).
+
+The two routes that carry every invocation skip the framework's request objects: they read
+the body, answer with one ``http.response.start`` and one body message, and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+from swarmless.exceptions import PayloadTooLarge, QueueFull, SwarmlessError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+__all__ = [
+    "Receive",
+    "Scope",
+    "Send",
+    "bearer",
+    "error_body",
+    "header",
+    "read_body",
+    "send_error",
+    "send_response",
+]
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower-case bytes), or None."""
+    for k, v in scope["headers"]:
+        if k == name:
+            return str(v.decode("latin-1"))
+    return None
+
+
+def bearer(scope: Scope) -> str | None:
+    """The token of an ``Authorization: Bearer`` header."""
+    value = header(scope, b"authorization")
+    if value and value[:7].lower() == "bearer ":
+        return value[7:].strip()
+    return None
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int | None = None) -> bytes:
+    """The whole request body; PayloadTooLarge as soon as it passes ``limit`` bytes."""
+    declared = header(scope, b"content-length")
+    if limit is not None and declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def send_response(
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    raw = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def error_body(err: SwarmlessError) -> bytes:
+    return json.dumps(err.to_dict()).encode()
+
+
+async def send_error(send: Send, err: SwarmlessError) -> None:
+    headers = [(b"content-type", b"application/json"), (b"x-swarmless-error", b"1")]
+    if err.invocation:
+        headers.append((b"x-call-id", err.invocation.encode()))
+    if isinstance(err, QueueFull):
+        headers.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))
+    await send_response(send, err.status_code, error_body(err), headers)

@@ -1,0 +1,142 @@
+"""The runtime API: warm containers pull their next call here (docs/runtime-api.md).
+
+``POST /runtime/next`` carries the result of the previous call and answers with the next
+one: one round trip per call. While a poll waits, the handler also listens for the
+worker's disconnect; a call handed to a poller that went away goes back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from swarmless.dispatch.dispatcher import Dispatcher
+from swarmless.dispatch.pool import RETIRE, Call, Result
+from swarmless.gateway.asgi import ClientGone as ClientGone
+from swarmless.gateway.asgi import (
+    Receive,
+    Scope,
+    Send,
+    bearer,
+    header,
+    read_body,
+    send_response,
+)
+
+__all__ = ["LONG_POLL", "RuntimeAPI"]
+
+log = logging.getLogger("swarmless.runtime_api")
+
+#: How long a poll waits for work before answering 204.
+LONG_POLL = 25.0
+_JSON = [(b"content-type", b"application/json")]
+
+
+class RuntimeAPI:
+    """Raw ASGI app for ``/runtime/next`` and ``/runtime/logs/{call_id}``."""
+
+    def __init__(self, dispatcher: Dispatcher, *, long_poll: float = LONG_POLL) -> None:
+        self.dispatcher = dispatcher
+        self.long_poll = long_poll
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = bearer(scope)
+        found = self.dispatcher.worker_for(token) if token else None
+        if found is None:
+            await send_response(
+                send, 401, b'{"error":"unauthorized","message":"unknown worker token"}', _JSON
+            )
+            return
+        worker, pool = found
+        try:
+            body = await read_body(scope, receive)
+        except ClientGone:
+            return
+        path: str = scope["path"]
+        if path.startswith("/runtime/logs/"):
+            await self._logs(worker, path[len("/runtime/logs/") :], body, send)
+            return
+        if path != "/runtime/next" or scope["method"] != "POST":
+            await send_response(send, 404, b'{"error":"not_found"}', _JSON)
+            return
+        done_id = header(scope, b"x-swarmless-result-for")
+        if done_id:
+            pool.complete(worker, done_id, _result(scope, body))
+        poll = asyncio.ensure_future(pool.next(worker, self.long_poll))
+        if not poll.done():
+            gone = asyncio.ensure_future(_disconnected(receive))
+            await asyncio.wait({poll, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not poll.done():  # the worker went away while it waited: forget the poll
+                poll.cancel()
+                await asyncio.gather(poll, return_exceptions=True)
+                return
+            gone.cancel()
+            if gone.done() and not gone.cancelled() and isinstance(poll.result(), Call):
+                pool.requeue(poll.result())  # type: ignore[arg-type]
+                return
+        got = poll.result()
+        if got is None:
+            await send_response(send, 204, b"")
+        elif got is RETIRE:
+            await send_response(send, 410, b'{"error":"retired"}', _JSON)
+        else:
+            assert isinstance(got, Call)
+            await send_response(
+                send,
+                200,
+                got.body,
+                [
+                    (b"x-swarmless-call-id", got.id.encode()),
+                    (b"x-swarmless-deadline", str(got.deadline_ms).encode()),
+                    (b"x-swarmless-event", got.event),
+                ],
+            )
+
+    async def _logs(self, worker: object, call_id: str, body: bytes, send: Send) -> None:
+        try:
+            data = json.loads(body)
+            stdout = str(data.get("stdout", "")).encode()
+            stderr = str(data.get("stderr", "")).encode()
+        except (ValueError, AttributeError):
+            await send_response(send, 400, b'{"error":"invalid_argument"}', _JSON)
+            return
+        in_hand = getattr(worker, "in_hand", {})
+        if call_id not in in_hand:
+            await send_response(
+                send, 404, b'{"error":"not_found","message":"not your call"}', _JSON
+            )
+            return
+        self.dispatcher.store_logs(call_id, stdout, stderr)
+        await send_response(send, 204, b"")
+
+
+async def _disconnected(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _result(scope: Scope, body: bytes) -> Result:
+    status_text = header(scope, b"x-swarmless-result-status") or "200"
+    headers_text = header(scope, b"x-swarmless-result-headers")
+    error = header(scope, b"x-swarmless-error")
+    exit_text = header(scope, b"x-swarmless-exit-code")
+    headers: list[tuple[str, str]] = []
+    if headers_text:
+        try:
+            headers = [(str(k), str(v)) for k, v in json.loads(headers_text)]
+        except (ValueError, TypeError):
+            error = error or f"the runtime sent malformed result headers: {headers_text[:100]!r}"
+    try:
+        status = int(status_text)
+    except ValueError:
+        status = 502
+    return Result(
+        status=status,
+        headers=headers,
+        body=body,
+        error=error,
+        exit_code=int(exit_text) if exit_text and exit_text.lstrip("-").isdigit() else None,
+    )

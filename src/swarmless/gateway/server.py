@@ -1,0 +1,125 @@
+"""Serve the gateway with uvicorn: on the public address, and on the functions' network.
+
+Warm containers reach the gateway at the host side of the function network's bridge
+(``172.x.0.1``), so when the public address is loopback the gateway also listens there.
+Both sockets serve the same app; uvicorn's graceful shutdown (stop accepting, finish
+in-flight requests) then the gateway's lifespan drain apply to both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable
+
+import uvicorn
+
+from swarmless.config import Settings
+from swarmless.gateway.app import Gateway
+
+__all__ = ["GatewayServer", "bind", "serve"]
+
+log = logging.getLogger("swarmless.gateway")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (``port`` 0 picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host).is_loopback
+    return host == "localhost"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, with the gateway's drain first: workers' long polls would hold it open."""
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.gateway.begin_shutdown()
+        await super().shutdown(sockets)
+
+
+class GatewayServer:
+    """Serves one :class:`Gateway` with uvicorn; ``stop()`` may be called from any thread."""
+
+    def __init__(self, gateway: Gateway, *, log_level: str = "warning") -> None:
+        self.gateway = gateway
+        self.log_level = log_level
+        self.port = 0
+        self.server: uvicorn.Server | None = None
+
+    async def serve(self, started: Callable[[Gateway, int], None] | None = None) -> None:
+        """Run until SIGINT/SIGTERM (main thread) or ``stop()``."""
+        gateway = self.gateway
+        settings: Settings = gateway.settings
+        # The backend knows the functions' network address; the lifespan's start reuses it.
+        await gateway.backend.start()
+        public = bind(settings.host, settings.port)
+        self.port = port = public.getsockname()[1]
+        if port != settings.port:
+            gateway.settings = dataclasses.replace(settings, port=port)
+        sockets = [public]
+        if _is_loopback(settings.host):
+            ip = gateway.backend.runtime_host()
+            try:
+                sockets.append(bind(ip, port))
+            except OSError as e:
+                log.error("cannot listen on %s:%d for containers: %s", ip, port, e)
+        config = uvicorn.Config(
+            gateway,
+            log_level=self.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=int(gateway.drain_timeout),
+            lifespan="on",
+            http="httptools",
+            loop="asyncio",
+            timeout_keep_alive=60,
+        )
+        self.server = server = _Server(config, gateway)
+
+        async def announce() -> None:
+            while not server.started and not server.should_exit:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            if server.started and started is not None:
+                started(gateway, port)
+
+        task = asyncio.create_task(announce())
+        try:
+            await server.serve(sockets=sockets)
+        finally:
+            task.cancel()
+
+    @property
+    def started(self) -> bool:
+        return self.server is not None and self.server.started
+
+    def stop(self) -> None:
+        """Ask the server to shut down gracefully (drain, then stop containers)."""
+        if self.server is not None:
+            self.server.should_exit = True
+
+
+async def serve(
+    gateway: Gateway,
+    *,
+    started: Callable[[Gateway, int], None] | None = None,
+    log_level: str = "warning",
+) -> None:
+    """Run the gateway until SIGINT/SIGTERM; ``started`` is called once it answers."""
+    await GatewayServer(gateway, log_level=log_level).serve(started)

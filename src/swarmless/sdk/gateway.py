@@ -1,0 +1,231 @@
+"""Talking to a gateway: deployed functions by name, their records and logs.
+
+One implementation of each call: a pure function builds the request and a pure function
+reads the answer; the sync (``httpx.Client``) and async (``httpx.AsyncClient``) faces only
+send. Errors the gateway answers with (``X-Swarmless-Error: 1``) come back as the same
+exception classes the gateway raised; what a function itself answered (even a 404 from
+its own router) is a result, not an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json as jsonlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from swarmless.config import Settings
+from swarmless.exceptions import EngineUnavailable, SwarmlessError, error_from_status
+from swarmless.records import InvocationRecord
+from swarmless.spec import FunctionSpec
+
+__all__ = ["AsyncGatewayClient", "GatewayClient", "InvokeResult"]
+
+
+@dataclasses.dataclass(frozen=True)
+class InvokeResult:
+    """What a function answered to one sync invocation."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    call_id: str
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.body)
+
+
+def _invoke_request(
+    name: str,
+    data: bytes | str | None,
+    *,
+    json: Any,
+    args: Sequence[str] | None,
+    method: str,
+    path: str,
+    query: Mapping[str, str] | None,
+    headers: Mapping[str, str] | None,
+) -> dict[str, Any]:
+    if not name or "/" in name:
+        raise SwarmlessError(f"function name must be a plain name, got {name!r}")
+    hdrs = dict(headers or {})
+    if args is not None:
+        if not all(isinstance(a, str) for a in args):
+            raise SwarmlessError(f"args must be strings, got {list(args)!r}")
+        hdrs["X-Swarmless-Args"] = jsonlib.dumps(list(args))
+    content: bytes | None
+    if json is not None:
+        content = jsonlib.dumps(json).encode()
+        hdrs.setdefault("Content-Type", "application/json")
+    else:
+        content = data.encode() if isinstance(data, str) else data
+    url = f"/function/{name}" + (f"/{path.lstrip('/')}" if path else "")
+    return {"method": method, "url": url, "content": content, "headers": hdrs, "params": query}
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.headers.get("x-swarmless-error") == "1" or (
+        response.status_code >= 400 and not response.request.url.path.startswith("/function/")
+    ):
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"message": response.text[:500] or f"HTTP {response.status_code}"}
+        if not isinstance(body, dict):
+            body = {"message": str(body)}
+        raise error_from_status(response.status_code, body)
+
+
+def _invoke_result(response: httpx.Response) -> InvokeResult:
+    _raise_for(response)
+    return InvokeResult(
+        status=response.status_code,
+        headers=dict(response.headers),
+        body=response.content,
+        call_id=response.headers.get("x-call-id", ""),
+    )
+
+
+def _spec_json(spec: FunctionSpec | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(spec, FunctionSpec):
+        return spec.to_dict()
+    return dict(spec)
+
+
+def _unreachable(settings: Settings, e: Exception) -> EngineUnavailable:
+    return EngineUnavailable(
+        settings.gateway_url,
+        type(e).__name__,
+        hint="Start the gateway (`swarmless up`) or set SWARMLESS_GATEWAY_URL.",
+        message=f"no gateway answers at {settings.gateway_url} ({type(e).__name__}). "
+        "Start it with `swarmless up`, or set SWARMLESS_GATEWAY_URL.",
+    )
+
+
+def _client_kwargs(settings: Settings, timeout: float | None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
+    return {
+        "base_url": settings.gateway_url,
+        "headers": headers,
+        "timeout": httpx.Timeout(timeout or 300.0, connect=10.0),
+    }
+
+
+class GatewayClient:
+    """Sync client of a gateway (what :class:`swarmless.Client` uses for deployed functions)."""
+
+    def __init__(self, settings: Settings, *, timeout: float | None = None) -> None:
+        self.settings = settings
+        self._http = httpx.Client(**_client_kwargs(settings, timeout))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, **request: Any) -> httpx.Response:
+        try:
+            return self._http.request(**request)
+        except httpx.TransportError as e:
+            raise _unreachable(self.settings, e) from e
+
+    def _json(self, method: str, url: str, **kw: Any) -> Any:
+        response = self._send(method=method, url=url, **kw)
+        _raise_for(response)
+        return response.json() if response.content else None
+
+    def invoke(
+        self,
+        name: str,
+        data: bytes | str | None = None,
+        *,
+        json: Any = None,
+        args: Sequence[str] | None = None,
+        method: str = "POST",
+        path: str = "",
+        query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> InvokeResult:
+        """Call function ``name`` and wait for its answer."""
+        request = _invoke_request(
+            name, data, json=json, args=args, method=method, path=path, query=query, headers=headers
+        )
+        return _invoke_result(self._send(**request))
+
+    def deploy(self, spec: FunctionSpec | Mapping[str, Any]) -> dict[str, Any]:
+        """Deploy or update a function; returns its description (version, containers)."""
+        result: dict[str, Any] = self._json("POST", "/system/functions", json=_spec_json(spec))
+        return result
+
+    def functions(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._json("GET", "/system/functions")
+        return result
+
+    def function(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", f"/system/functions/{name}")
+        return result
+
+    def remove(self, name: str) -> None:
+        self._json("DELETE", f"/system/functions/{name}")
+
+    def scale(self, name: str, replicas: int | None) -> dict[str, Any]:
+        result: dict[str, Any] = self._json(
+            "POST", f"/system/scale/{name}", json={"replicas": replicas}
+        )
+        return result
+
+    def invocation(self, call_id: str) -> InvocationRecord:
+        return InvocationRecord.from_dict(self._json("GET", f"/invocations/{call_id}"))
+
+    def invocations(
+        self, *, function: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[InvocationRecord]:
+        params = {"limit": str(limit)}
+        if function:
+            params["function"] = function
+        if status:
+            params["status"] = status
+        rows = self._json("GET", "/invocations", params=params)
+        return [InvocationRecord.from_dict(r) for r in rows]
+
+    def logs(self, call_id: str) -> dict[str, str]:
+        result: dict[str, str] = self._json("GET", f"/invocations/{call_id}/logs")
+        return result
+
+
+class AsyncGatewayClient:
+    """The asyncio face of :class:`GatewayClient` (same requests, same parsing)."""
+
+    def __init__(self, settings: Settings, *, timeout: float | None = None) -> None:
+        self.settings = settings
+        self._http = httpx.AsyncClient(**_client_kwargs(settings, timeout))
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, **request: Any) -> httpx.Response:
+        try:
+            return await self._http.request(**request)
+        except httpx.TransportError as e:
+            raise _unreachable(self.settings, e) from e
+
+    async def invoke(
+        self,
+        name: str,
+        data: bytes | str | None = None,
+        *,
+        json: Any = None,
+        args: Sequence[str] | None = None,
+        method: str = "POST",
+        path: str = "",
+        query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> InvokeResult:
+        request = _invoke_request(
+            name, data, json=json, args=args, method=method, path=path, query=query, headers=headers
+        )
+        return _invoke_result(await self._send(**request))
