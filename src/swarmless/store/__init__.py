@@ -1,0 +1,9 @@
+"""The store: function specs, invocation records and logs, on SQLite or PostgreSQL::
+
+store = await Store.open("sqlite:////var/lib/swarmless/swarmless.db")
+await store.put_function(spec)
+"""
+
+from swarmless.store.store import Store
+
+__all__ = ["Store"]

@@ -1,0 +1,165 @@
+"""The store's tables and how a database gets to the current schema.
+
+Tables (SQLAlchemy Core; the same on SQLite and PostgreSQL)::
+
+    meta             key -> value: schema_version, the gateway token, ...
+    functions        one row per deployed function: its spec (JSON), digest and version
+    invocations      one row per call, a column per field of swarmless.records.InvocationRecord
+    invocation_logs  the stdout and stderr of one call, keyed by its id
+
+Timestamps are epoch milliseconds (``swarmless.records.now_ms``), like the records.
+
+Migrations are an ordered list of steps; ``meta.schema_version`` counts the steps applied.
+A new database gets the current tables at once (``create_all``) and is stamped with the
+latest version; an older one gets the steps it misses, in order, all in one transaction
+(SQLite and PostgreSQL both roll DDL back), so a failed upgrade leaves it as it was.
+
+To change the schema: change the tables here, append a step that brings a database of the
+previous version to the new one, and never edit a step that has shipped. The durable
+async queue (a later version) will come as such a step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    inspect,
+    select,
+    text,
+)
+
+from swarmless.exceptions import SwarmlessError
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "functions",
+    "invocation_logs",
+    "invocations",
+    "meta",
+    "metadata",
+    "schema_version",
+    "upgrade",
+]
+
+metadata = MetaData()
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+functions = Table(
+    "functions",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("spec", Text, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+invocations = Table(
+    "invocations",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("function", String(63), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("queued_at", BigInteger, nullable=False),
+    Column("started_at", BigInteger),
+    Column("finished_at", BigInteger),
+    Column("wait_ms", Float),
+    Column("init_ms", Float),
+    Column("run_ms", Float),
+    Column("cold", Boolean),
+    Column("container", String(128)),
+    Column("attempt", Integer, nullable=False),
+    Column("exit_code", Integer),
+    Column("http_status", Integer),
+    Column("request_size", BigInteger, nullable=False),
+    Column("response_size", BigInteger),
+    Column("error", Text),
+    Column("parent", String(64)),
+    Index("ix_invocations_function_queued_at", "function", "queued_at"),
+    Index("ix_invocations_status", "status"),
+    Index("ix_invocations_parent", "parent"),
+)
+
+invocation_logs = Table(
+    "invocation_logs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("stdout", LargeBinary, nullable=False),
+    Column("stderr", LargeBinary, nullable=False),
+)
+
+
+def _v1(conn: Connection) -> None:
+    """The first schema: meta, functions, invocations, invocation_logs."""
+    metadata.create_all(conn, tables=[meta, functions, invocations, invocation_logs])
+
+
+#: Step i (0-based) brings a database from version i to version i + 1.
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Any constant works; it only has to be the same for every gateway on one database.
+_PG_LOCK = 0x5377_4C73
+
+
+def schema_version(conn: Connection) -> int:
+    """The version of the schema in this database; 0 for an empty one."""
+    if not inspect(conn).has_table("meta"):
+        return 0
+    value = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+    return int(value) if value is not None else 0
+
+
+def _stamp(conn: Connection, version: int) -> None:
+    done = conn.execute(
+        meta.update().where(meta.c.key == "schema_version").values(value=str(version))
+    )
+    if done.rowcount == 0:
+        conn.execute(meta.insert().values(key="schema_version", value=str(version)))
+
+
+def upgrade(conn: Connection) -> tuple[int, int]:
+    """Bring the database to :data:`SCHEMA_VERSION`; returns (version before, version now).
+
+    Runs inside the caller's transaction. On PostgreSQL an advisory lock makes two gateways
+    that start at once take turns; on SQLite the single writer does the same.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
+    before = schema_version(conn)
+    if before > SCHEMA_VERSION:
+        raise SwarmlessError(
+            f"the store's schema is version {before}, newer than this swarmless knows "
+            f"({SCHEMA_VERSION}): upgrade swarmless"
+        )
+    if before == 0:
+        metadata.create_all(conn)
+        _stamp(conn, SCHEMA_VERSION)
+        return before, SCHEMA_VERSION
+    for version in range(before, SCHEMA_VERSION):
+        MIGRATIONS[version](conn)
+    _stamp(conn, SCHEMA_VERSION)
+    return before, SCHEMA_VERSION
