@@ -340,6 +340,13 @@ def test_replace_validates_and_leaves_the_original() -> None:
     assert set(info.value.errors) == {"timeout", "colour"}
 
 
+def test_replace_renames_a_built_image_with_the_function(tmp_path: Path) -> None:
+    built = FunctionSpec.from_dict({"name": "vote", "build": str(tmp_path)})
+    assert built.replace(name="poll").image == "swarmless-fn/poll:latest"
+    tagged = FunctionSpec.from_dict({"name": "vote", "build": str(tmp_path), "image": "me/v:1"})
+    assert tagged.replace(name="poll").image == "me/v:1"
+
+
 def test_digest_is_stable_and_short() -> None:
     one = FunctionSpec.from_dict({**BASE, "env": {"B": "2", "A": "1"}})
     two = FunctionSpec.from_dict({"env": {"A": 1, "B": 2}, **BASE})

@@ -186,7 +186,10 @@ class FunctionSpec:
 
     def replace(self, **changes: Any) -> FunctionSpec:
         """A copy with ``changes`` applied, validated like a new spec."""
-        return type(self).from_dict({**self.to_dict(), **changes})
+        data = self.to_dict()
+        if "name" in changes and self.build and self.image == f"swarmless-fn/{self.name}:latest":
+            data["image"] = None  # named after the function: follows a new name
+        return type(self).from_dict({**data, **changes})
 
     @functools.cached_property
     def digest(self) -> str:
