@@ -1,0 +1,28 @@
+"""What runs INSIDE a warm container: ``python -m swarmless.runtime``.
+
+The runtime pulls work from the gateway (see ``docs/runtime-api.md``). It starts
+``SWARMLESS_CONCURRENCY`` poller threads; each keeps one keep-alive HTTP connection to
+``SWARMLESS_RUNTIME_API`` and loops: ``POST /runtime/next`` carrying the previous result, run
+the invocation it answers with, repeat. One round trip per call.
+
+The layout:
+
+- :mod:`~swarmless.runtime.loop`: settings from the environment, the pollers and the
+  process's life (204 poll again, 410 drain and exit 0, 401 exit 1, capped backoff on
+  connection errors, giving up after ``SWARMLESS_RUNTIME_GIVE_UP`` seconds without contact);
+- :mod:`~swarmless.runtime.handlers`: the three handler kinds (``python``, ``wsgi``,
+  ``command``) that turn one invocation into one result;
+- :mod:`~swarmless.runtime.capture`: thread-aware ``sys.stdout``/``sys.stderr`` so each
+  invocation's prints become that invocation's logs.
+
+Standard library only, and nothing else from the swarmless package: a warm image carries
+just an empty ``swarmless/__init__.py`` and this directory. Imports are kept lazy (no
+``typing``, no ``asyncio`` unless the handler is ``async def``, no ``subprocess`` unless the
+handler is a command) so start time and idle memory stay small.
+"""
+
+from __future__ import annotations
+
+from swarmless.runtime.loop import RuntimeConfig, main, serve
+
+__all__ = ["RuntimeConfig", "main", "serve"]

@@ -1,0 +1,450 @@
+"""The pollers and the life of the runtime process.
+
+Each of ``SWARMLESS_CONCURRENCY`` poller threads owns one keep-alive connection and loops::
+
+    result = None
+    forever:
+        POST /runtime/next  (carrying result, when there is one)
+        200 -> run the invocation, result = its result
+        204 -> poll again
+        410 -> retired: drain, then the process exits 0
+        401 -> the token is refused: the process exits 1
+
+Draining: on 410 (or SIGTERM) no poller starts a new poll without a result in hand; pollers
+that are running a call finish it and deliver its result (the gateway answers 410 again),
+and pollers waiting in a long poll take what it answers (410 from a retiring gateway, or a
+call, which they run and deliver). The process exits 0 when every poller has ended, or
+``DRAIN_GRACE`` seconds after the last call in hand was delivered (a gateway that does not
+know the container is stopping, on SIGTERM, may hold the long polls for 25 s).
+
+Connection errors and 5xx answers are retried with capped, jittered backoff, re-sending the
+result in hand (the gateway ignores a result for a call it has already finished). After
+``SWARMLESS_RUNTIME_GIVE_UP`` seconds (60) without any 200/204 from the gateway, the
+process exits 1.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import sys
+import threading
+import time
+import urllib.parse
+
+from swarmless.runtime import capture
+from swarmless.runtime.handlers import (
+    FailedHandler,
+    Handler,
+    Invocation,
+    Result,
+    error_result,
+    load_handler,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+__all__ = ["Poller", "Runtime", "RuntimeConfig", "main", "serve"]
+
+#: Socket timeout of a poll: longer than the gateway's long-poll window (about 25 s).
+POLL_TIMEOUT = 70.0
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 2.0
+#: Once drained, how long pollers still in a long poll may take to come back.
+DRAIN_GRACE = 2.0
+
+
+def log(message: str) -> None:
+    """A line on the container's own stderr (never in an invocation's log)."""
+    stream = sys.__stderr__
+    if stream is not None:
+        stream.write(f"swarmless-runtime: {message}\n")
+        stream.flush()
+
+
+class RuntimeConfig:
+    """What the runtime reads from its environment (docs/runtime-api.md)."""
+
+    __slots__ = (
+        "api",
+        "concurrency",
+        "function",
+        "give_up",
+        "handler",
+        "handler_kind",
+        "token",
+        "workdir",
+    )
+
+    def __init__(
+        self,
+        *,
+        api: str,
+        token: str,
+        function: str = "",
+        handler: str = "",
+        handler_kind: str = "python",
+        concurrency: int = 1,
+        workdir: str = "/function",
+        give_up: float = 60.0,
+    ) -> None:
+        parts = urllib.parse.urlsplit(api)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"SWARMLESS_RUNTIME_API must be an http(s) URL, got {api!r}")
+        if not token:
+            raise ValueError("SWARMLESS_WORKER_TOKEN is not set")
+        if not 1 <= concurrency <= 1024:
+            raise ValueError(f"SWARMLESS_CONCURRENCY must be 1..1024, got {concurrency}")
+        if give_up <= 0:
+            raise ValueError(f"SWARMLESS_RUNTIME_GIVE_UP must be > 0, got {give_up}")
+        self.api = api.rstrip("/")
+        self.token = token
+        self.function = function
+        self.handler = handler
+        self.handler_kind = handler_kind
+        self.concurrency = concurrency
+        self.workdir = workdir
+        self.give_up = give_up
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
+        env = os.environ if environ is None else environ
+
+        def number(name: str, default: str, kind: type[int] | type[float]) -> Any:
+            raw = env.get(name) or default
+            try:
+                return kind(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+        return cls(
+            api=env.get("SWARMLESS_RUNTIME_API", ""),
+            token=env.get("SWARMLESS_WORKER_TOKEN", ""),
+            function=env.get("SWARMLESS_FUNCTION", ""),
+            handler=env.get("SWARMLESS_HANDLER", ""),
+            handler_kind=env.get("SWARMLESS_HANDLER_KIND") or "python",
+            concurrency=number("SWARMLESS_CONCURRENCY", "1", int),
+            workdir=env.get("SWARMLESS_WORKDIR") or "/function",
+            give_up=number("SWARMLESS_RUNTIME_GIVE_UP", "60", float),
+        )
+
+
+class Runtime:
+    """The shared state of the pollers: draining, calls in hand, last contact, exit code."""
+
+    def __init__(self, config: RuntimeConfig, handler: Handler) -> None:
+        self.config = config
+        self.handler = handler
+        self._cond = threading.Condition()
+        self._finished = threading.Event()
+        self.stopping = False
+        self.exit_code: int | None = None
+        self.busy = 0
+        self.last_contact = time.monotonic()
+
+    # -- state changes, all under the condition -----------------------------------------
+
+    def contact(self) -> None:
+        self.last_contact = time.monotonic()
+
+    def gave_up(self) -> bool:
+        return time.monotonic() - self.last_contact > self.config.give_up
+
+    def took_call(self) -> None:
+        with self._cond:
+            self.busy += 1
+
+    def delivered(self) -> None:
+        with self._cond:
+            self.busy -= 1
+            self._cond.notify_all()
+
+    def poller_ended(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def retire(self, why: str) -> None:
+        """Drain: finish the calls in hand, then exit 0."""
+        with self._cond:
+            if not self.stopping:
+                log(f"retiring ({why})")
+            self.stopping = True
+            self._cond.notify_all()
+
+    def finish(self, code: int, why: str) -> None:
+        """Stop now with ``code``."""
+        with self._cond:
+            if self.exit_code is None:
+                log(f"exiting {code}: {why}")
+                self.exit_code = code
+            self._finished.set()
+            self._cond.notify_all()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, waking early when the process is finishing."""
+        self._finished.wait(seconds)
+
+    # -- the process --------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start the pollers and wait until retired (0) or failed (1)."""
+        pollers = [Poller(self, i) for i in range(self.config.concurrency)]
+        for p in pollers:
+            p.start()
+        idle_since: float | None = None
+        with self._cond:
+            while True:
+                if self.exit_code is not None:
+                    return self.exit_code
+                if not any(p.is_alive() for p in pollers):
+                    self.exit_code = 0 if self.stopping else 1
+                    return self.exit_code
+                # The timeout only bounds how long a poller that died unexpectedly goes
+                # unnoticed; every normal change notifies.
+                wait = 5.0
+                if self.stopping and self.busy == 0:
+                    # Drained. Pollers still in a long poll end on their own (a retiring
+                    # gateway answers them 410 at once); without one, give them a grace.
+                    now = time.monotonic()
+                    idle_since = idle_since or now
+                    wait = idle_since + DRAIN_GRACE - now
+                    if wait <= 0:
+                        self.exit_code = 0
+                        return 0
+                else:
+                    idle_since = None
+                self._cond.wait(wait)
+
+
+class Poller(threading.Thread):
+    """One poll loop with its own keep-alive connection."""
+
+    def __init__(self, runtime: Runtime, index: int) -> None:
+        super().__init__(name=f"swarmless-poller-{index}", daemon=True)
+        self.rt = runtime
+        config = runtime.config
+        parts = urllib.parse.urlsplit(config.api)
+        self._prefix = parts.path.rstrip("/")
+        self._conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            self._conn = http.client.HTTPSConnection(
+                parts.hostname or "", parts.port, timeout=POLL_TIMEOUT
+            )
+        else:
+            self._conn = http.client.HTTPConnection(
+                parts.hostname or "", parts.port, timeout=POLL_TIMEOUT
+            )
+        self._auth = f"Bearer {config.token}"
+        self._used = False
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # a bug of ours: say so, and let the process end
+            log(f"{self.name} crashed: {type(e).__name__}: {e}")
+            self.rt.finish(1, f"{self.name} crashed")
+            raise
+        finally:
+            self._conn.close()
+            self.rt.poller_ended()
+
+    def _loop(self) -> None:
+        rt = self.rt
+        pending: Result | None = None
+        backoff = BACKOFF_MIN
+        while True:
+            if rt.exit_code is not None or (pending is None and rt.stopping):
+                return
+            try:
+                if pending is not None and (pending.stdout or pending.stderr):
+                    self._send_logs(pending)
+                status, headers, body = self._post_next(pending)
+            except _Retry as e:
+                if rt.gave_up():
+                    silence = f"{rt.config.give_up:g}s"
+                    rt.finish(1, f"no contact with {rt.config.api} for {silence} (last: {e})")
+                    return
+                rt.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            except _Refused as e:
+                rt.finish(1, str(e))
+                return
+            except _Dropped:
+                pending = None
+                rt.delivered()
+                rt.sleep(backoff)
+                continue
+            backoff = BACKOFF_MIN
+            if status == 200:
+                rt.took_call()  # before delivered(): the count never drops to 0 in between
+            if pending is not None:
+                pending = None
+                rt.delivered()
+            if status == 200:
+                pending = self._handle(headers, body)
+            elif status == 410:
+                rt.retire("the gateway answered 410")
+
+    # -- requests -----------------------------------------------------------------------
+
+    def _request(
+        self, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        headers["Authorization"] = self._auth
+        for attempt in (1, 2):
+            reused = self._used
+            try:
+                self._conn.request("POST", self._prefix + path, body=body, headers=headers)
+                resp = self._conn.getresponse()
+                data = resp.read()
+            except (OSError, http.client.HTTPException) as e:
+                self._conn.close()
+                self._used = False
+                # A kept-alive connection the server closed meanwhile: retry once, at once.
+                stale = isinstance(e, ConnectionResetError | BrokenPipeError)
+                if attempt == 1 and reused and stale:
+                    continue
+                raise _Retry(f"{type(e).__name__}: {e}") from e
+            self._used = True
+            if resp.will_close:
+                self._conn.close()
+                self._used = False
+            status = resp.status
+            if status == 401:
+                raise _Refused(f"the gateway refused the worker token (401 on {path})")
+            if status >= 500 or status == 429:
+                raise _Retry(f"HTTP {status} on {path}")
+            return status, resp.headers, data
+        raise AssertionError("unreachable")
+
+    def _post_next(self, pending: Result | None) -> tuple[int, http.client.HTTPMessage, bytes]:
+        headers = pending.request_headers() if pending is not None else {}
+        body = pending.body if pending is not None else b""
+        status, resp_headers, data = self._request("/runtime/next", body, headers)
+        if status in (200, 204, 410):
+            if status != 410:
+                self.rt.contact()
+            return status, resp_headers, data
+        # Another 4xx: the gateway will not take this request as it is.
+        log(f"/runtime/next answered {status}: {data[:200]!r}")
+        if pending is None:
+            raise _Retry(f"HTTP {status} on /runtime/next")  # counts towards giving up
+        if pending.error is None:
+            # A result it will never take (too large, ...): send the caller why instead.
+            pending.status, pending.headers = 500, []
+            pending.error = f"the gateway refused the result (HTTP {status})"
+            pending.body = data[:4096]
+            raise _Retry(f"HTTP {status} on /runtime/next")
+        raise _Dropped
+
+    def _send_logs(self, result: Result) -> None:
+        payload = json.dumps({"stdout": _cut(result.stdout), "stderr": _cut(result.stderr)}).encode(
+            "utf-8"
+        )
+        path = "/runtime/logs/" + urllib.parse.quote(result.call_id, safe="")
+        status, _, data = self._request(path, payload, {"Content-Type": "application/json"})
+        if status >= 300:
+            log(f"logs of {result.call_id} refused ({status}): {data[:200]!r}")
+        result.stdout = result.stderr = ""
+
+    # -- one invocation -----------------------------------------------------------------
+
+    def _handle(self, headers: http.client.HTTPMessage, body: bytes) -> Result:
+        call_id = headers.get("X-Swarmless-Call-Id") or ""
+        try:
+            raw_deadline = headers.get("X-Swarmless-Deadline")
+            deadline = int(raw_deadline) / 1000 if raw_deadline else None
+            event = json.loads(headers.get("X-Swarmless-Event") or "{}")
+            if not isinstance(event, dict):
+                raise ValueError("X-Swarmless-Event is not a JSON object")
+        except ValueError as e:
+            return error_result(call_id, e, status=400)
+        inv = Invocation(call_id, event, body, deadline)
+        if deadline is not None and time.time() > deadline:
+            return Result(call_id, status=504, error="the deadline passed before the call started")
+        return run_handler(self.rt.handler, inv)
+
+
+def run_handler(handler: Handler, inv: Invocation) -> Result:
+    """Run one invocation; any exception becomes an error result, prints become logs."""
+    if not handler.captures_output:
+        try:
+            return handler(inv)
+        except BaseException as e:
+            return error_result(inv.call_id, e)
+    with capture.capturing() as (out, err):
+        try:
+            result = handler(inv)
+        except BaseException as e:
+            result = error_result(inv.call_id, e)
+    result.stdout = out.getvalue()
+    result.stderr = err.getvalue()
+    return result
+
+
+def _cut(text: str) -> str:
+    """At most 1 MiB of UTF-8, cut on a character boundary."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= capture.LOG_LIMIT:
+        return text
+    return data[: capture.LOG_LIMIT].decode("utf-8", "ignore")
+
+
+class _Retry(Exception):
+    """A failure worth retrying after a backoff (connection error, 5xx, 429)."""
+
+
+class _Refused(Exception):
+    """The gateway refused the token: stop."""
+
+
+class _Dropped(Exception):
+    """A result the gateway will not take even as an error: give it up."""
+
+
+def serve(config: RuntimeConfig) -> int:
+    """Load the handler and serve until retired; the process's exit status."""
+    # Before the handler is imported: a logging handler it sets up at import time then
+    # writes through the router too, so its records land in each call's log.
+    capture.install()
+    handler = load_handler(
+        config.handler_kind,
+        config.handler,
+        workdir=config.workdir,
+        function=config.function,
+        concurrency=config.concurrency,
+    )
+    if isinstance(handler, FailedHandler):
+        log(handler.message)
+    runtime = Runtime(config, handler)
+    _on_signals(runtime)
+    return runtime.run()
+
+
+def _on_signals(runtime: Runtime) -> None:
+    import signal
+
+    def drain(signum: int, frame: object) -> None:
+        runtime.retire(f"signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, drain)
+
+
+def main() -> int:
+    """Entry point of ``python -m swarmless.runtime``."""
+    try:
+        config = RuntimeConfig.from_env()
+    except ValueError as e:
+        log(f"cannot start: {e}")
+        return 1
+    # The token is the runtime's, not the function's: keep it out of handler code and
+    # out of the environment of forked commands.
+    os.environ.pop("SWARMLESS_WORKER_TOKEN", None)
+    return serve(config)
