@@ -68,6 +68,15 @@ _NO_PYTHON_HINT = (
     "image, and {base} has none: use a Python base (e.g. swarmless/python:bookworm)"
 )
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+#: The legacy builder colours a RUN's stderr; the colour codes are noise in an error.
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+#: The builder's own chatter between steps, not output of the step.
+_CHATTER = (
+    " ---> ",
+    "Removing intermediate container",
+    "Successfully built",
+    "Successfully tagged",
+)
 _CA_PATH = "/etc/swarmless-ca.pem"
 
 
@@ -275,14 +284,14 @@ def _follow(
         if isinstance(aux, dict) and aux.get("ID"):
             image_id = str(aux["ID"])
         text = chunk.get("stream") or chunk.get("status") or ""
-        for line in str(text).splitlines():
-            line = line.rstrip()
+        for raw in str(text).splitlines():
+            line = _ANSI.sub("", raw).rstrip()
             if not line:
                 continue
             m = _STEP.match(line)
             if m:
                 step, step_no, output = m[3], int(m[1]), []
-            else:
+            elif not line.startswith(_CHATTER):
                 output.append(line)
             if progress is not None:
                 progress(line)
@@ -302,11 +311,10 @@ def _fail(
     if step.upper().startswith("FROM "):
         image = step.split()[1] if len(step.split()) > 1 else base_image
         raise ImageNotFound(image, error)
+    # The generated checks' own failures: the advice says it all, their output adds nothing.
     if f"returned a non-zero code: {_NO_PIP}" in error:
-        raise BuildError(_NO_PIP_HINT.format(base=base_image), step=step, output="\n".join(output))
+        raise BuildError(_NO_PIP_HINT.format(base=base_image), step=step)
     if f"returned a non-zero code: {_NO_PYTHON}" in error:
-        raise BuildError(
-            _NO_PYTHON_HINT.format(base=base_image), step=step, output="\n".join(output)
-        )
+        raise BuildError(_NO_PYTHON_HINT.format(base=base_image), step=step)
     summary = f"building {tag} failed at step {step_no} ({step}): {error}"
     raise BuildError(summary, step=step, output="\n".join(output))

@@ -165,6 +165,7 @@ def build_spec(
         f"[dim]({image_id.removeprefix('sha256:')[:12]}, {spec.mode}, "
         f"FROM {settings.base_image})[/dim]",
         highlight=False,
+        soft_wrap=True,
     )
     return image_id
 
@@ -191,7 +192,7 @@ def _build_one(
             m = _STEP.match(line)
             if m:
                 bar.update(task, completed=int(m[1]) - 1, total=int(m[2]), description=m[3][:60])
-            else:
+            elif not line.startswith((" ---> ", "Removing intermediate")):  # builder chatter
                 bar.update(task, description=line.strip()[:60])
 
         try:
