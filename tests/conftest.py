@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import tarfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -36,13 +37,20 @@ def engine() -> Iterator[docker.DockerClient]:
             client.images.get(image)
         except docker.errors.ImageNotFound:
             pytest.exit(f"base image {image} missing; run scripts/base-images.sh", 2)
+    started = time.time()
     yield client
-    flt = {"label": "swarmless.managed=true"}
-    leaked = client.containers.list(all=True, filters=flt)
+    # Only what this session made: other sessions may share the engine.
+    leaked = [
+        c
+        for c in client.api.containers(all=True, filters={"label": "swarmless.managed=true"})
+        if c["Created"] >= started - 1 and c["Labels"].get("swarmless.test", SESSION) == SESSION
+    ]
     for c in leaked:
-        c.remove(force=True)
+        with contextlib.suppress(docker.errors.DockerException):
+            client.api.remove_container(c["Id"], force=True)
     client.close()
-    assert not leaked, f"swarmless containers left behind: {[c.name for c in leaked]}"
+    names = [c["Names"] for c in leaked]
+    assert not leaked, f"swarmless containers left behind: {names}"
 
 
 @pytest.fixture(scope="session")

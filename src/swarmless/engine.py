@@ -63,12 +63,16 @@ def connect(docker_host: str | None = None, *, timeout: float = 120) -> docker.D
     """A Docker SDK client; raises :class:`EngineUnavailable` when no engine answers."""
     try:
         if docker_host:
-            return docker.DockerClient(
+            client = docker.DockerClient(
                 base_url=docker_host, version="auto", timeout=int(timeout), max_pool_size=POOL_SIZE
             )
-        return docker.from_env(timeout=int(timeout), max_pool_size=POOL_SIZE)
+        else:
+            client = docker.from_env(timeout=int(timeout), max_pool_size=POOL_SIZE)
     except docker.errors.DockerException as e:
         raise EngineUnavailable(engine_address(docker_host), _short(e)) from e
+    # Errors met later through this client name the address it was made for.
+    client.api.swarmless_address = engine_address(docker_host)
+    return client
 
 
 def _short(e: BaseException) -> str:
@@ -81,8 +85,16 @@ def _short(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def translate(*, image: str | None = None, docker_host: str | None = None) -> Iterator[None]:
-    """Run Docker SDK calls, raising swarmless errors instead of docker's."""
+def translate(
+    *, image: str | None = None, docker_host: str | None = None, api: Any = None
+) -> Iterator[None]:
+    """Run Docker SDK calls, raising swarmless errors instead of docker's.
+
+    ``docker_host`` (or the ``api`` client the calls go through) names the engine in the
+    error that says it does not answer.
+    """
+    if docker_host is None and api is not None:
+        docker_host = getattr(api, "swarmless_address", None)
     try:
         yield
     except docker.errors.ImageNotFound as e:

@@ -261,6 +261,7 @@ _BY_STATUS: dict[int, type[SwarmlessError]] = {
     403: Unauthorized,
     404: NotFound,
     413: PayloadTooLarge,
+    422: SpecError,
     429: QueueFull,
     502: FunctionFailed,
     503: EngineUnavailable,
@@ -268,24 +269,39 @@ _BY_STATUS: dict[int, type[SwarmlessError]] = {
 }
 
 
+def _subclasses(cls: type[SwarmlessError]) -> list[type[SwarmlessError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_subclasses(sub))
+    return found
+
+
 def error_from_status(status: int, body: dict[str, Any]) -> SwarmlessError:
-    """Rebuild an error from a gateway answer (the SDK side of ``to_dict``)."""
+    """Rebuild an error from a gateway answer (the SDK side of ``to_dict``).
+
+    The class is chosen by the body's ``error`` code (falling back on the HTTP status),
+    and the context the gateway sent (call id, fields, exit status...) is attached.
+    """
+    by_code = {c.code: c for c in _subclasses(SwarmlessError)}
+    cls = by_code.get(str(body.get("error"))) or _BY_STATUS.get(status, SwarmlessError)
     message = str(body.get("message") or body.get("error") or f"HTTP {status}")
     call_id = body.get("call_id")
-    if status == 422:
-        fields = body.get("fields")
-        if isinstance(fields, dict):
-            return SpecError({str(k): str(v) for k, v in fields.items()})
-    cls = _BY_STATUS.get(status, SwarmlessError)
-    err: SwarmlessError
-    if cls is EngineUnavailable:
-        err = EngineUnavailable("", message=message, invocation=call_id)
-    elif cls is QueueFull:
-        err = QueueFull(message, retry_after=float(body.get("retry_after", 1.0)))
-    elif cls is InvocationTimeout:
-        err = InvocationTimeout(message, timeout=float(body.get("timeout", 0)), invocation=call_id)
-    else:
-        err = cls(message, invocation=call_id)
-    if isinstance(err, FunctionFailed) and "exit_status" in body:
-        err.exit_status = body["exit_status"]  # type: ignore[attr-defined]
+    err = cls.__new__(cls)
+    SwarmlessError.__init__(err, message, invocation=call_id)
+    fields = body.get("fields")
+    defaults: dict[str, Any] = {
+        "errors": {str(k): str(v) for k, v in fields.items()} if isinstance(fields, dict) else {},
+        "retry_after": float(body.get("retry_after", 1.0)),
+        "timeout": float(body.get("timeout", 0)),
+        "exit_status": body.get("exit_status"),
+        "stderr": b"",
+        "image": "",
+        "command": None,
+        "container": None,
+        "address": "",
+        "name": "",
+    }
+    for attr, value in defaults.items():
+        if not hasattr(err, attr):
+            setattr(err, attr, value)
     return err

@@ -127,7 +127,7 @@ class DockerBackend(Backend):
     def _ensure_network(self) -> str:
         """Create the bridge network if needed; return its gateway IP (the host's side)."""
         name = self.settings.network
-        with translate():
+        with translate(api=self.client.api):
             try:
                 net = self.client.networks.get(name)
             except docker.errors.NotFound:
@@ -168,7 +168,7 @@ class DockerBackend(Backend):
 
     async def ensure_image(self, image: str) -> None:
         def check() -> None:
-            with translate(image=image):
+            with translate(image=image, api=self.client.api):
                 try:
                     self.client.images.get(image)
                 except docker.errors.ImageNotFound:
@@ -239,7 +239,7 @@ class DockerBackend(Backend):
             cfg = self._host_config(spec)
             cfg["binds"] = [*cfg.get("binds", []), f"{self._runtime_dir}:{RUNTIME_MOUNT}:ro"]
             host_config = api.create_host_config(**cfg)
-            with translate(image=spec.image):
+            with translate(image=spec.image, api=api):
                 created = api.create_container(
                     image=spec.image,
                     command=["python3", "-m", "swarmless.runtime"],
@@ -267,7 +267,7 @@ class DockerBackend(Backend):
                     api.stop(container_id, timeout=int(grace))
                 api.remove_container(container_id, force=True)
 
-        with translate():
+        with translate(api=self.client.api):
             await self._call(stop)
 
     # -- one-shot containers -------------------------------------------------------
@@ -345,7 +345,7 @@ class DockerBackend(Backend):
 
     async def list_containers(self) -> list[ContainerInfo]:
         def listing() -> list[ContainerInfo]:
-            with translate():
+            with translate(api=self.client.api):
                 found = self.client.api.containers(
                     all=True,
                     filters={

@@ -46,6 +46,9 @@ __all__ = ["Dispatcher", "Request", "Response", "Result"]
 
 log = logging.getLogger("swarmless.dispatch")
 
+#: Exit statuses of a container stopped from outside (SIGKILL, SIGTERM): not a crash.
+_KILLED = (137, 143)
+
 #: Output kept per stream in an invocation's logs.
 LOG_LIMIT = 1 << 20
 
@@ -459,7 +462,7 @@ class Dispatcher:
         self.forget_worker(worker)
         if held:
             log.warning("worker %s died with %d call(s) in hand: requeued", worker.id, len(held))
-        if before == "starting":
+        if before == "starting" and exit_code not in _KILLED:
             self.spawn(self._crashed(pool, worker, exit_code))
         else:
             self.spawn(self.stop_worker(worker))

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hmac
 import html
+import inspect
 import logging
 import secrets
 from collections.abc import AsyncIterator, Mapping
@@ -33,7 +34,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
-from starlette.schemas import SchemaGenerator
 
 from swarmless import __version__
 from swarmless.backends.base import Backend
@@ -424,19 +424,33 @@ class Gateway:
         )
 
     def _schema(self) -> dict[str, Any]:
-        schemas = SchemaGenerator(
-            {"openapi": "3.0.0", "info": {"title": "swarmless gateway", "version": __version__}}
-        )
-        schema: dict[str, Any] = schemas.get_schema(routes=self.app.routes)
-        paths = schema.setdefault("paths", {})
-        paths["/function/{name}"] = {
-            m: {"description": "Invoke a function synchronously; the HTTP request is its input."}
-            for m in ("get", "post", "put", "delete", "patch")
+        """OpenAPI 3 paths from the routes and their docstrings."""
+        paths: dict[str, dict[str, Any]] = {
+            "/function/{name}": {
+                m: {"summary": "Invoke a function synchronously; the HTTP request is its input."}
+                for m in ("get", "post", "put", "delete", "patch")
+            },
+            "/runtime/next": {
+                "post": {"summary": "Warm containers pull their next call (worker token)."}
+            },
         }
-        paths["/runtime/next"] = {
-            "post": {"description": "Warm containers pull their next call (worker token)."}
+        for route in self.app.routes:
+            if not isinstance(route, Route) or not route.include_in_schema:
+                continue
+            doc = inspect.getdoc(route.endpoint) or ""
+            for method in sorted(route.methods or ()):
+                if method == "HEAD":
+                    continue
+                op: dict[str, Any] = {"summary": doc.splitlines()[0] if doc else ""}
+                if route.path.startswith(("/system", "/invocations")):
+                    op["security"] = [{"bearer": []}]
+                paths.setdefault(route.path, {})[method.lower()] = op
+        return {
+            "openapi": "3.0.3",
+            "info": {"title": "swarmless gateway", "version": __version__},
+            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+            "paths": paths,
         }
-        return schema
 
     async def openapi(self, _request: HTTPRequest) -> Response:
         """The OpenAPI description of the gateway (admin routes from their docstrings)."""
@@ -447,8 +461,7 @@ class Gateway:
         rows = []
         for path, ops in sorted(self._schema()["paths"].items()):
             for method, op in ops.items():
-                text = (op.get("description") or "").strip()
-                first = html.escape(text.splitlines()[0]) if text else ""
+                first = html.escape(op.get("summary", ""))
                 rows.append(
                     f"<tr><td><code>{method.upper()}</code></td>"
                     f"<td><code>{html.escape(path)}</code></td><td>{first}</td></tr>"

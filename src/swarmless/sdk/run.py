@@ -175,7 +175,7 @@ class RunOptions:
 def _create(api: Any, opts: RunOptions, kind: str) -> str:
     """Create the container, pulling its image first when the options allow."""
     kwargs = opts.create_kwargs(api, kind)
-    with translate(image=opts.image):
+    with translate(image=opts.image, api=api):
         if opts.pull == "always":
             _pull(api, opts.image)
         try:
@@ -306,7 +306,7 @@ def execute(api: Any, opts: RunOptions, kind: str = "run") -> Outcome:
         stdin = opts.stdin_bytes()
         out, err = io.BytesIO(), io.BytesIO()
         both = io.BytesIO() if (opts.stdout and opts.stderr) else None
-        with translate(image=opts.image):
+        with translate(image=opts.image, api=api):
             params = {"stdout": 1, "stderr": 1, "stream": 1, "stdin": int(stdin is not None)}
             sock = api.attach_socket(container_id, params=params)
             try:
@@ -367,7 +367,7 @@ def start_container(api: Any, opts: RunOptions, kind: str = "run") -> Run:
     container_id = _create(api, opts, kind)
     try:
         stdin = opts.stdin_bytes()
-        with translate(image=opts.image):
+        with translate(image=opts.image, api=api):
             if stdin is None:
                 _start(api, opts, container_id)
             else:
@@ -431,7 +431,7 @@ class Run:
         """True once the container has exited."""
         if self._status is not None:
             return True
-        with translate(image=self.image):
+        with translate(image=self.image, api=self._api):
             state = self._api.inspect_container(self.id)["State"]
         return not state.get("Running") and state.get("Status") != "created"
 
@@ -447,14 +447,14 @@ class Run:
 
     def _wait(self, timeout: float | None) -> tuple[int, bool]:
         if timeout is None:
-            with translate(image=self.image):
+            with translate(image=self.image, api=self._api):
                 return _exit_status(self._api, self.id)
         done: list[tuple[int, bool]] = []
         errors: list[BaseException] = []
 
         def waiter() -> None:
             try:
-                with translate(image=self.image):
+                with translate(image=self.image, api=self._api):
                     done.append(_exit_status(self._api, self.id))
             except BaseException as e:
                 errors.append(e)
@@ -488,7 +488,7 @@ class Run:
             self.close()
 
     def _logs(self, *, stdout: bool, stderr: bool) -> bytes:
-        with translate(image=self.image):
+        with translate(image=self.image, api=self._api):
             return bytes(self._api.logs(self.id, stdout=stdout, stderr=stderr))
 
     def logs(self, follow: bool = False) -> Any:
@@ -498,10 +498,10 @@ class Run:
         return self._follow()
 
     def _follow(self) -> Iterator[bytes]:
-        with translate(image=self.image):
+        with translate(image=self.image, api=self._api):
             stream = self._api.logs(self.id, stdout=True, stderr=True, stream=True, follow=True)
         pending = b""
-        with translate(image=self.image):
+        with translate(image=self.image, api=self._api):
             for chunk in stream:
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
@@ -512,7 +512,10 @@ class Run:
 
     def kill(self) -> None:
         """Stop the container now (SIGKILL)."""
-        with translate(image=self.image), contextlib.suppress(docker.errors.APIError):
+        with (
+            translate(image=self.image, api=self._api),
+            contextlib.suppress(docker.errors.APIError),
+        ):
             self._api.kill(self.id)
 
     def close(self) -> None:

@@ -1,0 +1,99 @@
+"""A real gateway for tests: uvicorn on a free loopback port, in a thread of the test process.
+
+Each harness has its own data directory, its own function network and its own instance
+name, so it never touches the containers of another gateway on the same engine; every
+container it starts also carries the test session's label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+
+from swarmless.backends.docker import DockerBackend
+from swarmless.config import Settings
+from swarmless.gateway.app import Gateway
+from swarmless.gateway.server import GatewayServer
+from swarmless.sdk.gateway import GatewayClient
+
+TOKEN = "test-admin-token"
+
+
+class RunningGateway:
+    """Start with ``start()``; ``stop()`` drains and removes every container it started."""
+
+    def __init__(self, data_dir: Path, labels: dict[str, str], **settings: Any) -> None:
+        self.instance = f"test-{uuid.uuid4().hex[:8]}"
+        settings.setdefault("network", f"swarmless-{self.instance}")
+        self.settings = Settings.load(
+            data_dir=data_dir, host="127.0.0.1", port=0, instance=self.instance, **settings
+        )
+        self.backend = DockerBackend(self.settings, labels=labels)
+        self.gateway = Gateway(self.settings, backend=self.backend, token=TOKEN, drain_timeout=5)
+        self.server = GatewayServer(self.gateway)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.url = ""
+
+    def start(self) -> RunningGateway:
+        def run() -> None:
+            try:
+                asyncio.run(self.server.serve())
+            except BaseException as e:  # surfaced by start()/stop()
+                self._error = e
+
+        self._thread = threading.Thread(target=run, daemon=True, name=self.instance)
+        self._thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if self._error is not None or not self._thread.is_alive():
+                raise RuntimeError(f"gateway did not start: {self._error!r}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("gateway did not start within 60s")
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.server.port}"
+        return self
+
+    def client(self, token: str | None = TOKEN) -> GatewayClient:
+        return GatewayClient(Settings.load(gateway_url=self.url, token=token))
+
+    def http(self, token: str | None = TOKEN, timeout: float = 60) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    @property
+    def dispatcher(self) -> Any:
+        return self.gateway.dispatcher
+
+    def containers(self, engine: docker.DockerClient, **labels: str) -> list[str]:
+        """Ids of this gateway's containers (with ``labels``), running or not."""
+        flt = [f"swarmless.gateway={self.instance}"] + [f"{k}={v}" for k, v in labels.items()]
+        return [c["Id"] for c in engine.api.containers(all=True, filters={"label": flt})]
+
+    def wait_for(self, predicate: Any, timeout: float = 30, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            time.sleep(0.05)
+
+    def stop(self, engine: docker.DockerClient | None = None) -> None:
+        self.server.stop()
+        if self._thread is not None:
+            self._thread.join(60)
+        if engine is not None:
+            for cid in self.containers(engine):
+                with contextlib.suppress(docker.errors.DockerException):
+                    engine.api.remove_container(cid, force=True)
+            with contextlib.suppress(docker.errors.DockerException):
+                engine.networks.get(self.settings.network).remove()
+        if self._error is not None:
+            raise self._error
