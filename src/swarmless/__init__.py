@@ -24,7 +24,8 @@ from swarmless.exceptions import (
     SwarmlessError,
     Unauthorized,
 )
-from swarmless.sdk import AsyncClient, AsyncRun, Client, Run, from_env
+from swarmless.sdk import AsyncClient, AsyncRun, Client, Invocation, InvokeResult, Run, from_env
+from swarmless.spec import FunctionSpec
 
 __version__ = "0.1.0"
 
@@ -36,10 +37,13 @@ __all__ = [
     "EngineUnavailable",
     "FunctionFailed",
     "FunctionNotFound",
+    "FunctionSpec",
     "ImageNotFound",
     "InvalidArgument",
+    "Invocation",
     "InvocationNotFound",
     "InvocationTimeout",
+    "InvokeResult",
     "NotFound",
     "OOMKilled",
     "PayloadTooLarge",

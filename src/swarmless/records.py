@@ -66,6 +66,10 @@ class InvocationRecord:
     error: str | None = None
     #: The call that made this one (function-to-function calls).
     parent: str | None = None
+    #: Async calls: what became of the callback (``delivered 200``, ``failed: ...``).
+    callback: str | None = None
+    #: A scheduled call fired after its time (the gateway was down when it was due).
+    late: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

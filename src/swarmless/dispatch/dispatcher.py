@@ -193,8 +193,13 @@ class Dispatcher:
         *,
         call_id: str | None = None,
         parent: str | None = None,
+        record: InvocationRecord | None = None,
     ) -> Response:
-        """Run one invocation of ``name`` and answer with what the function answered."""
+        """Run one invocation of ``name`` and answer with what the function answered.
+
+        Sync calls get a new record, written behind. An async call brings its ``record``
+        (the async runner writes it, durably, with the call's fate).
+        """
         if self._closing:
             raise EngineUnavailable("", message="the gateway is shutting down; retry")
         spec, _ = self.get(name)
@@ -203,7 +208,7 @@ class Dispatcher:
                 f"request body of {len(request.body)} bytes is over the limit of "
                 f"{spec.max_body} bytes for function {name!r} (max_body)"
             )
-        rec = InvocationRecord(
+        rec = record or InvocationRecord(
             id=call_id or new_call_id(),
             function=name,
             mode=spec.mode,
@@ -211,6 +216,8 @@ class Dispatcher:
             request_size=len(request.body),
             parent=parent,
         )
+        rec.mode = spec.mode
+        rec.error = None
         t0 = time.monotonic()
         self._inflight += 1
         self._idle.clear()
@@ -238,7 +245,8 @@ class Dispatcher:
             rec.finished_at = now_ms()
             if rec.started_at is not None and rec.run_ms is None:
                 rec.run_ms = float(rec.finished_at - rec.started_at)
-            self.store.record(rec)
+            if record is None:
+                self.store.record(rec)
             self.metrics.observe(rec, time.monotonic() - t0)
             self.metrics.in_progress.dec()
             self._inflight -= 1
@@ -334,7 +342,8 @@ class Dispatcher:
             rec.status = "running"
             rec.started_at = now_ms()
             rec.cold = True
-            self.store.record(rec)
+            if rec.kind != "async":  # an async record is written durably by its runner
+                self.store.record(rec)
             return await self._run_once(spec, rec, request, deadline)
         finally:
             slots.running -= 1
@@ -500,6 +509,11 @@ class Dispatcher:
                     "queued": slots.waiting if slots else 0,
                 }
         return out
+
+    @property
+    def closing(self) -> bool:
+        """True once the gateway stopped taking calls."""
+        return self._closing
 
     def begin_shutdown(self) -> None:
         """Refuse new calls, fail the queued ones, retire every worker (they drain)."""

@@ -80,10 +80,16 @@ class LiveGauges(Collector):
         in_flight = GaugeMetricFamily(
             "swarmless_in_flight", "Calls being served.", labels=["function"]
         )
+        async_queued = GaugeMetricFamily(
+            "swarmless_async_queue_depth",
+            "Async calls waiting in the durable queue.",
+            labels=["function"],
+        )
         snapshot = self._snapshot() if callable(self._snapshot) else {}
         for name, c in snapshot.items():
             for state in ("starting", "ready", "busy", "draining", "paused"):
                 containers.add_metric([name, state], c.get(state, 0))
             queued.add_metric([name], c.get("queued", 0))
             in_flight.add_metric([name], c.get("in_flight", 0))
-        return [containers, queued, in_flight]
+            async_queued.add_metric([name], c.get("async_queued", 0))
+        return [containers, queued, in_flight, async_queued]

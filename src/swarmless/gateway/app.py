@@ -38,8 +38,10 @@ from starlette.routing import Route
 from swarmless import __version__
 from swarmless.backends.base import Backend
 from swarmless.config import Settings
+from swarmless.dispatch.async_runner import AsyncRunner
 from swarmless.dispatch.dispatcher import Dispatcher, Request
 from swarmless.dispatch.metrics import LiveGauges, Metrics
+from swarmless.dispatch.scheduler import Scheduler
 from swarmless.exceptions import (
     InvalidArgument,
     InvocationNotFound,
@@ -56,6 +58,12 @@ from swarmless.gateway.asgi import (
     read_body,
     send_error,
     send_response,
+)
+from swarmless.gateway.async_routes import (
+    accept_async,
+    get_result,
+    list_schedules,
+    retry_invocation,
 )
 from swarmless.gateway.runtime_api import RuntimeAPI
 from swarmless.records import STATUSES
@@ -106,6 +114,8 @@ class Gateway:
         self.dispatcher: Dispatcher | None = None
         self.runtime_api: RuntimeAPI | None = None
         self.reconcilers: dict[str, Reconciler] = {}
+        self.runner: AsyncRunner | None = None
+        self.scheduler: Scheduler | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.app = self._build_app()
 
@@ -116,6 +126,9 @@ class Gateway:
             path: str = scope["path"]
             if path.startswith("/function/"):
                 await self._function(scope, receive, send)
+                return
+            if path.startswith("/async-function/") and self.runner is not None:
+                await accept_async(self, scope, receive, send)
                 return
             if path.startswith("/runtime/") and self.runtime_api is not None:
                 await self.runtime_api(scope, receive, send)
@@ -130,7 +143,7 @@ class Gateway:
         try:
             spec, _ = self.dispatcher.get(name)
             if spec.private:
-                self._check_admin(bearer(scope))
+                self.check_admin(bearer(scope))
             body = await read_body(scope, receive, spec.max_body)
             client = scope.get("client") or ("", 0)
             server = scope.get("server") or ("127.0.0.1", self.settings.port)
@@ -157,7 +170,7 @@ class Gateway:
         headers.append((b"x-call-id", response.call_id.encode()))
         await send_response(send, response.status, response.body, headers)
 
-    def _check_admin(self, token: str | None) -> None:
+    def check_admin(self, token: str | None) -> None:
         if not self.token:
             return
         if token is None or not hmac.compare_digest(token.encode(), self.token.encode()):
@@ -189,12 +202,18 @@ class Gateway:
             metrics=self.metrics,
             runtime_url=self.runtime_url,
         )
-        self.metrics.add_gauges(LiveGauges(self.dispatcher.snapshot))
+        self.metrics.add_gauges(LiveGauges(self.snapshot))
         self.runtime_api = RuntimeAPI(self.dispatcher)
         await self._remove_leftovers()
         await self.dispatcher.load()
         for name in self.dispatcher.pools:
             self._start_reconciler(name)
+        self.runner = AsyncRunner(self.dispatcher, self.store, owner=settings.instance)
+        self.scheduler = Scheduler(self.store, self.dispatcher.functions)
+        loop = asyncio.get_running_loop()
+        self._tasks["<async>"] = loop.create_task(self.runner.run())
+        self._tasks["<schedules>"] = loop.create_task(self._schedules(self.scheduler))
+        self._tasks["<counts>"] = loop.create_task(self._refresh_counts(self.runner))
 
     async def _remove_leftovers(self) -> None:
         """Containers of a previous gateway (a crash, a kill) cannot be reached: remove them."""
@@ -221,7 +240,25 @@ class Gateway:
         if self.dispatcher is not None:
             self.dispatcher.begin_shutdown()
 
+    async def _schedules(self, scheduler: Scheduler) -> None:
+        task = asyncio.get_running_loop().create_task(scheduler.run())
+        try:
+            while True:
+                await scheduler.fired.wait()
+                scheduler.fired.clear()
+                if self.runner is not None:
+                    self.runner.wake.set()
+        finally:
+            task.cancel()
+
+    async def _refresh_counts(self, runner: AsyncRunner) -> None:
+        while True:
+            await runner.refresh_counts()
+            await asyncio.sleep(2.0)
+
     async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.stop(self.drain_timeout)
         if self.dispatcher is not None:
             await self.dispatcher.drain(self.drain_timeout)
             for task in self._tasks.values():
@@ -249,6 +286,9 @@ class Gateway:
             Route("/invocations", self.list_invocations, methods=["GET"]),
             Route("/invocations/{call_id}", self.get_invocation, methods=["GET"]),
             Route("/invocations/{call_id}/logs", self.get_logs, methods=["GET"]),
+            Route("/invocations/{call_id}/result", self.get_result, methods=["GET"]),
+            Route("/invocations/{call_id}/retry", self.retry, methods=["POST"]),
+            Route("/system/schedules", self.schedules, methods=["GET"]),
         ]
         handlers: Mapping[Any, Any] = {
             SwarmlessError: self._on_error,
@@ -276,7 +316,7 @@ class Gateway:
 
     def _admin(self, request: HTTPRequest) -> Dispatcher:
         auth = request.headers.get("authorization", "")
-        self._check_admin(auth[7:].strip() if auth[:7].lower() == "bearer " else None)
+        self.check_admin(auth[7:].strip() if auth[:7].lower() == "bearer " else None)
         assert self.dispatcher is not None
         return self.dispatcher
 
@@ -288,9 +328,19 @@ class Gateway:
         """Prometheus metrics."""
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """Containers and calls per function, async queue included (metrics, ``ls``)."""
+        assert self.dispatcher is not None
+        snap = self.dispatcher.snapshot()
+        if self.runner is not None:
+            for name, counts in snap.items():
+                counts["async_queued"] = self.runner.queued.get(name, 0)
+                counts["async_running"] = self.runner.running.get(name, 0)
+        return snap
+
     def _describe(self, spec: FunctionSpec, version: int) -> dict[str, Any]:
         assert self.dispatcher is not None
-        counts = self.dispatcher.snapshot().get(spec.name, {})
+        counts = self.snapshot().get(spec.name, {})
         rec = self.reconcilers.get(spec.name)
         return {
             "name": spec.name,
@@ -423,12 +473,30 @@ class Gateway:
             }
         )
 
+    async def get_result(self, request: HTTPRequest) -> Response:
+        """What a finished async call answered (``?wait=S`` waits for it)."""
+        self._admin(request)
+        return await get_result(self, request)
+
+    async def retry(self, request: HTTPRequest) -> Response:
+        """Queue a dead or failed async call again (the dead letter's redrive)."""
+        self._admin(request)
+        return await retry_invocation(self, request)
+
+    async def schedules(self, request: HTTPRequest) -> Response:
+        """Scheduled functions and their next fire times."""
+        self._admin(request)
+        return await list_schedules(self, request)
+
     def _schema(self) -> dict[str, Any]:
         """OpenAPI 3 paths from the routes and their docstrings."""
         paths: dict[str, dict[str, Any]] = {
             "/function/{name}": {
                 m: {"summary": "Invoke a function synchronously; the HTTP request is its input."}
                 for m in ("get", "post", "put", "delete", "patch")
+            },
+            "/async-function/{name}": {
+                "post": {"summary": "Queue an async call durably; 202 with X-Call-Id."}
             },
             "/runtime/next": {
                 "post": {"summary": "Warm containers pull their next call (worker token)."}

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any, Literal, overload
 
 import docker
 
 from swarmless.config import Settings
 from swarmless.engine import connect
-from swarmless.sdk.gateway import GatewayClient, InvokeResult
+from swarmless.sdk.gateway import GatewayClient, Invocation, InvokeResult
 from swarmless.sdk.run import Pull, Run, RunOptions, Stdin, run_container, start_container
 
 __all__ = ["AsyncClient", "AsyncRun", "Client", "from_env"]
@@ -80,6 +80,33 @@ class Client:
         return self.gateway.invoke(
             name, data, json=json, args=args, method=method, path=path, query=query, headers=headers
         )
+
+    def spawn(
+        self,
+        name: str,
+        data: bytes | str | None = None,
+        *,
+        json: Any = None,
+        args: Sequence[str] | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+    ) -> Invocation:
+        """Queue an async call of ``name``; returns its :class:`Invocation` once durable."""
+        return self.gateway.spawn(
+            name,
+            data,
+            json=json,
+            args=args,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+        )
+
+    def map(
+        self, name: str, inputs: Iterable[Any], *, timeout: float | None = None
+    ) -> list[InvokeResult]:
+        """Fan out: one async call per input (JSON), then every answer, in order."""
+        calls = [self.spawn(name, json=item) for item in inputs]
+        return [call.result(timeout) for call in calls]
 
     def close(self) -> None:
         """Close the connections this client holds."""

@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import dataclasses
 import json as jsonlib
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from swarmless.config import Settings
-from swarmless.exceptions import EngineUnavailable, SwarmlessError, error_from_status
+from swarmless.exceptions import (
+    EngineUnavailable,
+    InvocationTimeout,
+    SwarmlessError,
+    error_from_status,
+)
 from swarmless.records import InvocationRecord
 from swarmless.spec import FunctionSpec
 
-__all__ = ["AsyncGatewayClient", "GatewayClient", "InvokeResult"]
+__all__ = ["AsyncGatewayClient", "GatewayClient", "Invocation", "InvokeResult"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +201,101 @@ class GatewayClient:
     def logs(self, call_id: str) -> dict[str, str]:
         result: dict[str, str] = self._json("GET", f"/invocations/{call_id}/logs")
         return result
+
+    def spawn(
+        self,
+        name: str,
+        data: bytes | str | None = None,
+        *,
+        json: Any = None,
+        args: Sequence[str] | None = None,
+        path: str = "",
+        headers: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+    ) -> Invocation:
+        """Queue an async call of ``name``; returns at once, once the call is durable."""
+        hdrs = dict(headers or {})
+        if idempotency_key is not None:
+            hdrs["Idempotency-Key"] = idempotency_key
+        if callback_url is not None:
+            hdrs["X-Callback-Url"] = callback_url
+        request = _invoke_request(
+            name, data, json=json, args=args, method="POST", path=path, query=None, headers=hdrs
+        )
+        request["url"] = "/async-" + request["url"].lstrip("/")
+        response = self._send(**request)
+        _raise_for(response)
+        return Invocation(response.headers["x-call-id"], self)
+
+    def result(self, call_id: str, timeout: float | None = None) -> InvokeResult:
+        """Wait for the call ``call_id`` to finish and return its answer.
+
+        Raises the call's error (``FunctionFailed`` for a dead call) or, when ``timeout``
+        seconds pass first, :class:`InvocationTimeout` (the call goes on).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = 30.0 if deadline is None else max(0.0, min(30.0, deadline - time.monotonic()))
+            response = self._send(
+                method="GET", url=f"/invocations/{call_id}/result", params={"wait": str(wait)}
+            )
+            _raise_for(response)
+            if response.status_code != 202:
+                return _invoke_result(response)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise InvocationTimeout(
+                    f"call {call_id} is still {response.json().get('status')} after {timeout:g}s",
+                    timeout=timeout or 0,
+                    invocation=call_id,
+                )
+
+    def retry(self, call_id: str) -> None:
+        """Redrive a dead async call."""
+        self._json("POST", f"/invocations/{call_id}/retry")
+
+    def schedules(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._json("GET", "/system/schedules")
+        return result
+
+
+class Invocation:
+    """A handle on one call, from any process: ``Invocation.from_id(call_id)``.
+
+    >>> inv = swarmless.from_env().spawn("report", json={"month": 11})  # doctest: +SKIP
+    >>> inv.status, inv.result(timeout=60).json()                      # doctest: +SKIP
+    """
+
+    def __init__(self, call_id: str, client: GatewayClient) -> None:
+        self.id = call_id
+        self._client = client
+
+    def __repr__(self) -> str:
+        return f"<Invocation {self.id}>"
+
+    @classmethod
+    def from_id(cls, call_id: str, client: GatewayClient | None = None) -> Invocation:
+        """The handle of an existing call (a client from the environment by default)."""
+        return cls(call_id, client or GatewayClient(Settings.load()))
+
+    @property
+    def record(self) -> InvocationRecord:
+        return self._client.invocation(self.id)
+
+    @property
+    def status(self) -> str:
+        """queued, running, succeeded, failed, timeout, dead or cancelled."""
+        return self.record.status
+
+    def result(self, timeout: float | None = None) -> InvokeResult:
+        """Wait for the call to finish; its answer, or its error raised."""
+        return self._client.result(self.id, timeout)
+
+    def logs(self) -> dict[str, str]:
+        return self._client.logs(self.id)
+
+    def retry(self) -> None:
+        self._client.retry(self.id)
 
 
 class AsyncGatewayClient:

@@ -4,6 +4,7 @@ store = await Store.open("sqlite:////var/lib/swarmless/swarmless.db")
 await store.put_function(spec)
 """
 
+from swarmless.store.queue import Claimed, StoredResult
 from swarmless.store.store import Store
 
-__all__ = ["Store"]
+__all__ = ["Claimed", "Store", "StoredResult"]

@@ -6,6 +6,8 @@ Tables (SQLAlchemy Core; the same on SQLite and PostgreSQL)::
     functions        one row per deployed function: its spec (JSON), digest and version
     invocations      one row per call, a column per field of swarmless.records.InvocationRecord
     invocation_logs  the stdout and stderr of one call, keyed by its id
+    async_queue      the durable queue of async calls (and their idempotency keys)
+    invocation_results  what a finished async call answered
 
 Timestamps are epoch milliseconds (``swarmless.records.now_ms``), like the records.
 
@@ -36,6 +38,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
     inspect,
     select,
     text,
@@ -46,8 +49,10 @@ from swarmless.exceptions import SwarmlessError
 __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "async_queue",
     "functions",
     "invocation_logs",
+    "invocation_results",
     "invocations",
     "meta",
     "metadata",
@@ -98,6 +103,8 @@ invocations = Table(
     Column("response_size", BigInteger),
     Column("error", Text),
     Column("parent", String(64)),
+    Column("callback", Text),
+    Column("late", Boolean, nullable=False, server_default=false()),
     Index("ix_invocations_function_queued_at", "function", "queued_at"),
     Index("ix_invocations_status", "status"),
     Index("ix_invocations_parent", "parent"),
@@ -112,13 +119,58 @@ invocation_logs = Table(
 )
 
 
+#: The durable queue of async calls. A row stays after its call finished (``state`` done,
+#: body dropped) so that an ``Idempotency-Key`` still finds its call id.
+async_queue = Table(
+    "async_queue",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("function", String(63), nullable=False),
+    #: queued | leased | done
+    Column("state", String(8), nullable=False),
+    Column("method", String(16), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("query", Text, nullable=False),
+    Column("headers", Text, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("callback_url", Text),
+    Column("idempotency_key", String(200)),
+    Column("parent", String(64)),
+    Column("late", Boolean, nullable=False, server_default=false()),
+    Column("enqueued_at", BigInteger, nullable=False),
+    Column("not_before", BigInteger, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("lease_owner", String(200)),
+    Column("lease_until", BigInteger),
+    Index("ix_async_queue_state_not_before", "state", "not_before"),
+    Index("ix_async_queue_idempotency", "function", "idempotency_key", unique=True),
+)
+
+#: What a finished async call answered, for ``Invocation.result()``.
+invocation_results = Table(
+    "invocation_results",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("status", Integer, nullable=False),
+    Column("headers", Text, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+)
+
+
 def _v1(conn: Connection) -> None:
     """The first schema: meta, functions, invocations, invocation_logs."""
     metadata.create_all(conn, tables=[meta, functions, invocations, invocation_logs])
 
 
+def _v2(conn: Connection) -> None:
+    """The async queue: async_queue, invocation_results, callback and late on records."""
+    conn.execute(text("ALTER TABLE invocations ADD COLUMN callback TEXT"))
+    conn.execute(text("ALTER TABLE invocations ADD COLUMN late BOOLEAN NOT NULL DEFAULT false"))
+    metadata.create_all(conn, tables=[async_queue, invocation_results])
+
+
 #: Step i (0-based) brings a database from version i to version i + 1.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Any constant works; it only has to be the same for every gateway on one database.

@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from swarmless.exceptions import InvalidArgument, SwarmlessError
 from swarmless.records import InvocationRecord, now_ms
 from swarmless.spec import FunctionSpec
+from swarmless.store.queue import GroupCommit, QueueOps
 from swarmless.store.schema import functions, invocation_logs, invocations, meta, upgrade
 
 __all__ = ["Store", "async_url"]
@@ -119,7 +120,7 @@ def _describe(e: BaseException) -> str:
     return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
 
 
-class Store:
+class Store(QueueOps):
     """Function specs, invocation records and logs; open with :meth:`Store.open`::
 
     store = await Store.open("sqlite:///swarmless.db")
@@ -155,6 +156,7 @@ class Store:
         self._stopping = asyncio.Event()
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        self._group = GroupCommit(self)
 
     @classmethod
     async def open(
@@ -212,6 +214,8 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        with contextlib.suppress(Exception):
+            await self._group.close()
         self._stopping.set()
         self._wake.set()
         self._full.set()

@@ -1,0 +1,221 @@
+"""The async runner: takes due calls from the durable queue and runs them.
+
+It claims calls per function up to the function's ``async_concurrency`` (default: its
+``max_containers x concurrency``, so async work never takes every container from sync
+traffic when set lower), runs each through the same :class:`Dispatcher` as sync calls
+(same containers, same deadline), and writes the outcome durably:
+
+- success: record ``succeeded``, the answer kept for ``Invocation.result()``;
+- failure with retries left: back to the queue after an exponential backoff with jitter
+  (``backoff x 2^(attempt-1) x [0.5, 1.5)``), the record saying why;
+- retries spent, or older than ``max_age``: ``dead`` (the dead letter), redrivable.
+
+Then the callback, if one was asked for: the result is POSTed to ``X-Callback-Url`` with
+its own bounded retries; what happened is written on the record, and a failing callback
+never fails the call or the runner. A gateway that restarts gives back the leases it held
+when it died (they run again: at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+
+import httpx
+
+from swarmless.dispatch.dispatcher import Dispatcher, Request
+from swarmless.exceptions import FunctionNotFound, QueueFull, SwarmlessError
+from swarmless.records import InvocationRecord, now_ms
+from swarmless.spec import FunctionSpec
+from swarmless.store import Claimed, Store, StoredResult
+
+__all__ = ["AsyncRunner"]
+
+log = logging.getLogger("swarmless.async")
+
+#: Callback delivery: tries and the first pause between them (doubling).
+CALLBACK_TRIES = 3
+CALLBACK_PAUSE = 0.5
+
+
+def async_limit(spec: FunctionSpec) -> int:
+    """How many async calls of a function run at once."""
+    return spec.async_concurrency or spec.max_containers * spec.concurrency
+
+
+class AsyncRunner:
+    """Moves async calls from the queue through the dispatcher, durably."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        store: Store,
+        *,
+        owner: str,
+        idle_poll: float = 0.5,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.store = store
+        self.owner = owner
+        self.idle_poll = idle_poll
+        #: Set when a call is queued: the runner claims at once.
+        self.wake = asyncio.Event()
+        self.running: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._http = httpx.AsyncClient(timeout=10.0)
+        #: Calls waiting per function, refreshed as the runner goes (metrics, ls).
+        self.queued: dict[str, int] = {}
+        self._stopping = False
+
+    async def run(self) -> None:
+        released = await self.store.release(self.owner)
+        if released:
+            log.warning("took back %d async call(s) this gateway held when it stopped", released)
+        while not self._stopping:
+            self.wake.clear()
+            claimed = await self._claim()
+            if claimed:
+                continue  # there may be more; claim again before sleeping
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.idle_poll)
+
+    async def _claim(self) -> list[Claimed]:
+        wants: dict[str, tuple[int, int]] = {}
+        for name, (spec, _) in self.dispatcher.functions.items():
+            free = async_limit(spec) - self.running.get(name, 0)
+            if free > 0:
+                wants[name] = (free, int((spec.timeout + 30) * 1000))
+        try:
+            claimed = await self.store.claim(self.owner, wants)
+        except SwarmlessError as e:
+            log.error("claiming async calls failed: %s", e.message)
+            await asyncio.sleep(1)
+            return []
+        for call in claimed:
+            self.running[call.function] = self.running.get(call.function, 0) + 1
+            task = asyncio.get_running_loop().create_task(self._run(call))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return claimed
+
+    async def _run(self, call: Claimed) -> None:
+        try:
+            await self._execute(call)
+        except Exception:
+            log.exception("async call %s: unexpected failure (it stays leased and reruns)", call.id)
+        finally:
+            self.running[call.function] -= 1
+            self.wake.set()
+
+    async def _execute(self, call: Claimed) -> None:
+        rec = InvocationRecord(
+            id=call.id,
+            function=call.function,
+            mode="",
+            kind="async",
+            queued_at=call.enqueued_at,
+            attempt=call.attempt,
+            request_size=len(call.body),
+            parent=call.parent,
+            late=call.late,
+        )
+        try:
+            spec, _ = self.dispatcher.get(call.function)
+        except FunctionNotFound as e:
+            rec.status, rec.error = "dead", e.message
+            rec.finished_at = now_ms()
+            await self.store.finish(rec)
+            return
+        rec.mode = spec.mode
+        if now_ms() - call.enqueued_at > spec.max_age * 1000:
+            rec.status = "dead"
+            rec.error = f"older than max_age ({spec.max_age:g}s) before it could run"
+            rec.finished_at = now_ms()
+            await self.store.finish(rec)
+            await self._callback(call, rec, None)
+            return
+        request = Request(
+            method=call.method,
+            path=call.path,
+            query=call.query,
+            headers=call.headers,
+            body=call.body,
+        )
+        try:
+            response = await self.dispatcher.invoke(call.function, request, record=rec)
+        except SwarmlessError as e:
+            await self._failed(call, rec, spec, e)
+            return
+        result = StoredResult(status=response.status, headers=response.headers, body=response.body)
+        await self.store.finish(rec, result)
+        await self._callback(call, rec, result)
+
+    async def _failed(
+        self, call: Claimed, rec: InvocationRecord, spec: FunctionSpec, e: SwarmlessError
+    ) -> None:
+        # Too busy or shutting down is not the function's fault: retry soon, not counted.
+        not_counted = isinstance(e, QueueFull) or self.dispatcher.closing
+        if not_counted or call.attempt <= spec.retries:
+            delay = 1.0 if not_counted else spec.backoff * 2 ** (call.attempt - 1)
+            delay *= 0.5 + random.random()
+            rec.status = "queued"
+            rec.error = f"attempt {call.attempt} failed: {e.message}"
+            if not_counted:
+                rec.attempt -= 1
+            await self.store.retry_later(rec, now_ms() + int(delay * 1000), uncount=not_counted)
+            return
+        rec.status = "dead"
+        rec.error = f"dead after {call.attempt} attempt(s): {e.message}"
+        await self.store.finish(rec)
+        await self._callback(call, rec, None)
+
+    async def _callback(
+        self, call: Claimed, rec: InvocationRecord, result: StoredResult | None
+    ) -> None:
+        if not call.callback_url:
+            return
+        headers = {
+            "X-Call-Id": rec.id,
+            "X-Swarmless-Function": rec.function,
+            "X-Swarmless-Status": rec.status,
+        }
+        body = b""
+        if result is not None:
+            headers.update({f"X-Function-{k}": v for k, v in result.headers[:20]})
+            headers["X-Function-Status"] = str(result.status)
+            body = result.body
+        elif rec.error:
+            body = rec.error.encode()
+        outcome = ""
+        pause = CALLBACK_PAUSE
+        for attempt in range(1, CALLBACK_TRIES + 1):
+            try:
+                r = await self._http.post(call.callback_url, content=body, headers=headers)
+                if r.status_code < 500:
+                    outcome = f"delivered {r.status_code} (try {attempt})"
+                    break
+                outcome = f"failed: HTTP {r.status_code} after {attempt} tries"
+            except httpx.HTTPError as e:
+                outcome = f"failed: {type(e).__name__} after {attempt} tries"
+            if attempt < CALLBACK_TRIES:
+                await asyncio.sleep(pause)
+                pause *= 2
+        rec.callback = outcome
+        try:
+            await self.store.save(rec)
+        except SwarmlessError as e:
+            log.error("could not record the callback of %s: %s", rec.id, e.message)
+
+    async def refresh_counts(self) -> None:
+        with contextlib.suppress(SwarmlessError):
+            self.queued = await self.store.queued_counts()
+
+    async def stop(self, timeout: float) -> None:
+        """Stop claiming; wait (bounded) for the calls running; the rest stay leased."""
+        self._stopping = True
+        self.wake.set()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        await self._http.aclose()

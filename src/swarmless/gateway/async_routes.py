@@ -1,0 +1,196 @@
+"""Async invocations over HTTP: accept durably, read results, redrive, list schedules.
+
+``POST /async-function/{name}[/{path}]`` writes the call to the store **before** it answers
+``202`` with ``X-Call-Id``. ``Idempotency-Key`` returns the first call's id instead of
+queueing twice; ``X-Callback-Url`` gets the result POSTed when the call is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.parse
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import JSONResponse, Response
+
+from swarmless.exceptions import (
+    FunctionFailed,
+    InvalidArgument,
+    InvocationNotFound,
+    InvocationTimeout,
+    QueueFull,
+    SwarmlessError,
+)
+from swarmless.gateway.asgi import (
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    bearer,
+    header,
+    read_body,
+    send_error,
+    send_response,
+)
+from swarmless.records import InvocationRecord, new_call_id, now_ms
+
+if TYPE_CHECKING:
+    from swarmless.gateway.app import Gateway
+
+__all__ = ["accept_async", "get_result", "list_schedules", "retry_invocation"]
+
+FINAL = ("succeeded", "failed", "timeout", "dead", "cancelled")
+#: Longest ``?wait=`` a result request may ask for, seconds.
+MAX_WAIT = 60.0
+
+
+async def accept_async(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+    """``ANY /async-function/{name}[/{path}]``: queue one call durably, answer 202."""
+    assert gw.dispatcher is not None
+    assert gw.store is not None
+    assert gw.runner is not None
+    rest: str = scope["path"][len("/async-function/") :]
+    name, slash, sub = rest.partition("/")
+    try:
+        spec, _ = gw.dispatcher.get(name)
+        if spec.private:
+            gw.check_admin(bearer(scope))
+        body = await read_body(scope, receive, spec.max_body)
+        callback = header(scope, b"x-callback-url")
+        if callback is not None:
+            parts = urllib.parse.urlsplit(callback)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise InvalidArgument(f"X-Callback-Url must be an http(s) URL, got {callback!r}")
+        key = header(scope, b"idempotency-key")
+        if key is not None and not 0 < len(key) <= 200:
+            raise InvalidArgument("Idempotency-Key must be 1 to 200 characters")
+        waiting = gw.runner.queued.get(name, 0)
+        if waiting >= spec.queue_size:
+            raise QueueFull(
+                f"function {name!r} has {waiting} async calls waiting "
+                f"(queue_size {spec.queue_size}); retry later",
+                retry_after=5.0,
+            )
+        rec = InvocationRecord(
+            id=new_call_id(),
+            function=name,
+            mode=spec.mode,
+            kind="async",
+            status="queued",
+            queued_at=now_ms(),
+            request_size=len(body),
+        )
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in scope["headers"]
+            if k not in (b"authorization", b"x-callback-url", b"idempotency-key")
+        ]
+        call_id, created = await gw.store.enqueue(
+            rec,
+            method=scope["method"],
+            path=slash + sub,
+            query=scope.get("query_string", b"").decode("latin-1"),
+            headers=headers,
+            body=body,
+            callback_url=callback,
+            idempotency_key=key,
+        )
+    except ClientGone:
+        return
+    except SwarmlessError as e:
+        await send_error(send, e)
+        return
+    if created:
+        gw.runner.queued[name] = gw.runner.queued.get(name, 0) + 1
+        gw.runner.wake.set()
+    answer = {"call_id": call_id, "status": "queued" if created else "duplicate"}
+    await send_response(
+        send,
+        202,
+        json.dumps(answer).encode(),
+        [(b"content-type", b"application/json"), (b"x-call-id", call_id.encode())],
+    )
+
+
+async def get_result(gw: Gateway, request: HTTPRequest) -> Response:
+    """The answer of a finished call; with ``?wait=S`` waits up to S seconds for it."""
+    assert gw.store is not None
+    call_id = request.path_params["call_id"]
+    try:
+        wait = min(float(request.query_params.get("wait", "0")), MAX_WAIT)
+    except ValueError:
+        raise InvalidArgument("wait must be a number of seconds") from None
+    deadline = time.monotonic() + max(wait, 0)
+    pause = 0.02
+    while True:
+        rec = await gw.store.get_invocation(call_id)
+        if rec is None:
+            raise InvocationNotFound(call_id)
+        if rec.status in FINAL or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(pause)
+        pause = min(pause * 1.5, 0.25)
+    headers = {"x-call-id": call_id, "x-swarmless-status": rec.status}
+    if rec.status == "succeeded":
+        stored = await gw.store.get_result(call_id)
+        if stored is None:  # a sync call: its answer went to its caller, not the store
+            return JSONResponse(rec.to_dict(), headers=headers)
+        out = Response(stored.body, status_code=stored.status, headers=headers)
+        for k, v in stored.headers:
+            if k.lower() not in ("content-length", "transfer-encoding"):
+                out.headers.append(k, v)
+        return out
+    if rec.status in FINAL:
+        err: SwarmlessError
+        if rec.status == "timeout":
+            err = InvocationTimeout(rec.error or "timed out", timeout=0, invocation=call_id)
+        else:
+            err = FunctionFailed(
+                f"call {rec.status}: {rec.error or 'no detail'}", invocation=call_id
+            )
+        body: dict[str, Any] = err.to_dict()
+        body["status"] = rec.status
+        headers["x-swarmless-error"] = "1"
+        return JSONResponse(body, status_code=err.status_code, headers=headers)
+    return JSONResponse(
+        {"call_id": call_id, "status": rec.status}, status_code=202, headers=headers
+    )
+
+
+async def retry_invocation(gw: Gateway, request: HTTPRequest) -> Response:
+    """Redrive a dead (or failed) async call: it is queued again with fresh retries."""
+    assert gw.store is not None
+    assert gw.runner is not None
+    call_id = request.path_params["call_id"]
+    rec = await gw.store.get_invocation(call_id)
+    if rec is None:
+        raise InvocationNotFound(call_id)
+    if rec.kind != "async" or rec.status not in ("dead", "failed", "timeout"):
+        raise InvalidArgument(
+            f"only a dead or failed async call can be retried; {call_id} is a {rec.kind} "
+            f"call that is {rec.status}"
+        )
+    if not await gw.store.redrive(call_id):
+        raise InvalidArgument(f"call {call_id} is not in the queue any more")
+    gw.runner.wake.set()
+    return JSONResponse({"call_id": call_id, "status": "queued"}, status_code=202)
+
+
+async def list_schedules(gw: Gateway, _request: HTTPRequest) -> Response:
+    """Scheduled functions and their next fire times."""
+    assert gw.scheduler is not None
+    return JSONResponse(
+        [
+            {
+                "function": s.function,
+                "schedule": s.cron,
+                "timezone": s.timezone,
+                "next_fire": s.next_fire.isoformat(),
+                "last_fired": s.last_fired.isoformat() if s.last_fired else None,
+            }
+            for s in await gw.scheduler.list()
+        ]
+    )
