@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
-
 from swarmless.dispatch.scheduler import Scheduler, due_slot, next_fire
 from swarmless.records import InvocationRecord, new_call_id, now_ms
 from swarmless.spec import FunctionSpec
