@@ -61,6 +61,16 @@ class Settings:
     #: Name of this gateway; its containers carry ``swarmless.gateway=<instance>``, so
     #: several gateways can share one engine without touching each other's containers.
     instance: str = "default"
+    #: Port of the scoped Docker API on the function network (0: a free port).
+    proxy_port: int = 0
+    #: Images children may run besides those of deployed functions (env: comma-separated).
+    proxy_images: tuple[str, ...] = ()
+    #: Caps on each child container when the caller's spec sets none (bytes, CPUs).
+    proxy_memory: int = 256 * 1024 * 1024
+    proxy_cpus: float = 1.0
+    #: The call this process serves (set inside function containers): calls made from
+    #: here are recorded as its children.
+    call_id: str | None = None
 
     @classmethod
     def load(cls, config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
@@ -81,11 +91,27 @@ class Settings:
             if env is not None and env != "":
                 values[name] = env
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if "port" in values:
+        for name, kind in (("port", int), ("proxy_port", int), ("proxy_memory", int)):
+            if name in values:
+                try:
+                    values[name] = kind(values[name])
+                except (TypeError, ValueError):
+                    raise InvalidArgument(
+                        f"{name} must be an integer, got {values[name]!r}"
+                    ) from None
+        if "proxy_cpus" in values:
             try:
-                values["port"] = int(values["port"])
+                values["proxy_cpus"] = float(values["proxy_cpus"])
             except (TypeError, ValueError):
-                raise InvalidArgument(f"port must be an integer, got {values['port']!r}") from None
+                raise InvalidArgument(
+                    f"proxy_cpus must be a number, got {values['proxy_cpus']!r}"
+                ) from None
+        if isinstance(values.get("proxy_images"), str):
+            values["proxy_images"] = tuple(
+                i.strip() for i in values["proxy_images"].split(",") if i.strip()
+            )
+        elif "proxy_images" in values:
+            values["proxy_images"] = tuple(values["proxy_images"])
         if "data_dir" in values:
             values["data_dir"] = Path(values["data_dir"]).expanduser()
         if values.get("backend", "docker") not in ("docker", "swarm"):
