@@ -43,7 +43,7 @@ def engine() -> Iterator[docker.DockerClient]:
     leaked = [
         c
         for c in client.api.containers(all=True, filters={"label": "swarmless.managed=true"})
-        if c["Created"] >= started - 1 and c["Labels"].get("swarmless.test", SESSION) == SESSION
+        if c["Created"] >= started - 1 and _ours(c["Labels"])
     ]
     for c in leaked:
         with contextlib.suppress(docker.errors.DockerException):
@@ -51,6 +51,13 @@ def engine() -> Iterator[docker.DockerClient]:
     client.close()
     names = [c["Names"] for c in leaked]
     assert not leaked, f"swarmless containers left behind: {names}"
+
+
+def _ours(labels: dict[str, str]) -> bool:
+    """Made by this session: labelled with it, or a plain ``run()`` (no gateway label)."""
+    if "swarmless.test" in labels:
+        return labels["swarmless.test"] == SESSION
+    return "swarmless.gateway" not in labels
 
 
 @pytest.fixture(scope="session")
