@@ -57,6 +57,9 @@ def deploy(path: str, build: bool, only: tuple[str, ...]) -> None:
 @click.option("--path", default="", help="Sub-path after /function/NAME.")
 @click.option("-H", "--header", "headers", multiple=True, metavar="NAME:VALUE")
 @click.option("-i", "--include", is_flag=True, help="Print the status and call id too.")
+@click.option("--async", "is_async", is_flag=True, help="Queue it; print the call id.")
+@click.option("--idempotency-key", help="With --async: queue once per key.")
+@click.option("--callback-url", help="With --async: POST the result here.")
 def invoke(
     name: str,
     data: str | None,
@@ -65,8 +68,11 @@ def invoke(
     path: str,
     headers: tuple[str, ...],
     include: bool,
+    is_async: bool,
+    idempotency_key: str | None,
+    callback_url: str | None,
 ) -> None:
-    """Call a deployed function and print its answer."""
+    """Call a deployed function and print its answer (or, with --async, its call id)."""
     body: bytes | None = None
     if data is not None:
         if data == "@-":
@@ -81,6 +87,18 @@ def invoke(
         if not sep:
             raise click.BadParameter(f"expected NAME:VALUE, got {h!r}", param_hint="-H")
         hdrs[k.strip()] = v.strip()
+    if is_async:
+        inv = _gateway().spawn(
+            name,
+            body,
+            args=list(args) if args else None,
+            path=path,
+            headers=hdrs,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+        )
+        click.echo(inv.id)
+        return
     result = _gateway().invoke(
         name, body, args=list(args) if args else None, method=method, path=path, headers=hdrs
     )
@@ -107,6 +125,7 @@ def ls() -> None:
         "busy",
         "in flight",
         "queued",
+        "async queued",
         "scale",
     ):
         table.add_column(col)
@@ -131,6 +150,7 @@ def ls() -> None:
             str(c.get("busy", 0)),
             str(c.get("in_flight", 0)),
             str(c.get("queued", 0)),
+            str(c.get("async_queued", 0)),
             note,
         )
     console.print(table)
@@ -190,3 +210,26 @@ def scale(name: str, replicas: str) -> None:
     n = None if replicas == "auto" else int(replicas)
     _gateway().scale(name, n)
     console.print(f"{name}: {'autoscaled' if n is None else f'pinned to {n}'}")
+
+
+@main.command()
+@click.argument("call_ids", nargs=-1, required=True)
+def redrive(call_ids: tuple[str, ...]) -> None:
+    """Queue dead async calls again (see `swarmless logs NAME` or status=dead records)."""
+    gw = _gateway()
+    for call_id in call_ids:
+        gw.retry(call_id)
+        console.print(f"{call_id}: queued again")
+
+
+@main.command()
+def schedules() -> None:
+    """Scheduled functions and when they fire next."""
+    table = Table(show_header=True, header_style="bold")
+    for col in ("function", "schedule", "timezone", "next fire", "last fired"):
+        table.add_column(col)
+    for s in _gateway().schedules():
+        table.add_row(
+            s["function"], s["schedule"], s["timezone"], s["next_fire"], s["last_fired"] or ""
+        )
+    console.print(table)
