@@ -1,0 +1,227 @@
+"""A real 3-node Swarm for tests (scripts/swarm-cluster.sh), and a gateway on its manager.
+
+The cluster is made once per session and removed at its end, failed or not
+(``SWARMLESS_SWARM_KEEP=1`` keeps it for the next run, to iterate faster). Nodes are
+watched through their Engine APIs over TCP with the Docker SDK, never with ``docker exec``.
+The gateway runs in the test process, on the host: containers on the nodes reach it at the
+host's address on the nodes' bridge, where it also listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import httpx
+
+from swarmless.backends.swarm import SwarmBackend
+from swarmless.config import Settings
+from swarmless.gateway.app import Gateway
+from swarmless.gateway.server import GatewayServer
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "swarm-cluster.sh"
+TOKEN = "test-admin-token"
+PORT = 2375
+
+
+def _script(*args: str, labels: str = "", timeout: float = 900) -> str:
+    env = dict(os.environ)
+    if labels:
+        env["SWARMLESS_SWARM_LABELS"] = labels
+    done = subprocess.run(
+        ["bash", str(SCRIPT), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"swarm-cluster.sh {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+class Cluster:
+    """The nodes of the test Swarm: their names, addresses and Engine clients."""
+
+    def __init__(self, host: docker.DockerClient, labels: str) -> None:
+        self.host = host
+        self.labels = labels
+        self.names = ["swarmless-node-1", "swarmless-node-2", "swarmless-node-3"]
+        self._clients: dict[str, docker.DockerClient] = {}
+
+    def up(self) -> Cluster:
+        _script("up", labels=self.labels)
+        return self
+
+    def down(self) -> None:
+        for c in self._clients.values():
+            with contextlib.suppress(Exception):
+                c.close()
+        self._clients.clear()
+        _script("down", timeout=120)
+
+    def load(self, *images: str) -> None:
+        _script("load", *images, labels=self.labels)
+
+    def ip(self, name: str) -> str:
+        attrs = self.host.api.inspect_container(name)
+        return str(attrs["NetworkSettings"]["Networks"]["swarmless-swarm-nodes"]["IPAddress"])
+
+    @property
+    def manager_url(self) -> str:
+        return f"tcp://{self.ip(self.names[0])}:{PORT}"
+
+    def engine(self, name: str) -> docker.DockerClient:
+        """The Engine of node ``name`` over TCP (short timeouts: a node may be dead)."""
+        if name not in self._clients:
+            self._clients[name] = docker.DockerClient(
+                base_url=f"tcp://{self.ip(name)}:{PORT}", version="1.41", timeout=5
+            )
+        return self._clients[name]
+
+    @property
+    def manager(self) -> docker.DockerClient:
+        return self.engine(self.names[0])
+
+    def ready_nodes(self) -> set[str]:
+        return {
+            n["Description"]["Hostname"]
+            for n in self.manager.api.nodes()
+            if n["Status"]["State"] == "ready"
+        }
+
+    def wait_ready(self, count: int = 3, timeout: float = 60) -> None:
+        wait_for(lambda: len(self.ready_nodes()) >= count, timeout, f"{count} ready nodes")
+
+    def containers(self, label: str) -> dict[str, list[str]]:
+        """Containers (running or not) with ``label`` on each live node."""
+        out: dict[str, list[str]] = {}
+        for name in self.names:
+            with contextlib.suppress(Exception):
+                found = self.engine(name).api.containers(all=True, filters={"label": label})
+                out[name] = [c["Id"] for c in found]
+        return out
+
+    def restart_node(self, name: str) -> None:
+        """Start a killed node again and wait until Swarm calls it ready."""
+        self._clients.pop(name, None)
+        self.host.api.start(name)
+        wait_for(lambda: name in self.ready_nodes(), 60, f"{name} ready again")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(Exception):
+            got = predicate()
+            if got:
+                return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+class SwarmGateway:
+    """A gateway with the swarm backend, served on a free port in a thread."""
+
+    def __init__(
+        self, cluster: Cluster, data_dir: Path, labels: dict[str, str], **settings: Any
+    ) -> None:
+        self.cluster = cluster
+        self.instance = f"test-{uuid.uuid4().hex[:8]}"
+        settings.setdefault("network", f"swarmless-swarm-{self.instance}")
+        self.settings = Settings.load(
+            data_dir=data_dir,
+            host="127.0.0.1",
+            port=0,
+            instance=self.instance,
+            backend="swarm",
+            docker_host=cluster.manager_url,
+            **settings,
+        )
+        self.backend = SwarmBackend(self.settings, labels=labels)
+        self.gateway = Gateway(self.settings, backend=self.backend, token=TOKEN, drain_timeout=5)
+        self.server = GatewayServer(self.gateway)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.url = ""
+
+    def start(self) -> SwarmGateway:
+        def run() -> None:
+            try:
+                asyncio.run(self.server.serve())
+            except BaseException as e:  # surfaced by start()/stop()
+                self._error = e
+
+        self._thread = threading.Thread(target=run, daemon=True, name=self.instance)
+        self._thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if self._error is not None or not self._thread.is_alive():
+                raise RuntimeError(f"gateway did not start: {self._error!r}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("gateway did not start within 60s")
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.server.port}"
+        return self
+
+    def http(self, token: str | None = TOKEN, timeout: float = 60) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def deploy(self, **spec: Any) -> dict[str, Any]:
+        with self.http() as http:
+            r = http.post("/system/functions", json=spec)
+            assert r.status_code in (200, 201), r.text
+            return dict(r.json())
+
+    def scale(self, name: str, replicas: int | None) -> None:
+        with self.http() as http:
+            r = http.post(f"/system/scale/{name}", json={"replicas": replicas})
+            assert r.status_code == 200, r.text
+
+    def ready(self, name: str) -> int:
+        d = self.gateway.dispatcher
+        assert d is not None
+        return int(d.snapshot().get(name, {}).get("ready", 0))
+
+    def services(self, **labels: str) -> list[dict[str, Any]]:
+        flt = [f"swarmless.gateway={self.instance}"] + [f"{k}={v}" for k, v in labels.items()]
+        return list(self.cluster.manager.api.services(filters={"label": flt}))
+
+    def stop(self) -> None:
+        self.server.stop()
+        if self._thread is not None:
+            self._thread.join(60)
+        api = self.cluster.manager.api
+        for s in self.services():
+            with contextlib.suppress(docker.errors.DockerException):
+                api.remove_service(s["ID"])
+        with contextlib.suppress(docker.errors.DockerException):
+            wait_for(lambda: not self.services(), 20, "services removed")
+            api.remove_network(self.settings.network)
+        if self._error is not None:
+            raise self._error
+
+
+@contextlib.contextmanager
+def cluster_session(host: docker.DockerClient, labels: str) -> Iterator[Cluster]:
+    """Up for the session, down at its end even when it failed (unless kept)."""
+    cluster = Cluster(host, labels)
+    try:
+        yield cluster.up()
+    finally:
+        if os.environ.get("SWARMLESS_SWARM_KEEP") != "1":
+            cluster.down()

@@ -1,0 +1,273 @@
+"""Functions on a real 3-node Docker Swarm (Docker-in-Docker nodes made by the fixture).
+
+The gateway runs in the test process on the host and talks to the Swarm manager
+(swarmless-node-1) over TCP; every function container runs on a node, as a Swarm task.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from swarmless.build import build_function
+from tests.conftest import BUSYBOX, PYTHON, SESSION
+from tests.swarm_harness import Cluster, SwarmGateway, cluster_session, wait_for
+
+pytestmark = [pytest.mark.swarm, pytest.mark.slow]
+
+HANDLER = """
+import os, time
+
+def where(event, context):
+    return {"node": os.environ.get("SWARMLESS_NODE", "?"), "task": os.environ.get("SWARMLESS_TASK")}
+
+def slow(event, context):
+    time.sleep(float(event["body"] or b"0.5"))
+    return {"node": os.environ.get("SWARMLESS_NODE", "?")}
+"""
+
+
+@pytest.fixture(scope="session")
+def cluster(engine: docker.DockerClient) -> Iterator[Cluster]:
+    with cluster_session(engine, f"swarmless.test={SESSION}") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def warm_image(
+    engine: docker.DockerClient, cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("swarm-fn")
+    (folder / "handler.py").write_text(HANDLER)
+    tag = f"swarmless-test/swarm-warm:{SESSION}"
+    build_function(
+        folder,
+        tag=tag,
+        mode="warm",
+        client=engine,
+        base_image=PYTHON,
+        labels={"swarmless.test": SESSION},
+    )
+    cluster.load(tag, BUSYBOX)
+    yield tag
+    engine.images.remove(tag, force=True)
+
+
+@pytest.fixture(scope="module")
+def gw(
+    cluster: Cluster, labels: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SwarmGateway]:
+    g = SwarmGateway(cluster, tmp_path_factory.mktemp("swarm-gw"), labels).start()
+    yield g
+    g.stop()
+    assert g.services() == []
+
+
+def _nodes_of(gw: SwarmGateway, name: str) -> list[str]:
+    """The node of each running container of function ``name``."""
+    placement = gw.backend.placement()
+    services = gw.services(**{"swarmless.function": name})
+    return [placement[s["ID"]] for s in services if s["ID"] in placement]
+
+
+def test_warm_replicas_spread_and_serve_from_other_nodes(gw: SwarmGateway, warm_image: str) -> None:
+    gw.deploy(name="where", image=warm_image, mode="warm", handler="handler:where")
+    t0 = time.monotonic()
+    gw.scale("where", 3)
+    wait_for(lambda: gw.ready("where") == 3, 60, "3 ready workers")
+    scale_s = time.monotonic() - t0
+    nodes = _nodes_of(gw, "where")
+    assert len(nodes) == 3
+    assert len(set(nodes)) == 3, f"replicas not spread over the nodes: {nodes}"
+    with gw.http(token=None) as http:
+        served = Counter(
+            http.post("/function/where", content=b"").json()["node"] for _ in range(30)
+        )
+    # The gateway's engine is the manager (node 1): calls are served on the other nodes too.
+    assert set(served) - {"swarmless-node-1"}, served
+    assert len(served) >= 2, served
+    print(f"\nscale 0->3: {scale_s:.2f}s; calls served by {dict(served)}")
+
+
+def test_oneshot_runs_as_a_swarm_task(gw: SwarmGateway, warm_image: str) -> None:
+    gw.deploy(name="upper", image=BUSYBOX, mode="oneshot", command=["tr", "a-z", "A-Z"])
+    with gw.http(token=None) as http:
+        t0 = time.monotonic()
+        r = http.post("/function/upper", content=b"hello swarm")
+        took = time.monotonic() - t0
+        assert r.status_code == 200, r.text
+        assert r.content == b"HELLO SWARM"
+        call = r.headers["x-call-id"]
+    with gw.http() as http:
+        rec = http.get(f"/invocations/{call}").json()
+    assert rec["status"] == "succeeded"
+    assert rec["container"]  # the service that ran it
+    # Nothing of the call is left: no service, no stdin config.
+    wait_for(lambda: not gw.services(**{"swarmless.call": call}), 10, "the call's service gone")
+    configs = gw.cluster.manager.api.configs(filters={"label": f"swarmless.call={call}"})
+    assert configs == []
+    print(f"\noneshot call on the swarm: {took:.2f}s")
+
+    gw.deploy(name="args", image=BUSYBOX, mode="oneshot", command=["sh", "-c"])
+    with gw.http(token=None) as http:
+        r = http.post(
+            "/function/args",
+            headers={"X-Swarmless-Args": '["echo on $SWARMLESS_NODE; echo oops >&2; exit 3"]'},
+        )
+    assert r.status_code == 502
+    assert "status 3" in r.json()["message"]
+    assert "oops" in r.json()["message"]
+
+
+def test_oneshot_timeout_removes_the_task(gw: SwarmGateway, warm_image: str) -> None:
+    gw.deploy(name="sleepy", image=BUSYBOX, mode="oneshot", command=["sleep", "60"], timeout=2)
+    with gw.http(token=None) as http:
+        t0 = time.monotonic()
+        r = http.post("/function/sleepy")
+        took = time.monotonic() - t0
+    assert r.status_code == 504, r.text
+    assert took < 6
+    wait_for(lambda: not gw.services(**{"swarmless.function": "sleepy"}), 10, "the service removed")
+
+
+def test_placement_limits_and_secrets(gw: SwarmGateway, warm_image: str, tmp_path: Path) -> None:
+    secrets_dir = gw.settings.data_dir / "secrets"
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    name = f"swarmless-test-{SESSION}"
+    (secrets_dir / name).write_text("s3cret value")
+    gw.deploy(
+        name="pinned",
+        image=BUSYBOX,
+        mode="oneshot",
+        command=["sh", "-c", f"echo $SWARMLESS_NODE; cat /run/secrets/{name}"],
+        placement=["node.hostname == swarmless-node-2"],
+        memory="64m",
+        cpus=0.5,
+        secrets=[name],
+    )
+    with gw.http(token=None) as http:
+        r = http.post("/function/pinned")
+    assert r.status_code == 200, r.text
+    assert r.text == "swarmless-node-2\ns3cret value"
+    # The warm path gets the same spec: look at the service Swarm was given.
+    gw.deploy(
+        name="limited",
+        image=warm_image,
+        mode="warm",
+        handler="handler:where",
+        placement=["node.hostname != swarmless-node-1"],
+        memory="96m",
+        cpus=0.25,
+        secrets=[name],
+        min_containers=1,
+    )
+    wait_for(lambda: gw.ready("limited") == 1, 60, "a ready worker")
+    [svc] = gw.services(**{"swarmless.function": "limited"})
+    task = svc["Spec"]["TaskTemplate"]
+    assert task["Placement"]["Constraints"] == ["node.hostname != swarmless-node-1"]
+    assert task["Resources"]["Limits"] == {"NanoCPUs": 250_000_000, "MemoryBytes": 96 * 2**20}
+    assert task["Resources"]["Reservations"] == task["Resources"]["Limits"]
+    assert [s["SecretName"] for s in task["ContainerSpec"]["Secrets"]] == [name]
+    assert svc["Spec"]["EndpointSpec"]["Mode"] == "dnsrr"
+    assert task["ContainerSpec"]["Labels"]["swarmless.function"] == "limited"
+    assert _nodes_of(gw, "limited") != ["swarmless-node-1"]
+    with gw.http() as http:
+        assert http.delete("/system/functions/limited").status_code == 204
+        assert http.delete("/system/functions/pinned").status_code == 204
+    gw.cluster.manager.api.remove_secret(name)
+
+
+def test_removing_a_function_leaves_nothing(gw: SwarmGateway, warm_image: str) -> None:
+    gw.deploy(name="gone", image=warm_image, mode="warm", handler="handler:where")
+    gw.scale("gone", 2)
+    wait_for(lambda: gw.ready("gone") == 2, 60, "2 ready workers")
+    label = "swarmless.function=gone"
+    assert sum(len(v) for v in gw.cluster.containers(label).values()) == 2
+    with gw.http() as http:
+        assert http.delete("/system/functions/gone").status_code == 204
+    wait_for(lambda: not gw.services(**{"swarmless.function": "gone"}), 20, "services removed")
+    wait_for(lambda: not any(gw.cluster.containers(label).values()), 30, "containers on the nodes")
+
+
+def test_node_killed_while_calls_continue(gw: SwarmGateway, warm_image: str) -> None:
+    """docker kill a node: sync calls fail only within their timeout, then all succeed."""
+    cluster = gw.cluster
+    timeout = 8.0
+    gw.deploy(name="steady", image=warm_image, mode="warm", handler="handler:slow", timeout=timeout)
+    gw.scale("steady", 3)
+    wait_for(lambda: gw.ready("steady") == 3, 60, "3 ready workers")
+    assert "swarmless-node-3" in _nodes_of(gw, "steady")
+
+    results: list[tuple[float, float, int, str]] = []  # (sent, took, status, node or error)
+
+    def call(http_client: object) -> None:
+        import httpx
+
+        assert isinstance(http_client, httpx.Client)
+        sent = time.monotonic()
+        r = http_client.post("/function/steady", content=b"0.3")
+        took = time.monotonic() - sent
+        body = r.json()
+        results.append((sent, took, r.status_code, body.get("node") or body.get("message", "")))
+
+    killed_at = 0.0
+    seen: dict[str, float] = {}  # first time the gateway saw: "gone", "replaced"
+
+    def watch() -> None:
+        while "replaced" not in seen and time.monotonic() < start + 60:
+            if killed_at:
+                nodes = _nodes_of(gw, "steady")
+                if "swarmless-node-3" not in nodes and "gone" not in seen:
+                    seen["gone"] = time.monotonic() - killed_at
+                if "gone" in seen and gw.ready("steady") == 3 and len(nodes) == 3:
+                    seen["replaced"] = time.monotonic() - killed_at
+            time.sleep(0.05)
+
+    start = time.monotonic()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with (
+            gw.http(token=None, timeout=30) as http,
+            concurrent.futures.ThreadPoolExecutor(6) as pool,
+        ):
+            end = start + 20  # bounded: 20 s of calls, at most 6 at a time
+            futures = []
+            while time.monotonic() < end:
+                if not killed_at and time.monotonic() - start > 3:
+                    cluster.host.api.kill("swarmless-node-3")
+                    killed_at = time.monotonic()
+                futures.append(pool.submit(call, http))
+                time.sleep(0.1)
+                if len(futures) > 6:
+                    futures.pop(0).result()
+            for f in futures:
+                f.result()
+        watcher.join(40)
+        assert "replaced" in seen, f"no replacement worker on a live node: {seen}"
+    finally:
+        if killed_at:
+            cluster.restart_node("swarmless-node-3")
+    failed = [r for r in results if r[2] != 200]
+    for _sent, took, status, what in failed:
+        assert took <= timeout + 1.5, (status, took, what)
+        assert status in (502, 504), (status, what)
+        assert what, "a failed call says why"
+    after = [r for r in results if r[0] > killed_at + 3 + timeout]
+    assert after
+    assert all(r[2] == 200 for r in after), after
+    assert not any(r[3] == "swarmless-node-3" for r in results if r[0] > killed_at + 0.5)
+    served_after = Counter(r[3] for r in after)
+    print(
+        f"\nnode kill: {len(results)} calls, {len(failed)} failed; "
+        f"worker seen gone after {seen['gone']:.1f}s, replaced (3 ready on live nodes) after "
+        f"{seen['replaced']:.1f}s; slowest call {max(r[1] for r in results):.1f}s; "
+        f"served after: {dict(served_after)}"
+    )
