@@ -73,26 +73,38 @@ class StoredResult:
 
 
 Op = Callable[[AsyncConnection], Awaitable[Any]]
+BulkRun = Callable[[AsyncConnection, list[Any]], Awaitable[None]]
+
+
+@dataclasses.dataclass(eq=False)
+class _Pending:
+    op: Op
+    fut: asyncio.Future[Any]
+    #: Ops of one kind are written together by one bulk statement when they can be:
+    #: (kind, the bulk writer, this op's payload, the result it then returns).
+    bulk: tuple[str, BulkRun, Any, Any] | None = None
 
 
 class GroupCommit:
-    """Runs write operations that arrive together in one transaction, each in a savepoint.
+    """Runs write operations that arrive together in one transaction.
 
-    ``await run(op)`` returns when the transaction holding ``op`` has committed; an op that
-    fails rolls back its savepoint only and raises in its own caller.
+    ``await run(op)`` returns when the transaction holding ``op`` has committed. Ops given a
+    ``bulk`` form are written with one multi-row statement per kind; if that fails, and for
+    every other op, each runs in a savepoint of its own, so an op that fails rolls back
+    alone and raises in its own caller.
     """
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._ops: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._ops: list[_Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def run(self, op: Op) -> Any:
+    async def run(self, op: Op, bulk: tuple[str, BulkRun, Any, Any] | None = None) -> Any:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._loop())
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._ops.append((op, fut))
+        self._ops.append(_Pending(op, fut, bulk))
         self._wake.set()
         return await fut
 
@@ -104,7 +116,7 @@ class GroupCommit:
         if self._ops:
             await self._commit(self._take())
 
-    def _take(self) -> list[tuple[Op, asyncio.Future[Any]]]:
+    def _take(self) -> list[_Pending]:
         batch, self._ops = self._ops[:GROUP_MAX], self._ops[GROUP_MAX:]
         if not self._ops:
             self._wake.clear()
@@ -119,20 +131,36 @@ class GroupCommit:
             if batch:
                 await self._commit(batch)
 
-    async def _commit(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
+    async def _commit(self, batch: list[_Pending]) -> None:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        kinds: dict[str, list[_Pending]] = {}
+        single: list[_Pending] = []
+        for p in batch:
+            if p.bulk is not None:
+                kinds.setdefault(p.bulk[0], []).append(p)
+            else:
+                single.append(p)
         try:
             async with self._store._write() as conn:
-                for op, fut in batch:
+                for group in kinds.values():
+                    writer = group[0].bulk[1]  # type: ignore[index]
                     try:
                         async with conn.begin_nested():
-                            results.append((fut, await op(conn), None))
+                            await writer(conn, [p.bulk[2] for p in group])  # type: ignore[index]
+                    except Exception:
+                        single.extend(group)  # one by one, to find the one that fails
+                    else:
+                        results.extend((p.fut, p.bulk[3], None) for p in group)  # type: ignore[index]
+                for p in single:
+                    try:
+                        async with conn.begin_nested():
+                            results.append((p.fut, await p.op(conn), None))
                     except Exception as e:
-                        results.append((fut, None, e))
+                        results.append((p.fut, None, e))
         except BaseException as e:  # the commit itself failed: every op fails
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(e if isinstance(e, Exception) else RuntimeError(str(e)))
+            for p in batch:
+                if not p.fut.done():
+                    p.fut.set_exception(e if isinstance(e, Exception) else RuntimeError(str(e)))
             if not isinstance(e, Exception):
                 raise
             return
@@ -217,8 +245,17 @@ class QueueOps:
             await conn.execute(self._upsert(invocations, "id"), [record])
             return rec.id, True
 
-        result: tuple[str, bool] = await self._group.run(op)
+        bulk = (
+            None
+            if idempotency_key is not None
+            else ("enqueue", self._enqueue_many, (row, record), (rec.id, True))
+        )
+        result: tuple[str, bool] = await self._group.run(op, bulk)
         return result
+
+    async def _enqueue_many(self, conn: AsyncConnection, items: list[Any]) -> None:
+        await conn.execute(async_queue.insert(), [row for row, _ in items])
+        await conn.execute(self._upsert(invocations, "id"), [record for _, record in items])
 
     async def claim(
         self, owner: str, wants: Mapping[str, tuple[int, int]], *, now: int | None = None
@@ -294,30 +331,35 @@ class QueueOps:
     async def finish(self, rec: InvocationRecord, result: StoredResult | None = None) -> None:
         """An async call is over (succeeded, or dead): record, result, queue row done."""
         record = _record_row(rec)
+        stored = None
+        if result is not None:
+            stored = {
+                "id": rec.id,
+                "status": result.status,
+                "headers": json.dumps([list(h) for h in result.headers]),
+                "body": result.body,
+            }
+        # A dead call keeps its request, so that it can be redriven.
+        item = (record, stored, rec.status == "dead")
 
         async def op(conn: AsyncConnection) -> None:
-            await conn.execute(self._upsert(invocations, "id"), [record])
-            if result is not None:
-                await conn.execute(
-                    self._upsert(invocation_results, "id"),
-                    [
-                        {
-                            "id": rec.id,
-                            "status": result.status,
-                            "headers": json.dumps([list(h) for h in result.headers]),
-                            "body": result.body,
-                        }
-                    ],
-                )
-            # A dead call keeps its request, so that it can be redriven.
-            keep = {} if rec.status == "dead" else {"body": b""}
-            await conn.execute(
-                update(async_queue)
-                .where(async_queue.c.id == rec.id)
-                .values(state="done", lease_owner=None, lease_until=None, **keep)
-            )
+            await self._finish_many(conn, [item])
 
-        await self._group.run(op)
+        await self._group.run(op, ("finish", self._finish_many, item, None))
+
+    async def _finish_many(self, conn: AsyncConnection, items: list[Any]) -> None:
+        await conn.execute(self._upsert(invocations, "id"), [record for record, _, _ in items])
+        stored = [s for _, s, _ in items if s is not None]
+        if stored:
+            await conn.execute(self._upsert(invocation_results, "id"), stored)
+        for keep, values in ((True, {}), (False, {"body": b""})):
+            ids = [record["id"] for record, _, dead in items if dead is keep]
+            if ids:
+                await conn.execute(
+                    update(async_queue)
+                    .where(async_queue.c.id.in_(ids))
+                    .values(state="done", lease_owner=None, lease_until=None, **values)
+                )
 
     async def retry_later(
         self, rec: InvocationRecord, not_before: int, *, uncount: bool = False
