@@ -54,6 +54,7 @@ import socket
 import threading
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -78,7 +79,7 @@ from swarmless.engine import (
 from swarmless.exceptions import ImageNotFound, PayloadTooLarge, SwarmlessError
 from swarmless.spec import FunctionSpec
 
-__all__ = ["NodeInfo", "SwarmBackend", "list_nodes"]
+__all__ = ["NodeInfo", "SwarmBackend", "list_nodes", "placement"]
 
 log = logging.getLogger("swarmless.backend.swarm")
 T = TypeVar("T")
@@ -117,6 +118,29 @@ def list_nodes(client: docker.DockerClient) -> list[NodeInfo]:
     with translate(api=client.api):
         nodes = client.api.nodes()
     return sorted((NodeInfo(n) for n in nodes), key=lambda n: n.hostname)
+
+
+def placement(client: docker.DockerClient) -> dict[str, Counter[str]]:
+    """Running swarmless containers per node hostname, counted by function.
+
+    Read from the Swarm manager ``client`` talks to (every gateway's services, by label).
+    """
+    with translate(api=client.api):
+        nodes = {
+            n["ID"]: (n.get("Description") or {}).get("Hostname", n["ID"])
+            for n in client.api.nodes()
+        }
+        tasks = client.api.tasks(
+            filters={"label": f"{LABEL_MANAGED}=true", "desired-state": "running"}
+        )
+    out: dict[str, Counter[str]] = {name: Counter() for name in nodes.values()}
+    for t in tasks:
+        if (t.get("Status") or {}).get("State") != "running" or not t.get("NodeID"):
+            continue
+        labels = ((t.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
+        node = nodes.get(t["NodeID"], t["NodeID"])
+        out.setdefault(node, Counter())[labels.get(LABEL_FUNCTION, "?")] += 1
+    return out
 
 
 def _route_to(host: str) -> str:

@@ -48,6 +48,12 @@ def run_checks(settings: Settings) -> list[Check]:
         nodes = swarm.get("Nodes", "?")
         role = "manager" if swarm.get("ControlAvailable") else "worker"
         checks.append(Check("swarm", True, f"active, this node is a {role}, {nodes} node(s)"))
+        if swarm.get("ControlAvailable"):
+            from swarmless.cli.nodes import node_rows
+
+            for host, detail, ready, fns in node_rows(client):
+                fix = "" if ready else "docker node ls; docker node update --availability active"
+                checks.append(Check(f"node {host}", ready, f"{detail}; runs: {fns}", fix))
     else:
         checks.append(
             Check(

@@ -111,8 +111,14 @@ def invoke(
 
 
 @main.command(name="ls")
-def ls() -> None:
+@click.option("--nodes", is_flag=True, help="Swarm backend: the nodes and what runs on each.")
+def ls(nodes: bool) -> None:
     """List deployed functions and their containers."""
+    if nodes:
+        from swarmless.cli.nodes import print_nodes
+
+        print_nodes(Settings.load())
+        return
     rows = _gateway().functions()
     table = Table(show_header=True, header_style="bold")
     for col in (
