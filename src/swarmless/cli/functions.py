@@ -134,7 +134,7 @@ def ls(nodes: bool) -> None:
         "async queued",
         "scale",
     ):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "name")
     for f in rows:
         c = f.get("containers", {})
         spec = f["spec"]
@@ -176,7 +176,7 @@ def logs(target: str, limit: int) -> None:
     records = gw.invocations(function=target, limit=limit)
     table = Table(show_header=True, header_style="bold")
     for col in ("call id", "status", "http", "cold", "wait ms", "run ms", "container", "error"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "call id")  # an id cut short cannot be used
     for r in records:
         table.add_row(
             r.id,

@@ -34,6 +34,9 @@ def up(host: str | None, port: int | None, data_dir: str | None, log_level: str)
                 f"admin token (printed once, kept in {settings.data_dir / 'token'}):\n  {token}"
             )
         token_file = settings.data_dir / "token"
-        console.print(f"export SWARMLESS_GATEWAY_URL={url} SWARMLESS_TOKEN=$(cat {token_file})")
+        console.print(
+            f"export SWARMLESS_GATEWAY_URL={url} SWARMLESS_TOKEN=$(cat {token_file})",
+            soft_wrap=True,  # a line to copy: never cut in two
+        )
 
     asyncio.run(serve(gateway, started=started, log_level="warning"))
