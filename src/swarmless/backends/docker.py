@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,7 @@ from swarmless.engine import (
     translate,
 )
 from swarmless.exceptions import ContainerError, ImageNotFound, SwarmlessError
+from swarmless.proxy.tokens import CallerTokens
 from swarmless.sdk.run import RunOptions, execute
 from swarmless.spec import FunctionSpec
 
@@ -68,8 +70,33 @@ def runtime_package_dir(data_dir: Path) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    (root / "swarmless" / "__init__.py").write_text("")
+    (root / "swarmless" / "__init__.py").write_text(_STUB)
     return root
+
+
+#: The mounted package's ``__init__``: empty, unless the image has swarmless installed (the
+#: SDK, for function-to-function calls): then its first use loads the installed package,
+#: while ``swarmless.runtime`` stays the gateway's own.
+_STUB = """
+import os as _os
+import sys as _sys
+
+_here = _os.path.dirname(_os.path.abspath(__file__))
+
+
+def __getattr__(name):
+    for entry in [] if len(__path__) > 1 else _sys.path:
+        init = _os.path.join(entry or ".", "swarmless", "__init__.py")
+        real = _os.path.dirname(_os.path.abspath(init))
+        if real != _here and _os.path.isfile(init):
+            __path__.append(real)
+            with open(init) as f:
+                exec(compile(f.read(), init, "exec"), globals())
+            break
+    if name in globals():
+        return globals()[name]
+    raise AttributeError(f"module 'swarmless' has no attribute {name!r} (not installed here)")
+"""
 
 
 class DockerBackend(Backend):
@@ -86,6 +113,8 @@ class DockerBackend(Backend):
         self._events: Any = None
         self._watcher: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Set by the gateway: each container's token (SWARMLESS_TOKEN, scoped DOCKER_HOST).
+        self.callers: CallerTokens | None = None
 
     @property
     def client(self) -> docker.DockerClient:
@@ -193,6 +222,14 @@ class DockerBackend(Backend):
         cfg.update(extra)
         return cfg
 
+    def _socket_binds(self, spec: FunctionSpec) -> list[str]:
+        """``docker: host-socket``: the engine's own socket, on purpose (root on the host)."""
+        if spec.docker != "host-socket":
+            return []
+        host = self.settings.docker_host or os.environ.get("DOCKER_HOST") or ""
+        path = host[len("unix://") :] if host.startswith("unix://") else "/var/run/docker.sock"
+        return [f"{path}:/var/run/docker.sock"]
+
     def _secret_path(self, name: str) -> Path:
         path = self.settings.data_dir / "secrets" / name
         if not path.is_file():
@@ -232,12 +269,18 @@ class DockerBackend(Backend):
                 "PYTHONDONTWRITEBYTECODE": "1",
             }
         )
+        if self.callers is not None:
+            env.update(self.callers.grant(spec, worker_id=launch.worker_id)[1])
         labels = self._labels("worker", spec, worker=launch.worker_id, version=str(launch.version))
 
         def create_and_start() -> str:
             api = self.client.api
             cfg = self._host_config(spec)
-            cfg["binds"] = [*cfg.get("binds", []), f"{self._runtime_dir}:{RUNTIME_MOUNT}:ro"]
+            cfg["binds"] = [
+                *cfg.get("binds", []),
+                *self._socket_binds(spec),
+                f"{self._runtime_dir}:{RUNTIME_MOUNT}:ro",
+            ]
             host_config = api.create_host_config(**cfg)
             with translate(image=spec.image, api=api):
                 created = api.create_container(
@@ -283,11 +326,12 @@ class DockerBackend(Backend):
         timeout: float,
     ) -> OneShotResult:
         command = [*(spec.command or []), *args] or None
+        grant, access = self.callers.grant(spec, call_id=call_id) if self.callers else (None, {})
         opts = RunOptions(
             spec.image or "",
             command,
             stdin=stdin,
-            env={**spec.env, **env},
+            env={**spec.env, **env, **access},
             timeout=timeout,
             network=spec.network or self.settings.network,
             memory=spec.memory,
@@ -302,6 +346,7 @@ class DockerBackend(Backend):
             stdout=True,
             stderr=False,
             pull="missing",
+            binds=self._socket_binds(spec),
         )
 
         def run() -> OneShotResult:
@@ -329,7 +374,11 @@ class DockerBackend(Backend):
                 run_ms=(o.t_exited - o.t_started) * 1000,
             )
 
-        return await self._call(run)
+        try:
+            return await self._call(run)
+        finally:
+            if grant is not None and self.callers is not None:
+                self.callers.revoke(grant.token)
 
     async def container_logs(self, container_id: str, *, tail: int = 20) -> str:
         def read() -> str:

@@ -55,6 +55,7 @@ from swarmless.gateway.asgi import (
     Scope,
     Send,
     bearer,
+    header,
     read_body,
     send_error,
     send_response,
@@ -66,6 +67,7 @@ from swarmless.gateway.async_routes import (
     retry_invocation,
 )
 from swarmless.gateway.runtime_api import RuntimeAPI
+from swarmless.proxy import CallerTokens, DockerProxy, start_proxy
 from swarmless.records import STATUSES
 from swarmless.scaling.reconciler import Reconciler
 from swarmless.spec import FunctionSpec
@@ -116,6 +118,9 @@ class Gateway:
         self.reconcilers: dict[str, Reconciler] = {}
         self.runner: AsyncRunner | None = None
         self.scheduler: Scheduler | None = None
+        #: Tokens of function containers (function-to-function calls, scoped Docker API).
+        self.callers = CallerTokens()
+        self.proxy: DockerProxy | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.app = self._build_app()
 
@@ -142,16 +147,26 @@ class Gateway:
         name, slash, sub = rest.partition("/")
         try:
             spec, _ = self.dispatcher.get(name)
-            if spec.private:
-                self.check_admin(bearer(scope))
+            token = bearer(scope)
+            caller = self.callers.caller(token, self.dispatcher)
+            if spec.private and caller is None:
+                self.check_admin(token)
             body = await read_body(scope, receive, spec.max_body)
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+            parent = None
+            if caller is not None:  # a call from a function: its token is not the callee's
+                claimed = header(scope, b"x-swarmless-parent")
+                parent = self.callers.parent(caller, claimed, self.dispatcher)
+                headers = [
+                    h for h in headers if h[0] not in ("authorization", "x-swarmless-parent")
+                ]
             client = scope.get("client") or ("", 0)
             server = scope.get("server") or ("127.0.0.1", self.settings.port)
             request = Request(
                 method=scope["method"],
                 path=slash + sub,
                 query=scope.get("query_string", b"").decode("latin-1"),
-                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
+                headers=headers,
                 body=body,
                 remote_addr=str(client[0]),
                 remote_port=int(client[1]),
@@ -159,7 +174,7 @@ class Gateway:
                 server_port=int(server[1] or 0),
                 scheme=scope.get("scheme", "http"),
             )
-            response = await self.dispatcher.invoke(name, request)
+            response = await self.dispatcher.invoke(name, request, parent=parent)
         except ClientGone:
             return
         except SwarmlessError as e:
@@ -204,6 +219,7 @@ class Gateway:
         )
         self.metrics.add_gauges(LiveGauges(self.snapshot))
         self.runtime_api = RuntimeAPI(self.dispatcher)
+        self.proxy = await start_proxy(settings, self.backend, self.dispatcher, self.callers)
         await self._remove_leftovers()
         await self.dispatcher.load()
         for name in self.dispatcher.pools:
@@ -265,6 +281,8 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
             await self.dispatcher.close()
+        if self.proxy is not None:  # after the workers: their children go with them
+            await self.proxy.close()
         await self.backend.close()
         if self.store is not None:
             await self.store.close()
@@ -379,6 +397,12 @@ class Gateway:
     async def _deploy(self, d: Dispatcher, spec: FunctionSpec) -> Response:
         existed = spec.name in d.functions
         version = await d.deploy(spec)
+        if spec.docker == "host-socket":
+            log.warning(
+                "function %r has docker: host-socket: its containers get the engine's socket, "
+                "which is root on this host; docker: scoped is the safe choice",
+                spec.name,
+            )
         if spec.name in d.pools:
             self._start_reconciler(spec.name)
         return JSONResponse(self._describe(spec, version), status_code=200 if existed else 201)

@@ -151,7 +151,7 @@ def refuse(rule: str, reason: str, status: int = 403) -> Verdict:
 
 # -- paths --------------------------------------------------------------------------------
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]*$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]*$")
 _VERSION = re.compile(r"^v(\d+)\.(\d+)$")
 _REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SECTIONS = {
@@ -616,8 +616,9 @@ def _networking(value: Any, network: str) -> dict[str, Any]:
     if not isinstance(endpoints, dict):
         raise _Refused("json", "EndpointsConfig must be an object")
     out: dict[str, Any] = {}
-    for name, settings in endpoints.items():
-        if name != network:
+    for key, settings in endpoints.items():
+        name = network if key == "default" else key  # the docker CLI names it "default"
+        if name != network or name in out:
             raise _Refused("network", f"network {name!r}: children join {network!r} only")
         ep = _struct(settings, _ENDPOINT, f"EndpointsConfig.{name}")
         extra = {k: v for k, v in ep.items() if k != "Aliases" and not _zero(v)}
@@ -770,7 +771,8 @@ def _exec_create(
         "User",
         "WorkingDir",
     )
-    body = _struct(_loads(req.body, "exec"), fields, "exec")
+    body = _struct(_loads(req.body, "exec"), (*fields, "Container", "Detach"), "exec")
+    body.pop("Container", None)  # the Docker SDK repeats the path's container: not forwarded
     if not _zero(body.get("Privileged")):
         raise _Refused("privileged", "a privileged exec is not allowed")
     return _allow(req, r, f"containers/{target.id}/exec", query, _dumps(body))

@@ -77,6 +77,11 @@ class CallerTokens:
             env["DOCKER_HOST"] = f"{self.docker_url}{PATH_PREFIX}{g.token}"
         return g, env
 
+    def grants(self) -> list[Grant]:
+        """The live grants."""
+        with self._lock:
+            return list(self._grants.values())
+
     def lookup(self, token: str | None) -> Grant | None:
         if not token:
             return None

@@ -116,6 +116,8 @@ def _unreachable(settings: Settings, e: Exception) -> EngineUnavailable:
 
 def _client_kwargs(settings: Settings, timeout: float | None) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
+    if settings.call_id:  # inside a function: the calls made here are its children
+        headers["X-Swarmless-Parent"] = settings.call_id
     return {
         "base_url": settings.gateway_url,
         "headers": headers,

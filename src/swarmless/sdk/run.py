@@ -54,6 +54,7 @@ class RunOptions:
     """Validated arguments of one run; refuses bad input before anything starts."""
 
     __slots__ = (
+        "binds",
         "command",
         "cpus",
         "env",
@@ -92,6 +93,7 @@ class RunOptions:
         remove: bool = True,
         pull: Pull = "missing",
         text: bool = False,
+        binds: Sequence[str] | None = None,
     ) -> None:
         if not isinstance(image, str) or not image.strip():
             raise InvalidArgument(f"image must be a non-empty string, got {image!r}")
@@ -139,6 +141,8 @@ class RunOptions:
         self.stderr = stderr is True
         self.stderr_sink: IO[bytes] | None = None if isinstance(stderr, bool) else stderr
         self.stdout, self.remove, self.text = stdout, remove, text
+        #: Host paths mounted into the container (``host:container[:ro]``).
+        self.binds = list(binds or [])
 
     def stdin_bytes(self) -> bytes | None:
         if self.stdin is None:
@@ -158,6 +162,8 @@ class RunOptions:
             host_config["nano_cpus"] = int(self.cpus * 1e9)
         if self.network:
             host_config["network_mode"] = self.network
+        if self.binds:
+            host_config["binds"] = self.binds
         with_stdin = self.stdin is not None
         return {
             "image": self.image,
