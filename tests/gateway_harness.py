@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -97,3 +102,59 @@ class RunningGateway:
                 engine.networks.get(self.settings.network).remove()
         if self._error is not None:
             raise self._error
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class GatewayProcess:
+    """``swarmless up`` as a real process, killable with SIGKILL."""
+
+    def __init__(self, data_dir: Path, instance: str, network: str, port: int) -> None:
+        self.env = {
+            **os.environ,
+            "SWARMLESS_DATA_DIR": str(data_dir),
+            "SWARMLESS_INSTANCE": instance,
+            "SWARMLESS_NETWORK": network,
+            "SWARMLESS_PORT": str(port),
+        }
+        self.url = f"http://127.0.0.1:{port}"
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.data_dir / "gateway.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "swarmless", "up", "--log-level", "warning"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AssertionError("gateway process did not start")
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "token").read_text().strip()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()

@@ -11,6 +11,7 @@ import abc
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
+from swarmless.exceptions import SwarmlessError
 from swarmless.spec import FunctionSpec
 
 __all__ = ["Backend", "ContainerInfo", "OneShotResult", "WorkerLaunch"]
@@ -57,8 +58,9 @@ class ContainerInfo:
 class Backend(abc.ABC):
     """Starts, stops and lists the containers of deployed functions."""
 
-    #: Called with (container id, worker id or None, exit code) when a container dies.
-    on_exit: Callable[[str, str | None, int], None] | None = None
+    #: Called with (container id, worker id or None, exit code, oom) when a container dies;
+    #: ``oom`` is True when the kernel killed it for exceeding its memory limit.
+    on_exit: Callable[..., None] | None = None
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -96,6 +98,14 @@ class Backend(abc.ABC):
         timeout: float,
     ) -> OneShotResult:
         """Run one fresh container to completion (oneshot and cgi modes)."""
+
+    async def pause_container(self, container_id: str) -> None:
+        """Freeze a container (cgroup freezer): no CPU while idle, no start when needed."""
+        raise SwarmlessError(f"{type(self).__name__} cannot pause containers")
+
+    async def unpause_container(self, container_id: str) -> None:
+        """Thaw a container frozen by :meth:`pause_container`."""
+        raise SwarmlessError(f"{type(self).__name__} cannot pause containers")
 
     @abc.abstractmethod
     async def container_logs(self, container_id: str, *, tail: int = 20) -> str:

@@ -177,19 +177,29 @@ class DockerBackend(Backend):
         raise SwarmlessError(f"network {name!r} has no gateway address; remove it and restart")
 
     def _watch_events(self) -> None:
-        filters = {"type": "container", "event": ["die"], "label": [f"{LABEL_MANAGED}=true"]}
+        filters = {
+            "type": "container",
+            "event": ["die", "oom"],
+            "label": [f"{LABEL_MANAGED}=true"],
+        }
+        oom: set[str] = set()  # the engine reports "oom" just before the "die" it causes
         try:
             self._events = self.client.events(decode=True, filters=filters)
             for ev in self._events:
                 attrs = (ev.get("Actor") or {}).get("Attributes") or {}
                 cid = ev.get("id") or (ev.get("Actor") or {}).get("ID", "")
+                if ev.get("status") == "oom" or ev.get("Action") == "oom":
+                    oom.add(cid)
+                    continue
                 try:
                     code = int(attrs.get("exitCode", -1))
                 except ValueError:
                     code = -1
                 handler, loop = self.on_exit, self._loop
                 if handler is not None and loop is not None and not loop.is_closed():
-                    loop.call_soon_threadsafe(handler, cid, attrs.get(LABEL_WORKER), code)
+                    killed = cid in oom
+                    oom.discard(cid)
+                    loop.call_soon_threadsafe(handler, cid, attrs.get(LABEL_WORKER), code, killed)
         except Exception as e:  # the stream ends when the backend closes
             log.debug("event stream ended: %s", e)
 
@@ -379,6 +389,14 @@ class DockerBackend(Backend):
         finally:
             if grant is not None and self.callers is not None:
                 self.callers.revoke(grant.token)
+
+    async def pause_container(self, container_id: str) -> None:
+        with translate(api=self.client.api):
+            await self._call(self.client.api.pause, container_id)
+
+    async def unpause_container(self, container_id: str) -> None:
+        with translate(api=self.client.api):
+            await self._call(self.client.api.unpause, container_id)
 
     async def container_logs(self, container_id: str, *, tail: int = 20) -> str:
         def read() -> str:

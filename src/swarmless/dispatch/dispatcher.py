@@ -27,6 +27,7 @@ from swarmless.dispatch.cgi import cgi_environ, parse_cgi_response
 from swarmless.dispatch.metrics import Metrics
 from swarmless.dispatch.pool import Call, Result, WarmPool, Worker
 from swarmless.exceptions import (
+    ContainerError,
     EngineUnavailable,
     FunctionFailed,
     FunctionNotFound,
@@ -233,6 +234,8 @@ class Dispatcher:
             return response
         except SwarmlessError as e:
             e.invocation = rec.id
+            if isinstance(e, ContainerError):
+                rec.exit_code = e.exit_status
             rec.status = "timeout" if isinstance(e, InvocationTimeout) else "failed"
             rec.error = rec.error or e.message
             rec.http_status = e.status_code
@@ -458,8 +461,14 @@ class Dispatcher:
             with contextlib.suppress(SwarmlessError):
                 await self.backend.stop_container(worker.container, grace=grace)
 
-    def _on_exit(self, container_id: str, worker_id: str | None, exit_code: int) -> None:
-        """The engine says a container died: forget the worker, requeue its calls."""
+    def _on_exit(
+        self, container_id: str, worker_id: str | None, exit_code: int, oom: bool = False
+    ) -> None:
+        """The engine says a container died: forget the worker, requeue its calls.
+
+        A container the kernel killed for its memory limit fails the calls it held (as
+        OOM-killed, in their records) instead: running them again would only repeat it.
+        """
         if worker_id is None:
             return
         found = self.workers.get(worker_id)
@@ -467,9 +476,21 @@ class Dispatcher:
             return
         worker, pool = found
         before = worker.state
-        held = pool.gone(worker)
+        held = pool.gone(worker, requeue=not oom)
         self.forget_worker(worker)
-        if held:
+        if oom:
+            limit = f"{pool.spec.memory} bytes" if pool.spec.memory else "its memory limit"
+            for call in held:
+                if not call.finished:
+                    call.future.set_exception(
+                        OOMKilled(
+                            image=pool.spec.image or "",
+                            command=None,
+                            exit_status=exit_code,
+                            stderr=f"OOM-killed: the container exceeded {limit}".encode(),
+                        )
+                    )
+        elif held:
             log.warning("worker %s died with %d call(s) in hand: requeued", worker.id, len(held))
         if before == "starting" and exit_code not in _KILLED:
             self.spawn(self._crashed(pool, worker, exit_code))

@@ -24,7 +24,7 @@ from swarmless.spec import FunctionSpec
 
 __all__ = ["RETIRE", "Call", "Result", "WarmPool", "Worker"]
 
-WorkerState = Literal["starting", "ready", "draining", "gone"]
+WorkerState = Literal["starting", "ready", "paused", "draining", "gone"]
 
 
 class _Retire:
@@ -101,6 +101,8 @@ class WarmPool:
         self.pending: deque[Call] = deque()
         self.workers: dict[str, Worker] = {}
         self._waiters: deque[tuple[Worker, asyncio.Future[Call | _Retire]]] = deque()
+        # Polls of paused workers, set aside until they are thawed.
+        self._frozen: list[tuple[Worker, asyncio.Future[Call | _Retire]]] = []
         #: Set when work arrives that no ready worker can take: the reconciler wakes up.
         self.wake = asyncio.Event()
         self.last_busy = time.monotonic()
@@ -228,6 +230,8 @@ class WarmPool:
             fut.cancel()
         with contextlib.suppress(ValueError):
             self._waiters.remove(entry)
+        with contextlib.suppress(ValueError):
+            self._frozen.remove(entry)
 
     def complete(self, worker: Worker, call_id: str, result: Result) -> Call | None:
         """A worker posted the result of ``call_id``."""
@@ -238,6 +242,42 @@ class WarmPool:
             if not call.finished:
                 call.future.set_result(result)
         return call
+
+    def pause(self, worker: Worker) -> None:
+        """``worker``'s container is being frozen: hand it nothing until :meth:`thaw`."""
+        if worker.state != "ready" or worker.busy:
+            return
+        worker.state = "paused"
+        kept: deque[tuple[Worker, asyncio.Future[Call | _Retire]]] = deque()
+        for entry in self._waiters:
+            (self._frozen.append if entry[0] is worker else kept.append)(entry)
+        self._waiters = kept
+
+    def thaw(self, worker: Worker) -> None:
+        """``worker``'s container runs again: its polls take the queue's calls."""
+        if worker.state != "paused":
+            return
+        worker.state = "ready"
+        worker.last_active = time.monotonic()
+        mine = [e for e in self._frozen if e[0] is worker]
+        self._frozen = [e for e in self._frozen if e[0] is not worker]
+        for entry in mine:
+            fut = entry[1]
+            if fut.done():
+                continue
+            call = self._next_pending()
+            if call is None:
+                self._waiters.appendleft(entry)
+            else:
+                self._assign(worker, call)
+                fut.set_result(call)
+
+    def _next_pending(self) -> Call | None:
+        while self.pending:
+            call = self.pending.popleft()
+            if not call.finished:
+                return call
+        return None
 
     def retire(self, worker: Worker) -> None:
         """Drain ``worker``: it finishes what it holds and then exits on its next poll."""
@@ -253,23 +293,32 @@ class WarmPool:
                 kept.append((w, fut))
         self._waiters = kept
 
-    def gone(self, worker: Worker) -> list[Call]:
-        """``worker``'s container is gone: forget it and requeue what it held."""
+    def gone(self, worker: Worker, *, requeue: bool = True) -> list[Call]:
+        """``worker``'s container is gone: forget it and requeue what it held (or not:
+        the caller fails those calls)."""
         worker.state = "gone"
         self.workers.pop(worker.id, None)
         self._waiters = deque((w, f) for w, f in self._waiters if w is not worker)
+        self._frozen = [(w, f) for w, f in self._frozen if w is not worker]
         held = list(worker.in_hand.values())
-        for call in held:
-            self.requeue(call)
+        if requeue:
+            for call in held:
+                self.requeue(call)
+        else:
+            worker.in_hand.clear()
+            for call in held:
+                call.worker = None
         return held
 
     # -- observations ----------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
         """Containers by state and calls by stage, for the autoscaler and metrics."""
-        ready = starting = draining = busy = 0
+        ready = starting = draining = busy = paused = 0
         for w in self.workers.values():
-            if w.state == "ready":
+            if w.state == "paused":
+                paused += 1
+            elif w.state == "ready":
                 ready += 1
                 busy += w.busy
             elif w.state == "starting":
@@ -282,6 +331,7 @@ class WarmPool:
             "ready": ready,
             "starting": starting,
             "draining": draining,
+            "paused": paused,
             "busy": busy,
             "in_flight": in_flight,
             "queued": queued,

@@ -31,6 +31,8 @@ log = logging.getLogger("swarmless.scaling")
 
 #: A container that has not asked for work after this long is considered broken.
 START_TIMEOUT = 60.0
+#: With ``paused_buffer``, a ready container idle this long is frozen.
+PAUSE_AFTER = 2.0
 
 
 def scaling_spec(spec: FunctionSpec, pinned: int | None = None) -> ScalingSpec:
@@ -65,6 +67,7 @@ class Reconciler:
         self.pinned: int | None = None
         self.last: Decision | None = None
         self._draining_since: dict[str, float] = {}
+        self._thawing: set[str] = set()
 
     async def run(self) -> None:
         """Reconcile until cancelled (or the pool's function is removed)."""
@@ -83,12 +86,14 @@ class Reconciler:
     def step(self, now: float) -> Decision:
         pool = self.pool
         spec = pool.spec
+        # Paused containers are capacity: a thaw is the cheapest start there is.
         current = [
             w
             for w in pool.workers.values()
-            if w.version == pool.version and w.state in ("starting", "ready")
+            if w.version == pool.version and w.state in ("starting", "ready", "paused")
         ]
         ready = [w for w in current if w.state == "ready"]
+        paused = [w for w in current if w.state == "paused" and w.id not in self._thawing]
         counts = pool.counts()
         self.scaler.observe(
             Observation(
@@ -96,11 +101,17 @@ class Reconciler:
                 in_flight=counts["in_flight"],
                 queued=counts["queued"],
                 ready=len(ready),
-                starting=len(current) - len(ready),
+                starting=len(current) - len(ready) - len(paused),
+                paused=len(paused),
             )
         )
         decision = self.scaler.decide(now, scaling_spec(spec, self.pinned), len(current))
         self.last = decision
+        if paused and counts["queued"]:
+            wanted = -(-counts["queued"] // spec.concurrency)  # ceil
+            for w in paused[:wanted]:
+                self._thawing.add(w.id)
+                self._spawn(self._thaw(w))
         if decision.desired > len(current):
             if now >= pool.backoff_until:
                 for _ in range(decision.desired - len(current)):
@@ -115,16 +126,46 @@ class Reconciler:
             )  # least recently used first
             for w in idle[:surplus]:
                 self._retire(w, now)
+            for w in paused[: max(0, surplus - len(idle))]:
+                self._kill(w)  # frozen: it cannot drain, and holds nothing
             self.dispatcher.metrics.scale_events.labels(spec.name, "down").inc(
-                min(surplus, len(idle))
+                min(surplus, len(idle) + len(paused))
             )
+        elif spec.paused_buffer and not counts["queued"]:
+            for w in ready:
+                if not w.busy and now - w.last_active >= PAUSE_AFTER:
+                    pool.pause(w)
+                    self._spawn(self._pause(w))
         # An update: once a container of the new version is ready, the old ones drain.
         if ready or decision.desired == 0:
             for w in list(pool.workers.values()):
                 if w.version != pool.version and w.state in ("starting", "ready"):
                     self._retire(w, now)
+                elif w.version != pool.version and w.state == "paused":
+                    self._kill(w)
         self._reap(now)
         return decision
+
+    async def _pause(self, worker: Worker) -> None:
+        if not worker.container:
+            return
+        try:
+            await self.dispatcher.backend.pause_container(worker.container)
+        except SwarmlessError as e:
+            log.warning("could not pause %s: %s", worker.id, e.message)
+            self.pool.thaw(worker)
+
+    async def _thaw(self, worker: Worker) -> None:
+        try:
+            if worker.container:
+                await self.dispatcher.backend.unpause_container(worker.container)
+        except SwarmlessError as e:
+            log.warning("could not unpause %s: %s", worker.id, e.message)
+            self._kill(worker)
+            return
+        finally:
+            self._thawing.discard(worker.id)
+        self.pool.thaw(worker)
 
     def _retire(self, worker: Worker, now: float) -> None:
         self.pool.retire(worker)

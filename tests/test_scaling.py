@@ -1,0 +1,229 @@
+"""Scaling against the real engine: burst from zero, ramp and back to zero, paused buffer,
+OOM recorded, restart leaves exactly the desired set."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+
+from tests.conftest import PYTHON
+from tests.gateway_harness import GatewayProcess, RunningGateway, free_port
+
+HANDLERS = """
+import os, time
+
+def handle(event, context):
+    time.sleep(float(event["body"] or b"0"))
+    return {"host": os.uname().nodename}
+
+def hog(event, context):
+    blocks = []
+    while True:
+        blocks.append(bytearray(8 * 1024 * 1024))
+"""
+
+
+@pytest.fixture(scope="module")
+def image(build_image: Callable[..., str]) -> str:
+    return build_image(
+        "scaling",
+        f"FROM {PYTHON}\nCOPY handler.py /function/handler.py\nWORKDIR /function\n",
+        {"handler.py": HANDLERS},
+    )
+
+
+@pytest.fixture(scope="module")
+def gw(
+    engine: docker.DockerClient, labels: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningGateway]:
+    g = RunningGateway(tmp_path_factory.mktemp("gw-scaling"), labels).start()
+    yield g
+    g.stop(engine)
+
+
+def running(gw: RunningGateway, engine: docker.DockerClient, fn: str) -> int:
+    return len(gw.containers(engine, **{"swarmless.function": fn}))
+
+
+def call(gw: RunningGateway, fn: str, body: bytes = b"0", timeout: float = 60) -> httpx.Response:
+    return httpx.post(f"{gw.url}/function/{fn}", content=body, timeout=timeout)
+
+
+def test_burst_of_50_from_zero_all_succeed(
+    gw: RunningGateway, image: str, engine: docker.DockerClient
+) -> None:
+    gw.client().deploy(
+        {
+            "name": "burst",
+            "image": image,
+            "mode": "warm",
+            "handler": "handler:handle",
+            "max_containers": 5,
+            "concurrency": 2,
+        }
+    )
+    assert running(gw, engine, "burst") == 0
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        codes = list(pool.map(lambda _: call(gw, "burst", b"0.2").status_code, range(50)))
+    assert codes == [200] * 50
+    assert 1 <= running(gw, engine, "burst") <= 5  # never above max_containers
+
+
+def test_ramp_up_then_back_to_zero(
+    gw: RunningGateway, image: str, engine: docker.DockerClient
+) -> None:
+    gw.client().deploy(
+        {
+            "name": "ramp",
+            "image": image,
+            "mode": "warm",
+            "handler": "handler:handle",
+            "max_containers": 4,
+            "idle_timeout": 2,
+        }
+    )
+    peak = 0
+    deadline = time.monotonic() + 8
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        while time.monotonic() < deadline:
+            list(pool.map(lambda _: call(gw, "ramp", b"0.3"), range(8)))
+            peak = max(peak, running(gw, engine, "ramp"))
+    assert peak >= 3, f"scaled up to {peak} only"
+    gw.wait_for(lambda: running(gw, engine, "ramp") == 0, 60, "scale to zero")
+    assert call(gw, "ramp").status_code == 200  # and back from zero
+
+
+def test_paused_buffer_thaws_on_demand(
+    gw: RunningGateway, image: str, engine: docker.DockerClient
+) -> None:
+    gw.client().deploy(
+        {
+            "name": "frozen",
+            "image": image,
+            "mode": "warm",
+            "handler": "handler:handle",
+            "buffer": 1,
+            "paused_buffer": True,
+            "idle_timeout": 300,
+        }
+    )
+    assert call(gw, "frozen").status_code == 200
+
+    def paused() -> bool:
+        ids = gw.containers(engine, **{"swarmless.function": "frozen"})
+        return any(engine.api.inspect_container(i)["State"]["Paused"] for i in ids)
+
+    gw.wait_for(paused, 30, "the idle container paused")
+    pool = gw.dispatcher.pools["frozen"]
+    assert pool.counts()["paused"] >= 1
+    t0 = time.perf_counter()
+    r = call(gw, "frozen")
+    thaw_ms = (time.perf_counter() - t0) * 1000
+    assert r.status_code == 200
+    print(f"\n[scaling] first call from a paused container: {thaw_ms:.0f} ms")
+    rec = gw.client().invocation(r.headers["x-call-id"])
+    assert rec.cold is False  # no container start
+
+
+def test_oom_is_recorded(gw: RunningGateway, image: str) -> None:
+    gw.client().deploy(
+        {
+            "name": "hog",
+            "image": image,
+            "mode": "warm",
+            "handler": "handler:hog",
+            "memory": "48m",
+            "timeout": 30,
+        }
+    )
+    r = call(gw, "hog")
+    assert r.status_code == 502
+    assert "OOM" in r.json()["message"]
+    client = gw.client()
+    call_id = r.headers["x-call-id"]
+    gw.wait_for(lambda: client.invocation(call_id).status == "failed", 10, "record")
+    rec = client.invocation(call_id)
+    assert "OOM-killed" in (rec.error or "")
+    assert rec.exit_code == 137
+
+
+def test_queue_bound_answers_429_at_once(gw: RunningGateway, image: str) -> None:
+    gw.client().deploy(
+        {
+            "name": "tight",
+            "image": image,
+            "mode": "warm",
+            "handler": "handler:handle",
+            "max_containers": 1,
+            "queue_size": 2,
+            "timeout": 30,
+        }
+    )
+    assert call(gw, "tight").status_code == 200  # one ready container
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(call, gw, "tight", b"1.5") for _ in range(8)]
+        time.sleep(0.5)
+        t0 = time.perf_counter()
+        r = call(gw, "tight", b"0")
+        assert r.status_code == 429
+        assert time.perf_counter() - t0 < 1.0  # at once, never a hang
+        assert int(r.headers["retry-after"]) >= 1
+        codes = [f.result().status_code for f in futures]
+    assert codes.count(200) >= 3
+    assert set(codes) <= {200, 429}
+
+
+def test_restart_leaves_exactly_the_desired_set(
+    engine: docker.DockerClient, image: str, tmp_path: Path
+) -> None:
+    """A gateway killed with its containers running; the next one removes the orphans and
+    runs exactly the desired set (no double capacity)."""
+    instance = f"test-restart-{os.getpid()}"
+    network = f"swarmless-{instance}"
+    gateway = GatewayProcess(tmp_path, instance, network, free_port())
+
+    def ours() -> set[str]:
+        flt = {"label": [f"swarmless.gateway={instance}", "swarmless.function=kept"]}
+        return {c["Id"] for c in engine.api.containers(filters=flt)}
+
+    try:
+        gateway.start()
+        headers = {"Authorization": f"Bearer {gateway.token}"}
+        spec = {
+            "name": "kept",
+            "image": image,
+            "mode": "warm",
+            "handler": "handler:handle",
+            "min_containers": 2,
+        }
+        httpx.post(f"{gateway.url}/system/functions", json=spec, headers=headers).raise_for_status()
+        deadline = time.monotonic() + 60
+        while len(ours()) != 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        before = ours()
+        assert len(before) == 2
+        gateway.kill()  # SIGKILL: no drain, no cleanup
+        assert ours() == before  # orphans, still running
+        gateway.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (len(ours()) == 2 and not ours() & before):
+            time.sleep(0.2)
+        assert len(ours()) == 2
+        assert not ours() & before
+        assert httpx.post(f"{gateway.url}/function/kept", timeout=30).status_code == 200
+    finally:
+        gateway.stop()
+        flt = {"label": f"swarmless.gateway={instance}"}
+        for c in engine.api.containers(all=True, filters=flt):
+            with contextlib.suppress(docker.errors.DockerException):
+                engine.api.remove_container(c["Id"], force=True)
+        with contextlib.suppress(docker.errors.DockerException):
+            engine.networks.get(network).remove()
