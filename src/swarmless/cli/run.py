@@ -8,9 +8,9 @@ from typing import BinaryIO
 import click
 
 from swarmless.cli._base import err_console, main
-from swarmless.exceptions import ContainerError, RunTimeout
+from swarmless.exceptions import ContainerError
 from swarmless.sdk.client import from_env
-from swarmless.sdk.run import RunOptions, run_container, start_container
+from swarmless.sdk.run import RunOptions, execute, start_container
 
 
 def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -68,13 +68,20 @@ def run(
         click.echo(start_container(api, opts).id)
         return
     try:
-        out = run_container(api, opts)
-    except ContainerError as e:
-        err_console.print(f"[red]exit status {e.exit_status}[/red]")
+        outcome = execute(api, opts)
+    except ContainerError as e:  # the command could not be started at all
+        err_console.print(f"[red]error:[/red] {e.message}", soft_wrap=True, highlight=False)
         sys.exit(e.exit_status)
-    except RunTimeout as e:
-        err_console.print(f"[red]timeout:[/red] {e.message}")
-        sys.exit(124)
-    assert isinstance(out, bytes)
-    sys.stdout.buffer.write(out)
+    # What it printed comes out whatever the exit status, as with `docker run`.
+    sys.stdout.buffer.write(outcome.stdout)
     sys.stdout.flush()
+    if outcome.timed_out:
+        err_console.print(
+            f"[red]timeout:[/red] {image} did not finish within {timeout:g}s; "
+            "its container was killed"
+        )
+        sys.exit(124)
+    if outcome.status != 0:
+        oom = " (OOM-killed: over its memory limit)" if outcome.oom else ""
+        err_console.print(f"[red]exit status {outcome.status}{oom}[/red]")
+        sys.exit(outcome.status)
