@@ -20,48 +20,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tarfile
-import tempfile
 import time
-from pathlib import Path
 
 import docker
 import httpx
 
-PYTHON = os.environ.get("SWARMLESS_BASE_IMAGE", "swarmless/python:bookworm")
+from _common import build_image, gateway, pct
+
 IMAGE = "swarmless-bench/async-noop:latest"
-LABEL = {"swarmless.bench": "async"}
-
-
-def build_image(engine: docker.DockerClient) -> None:
-    handler = b"def handle(event, context):\n    return b'ok'\n"
-    dockerfile = f"FROM {PYTHON}\nCOPY handler.py /function/handler.py\nWORKDIR /function\n"
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in (("Dockerfile", dockerfile.encode()), ("handler.py", handler)):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    engine.images.build(fileobj=buf, custom_context=True, tag=IMAGE, rm=True, labels=LABEL)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+HANDLER = "def handle(event, context):\n    return b'ok'\n"
 
 
 async def fire(http: httpx.AsyncClient, path: str, n: int, clients: int) -> list[httpx.Response]:
@@ -166,47 +134,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     args = parser.parse_args()
     engine = docker.from_env()
-    build_image(engine)
-    instance = f"bench-async-{os.getpid()}"
-    data = Path(tempfile.mkdtemp(prefix="swarmless-bench-async-"))
-    port = free_port()
-    env = {
-        **os.environ,
-        "SWARMLESS_DATA_DIR": str(data),
-        "SWARMLESS_INSTANCE": instance,
-        "SWARMLESS_NETWORK": f"swarmless-{instance}",
-        "SWARMLESS_PORT": str(port),
-    }
-    log = open(data / "gateway.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "swarmless", "up", "--log-level", "warning"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    build_image(engine, IMAGE, HANDLER, "async")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit(f"gateway did not start; see {data / 'gateway.log'}")
-            time.sleep(0.1)
-        token = (data / "token").read_text().strip()
-        asyncio.run(measure(url, token, args.calls, args.clients))
+        with gateway(engine, "async") as gw:
+            asyncio.run(measure(gw.url, gw.token, args.calls, args.clients))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        flt = {"label": f"swarmless.gateway={instance}"}
-        for c in engine.api.containers(all=True, filters=flt):
-            engine.api.remove_container(c["Id"], force=True)
-        with contextlib.suppress(docker.errors.DockerException):
-            engine.networks.get(f"swarmless-{instance}").remove()
         with contextlib.suppress(docker.errors.DockerException):
             engine.images.remove(IMAGE, force=True)
 

@@ -57,7 +57,7 @@ def _ours(labels: dict[str, str]) -> bool:
     """Made by this session: labelled with it, or a plain ``run()`` (no gateway label)."""
     if "swarmless.test" in labels:
         return labels["swarmless.test"] == SESSION
-    return "swarmless.gateway" not in labels
+    return "swarmless.gateway" not in labels and "swarmless.bench" not in labels
 
 
 @pytest.fixture(scope="session")

@@ -35,16 +35,8 @@ START_TIMEOUT = 60.0
 PAUSE_AFTER = 2.0
 
 
-def scaling_spec(spec: FunctionSpec, pinned: int | None = None) -> ScalingSpec:
-    """The policy's knobs from a function spec (``pinned``: ``swarmless scale NAME N``)."""
-    if pinned is not None:
-        return ScalingSpec(
-            concurrency=spec.concurrency,
-            min_containers=pinned,
-            max_containers=max(pinned, 1),
-            idle_timeout=spec.idle_timeout,
-            buffer=0,
-        )
+def scaling_spec(spec: FunctionSpec) -> ScalingSpec:
+    """The policy's knobs from a function spec."""
     return ScalingSpec(
         concurrency=spec.concurrency,
         min_containers=spec.min_containers,
@@ -105,7 +97,10 @@ class Reconciler:
                 paused=len(paused),
             )
         )
-        decision = self.scaler.decide(now, scaling_spec(spec, self.pinned), len(current))
+        if self.pinned is not None:  # `swarmless scale NAME N`: exactly N, no policy
+            decision = Decision(desired=self.pinned, reason=f"pinned to {self.pinned}", panic=False)
+        else:
+            decision = self.scaler.decide(now, scaling_spec(spec), len(current))
         self.last = decision
         if paused and counts["queued"]:
             wanted = -(-counts["queued"] // spec.concurrency)  # ceil
