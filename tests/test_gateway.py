@@ -552,3 +552,28 @@ def test_records_survive_json_roundtrip(gw: RunningGateway) -> None:
         assert http.get("/invocations", params={"status": "weird"}).status_code == 400
         assert http.get("/invocations/nope").status_code == 404
         json.dumps(rows)
+
+
+def test_secrets_are_mounted_and_checked_at_deploy(gw: RunningGateway) -> None:
+    client = gw.client()
+    client.put_secret("db-password", b"s3cret")
+    assert "db-password" in client.secrets()
+    deploy(
+        gw,
+        name="reads-secret",
+        image=BUSYBOX,
+        command=["cat", "/run/secrets/db-password"],
+        secrets=["db-password"],
+    )
+    with gw.http(token=None) as http:
+        assert http.post("/function/reads-secret").content == b"s3cret"
+    with gw.http() as http:
+        r = http.post(
+            "/system/functions",
+            json={"name": "no-secret", "image": BUSYBOX, "secrets": ["missing"]},
+        )
+        assert r.status_code == 422
+        assert "missing" in r.json()["fields"]["secrets"]
+        assert http.put("/system/secrets/Bad Name", content=b"x").status_code == 400
+    client.delete_secret("db-password")
+    assert "db-password" not in client.secrets()

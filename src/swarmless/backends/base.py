@@ -11,6 +11,7 @@ import abc
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
+from swarmless.config import Settings
 from swarmless.exceptions import SwarmlessError
 from swarmless.spec import FunctionSpec
 
@@ -58,6 +59,8 @@ class ContainerInfo:
 class Backend(abc.ABC):
     """Starts, stops and lists the containers of deployed functions."""
 
+    settings: Settings
+
     #: Called with (container id, worker id or None, exit code, oom) when a container dies;
     #: ``oom`` is True when the kernel killed it for exceeding its memory limit.
     on_exit: Callable[..., None] | None = None
@@ -98,6 +101,30 @@ class Backend(abc.ABC):
         timeout: float,
     ) -> OneShotResult:
         """Run one fresh container to completion (oneshot and cgi modes)."""
+
+    # Secrets are files in ``<data_dir>/secrets`` (mode 0600): the docker backend
+    # bind-mounts them, the swarm backend makes Docker secrets of them.
+
+    async def put_secret(self, name: str, data: bytes) -> None:
+        """Store a secret that functions naming it get as ``/run/secrets/<name>``."""
+        folder = self.settings.data_dir / "secrets"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = folder / f".{name}.tmp"  # secret names never start with a dot
+        tmp.touch(mode=0o600)
+        tmp.write_bytes(data)
+        tmp.replace(folder / name)  # a running function never reads half a secret
+
+    async def delete_secret(self, name: str) -> bool:
+        path = self.settings.data_dir / "secrets" / name
+        existed = path.is_file()
+        path.unlink(missing_ok=True)
+        return existed
+
+    async def list_secrets(self) -> list[str]:
+        folder = self.settings.data_dir / "secrets"
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_file() and p.name[0] != ".")
 
     async def pause_container(self, container_id: str) -> None:
         """Freeze a container (cgroup freezer): no CPU while idle, no start when needed."""

@@ -226,7 +226,7 @@ class DockerBackend(Backend):
             cfg["mem_limit"] = spec.memory
         if spec.cpus is not None:
             cfg["nano_cpus"] = int(spec.cpus * 1e9)
-        binds = [f"{self._secret_path(name)}:/run/secrets/{name}:ro" for name in spec.secrets]
+        binds = self._secret_binds(spec)
         if binds:
             cfg["binds"] = binds
         cfg.update(extra)
@@ -239,6 +239,9 @@ class DockerBackend(Backend):
         host = self.settings.docker_host or os.environ.get("DOCKER_HOST") or ""
         path = host[len("unix://") :] if host.startswith("unix://") else "/var/run/docker.sock"
         return [f"{path}:/var/run/docker.sock"]
+
+    def _secret_binds(self, spec: FunctionSpec) -> list[str]:
+        return [f"{self._secret_path(name)}:/run/secrets/{name}:ro" for name in spec.secrets]
 
     def _secret_path(self, name: str) -> Path:
         path = self.settings.data_dir / "secrets" / name
@@ -356,7 +359,7 @@ class DockerBackend(Backend):
             stdout=True,
             stderr=False,
             pull="missing",
-            binds=self._socket_binds(spec),
+            binds=[*self._secret_binds(spec), *self._socket_binds(spec)],
         )
 
         def run() -> OneShotResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 import click
 from rich.table import Table
@@ -239,3 +240,32 @@ def schedules() -> None:
             s["function"], s["schedule"], s["timezone"], s["next_fire"], s["last_fired"] or ""
         )
     console.print(table)
+
+
+@main.group()
+def secret() -> None:
+    """Secrets functions mount as /run/secrets/NAME (spec: secrets: [NAME])."""
+
+
+@secret.command(name="create")
+@click.argument("name")
+@click.argument("source", type=click.File("rb"), default="-")
+def secret_create(name: str, source: BinaryIO) -> None:
+    """Create or replace secret NAME from SOURCE (a file, or - for stdin)."""
+    _gateway().put_secret(name, source.read())
+    console.print(f"secret {name} stored")
+
+
+@secret.command(name="ls")
+def secret_ls() -> None:
+    """List secret names."""
+    for name in _gateway().secrets():
+        click.echo(name)
+
+
+@secret.command(name="rm")
+@click.argument("name")
+def secret_rm(name: str) -> None:
+    """Remove secret NAME."""
+    _gateway().delete_secret(name)
+    console.print(f"secret {name} removed")

@@ -164,6 +164,15 @@ class Dispatcher:
             await self.backend.ensure_image(spec.image)
         except SwarmlessError as e:
             raise SpecError({"image": e.message}) from e
+        if spec.secrets:
+            missing = set(spec.secrets) - set(await self.backend.list_secrets())
+            if missing:
+                raise SpecError(
+                    {
+                        "secrets": f"no secret named {', '.join(sorted(missing))}; create it "
+                        "first: swarmless secret create NAME FILE"
+                    }
+                )
         version = await self.store.put_function(spec)
         self._install(spec, version)
         return version

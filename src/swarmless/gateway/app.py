@@ -24,6 +24,7 @@ import hmac
 import html
 import inspect
 import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -45,6 +46,7 @@ from swarmless.dispatch.scheduler import Scheduler
 from swarmless.exceptions import (
     InvalidArgument,
     InvocationNotFound,
+    NotFound,
     SpecError,
     SwarmlessError,
     Unauthorized,
@@ -76,6 +78,7 @@ from swarmless.store import Store
 __all__ = ["Gateway", "admin_token"]
 
 log = logging.getLogger("swarmless.gateway")
+_SECRET_NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$")
 
 
 def admin_token(data_dir: Path) -> tuple[str, bool]:
@@ -103,6 +106,10 @@ class Gateway:
         drain_timeout: float = 30.0,
     ) -> None:
         self.settings = settings
+        if backend is None and settings.backend == "swarm":
+            from swarmless.backends.swarm import SwarmBackend
+
+            backend = SwarmBackend(settings)
         if backend is None:
             from swarmless.backends.docker import DockerBackend
 
@@ -307,6 +314,9 @@ class Gateway:
             Route("/invocations/{call_id}/result", self.get_result, methods=["GET"]),
             Route("/invocations/{call_id}/retry", self.retry, methods=["POST"]),
             Route("/system/schedules", self.schedules, methods=["GET"]),
+            Route("/system/secrets", self.list_secrets, methods=["GET"]),
+            Route("/system/secrets/{name}", self.put_secret, methods=["PUT", "POST"]),
+            Route("/system/secrets/{name}", self.delete_secret, methods=["DELETE"]),
         ]
         handlers: Mapping[Any, Any] = {
             SwarmlessError: self._on_error,
@@ -506,6 +516,33 @@ class Gateway:
         """Queue a dead or failed async call again (the dead letter's redrive)."""
         self._admin(request)
         return await retry_invocation(self, request)
+
+    async def list_secrets(self, request: HTTPRequest) -> Response:
+        """Names of the secrets functions can mount (never their values)."""
+        self._admin(request)
+        return JSONResponse(await self.backend.list_secrets())
+
+    async def put_secret(self, request: HTTPRequest) -> Response:
+        """Create or replace a secret; the body is its value."""
+        self._admin(request)
+        name = request.path_params["name"]
+        if not _SECRET_NAME.match(name):
+            raise InvalidArgument(
+                f"secret name {name!r}: lower-case letters, digits, '-', '_' and '.' only"
+            )
+        data = await request.body()
+        if len(data) > 512 * 1024:
+            raise InvalidArgument(f"secret {name!r} is {len(data)} bytes; 512 KiB at most")
+        await self.backend.put_secret(name, data)
+        return Response(status_code=204)
+
+    async def delete_secret(self, request: HTTPRequest) -> Response:
+        """Remove a secret."""
+        self._admin(request)
+        name = request.path_params["name"]
+        if not await self.backend.delete_secret(name):
+            raise NotFound(f"no secret named {name!r}")
+        return Response(status_code=204)
 
     async def schedules(self, request: HTTPRequest) -> Response:
         """Scheduled functions and their next fire times."""

@@ -256,6 +256,17 @@ class GatewayClient:
         """Redrive a dead async call."""
         self._json("POST", f"/invocations/{call_id}/retry")
 
+    def put_secret(self, name: str, value: bytes) -> None:
+        """Create or replace a secret (mounted as /run/secrets/NAME where a spec names it)."""
+        self._json("PUT", f"/system/secrets/{name}", content=value)
+
+    def delete_secret(self, name: str) -> None:
+        self._json("DELETE", f"/system/secrets/{name}")
+
+    def secrets(self) -> list[str]:
+        result: list[str] = self._json("GET", "/system/secrets")
+        return result
+
     def schedules(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._json("GET", "/system/schedules")
         return result
