@@ -56,8 +56,13 @@ async def accept_async(gw: Gateway, scope: Scope, receive: Receive, send: Send) 
     name, slash, sub = rest.partition("/")
     try:
         spec, _ = gw.dispatcher.get(name)
-        if spec.private:
-            gw.check_admin(bearer(scope))
+        token = bearer(scope)
+        caller = gw.callers.caller(token, gw.dispatcher)
+        if spec.private and caller is None:
+            gw.check_admin(token)
+        parent = None
+        if caller is not None:  # spawned by a function: the call tree records it
+            parent = gw.callers.parent(caller, header(scope, b"x-swarmless-parent"), gw.dispatcher)
         body = await read_body(scope, receive, spec.max_body)
         callback = header(scope, b"x-callback-url")
         if callback is not None:
@@ -82,11 +87,13 @@ async def accept_async(gw: Gateway, scope: Scope, receive: Receive, send: Send) 
             status="queued",
             queued_at=now_ms(),
             request_size=len(body),
+            parent=parent,
         )
         headers = [
             (k.decode("latin-1"), v.decode("latin-1"))
             for k, v in scope["headers"]
-            if k not in (b"authorization", b"x-callback-url", b"idempotency-key")
+            if k
+            not in (b"authorization", b"x-callback-url", b"idempotency-key", b"x-swarmless-parent")
         ]
         call_id, created = await gw.store.enqueue(
             rec,
