@@ -127,12 +127,7 @@ class WarmPool:
     def submit(self, call: Call) -> None:
         """Hand ``call`` to a waiting poller, or queue it; raises QueueFull when full."""
         self.last_busy = time.monotonic()
-        while self._waiters:
-            worker, fut = self._waiters.popleft()
-            if fut.done() or worker.state != "ready":
-                continue
-            self._assign(worker, call)
-            fut.set_result(call)
+        if self._hand_over(call):
             return
         if len(self.pending) >= self.spec.queue_size:
             raise QueueFull(
@@ -151,15 +146,20 @@ class WarmPool:
         if call.finished or time.monotonic() >= call.deadline:
             return
         call.record.attempt += 1
+        if not self._hand_over(call):
+            self.pending.appendleft(call)
+            self.wake.set()
+
+    def _hand_over(self, call: Call) -> bool:
+        """Give ``call`` to the longest-waiting live poll of a ready worker, if any."""
         while self._waiters:
             worker, fut = self._waiters.popleft()
             if fut.done() or worker.state != "ready":
                 continue
             self._assign(worker, call)
             fut.set_result(call)
-            return
-        self.pending.appendleft(call)
-        self.wake.set()
+            return True
+        return False
 
     def forget(self, call: Call) -> Worker | None:
         """Take a finished (timed out) call out of the pool; returns the worker holding it."""

@@ -70,7 +70,7 @@ from swarmless.gateway.async_routes import (
 )
 from swarmless.gateway.runtime_api import RuntimeAPI
 from swarmless.proxy import CallerTokens, DockerProxy, start_proxy
-from swarmless.records import STATUSES
+from swarmless.records import STATUSES, InvocationRecord
 from swarmless.scaling.reconciler import Reconciler
 from swarmless.spec import FunctionSpec
 from swarmless.store import Store
@@ -476,27 +476,29 @@ class Gateway:
         )
         return JSONResponse([r.to_dict() for r in records])
 
-    async def get_invocation(self, request: HTTPRequest) -> Response:
-        """One invocation record, with the ids of the calls it made."""
+    async def _record(self, request: HTTPRequest) -> InvocationRecord:
+        """The record named by the route's ``call_id`` (admin only); 404 when unknown."""
         self._admin(request)
         assert self.store is not None
         call_id = request.path_params["call_id"]
         rec = await self.store.get_invocation(call_id)
         if rec is None:
             raise InvocationNotFound(call_id)
-        children = await self.store.list_invocations(parent=call_id, limit=1000)
+        return rec
+
+    async def get_invocation(self, request: HTTPRequest) -> Response:
+        """One invocation record, with the ids of the calls it made."""
+        rec = await self._record(request)
+        assert self.store is not None
+        children = await self.store.list_invocations(parent=rec.id, limit=1000)
         body = rec.to_dict()
         body["children"] = [c.id for c in children]
         return JSONResponse(body)
 
     async def get_logs(self, request: HTTPRequest) -> Response:
         """What one invocation printed: ``{"stdout": ..., "stderr": ...}``."""
-        self._admin(request)
+        call_id = (await self._record(request)).id
         assert self.store is not None
-        call_id = request.path_params["call_id"]
-        rec = await self.store.get_invocation(call_id)
-        if rec is None:
-            raise InvocationNotFound(call_id)
         logs = await self.store.get_logs(call_id)
         stdout, stderr = logs or (b"", b"")
         return JSONResponse(
