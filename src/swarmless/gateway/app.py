@@ -58,6 +58,7 @@ from swarmless.gateway.asgi import (
     Send,
     bearer,
     header,
+    internal_error,
     read_body,
     send_error,
     send_response,
@@ -186,6 +187,10 @@ class Gateway:
             return
         except SwarmlessError as e:
             await send_error(send, e)
+            return
+        except Exception as e:  # a bug of ours: still a JSON answer, never a bare 500
+            log.exception("unexpected error invoking %s", name)
+            await send_error(send, internal_error(e))
             return
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
         headers = [h for h in headers if h[0] not in (b"content-length", b"transfer-encoding")]

@@ -24,6 +24,7 @@ __all__ = [
     "bearer",
     "error_body",
     "header",
+    "internal_error",
     "read_body",
     "send_error",
     "send_response",
@@ -81,6 +82,11 @@ async def send_response(
     raw = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+def internal_error(e: Exception) -> SwarmlessError:
+    """What the client is told about a bug of ours (the traceback goes to the log)."""
+    return SwarmlessError(f"internal error: {type(e).__name__}: {e}")
 
 
 def error_body(err: SwarmlessError) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from swarmless.gateway.asgi import (
     Send,
     bearer,
     header,
+    internal_error,
     read_body,
     send_error,
     send_response,
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
     from swarmless.gateway.app import Gateway
 
 __all__ = ["accept_async", "get_result", "list_schedules", "retry_invocation"]
+
+log = logging.getLogger("swarmless.gateway")
 
 FINAL = ("succeeded", "failed", "timeout", "dead", "cancelled")
 #: Longest ``?wait=`` a result request may ask for, seconds.
@@ -109,6 +113,10 @@ async def accept_async(gw: Gateway, scope: Scope, receive: Receive, send: Send) 
         return
     except SwarmlessError as e:
         await send_error(send, e)
+        return
+    except Exception as e:  # a bug of ours: still a JSON answer, never a bare 500
+        log.exception("unexpected error queueing a call of %s", name)
+        await send_error(send, internal_error(e))
         return
     if created:
         gw.runner.queued[name] = gw.runner.queued.get(name, 0) + 1
