@@ -37,6 +37,7 @@ lint: venv
 
 bench: setup
 	$(PY) bench/run_overhead.py
+	$(PY) bench/gateway.py
 
 clean:
 	-$(VENV)/bin/swarmless gc

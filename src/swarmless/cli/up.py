@@ -21,6 +21,8 @@ from swarmless.gateway.server import serve
 def up(host: str | None, port: int | None, data_dir: str | None, log_level: str) -> None:
     """Start the gateway (SQLite store, local Docker backend) until Ctrl-C."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    if log_level != "debug":  # httpx logs every Docker API request the scoped proxy makes
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings.load(host=host, port=port, data_dir=data_dir)
     token, new = admin_token(settings.data_dir)
     gateway = Gateway(settings, token=token)
