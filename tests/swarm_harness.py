@@ -218,10 +218,16 @@ class SwarmGateway:
 
 @contextlib.contextmanager
 def cluster_session(host: docker.DockerClient, labels: str) -> Iterator[Cluster]:
-    """Up for the session, down at its end even when it failed (unless kept)."""
+    """Up for the session, down at its end even when it failed.
+
+    A cluster that was already there when the session began (another session's, or one
+    kept with ``SWARMLESS_SWARM_KEEP=1``) is used and left as it was found: the node names
+    are fixed, so two sessions on one engine share one cluster.
+    """
     cluster = Cluster(host, labels)
+    existed = bool(host.api.containers(all=True, filters={"label": "swarmless.swarm-node=true"}))
     try:
         yield cluster.up()
     finally:
-        if os.environ.get("SWARMLESS_SWARM_KEEP") != "1":
+        if not existed and os.environ.get("SWARMLESS_SWARM_KEEP") != "1":
             cluster.down()

@@ -1,0 +1,211 @@
+"""Scaling on a real 3-node Swarm: a warm function 0 -> 12 vs `docker service scale` to 12.
+
+    .venv/bin/python bench/swarm.py [--rounds 3] [--replicas 12] [--no-kill] [--keep]
+
+Starts the test cluster (scripts/swarm-cluster.sh up; removed at the end unless --keep),
+builds a warm function image and loads it onto every node, and runs a gateway with the
+swarm backend in this process. Each round, interleaved:
+
+- ours: pin the function to N containers (``POST /system/scale``) and time until N workers
+  have asked the gateway for work (ready to serve), then back to 0;
+- plain: ``docker service scale`` (detached) of a plain service of the same image, on the
+  same overlay network, to N, and time until Swarm reports N tasks running, then back to 0.
+
+Ours is one service per container (see swarmless.backends.swarm for why), and counts until
+each container's runtime has polled the gateway, a step later than "running".
+
+Prints both medians and the ratio ours/plain (target <= 1.2). Then (unless --no-kill) it
+kills a node under a steady load of calls and reports how long until the function has its
+workers back on live nodes and the slowest call around the kill (target: below the
+dispatcher heartbeat period plus 5 s, i.e. 6 s with the cluster's 1 s heartbeat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the cluster and gateway helpers of the tests
+
+from tests.swarm_harness import Cluster, SwarmGateway, wait_for  # noqa: E402
+
+from swarmless.build import build_function  # noqa: E402
+
+IMAGE = "swarmless-bench/swarm-warm:latest"
+HANDLER = """
+import os, time
+
+def where(event, context):
+    time.sleep(float(event["body"] or b"0"))
+    return {"node": os.environ.get("SWARMLESS_NODE", "?")}
+"""
+LABELS = {"swarmless.bench": "swarm"}
+
+
+def ours(gw: SwarmGateway, n: int) -> float:
+    t0 = time.perf_counter()
+    gw.scale("bench", n)
+    wait_for(lambda: gw.ready("bench") >= n, 120, f"{n} ready workers")
+    took = time.perf_counter() - t0
+    gw.scale("bench", 0)
+    wait_for(lambda: not gw.services(**{"swarmless.function": "bench"}), 60, "scaled to 0")
+    return took
+
+
+def plain(cluster: Cluster, name: str, n: int) -> float:
+    api = cluster.manager.api
+    host = cluster.manager_url
+    t0 = time.perf_counter()
+    subprocess.run(
+        ["docker", "-H", host, "service", "scale", "--detach", f"{name}={n}"],
+        check=True,
+        capture_output=True,
+    )
+
+    def running() -> bool:
+        tasks = api.tasks(filters={"service": name, "desired-state": "running"})
+        return sum(t["Status"]["State"] == "running" for t in tasks) >= n
+
+    wait_for(running, 120, f"{n} running tasks")
+    took = time.perf_counter() - t0
+    subprocess.run(
+        ["docker", "-H", host, "service", "scale", "--detach", f"{name}=0"],
+        check=True,
+        capture_output=True,
+    )
+    wait_for(lambda: not api.tasks(filters={"service": name, "desired-state": "running"}), 60, "0")
+    return took
+
+
+def node_kill(gw: SwarmGateway) -> tuple[float, float, int, int]:
+    """(s until 3 workers on live nodes, slowest call s, calls, failed calls)."""
+    cluster = gw.cluster
+    gw.scale("bench", 3)
+    wait_for(lambda: gw.ready("bench") == 3, 60, "3 ready workers")
+    placement = gw.backend.placement
+    victim = next(
+        placement()[s["ID"]]
+        for s in gw.services(**{"swarmless.function": "bench"})
+        if placement().get(s["ID"]) not in (None, "swarmless-node-1")
+    )
+    took: list[tuple[float, int]] = []
+
+    def call() -> None:
+        t0 = time.perf_counter()
+        with gw.http(token=None, timeout=30) as http:
+            r = http.post("/function/bench", content=b"0.2")
+        took.append((time.perf_counter() - t0, r.status_code))
+
+    killed = 0.0
+    back = 0.0
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        end = time.monotonic() + 15  # bounded: 15 s of calls
+        futures = []
+        while time.monotonic() < end:
+            if not killed and end - time.monotonic() < 12:
+                cluster.host.api.kill(victim)
+                killed = time.monotonic()
+            if killed and not back:
+                nodes = [
+                    gw.backend.placement().get(s["ID"])
+                    for s in gw.services(**{"swarmless.function": "bench"})
+                ]
+                if gw.ready("bench") == 3 and victim not in nodes and None not in nodes:
+                    back = time.monotonic() - killed
+            futures.append(pool.submit(call))
+            time.sleep(0.1)
+        for f in futures:
+            f.result()
+    cluster.restart_node(victim)
+    gw.scale("bench", 0)
+    failed = sum(1 for _, status in took if status != 200)
+    return back, max(t for t, _ in took), len(took), failed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--replicas", type=int, default=12)
+    parser.add_argument("--no-kill", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="leave the cluster up")
+    args = parser.parse_args()
+    host = docker.from_env()
+    cluster = Cluster(host, "swarmless.bench=swarm").up()
+    gw = None
+    plain_name = "swarmless-swarm-bench-plain"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "handler.py").write_text(HANDLER)
+            build_function(
+                Path(tmp),
+                tag=IMAGE,
+                mode="warm",
+                client=host,
+                base_image="swarmless/python:bookworm",
+                labels=LABELS,
+            )
+        cluster.load(IMAGE)
+        gw = SwarmGateway(cluster, Path(tempfile.mkdtemp()), LABELS).start()
+        gw.deploy(name="bench", image=IMAGE, mode="warm", handler="handler:where", idle_timeout=1)
+        subprocess.run(
+            ["docker", "-H", cluster.manager_url, "service", "create", "--detach", "-q",
+             "--name", plain_name, "--replicas", "0", "--no-resolve-image",
+             "--endpoint-mode", "dnsrr", "--network", gw.settings.network,
+             "--label", "swarmless.bench=swarm", IMAGE,
+             "python3", "-c", "import time; time.sleep(3600)"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        # One untimed round of each: images in the page cache, connections open.
+        ours(gw, 2)
+        plain(cluster, plain_name, 2)
+        a: list[float] = []
+        b: list[float] = []
+        for i in range(args.rounds):
+            pair = [("ours", a), ("plain", b)]
+            if i % 2:
+                pair.reverse()
+            for which, samples in pair:
+                if which == "ours":
+                    samples.append(ours(gw, args.replicas))
+                else:
+                    samples.append(plain(cluster, plain_name, args.replicas))
+                print(f"round {i + 1}: {which} 0->{args.replicas}: {samples[-1]:.2f}s", flush=True)
+        m_ours, m_plain = statistics.median(a), statistics.median(b)
+        ratio = m_ours / m_plain
+        print(f"swarmless scale 0->{args.replicas} (workers ready) median: {m_ours:.2f}s")
+        print(f"docker service scale to {args.replicas} (tasks running) median: {m_plain:.2f}s")
+        print(
+            f"ratio ours/plain: {ratio:.2f}  (target <= 1.2: {'PASS' if ratio <= 1.2 else 'FAIL'})"
+        )
+        if not args.no_kill:
+            back, slowest, calls, failed = node_kill(gw)
+            ok = "PASS" if slowest <= 6.0 else "FAIL"
+            print(
+                f"node killed under load: workers back on live nodes after {back:.1f}s; "
+                f"slowest call {slowest:.1f}s ({calls} calls, {failed} failed; "
+                f"target <= 6 s: {ok})"
+            )
+    finally:
+        if gw is not None:
+            gw.stop()
+        subprocess.run(
+            ["docker", "-H", cluster.manager_url, "service", "rm", plain_name],
+            capture_output=True,
+            check=False,
+        )
+        if not args.keep:
+            cluster.down()
+        host.images.remove(IMAGE, force=True)
+
+
+if __name__ == "__main__":
+    main()
