@@ -60,6 +60,10 @@ LABEL_KIND = "swarmless.kind"
 LABEL_PARENT = "swarmless.parent"
 LABEL_GATEWAY = "swarmless.gateway"
 
+#: Labels swarmless's own ``Client.run`` puts on every container: dropped, not refused (the
+#: proxy sets managed and kind itself), so ``swarmless.from_env().run()`` works inside.
+_SDK_LABELS = frozenset({LABEL_MANAGED, LABEL_KIND, "swarmless.image"})
+
 #: Older API versions accept a HostConfig at start time, past the create checks.
 MIN_API = (1, 24)
 
@@ -514,10 +518,10 @@ def _labels(value: Any, caller: Caller) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise _Refused("json", "Labels must map names to strings")
     for key in value:
-        if key.startswith("swarmless."):
+        if key.startswith("swarmless.") and key not in _SDK_LABELS:
             raise _Refused("labels", f"label {key!r}: swarmless.* labels are set by swarmless")
     return {
-        **value,
+        **{k: v for k, v in value.items() if k not in _SDK_LABELS},
         **caller.labels,
         LABEL_MANAGED: "true",
         LABEL_KIND: "child",
