@@ -1,0 +1,675 @@
+"""The serverless voting app on swarmless: build it, bring it up, switch it, tear it down.
+
+    examples/voting-app/run.sh up [--mode warm|cgi] [--record spawn|docker]
+    examples/voting-app/run.sh deploy --mode cgi        # switch the running app
+    examples/voting-app/run.sh status
+    examples/voting-app/run.sh down [--keep-images]
+
+``up`` builds the images (each tagged with a hash of its build context, so a second ``up``
+builds nothing), starts PostgreSQL (container ``swarmless-vote-db``, data on the volume
+``swarmless-vote-data``) on the gateway's function network (``swarmless-vote``), runs a
+gateway in the foreground (instance ``swarmless-vote``, data in
+``~/.local/share/swarmless-vote``), deploys ``vote``, ``result`` and ``record-vote`` and
+prints the two URLs. Ctrl-C stops the gateway and every function container; the database
+and its votes stay until ``down``, which removes everything the example made: containers,
+volume, network, images (unless ``--keep-images``) and the data directory.
+
+The steps are functions (:func:`build_images`, :func:`start_database`, :func:`specs`,
+:func:`deploy`, :func:`remove_all`) that the tests, ``load.py`` and ``measure.py`` reuse
+with their own names and labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import io
+import json
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from rich.console import Console
+
+import swarmless
+from swarmless.config import Settings, default_data_dir
+from swarmless.engine import connect, managed_labels
+from swarmless.exceptions import FunctionNotFound, SwarmlessError
+from swarmless.gateway.app import Gateway, admin_token
+from swarmless.gateway.server import GatewayServer
+from swarmless.sdk.gateway import GatewayClient
+from swarmless.spec import FunctionSpec
+
+HERE = Path(__file__).resolve().parent
+#: Every object the example makes itself carries this label (functions carry the gateway's).
+LABEL = "swarmless.example"
+EXAMPLE = "voting-app"
+IMAGE_REPO = "swarmless-vote"
+PYTHON = os.environ.get("SWARMLESS_BASE_IMAGE", "swarmless/python:bookworm")
+MODES = ("warm", "cgi")
+RECORD_PATHS = ("spawn", "docker")
+FRONT_ENDS = ("vote", "result")
+
+console = Console(soft_wrap=True, highlight=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Names:
+    """Names of the Docker objects of one deployment of the example."""
+
+    prefix: str = "swarmless-vote"
+
+    @property
+    def network(self) -> str:
+        return self.prefix
+
+    @property
+    def db(self) -> str:
+        return f"{self.prefix}-db"
+
+    @property
+    def volume(self) -> str:
+        return f"{self.prefix}-data"
+
+    @property
+    def instance(self) -> str:
+        return self.prefix
+
+
+@dataclasses.dataclass(frozen=True)
+class Images:
+    """The example's image tags."""
+
+    base: str
+    postgres: str
+    vote: str
+    record_vote: str
+    result: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Database:
+    """The running PostgreSQL: its container and the URL functions use (by container name)."""
+
+    container: str
+    url: str
+
+
+# -- images ---------------------------------------------------------------------------------
+
+
+def _files(folder: Path, prefix: str = "") -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_file() and "__pycache__" not in rel.parts and path.suffix != ".pyc":
+            out[f"{prefix}{rel.as_posix()}"] = path.read_bytes()
+    return out
+
+
+def _sdk_files() -> dict[str, bytes]:
+    """The swarmless package as this process runs it (vote's ``docker`` path imports it)."""
+    files = _files(Path(swarmless.__file__).parent, "swarmless/")
+    return {k: v for k, v in files.items() if not k.startswith("swarmless/templates/")}
+
+
+def _tar(files: Mapping[str, bytes]) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+def _tag(name: str, files: Mapping[str, bytes], args: Mapping[str, str]) -> str:
+    h = hashlib.sha256(json.dumps(sorted(args.items())).encode())
+    for path, data in sorted(files.items()):
+        h.update(path.encode() + b"\0" + hashlib.sha256(data).digest())
+    return f"{IMAGE_REPO}/{name}:{h.hexdigest()[:12]}"
+
+
+def _build(
+    engine: docker.DockerClient,
+    name: str,
+    files: Mapping[str, bytes],
+    args: Mapping[str, str],
+    say: Callable[[str], None],
+) -> str:
+    tag = _tag(name, files, args)
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        engine.images.get(tag)
+        return tag
+    say(f"building {tag}")
+    t0 = time.monotonic()
+    log: list[str] = []
+    for chunk in engine.api.build(
+        fileobj=_tar(files),
+        custom_context=True,
+        tag=tag,
+        buildargs=dict(args),
+        labels={LABEL: EXAMPLE},
+        rm=True,
+        forcerm=True,
+        decode=True,
+    ):
+        log.append(str(chunk.get("stream", "")))
+        if "error" in chunk:
+            tail = "".join(log)[-2000:].strip()
+            raise SwarmlessError(f"building {tag} failed: {chunk['error'].strip()}\n{tail}")
+    say(f"built {tag} in {time.monotonic() - t0:.0f}s")
+    return tag
+
+
+def build_images(
+    engine: docker.DockerClient,
+    *,
+    python: str = PYTHON,
+    say: Callable[[str], None] = lambda _msg: None,
+) -> Images:
+    """Build what is missing (two steps reach Debian's mirror: base and postgres)."""
+    try:
+        engine.images.get(python)
+    except docker.errors.ImageNotFound:
+        raise SwarmlessError(
+            f"the base image {python} is missing; build it: bash scripts/base-images.sh"
+        ) from None
+    images = HERE / "images"
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        base_job = pool.submit(
+            _build, engine, "base", _files(images / "base"), {"PYTHON": python}, say
+        )
+        pg_job = pool.submit(
+            _build, engine, "postgres", _files(images / "postgres"), {"PYTHON": python}, say
+        )
+        base = base_job.result()
+        jobs = {
+            name: pool.submit(_build, engine, name, files, {"BASE": base}, say)
+            for name, files in (
+                ("record-vote", _files(HERE / "record-vote")),
+                ("vote", {**_files(HERE / "vote"), **_sdk_files()}),
+                ("result", _files(HERE / "result")),
+            )
+        }
+        return Images(
+            base=base,
+            postgres=pg_job.result(),
+            vote=jobs["vote"].result(),
+            record_vote=jobs["record-vote"].result(),
+            result=jobs["result"].result(),
+        )
+
+
+# -- network and database -------------------------------------------------------------------
+
+
+def ensure_network(engine: docker.DockerClient, name: str, labels: Mapping[str, str]) -> None:
+    """The gateway's function network, made here so the database can join it first."""
+    try:
+        engine.networks.get(name)
+    except docker.errors.NotFound:
+        with contextlib.suppress(docker.errors.APIError):  # made meanwhile by the gateway
+            engine.networks.create(
+                name,
+                driver="bridge",
+                attachable=True,
+                labels={**managed_labels("network"), LABEL: EXAMPLE, **labels},
+            )
+
+
+def start_database(
+    engine: docker.DockerClient,
+    *,
+    image: str,
+    names: Names,
+    password: str,
+    labels: Mapping[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    timeout: float = 90.0,
+) -> Database:
+    """Start PostgreSQL on ``names.network`` (or reuse it) and wait until it answers."""
+    labels = {LABEL: EXAMPLE, **(labels or {})}
+    try:
+        container = engine.containers.get(names.db)
+        if container.status != "running":
+            container.start()
+    except docker.errors.NotFound:
+        with contextlib.suppress(docker.errors.APIError):
+            engine.volumes.create(names.volume, labels=labels)
+        container = engine.containers.run(
+            image,
+            list(args),
+            name=names.db,
+            detach=True,
+            network=names.network,
+            environment={"POSTGRES_PASSWORD": password},
+            volumes={names.volume: {"bind": "/var/lib/postgresql/data", "mode": "rw"}},
+            labels=labels,
+            mem_limit="512m",
+        )
+    wait_for_database(engine, names.db, timeout)
+    return Database(
+        container=names.db,
+        url=f"postgresql://postgres:{password}@{names.db}:5432/votes",
+    )
+
+
+def wait_for_database(engine: docker.DockerClient, name: str, timeout: float = 90.0) -> None:
+    """Until ``pg_isready`` says the server takes connections (initdb first on a new volume)."""
+    deadline = time.monotonic() + timeout
+    container = engine.containers.get(name)
+    while True:
+        container.reload()
+        if container.status == "exited":
+            tail = container.logs(tail=20).decode("utf-8", "replace")
+            raise SwarmlessError(f"the database container {name} exited:\n{tail}")
+        if container.status == "running":
+            code, _ = container.exec_run(
+                ["pg_isready", "-q", "-h", "127.0.0.1", "-d", "votes", "-U", "postgres"]
+            )
+            if code == 0:
+                return
+        if time.monotonic() > deadline:
+            raise SwarmlessError(f"the database {name} did not answer within {timeout:.0f}s")
+        time.sleep(0.3)
+
+
+# -- functions -----------------------------------------------------------------------------
+
+
+def specs(
+    images: Images,
+    db: Database,
+    *,
+    mode: str = "warm",
+    record: str = "spawn",
+    idle_timeout: float = 30.0,
+    max_containers: int = 10,
+    retries: int = 4,
+    labels: Mapping[str, str] | None = None,
+) -> list[FunctionSpec]:
+    """record-vote (oneshot, retried), then vote and result in ``mode`` (cgi or warm)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if record not in RECORD_PATHS:
+        raise ValueError(f"record must be one of {', '.join(RECORD_PATHS)}, got {record!r}")
+    extra = {"example": EXAMPLE, **(labels or {})}
+    options = {"OPTION_A": "Cats", "OPTION_B": "Dogs"}
+    record_vote = FunctionSpec(
+        name="record-vote",
+        image=images.record_vote,
+        mode="oneshot",
+        env={"DATABASE_URL": db.url},
+        timeout=30,
+        retries=retries,
+        backoff=1.0,
+        max_containers=max_containers,
+        # Public: a function's own token is accepted on /function/ but not yet on
+        # /async-function/ for a private function, so vote could not spawn it.
+        private=False,
+        labels=extra,
+    )
+    front: dict[str, Any] = {"mode": mode, "timeout": 30, "labels": extra}
+    if mode == "warm":
+        front.update(
+            handler="app:app",
+            handler_kind="wsgi",
+            idle_timeout=idle_timeout,
+            max_containers=max_containers,
+        )
+    else:
+        front.update(command=["python3", "/function/serve_cgi.py"], max_containers=max_containers)
+    vote_env = {**options, "RECORD_PATH": record, "RECORD_FUNCTION": "record-vote"}
+    if record == "docker":
+        vote_env.update(RECORD_IMAGE=images.record_vote, DATABASE_URL=db.url)
+    vote = FunctionSpec(
+        name="vote",
+        image=images.vote,
+        env=vote_env,
+        docker="scoped" if record == "docker" else "none",
+        concurrency=1,
+        **front,
+    )
+    result = FunctionSpec(
+        name="result",
+        image=images.result,
+        env={**options, "DATABASE_URL": db.url},
+        concurrency=4 if mode == "warm" else 1,
+        **front,
+    )
+    return [record_vote, vote, result]
+
+
+def deploy(gateway: GatewayClient, wanted: list[FunctionSpec]) -> list[str]:
+    """Deploy the specs that differ from what runs; returns what changed, for the log."""
+    changed = []
+    for spec in wanted:
+        try:
+            current = FunctionSpec.from_dict(gateway.function(spec.name)["spec"])
+        except FunctionNotFound:
+            current = None
+        if current != spec:
+            gateway.deploy(spec)
+            changed.append(f"{spec.name} ({spec.mode})")
+    return changed
+
+
+def urls(gateway_url: str) -> dict[str, str]:
+    """The two pages of the app."""
+    return {name: f"{gateway_url}/function/{name}/" for name in FRONT_ENDS}
+
+
+# -- teardown -----------------------------------------------------------------------------
+
+
+def remove_all(
+    engine: docker.DockerClient,
+    names: Names,
+    *,
+    labels: Mapping[str, str] | None = None,
+    images: bool = False,
+) -> list[str]:
+    """Remove every object of one deployment; returns what was removed (for the log)."""
+    removed: list[str] = []
+    by_label = [f"{k}={v}" for k, v in (labels or {}).items()]
+    groups = [
+        [f"swarmless.gateway={names.instance}"],
+        [f"{LABEL}={EXAMPLE}", *by_label],
+    ]
+    seen: set[str] = set()
+    for flt in groups:
+        for c in engine.api.containers(all=True, filters={"label": flt}):
+            if c["Id"] in seen:
+                continue
+            seen.add(c["Id"])
+            with contextlib.suppress(docker.errors.NotFound):
+                engine.api.remove_container(c["Id"], force=True, v=True)
+                removed.append(f"container {c['Names'][0].lstrip('/')}")
+    for name in (names.db,):
+        with contextlib.suppress(docker.errors.NotFound):
+            engine.api.remove_container(name, force=True, v=True)
+            removed.append(f"container {name}")
+    with contextlib.suppress(docker.errors.NotFound):
+        engine.volumes.get(names.volume).remove(force=True)
+        removed.append(f"volume {names.volume}")
+    with contextlib.suppress(docker.errors.NotFound):
+        engine.networks.get(names.network).remove()
+        removed.append(f"network {names.network}")
+    if images:
+        for image in engine.images.list(filters={"label": f"{LABEL}={EXAMPLE}"}):
+            for tag in image.tags or [image.id]:
+                with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                    engine.images.remove(tag, force=True)
+                    removed.append(f"image {tag}")
+    return removed
+
+
+# -- a gateway in a thread (measure.py, load.py's self-contained mode) ----------------------
+
+
+@contextlib.contextmanager
+def background_gateway(
+    data_dir: Path, names: Names, *, labels: Mapping[str, str] | None = None, port: int = 0
+) -> Iterator[tuple[str, str, Gateway]]:
+    """A gateway on loopback in a thread: yields (url, admin token, gateway); stops it after."""
+    from swarmless.backends.docker import DockerBackend
+
+    settings = Settings.load(
+        data_dir=data_dir,
+        host="127.0.0.1",
+        port=port,
+        instance=names.instance,
+        network=names.network,
+    )
+    token, _ = admin_token(data_dir)
+    backend = DockerBackend(settings, labels=dict(labels or {}))
+    gateway = Gateway(settings, backend=backend, token=token, drain_timeout=10)
+    server = GatewayServer(gateway)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(server.serve())
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=run, daemon=True, name=f"gateway-{names.instance}")
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if errors or not thread.is_alive() or time.monotonic() > deadline:
+            raise SwarmlessError(f"the gateway did not start: {errors[0] if errors else '?'}")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.port}", token, gateway
+    finally:
+        server.stop()
+        thread.join(60)
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def _data_dir(arg: str | None) -> Path:
+    return Path(arg).expanduser() if arg else default_data_dir().parent / "swarmless-vote"
+
+
+def _password(data_dir: Path) -> str:
+    path = data_dir / "db-password"
+    if path.is_file():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(18)
+    path.touch(mode=0o600)
+    path.write_text(password + "\n")
+    return password
+
+
+def _state(data_dir: Path) -> dict[str, Any]:
+    try:
+        state: dict[str, Any] = json.loads((data_dir / "state.json").read_text())
+    except (OSError, ValueError):
+        raise SwarmlessError(
+            f"the voting app is not up (no {data_dir / 'state.json'}); start it: run.sh up"
+        ) from None
+    return state
+
+
+def _client(state: Mapping[str, Any], data_dir: Path) -> GatewayClient:
+    token, _ = admin_token(data_dir)
+    return GatewayClient(Settings.load(gateway_url=state["url"], token=token), timeout=60)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    names = Names()
+    data_dir = _data_dir(args.data_dir)
+    engine = connect()
+    try:
+        with console.status("building the images ...") as status:
+            images = build_images(engine, say=lambda m: status.update(m))
+        console.print(f"images ready ({', '.join(dataclasses.asdict(images).values())})")
+        ensure_network(engine, names.network, {})
+        with console.status(f"starting PostgreSQL ({names.db}) ..."):
+            db = start_database(
+                engine, image=images.postgres, names=names, password=_password(data_dir)
+            )
+        console.print(f"database {names.db} on network {names.network}, volume {names.volume}")
+    finally:
+        engine.close()
+
+    settings = Settings.load(data_dir=data_dir, instance=names.instance, network=names.network)
+    token, _ = admin_token(data_dir)
+    gateway = Gateway(settings, token=token)
+    pid_file = data_dir / "gateway.pid"
+
+    def started(gw: Gateway, port: int) -> None:
+        url = f"http://{gw.settings.host}:{port}"
+        state = {"url": url, "images": dataclasses.asdict(images), "db_url": db.url}
+        (data_dir / "state.json").write_text(json.dumps(state, indent=2))
+        threading.Thread(
+            target=_deploy_and_announce,
+            args=(url, token, data_dir, images, db, args.mode, args.record),
+            daemon=True,
+        ).start()
+
+    pid_file.write_text(str(os.getpid()))
+    # uvicorn drains on SIGTERM, then raises it again: end like Ctrl-C, running the finally.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        asyncio.run(_serve(gateway, started))
+    except KeyboardInterrupt:
+        pass
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            raise
+        console.print(
+            f"[red]error:[/red] {settings.host}:{settings.port} is in use (another gateway?); "
+            f"stop it, or pick another port: SWARMLESS_PORT={settings.port + 1} run.sh up"
+        )
+        return 1
+    finally:
+        pid_file.unlink(missing_ok=True)
+        (data_dir / "state.json").unlink(missing_ok=True)
+    console.print(
+        "gateway stopped, function containers removed; the database keeps the votes "
+        "(remove everything: examples/voting-app/run.sh down)"
+    )
+    return 0
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+async def _serve(gateway: Gateway, started: Callable[[Gateway, int], None]) -> None:
+    await GatewayServer(gateway).serve(started)
+
+
+def _deploy_and_announce(
+    url: str, token: str, data_dir: Path, images: Images, db: Database, mode: str, record: str
+) -> None:
+    gw = GatewayClient(Settings.load(gateway_url=url, token=token), timeout=60)
+    try:
+        changed = deploy(gw, specs(images, db, mode=mode, record=record))
+    except SwarmlessError as e:
+        console.print(f"[red]error:[/red] deploying the functions failed: {e.message}")
+        return
+    finally:
+        gw.close()
+    console.print(f"deployed: {', '.join(changed) or 'nothing changed'}")
+    pages = urls(url)
+    console.rule("the voting app is up")
+    console.print(f"  vote:    [bold]{pages['vote']}[/bold]")
+    console.print(f"  result:  [bold]{pages['result']}[/bold]")
+    via = "spawn (async, durable, retried)" if record == "spawn" else "run(detach=True), scoped"
+    console.print(f"  mode: {mode}, votes recorded by {via}")
+    here = Path(__file__).parent
+    console.print(
+        f"\n  switch:  {here}/run.sh deploy --mode {'cgi' if mode == 'warm' else 'warm'}\n"
+        f"  load:    .venv/bin/python {here}/load.py\n"
+        f"  CLI:     export SWARMLESS_GATEWAY_URL={url} "
+        f"SWARMLESS_TOKEN=$(cat {data_dir / 'token'}); swarmless ls\n"
+        f"  down:    {here}/run.sh down   (Ctrl-C stops the gateway only)"
+    )
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    data_dir = _data_dir(args.data_dir)
+    state = _state(data_dir)
+    images = Images(**state["images"])
+    db = Database(container=Names().db, url=state["db_url"])
+    gw = _client(state, data_dir)
+    try:
+        changed = deploy(gw, specs(images, db, mode=args.mode, record=args.record))
+    finally:
+        gw.close()
+    console.print(f"deployed: {', '.join(changed) or 'nothing changed'}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    data_dir = _data_dir(args.data_dir)
+    state = _state(data_dir)
+    gw = _client(state, data_dir)
+    try:
+        for name in ("vote", "result", "record-vote"):
+            f = gw.function(name)
+            counts = f.get("containers") or {}
+            running = sum(v for k, v in counts.items() if k in ("ready", "starting", "busy"))
+            page = urls(state["url"]).get(name, "")
+            console.print(f"{name:12} {f['spec']['mode']:8} containers={running:<3} {page}")
+    finally:
+        gw.close()
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    data_dir = _data_dir(args.data_dir)
+    pid_file = data_dir / "gateway.pid"
+    if pid_file.is_file():
+        pid = int(pid_file.read_text().strip() or 0)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            console.print(f"stopping the gateway (pid {pid}) ...")
+            deadline = time.monotonic() + 45
+            while time.monotonic() < deadline:
+                os.kill(pid, 0)  # raises ProcessLookupError once it is gone
+                time.sleep(0.2)
+    engine = connect()
+    try:
+        removed = remove_all(engine, Names(), images=not args.keep_images)
+    finally:
+        engine.close()
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+        removed.append(f"data directory {data_dir}")
+    for item in removed:
+        console.print(f"removed {item}")
+    console.print("the voting app is gone" if removed else "nothing to remove")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="run.sh", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", help="default: ~/.local/share/swarmless-vote")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, helptext in (
+        ("up", "build, start the database and a gateway, deploy, print the URLs"),
+        ("deploy", "redeploy on the running app (switch --mode or --record)"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--mode", choices=MODES, default=os.environ.get("VOTE_MODE", "warm"))
+        p.add_argument(
+            "--record", choices=RECORD_PATHS, default=os.environ.get("VOTE_RECORD", "spawn")
+        )
+    sub.add_parser("status", help="the functions and their containers")
+    down = sub.add_parser("down", help="remove everything the example made")
+    down.add_argument("--keep-images", action="store_true", help="keep the built images")
+    args = parser.parse_args(argv)
+    command = {"up": cmd_up, "deploy": cmd_deploy, "status": cmd_status, "down": cmd_down}
+    try:
+        return command[args.command](args)
+    except SwarmlessError as e:
+        console.print(f"[red]error:[/red] {e.message}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
