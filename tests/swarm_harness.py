@@ -114,6 +114,18 @@ class Cluster:
                 out[name] = [c["Id"] for c in found]
         return out
 
+    def cut_off(self, name: str) -> str:
+        """Disconnect node ``name`` from the nodes' network; returns its address."""
+        ip = self.ip(name)
+        self.host.api.disconnect_container_from_network(name, "swarmless-swarm-nodes")
+        return ip
+
+    def reconnect_node(self, name: str, ip: str) -> None:
+        """Connect a cut-off node again (same address) and wait until Swarm calls it ready."""
+        self._clients.pop(name, None)
+        self.host.api.connect_container_to_network(name, "swarmless-swarm-nodes", ipv4_address=ip)
+        wait_for(lambda: name in self.ready_nodes(), 60, f"{name} ready again")
+
     def restart_node(self, name: str) -> None:
         """Start a killed node again and wait until Swarm calls it ready."""
         self._clients.pop(name, None)

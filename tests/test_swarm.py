@@ -196,14 +196,16 @@ def test_removing_a_function_leaves_nothing(gw: SwarmGateway, warm_image: str) -
     wait_for(lambda: not any(gw.cluster.containers(label).values()), 30, "containers on the nodes")
 
 
-def test_node_killed_while_calls_continue(gw: SwarmGateway, warm_image: str) -> None:
-    """docker kill a node: sync calls fail only within their timeout, then all succeed."""
+@pytest.mark.parametrize("how", ["disconnect", "kill"])
+def test_node_lost_while_calls_continue(gw: SwarmGateway, warm_image: str, how: str) -> None:
+    """A node killed or cut off: sync calls fail only within their timeout, then succeed."""
     cluster = gw.cluster
     timeout = 8.0
-    gw.deploy(name="steady", image=warm_image, mode="warm", handler="handler:slow", timeout=timeout)
-    gw.scale("steady", 3)
-    wait_for(lambda: gw.ready("steady") == 3, 60, "3 ready workers")
-    assert "swarmless-node-3" in _nodes_of(gw, "steady")
+    fn = f"steady-{how}"
+    gw.deploy(name=fn, image=warm_image, mode="warm", handler="handler:slow", timeout=timeout)
+    gw.scale(fn, 3)
+    wait_for(lambda: gw.ready(fn) == 3, 60, "3 ready workers")
+    assert "swarmless-node-3" in _nodes_of(gw, fn)
 
     results: list[tuple[float, float, int, str]] = []  # (sent, took, status, node or error)
 
@@ -212,21 +214,22 @@ def test_node_killed_while_calls_continue(gw: SwarmGateway, warm_image: str) -> 
 
         assert isinstance(http_client, httpx.Client)
         sent = time.monotonic()
-        r = http_client.post("/function/steady", content=b"0.3")
+        r = http_client.post(f"/function/{fn}", content=b"0.3")
         took = time.monotonic() - sent
         body = r.json()
         results.append((sent, took, r.status_code, body.get("node") or body.get("message", "")))
 
     killed_at = 0.0
+    ip = ""
     seen: dict[str, float] = {}  # first time the gateway saw: "gone", "replaced"
 
     def watch() -> None:
         while "replaced" not in seen and time.monotonic() < start + 60:
             if killed_at:
-                nodes = _nodes_of(gw, "steady")
+                nodes = _nodes_of(gw, fn)
                 if "swarmless-node-3" not in nodes and "gone" not in seen:
                     seen["gone"] = time.monotonic() - killed_at
-                if "gone" in seen and gw.ready("steady") == 3 and len(nodes) == 3:
+                if "gone" in seen and gw.ready(fn) == 3 and len(nodes) == 3:
                     seen["replaced"] = time.monotonic() - killed_at
             time.sleep(0.05)
 
@@ -242,7 +245,10 @@ def test_node_killed_while_calls_continue(gw: SwarmGateway, warm_image: str) -> 
             futures = []
             while time.monotonic() < end:
                 if not killed_at and time.monotonic() - start > 3:
-                    cluster.host.api.kill("swarmless-node-3")
+                    if how == "kill":
+                        cluster.host.api.kill("swarmless-node-3")
+                    else:
+                        ip = cluster.cut_off("swarmless-node-3")
                     killed_at = time.monotonic()
                 futures.append(pool.submit(call, http))
                 time.sleep(0.1)
@@ -253,8 +259,12 @@ def test_node_killed_while_calls_continue(gw: SwarmGateway, warm_image: str) -> 
         watcher.join(40)
         assert "replaced" in seen, f"no replacement worker on a live node: {seen}"
     finally:
-        if killed_at:
+        if killed_at and how == "kill":
             cluster.restart_node("swarmless-node-3")
+        elif killed_at:
+            cluster.reconnect_node("swarmless-node-3", ip)
+    with gw.http() as http:
+        assert http.delete(f"/system/functions/{fn}").status_code == 204
     failed = [r for r in results if r[2] != 200]
     for _sent, took, status, what in failed:
         assert took <= timeout + 1.5, (status, took, what)
@@ -266,7 +276,7 @@ def test_node_killed_while_calls_continue(gw: SwarmGateway, warm_image: str) -> 
     assert not any(r[3] == "swarmless-node-3" for r in results if r[0] > killed_at + 0.5)
     served_after = Counter(r[3] for r in after)
     print(
-        f"\nnode kill: {len(results)} calls, {len(failed)} failed; "
+        f"\nnode {how}: {len(results)} calls, {len(failed)} failed; "
         f"worker seen gone after {seen['gone']:.1f}s, replaced (3 ready on live nodes) after "
         f"{seen['replaced']:.1f}s; slowest call {max(r[1] for r in results):.1f}s; "
         f"served after: {dict(served_after)}"
