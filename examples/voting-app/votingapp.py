@@ -371,6 +371,14 @@ def deploy(gateway: GatewayClient, wanted: list[FunctionSpec]) -> list[str]:
     return changed
 
 
+def container_count(counts: Mapping[str, int], mode: str) -> int:
+    """Containers of a function from the gateway's counts (``GET /system/functions/NAME``):
+    a warm pool's containers, or the one-shot containers running now (one per call)."""
+    if mode == "warm":
+        return sum(counts.get(k, 0) for k in ("ready", "starting", "draining", "paused"))
+    return counts.get("busy", 0)
+
+
 def urls(gateway_url: str) -> dict[str, str]:
     """The two pages of the app."""
     return {name: f"{gateway_url}/function/{name}/" for name in FRONT_ENDS}
@@ -467,7 +475,8 @@ def background_gateway(
 # -- the command line ----------------------------------------------------------------------
 
 
-def _data_dir(arg: str | None) -> Path:
+def data_dir_of(arg: str | None = None) -> Path:
+    """Where ``up`` keeps its store, token, database password and state."""
     return Path(arg).expanduser() if arg else default_data_dir().parent / "swarmless-vote"
 
 
@@ -499,7 +508,7 @@ def _client(state: Mapping[str, Any], data_dir: Path) -> GatewayClient:
 
 def cmd_up(args: argparse.Namespace) -> int:
     names = Names()
-    data_dir = _data_dir(args.data_dir)
+    data_dir = data_dir_of(args.data_dir)
     engine = connect()
     try:
         with console.status("building the images ...") as status:
@@ -591,7 +600,7 @@ def _deploy_and_announce(
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    data_dir = _data_dir(args.data_dir)
+    data_dir = data_dir_of(args.data_dir)
     state = _state(data_dir)
     images = Images(**state["images"])
     db = Database(container=Names().db, url=state["db_url"])
@@ -605,14 +614,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    data_dir = _data_dir(args.data_dir)
+    data_dir = data_dir_of(args.data_dir)
     state = _state(data_dir)
     gw = _client(state, data_dir)
     try:
         for name in ("vote", "result", "record-vote"):
             f = gw.function(name)
-            counts = f.get("containers") or {}
-            running = sum(v for k, v in counts.items() if k in ("ready", "starting", "busy"))
+            running = container_count(f.get("containers") or {}, f["spec"]["mode"])
             page = urls(state["url"]).get(name, "")
             console.print(f"{name:12} {f['spec']['mode']:8} containers={running:<3} {page}")
     finally:
@@ -621,7 +629,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    data_dir = _data_dir(args.data_dir)
+    data_dir = data_dir_of(args.data_dir)
     pid_file = data_dir / "gateway.pid"
     if pid_file.is_file():
         pid = int(pid_file.read_text().strip() or 0)
