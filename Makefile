@@ -1,4 +1,5 @@
-# swarmless: the two commands of the quick start are `make up` and `make test`.
+# swarmless: the two commands of the quick start are `make up` (the voting app, see
+# examples/voting-app) and `make test`.
 # Both set up what they need (venv, Docker Engine, base images) and are idempotent.
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ PYTEST_ARGS ?=
 .PHONY: up test setup venv engine images lint check bench clean
 
 up: setup
-	$(PY) -m swarmless.demo
+	bash examples/voting-app/run.sh up
 
 test: setup lint
 	bash scripts/pytest.sh $(PYTEST_ARGS)
@@ -31,8 +32,8 @@ images: engine
 	bash scripts/base-images.sh
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
 	$(VENV)/bin/mypy --strict src/
 
 bench: setup

@@ -303,6 +303,7 @@ def specs(
     idle_timeout: float = 30.0,
     max_containers: int = 10,
     retries: int = 4,
+    backoff: float = 1.0,
     labels: Mapping[str, str] | None = None,
 ) -> list[FunctionSpec]:
     """record-vote (oneshot, retried), then vote and result in ``mode`` (cgi or warm)."""
@@ -319,7 +320,7 @@ def specs(
         env={"DATABASE_URL": db.url},
         timeout=30,
         retries=retries,
-        backoff=1.0,
+        backoff=backoff,
         max_containers=max_containers,
         # Public: a function's own token is accepted on /function/ but not yet on
         # /async-function/ for a private function, so vote could not spawn it.
