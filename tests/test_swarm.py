@@ -11,7 +11,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import docker
 import pytest
@@ -137,11 +136,10 @@ def test_oneshot_timeout_removes_the_task(gw: SwarmGateway, warm_image: str) -> 
     wait_for(lambda: not gw.services(**{"swarmless.function": "sleepy"}), 10, "the service removed")
 
 
-def test_placement_limits_and_secrets(gw: SwarmGateway, warm_image: str, tmp_path: Path) -> None:
-    secrets_dir = gw.settings.data_dir / "secrets"
-    secrets_dir.mkdir(parents=True, exist_ok=True)
+def test_placement_limits_and_secrets(gw: SwarmGateway, warm_image: str) -> None:
     name = f"swarmless-test-{SESSION}"
-    (secrets_dir / name).write_text("s3cret value")
+    with gw.http() as http:
+        assert http.put(f"/system/secrets/{name}", content=b"s3cret value").status_code == 204
     gw.deploy(
         name="pinned",
         image=BUSYBOX,
@@ -156,6 +154,11 @@ def test_placement_limits_and_secrets(gw: SwarmGateway, warm_image: str, tmp_pat
         r = http.post("/function/pinned")
     assert r.status_code == 200, r.text
     assert r.text == "swarmless-node-2\ns3cret value"
+    # Swarm secrets cannot change: a new value is a new Swarm secret, the next call sees it.
+    with gw.http() as http:
+        assert http.put(f"/system/secrets/{name}", content=b"new value").status_code == 204
+        r = http.post("/function/pinned")
+    assert r.text == "swarmless-node-2\nnew value"
     # The warm path gets the same spec: look at the service Swarm was given.
     gw.deploy(
         name="limited",
@@ -174,14 +177,19 @@ def test_placement_limits_and_secrets(gw: SwarmGateway, warm_image: str, tmp_pat
     assert task["Placement"]["Constraints"] == ["node.hostname != swarmless-node-1"]
     assert task["Resources"]["Limits"] == {"NanoCPUs": 250_000_000, "MemoryBytes": 96 * 2**20}
     assert task["Resources"]["Reservations"] == task["Resources"]["Limits"]
-    assert [s["SecretName"] for s in task["ContainerSpec"]["Secrets"]] == [name]
+    [secret] = task["ContainerSpec"]["Secrets"]
+    assert secret["File"]["Name"] == name  # /run/secrets/<name>
+    assert secret["SecretName"].startswith(f"swarmless-{name}-")  # one Swarm secret per value
     assert svc["Spec"]["EndpointSpec"]["Mode"] == "dnsrr"
     assert task["ContainerSpec"]["Labels"]["swarmless.function"] == "limited"
     assert _nodes_of(gw, "limited") != ["swarmless-node-1"]
     with gw.http() as http:
         assert http.delete("/system/functions/limited").status_code == 204
         assert http.delete("/system/functions/pinned").status_code == 204
-    gw.cluster.manager.api.remove_secret(name)
+        wait_for(lambda: not gw.services(**{"swarmless.function": "limited"}), 20, "removed")
+        assert http.delete(f"/system/secrets/{name}").status_code == 204
+    made = {"label": [f"swarmless.secret={name}", f"swarmless.gateway={gw.instance}"]}
+    wait_for(lambda: not gw.cluster.manager.api.secrets(filters=made), 10, "secrets removed")
 
 
 def test_removing_a_function_leaves_nothing(gw: SwarmGateway, warm_image: str) -> None:

@@ -1,60 +1,37 @@
 """The Swarm backend: function containers as services on a Docker Swarm, placed by Swarm.
 
-The gateway talks to one Swarm manager (``docker_host``); Swarm decides on which node each
-container runs, honouring the function's placement constraints, CPU and memory
-reservations and limits. Every container joins an attachable overlay network
-(``settings.network``) with ``endpoint_mode: dnsrr`` (no virtual IP, so no IPVS is needed)
-and reaches the gateway with the pull-based runtime API: the gateway never needs a
-container's address.
+The gateway talks to one Swarm manager (``docker_host``); Swarm places every container,
+honouring the function's placement constraints and CPU/memory reservations. Containers join
+an attachable overlay (``settings.network``) with ``endpoint_mode: dnsrr`` (no IPVS needed)
+and reach the gateway through the pull-based runtime API. Images are never resolved against
+a registry: each node runs the image it has. docs/swarm.md has the whole picture.
 
-**One service per warm container.** A warm container is a Swarm service with one replica
-and restart condition ``none``; its worker token is in its environment. Why not one service
-per function version with N replicas: the gateway's dispatcher gives every worker its own
-token and, to recycle a stuck worker or drain an idle one, stops *that* container; Swarm can
-neither give tasks of one service different secrets nor remove a chosen task (scaling down
-removes tasks of its own choosing). A service per container keeps both exact, at the price
-of one service create per container instead of one replica count update (bench/swarm.py
-measures the difference). Services of one function carry the same labels
-(``swarmless.function``, ``swarmless.version``), so ``docker service ls -f
-label=swarmless.function=NAME`` shows them together, and Swarm spreads them over the nodes
-as it spreads any tasks (the least loaded node first).
-
-**Noticing death.** A thread polls the manager (tasks and nodes, twice a second): a worker
-whose task ended, was rejected, or whose node is no longer ``ready`` is reported through
-``on_exit`` at once, so the dispatcher requeues the calls it held and the reconciler starts
-a replacement, which Swarm places on a node that is up. Node loss is seen after Swarm's
-dispatcher heartbeat expires (3 heartbeat periods; ``docker swarm update
---dispatcher-heartbeat 1s`` makes that 3 s).
-
-**One-shot calls** (``oneshot``, ``cgi``) are services with restart condition ``none``; the
-call's stdin is a Docker config mounted at ``/run/swarmless-stdin`` and fed to the command
-by ``/bin/sh`` (so a call with a body needs a shell in the image; one without does not), and
-stdout and stderr are read back from the task's logs (so they pass through the log driver:
-text, not arbitrary bytes). Swarm does not report OOM kills: exit status 137 of a container
-with a memory limit that was not killed for its timeout is reported as one.
-
-**Images** are never resolved against a registry (``--no-resolve-image``): each node uses
-the image it has, so a cluster without a registry works when the image is loaded onto every
-node (``scripts/swarm-cluster.sh load IMAGE``). Warm containers run ``python3 -m
-swarmless.runtime`` from ``/opt/swarmless`` *inside the image* (bind mounts do not span
-nodes): ``swarmless build`` puts it there for warm functions.
-
-Environment templates: each container gets ``SWARMLESS_NODE`` (the node's hostname) and
-``SWARMLESS_TASK`` (the Swarm task name); as in any Swarm service, ``{{`` in a function's
-own environment values is read as a template.
+- **One service per warm container** (1 replica, restart condition ``none``), its worker
+  token in its environment: the dispatcher gives each worker its own token and stops chosen
+  workers (idle ones, stuck ones), and Swarm can neither vary the environment between the
+  tasks of one service nor remove a chosen task.
+- **Noticing death**: a thread polls the manager's tasks and nodes twice a second; a worker
+  whose task ended or whose node is not ``ready`` is reported through ``on_exit`` (its calls
+  are requeued, the reconciler starts a replacement, Swarm places it on a live node).
+- **One-shot calls** are services with restart condition ``none``; stdin is a Docker config
+  fed to the command by ``/bin/sh``; stdout/stderr come back from the task's logs.
+- **Secrets** held by the gateway become Swarm secrets named by their content's hash (Swarm
+  secrets are immutable), mounted at ``/run/secrets/NAME``.
+- Warm containers run ``python3 -m swarmless.runtime`` from ``/opt/swarmless`` inside the
+  image (bind mounts do not span nodes): ``swarmless build`` puts it there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import socket
 import threading
 import time
 import urllib.parse
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -79,7 +56,7 @@ from swarmless.engine import (
 from swarmless.exceptions import ImageNotFound, PayloadTooLarge, SwarmlessError
 from swarmless.spec import FunctionSpec
 
-__all__ = ["NodeInfo", "SwarmBackend", "list_nodes", "placement"]
+__all__ = ["SwarmBackend"]
 
 log = logging.getLogger("swarmless.backend.swarm")
 T = TypeVar("T")
@@ -92,55 +69,10 @@ STDIN_LIMIT = 500 * 1000
 TERMINAL = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
 #: The exit status reported for a container lost with its node (as if killed).
 LOST = 137
+#: On Swarm secrets made from a gateway secret: the name functions know it by.
+LABEL_SECRET = "swarmless.secret"
 #: The exit status reported for a task Swarm could not run (image missing, no node, ...).
 NOT_RUN = 125
-
-
-class NodeInfo:
-    """A Swarm node as ``swarmless doctor`` and ``ls --nodes`` show it."""
-
-    __slots__ = ("addr", "availability", "hostname", "id", "leader", "role", "state")
-
-    def __init__(self, node: Mapping[str, Any]) -> None:
-        spec = node.get("Spec") or {}
-        status = node.get("Status") or {}
-        self.id = str(node.get("ID", ""))
-        self.hostname = str((node.get("Description") or {}).get("Hostname", ""))
-        self.role = str(spec.get("Role", ""))
-        self.availability = str(spec.get("Availability", ""))
-        self.state = str(status.get("State", ""))
-        self.addr = str(status.get("Addr", ""))
-        self.leader = bool((node.get("ManagerStatus") or {}).get("Leader", False))
-
-
-def list_nodes(client: docker.DockerClient) -> list[NodeInfo]:
-    """The nodes of the Swarm ``client`` manages, by hostname."""
-    with translate(api=client.api):
-        nodes = client.api.nodes()
-    return sorted((NodeInfo(n) for n in nodes), key=lambda n: n.hostname)
-
-
-def placement(client: docker.DockerClient) -> dict[str, Counter[str]]:
-    """Running swarmless containers per node hostname, counted by function.
-
-    Read from the Swarm manager ``client`` talks to (every gateway's services, by label).
-    """
-    with translate(api=client.api):
-        nodes = {
-            n["ID"]: (n.get("Description") or {}).get("Hostname", n["ID"])
-            for n in client.api.nodes()
-        }
-        tasks = client.api.tasks(
-            filters={"label": f"{LABEL_MANAGED}=true", "desired-state": "running"}
-        )
-    out: dict[str, Counter[str]] = {name: Counter() for name in nodes.values()}
-    for t in tasks:
-        if (t.get("Status") or {}).get("State") != "running" or not t.get("NodeID"):
-            continue
-        labels = ((t.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
-        node = nodes.get(t["NodeID"], t["NodeID"])
-        out.setdefault(node, Counter())[labels.get(LABEL_FUNCTION, "?")] += 1
-    return out
 
 
 def _route_to(host: str) -> str:
@@ -379,28 +311,86 @@ class SwarmBackend(Backend):
         return f"swarmless-{spec.name[:40]}-{suffix}"
 
     def _secrets(self, spec: FunctionSpec) -> list[docker.types.SecretReference]:
-        """Swarm secrets by name; one missing in Swarm is created from the gateway's file."""
+        """The function's secrets as Swarm secrets, mounted at ``/run/secrets/NAME``.
+
+        A secret the gateway holds (``swarmless secret create``) becomes the Swarm secret
+        ``swarmless-NAME-<sha256 prefix>``: Swarm secrets cannot change, so a new value is a
+        new secret and containers started after the change get it. A name the gateway does
+        not hold is looked up in Swarm as is (``docker secret create NAME FILE``).
+        """
         refs = []
         api = self.client.api
         for name in spec.secrets:
-            found = [s for s in api.secrets(filters={"name": name}) if s["Spec"]["Name"] == name]
-            if found:
-                sid = str(found[0]["ID"])
+            path = self.settings.data_dir / "secrets" / name
+            if path.is_file():
+                data = path.read_bytes()
+                swarm_name = f"swarmless-{name[:40]}-{hashlib.sha256(data).hexdigest()[:12]}"
+                sid = self._secret_id(swarm_name)
+                if sid is None:
+                    labels = {
+                        **self.extra_labels,
+                        **managed_labels("secret"),
+                        LABEL_SECRET: name,
+                        LABEL_GATEWAY: self.settings.instance,
+                    }
+                    try:
+                        sid = str(api.create_secret(swarm_name, data, labels=labels)["ID"])
+                    except docker.errors.APIError:  # created meanwhile by another call
+                        sid = self._secret_id(swarm_name)
             else:
-                path = self.settings.data_dir / "secrets" / name
-                if not path.is_file():
-                    raise SwarmlessError(
-                        f"secret {name!r} does not exist in the Swarm nor in {path.parent}: "
-                        f"create it (docker secret create {name} FILE, on a manager)"
-                    )
-                labels = {**self.extra_labels, **managed_labels("secret")}
-                try:
-                    sid = str(api.create_secret(name, path.read_bytes(), labels=labels)["ID"])
-                except docker.errors.APIError:  # created meanwhile
-                    found = api.secrets(filters={"name": name})
-                    sid = str(next(s for s in found if s["Spec"]["Name"] == name)["ID"])
-            refs.append(docker.types.SecretReference(sid, name, filename=name))
+                swarm_name = name
+                sid = self._secret_id(name)
+            if sid is None:
+                raise SwarmlessError(
+                    f"secret {name!r} does not exist: swarmless secret create {name} FILE "
+                    f"(or docker secret create {name} FILE on a manager)"
+                )
+            refs.append(docker.types.SecretReference(sid, swarm_name, filename=name))
         return refs
+
+    def _secret_id(self, name: str) -> str | None:
+        for s in self.client.api.secrets(filters={"name": name}):
+            if s["Spec"]["Name"] == name:
+                return str(s["ID"])
+        return None
+
+    def _remove_secret_versions(self, name: str, keep: str = "") -> None:
+        """Remove the Swarm secrets made from ``name`` (but ``keep``); in use stays."""
+        api = self.client.api
+        flt = [f"{LABEL_SECRET}={name}", f"{LABEL_GATEWAY}={self.settings.instance}"]
+        for s in api.secrets(filters={"label": flt}):
+            if s["Spec"]["Name"] != keep:
+                with contextlib.suppress(docker.errors.APIError):
+                    api.remove_secret(s["ID"])
+
+    async def put_secret(self, name: str, data: bytes) -> None:
+        await super().put_secret(name, data)
+        if self._client is not None:  # older versions that no service uses any more go
+            keep = f"swarmless-{name[:40]}-{hashlib.sha256(data).hexdigest()[:12]}"
+            await self._call(self._remove_secret_versions, name, keep)
+
+    async def delete_secret(self, name: str) -> bool:
+        existed = await super().delete_secret(name)
+        if self._client is not None:
+            await self._call(self._remove_secret_versions, name)
+        return existed
+
+    async def list_secrets(self) -> list[str]:
+        """The gateway's secrets, and the Swarm's own (not made by swarmless)."""
+        names = set(await super().list_secrets())
+        if self._client is not None:
+
+            def swarm() -> list[str]:
+                with translate(api=self.client.api):
+                    found = self.client.api.secrets()
+                return [
+                    str(s["Spec"]["Name"])
+                    for s in found
+                    if LABEL_MANAGED not in (s["Spec"].get("Labels") or {})
+                ]
+
+            names.update(await self._call(swarm))
+        return sorted(names)
 
     def _task_template(
         self,

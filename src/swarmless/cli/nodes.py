@@ -7,7 +7,7 @@ from collections import Counter
 import docker
 from rich.table import Table
 
-from swarmless.backends.swarm import list_nodes, placement
+from swarmless.backends.swarm_nodes import list_nodes, placement
 from swarmless.cli._base import console
 from swarmless.config import Settings
 from swarmless.engine import connect, translate
