@@ -108,7 +108,8 @@ class Reconciler:
                 self._thawing.add(w.id)
                 self._spawn(self._thaw(w))
         if decision.desired > len(current):
-            if now >= pool.backoff_until:
+            # A gateway shutting down has retired every worker: never replace them.
+            if now >= pool.backoff_until and not self.dispatcher.closing:
                 for _ in range(decision.desired - len(current)):
                     self._spawn(self.start_worker())
                 self.dispatcher.metrics.scale_events.labels(spec.name, "up").inc(
@@ -207,5 +208,7 @@ class Reconciler:
             pool.crash(f"function {pool.spec.name!r}: could not start a container: {e.message}")
             log.warning("%s", pool.crashed)
             return
-        if worker.state == "gone":  # died (and was noticed) before we learnt its id
+        # Died (and was noticed) before we learnt its id, or the gateway began to shut
+        # down (and stopped the containers it knew of) while this one was being created.
+        if worker.state == "gone" or self.dispatcher.closing:
             await self.dispatcher.stop_worker(worker)
