@@ -7,10 +7,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: up test setup venv engine images lint check bench clean
+.PHONY: up demo test setup venv engine images lint check bench clean
 
 up: setup
 	bash examples/voting-app/run.sh up
+
+# The gateway with two functions deployed (hello, upper) and the curl lines to call them.
+demo: setup
+	$(PY) -m swarmless.demo
 
 test: setup lint
 	bash scripts/pytest.sh $(PYTEST_ARGS)

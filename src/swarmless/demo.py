@@ -1,4 +1,4 @@
-"""The demo ``make up`` runs: a gateway with two functions, and the lines to call them.
+"""``make demo``: a gateway with two functions, and the lines to call them.
 
     python -m swarmless.demo
 
