@@ -64,16 +64,23 @@ class Reconciler:
     async def run(self) -> None:
         """Reconcile until cancelled (or the pool's function is removed)."""
         pool = self.pool
-        while self.dispatcher.pools.get(pool.spec.name) is pool:
+        while self.installed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(pool.wake.wait(), self.interval)
             pool.wake.clear()
+            if not self.installed:  # redeployed in another mode, or removed, meanwhile
+                break
             try:
                 self.step(time.monotonic())
             except Exception:  # a bad step must not stop scaling for good
                 log.exception("reconcile %s failed", pool.spec.name)
         for w in list(pool.workers.values()):
             pool.retire(w)
+
+    @property
+    def installed(self) -> bool:
+        """True while this pool is the function's (not replaced, not removed)."""
+        return self.dispatcher.pools.get(self.pool.spec.name) is self.pool
 
     def step(self, now: float) -> Decision:
         pool = self.pool
@@ -208,7 +215,8 @@ class Reconciler:
             pool.crash(f"function {pool.spec.name!r}: could not start a container: {e.message}")
             log.warning("%s", pool.crashed)
             return
-        # Died (and was noticed) before we learnt its id, or the gateway began to shut
-        # down (and stopped the containers it knew of) while this one was being created.
-        if worker.state == "gone" or self.dispatcher.closing:
+        # Died (and was noticed) before we learnt its id; or, while it was being created,
+        # the gateway began to shut down or the pool was dropped (each stopped the
+        # containers it knew of): nothing else would ever stop this one.
+        if worker.state == "gone" or self.dispatcher.closing or not self.installed:
             await self.dispatcher.stop_worker(worker)
