@@ -95,9 +95,22 @@ def stack(
         s.deploy(mode="warm", record="spawn")
         yield s
     finally:
+        left: list[str] = []
         if gw is not None:
+            # The gateway removes its own containers when it stops (the result page polled
+            # until the end, so its function was busy a moment ago: nothing may replace it).
+            gw.server.stop()
+            if gw._thread is not None:
+                gw._thread.join(60)
+            left = [
+                f"{c['Names'][0]} {c['State']} {c['Labels'].get('swarmless.kind')}"
+                for c in engine.api.containers(
+                    all=True, filters={"label": f"swarmless.gateway={gw.instance}"}
+                )
+            ]
             gw.stop(engine)
         app.remove_all(engine, names, labels=labels)
+        assert not left, f"containers left by the stopped gateway: {left}"
     assert not engine.containers.list(all=True, filters={"name": names.prefix})
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The serverless voting app on the local engine (details: README.md, votingapp.py):
+# The serverless voting app on the local engine (details: README.md, cli.py):
 #
 #   examples/voting-app/run.sh up [--mode warm|cgi] [--record spawn|docker]
 #   examples/voting-app/run.sh deploy --mode cgi      # switch the running app
@@ -12,4 +12,4 @@ if [ ! -x "$py" ]; then
   echo "run.sh: no Python environment at $py; run 'make setup' first" >&2
   exit 1
 fi
-exec "$py" "$here/votingapp.py" "$@"
+exec "$py" "$here/cli.py" "$@"

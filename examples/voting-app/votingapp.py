@@ -1,11 +1,6 @@
-"""The serverless voting app on swarmless: build it, bring it up, switch it, tear it down.
+"""The serverless voting app on swarmless, as building blocks (``cli.py`` composes them).
 
-    examples/voting-app/run.sh up [--mode warm|cgi] [--record spawn|docker]
-    examples/voting-app/run.sh deploy --mode cgi        # switch the running app
-    examples/voting-app/run.sh status
-    examples/voting-app/run.sh down [--keep-images]
-
-``up`` builds the images (each tagged with a hash of its build context, so a second ``up``
+``run.sh up`` builds the images (each tagged with a hash of its build context, so a second ``up``
 builds nothing), starts PostgreSQL (container ``swarmless-vote-db``, data on the volume
 ``swarmless-vote-data``) on the gateway's function network (``swarmless-vote``), runs a
 gateway in the foreground (instance ``swarmless-vote``, data in
@@ -21,19 +16,13 @@ with their own names and labels.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import io
 import json
 import os
-import secrets
-import shutil
-import signal
-import sys
 import tarfile
 import threading
 import time
@@ -44,11 +33,10 @@ from typing import Any
 
 import docker
 import docker.errors
-from rich.console import Console
 
 import swarmless
 from swarmless.config import Settings, default_data_dir
-from swarmless.engine import connect, managed_labels
+from swarmless.engine import managed_labels
 from swarmless.exceptions import FunctionNotFound, SwarmlessError
 from swarmless.gateway.app import Gateway, admin_token
 from swarmless.gateway.server import GatewayServer
@@ -64,8 +52,6 @@ PYTHON = os.environ.get("SWARMLESS_BASE_IMAGE", "swarmless/python:bookworm")
 MODES = ("warm", "cgi")
 RECORD_PATHS = ("spawn", "docker")
 FRONT_ENDS = ("vote", "result")
-
-console = Console(soft_wrap=True, highlight=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -473,212 +459,6 @@ def background_gateway(
         thread.join(60)
 
 
-# -- the command line ----------------------------------------------------------------------
-
-
 def data_dir_of(arg: str | None = None) -> Path:
     """Where ``up`` keeps its store, token, database password and state."""
     return Path(arg).expanduser() if arg else default_data_dir().parent / "swarmless-vote"
-
-
-def _password(data_dir: Path) -> str:
-    path = data_dir / "db-password"
-    if path.is_file():
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(18)
-    path.touch(mode=0o600)
-    path.write_text(password + "\n")
-    return password
-
-
-def _state(data_dir: Path) -> dict[str, Any]:
-    try:
-        state: dict[str, Any] = json.loads((data_dir / "state.json").read_text())
-    except (OSError, ValueError):
-        raise SwarmlessError(
-            f"the voting app is not up (no {data_dir / 'state.json'}); start it: run.sh up"
-        ) from None
-    return state
-
-
-def _client(state: Mapping[str, Any], data_dir: Path) -> GatewayClient:
-    token, _ = admin_token(data_dir)
-    return GatewayClient(Settings.load(gateway_url=state["url"], token=token), timeout=60)
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    names = Names()
-    data_dir = data_dir_of(args.data_dir)
-    engine = connect()
-    try:
-        with console.status("building the images ...") as status:
-            images = build_images(engine, say=lambda m: status.update(m))
-        console.print(f"images ready ({', '.join(dataclasses.asdict(images).values())})")
-        ensure_network(engine, names.network, {})
-        with console.status(f"starting PostgreSQL ({names.db}) ..."):
-            db = start_database(
-                engine, image=images.postgres, names=names, password=_password(data_dir)
-            )
-        console.print(f"database {names.db} on network {names.network}, volume {names.volume}")
-    finally:
-        engine.close()
-
-    settings = Settings.load(data_dir=data_dir, instance=names.instance, network=names.network)
-    token, _ = admin_token(data_dir)
-    gateway = Gateway(settings, token=token)
-    pid_file = data_dir / "gateway.pid"
-
-    def started(gw: Gateway, port: int) -> None:
-        url = f"http://{gw.settings.host}:{port}"
-        state = {"url": url, "images": dataclasses.asdict(images), "db_url": db.url}
-        (data_dir / "state.json").write_text(json.dumps(state, indent=2))
-        threading.Thread(
-            target=_deploy_and_announce,
-            args=(url, token, data_dir, images, db, args.mode, args.record),
-            daemon=True,
-        ).start()
-
-    pid_file.write_text(str(os.getpid()))
-    # uvicorn drains on SIGTERM, then raises it again: end like Ctrl-C, running the finally.
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        asyncio.run(_serve(gateway, started))
-    except KeyboardInterrupt:
-        pass
-    except OSError as e:
-        if e.errno != errno.EADDRINUSE:
-            raise
-        console.print(
-            f"[red]error:[/red] {settings.host}:{settings.port} is in use (another gateway?); "
-            f"stop it, or pick another port: SWARMLESS_PORT={settings.port + 1} run.sh up"
-        )
-        return 1
-    finally:
-        pid_file.unlink(missing_ok=True)
-        (data_dir / "state.json").unlink(missing_ok=True)
-    console.print(
-        "gateway stopped, function containers removed; the database keeps the votes "
-        "(remove everything: examples/voting-app/run.sh down)"
-    )
-    return 0
-
-
-def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-async def _serve(gateway: Gateway, started: Callable[[Gateway, int], None]) -> None:
-    await GatewayServer(gateway).serve(started)
-
-
-def _deploy_and_announce(
-    url: str, token: str, data_dir: Path, images: Images, db: Database, mode: str, record: str
-) -> None:
-    gw = GatewayClient(Settings.load(gateway_url=url, token=token), timeout=60)
-    try:
-        changed = deploy(gw, specs(images, db, mode=mode, record=record))
-    except SwarmlessError as e:
-        console.print(f"[red]error:[/red] deploying the functions failed: {e.message}")
-        return
-    finally:
-        gw.close()
-    console.print(f"deployed: {', '.join(changed) or 'nothing changed'}")
-    pages = urls(url)
-    console.rule("the voting app is up")
-    console.print(f"  vote:    [bold]{pages['vote']}[/bold]")
-    console.print(f"  result:  [bold]{pages['result']}[/bold]")
-    via = "spawn (async, durable, retried)" if record == "spawn" else "run(detach=True), scoped"
-    console.print(f"  mode: {mode}, votes recorded by {via}")
-    here = Path(__file__).parent
-    console.print(
-        f"\n  switch:  {here}/run.sh deploy --mode {'cgi' if mode == 'warm' else 'warm'}\n"
-        f"  load:    .venv/bin/python {here}/load.py\n"
-        f"  CLI:     export SWARMLESS_GATEWAY_URL={url} "
-        f"SWARMLESS_TOKEN=$(cat {data_dir / 'token'}); swarmless ls\n"
-        f"  down:    {here}/run.sh down   (Ctrl-C stops the gateway only)"
-    )
-
-
-def cmd_deploy(args: argparse.Namespace) -> int:
-    data_dir = data_dir_of(args.data_dir)
-    state = _state(data_dir)
-    images = Images(**state["images"])
-    db = Database(container=Names().db, url=state["db_url"])
-    gw = _client(state, data_dir)
-    try:
-        changed = deploy(gw, specs(images, db, mode=args.mode, record=args.record))
-    finally:
-        gw.close()
-    console.print(f"deployed: {', '.join(changed) or 'nothing changed'}")
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    data_dir = data_dir_of(args.data_dir)
-    state = _state(data_dir)
-    gw = _client(state, data_dir)
-    try:
-        for name in ("vote", "result", "record-vote"):
-            f = gw.function(name)
-            running = container_count(f.get("containers") or {}, f["spec"]["mode"])
-            page = urls(state["url"]).get(name, "")
-            console.print(f"{name:12} {f['spec']['mode']:8} containers={running:<3} {page}")
-    finally:
-        gw.close()
-    return 0
-
-
-def cmd_down(args: argparse.Namespace) -> int:
-    data_dir = data_dir_of(args.data_dir)
-    pid_file = data_dir / "gateway.pid"
-    if pid_file.is_file():
-        pid = int(pid_file.read_text().strip() or 0)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-            console.print(f"stopping the gateway (pid {pid}) ...")
-            deadline = time.monotonic() + 45
-            while time.monotonic() < deadline:
-                os.kill(pid, 0)  # raises ProcessLookupError once it is gone
-                time.sleep(0.2)
-    engine = connect()
-    try:
-        removed = remove_all(engine, Names(), images=not args.keep_images)
-    finally:
-        engine.close()
-    if data_dir.exists():
-        shutil.rmtree(data_dir)
-        removed.append(f"data directory {data_dir}")
-    for item in removed:
-        console.print(f"removed {item}")
-    console.print("the voting app is gone" if removed else "nothing to remove")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="run.sh", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", help="default: ~/.local/share/swarmless-vote")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, helptext in (
-        ("up", "build, start the database and a gateway, deploy, print the URLs"),
-        ("deploy", "redeploy on the running app (switch --mode or --record)"),
-    ):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("--mode", choices=MODES, default=os.environ.get("VOTE_MODE", "warm"))
-        p.add_argument(
-            "--record", choices=RECORD_PATHS, default=os.environ.get("VOTE_RECORD", "spawn")
-        )
-    sub.add_parser("status", help="the functions and their containers")
-    down = sub.add_parser("down", help="remove everything the example made")
-    down.add_argument("--keep-images", action="store_true", help="keep the built images")
-    args = parser.parse_args(argv)
-    command = {"up": cmd_up, "deploy": cmd_deploy, "status": cmd_status, "down": cmd_down}
-    try:
-        return command[args.command](args)
-    except SwarmlessError as e:
-        console.print(f"[red]error:[/red] {e.message}")
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
