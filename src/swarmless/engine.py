@@ -17,29 +17,30 @@ import docker.errors
 import requests.exceptions
 
 from swarmless.exceptions import EngineUnavailable, ImageNotFound, SwarmlessError
+from swarmless.labels import (
+    LABEL_CALL,
+    LABEL_FUNCTION,
+    LABEL_GATEWAY,
+    LABEL_KIND,
+    LABEL_MANAGED,
+    LABEL_PARENT,
+    LABEL_WORKER,
+    managed_labels,
+)
 
 __all__ = [
     "LABEL_CALL",
     "LABEL_FUNCTION",
+    "LABEL_GATEWAY",
     "LABEL_KIND",
     "LABEL_MANAGED",
     "LABEL_PARENT",
+    "LABEL_WORKER",
     "connect",
     "engine_address",
     "managed_labels",
     "translate",
 ]
-
-#: Every object swarmless creates carries ``swarmless.managed=true``.
-LABEL_MANAGED = "swarmless.managed"
-#: What the object is: ``run``, ``oneshot``, ``cgi``, ``worker``, ``network``.
-LABEL_KIND = "swarmless.kind"
-#: The deployed function an object belongs to.
-LABEL_FUNCTION = "swarmless.function"
-#: The invocation a one-shot container serves.
-LABEL_CALL = "swarmless.call"
-#: The container that asked for this one (scoped Docker API).
-LABEL_PARENT = "swarmless.parent"
 
 #: Connections per engine client; 20 threads running containers at once must not queue.
 POOL_SIZE = 64
@@ -48,15 +49,6 @@ POOL_SIZE = 64
 def engine_address(docker_host: str | None = None) -> str:
     """The engine address the Docker SDK will try, for error messages."""
     return docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-
-
-def managed_labels(kind: str, extra: dict[str, str] | None = None, **more: str) -> dict[str, str]:
-    """The labels every swarmless object carries, plus ``extra``."""
-    labels = {LABEL_MANAGED: "true", LABEL_KIND: kind}
-    labels.update({f"swarmless.{k}": v for k, v in more.items()})
-    if extra:
-        labels.update(extra)
-    return labels
 
 
 def connect(docker_host: str | None = None, *, timeout: float = 120) -> docker.DockerClient:

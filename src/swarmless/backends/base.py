@@ -8,14 +8,23 @@ reconciler only speak this interface; ``docker.errors`` never cross it.
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import docker
 
 from swarmless.config import Settings
+from swarmless.engine import LABEL_FUNCTION, LABEL_GATEWAY, managed_labels
 from swarmless.exceptions import SwarmlessError
 from swarmless.spec import FunctionSpec
 
-__all__ = ["Backend", "ContainerInfo", "OneShotResult", "WorkerLaunch"]
+__all__ = ["Backend", "ContainerInfo", "EngineBackend", "OneShotResult", "WorkerLaunch"]
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -141,3 +150,47 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def list_containers(self) -> list[ContainerInfo]:
         """Every swarmless function container on the engine."""
+
+
+class EngineBackend(Backend):
+    """What both backends share: a Docker SDK client used from a thread pool, and labels.
+
+    The Docker SDK is synchronous; its calls run in a dedicated pool sized for bursts of
+    container starts (the default asyncio pool has only ``cpu + 4`` threads).
+    """
+
+    def __init__(
+        self, settings: Settings, *, labels: Mapping[str, str] | None = None, name: str
+    ) -> None:
+        self.settings = settings
+        #: Extra labels on everything created (tests use them to clean up by label).
+        self.extra_labels = dict(labels or {})
+        self._client: docker.DockerClient | None = None
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix=f"swarmless-{name}")
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            raise SwarmlessError("backend not started")
+        return self._client
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    def _close_client(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _labels(self, kind: str, spec: FunctionSpec, **more: str) -> dict[str, str]:
+        """The spec's labels, the extra ones, then swarmless's own (which win)."""
+        labels = dict(spec.labels)
+        labels.update(self.extra_labels)
+        labels.update(managed_labels(kind))
+        labels[LABEL_FUNCTION] = spec.name
+        labels[LABEL_GATEWAY] = self.settings.instance
+        labels.update({f"swarmless.{k}": v for k, v in more.items()})
+        return labels

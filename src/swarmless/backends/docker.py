@@ -20,8 +20,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,13 +28,15 @@ import docker
 import docker.errors
 import docker.types
 
-from swarmless.backends.base import Backend, ContainerInfo, OneShotResult, WorkerLaunch
+from swarmless.backends.base import ContainerInfo, EngineBackend, OneShotResult, WorkerLaunch
 from swarmless.config import Settings
 from swarmless.engine import (
     LABEL_CALL,
     LABEL_FUNCTION,
+    LABEL_GATEWAY,
     LABEL_KIND,
     LABEL_MANAGED,
+    LABEL_WORKER,
     connect,
     managed_labels,
     translate,
@@ -50,8 +51,6 @@ __all__ = ["DockerBackend", "runtime_package_dir"]
 log = logging.getLogger("swarmless.backend")
 T = TypeVar("T")
 
-LABEL_WORKER = "swarmless.worker"
-LABEL_GATEWAY = "swarmless.gateway"
 LABEL_VERSION = "swarmless.version"
 RUNTIME_MOUNT = "/opt/swarmless"
 
@@ -99,32 +98,17 @@ def __getattr__(name):
 """
 
 
-class DockerBackend(Backend):
+class DockerBackend(EngineBackend):
     """Function containers on one Docker Engine."""
 
     def __init__(self, settings: Settings, *, labels: Mapping[str, str] | None = None) -> None:
-        self.settings = settings
-        #: Extra labels on every container (tests use them to clean up by label).
-        self.extra_labels = dict(labels or {})
-        self._client: docker.DockerClient | None = None
-        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="swarmless-docker")
+        super().__init__(settings, labels=labels, name="docker")
         self._gateway_ip = "127.0.0.1"
         self._runtime_dir: Path | None = None
         self._events: Any = None
         self._watcher: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         #: Set by the gateway: each container's token (SWARMLESS_TOKEN, scoped DOCKER_HOST).
         self.callers: CallerTokens | None = None
-
-    @property
-    def client(self) -> docker.DockerClient:
-        if self._client is None:
-            raise SwarmlessError("backend not started")
-        return self._client
-
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -145,10 +129,7 @@ class DockerBackend(Backend):
         if self._events is not None:
             with contextlib.suppress(Exception):
                 self._events.close()
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                self._client.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._close_client()
 
     def runtime_host(self) -> str:
         return self._gateway_ip
@@ -250,15 +231,6 @@ class DockerBackend(Backend):
                 f"secret {name!r} does not exist; create it: swarmless secret create {name} FILE"
             )
         return path
-
-    def _labels(self, kind: str, spec: FunctionSpec, **more: str) -> dict[str, str]:
-        labels = dict(spec.labels)
-        labels.update(self.extra_labels)
-        labels.update(managed_labels(kind))
-        labels[LABEL_FUNCTION] = spec.name
-        labels[LABEL_GATEWAY] = self.settings.instance
-        labels.update({f"swarmless.{k}": v for k, v in more.items()})
-        return labels
 
     async def start_worker(self, launch: WorkerLaunch) -> str:
         spec = launch.spec

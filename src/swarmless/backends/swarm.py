@@ -32,22 +32,22 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
 import docker.types
 
-from swarmless.backends.base import Backend, ContainerInfo, OneShotResult, WorkerLaunch
-from swarmless.backends.docker import LABEL_GATEWAY, LABEL_WORKER
+from swarmless.backends.base import ContainerInfo, EngineBackend, OneShotResult, WorkerLaunch
 from swarmless.config import Settings
 from swarmless.engine import (
     LABEL_CALL,
     LABEL_FUNCTION,
+    LABEL_GATEWAY,
     LABEL_KIND,
     LABEL_MANAGED,
+    LABEL_WORKER,
     connect,
     engine_address,
     managed_labels,
@@ -93,7 +93,7 @@ def _exit_code(task: Mapping[str, Any]) -> int | None:
     return int(code) if isinstance(code, int) else None
 
 
-class SwarmBackend(Backend):
+class SwarmBackend(EngineBackend):
     """Function containers as services on a Docker Swarm (through one of its managers)."""
 
     def __init__(
@@ -104,14 +104,9 @@ class SwarmBackend(Backend):
         poll_interval: float = 0.5,
         stop_grace: float = 5.0,
     ) -> None:
-        self.settings = settings
-        #: Extra labels on every service and container (tests use them to clean up by label).
-        self.extra_labels = dict(labels or {})
+        super().__init__(settings, labels=labels, name="swarm")
         self.poll_interval = poll_interval
         self.stop_grace = stop_grace
-        self._client: docker.DockerClient | None = None
-        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="swarmless-swarm")
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._runtime_ip = ""
         self._network_id = ""
         self._lock = threading.Lock()
@@ -126,16 +121,6 @@ class SwarmBackend(Backend):
         self._images: dict[str, tuple[list[str], list[str]]] = {}
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-
-    @property
-    def client(self) -> docker.DockerClient:
-        if self._client is None:
-            raise SwarmlessError("backend not started")
-        return self._client
-
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -160,10 +145,7 @@ class SwarmBackend(Backend):
         self._stop.set()
         if self._watcher is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._watcher.join, 5)
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                self._client.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._close_client()
 
     def runtime_host(self) -> str:
         return self._runtime_ip
@@ -297,15 +279,6 @@ class SwarmBackend(Backend):
         await self._call(check)
 
     # -- services ------------------------------------------------------------------
-
-    def _labels(self, kind: str, spec: FunctionSpec, **more: str) -> dict[str, str]:
-        labels = dict(spec.labels)
-        labels.update(self.extra_labels)
-        labels.update(managed_labels(kind))
-        labels[LABEL_FUNCTION] = spec.name
-        labels[LABEL_GATEWAY] = self.settings.instance
-        labels.update({f"swarmless.{k}": v for k, v in more.items()})
-        return labels
 
     def _service_name(self, spec: FunctionSpec, suffix: str) -> str:
         return f"swarmless-{spec.name[:40]}-{suffix}"

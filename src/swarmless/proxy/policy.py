@@ -42,6 +42,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from swarmless.labels import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, LABEL_PARENT
+
 __all__ = [
     "LABEL_GATEWAY",
     "MIN_API",
@@ -55,10 +57,6 @@ __all__ = [
     "route",
 ]
 
-LABEL_MANAGED = "swarmless.managed"
-LABEL_KIND = "swarmless.kind"
-LABEL_PARENT = "swarmless.parent"
-LABEL_GATEWAY = "swarmless.gateway"
 
 #: Labels swarmless's own ``Client.run`` puts on every container: dropped, not refused (the
 #: proxy sets managed and kind itself), so ``swarmless.from_env().run()`` works inside.

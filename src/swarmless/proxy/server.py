@@ -38,8 +38,9 @@ from urllib.parse import urlparse
 import httpx
 
 from swarmless.config import Settings
+from swarmless.labels import LABEL_GATEWAY, LABEL_KIND, LABEL_PARENT
 from swarmless.proxy import policy
-from swarmless.proxy.policy import LABEL_GATEWAY, Caller, ProxyRequest, Target, Verdict
+from swarmless.proxy.policy import Caller, ProxyRequest, Target, Verdict
 from swarmless.proxy.tokens import PATH_PREFIX, CallerTokens, Grant
 from swarmless.spec import FunctionSpec
 
@@ -327,7 +328,7 @@ class DockerProxy:
                     allowed=False, rule="own-children", reason=f"no such {what}", status=404
                 )
         if r.endpoint == "create":
-            children = len(await self._list(f"{policy.LABEL_PARENT}={caller.container}"))
+            children = len(await self._list(f"{LABEL_PARENT}={caller.container}"))
         request = ProxyRequest(
             head.method, path, head.query, body, caller, target, images, children
         )
@@ -426,9 +427,9 @@ class DockerProxy:
 
     async def _remove_children(self, parent: str | None = None) -> int:
         """Remove the children of ``parent`` (of every container when None)."""
-        labels = [f"{policy.LABEL_KIND}=child"]
+        labels = [f"{LABEL_KIND}=child"]
         if parent is not None:
-            labels.append(f"{policy.LABEL_PARENT}={parent}")
+            labels.append(f"{LABEL_PARENT}={parent}")
         rows = await self._list(*labels)
         await asyncio.gather(*(self._remove(c["Id"]) for c in rows), return_exceptions=True)
         return len(rows)
@@ -456,7 +457,7 @@ class DockerProxy:
     def _died(self, event: dict[str, Any]) -> None:
         actor = event.get("Actor") or {}
         attrs: dict[str, str] = actor.get("Attributes") or {}
-        if attrs.get(policy.LABEL_KIND) == "child":
+        if attrs.get(LABEL_KIND) == "child":
             return
         self.tokens.revoke_container(attrs)
         cid = str(actor.get("ID") or event.get("id") or "")
@@ -477,12 +478,12 @@ class DockerProxy:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             with contextlib.suppress(httpx.HTTPError):
-                children = await self._list(f"{policy.LABEL_KIND}=child")
+                children = await self._list(f"{LABEL_KIND}=child")
                 if not children:
                     continue
                 running = {c["Id"] for c in await self._list(running=True)}
                 for c in children:
-                    if (c.get("Labels") or {}).get(policy.LABEL_PARENT) not in running:
+                    if (c.get("Labels") or {}).get(LABEL_PARENT) not in running:
                         await self._remove(c["Id"])
 
 

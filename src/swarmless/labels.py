@@ -1,0 +1,39 @@
+"""The labels every object swarmless creates carries, so it can be found, reconciled and
+removed (no dependencies: the pure proxy policy uses them too)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "LABEL_CALL",
+    "LABEL_FUNCTION",
+    "LABEL_GATEWAY",
+    "LABEL_KIND",
+    "LABEL_MANAGED",
+    "LABEL_PARENT",
+    "LABEL_WORKER",
+    "managed_labels",
+]
+
+#: Every object swarmless creates carries ``swarmless.managed=true``.
+LABEL_MANAGED = "swarmless.managed"
+#: What the object is: ``run``, ``oneshot``, ``cgi``, ``worker``, ``network``.
+LABEL_KIND = "swarmless.kind"
+#: The deployed function an object belongs to.
+LABEL_FUNCTION = "swarmless.function"
+#: The invocation a one-shot container serves.
+LABEL_CALL = "swarmless.call"
+#: The container that asked for this one (scoped Docker API).
+LABEL_PARENT = "swarmless.parent"
+#: The gateway instance that owns an object (several gateways may share one engine).
+LABEL_GATEWAY = "swarmless.gateway"
+#: The worker (warm container) an object is, as the gateway knows it.
+LABEL_WORKER = "swarmless.worker"
+
+
+def managed_labels(kind: str, extra: dict[str, str] | None = None, **more: str) -> dict[str, str]:
+    """The labels every swarmless object carries, plus ``extra``."""
+    labels = {LABEL_MANAGED: "true", LABEL_KIND: kind}
+    labels.update({f"swarmless.{k}": v for k, v in more.items()})
+    if extra:
+        labels.update(extra)
+    return labels
