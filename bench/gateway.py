@@ -517,6 +517,9 @@ def main() -> None:
             print("cgi requests ...", flush=True)
             cgi = bench.cgi_calls(cgi_image)
             ok = report(args, loads, cold, cgi)
+    except KeyboardInterrupt:
+        print("interrupted: removing what the run created", file=sys.stderr)
+        sys.exit(130)
     finally:
         bench.close()
     sys.exit(1 if args.strict and not ok else 0)
