@@ -212,6 +212,11 @@ class AsyncRunner:
         with contextlib.suppress(SwarmlessError):
             self.queued = await self.store.queued_counts()
 
+    def stop_claiming(self) -> None:
+        """Take no more calls from the queue (the gateway is shutting down)."""
+        self._stopping = True
+        self.wake.set()
+
     async def stop(self, timeout: float) -> None:
         """Stop claiming; wait (bounded) for the calls running; the rest stay leased."""
         self._stopping = True

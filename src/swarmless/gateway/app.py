@@ -263,8 +263,15 @@ class Gateway:
         self.reconcilers[name] = rec
         self._tasks[name] = asyncio.get_running_loop().create_task(rec.run())
 
+    async def drain(self) -> None:
+        """Wait (up to ``drain_timeout``) for the calls in flight to finish."""
+        if self.dispatcher is not None:
+            await self.dispatcher.drain(self.drain_timeout)
+
     def begin_shutdown(self) -> None:
         """Stop taking calls; tell every worker to finish what it holds and exit."""
+        if self.runner is not None:
+            self.runner.stop_claiming()
         if self.dispatcher is not None:
             self.dispatcher.begin_shutdown()
 

@@ -29,7 +29,9 @@ log = logging.getLogger("swarmless.gateway")
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket (``port`` 0 picks a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose protocol says
+    # TCP, and without it every response (headers, then body) waits 40 ms for an ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
@@ -51,7 +53,10 @@ class _Server(uvicorn.Server):
         self.gateway = gateway
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Drain before uvicorn closes connections: a worker finishing a call must still
+        # reach us with its result (it then gets 410 and exits).
         self.gateway.begin_shutdown()
+        await self.gateway.drain()
         await super().shutdown(sockets)
 
 
