@@ -4,6 +4,9 @@
     examples/voting-app/run.sh deploy --mode cgi        # switch the running app
     examples/voting-app/run.sh status
     examples/voting-app/run.sh down [--keep-images]
+    examples/voting-app/run.sh swarm-up [--mode warm|cgi] [--manager URL]   # on a Swarm
+    examples/voting-app/run.sh [--data-dir ~/.local/share/swarmless-vote-swarm] deploy ...
+    examples/voting-app/run.sh swarm-down
 
 See votingapp.py for what each step makes, and README.md.
 """
@@ -56,6 +59,8 @@ from votingapp import (
 )
 
 console = Console(soft_wrap=True, highlight=False)
+#: Where ``swarm-up`` keeps its gateway's data (``up`` uses votingapp.data_dir_of()).
+SWARM_DATA = data_dir_of().parent / "swarmless-vote-swarm"
 
 # -- the command line ----------------------------------------------------------------------
 
@@ -102,19 +107,71 @@ def cmd_up(args: argparse.Namespace) -> int:
         console.print(f"database {names.db} on network {names.network}, volume {names.volume}")
     finally:
         engine.close()
-
     settings = Settings.load(data_dir=data_dir, instance=names.instance, network=names.network)
+    return _serve_app(settings, images, db, args.mode, args.record, "")
+
+
+def cmd_swarm_up(args: argparse.Namespace) -> int:
+    from swarm import NAMES, ensure_overlay, load_images, start_database_service, test_cluster
+
+    if args.record != "spawn":
+        raise SwarmlessError("on a Swarm votes are recorded by spawn only (no scoped Docker API)")
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else SWARM_DATA
+    engine = connect()
+    try:
+        with console.status("building the images ...") as status:
+            images = build_images(engine, say=lambda m: status.update(m))
+    finally:
+        engine.close()
+    manager_url = args.manager
+    if not manager_url:
+        with console.status("the test Swarm (scripts/swarm-cluster.sh up) ..."):
+            manager_url = test_cluster()
+        with console.status("loading the images onto its nodes ..."):
+            load_images(images)
+    console.print(f"Swarm manager {manager_url}; images ready")
+    manager = connect(manager_url)
+    try:
+        ensure_overlay(manager, NAMES.network, {})
+        with console.status(f"starting PostgreSQL (service {NAMES.db}) ..."):
+            db = start_database_service(
+                manager, image=images.postgres, names=NAMES, password=_password(data_dir)
+            )
+        console.print(f"database service {NAMES.db} on the overlay {NAMES.network}")
+    finally:
+        manager.close()
+    settings = Settings.load(
+        data_dir=data_dir,
+        instance=NAMES.instance,
+        network=NAMES.network,
+        backend="swarm",
+        docker_host=manager_url,
+    )
+    return _serve_app(settings, images, db, args.mode, "spawn", f"--data-dir {data_dir} ")
+
+
+def _serve_app(
+    settings: Settings, images: Images, db: Database, mode: str, record: str, flags: str
+) -> int:
+    """Run a gateway in the foreground; once it answers, deploy and print the URLs."""
+    data_dir = settings.data_dir
     token, _ = admin_token(data_dir)
     gateway = Gateway(settings, token=token)
     pid_file = data_dir / "gateway.pid"
 
     def started(gw: Gateway, port: int) -> None:
         url = f"http://{gw.settings.host}:{port}"
-        state = {"url": url, "images": dataclasses.asdict(images), "db_url": db.url}
+        state = {
+            "url": url,
+            "images": dataclasses.asdict(images),
+            "db_url": db.url,
+            "backend": settings.backend,
+            "docker_host": settings.docker_host,
+        }
         (data_dir / "state.json").write_text(json.dumps(state, indent=2))
         threading.Thread(
             target=_deploy_and_announce,
-            args=(url, token, data_dir, images, db, args.mode, args.record),
+            args=(url, token, data_dir, images, db, mode, record, flags),
             daemon=True,
         ).start()
 
@@ -130,15 +187,16 @@ def cmd_up(args: argparse.Namespace) -> int:
             raise
         console.print(
             f"[red]error:[/red] {settings.host}:{settings.port} is in use (another gateway?); "
-            f"stop it, or pick another port: SWARMLESS_PORT={settings.port + 1} run.sh up"
+            f"stop it, or pick another port: SWARMLESS_PORT={settings.port + 1} run.sh ..."
         )
         return 1
     finally:
         pid_file.unlink(missing_ok=True)
         (data_dir / "state.json").unlink(missing_ok=True)
+    down = "swarm-down" if settings.backend == "swarm" else "down"
     console.print(
         "gateway stopped, function containers removed; the database keeps the votes "
-        "(remove everything: examples/voting-app/run.sh down)"
+        f"(remove everything: examples/voting-app/run.sh {flags}{down})"
     )
     return 0
 
@@ -152,7 +210,14 @@ async def _serve(gateway: Gateway, started: Callable[[Gateway, int], None]) -> N
 
 
 def _deploy_and_announce(
-    url: str, token: str, data_dir: Path, images: Images, db: Database, mode: str, record: str
+    url: str,
+    token: str,
+    data_dir: Path,
+    images: Images,
+    db: Database,
+    mode: str,
+    record: str,
+    flags: str,
 ) -> None:
     gw = GatewayClient(Settings.load(gateway_url=url, token=token), timeout=60)
     try:
@@ -170,18 +235,22 @@ def _deploy_and_announce(
     via = "spawn (async, durable, retried)" if record == "spawn" else "run(detach=True), scoped"
     console.print(f"  mode: {mode}, votes recorded by {via}")
     here = Path(__file__).parent
+    other = "cgi" if mode == "warm" else "warm"
+    down = "swarm-down" if "swarm" in data_dir.name else "down"
     console.print(
-        f"\n  switch:  {here}/run.sh deploy --mode {'cgi' if mode == 'warm' else 'warm'}\n"
-        f"  load:    .venv/bin/python {here}/load.py\n"
+        f"\n  switch:  {here}/run.sh {flags}deploy --mode {other}\n"
+        f"  load:    .venv/bin/python {here}/load.py {flags}\n"
         f"  CLI:     export SWARMLESS_GATEWAY_URL={url} "
         f"SWARMLESS_TOKEN=$(cat {data_dir / 'token'}); swarmless ls\n"
-        f"  down:    {here}/run.sh down   (Ctrl-C stops the gateway only)"
+        f"  down:    {here}/run.sh {flags}{down}   (Ctrl-C stops the gateway only)"
     )
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     data_dir = data_dir_of(args.data_dir)
     state = _state(data_dir)
+    if state.get("backend") == "swarm" and args.record != "spawn":
+        raise SwarmlessError("on a Swarm votes are recorded by spawn only (no scoped Docker API)")
     images = Images(**state["images"])
     db = Database(container=Names().db, url=state["db_url"])
     gw = _client(state, data_dir)
@@ -208,23 +277,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_down(args: argparse.Namespace) -> int:
-    data_dir = data_dir_of(args.data_dir)
+def _stop_gateway(data_dir: Path) -> None:
+    """Stop the gateway ``up`` runs (SIGTERM: it drains and removes its containers)."""
     pid_file = data_dir / "gateway.pid"
-    if pid_file.is_file():
-        pid = int(pid_file.read_text().strip() or 0)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-            console.print(f"stopping the gateway (pid {pid}) ...")
-            deadline = time.monotonic() + 45
-            while time.monotonic() < deadline:
-                os.kill(pid, 0)  # raises ProcessLookupError once it is gone
-                time.sleep(0.2)
-    engine = connect()
-    try:
-        removed = remove_all(engine, Names(), images=not args.keep_images)
-    finally:
-        engine.close()
+    if not pid_file.is_file():
+        return
+    pid = int(pid_file.read_text().strip() or 0)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        console.print(f"stopping the gateway (pid {pid}) ...")
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)  # raises ProcessLookupError once it is gone
+            time.sleep(0.2)
+
+
+def _finish(removed: list[str], data_dir: Path) -> int:
     if data_dir.exists():
         shutil.rmtree(data_dir)
         removed.append(f"data directory {data_dir}")
@@ -232,6 +300,30 @@ def cmd_down(args: argparse.Namespace) -> int:
         console.print(f"removed {item}")
     console.print("the voting app is gone" if removed else "nothing to remove")
     return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    data_dir = data_dir_of(args.data_dir)
+    _stop_gateway(data_dir)
+    engine = connect()
+    try:
+        removed = remove_all(engine, Names(), images=not args.keep_images)
+    finally:
+        engine.close()
+    return _finish(removed, data_dir)
+
+
+def cmd_swarm_down(args: argparse.Namespace) -> int:
+    from swarm import NAMES, remove_swarm, test_cluster
+
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else SWARM_DATA
+    _stop_gateway(data_dir)
+    manager = connect(args.manager or test_cluster())
+    try:
+        removed = remove_swarm(manager, NAMES)
+    finally:
+        manager.close()
+    return _finish(removed, data_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,11 +339,26 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(
             "--record", choices=RECORD_PATHS, default=os.environ.get("VOTE_RECORD", "spawn")
         )
+    manager = {"default": os.environ.get("SWARMLESS_DOCKER_HOST"), "metavar": "URL"}
+    manager_help = "a Swarm manager's Engine API (default: the test Swarm)"
+    p = sub.add_parser("swarm-up", help="the same on a Docker Swarm (see swarm.py)")
+    p.add_argument("--mode", choices=MODES, default=os.environ.get("VOTE_MODE", "warm"))
+    p.add_argument("--record", choices=RECORD_PATHS, default="spawn")
+    p.add_argument("--manager", help=manager_help, **manager)
+    p = sub.add_parser("swarm-down", help="remove what swarm-up made on the Swarm")
+    p.add_argument("--manager", help=manager_help, **manager)
     sub.add_parser("status", help="the functions and their containers")
     down = sub.add_parser("down", help="remove everything the example made")
     down.add_argument("--keep-images", action="store_true", help="keep the built images")
     args = parser.parse_args(argv)
-    command = {"up": cmd_up, "deploy": cmd_deploy, "status": cmd_status, "down": cmd_down}
+    command = {
+        "up": cmd_up,
+        "deploy": cmd_deploy,
+        "status": cmd_status,
+        "down": cmd_down,
+        "swarm-up": cmd_swarm_up,
+        "swarm-down": cmd_swarm_down,
+    }
     try:
         return command[args.command](args)
     except SwarmlessError as e:

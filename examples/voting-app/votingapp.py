@@ -108,6 +108,14 @@ def _files(folder: Path, prefix: str = "") -> dict[str, bytes]:
     return out
 
 
+def _runtime_files() -> dict[str, bytes]:
+    """The runtime at /opt/swarmless in the front ends' images: the swarm backend runs warm
+    containers from the image (the docker backend mounts the gateway's own copy there)."""
+    from swarmless.build import runtime_files
+
+    return {f"runtime/{path}": data for path, data in runtime_files().items()}
+
+
 def _sdk_files() -> dict[str, bytes]:
     """The swarmless package as this process runs it (vote's ``docker`` path imports it)."""
     files = _files(Path(swarmless.__file__).parent, "swarmless/")
@@ -190,8 +198,8 @@ def build_images(
             name: pool.submit(_build, engine, name, files, {"BASE": base}, say)
             for name, files in (
                 ("record-vote", _files(HERE / "record-vote")),
-                ("vote", {**_files(HERE / "vote"), **_sdk_files()}),
-                ("result", _files(HERE / "result")),
+                ("vote", {**_files(HERE / "vote"), **_sdk_files(), **_runtime_files()}),
+                ("result", {**_files(HERE / "result"), **_runtime_files()}),
             )
         }
         return Images(
