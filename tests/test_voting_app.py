@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -280,3 +281,77 @@ def test_cgi_mode_and_the_2016_call_shape(stack: Stack, engine: docker.DockerCli
         assert not [c for c in children if c.labels.get("swarmless.gateway") == stack.gw.instance]
     finally:
         stack.deploy(mode="warm", record="spawn")
+
+
+# -- on a real 3-node Swarm (scripts/swarm-cluster.sh) --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def swarm_cluster(engine: docker.DockerClient) -> Iterator[Any]:
+    from tests.swarm_harness import cluster_session
+
+    with cluster_session(engine, f"swarmless.test={SESSION}") as c:
+        yield c
+
+
+@pytest.mark.swarm
+@pytest.mark.slow
+def test_the_app_on_a_swarm(
+    engine: docker.DockerClient,
+    labels: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    swarm_cluster: Any,
+) -> None:
+    import swarm
+    from tests.swarm_harness import SwarmGateway
+
+    images = app.build_images(engine)
+    swarm_cluster.load(images.vote, images.record_vote, images.result)
+    manager = swarm_cluster.manager
+    try:
+        manager.images.get(images.postgres)
+    except docker.errors.ImageNotFound:
+        # Only the manager runs the database (placement): the big image goes there only.
+        with tempfile.TemporaryFile() as tar:
+            for chunk in engine.images.get(images.postgres).save(named=True):
+                tar.write(chunk)
+            tar.seek(0)
+            manager.api.load_image(tar)
+    names = app.Names(f"swarmless-test-vote-swarm-{SESSION}")
+    gw = SwarmGateway(
+        swarm_cluster, tmp_path_factory.mktemp("swarm-vote"), labels, network=names.network
+    ).start()
+    try:
+        db = swarm.start_database_service(
+            manager, image=images.postgres, names=names, password="test", labels=labels
+        )
+        for spec in app.specs(images, db, mode="warm", retries=8, backoff=0.5):
+            gw.deploy(**spec.to_dict())
+        voters = {"a": "", "b": ""}
+        with httpx.Client(base_url=gw.url, timeout=120) as http:
+            for choice in voters:
+                r = http.post("/function/vote/", data={"vote": choice})
+                assert r.status_code == 200, r.text
+                assert "queued as call" in r.text
+                http.cookies.clear()
+
+            def tallied(total: int) -> Any:
+                r = http.get("/function/result/data.json")
+                return r.json() if r.status_code == 200 and r.json()["total"] == total else None
+
+            data = wait_for(lambda: tallied(2), 90, "two votes recorded on the Swarm")
+            assert data["percent"] == {"a": 50, "b": 50}
+            placement = gw.backend.placement()
+            nodes = {placement.get(s["ID"]) for s in gw.services()} - {None}
+            assert nodes, "no function container placed on a node"
+            # The one switch, on the Swarm too: a cgi request is a service of its own.
+            for spec in app.specs(images, db, mode="cgi", retries=8, backoff=0.5)[1:]:
+                gw.deploy(**spec.to_dict())
+            r = http.post("/function/vote/", data={"vote": "a"})
+            assert r.status_code == 200, r.text
+            data = wait_for(lambda: tallied(3), 90, "a third vote, through cgi")
+            assert data["votes"] == {"a": 2, "b": 1}
+    finally:
+        gw.stop()
+        swarm.remove_swarm(manager, names)
+    assert not manager.api.services(filters={"label": f"swarmless.gateway={gw.instance}"})
