@@ -287,10 +287,12 @@ class Dispatcher:
         if pool.crashed is not None and not pool.counts()["ready"]:
             raise FunctionFailed(pool.crashed)
         pool.submit(call)
+        # One timer per call (cheaper than wait_for(shield(...)) on this hot path): at the
+        # deadline the call's future gets a TimeoutError, unless it was answered first.
+        timer = loop.call_later(spec.timeout, _expire, call.future)
         try:
-            result = await asyncio.wait_for(asyncio.shield(call.future), spec.timeout)
+            result = await call.future
         except TimeoutError:
-            call.future.cancel()
             worker = pool.forget(call)
             if worker is not None:
                 # The worker is stuck in this call: recycle it, its other calls go back.
@@ -306,6 +308,8 @@ class Dispatcher:
             call.future.cancel()
             pool.forget(call)
             raise
+        finally:
+            timer.cancel()
         if result.error is not None:
             rec.exit_code = result.exit_code
             detail = result.body[-4000:].decode("utf-8", "replace").strip()
@@ -576,6 +580,11 @@ class Dispatcher:
                     call.future.set_exception(SwarmlessError("the gateway is shutting down"))
         await asyncio.gather(*stops, return_exceptions=True)
         await self.store.flush()
+
+
+def _expire(future: asyncio.Future[Result]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def _args_header(value: str | None) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -43,6 +45,7 @@ class Metrics:
             ["function", "direction"],
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
         self.in_progress = Gauge(
             "swarmless_gateway_requests_in_progress",
             "Function requests being answered by this gateway.",
@@ -50,10 +53,19 @@ class Metrics:
         )
 
     def observe(self, rec: InvocationRecord, seconds: float) -> None:
-        self.invocations.labels(rec.function, rec.mode, rec.status).inc()
-        self.duration.labels(rec.function).observe(seconds)
+        # Labelled children are looked up once per label set, not once per call.
+        key = (rec.function, rec.mode, rec.status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.invocations.labels(*key),
+                self.duration.labels(rec.function),
+                self.cold_starts.labels(rec.function),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
         if rec.cold:
-            self.cold_starts.labels(rec.function).inc()
+            children[2].inc()
 
     def add_gauges(self, collect: LiveGauges) -> None:
         self.registry.register(collect)

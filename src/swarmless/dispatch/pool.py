@@ -190,8 +190,8 @@ class WarmPool:
     def add_worker(self, worker: Worker) -> None:
         self.workers[worker.id] = worker
 
-    async def next(self, worker: Worker, timeout: float) -> Call | _Retire | None:
-        """The next call for ``worker``: waits up to ``timeout`` (None: nothing came)."""
+    def take(self, worker: Worker) -> Call | _Retire | None:
+        """What ``worker`` gets at once: a queued call, RETIRE, or None (it must wait)."""
         now = time.monotonic()
         worker.last_active = now
         if worker.state == "starting":
@@ -200,12 +200,16 @@ class WarmPool:
             self.crashed, self.crashes = None, 0
         if worker.state in ("draining", "gone"):
             return RETIRE
-        while self.pending:
-            call = self.pending.popleft()
-            if call.finished:
-                continue
+        call = self._next_pending()
+        if call is not None:
             self._assign(worker, call)
-            return call
+        return call
+
+    async def next(self, worker: Worker, timeout: float) -> Call | _Retire | None:
+        """The next call for ``worker``: waits up to ``timeout`` (None: nothing came)."""
+        got = self.take(worker)
+        if got is not None:
+            return got
         fut: asyncio.Future[Call | _Retire] = asyncio.get_running_loop().create_future()
         entry = (worker, fut)
         self._waiters.append(entry)

@@ -63,6 +63,10 @@ class RuntimeAPI:
         done_id = header(scope, b"x-swarmless-result-for")
         if done_id:
             pool.complete(worker, done_id, _result(scope, body))
+        got = pool.take(worker)  # work waiting already: no long poll, no tasks
+        if got is not None:
+            await self._answer(send, got)
+            return
         poll = asyncio.ensure_future(pool.next(worker, self.long_poll))
         if not poll.done():
             gone = asyncio.ensure_future(_disconnected(receive))
@@ -75,7 +79,9 @@ class RuntimeAPI:
             if gone.done() and not gone.cancelled() and isinstance(poll.result(), Call):
                 pool.requeue(poll.result())  # type: ignore[arg-type]
                 return
-        got = poll.result()
+        await self._answer(send, poll.result())
+
+    async def _answer(self, send: Send, got: Call | object | None) -> None:
         if got is None:
             await send_response(send, 204, b"")
         elif got is RETIRE:
