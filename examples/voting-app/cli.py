@@ -158,6 +158,7 @@ def _serve_app(
     token, _ = admin_token(data_dir)
     gateway = Gateway(settings, token=token)
     pid_file = data_dir / "gateway.pid"
+    down = "swarm-down" if settings.backend == "swarm" else "down"
 
     def started(gw: Gateway, port: int) -> None:
         url = f"http://{gw.settings.host}:{port}"
@@ -171,7 +172,7 @@ def _serve_app(
         (data_dir / "state.json").write_text(json.dumps(state, indent=2))
         threading.Thread(
             target=_deploy_and_announce,
-            args=(url, token, data_dir, images, db, mode, record, flags),
+            args=(url, token, data_dir, images, db, mode, record, flags, down),
             daemon=True,
         ).start()
 
@@ -193,7 +194,6 @@ def _serve_app(
     finally:
         pid_file.unlink(missing_ok=True)
         (data_dir / "state.json").unlink(missing_ok=True)
-    down = "swarm-down" if settings.backend == "swarm" else "down"
     console.print(
         "gateway stopped, function containers removed; the database keeps the votes "
         f"(remove everything: examples/voting-app/run.sh {flags}{down})"
@@ -218,6 +218,7 @@ def _deploy_and_announce(
     mode: str,
     record: str,
     flags: str,
+    down: str,
 ) -> None:
     gw = GatewayClient(Settings.load(gateway_url=url, token=token), timeout=60)
     try:
@@ -236,10 +237,10 @@ def _deploy_and_announce(
     console.print(f"  mode: {mode}, votes recorded by {via}")
     here = Path(__file__).parent
     other = "cgi" if mode == "warm" else "warm"
-    down = "swarm-down" if "swarm" in data_dir.name else "down"
     console.print(
         f"\n  switch:  {here}/run.sh {flags}deploy --mode {other}\n"
-        f"  load:    .venv/bin/python {here}/load.py {flags}\n"
+        f"  load:    .venv/bin/python {here}/load.py {flags}".rstrip()
+        + "\n"
         f"  CLI:     export SWARMLESS_GATEWAY_URL={url} "
         f"SWARMLESS_TOKEN=$(cat {data_dir / 'token'}); swarmless ls\n"
         f"  down:    {here}/run.sh {flags}{down}   (Ctrl-C stops the gateway only)"
