@@ -21,6 +21,7 @@ import html
 import http.cookies
 import json
 import os
+import re
 import secrets
 import socket
 import sys
@@ -39,6 +40,8 @@ RECORD_IMAGE = os.environ.get("RECORD_IMAGE", "")
 #: Docker names a container's host after the first 12 hex digits of its id.
 CONTAINER = socket.gethostname()
 COOKIE_AGE = 365 * 24 * 3600
+#: Voter ids and form nonces are 16 hex digits (made here, checked when they come back).
+_HEX = re.compile(r"[0-9a-f]{16}")
 
 StartResponse = Callable[..., Any]
 _tasks: list[threading.Thread] = []
@@ -56,9 +59,11 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
     )
     path = environ.get("PATH_INFO") or "/"
     method = environ.get("REQUEST_METHOD", "GET")
-    cookies = http.cookies.SimpleCookie(environ.get("HTTP_COOKIE", ""))
-    voter = cookies["voter_id"].value if "voter_id" in cookies else secrets.token_hex(8)
-    current = cookies["vote"].value if "vote" in cookies else None
+    cookies = _cookies(environ.get("HTTP_COOKIE", ""))
+    voter = cookies.get("voter_id", "")
+    if not _HEX.fullmatch(voter):  # a new voter, or a cookie that is not one of ours
+        voter = secrets.token_hex(8)
+    current = cookies.get("vote") if cookies.get("vote") in OPTIONS else None
     if path != "/":
         return _answer(start_response, "404 Not Found", b"not found\n", "text/plain")
     status, message = "200 OK", ""
@@ -68,7 +73,8 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         if vote not in OPTIONS:
             status, message = "400 Bad Request", f"There is no option {vote!r}."
         else:
-            nonce = (form.get("nonce") or [""])[0][:32]
+            nonce = (form.get("nonce") or [""])[0]
+            nonce = nonce if _HEX.fullmatch(nonce) else ""
             try:
                 how = record(voter, vote, nonce)
             except NotRecorded as e:
@@ -132,7 +138,7 @@ def _run_task(voter: str, vote: str, cast_at: str) -> str:
         raise NotRecorded(f"record-vote could not start: {e}") from None
     task = threading.Thread(target=_collect, args=(handle, voter), daemon=True)
     task.start()
-    _tasks.append(task)
+    _tasks[:] = [*(t for t in _tasks if t.is_alive()), task]
     return f"task container {handle.id[:12]} started"
 
 
@@ -150,6 +156,13 @@ def wait_for_tasks(timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     for task in _tasks:
         task.join(max(deadline - time.monotonic(), 0))
+
+
+def _cookies(header: str) -> dict[str, str]:
+    jar = http.cookies.SimpleCookie()
+    with contextlib.suppress(http.cookies.CookieError):
+        jar.load(header)
+    return {name: morsel.value for name, morsel in jar.items()}
 
 
 def _body(environ: dict[str, Any]) -> bytes:
