@@ -20,8 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import http.client
 import statistics
+import threading
 import time
+import urllib.parse
 
 import docker
 import httpx
@@ -32,14 +36,47 @@ IMAGE = "swarmless-bench/async-noop:latest"
 HANDLER = "def handle(event, context):\n    return b'ok'\n"
 
 
-async def fire(http: httpx.AsyncClient, path: str, n: int, clients: int) -> list[httpx.Response]:
-    sem = asyncio.Semaphore(clients)
+@dataclasses.dataclass
+class Answer:
+    status_code: int
+    headers: dict[str, str]
 
-    async def one(i: int) -> httpx.Response:
-        async with sem:
-            return await http.post(path, content=str(i).encode())
 
-    return list(await asyncio.gather(*(one(i) for i in range(n))))
+def _fire(url: str, path: str, n: int, clients: int) -> list[Answer]:
+    """``n`` POSTs from ``clients`` threads, each with its own keep-alive connection.
+
+    (httpx's async pool is the bottleneck at 64 connections: ~150 req/s here.)
+    """
+    parts = urllib.parse.urlsplit(url)
+    local = threading.local()
+    next_i = iter(range(n))
+    lock = threading.Lock()
+    answers: list[Answer | None] = [None] * n
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=120)
+        while True:
+            with lock:
+                i = next(next_i, None)
+            if i is None:
+                break
+            conn.request("POST", path, body=str(i).encode())
+            r = conn.getresponse()
+            r.read()
+            answers[i] = Answer(r.status, {k.lower(): v for k, v in r.getheaders()})
+        conn.close()
+        local.done = True
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    return [a for a in answers if a is not None]
+
+
+async def fire(http: httpx.AsyncClient, path: str, n: int, clients: int) -> list[Answer]:
+    return await asyncio.to_thread(_fire, str(http.base_url).rstrip("/"), path, n, clients)
 
 
 async def records(

@@ -35,6 +35,9 @@ __all__ = ["AsyncRunner"]
 
 log = logging.getLogger("swarmless.async")
 
+#: While calls run, how long the runner lets finished slots gather before it claims.
+COALESCE = 0.003
+
 #: Callback delivery: tries and the first pause between them (doubling).
 CALLBACK_TRIES = 3
 CALLBACK_PAUSE = 0.5
@@ -63,6 +66,7 @@ class AsyncRunner:
         #: Set when a call is queued: the runner claims at once.
         self.wake = asyncio.Event()
         self.running: dict[str, int] = {}
+        self._slot_held: dict[str, bool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._http = httpx.AsyncClient(timeout=10.0)
         #: Calls waiting per function, refreshed as the runner goes (metrics, ls).
@@ -80,6 +84,10 @@ class AsyncRunner:
                 continue  # there may be more; claim again before sleeping
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.idle_poll)
+            if any(self.running.values()):
+                # Busy: let a few more calls finish, then claim their slots in one
+                # transaction rather than one each (an idle runner claims at once).
+                await asyncio.sleep(COALESCE)
 
     async def _claim(self) -> list[Claimed]:
         wants: dict[str, tuple[int, int]] = {}
@@ -101,11 +109,18 @@ class AsyncRunner:
         return claimed
 
     async def _run(self, call: Claimed) -> None:
+        self._slot_held[call.id] = True
         try:
             await self._execute(call)
         except Exception:
             log.exception("async call %s: unexpected failure (it stays leased and reruns)", call.id)
         finally:
+            self._free_slot(call)
+
+    def _free_slot(self, call: Claimed) -> None:
+        """The call no longer needs a container: its slot can be claimed again (the
+        durable write of its outcome goes on; its lease covers it until then)."""
+        if self._slot_held.pop(call.id, False):
             self.running[call.function] -= 1
             self.wake.set()
 
@@ -146,8 +161,10 @@ class AsyncRunner:
         try:
             response = await self.dispatcher.invoke(call.function, request, record=rec)
         except SwarmlessError as e:
+            self._free_slot(call)
             await self._failed(call, rec, spec, e)
             return
+        self._free_slot(call)
         result = StoredResult(status=response.status, headers=response.headers, body=response.body)
         await self.store.finish(rec, result)
         await self._callback(call, rec, result)
