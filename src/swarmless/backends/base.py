@@ -11,6 +11,7 @@ import abc
 import asyncio
 import contextlib
 import dataclasses
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -36,6 +37,30 @@ class WorkerLaunch:
     token: str
     runtime_url: str
     version: int
+
+    def environment(self, *, pythonpath: str) -> dict[str, str]:
+        """The environment of the warm container: the spec's, then the runtime's
+        (docs/runtime-api.md); ``pythonpath`` is where the runtime package is."""
+        spec = self.spec
+        handler, kind = spec.handler or "", spec.handler_kind
+        if not handler and spec.command:
+            handler, kind = shlex.join(spec.command), "command"
+        env = dict(spec.env)
+        env.update(
+            {
+                "SWARMLESS_RUNTIME_API": self.runtime_url,
+                "SWARMLESS_WORKER_TOKEN": self.token,
+                "SWARMLESS_FUNCTION": spec.name,
+                "SWARMLESS_HANDLER": handler,
+                "SWARMLESS_HANDLER_KIND": kind,
+                "SWARMLESS_CONCURRENCY": str(spec.concurrency),
+                "SWARMLESS_GATEWAY_URL": self.runtime_url,
+                "PYTHONPATH": pythonpath,
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONDONTWRITEBYTECODE": "1",
+            }
+        )
+        return env
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

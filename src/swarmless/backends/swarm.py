@@ -426,25 +426,7 @@ class SwarmBackend(EngineBackend):
 
     async def start_worker(self, launch: WorkerLaunch) -> str:
         spec = launch.spec
-        handler = spec.handler or ""
-        kind = spec.handler_kind
-        if not handler and spec.command:
-            handler, kind = " ".join(spec.command), "command"
-        env = dict(spec.env)
-        env.update(
-            {
-                "SWARMLESS_RUNTIME_API": launch.runtime_url,
-                "SWARMLESS_WORKER_TOKEN": launch.token,
-                "SWARMLESS_FUNCTION": spec.name,
-                "SWARMLESS_HANDLER": handler,
-                "SWARMLESS_HANDLER_KIND": kind,
-                "SWARMLESS_CONCURRENCY": str(spec.concurrency),
-                "SWARMLESS_GATEWAY_URL": launch.runtime_url,
-                "PYTHONPATH": RUNTIME_DIR,
-                "PYTHONUNBUFFERED": "1",
-                "PYTHONDONTWRITEBYTECODE": "1",
-            }
-        )
+        env = launch.environment(pythonpath=RUNTIME_DIR)
         labels = self._labels("worker", spec, worker=launch.worker_id, version=str(launch.version))
 
         def create() -> str:
