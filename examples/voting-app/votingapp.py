@@ -316,9 +316,9 @@ def specs(
         retries=retries,
         backoff=backoff,
         max_containers=max_containers,
-        # Public: a function's own token is accepted on /function/ but not yet on
-        # /async-function/ for a private function, so vote could not spawn it.
-        private=False,
+        # Private: only the admin and other functions (with their own SWARMLESS_TOKEN,
+        # which vote sends) may queue a vote.
+        private=True,
         labels=extra,
     )
     front: dict[str, Any] = {"mode": mode, "timeout": 30, "labels": extra}
