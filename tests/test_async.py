@@ -128,6 +128,11 @@ def test_async_http_contract(gw: RunningGateway, image: str) -> None:
         assert missing.status_code == 404  # not a 202 for a function that does not exist
         bad = http.post("/async-function/work", headers={"X-Callback-Url": "ftp://x"})
         assert bad.status_code == 400
+    deploy(gw, name="secretwork", image=image, mode="warm", handler="handler:handle", private=True)
+    with gw.http(token=None) as http:
+        assert http.post("/async-function/secretwork", content=b"x").status_code == 401
+    with gw.http() as http:
+        assert http.post("/async-function/secretwork", content=b"x").status_code == 202
 
 
 def test_idempotency_key_queues_once(gw: RunningGateway, image: str) -> None:
