@@ -222,7 +222,8 @@ def _deploy_and_announce(
 ) -> None:
     gw = GatewayClient(Settings.load(gateway_url=url, token=token), timeout=60)
     try:
-        changed = deploy(gw, specs(images, db, mode=mode, record=record))
+        swarm = _state(data_dir).get("backend") == "swarm"
+        changed = deploy(gw, specs(images, db, mode=mode, record=record, private_record=not swarm))
     except SwarmlessError as e:
         console.print(f"[red]error:[/red] deploying the functions failed: {e.message}")
         return
@@ -256,7 +257,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     db = Database(container=Names().db, url=state["db_url"])
     gw = _client(state, data_dir)
     try:
-        changed = deploy(gw, specs(images, db, mode=args.mode, record=args.record))
+        swarm = state.get("backend") == "swarm"
+        changed = deploy(
+            gw, specs(images, db, mode=args.mode, record=args.record, private_record=not swarm)
+        )
     finally:
         gw.close()
     console.print(f"deployed: {', '.join(changed) or 'nothing changed'}")

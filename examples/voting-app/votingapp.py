@@ -299,8 +299,13 @@ def specs(
     retries: int = 4,
     backoff: float = 1.0,
     labels: Mapping[str, str] | None = None,
+    private_record: bool = True,
 ) -> list[FunctionSpec]:
-    """record-vote (oneshot, retried), then vote and result in ``mode`` (cgi or warm)."""
+    """record-vote (oneshot, retried), then vote and result in ``mode`` (cgi or warm).
+
+    ``private_record``: only the admin and function containers (their own token) may queue
+    a vote. The swarm backend gives containers no token yet, so there it must be public.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if record not in RECORD_PATHS:
@@ -316,9 +321,7 @@ def specs(
         retries=retries,
         backoff=backoff,
         max_containers=max_containers,
-        # Private: only the admin and other functions (with their own SWARMLESS_TOKEN,
-        # which vote sends) may queue a vote.
-        private=True,
+        private=private_record,
         labels=extra,
     )
     front: dict[str, Any] = {"mode": mode, "timeout": 30, "labels": extra}
