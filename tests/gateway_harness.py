@@ -17,12 +17,14 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import docker
 import httpx
 
+from swarmless.backends.base import Backend
 from swarmless.backends.docker import DockerBackend
 from swarmless.config import Settings
 from swarmless.gateway.app import Gateway
@@ -35,13 +37,21 @@ TOKEN = "test-admin-token"
 class RunningGateway:
     """Start with ``start()``; ``stop()`` drains and removes every container it started."""
 
-    def __init__(self, data_dir: Path, labels: dict[str, str], **settings: Any) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        labels: dict[str, str],
+        *,
+        backend_class: Callable[..., Backend] = DockerBackend,
+        network_prefix: str = "swarmless-",
+        **settings: Any,
+    ) -> None:
         self.instance = f"test-{uuid.uuid4().hex[:8]}"
-        settings.setdefault("network", f"swarmless-{self.instance}")
+        settings.setdefault("network", f"{network_prefix}{self.instance}")
         self.settings = Settings.load(
             data_dir=data_dir, host="127.0.0.1", port=0, instance=self.instance, **settings
         )
-        self.backend = DockerBackend(self.settings, labels=labels)
+        self.backend = backend_class(self.settings, labels=labels)
         self.gateway = Gateway(self.settings, backend=self.backend, token=TOKEN, drain_timeout=5)
         self.server = GatewayServer(self.gateway)
         self._thread: threading.Thread | None = None

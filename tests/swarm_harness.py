@@ -9,29 +9,23 @@ host's address on the nodes' bridge, where it also listens.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import subprocess
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
-import httpx
 
 from swarmless.backends.swarm import SwarmBackend
-from swarmless.config import Settings
-from swarmless.gateway.app import Gateway
-from swarmless.gateway.server import GatewayServer
+from tests.gateway_harness import RunningGateway
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "swarm-cluster.sh"
-TOKEN = "test-admin-token"
+
 PORT = 2375
 
 
@@ -145,53 +139,22 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.1)
 
 
-class SwarmGateway:
+class SwarmGateway(RunningGateway):
     """A gateway with the swarm backend, served on a free port in a thread."""
 
     def __init__(
         self, cluster: Cluster, data_dir: Path, labels: dict[str, str], **settings: Any
     ) -> None:
         self.cluster = cluster
-        self.instance = f"test-{uuid.uuid4().hex[:8]}"
-        settings.setdefault("network", f"swarmless-swarm-{self.instance}")
-        self.settings = Settings.load(
-            data_dir=data_dir,
-            host="127.0.0.1",
-            port=0,
-            instance=self.instance,
+        super().__init__(
+            data_dir,
+            labels,
+            backend_class=SwarmBackend,
+            network_prefix="swarmless-swarm-",
             backend="swarm",
             docker_host=cluster.manager_url,
             **settings,
         )
-        self.backend = SwarmBackend(self.settings, labels=labels)
-        self.gateway = Gateway(self.settings, backend=self.backend, token=TOKEN, drain_timeout=5)
-        self.server = GatewayServer(self.gateway)
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self.url = ""
-
-    def start(self) -> SwarmGateway:
-        def run() -> None:
-            try:
-                asyncio.run(self.server.serve())
-            except BaseException as e:  # surfaced by start()/stop()
-                self._error = e
-
-        self._thread = threading.Thread(target=run, daemon=True, name=self.instance)
-        self._thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if self._error is not None or not self._thread.is_alive():
-                raise RuntimeError(f"gateway did not start: {self._error!r}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("gateway did not start within 60s")
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.server.port}"
-        return self
-
-    def http(self, token: str | None = TOKEN, timeout: float = 60) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def deploy(self, **spec: Any) -> dict[str, Any]:
         with self.http() as http:
@@ -213,7 +176,7 @@ class SwarmGateway:
         flt = [f"swarmless.gateway={self.instance}"] + [f"{k}={v}" for k, v in labels.items()]
         return list(self.cluster.manager.api.services(filters={"label": flt}))
 
-    def stop(self) -> None:
+    def stop(self, engine: docker.DockerClient | None = None) -> None:
         self.server.stop()
         if self._thread is not None:
             self._thread.join(60)
