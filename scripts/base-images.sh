@@ -32,11 +32,20 @@ build_busybox() {
   if [ "${SWARMLESS_BASE_IMAGE_PULL:-0}" = 1 ] && docker pull -q busybox:stable >/dev/null 2>&1; then
     docker tag busybox:stable "$BUSYBOX_IMAGE"; say "$BUSYBOX_IMAGE tagged from busybox:stable"; return
   fi
+  # FROM scratch needs a static busybox (Debian's busybox-static); ldd fails on one.
   local bb
   bb=$(command -v busybox || true)
-  if [ -z "$bb" ] || ! file -L "$bb" 2>/dev/null | grep -q 'statically linked'; then
-    need_root_pkg busybox busybox-static "$BUSYBOX_IMAGE"
+  if [ -z "$bb" ] || ldd "$bb" >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      say "installing busybox-static"
+      apt-get install -y -q busybox-static >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q busybox-static >/dev/null; }
+    fi
     bb=/bin/busybox
+    if [ ! -x "$bb" ] || ldd "$bb" >/dev/null 2>&1; then
+      say "need a static busybox (Debian package busybox-static), or pull/tag an image as $BUSYBOX_IMAGE"
+      exit 1
+    fi
   fi
   local ctx
   ctx=$(mktemp -d)
