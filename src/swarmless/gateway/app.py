@@ -21,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import html
-import inspect
 import logging
 import re
 import secrets
@@ -69,6 +67,7 @@ from swarmless.gateway.async_routes import (
     list_schedules,
     retry_invocation,
 )
+from swarmless.gateway.docs import docs_page, openapi_schema
 from swarmless.gateway.runtime_api import RuntimeAPI
 from swarmless.proxy import CallerTokens, DockerProxy, start_proxy
 from swarmless.records import STATUSES, InvocationRecord
@@ -563,57 +562,10 @@ class Gateway:
         self._admin(request)
         return await list_schedules(self, request)
 
-    def _schema(self) -> dict[str, Any]:
-        """OpenAPI 3 paths from the routes and their docstrings."""
-        paths: dict[str, dict[str, Any]] = {
-            "/function/{name}": {
-                m: {"summary": "Invoke a function synchronously; the HTTP request is its input."}
-                for m in ("get", "post", "put", "delete", "patch")
-            },
-            "/async-function/{name}": {
-                "post": {"summary": "Queue an async call durably; 202 with X-Call-Id."}
-            },
-            "/runtime/next": {
-                "post": {"summary": "Warm containers pull their next call (worker token)."}
-            },
-        }
-        for route in self.app.routes:
-            if not isinstance(route, Route) or not route.include_in_schema:
-                continue
-            doc = inspect.getdoc(route.endpoint) or ""
-            for method in sorted(route.methods or ()):
-                if method == "HEAD":
-                    continue
-                op: dict[str, Any] = {"summary": doc.splitlines()[0] if doc else ""}
-                if route.path.startswith(("/system", "/invocations")):
-                    op["security"] = [{"bearer": []}]
-                paths.setdefault(route.path, {})[method.lower()] = op
-        return {
-            "openapi": "3.0.3",
-            "info": {"title": "swarmless gateway", "version": __version__},
-            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-            "paths": paths,
-        }
-
     async def openapi(self, _request: HTTPRequest) -> Response:
         """The OpenAPI description of the gateway (admin routes from their docstrings)."""
-        return JSONResponse(self._schema())
+        return JSONResponse(openapi_schema(self.app.routes))
 
     async def docs(self, _request: HTTPRequest) -> Response:
         """A self-contained page listing the API (no CDN needed)."""
-        rows = []
-        for path, ops in sorted(self._schema()["paths"].items()):
-            for method, op in ops.items():
-                first = html.escape(op.get("summary", ""))
-                rows.append(
-                    f"<tr><td><code>{method.upper()}</code></td>"
-                    f"<td><code>{html.escape(path)}</code></td><td>{first}</td></tr>"
-                )
-        page = (
-            "<!doctype html><title>swarmless API</title>"
-            "<style>body{font-family:sans-serif;margin:2em}td{padding:.2em .8em}</style>"
-            f"<h1>swarmless gateway {__version__}</h1>"
-            "<p><a href='/openapi.json'>openapi.json</a></p>"
-            f"<table>{''.join(rows)}</table>"
-        )
-        return HTMLResponse(page)
+        return HTMLResponse(docs_page(openapi_schema(self.app.routes)))
