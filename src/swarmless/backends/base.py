@@ -17,9 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import docker
+import docker.errors
 
 from swarmless.config import Settings
-from swarmless.engine import LABEL_FUNCTION, LABEL_GATEWAY, managed_labels
+from swarmless.engine import LABEL_FUNCTION, LABEL_GATEWAY, managed_labels, translate
 from swarmless.exceptions import SwarmlessError
 from swarmless.spec import FunctionSpec
 
@@ -209,6 +210,21 @@ class EngineBackend(Backend):
             with contextlib.suppress(Exception):
                 self._client.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _network(self, driver: str, labels: Mapping[str, str]) -> Any:
+        """The function network (``settings.network``), created with ``driver`` if absent."""
+        name = self.settings.network
+        with translate(api=self.client.api):
+            try:
+                return self.client.networks.get(name)
+            except docker.errors.NotFound:
+                pass
+            try:
+                return self.client.networks.create(
+                    name, driver=driver, attachable=True, labels=dict(labels)
+                )
+            except docker.errors.APIError:  # created meanwhile by another gateway
+                return self.client.networks.get(name)
 
     def _labels(self, kind: str, spec: FunctionSpec, **more: str) -> dict[str, str]:
         """The spec's labels, the extra ones, then swarmless's own (which win)."""

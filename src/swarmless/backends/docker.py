@@ -137,19 +137,8 @@ class DockerBackend(EngineBackend):
     def _ensure_network(self) -> str:
         """Create the bridge network if needed; return its gateway IP (the host's side)."""
         name = self.settings.network
+        net = self._network("bridge", managed_labels("network"))
         with translate(api=self.client.api):
-            try:
-                net = self.client.networks.get(name)
-            except docker.errors.NotFound:
-                try:
-                    net = self.client.networks.create(
-                        name,
-                        driver="bridge",
-                        attachable=True,
-                        labels=managed_labels("network"),
-                    )
-                except docker.errors.APIError:  # created meanwhile by another gateway
-                    net = self.client.networks.get(name)
             net.reload()
         configs = (net.attrs.get("IPAM") or {}).get("Config") or []
         for cfg in configs:

@@ -170,19 +170,7 @@ class SwarmBackend(EngineBackend):
 
     def _ensure_network(self) -> None:
         name = self.settings.network
-        with translate(api=self.client.api):
-            try:
-                net = self.client.networks.get(name)
-            except docker.errors.NotFound:
-                try:
-                    net = self.client.networks.create(
-                        name,
-                        driver="overlay",
-                        attachable=True,
-                        labels={**self.extra_labels, **managed_labels("network")},
-                    )
-                except docker.errors.APIError:  # created meanwhile by another gateway
-                    net = self.client.networks.get(name)
+        net = self._network("overlay", {**self.extra_labels, **managed_labels("network")})
         if net.attrs.get("Scope") != "swarm":
             raise SwarmlessError(
                 f"network {name!r} is a {net.attrs.get('Driver')} network, not an overlay: "
