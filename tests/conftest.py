@@ -107,3 +107,10 @@ def build_image(engine: docker.DockerClient) -> Iterator[Callable[..., str]]:
     for name in built:
         with contextlib.suppress(docker.errors.DockerException):
             engine.images.remove(name, force=True)
+
+
+def handler_image(build_image: Callable[..., str], tag: str, handler: str) -> str:
+    """An image FROM the Python base with ``handler`` as /function/handler.py (warm
+    functions name ``handler:<callable>``)."""
+    dockerfile = f"FROM {PYTHON}\nCOPY handler.py /function/handler.py\nWORKDIR /function\n"
+    return build_image(tag, dockerfile, {"handler.py": handler})

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 import swarmless
-from tests.conftest import BUSYBOX, PYTHON
+from tests.conftest import BUSYBOX, handler_image
 from tests.gateway_harness import TOKEN, GatewayProcess, RunningGateway, free_port
 
 HANDLERS = """
@@ -66,11 +66,7 @@ class Sink:
 
 @pytest.fixture(scope="module")
 def image(build_image: Callable[..., str]) -> str:
-    return build_image(
-        "async-warm",
-        f"FROM {PYTHON}\nCOPY handler.py /function/handler.py\nWORKDIR /function\n",
-        {"handler.py": HANDLERS},
-    )
+    return handler_image(build_image, "async-warm", HANDLERS)
 
 
 @pytest.fixture(scope="module")

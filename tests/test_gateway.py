@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 import swarmless
-from tests.conftest import BUSYBOX, PYTHON
+from tests.conftest import BUSYBOX, PYTHON, handler_image
 from tests.gateway_harness import RunningGateway
 
 HANDLERS = """
@@ -68,11 +68,7 @@ CGIHandler().run(app)
 @pytest.fixture(scope="module")
 def images(build_image: Callable[..., str]) -> dict[str, str]:
     return {
-        "warm": build_image(
-            "gw-warm",
-            f"FROM {PYTHON}\nCOPY handler.py /function/handler.py\nWORKDIR /function\n",
-            {"handler.py": HANDLERS},
-        ),
+        "warm": handler_image(build_image, "gw-warm", HANDLERS),
         "cgi-sh": build_image(
             "gw-cgi-sh", f"FROM {BUSYBOX}\nCOPY cgi.sh /cgi.sh\n", {"cgi.sh": CGI_SH}
         ),

@@ -14,7 +14,7 @@ import docker
 import httpx
 import pytest
 
-from tests.conftest import PYTHON
+from tests.conftest import handler_image
 from tests.gateway_harness import GatewayProcess, RunningGateway, free_port
 
 HANDLERS = """
@@ -33,11 +33,7 @@ def hog(event, context):
 
 @pytest.fixture(scope="module")
 def image(build_image: Callable[..., str]) -> str:
-    return build_image(
-        "scaling",
-        f"FROM {PYTHON}\nCOPY handler.py /function/handler.py\nWORKDIR /function\n",
-        {"handler.py": HANDLERS},
-    )
+    return handler_image(build_image, "scaling", HANDLERS)
 
 
 @pytest.fixture(scope="module")
