@@ -289,3 +289,17 @@ def test_node_lost_while_calls_continue(gw: SwarmGateway, warm_image: str, how: 
         f"{seen['replaced']:.1f}s; slowest call {max(r[1] for r in results):.1f}s; "
         f"served after: {dict(served_after)}"
     )
+
+
+def test_the_engines_log_complaints_are_not_the_functions_output() -> None:
+    """The manager writes ``Error grabbing logs`` into a stream it could not complete."""
+    from swarmless.backends.swarm import _clean_logs
+
+    assert _clean_logs(b"Status: 200\r\n\r\nok") == (b"Status: 200\r\n\r\nok", b"")
+    complaint = b"Error grabbing logs: rpc error: code = Unknown desc = warning: incomplete"
+    assert _clean_logs(complaint + b"\nStatus: 200\r\n\r\nok") == (
+        b"Status: 200\r\n\r\nok",
+        complaint,
+    )
+    # Written as a frame of its own, it can follow output that had no newline yet.
+    assert _clean_logs(b"par" + complaint + b"\ntial") == (b"partial", complaint)

@@ -73,6 +73,10 @@ LOST = 137
 LABEL_SECRET = "swarmless.secret"
 #: The exit status reported for a task Swarm could not run (image missing, no node, ...).
 NOT_RUN = 125
+#: What the engine writes into a service's log stream when a node's logs could not be had.
+LOGS_ERROR = b"Error grabbing logs: "
+#: How long to keep asking for a finished one-shot task's complete logs.
+LOGS_RETRY_S = 5.0
 
 
 def _route_to(host: str) -> str:
@@ -86,6 +90,21 @@ def _latest(tasks: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     if not tasks:
         return None
     return max(tasks, key=lambda t: ((t.get("Version") or {}).get("Index", 0), t["CreatedAt"]))
+
+
+def _clean_logs(data: bytes) -> tuple[bytes, bytes]:
+    """``data`` without the engine's ``Error grabbing logs: ...`` lines, and the first one.
+
+    The engine writes the line as a frame of its own, so it can follow output that did not
+    end in a newline: it is cut from where it starts to its own newline.
+    """
+    first = b""
+    while (at := data.find(LOGS_ERROR)) >= 0:
+        end = data.find(b"\n", at)
+        end = len(data) if end < 0 else end + 1
+        first = first or data[at:end].strip()
+        data = data[:at] + data[end:]
+    return data, first
 
 
 def _exit_code(task: Mapping[str, Any]) -> int | None:
@@ -574,10 +593,30 @@ class SwarmBackend(EngineBackend):
             return set(self._down)
 
     def _logs(self, sid: str) -> tuple[bytes, bytes]:
-        api = self.client.api
-        out = b"".join(api.service_logs(sid, stdout=True, stderr=False))
-        err = b"".join(api.service_logs(sid, stdout=False, stderr=True))
-        return out, err
+        """A finished task's stdout and stderr, as the manager's log broker collects them.
+
+        The broker asks the task's node for the logs; when the node's answer is missing it
+        writes ``Error grabbing logs: ... incomplete log stream`` into the stream in place
+        of the data. Asked again shortly after, the node answers: retry for a few seconds,
+        and never hand the engine's complaint to the caller as the function's output.
+        """
+        deadline = time.monotonic() + LOGS_RETRY_S
+        delay = 0.1
+        while True:
+            out, out_bad = _clean_logs(self._service_logs(sid, stdout=True))
+            err, err_bad = _clean_logs(self._service_logs(sid, stdout=False))
+            if not (out_bad or err_bad):
+                return out, err
+            if time.monotonic() + delay > deadline:
+                log.warning("incomplete logs for one-shot service %s: %s", sid, out_bad or err_bad)
+                note = b"swarmless: the output may be incomplete (" + (out_bad or err_bad) + b")\n"
+                return out, err + note
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _service_logs(self, sid: str, *, stdout: bool) -> bytes:
+        with translate(api=self.client.api):
+            return b"".join(self.client.api.service_logs(sid, stdout=stdout, stderr=not stdout))
 
     def _result(
         self,
