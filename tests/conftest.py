@@ -7,13 +7,16 @@ whatever is left and fails the run if a swarmless container leaked.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
+import subprocess
 import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import docker
 import pytest
@@ -21,6 +24,7 @@ import pytest
 import swarmless
 
 SESSION = uuid.uuid4().hex[:8]
+ROOT = Path(__file__).resolve().parent.parent
 BUSYBOX = "swarmless/busybox:latest"
 PYTHON = os.environ.get("SWARMLESS_BASE_IMAGE", "swarmless/python:bookworm")
 
@@ -114,3 +118,40 @@ def handler_image(build_image: Callable[..., str], tag: str, handler: str) -> st
     functions name ``handler:<callable>``)."""
     dockerfile = f"FROM {PYTHON}\nCOPY handler.py /function/handler.py\nWORKDIR /function\n"
     return build_image(tag, dockerfile, {"handler.py": handler})
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+
+
+async def _pg_admin(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The throwaway cluster of scripts/postgres.sh (started, installed if need be)."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "postgres.sh")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"scripts/postgres.sh exited {done.returncode}: {done.stderr.strip()}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def postgres_database(postgres_url: str) -> Iterator[str]:
+    """The URL of an empty PostgreSQL database, dropped after the test."""
+    name = f"swarmless_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_admin(postgres_url, f'CREATE DATABASE "{name}"'))
+    yield f"{postgres_url.rsplit('/', 1)[0]}/{name}"
+    asyncio.run(_pg_admin(postgres_url, f'DROP DATABASE "{name}" WITH (FORCE)'))

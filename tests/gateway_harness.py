@@ -123,13 +123,21 @@ def free_port() -> int:
 class GatewayProcess:
     """``swarmless up`` as a real process, killable with SIGKILL."""
 
-    def __init__(self, data_dir: Path, instance: str, network: str, port: int) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        instance: str,
+        network: str,
+        port: int,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.env = {
             **os.environ,
             "SWARMLESS_DATA_DIR": str(data_dir),
             "SWARMLESS_INSTANCE": instance,
             "SWARMLESS_NETWORK": network,
             "SWARMLESS_PORT": str(port),
+            **(env or {}),
         }
         self.url = f"http://127.0.0.1:{port}"
         self.data_dir = data_dir
@@ -154,7 +162,7 @@ class GatewayProcess:
 
     @property
     def token(self) -> str:
-        return (self.data_dir / "token").read_text().strip()
+        return self.env.get("SWARMLESS_TOKEN") or (self.data_dir / "token").read_text().strip()
 
     def kill(self) -> None:
         assert self.proc is not None

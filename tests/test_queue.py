@@ -9,7 +9,7 @@ from swarmless.dispatch.scheduler import Scheduler, due_slot, next_fire
 from swarmless.records import InvocationRecord, new_call_id, now_ms
 from swarmless.spec import FunctionSpec
 from swarmless.store import Store, StoredResult
-from tests.test_store import postgres_url, run, url  # noqa: F401  fixtures
+from tests.test_store import run, url  # noqa: F401  fixtures
 
 
 def arec(function: str = "echo", **kw: Any) -> InvocationRecord:

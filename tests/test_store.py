@@ -7,9 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import sqlite3
-import subprocess
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,37 +21,11 @@ from swarmless.store import Store
 from swarmless.store.schema import SCHEMA_VERSION, invocations
 from swarmless.store.store import async_url
 
-ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
-
-
-async def _admin(url: str, sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """The throwaway cluster of scripts/postgres.sh (started, installed if need be)."""
-    done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "postgres.sh")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"scripts/postgres.sh exited {done.returncode}: {done.stderr.strip()}")
-    return done.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -62,11 +34,7 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/not-yet/swarmless.db"
         return
-    base: str = request.getfixturevalue("postgres_url")
-    name = f"swarmless_test_{uuid.uuid4().hex[:12]}"
-    run(_admin(base, f'CREATE DATABASE "{name}"'))
-    yield f"{base.rsplit('/', 1)[0]}/{name}"
-    run(_admin(base, f'DROP DATABASE "{name}" WITH (FORCE)'))
+    yield request.getfixturevalue("postgres_database")
 
 
 @pytest.fixture
@@ -449,5 +417,52 @@ def test_record_refuses_what_is_not_a_record(sqlite_url: str) -> None:
                 store.record({"id": "x"})  # type: ignore[arg-type]
             with pytest.raises(InvalidArgument):
                 store.record(rec(id=""))
+
+    run(main())
+
+
+# -- leases -------------------------------------------------------------------------------
+
+
+def test_a_lease_has_one_holder_until_it_expires_or_is_given_up(url: str) -> None:
+    async def main() -> None:
+        async with await Store.open(url) as a, await Store.open(url) as b:
+            got = await a.acquire_lease("gateway:x", "a", "http://a", 30)
+            assert (got.holder, got.url) == ("a", "http://a")
+            # Held: b is told who holds it; a extends it.
+            assert (await b.acquire_lease("gateway:x", "b", "http://b", 30)).holder == "a"
+            again = await a.acquire_lease("gateway:x", "a", "http://a", 30)
+            assert again.holder == "a"
+            assert again.until >= got.until
+            # Another name is another lease (another gateway instance on the same store).
+            assert (await b.acquire_lease("gateway:y", "b", "http://b", 30)).holder == "b"
+            # Given up: taken at the next try.
+            assert await a.release_lease("gateway:x", "a")
+            assert not await a.release_lease("gateway:x", "a")
+            assert (await b.acquire_lease("gateway:x", "b", "http://b", 0.2)).holder == "b"
+            # Expired: taken by whoever asks.
+            assert (await a.acquire_lease("gateway:x", "a", "http://a", 30)).holder == "b"
+            await asyncio.sleep(0.3)
+            assert (await a.acquire_lease("gateway:x", "a", "http://a", 30)).holder == "a"
+
+    run(main())
+
+
+def test_racing_replicas_never_both_get_the_lease(url: str) -> None:
+    async def main() -> None:
+        stores = [await Store.open(url) for _ in range(4)]
+        try:
+            for round_ in range(5):
+                name = f"race-{round_}"
+                got = await asyncio.gather(
+                    *(
+                        s.acquire_lease(name, f"r{i}", f"http://r{i}", 30)
+                        for i, s in enumerate(stores)
+                    )
+                )
+                assert len({g.holder for g in got}) == 1, got
+        finally:
+            for s in stores:
+                await s.close()
 
     run(main())

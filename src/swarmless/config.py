@@ -61,6 +61,11 @@ class Settings:
     #: Name of this gateway; its containers carry ``swarmless.gateway=<instance>``, so
     #: several gateways can share one engine without touching each other's containers.
     instance: str = "default"
+    #: Where other replicas of this gateway reach it (they forward to the active one);
+    #: empty means ``http://<host, or this machine's address>:<port>``.
+    peer_url: str = ""
+    #: Seconds the active replica's lease lasts unrenewed: a dead one is replaced after it.
+    lease_ttl: float = 5.0
     #: Port of the scoped Docker API on the function network (0: a free port).
     proxy_port: int = 0
     #: Images children may run besides those of deployed functions (env: comma-separated).
@@ -99,13 +104,14 @@ class Settings:
                     raise InvalidArgument(
                         f"{name} must be an integer, got {values[name]!r}"
                     ) from None
-        if "proxy_cpus" in values:
-            try:
-                values["proxy_cpus"] = float(values["proxy_cpus"])
-            except (TypeError, ValueError):
-                raise InvalidArgument(
-                    f"proxy_cpus must be a number, got {values['proxy_cpus']!r}"
-                ) from None
+        for name in ("proxy_cpus", "lease_ttl"):
+            if name in values:
+                try:
+                    values[name] = float(values[name])
+                except (TypeError, ValueError):
+                    raise InvalidArgument(
+                        f"{name} must be a number, got {values[name]!r}"
+                    ) from None
         if isinstance(values.get("proxy_images"), str):
             values["proxy_images"] = tuple(
                 i.strip() for i in values["proxy_images"].split(",") if i.strip()

@@ -13,6 +13,7 @@ The tree::
     ├── PayloadTooLarge               a request body over the function's limit (413)
     ├── QueueFull                     the function's queue is full, retry later (429)
     ├── EngineUnavailable             the Docker Engine (or gateway) does not answer (503)
+    ├── GatewayUnavailable            no active gateway replica yet, retry later (503)
     ├── FunctionFailed                the function ran and failed (502)
     │   └── ContainerError            a container exited non-zero
     │       └── OOMKilled             ... because it ran out of memory
@@ -32,6 +33,7 @@ __all__ = [
     "EngineUnavailable",
     "FunctionFailed",
     "FunctionNotFound",
+    "GatewayUnavailable",
     "ImageNotFound",
     "InvalidArgument",
     "InvocationNotFound",
@@ -182,6 +184,18 @@ class EngineUnavailable(SwarmlessError):
             message or f"no Docker Engine answers at {address}{why}. {fix}", invocation=invocation
         )
         self.address = address
+
+
+class GatewayUnavailable(SwarmlessError):
+    """No active gateway replica answers (one is starting, or one died and another is
+    taking over): retry after ``retry_after`` seconds."""
+
+    status_code = 503
+    code = "gateway_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class FunctionFailed(SwarmlessError):

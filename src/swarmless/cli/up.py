@@ -24,13 +24,21 @@ def up(host: str | None, port: int | None, data_dir: str | None, log_level: str)
     if log_level != "debug":  # httpx logs every Docker API request the scoped proxy makes
         logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings.load(host=host, port=port, data_dir=data_dir)
-    token, new = admin_token(settings.data_dir)
+    # Replicas of one gateway share their admin token: give it to each (SWARMLESS_TOKEN).
+    token, new = (settings.token, False) if settings.token else admin_token(settings.data_dir)
     gateway = Gateway(settings, token=token)
 
     def started(gw: Gateway, bound: int) -> None:
         url = f"http://{gw.settings.host}:{bound}"
         console.print(f"[green]swarmless gateway[/green] on {url}  (data: {settings.data_dir})")
-        console.print(f"containers reach it at {gw.runtime_url}")
+        if gw.replicas is not None and not gw.replicas.active:
+            console.print(
+                f"standby replica: forwarding to the active one ({gw.replicas.leader_url})"
+            )
+        else:
+            console.print(f"containers reach it at {gw.runtime_url}")
+        if settings.token:
+            return
         if new:
             console.print(
                 f"admin token (printed once, kept in {settings.data_dir / 'token'}):\n  {token}"
@@ -42,3 +50,5 @@ def up(host: str | None, port: int | None, data_dir: str | None, log_level: str)
         )
 
     asyncio.run(serve(gateway, started=started, log_level="warning"))
+    if gateway.fatal:  # it lost the lease of the active replica: let it be restarted
+        raise click.ClickException(f"the gateway stopped: {gateway.fatal}")

@@ -24,7 +24,8 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Mapping
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ from swarmless.gateway.async_routes import (
     retry_invocation,
 )
 from swarmless.gateway.docs import docs_page, openapi_schema
+from swarmless.gateway.replicas import Replicas, peer_url
 from swarmless.gateway.runtime_api import RuntimeAPI
 from swarmless.proxy import CallerTokens, DockerProxy, start_proxy
 from swarmless.records import STATUSES, InvocationRecord
@@ -78,6 +80,8 @@ from swarmless.store import Store
 __all__ = ["Gateway", "admin_token"]
 
 log = logging.getLogger("swarmless.gateway")
+#: Paths a standby replica answers itself (about itself); it forwards all others.
+_LOCAL_PATHS = frozenset({"/healthz", "/metrics"})
 _SECRET_NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$")
 
 
@@ -129,6 +133,12 @@ class Gateway:
         self.callers = CallerTokens()
         self.proxy: DockerProxy | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: The lease among replicas; ``replicas.active`` once this one serves.
+        self.replicas: Replicas | None = None
+        #: Why this gateway had to stop serving (it lost the lease), if it had to.
+        self.fatal: str | None = None
+        #: Called when it has to (the server stops).
+        self.on_fatal: Callable[[], None] | None = None
         self.app = self._build_app()
 
     # -- ASGI ------------------------------------------------------------------------
@@ -136,6 +146,13 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
+            replicas = self.replicas
+            if replicas is not None and not replicas.active and path not in _LOCAL_PATHS:
+                # A standby replica: the active one serves it (see gateway/replicas.py).
+                replayed = await replicas.forward(scope, receive, send)
+                if replayed is None:
+                    return
+                receive = replayed
             if path.startswith("/function/"):
                 await self._function(scope, receive, send)
                 return
@@ -213,12 +230,36 @@ class Gateway:
             await self.stop()
 
     async def start(self) -> None:
+        """Open the store, then become the active gateway or a standby replica of it."""
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if self.token is None:
             self.token, _ = admin_token(settings.data_dir)
         self.store = await Store.open(settings.store)
         await self.backend.start()
+        me = peer_url(settings.host, settings.port, settings.peer_url)
+        self.replicas = Replicas(
+            self.store,
+            me,
+            holder=f"{me} {socket.gethostname()} {settings.data_dir}",
+            lease=f"gateway:{settings.instance}",
+            ttl=settings.lease_ttl,
+            lead=self._start_active,
+            lost=self._lost,
+        )
+        await self.replicas.start()
+
+    def _lost(self, why: str) -> None:
+        """This replica was the active one and no longer holds the lease: stop serving."""
+        self.fatal = why
+        self.begin_shutdown()
+        if self.on_fatal is not None:
+            self.on_fatal()
+
+    async def _start_active(self) -> None:
+        """Start as the active gateway: containers, queues, autoscalers, async runner."""
+        settings = self.settings
+        assert self.store is not None
         if self.runtime_url is None:
             host = settings.advertise_url or f"http://{self.backend.runtime_host()}:{settings.port}"
             self.runtime_url = host.rstrip("/")
@@ -301,6 +342,8 @@ class Gateway:
             await self.dispatcher.close()
         if self.proxy is not None:  # after the workers: their children go with them
             await self.proxy.close()
+        if self.replicas is not None:  # after the containers: a standby takes over now
+            await self.replicas.close()
         await self.backend.close()
         if self.store is not None:
             await self.store.close()
@@ -360,8 +403,12 @@ class Gateway:
         return self.dispatcher
 
     async def healthz(self, _request: HTTPRequest) -> Response:
-        """Liveness: answers 200 while the gateway runs."""
-        return JSONResponse({"status": "ok", "version": __version__})
+        """Liveness: answers 200 while the gateway runs (active or standby replica)."""
+        body: dict[str, Any] = {"status": "ok", "version": __version__}
+        if self.replicas is not None:
+            body["role"] = self.replicas.role
+            body["active"] = self.replicas.leader_url
+        return JSONResponse(body)
 
     async def metrics_route(self, _request: HTTPRequest) -> Response:
         """Prometheus metrics."""

@@ -10,7 +10,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-from swarmless.exceptions import PayloadTooLarge, QueueFull, SwarmlessError
+from swarmless.exceptions import GatewayUnavailable, PayloadTooLarge, QueueFull, SwarmlessError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -97,6 +97,6 @@ async def send_error(send: Send, err: SwarmlessError) -> None:
     headers = [(b"content-type", b"application/json"), (b"x-swarmless-error", b"1")]
     if err.invocation:
         headers.append((b"x-call-id", err.invocation.encode()))
-    if isinstance(err, QueueFull):
+    if isinstance(err, QueueFull | GatewayUnavailable):
         headers.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))
     await send_response(send, err.status_code, error_body(err), headers)

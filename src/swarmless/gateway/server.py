@@ -97,6 +97,7 @@ class GatewayServer:
             timeout_keep_alive=60,
         )
         self.server = server = _Server(config, gateway)
+        gateway.on_fatal = self.stop
 
         async def announce() -> None:
             while not server.started and not server.should_exit:  # noqa: ASYNC110

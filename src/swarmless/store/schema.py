@@ -8,6 +8,7 @@ Tables (SQLAlchemy Core; the same on SQLite and PostgreSQL)::
     invocation_logs  the stdout and stderr of one call, keyed by its id
     async_queue      the durable queue of async calls (and their idempotency keys)
     invocation_results  what a finished async call answered
+    leases           name -> holder and until when: which gateway replica is active
 
 Timestamps are epoch milliseconds (``swarmless.records.now_ms``), like the records.
 
@@ -17,8 +18,8 @@ latest version; an older one gets the steps it misses, in order, all in one tran
 (SQLite and PostgreSQL both roll DDL back), so a failed upgrade leaves it as it was.
 
 To change the schema: change the tables here, append a step that brings a database of the
-previous version to the new one, and never edit a step that has shipped. The durable
-async queue (a later version) will come as such a step.
+previous version to the new one, and never edit a step that has shipped (v2 added the
+durable async queue, v3 the leases of replicated gateways).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ __all__ = [
     "invocation_logs",
     "invocation_results",
     "invocations",
+    "leases",
     "meta",
     "metadata",
     "schema_version",
@@ -156,6 +158,17 @@ invocation_results = Table(
     Column("body", LargeBinary, nullable=False),
 )
 
+#: Who holds a named lease until when (epoch ms): the active replica of several gateways
+#: sharing one store. ``url`` is where the other replicas reach the holder.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("until", BigInteger, nullable=False),
+)
+
 
 def _v1(conn: Connection) -> None:
     """The first schema: meta, functions, invocations, invocation_logs."""
@@ -169,8 +182,13 @@ def _v2(conn: Connection) -> None:
     metadata.create_all(conn, tables=[async_queue, invocation_results])
 
 
+def _v3(conn: Connection) -> None:
+    """Leases: one active gateway among the replicas sharing a store."""
+    metadata.create_all(conn, tables=[leases])
+
+
 #: Step i (0-based) brings a database from version i to version i + 1.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Any constant works; it only has to be the same for every gateway on one database.

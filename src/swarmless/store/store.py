@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from swarmless.exceptions import InvalidArgument, SwarmlessError
 from swarmless.records import InvocationRecord, now_ms
 from swarmless.spec import FunctionSpec
+from swarmless.store.lease import LeaseOps
 from swarmless.store.queue import GroupCommit, QueueOps
 from swarmless.store.schema import functions, invocation_logs, invocations, meta, upgrade
 
@@ -120,7 +121,7 @@ def _describe(e: BaseException) -> str:
     return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
 
 
-class Store(QueueOps):
+class Store(QueueOps, LeaseOps):
     """Function specs, invocation records and logs; open with :meth:`Store.open`::
 
     store = await Store.open("sqlite:///swarmless.db")

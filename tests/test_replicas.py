@@ -1,0 +1,226 @@
+"""Two replicas of one gateway on PostgreSQL: one active, one standby that forwards to it.
+
+Real ``swarmless up`` processes on the local engine (the lease and the forwarding do not
+depend on the backend; tests/test_swarm.py runs the same on the Swarm cluster), killed
+with SIGKILL under load.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+
+from tests.conftest import SESSION, handler_image
+from tests.gateway_harness import GatewayProcess, free_port
+
+pytestmark = [pytest.mark.slow]
+
+TOKEN = "replicas-admin-token"
+HANDLER = """
+import os, time
+
+def hello(event, context):
+    time.sleep(float(event["body"] or b"0"))
+    return {"pid": os.getpid(), "hostname": os.uname().nodename}
+"""
+
+
+@pytest.fixture(scope="module")
+def image(build_image: Callable[..., str]) -> str:
+    return handler_image(build_image, "replicas", HANDLER)
+
+
+@pytest.fixture
+def replicas(
+    engine: docker.DockerClient, postgres_database: str, tmp_path: Path
+) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+    instance = f"test-replicas-{SESSION}-{os.getpid()}"
+    network = engine.networks.create(
+        f"swarmless-{instance}", driver="bridge", labels={"swarmless.managed": "true"}
+    )
+    env = {
+        "SWARMLESS_STORE_URL": postgres_database,
+        "SWARMLESS_TOKEN": TOKEN,
+        "SWARMLESS_LEASE_TTL": "3",
+    }
+    pair = tuple(
+        GatewayProcess(tmp_path / name, instance, network.name, free_port(), env)
+        for name in ("a", "b")
+    )
+    for p in pair:
+        p.data_dir.mkdir()
+    try:
+        yield pair[0], pair[1]
+    finally:
+        for p in pair:
+            p.stop()
+        for c in engine.api.containers(
+            all=True, filters={"label": f"swarmless.gateway={instance}"}
+        ):
+            engine.api.remove_container(c["Id"], force=True)
+        network.remove()
+
+
+def health(p: GatewayProcess) -> dict[str, object]:
+    r = httpx.get(f"{p.url}/healthz", timeout=5)
+    assert r.status_code == 200
+    body: dict[str, object] = r.json()
+    return body
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until ``check()`` held (bounded)."""
+    t0 = time.monotonic()
+    while not check():
+        assert time.monotonic() - t0 < timeout, f"not in {timeout} s: {what}"
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def test_one_active_replica_serves_calls_accepted_by_either(
+    replicas: tuple[GatewayProcess, GatewayProcess], image: str
+) -> None:
+    a, b = replicas
+    a.start()
+    b.start()
+    assert health(a)["role"] == "active"
+    assert health(b)["role"] == "standby"
+    assert health(b)["active"] == health(a)["active"]
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(headers=headers, timeout=60) as http:
+        # Deployed through the standby: it reaches the active replica's memory and store.
+        r = http.post(
+            f"{b.url}/system/functions",
+            json={"name": "hello", "image": image, "mode": "warm", "handler": "handler:hello"},
+        )
+        assert r.status_code == 201, r.text
+        seen = set()
+        for p in (a, b, a, b):
+            r = http.post(f"{p.url}/function/hello", content=b"0")
+            assert r.status_code == 200, r.text
+            seen.add(r.json()["hostname"])
+        # Warm containers of one pool, whichever replica took the call.
+        assert len(seen) <= 2
+        # Async through the standby: queued in the shared store, run by the active one.
+        r = http.post(f"{b.url}/async-function/hello", content=b"0")
+        assert r.status_code == 202, r.text
+        call = r.headers["x-call-id"]
+        wait_for(
+            lambda: http.get(f"{b.url}/invocations/{call}").json()["status"] == "succeeded",
+            30,
+            "the async call ran",
+        )
+        # Errors travel back unchanged.
+        r = http.post(f"{b.url}/function/nope")
+        assert r.status_code == 404
+        assert r.json()["error"] == "function_not_found"
+        r = httpx.get(f"{b.url}/system/functions", timeout=10)
+        assert r.status_code == 401
+
+
+def test_killing_the_active_replica_under_load(
+    replicas: tuple[GatewayProcess, GatewayProcess], image: str, engine: docker.DockerClient
+) -> None:
+    a, b = replicas
+    a.start()
+    b.start()
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    spec = {
+        "name": "hello",
+        "image": image,
+        "mode": "warm",
+        "handler": "handler:hello",
+        "min_containers": 1,
+        "retries": 5,
+        "backoff": 0.2,
+        "timeout": 10,
+    }
+    http = httpx.Client(headers=headers, timeout=60)
+    assert http.post(f"{b.url}/system/functions", json=spec).status_code == 201
+    assert http.post(f"{b.url}/function/hello", content=b"0").status_code == 200
+    # Async calls queued before the kill, slow enough that some are still pending.
+    queued = [
+        http.post(f"{b.url}/async-function/hello", content=b"0.05").headers["x-call-id"]
+        for _ in range(40)
+    ]
+    # Load through the standby (bounded: 4 threads, 25 s at most).
+    outcomes: Counter[str] = Counter()
+    bad: list[str] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def load() -> None:
+        with httpx.Client(headers=headers, timeout=30) as c:
+            t_end = time.monotonic() + 25
+            while not stop.is_set() and time.monotonic() < t_end:
+                try:
+                    r = c.post(f"{b.url}/function/hello", content=b"0.01")
+                except httpx.HTTPError as e:  # the standby itself must keep answering
+                    with lock:
+                        bad.append(f"transport error from the standby: {e!r}")
+                    continue
+                with lock:
+                    if r.status_code == 200:
+                        outcomes["ok"] += 1
+                    elif r.status_code == 503 and r.json()["error"] == "gateway_unavailable":
+                        outcomes["gateway_unavailable"] += 1
+                    else:
+                        outcomes[f"{r.status_code} {r.json().get('error')}"] += 1
+                        bad.append(r.text)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2)
+        before = outcomes["ok"]
+        assert before > 0, "no call succeeded before the kill"
+        a.kill()
+        t_kill, killed_at = time.monotonic(), time.time()
+        took = wait_for(lambda: health(b)["role"] == "active", 20, "the standby took over")
+        ok_at_takeover = outcomes["ok"]
+        wait_for(lambda: outcomes["ok"] > ok_at_takeover + 20, 20, "calls served again")
+        resumed = time.monotonic() - t_kill
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    print(
+        f"\n[replicas] active replica killed: standby active after {took:.1f} s, "
+        f"calls resumed after {resumed:.1f} s; outcomes {dict(outcomes)}"
+    )
+    # Calls held by the dead replica may fail (a 503 or a 502 saying so); none hangs,
+    # none fails in another way.
+    assert not bad, bad[:3]
+
+    # Every async call queued before the kill ends, run by the new active replica.
+    def final() -> bool:
+        rows = http.get(f"{b.url}/invocations", params={"function": "hello", "limit": 5000})
+        status = {r["id"]: r["status"] for r in rows.json()}
+        return all(status.get(i) in ("succeeded", "dead") for i in queued)
+
+    wait_for(final, 60, "every queued async call finished")
+    # The dead replica's containers were removed: those left are the new active one's.
+    instance = a.env["SWARMLESS_INSTANCE"]
+    left = engine.api.containers(filters={"label": f"swarmless.gateway={instance}"})
+    assert left
+    assert all(c["Created"] >= killed_at - 1 for c in left), left
+    # The killed replica restarts as a standby and forwards to the new active one.
+    a.start()
+    assert health(a)["role"] == "standby"
+    r = http.post(f"{a.url}/function/hello", content=b"0")
+    assert r.status_code == 200, r.text
+    # A clean stop hands the lease over at once (no wait for it to expire).
+    b.stop()
+    handover = wait_for(lambda: health(a)["role"] == "active", 10, "handover on a clean stop")
+    assert http.post(f"{a.url}/function/hello", content=b"0").status_code == 200
+    print(f"[replicas] clean stop: the standby active after {handover:.1f} s")
+    http.close()
