@@ -17,11 +17,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import docker
 import pytest
 
 import swarmless
+
+if TYPE_CHECKING:
+    from tests.swarm_harness import Cluster
 
 SESSION = uuid.uuid4().hex[:8]
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,3 +159,15 @@ def postgres_database(postgres_url: str) -> Iterator[str]:
     asyncio.run(_pg_admin(postgres_url, f'CREATE DATABASE "{name}"'))
     yield f"{postgres_url.rsplit('/', 1)[0]}/{name}"
     asyncio.run(_pg_admin(postgres_url, f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+# -- the Swarm cluster ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cluster(engine: docker.DockerClient) -> Iterator[Cluster]:
+    """The 3-node Docker-in-Docker Swarm (scripts/swarm-cluster.sh), up for the session."""
+    from tests.swarm_harness import cluster_session
+
+    with cluster_session(engine, f"swarmless.test={SESSION}") as c:
+        yield c

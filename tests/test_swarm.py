@@ -17,7 +17,7 @@ import pytest
 
 from swarmless.build import build_function
 from tests.conftest import BUSYBOX, PYTHON, SESSION
-from tests.swarm_harness import Cluster, SwarmGateway, cluster_session, wait_for
+from tests.swarm_harness import Cluster, SwarmGateway, wait_for
 
 pytestmark = [pytest.mark.swarm, pytest.mark.slow]
 
@@ -31,12 +31,6 @@ def slow(event, context):
     time.sleep(float(event["body"] or b"0.5"))
     return {"node": os.environ.get("SWARMLESS_NODE", "?")}
 """
-
-
-@pytest.fixture(scope="session")
-def cluster(engine: docker.DockerClient) -> Iterator[Cluster]:
-    with cluster_session(engine, f"swarmless.test={SESSION}") as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

@@ -286,28 +286,20 @@ def test_cgi_mode_and_the_2016_call_shape(stack: Stack, engine: docker.DockerCli
 # -- on a real 3-node Swarm (scripts/swarm-cluster.sh) --------------------------------------
 
 
-@pytest.fixture(scope="module")
-def swarm_cluster(engine: docker.DockerClient) -> Iterator[Any]:
-    from tests.swarm_harness import cluster_session
-
-    with cluster_session(engine, f"swarmless.test={SESSION}") as c:
-        yield c
-
-
 @pytest.mark.swarm
 @pytest.mark.slow
 def test_the_app_on_a_swarm(
     engine: docker.DockerClient,
     labels: dict[str, str],
     tmp_path_factory: pytest.TempPathFactory,
-    swarm_cluster: Any,
+    cluster: Any,
 ) -> None:
     import swarm
     from tests.swarm_harness import SwarmGateway
 
     images = app.build_images(engine)
-    swarm_cluster.load(images.vote, images.record_vote, images.result)
-    manager = swarm_cluster.manager
+    cluster.load(images.vote, images.record_vote, images.result)
+    manager = cluster.manager
     try:
         manager.images.get(images.postgres)
     except docker.errors.ImageNotFound:
@@ -319,7 +311,7 @@ def test_the_app_on_a_swarm(
             manager.api.load_image(tar)
     names = app.Names(f"swarmless-test-vote-swarm-{SESSION}")
     gw = SwarmGateway(
-        swarm_cluster, tmp_path_factory.mktemp("swarm-vote"), labels, network=names.network
+        cluster, tmp_path_factory.mktemp("swarm-vote"), labels, network=names.network
     ).start()
     try:
         db = swarm.start_database_service(
