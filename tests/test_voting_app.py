@@ -317,9 +317,7 @@ def test_the_app_on_a_swarm(
         db = swarm.start_database_service(
             manager, image=images.postgres, names=names, password="test", labels=labels
         )
-        for spec in app.specs(
-            images, db, mode="warm", retries=8, backoff=0.5, private_record=False
-        ):
+        for spec in app.specs(images, db, mode="warm", retries=8, backoff=0.5):
             gw.deploy(**spec.to_dict())
         voters = {"a": "", "b": ""}
         with httpx.Client(base_url=gw.url, timeout=120) as http:
@@ -335,13 +333,15 @@ def test_the_app_on_a_swarm(
 
             data = wait_for(lambda: tallied(2), 90, "two votes recorded on the Swarm")
             assert data["percent"] == {"a": 50, "b": 50}
+            # record-vote is private on the Swarm too: vote's containers queued the votes
+            # with their own tokens; a caller without one is refused.
+            r = http.post("/async-function/record-vote", content=b"a")
+            assert r.status_code == 401, r.text
             placement = gw.backend.placement()
             nodes = {placement.get(s["ID"]) for s in gw.services()} - {None}
             assert nodes, "no function container placed on a node"
             # The one switch, on the Swarm too: a cgi request is a service of its own.
-            for spec in app.specs(
-                images, db, mode="cgi", retries=8, backoff=0.5, private_record=False
-            )[1:]:
+            for spec in app.specs(images, db, mode="cgi", retries=8, backoff=0.5)[1:]:
                 gw.deploy(**spec.to_dict())
             r = http.post("/function/vote/", data={"vote": "a"})
             assert r.status_code == 200, r.text

@@ -222,8 +222,7 @@ def _deploy_and_announce(
 ) -> None:
     gw = GatewayClient(Settings.load(gateway_url=url, token=token), timeout=60)
     try:
-        swarm = _state(data_dir).get("backend") == "swarm"
-        changed = deploy(gw, specs(images, db, mode=mode, record=record, private_record=not swarm))
+        changed = deploy(gw, specs(images, db, mode=mode, record=record))
     except SwarmlessError as e:
         console.print(f"[red]error:[/red] deploying the functions failed: {e.message}")
         return
@@ -257,10 +256,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     db = Database(container=Names().db, url=state["db_url"])
     gw = _client(state, data_dir)
     try:
-        swarm = state.get("backend") == "swarm"
-        changed = deploy(
-            gw, specs(images, db, mode=args.mode, record=args.record, private_record=not swarm)
-        )
+        changed = deploy(gw, specs(images, db, mode=args.mode, record=args.record))
     finally:
         gw.close()
     console.print(f"deployed: {', '.join(changed) or 'nothing changed'}")

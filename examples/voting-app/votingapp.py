@@ -304,7 +304,7 @@ def specs(
     """record-vote (oneshot, retried), then vote and result in ``mode`` (cgi or warm).
 
     ``private_record``: only the admin and function containers (their own token) may queue
-    a vote. The swarm backend gives containers no token yet, so there it must be public.
+    a vote (on both backends: every function container gets a token of its own).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")

@@ -14,7 +14,7 @@ import dataclasses
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import docker
 import docker.errors
@@ -22,6 +22,7 @@ import docker.errors
 from swarmless.config import Settings
 from swarmless.engine import LABEL_FUNCTION, LABEL_GATEWAY, managed_labels, translate
 from swarmless.exceptions import SwarmlessError
+from swarmless.proxy.tokens import CallerTokens
 from swarmless.spec import FunctionSpec
 
 __all__ = ["Backend", "ContainerInfo", "EngineBackend", "OneShotResult", "WorkerLaunch"]
@@ -185,6 +186,10 @@ class EngineBackend(Backend):
     container starts (the default asyncio pool has only ``cpu + 4`` threads).
     """
 
+    #: Whether the gateway runs the scoped Docker API (swarmless.proxy) for this backend's
+    #: containers: it drives one engine, the one the containers run on.
+    scoped_docker_api: ClassVar[bool] = False
+
     def __init__(
         self, settings: Settings, *, labels: Mapping[str, str] | None = None, name: str
     ) -> None:
@@ -194,6 +199,10 @@ class EngineBackend(Backend):
         self._client: docker.DockerClient | None = None
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix=f"swarmless-{name}")
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Set by the gateway: each container gets a token of its own (SWARMLESS_TOKEN:
+        #: calls it makes to the gateway are its calls; and a scoped DOCKER_HOST when the
+        #: backend serves the scoped Docker API).
+        self.callers: CallerTokens | None = None
 
     @property
     def client(self) -> docker.DockerClient:

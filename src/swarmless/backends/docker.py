@@ -42,7 +42,6 @@ from swarmless.engine import (
     translate,
 )
 from swarmless.exceptions import ContainerError, ImageNotFound, SwarmlessError
-from swarmless.proxy.tokens import CallerTokens
 from swarmless.sdk.run import RunOptions, execute
 from swarmless.spec import FunctionSpec
 
@@ -101,14 +100,14 @@ def __getattr__(name):
 class DockerBackend(EngineBackend):
     """Function containers on one Docker Engine."""
 
+    scoped_docker_api = True
+
     def __init__(self, settings: Settings, *, labels: Mapping[str, str] | None = None) -> None:
         super().__init__(settings, labels=labels, name="docker")
         self._gateway_ip = "127.0.0.1"
         self._runtime_dir: Path | None = None
         self._events: Any = None
         self._watcher: threading.Thread | None = None
-        #: Set by the gateway: each container's token (SWARMLESS_TOKEN, scoped DOCKER_HOST).
-        self.callers: CallerTokens | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 

@@ -251,6 +251,7 @@ class SwarmBackend(EngineBackend):
         with self._lock:
             if self._workers.pop(service_id, None) is None:
                 return
+        self._revoke(worker_id)
         handler, loop = self.on_exit, self._loop
         if handler is not None and loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(handler, service_id, worker_id, code)
@@ -434,6 +435,8 @@ class SwarmBackend(EngineBackend):
     async def start_worker(self, launch: WorkerLaunch) -> str:
         spec = launch.spec
         env = launch.environment(pythonpath=RUNTIME_DIR)
+        if self.callers is not None:
+            env.update(self.callers.grant(spec, worker_id=launch.worker_id)[1])
         labels = self._labels("worker", spec, worker=launch.worker_id, version=str(launch.version))
 
         def create() -> str:
@@ -454,11 +457,17 @@ class SwarmBackend(EngineBackend):
 
         return await self._call(create)
 
+    def _revoke(self, worker_id: str) -> None:
+        if self.callers is not None:
+            self.callers.revoke_container({LABEL_WORKER: worker_id})
+
     async def stop_container(self, container_id: str, *, grace: float = 0) -> None:
         """Remove the service; Swarm stops its container (SIGTERM, ``stop_grace`` s, KILL)."""
         with self._lock:
-            self._workers.pop(container_id, None)
+            worker_id = self._workers.pop(container_id, None)
             self._errors.pop(container_id, None)
+        if worker_id is not None:
+            self._revoke(worker_id)
 
         def remove() -> None:
             with contextlib.suppress(docker.errors.NotFound):
@@ -498,9 +507,14 @@ class SwarmBackend(EngineBackend):
         command = [*(spec.command or []), *args] or None
         labels = self._labels(spec.mode, spec, call=call_id)
         labels[LABEL_CALL] = call_id
-        return await self._call(
-            self._run_once, spec, labels, command, {**spec.env, **env}, stdin, timeout
-        )
+        grant, access = self.callers.grant(spec, call_id=call_id) if self.callers else (None, {})
+        try:
+            return await self._call(
+                self._run_once, spec, labels, command, {**spec.env, **env, **access}, stdin, timeout
+            )
+        finally:
+            if grant is not None and self.callers is not None:
+                self.callers.revoke(grant.token)
 
     def _run_once(
         self,

@@ -493,11 +493,14 @@ async def start_proxy(
     """Give ``backend`` the caller tokens and start the scoped Docker API beside it.
 
     The allowlist is the images of the deployed functions plus ``settings.proxy_images``.
-    Only a backend that runs containers on this engine (it has ``callers``) gets a proxy.
+    Every engine backend gives its containers caller tokens; only one that runs them on
+    one engine (``scoped_docker_api``) gets the proxy.
     """
     if not hasattr(backend, "callers"):
         return None
     backend.callers = tokens
+    if not getattr(backend, "scoped_docker_api", False):
+        return None
 
     def spec_of(name: str) -> FunctionSpec | None:
         found = dispatcher.functions.get(name)
