@@ -18,12 +18,17 @@ Prints both medians and the ratio ours/plain (target <= 1.2). Then (unless --no-
 kills a node under a steady load of calls and reports how long until the function has its
 workers back on live nodes and the slowest call around the kill (target: below the
 dispatcher heartbeat period plus 5 s, i.e. 6 s with the cluster's 1 s heartbeat).
+
+Then (unless --no-stack) it deploys examples/stack.yml (two gateway replicas on the
+workers, PostgreSQL) and measures warm no-op calls/s with the load split between the two
+replicas vs all of it sent to the active one (wrk, or the asyncio client; interleaved).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,7 +41,14 @@ import docker
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the cluster and gateway helpers of the tests
 
-from tests.swarm_harness import Cluster, SwarmGateway, wait_for  # noqa: E402
+from bench.gateway_processes import (  # noqa: E402
+    BODY,
+    WRK_SCRIPT,
+    Load,
+    python_load,
+    wrk_load,
+)
+from tests.swarm_harness import Cluster, SwarmGateway, gateway_stack, wait_for  # noqa: E402
 
 from swarmless.build import build_function  # noqa: E402
 
@@ -47,6 +59,9 @@ import os, time
 def where(event, context):
     time.sleep(float(event["body"] or b"0"))
     return {"node": os.environ.get("SWARMLESS_NODE", "?")}
+
+def noop(event, context):
+    return b"ok"
 """
 LABELS = {"swarmless.bench": "swarm"}
 
@@ -131,11 +146,68 @@ def node_kill(gw: SwarmGateway) -> tuple[float, float, int, int]:
     return back, max(t for t, _ in took), len(took), failed
 
 
+def stack_throughput(
+    host: docker.DockerClient, cluster: Cluster, seconds: float, reps: int
+) -> tuple[Load, Load]:
+    """(all load to the active replica, load split over both): medians of ``reps`` runs."""
+    import httpx
+
+    token = "bench-stack-token"
+    script = Path(tempfile.mkdtemp()) / "post.lua"
+    script.write_text(WRK_SCRIPT % BODY.decode())
+
+    def load(urls: list[str], connections: int) -> Load:
+        with concurrent.futures.ThreadPoolExecutor(len(urls)) as pool:
+            runs = list(
+                pool.map(
+                    lambda u: (
+                        wrk_load(u + "/function/noop", connections // len(urls), seconds, script)
+                        if shutil.which("wrk")
+                        else python_load(u + "/function/noop", connections // len(urls), seconds)
+                    ),
+                    urls,
+                )
+            )
+        return Load(
+            rps=sum(r.rps for r in runs),
+            p50=statistics.median(r.p50 for r in runs),
+            p99=max(r.p99 for r in runs),
+            requests=sum(r.requests for r in runs),
+            errors=sum(r.errors for r in runs),
+        )
+
+    with gateway_stack(host, cluster, "benchstk", token) as stack:
+        active, standby = stack.url_of("active"), stack.url_of("standby")
+        spec = {
+            "name": "noop",
+            "image": IMAGE,
+            "mode": "warm",
+            "handler": "handler:noop",
+            "min_containers": 4,
+            "max_containers": 4,
+            "concurrency": 4,
+        }
+        with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=120) as http:
+            r = http.post(f"{active}/system/functions", json=spec)
+            r.raise_for_status()
+            wait_for(lambda: http.post(f"{active}/function/noop").status_code == 200, 120, "noop")
+        load([active, standby], 16)  # warm-up
+        one: list[Load] = []
+        two: list[Load] = []
+        for i in range(reps):
+            order = [(one, [active]), (two, [active, standby])]
+            for samples, urls in order if i % 2 == 0 else order[::-1]:
+                samples.append(load(urls, 16))
+    pick = lambda xs: sorted(xs, key=lambda x: x.rps)[len(xs) // 2]  # noqa: E731
+    return pick(one), pick(two)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--replicas", type=int, default=12)
     parser.add_argument("--no-kill", action="store_true")
+    parser.add_argument("--no-stack", action="store_true", help="skip the replicas' throughput")
     parser.add_argument("--keep", action="store_true", help="leave the cluster up")
     args = parser.parse_args()
     host = docker.from_env()
@@ -193,6 +265,14 @@ def main() -> None:
                 f"node killed under load: workers back on live nodes after {back:.1f}s; "
                 f"slowest call {slowest:.1f}s ({calls} calls, {failed} failed; "
                 f"target <= 6 s: {ok})"
+            )
+        if not args.no_stack:
+            one, two = stack_throughput(host, cluster, 5, max(1, args.rounds))
+            print(
+                f"gateway stack on the Swarm, warm no-op calls at 16 connections: all to the "
+                f"active replica {one.rps:.0f}/s (p50 {one.p50 * 1000:.1f} ms), split over "
+                f"both replicas {two.rps:.0f}/s (p50 {two.p50 * 1000:.1f} ms): "
+                f"ratio {two.rps / one.rps:.2f}x (reported; one replica dispatches)"
             )
     finally:
         if gw is not None:

@@ -206,3 +206,151 @@ def cluster_session(host: docker.DockerClient, labels: str) -> Iterator[Cluster]
     finally:
         if not existed and os.environ.get("SWARMLESS_SWARM_KEEP") != "1":
             cluster.down()
+
+
+# -- examples/stack.yml on the cluster ------------------------------------------------------
+
+
+class GatewayStack:
+    """examples/stack.yml deployed on the cluster: two gateway replicas (on the workers,
+    driving the manager over TCP) and PostgreSQL, named after ``name``."""
+
+    def __init__(self, cluster: Cluster, name: str, token: str) -> None:
+        self.cluster = cluster
+        self.name = name
+        self.token = token
+        self.instance = f"{name}-gw"
+        self.network = f"swarmless-{name}"
+        self.db_node = cluster.names[2]
+        #: Node name -> the URL of the gateway replica published on it.
+        self.urls = {n: f"http://{cluster.ip(n)}:8080" for n in cluster.names[1:]}
+
+    def docker(self, *args: str, env: dict[str, str] | None = None) -> str:
+        done = subprocess.run(
+            ["docker", "-H", self.cluster.manager_url, *args],
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"docker {' '.join(args)}: {done.stderr[-2000:]}")
+        return done.stdout
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """The /healthz of each replica that answers, by node."""
+        import httpx
+
+        out = {}
+        for node, url in self.urls.items():
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                r = httpx.get(f"{url}/healthz", timeout=2)
+                if r.status_code == 200:
+                    out[node] = r.json()
+        return out
+
+    def roles(self) -> dict[str, str]:
+        return {node: str(h.get("role")) for node, h in self.health().items()}
+
+    def url_of(self, role: str) -> str:
+        return self.urls[next(n for n, r in self.roles().items() if r == role)]
+
+    def gateway_containers(self, node: str) -> list[str]:
+        flt = {"label": f"com.docker.swarm.service.name={self.name}_gateway"}
+        return [c["Id"] for c in self.cluster.engine(node).api.containers(filters=flt)]
+
+    def deploy(self, gateway_image: str, postgres_image: str, lease_ttl: float = 3) -> None:
+        node = self.cluster.manager.nodes.get(self.db_node)
+        spec = node.attrs["Spec"]
+        spec["Labels"] = {**spec.get("Labels", {}), "swarmless.postgres": "true"}
+        node.update(spec)
+        env = {
+            "SWARMLESS_TOKEN": self.token,
+            "SWARMLESS_PG_PASSWORD": f"pw-{self.name}",
+            "SWARMLESS_GATEWAY_IMAGE": gateway_image,
+            "SWARMLESS_POSTGRES_IMAGE": postgres_image,
+            "SWARMLESS_MANAGER": self.cluster.manager_url,
+            "SWARMLESS_GATEWAY_NODES": "node.role == worker",
+            "SWARMLESS_NETWORK": self.network,
+            "SWARMLESS_INSTANCE": self.instance,
+            "SWARMLESS_LEASE_TTL": str(lease_ttl),
+        }
+        stack_file = ROOT / "examples" / "stack.yml"
+        self.docker(
+            "stack", "deploy", "--resolve-image", "never", "-c", str(stack_file), self.name, env=env
+        )
+        wait_for(
+            lambda: sorted(self.roles().values()) == ["active", "standby"],
+            180,
+            "one active and one standby gateway replica",
+        )
+
+    def remove(self) -> None:
+        """The stack, the function services its gateways made, volumes, network, label."""
+        api = self.cluster.manager.api
+        with contextlib.suppress(RuntimeError):
+            self.docker("stack", "rm", self.name)
+        # The gateways remove their function services on a clean stop; a killed one cannot.
+        for s in api.services(filters={"label": f"swarmless.gateway={self.instance}"}):
+            with contextlib.suppress(docker.errors.DockerException):
+                api.remove_service(s["ID"])
+        flt = {"label": f"com.docker.stack.namespace={self.name}"}
+        with contextlib.suppress(AssertionError):
+            wait_for(
+                lambda: (
+                    not any(
+                        self.cluster.engine(n).api.containers(all=True, filters=flt)
+                        for n in self.cluster.names
+                    )
+                ),
+                60,
+                "the stack's containers gone",
+            )
+        for n in self.cluster.names:
+            node_api = self.cluster.engine(n).api
+            for v in (node_api.volumes(filters=flt) or {}).get("Volumes") or []:
+                with contextlib.suppress(docker.errors.DockerException):
+                    node_api.remove_volume(v["Name"], force=True)
+        with contextlib.suppress(docker.errors.DockerException):
+            api.remove_network(self.network)
+        node = self.cluster.manager.nodes.get(self.db_node)
+        spec = node.attrs["Spec"]
+        spec.get("Labels", {}).pop("swarmless.postgres", None)
+        with contextlib.suppress(docker.errors.DockerException):
+            node.update(spec)
+
+
+def stack_images(host: docker.DockerClient, tag: str) -> tuple[str, str]:
+    """The gateway image (scripts/gateway-image.sh) and a PostgreSQL image (the voting
+    app's, from Debian packages), built on the host when missing or out of date."""
+    import sys
+
+    gateway = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gateway-image.sh"), tag],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout.strip()
+    sys.path.insert(0, str(ROOT / "examples" / "voting-app"))
+    import votingapp
+
+    return gateway, str(votingapp.build_images(host).postgres)
+
+
+@contextlib.contextmanager
+def gateway_stack(
+    host: docker.DockerClient, cluster: Cluster, name: str, token: str, *images: str
+) -> Iterator[GatewayStack]:
+    """Deploy examples/stack.yml (with ``images`` loaded onto every node); remove it after."""
+    gateway_image, postgres_image = stack_images(host, f"swarmless-test/gateway:{name}")
+    cluster.load(gateway_image, postgres_image, *images)
+    stack = GatewayStack(cluster, name, token)
+    try:
+        stack.deploy(gateway_image, postgres_image)
+        yield stack
+    finally:
+        stack.remove()
+        with contextlib.suppress(docker.errors.DockerException):
+            host.images.remove(gateway_image)

@@ -7,6 +7,7 @@ with SIGKILL under load.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -62,10 +63,12 @@ def replicas(
     finally:
         for p in pair:
             p.stop()
-        for c in engine.api.containers(
-            all=True, filters={"label": f"swarmless.gateway={instance}"}
-        ):
-            engine.api.remove_container(c["Id"], force=True)
+        # A stopping gateway may still be removing some (409: removal in progress).
+        flt = {"label": f"swarmless.gateway={instance}"}
+        for c in engine.api.containers(all=True, filters=flt):
+            with contextlib.suppress(docker.errors.APIError):
+                engine.api.remove_container(c["Id"], force=True)
+        wait_for(lambda: not engine.api.containers(all=True, filters=flt), 30, "containers gone")
         network.remove()
 
 
