@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -19,6 +20,7 @@ import docker
 import httpx
 import pytest
 
+from swarmless.gateway.replicas import peer_url
 from tests.conftest import SESSION, handler_image
 from tests.gateway_harness import GatewayProcess, free_port
 
@@ -88,6 +90,19 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic() - t0
 
 
+def test_a_replica_is_reached_at_its_own_address() -> None:
+    assert peer_url("127.0.0.1", 8080) == "http://127.0.0.1:8080"
+    assert peer_url("0.0.0.0", 8080, "http://gw-1:8080/") == "http://gw-1:8080"
+    # Listening everywhere: an address others can reach, not Debian's 127.0.1.1 (when
+    # this machine has a route off itself at all).
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+        except OSError:
+            pytest.skip("no route off this machine")
+    assert not peer_url("0.0.0.0", 8080).startswith("http://127.")
+
+
 def test_one_active_replica_serves_calls_accepted_by_either(
     replicas: tuple[GatewayProcess, GatewayProcess], image: str
 ) -> None:
@@ -121,6 +136,16 @@ def test_one_active_replica_serves_calls_accepted_by_either(
             30,
             "the async call ran",
         )
+        # A standby holds no more of a body than the function accepts.
+        r = http.post(
+            f"{b.url}/system/functions",
+            json={"name": "small", "image": image, "mode": "warm", "handler": "handler:hello",
+                  "max_body": 100},
+        )  # fmt: skip
+        assert r.status_code == 201, r.text
+        r = http.post(f"{b.url}/function/small", content=b"0" * 1000)
+        assert r.status_code == 413
+        assert r.json()["error"] == "payload_too_large"
         # Errors travel back unchanged.
         r = http.post(f"{b.url}/function/nope")
         assert r.status_code == 404

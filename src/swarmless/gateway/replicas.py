@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import time
@@ -58,15 +59,19 @@ _HOP = frozenset(
         b"host",
     }
 )
-#: The largest request body a standby replica holds to forward (a function's own limit
-#: is checked by the active one).
-FORWARD_LIMIT = 1 << 30
+#: The largest request body a standby replica holds to forward when no function's limit
+#: applies (admin routes, the runtime API's results); a call gets its function's max_body.
+FORWARD_LIMIT = 256 << 20
 #: Added to forwarded requests: the holder answers them itself, never forwards them again.
 FORWARDED_BY = b"x-swarmless-forwarded-by"
+#: Seconds a standby trusts a function's max_body read from the store.
+_SPEC_TTL = 5.0
 
 
 def peer_url(host: str, port: int, configured: str = "") -> str:
-    """Where the other replicas reach this one: ``configured``, else this machine's address."""
+    """Where the other replicas reach this one: ``configured``, else this machine's address
+    (listening on every address: the one the host name resolves to, or the one the default
+    route leaves from when that is a loopback address, as Debian's 127.0.1.1 is)."""
     if configured:
         return configured.rstrip("/")
     if host in ("", "0.0.0.0", "::"):
@@ -74,6 +79,13 @@ def peer_url(host: str, port: int, configured: str = "") -> str:
             host = socket.gethostbyname(socket.gethostname())
         except OSError:
             host = "127.0.0.1"
+        if ipaddress.ip_address(host).is_loopback:
+            with (
+                contextlib.suppress(OSError),
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s,
+            ):
+                s.connect(("192.0.2.1", 9))  # TEST-NET: no packet is sent, a route is chosen
+                host = s.getsockname()[0]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
@@ -111,6 +123,7 @@ class Replicas:
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[None] | None = None
+        self._limits: dict[str, tuple[int, float]] = {}
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=min(2.0, ttl)),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
@@ -226,7 +239,7 @@ class Replicas:
             deadline = time.monotonic() + self.ttl * 2 + 10
             if await self._next_leader(deadline) == self.me:
                 return receive
-            body = await read_body(scope, receive, FORWARD_LIMIT)
+            body = await read_body(scope, receive, await self._body_limit(scope["path"]))
             response = await self._deliver(scope, body, deadline)
         except ClientGone:
             return None
@@ -247,6 +260,26 @@ class Replicas:
         finally:
             await response.aclose()
         return None
+
+    async def _body_limit(self, path: str) -> int:
+        """A call's function's max_body (from the store, cached), else FORWARD_LIMIT: a
+        standby holds no more of a request than the active replica would accept."""
+        for prefix in ("/function/", "/async-function/"):
+            if path.startswith(prefix):
+                name = path[len(prefix) :].partition("/")[0]
+                break
+        else:
+            return FORWARD_LIMIT
+        now = time.monotonic()
+        cached = self._limits.get(name)
+        if cached is None or cached[1] < now:
+            found = await self.store.get_function(name)
+            if found is None:  # the active replica answers 404 after a short read
+                return FORWARD_LIMIT
+            if len(self._limits) > 1024:
+                self._limits.clear()
+            cached = self._limits[name] = (found[0].max_body, now + _SPEC_TTL)
+        return cached[0]
 
     async def _deliver(self, scope: Scope, body: bytes, deadline: float) -> httpx.Response | None:
         """The holder's streamed answer; None if this replica became the holder."""
