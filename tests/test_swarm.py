@@ -200,7 +200,8 @@ def test_removing_a_function_leaves_nothing(gw: SwarmGateway, warm_image: str) -
 
 @pytest.mark.parametrize("how", ["disconnect", "kill"])
 def test_node_lost_while_calls_continue(gw: SwarmGateway, warm_image: str, how: str) -> None:
-    """A node killed or cut off: sync calls fail only within their timeout, then succeed."""
+    """A node killed or cut off: sync calls fail only within their timeout, then succeed;
+    async calls queued as it goes all end, succeeded or dead."""
     cluster = gw.cluster
     timeout = 8.0
     fn = f"steady-{how}"
@@ -224,6 +225,7 @@ def test_node_lost_while_calls_continue(gw: SwarmGateway, warm_image: str, how: 
     killed_at = 0.0
     ip = ""
     seen: dict[str, float] = {}  # first time the gateway saw: "gone", "replaced"
+    queued: list[str] = []  # async calls submitted just before the node goes
 
     def watch() -> None:
         while "replaced" not in seen and time.monotonic() < start + 60:
@@ -246,6 +248,11 @@ def test_node_lost_while_calls_continue(gw: SwarmGateway, warm_image: str, how: 
             end = start + 20  # bounded: 20 s of calls, at most 6 at a time
             futures = []
             while time.monotonic() < end:
+                if not queued and time.monotonic() - start > 2.5:
+                    queued = [
+                        http.post(f"/async-function/{fn}", content=b"0.3").headers["x-call-id"]
+                        for _ in range(20)
+                    ]
                 if not killed_at and time.monotonic() - start > 3:
                     if how == "kill":
                         cluster.host.api.kill("swarmless-node-3")
@@ -266,6 +273,12 @@ def test_node_lost_while_calls_continue(gw: SwarmGateway, warm_image: str, how: 
         elif killed_at:
             cluster.reconnect_node("swarmless-node-3", ip)
     with gw.http() as http:
+        # Every async call ends: run (again, if its worker was lost with it) or dead.
+        def ended() -> dict[str, str] | None:
+            status = {i: http.get(f"/invocations/{i}").json()["status"] for i in queued}
+            return status if all(v in ("succeeded", "dead") for v in status.values()) else None
+
+        final = wait_for(ended, 60, "every async call succeeded or dead")
         assert http.delete(f"/system/functions/{fn}").status_code == 204
     failed = [r for r in results if r[2] != 200]
     for _sent, took, status, what in failed:
@@ -281,7 +294,7 @@ def test_node_lost_while_calls_continue(gw: SwarmGateway, warm_image: str, how: 
         f"\nnode {how}: {len(results)} calls, {len(failed)} failed; "
         f"worker seen gone after {seen['gone']:.1f}s, replaced (3 ready on live nodes) after "
         f"{seen['replaced']:.1f}s; slowest call {max(r[1] for r in results):.1f}s; "
-        f"served after: {dict(served_after)}"
+        f"served after: {dict(served_after)}; async calls: {dict(Counter(final.values()))}"
     )
 
 
