@@ -11,9 +11,11 @@ Routes (OpenFaaS paths where they exist)::
     GET  /invocations/{id}[/logs]
     GET  /healthz  /metrics  /openapi.json  /docs
 
-Lifespan: open the store, start the backend, remove containers a previous gateway left,
-start a reconciler per warm function; on shutdown stop taking calls, let those in flight
-finish (bounded), stop every container, flush the store.
+The admin routes are in :mod:`swarmless.gateway.admin`. Lifespan: open the store, then
+become the active gateway or a standby replica of it (:mod:`swarmless.gateway.replicas`);
+active: start the backend, remove containers a previous gateway left, start a reconciler
+per warm function, the async runner and the schedules; on shutdown stop taking calls, let
+those in flight finish (bounded), stop every container, give the lease up, flush the store.
 """
 
 from __future__ import annotations
@@ -22,17 +24,15 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import re
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request as HTTPRequest
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from swarmless import __version__
@@ -43,13 +43,10 @@ from swarmless.dispatch.dispatcher import Dispatcher, Request
 from swarmless.dispatch.metrics import LiveGauges, Metrics
 from swarmless.dispatch.scheduler import Scheduler
 from swarmless.exceptions import (
-    InvalidArgument,
-    InvocationNotFound,
-    NotFound,
-    SpecError,
     SwarmlessError,
     Unauthorized,
 )
+from swarmless.gateway.admin import Admin
 from swarmless.gateway.asgi import (
     ClientGone,
     Receive,
@@ -64,17 +61,11 @@ from swarmless.gateway.asgi import (
 )
 from swarmless.gateway.async_routes import (
     accept_async,
-    get_result,
-    list_schedules,
-    retry_invocation,
 )
-from swarmless.gateway.docs import docs_page, openapi_schema
 from swarmless.gateway.replicas import Replicas, peer_url
 from swarmless.gateway.runtime_api import RuntimeAPI
 from swarmless.proxy import CallerTokens, DockerProxy, start_proxy
-from swarmless.records import STATUSES, InvocationRecord
 from swarmless.scaling.reconciler import Reconciler
-from swarmless.spec import FunctionSpec
 from swarmless.store import Store
 
 __all__ = ["Gateway", "admin_token"]
@@ -82,7 +73,6 @@ __all__ = ["Gateway", "admin_token"]
 log = logging.getLogger("swarmless.gateway")
 #: Paths a standby replica answers itself (about itself); it forwards all others.
 _LOCAL_PATHS = frozenset({"/healthz", "/metrics"})
-_SECRET_NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$")
 
 
 def admin_token(data_dir: Path) -> tuple[str, bool]:
@@ -275,7 +265,7 @@ class Gateway:
         await self._remove_leftovers()
         await self.dispatcher.load()
         for name in self.dispatcher.pools:
-            self._start_reconciler(name)
+            self.start_reconciler(name)
         self.runner = AsyncRunner(self.dispatcher, self.store, owner=settings.instance)
         self.scheduler = Scheduler(self.store, self.dispatcher.functions)
         loop = asyncio.get_running_loop()
@@ -292,7 +282,8 @@ class Gateway:
             *(self.backend.stop_container(c.id) for c in found), return_exceptions=True
         )
 
-    def _start_reconciler(self, name: str) -> None:
+    def start_reconciler(self, name: str) -> None:
+        """Start (or wake) the reconciler of warm function ``name``."""
         assert self.dispatcher is not None
         pool = self.dispatcher.pools[name]
         old = self.reconcilers.get(name)
@@ -302,6 +293,13 @@ class Gateway:
         rec = Reconciler(self.dispatcher, pool)
         self.reconcilers[name] = rec
         self._tasks[name] = asyncio.get_running_loop().create_task(rec.run())
+
+    def stop_reconciler(self, name: str) -> None:
+        """Stop the reconciler of a removed function."""
+        self.reconcilers.pop(name, None)
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
 
     async def drain(self) -> None:
         """Wait (up to ``drain_timeout``) for the calls in flight to finish."""
@@ -351,56 +349,15 @@ class Gateway:
     # -- admin routes ------------------------------------------------------------------
 
     def _build_app(self) -> Starlette:
+        admin = Admin(self)
         routes = [
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/metrics", self.metrics_route, methods=["GET"]),
-            Route("/openapi.json", self.openapi, methods=["GET"], include_in_schema=False),
-            Route("/docs", self.docs, methods=["GET"], include_in_schema=False),
-            Route("/system/functions", self.list_functions, methods=["GET"]),
-            Route("/system/functions", self.deploy, methods=["POST", "PUT"]),
-            Route("/system/functions/{name}", self.get_function, methods=["GET"]),
-            Route("/system/functions/{name}", self.update_function, methods=["PUT"]),
-            Route("/system/functions/{name}", self.delete_function, methods=["DELETE"]),
-            Route("/system/scale/{name}", self.scale, methods=["POST"]),
-            Route("/invocations", self.list_invocations, methods=["GET"]),
-            Route("/invocations/{call_id}", self.get_invocation, methods=["GET"]),
-            Route("/invocations/{call_id}/logs", self.get_logs, methods=["GET"]),
-            Route("/invocations/{call_id}/result", self.get_result, methods=["GET"]),
-            Route("/invocations/{call_id}/retry", self.retry, methods=["POST"]),
-            Route("/system/schedules", self.schedules, methods=["GET"]),
-            Route("/system/secrets", self.list_secrets, methods=["GET"]),
-            Route("/system/secrets/{name}", self.put_secret, methods=["PUT", "POST"]),
-            Route("/system/secrets/{name}", self.delete_secret, methods=["DELETE"]),
+            *admin.routes(),
         ]
-        handlers: Mapping[Any, Any] = {
-            SwarmlessError: self._on_error,
-            HTTPException: self._on_http_error,
-            Exception: self._on_crash,
-        }
-        return Starlette(routes=routes, exception_handlers=handlers, lifespan=self.lifespan)
-
-    async def _on_error(self, _request: HTTPRequest, exc: Exception) -> Response:
-        assert isinstance(exc, SwarmlessError)
-        headers = {"x-swarmless-error": "1"}
-        if exc.invocation:
-            headers["x-call-id"] = exc.invocation
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
-
-    async def _on_http_error(self, _request: HTTPRequest, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        body = {"error": "http_error", "message": exc.detail or f"HTTP {exc.status_code}"}
-        return JSONResponse(body, status_code=exc.status_code, headers={"x-swarmless-error": "1"})
-
-    async def _on_crash(self, request: HTTPRequest, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        body = {"error": "internal", "message": f"{type(exc).__name__}: {exc}"}
-        return JSONResponse(body, status_code=500, headers={"x-swarmless-error": "1"})
-
-    def _admin(self, request: HTTPRequest) -> Dispatcher:
-        auth = request.headers.get("authorization", "")
-        self.check_admin(auth[7:].strip() if auth[:7].lower() == "bearer " else None)
-        assert self.dispatcher is not None
-        return self.dispatcher
+        return Starlette(
+            routes=routes, exception_handlers=admin.exception_handlers(), lifespan=self.lifespan
+        )
 
     async def healthz(self, _request: HTTPRequest) -> Response:
         """Liveness: answers 200 while the gateway runs (active or standby replica)."""
@@ -423,196 +380,3 @@ class Gateway:
                 counts["async_queued"] = self.runner.queued.get(name, 0)
                 counts["async_running"] = self.runner.running.get(name, 0)
         return snap
-
-    def _describe(self, spec: FunctionSpec, version: int) -> dict[str, Any]:
-        assert self.dispatcher is not None
-        counts = self.snapshot().get(spec.name, {})
-        rec = self.reconcilers.get(spec.name)
-        return {
-            "name": spec.name,
-            "version": version,
-            "spec": spec.to_dict(),
-            "containers": counts,
-            "scale": {
-                "pinned": rec.pinned if rec else None,
-                "desired": rec.last.desired if rec and rec.last else None,
-                "reason": rec.last.reason if rec and rec.last else None,
-            },
-        }
-
-    async def list_functions(self, request: HTTPRequest) -> Response:
-        """List deployed functions with their containers."""
-        d = self._admin(request)
-        return JSONResponse([self._describe(s, v) for s, v in d.functions.values()])
-
-    async def _spec_from(self, request: HTTPRequest, name: str | None = None) -> FunctionSpec:
-        try:
-            data = await request.json()
-        except ValueError:
-            raise InvalidArgument("the body must be a JSON function spec") from None
-        if not isinstance(data, dict):
-            raise SpecError({"spec": f"must be a JSON object, got {type(data).__name__}"})
-        if name is not None and data.setdefault("name", name) != name:
-            raise SpecError({"name": f"{data['name']!r} does not match the URL ({name!r})"})
-        return FunctionSpec.from_dict(data)
-
-    async def deploy(self, request: HTTPRequest) -> Response:
-        """Deploy (or update) a function from a JSON spec."""
-        d = self._admin(request)
-        spec = await self._spec_from(request)
-        return await self._deploy(d, spec)
-
-    async def _deploy(self, d: Dispatcher, spec: FunctionSpec) -> Response:
-        existed = spec.name in d.functions
-        version = await d.deploy(spec)
-        if spec.docker == "host-socket":
-            log.warning(
-                "function %r has docker: host-socket: its containers get the engine's socket, "
-                "which is root on this host; docker: scoped is the safe choice",
-                spec.name,
-            )
-        if spec.name in d.pools:
-            self._start_reconciler(spec.name)
-        return JSONResponse(self._describe(spec, version), status_code=200 if existed else 201)
-
-    async def update_function(self, request: HTTPRequest) -> Response:
-        """Update a deployed function."""
-        d = self._admin(request)
-        name = request.path_params["name"]
-        d.get(name)
-        return await self._deploy(d, await self._spec_from(request, name))
-
-    async def get_function(self, request: HTTPRequest) -> Response:
-        """A function's spec, version and containers."""
-        d = self._admin(request)
-        spec, version = d.get(request.path_params["name"])
-        return JSONResponse(self._describe(spec, version))
-
-    async def delete_function(self, request: HTTPRequest) -> Response:
-        """Remove a function and its containers."""
-        d = self._admin(request)
-        name = request.path_params["name"]
-        await d.remove(name)
-        self.reconcilers.pop(name, None)
-        task = self._tasks.pop(name, None)
-        if task is not None:
-            task.cancel()
-        return Response(status_code=204)
-
-    async def scale(self, request: HTTPRequest) -> Response:
-        """Pin a warm function to N containers (``{"replicas": N}``; null unpins)."""
-        d = self._admin(request)
-        name = request.path_params["name"]
-        spec, version = d.get(name)
-        rec = self.reconcilers.get(name)
-        if rec is None:
-            raise InvalidArgument(f"function {name!r} is {spec.mode}: only warm functions scale")
-        data = await request.json()
-        n = data.get("replicas") if isinstance(data, dict) else None
-        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
-            raise InvalidArgument(f"replicas must be a whole number >= 0 or null, got {n!r}")
-        rec.pinned = n
-        rec.pool.wake.set()
-        return JSONResponse(self._describe(spec, version))
-
-    async def list_invocations(self, request: HTTPRequest) -> Response:
-        """Invocation records, newest first (``function``, ``status``, ``limit``)."""
-        self._admin(request)
-        assert self.store is not None
-        q = request.query_params
-        status = q.get("status")
-        if status is not None and status not in STATUSES:
-            raise InvalidArgument(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
-        try:
-            limit = int(q.get("limit", "100"))
-        except ValueError:
-            raise InvalidArgument(f"limit must be a number, got {q.get('limit')!r}") from None
-        if not 1 <= limit <= 10_000:
-            raise InvalidArgument(f"limit must be between 1 and 10000, got {limit}")
-        records = await self.store.list_invocations(
-            function=q.get("function"), status=status, parent=q.get("parent"), limit=limit
-        )
-        return JSONResponse([r.to_dict() for r in records])
-
-    async def _record(self, request: HTTPRequest) -> InvocationRecord:
-        """The record named by the route's ``call_id`` (admin only); 404 when unknown."""
-        self._admin(request)
-        assert self.store is not None
-        call_id = request.path_params["call_id"]
-        rec = await self.store.get_invocation(call_id)
-        if rec is None:
-            raise InvocationNotFound(call_id)
-        return rec
-
-    async def get_invocation(self, request: HTTPRequest) -> Response:
-        """One invocation record, with the ids of the calls it made."""
-        rec = await self._record(request)
-        assert self.store is not None
-        children = await self.store.list_invocations(parent=rec.id, limit=1000)
-        body = rec.to_dict()
-        body["children"] = [c.id for c in children]
-        return JSONResponse(body)
-
-    async def get_logs(self, request: HTTPRequest) -> Response:
-        """What one invocation printed: ``{"stdout": ..., "stderr": ...}``."""
-        call_id = (await self._record(request)).id
-        assert self.store is not None
-        logs = await self.store.get_logs(call_id)
-        stdout, stderr = logs or (b"", b"")
-        return JSONResponse(
-            {
-                "id": call_id,
-                "stdout": stdout.decode("utf-8", "replace"),
-                "stderr": stderr.decode("utf-8", "replace"),
-            }
-        )
-
-    async def get_result(self, request: HTTPRequest) -> Response:
-        """What a finished async call answered (``?wait=S`` waits for it)."""
-        self._admin(request)
-        return await get_result(self, request)
-
-    async def retry(self, request: HTTPRequest) -> Response:
-        """Queue a dead or failed async call again (the dead letter's redrive)."""
-        self._admin(request)
-        return await retry_invocation(self, request)
-
-    async def list_secrets(self, request: HTTPRequest) -> Response:
-        """Names of the secrets functions can mount (never their values)."""
-        self._admin(request)
-        return JSONResponse(await self.backend.list_secrets())
-
-    async def put_secret(self, request: HTTPRequest) -> Response:
-        """Create or replace a secret; the body is its value."""
-        self._admin(request)
-        name = request.path_params["name"]
-        if not _SECRET_NAME.match(name):
-            raise InvalidArgument(
-                f"secret name {name!r}: lower-case letters, digits, '-', '_' and '.' only"
-            )
-        data = await request.body()
-        if len(data) > 512 * 1024:
-            raise InvalidArgument(f"secret {name!r} is {len(data)} bytes; 512 KiB at most")
-        await self.backend.put_secret(name, data)
-        return Response(status_code=204)
-
-    async def delete_secret(self, request: HTTPRequest) -> Response:
-        """Remove a secret."""
-        self._admin(request)
-        name = request.path_params["name"]
-        if not await self.backend.delete_secret(name):
-            raise NotFound(f"no secret named {name!r}")
-        return Response(status_code=204)
-
-    async def schedules(self, request: HTTPRequest) -> Response:
-        """Scheduled functions and their next fire times."""
-        self._admin(request)
-        return await list_schedules(self, request)
-
-    async def openapi(self, _request: HTTPRequest) -> Response:
-        """The OpenAPI description of the gateway (admin routes from their docstrings)."""
-        return JSONResponse(openapi_schema(self.app.routes))
-
-    async def docs(self, _request: HTTPRequest) -> Response:
-        """A self-contained page listing the API (no CDN needed)."""
-        return HTMLResponse(docs_page(openapi_schema(self.app.routes)))
