@@ -15,6 +15,7 @@ def test_public_names() -> None:
         "Client",
         "ContainerError",
         "EngineUnavailable",
+        "GatewayUnavailable",
         "ImageNotFound",
         "Run",
         "RunTimeout",
