@@ -290,6 +290,8 @@ def test_doctor(engine: docker.DockerClient) -> None:
     if p.returncode == 1:
         failing = [line for line in out.splitlines() if "!!" in line]
         assert all("containers" in line for line in failing), out
+    p = _swarmless("doctor", SWARMLESS_GATEWAY_URL="http://127.0.0.1:9")
+    assert "none answers at http://127.0.0.1:9" in p.stdout.decode()
 
     p = _swarmless("doctor", DOCKER_HOST="tcp://127.0.0.1:9")
     out = p.stdout.decode()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -152,6 +154,14 @@ def test_one_active_replica_serves_calls_accepted_by_either(
         assert r.json()["error"] == "function_not_found"
         r = httpx.get(f"{b.url}/system/functions", timeout=10)
         assert r.status_code == 401
+    # swarmless doctor says which replica it reached.
+    env = {**os.environ, "SWARMLESS_GATEWAY_URL": b.url, "COLUMNS": "200"}
+    done = subprocess.run(
+        [sys.executable, "-m", "swarmless", "doctor"], env=env, capture_output=True, timeout=60
+    )
+    row = next(line for line in done.stdout.decode().splitlines() if "gateway" in line)
+    assert "standby replica" in row
+    assert str(health(a)["active"]) in row
 
 
 def test_killing_the_active_replica_under_load(

@@ -42,8 +42,10 @@ VALID: list[tuple[dict[str, Any], dict[str, Any]]] = [
             "env": {},
             "secrets": (),
             "placement": (),
+            "spread": (),
         },
     ),
+    ({"spread": "node.labels.zone"}, {"spread": ("node.labels.zone",)}),
     ({"command": "sh -c 'echo hi there'"}, {"command": ["sh", "-c", "echo hi there"]}),
     ({"command": ["sleep", 5]}, {"command": ["sleep", "5"]}),
     ({"memory": "128m"}, {"memory": 128 * MiB}),
@@ -257,6 +259,8 @@ BAD: list[tuple[str, Any, str | None]] = [
     ("placement", ["node.role"], "'node.role'"),
     ("placement", [5], "5"),
     ("placement", 5, None),
+    ("spread", ["zone"], "'zone'"),
+    ("spread", ["node.labels.zone == a"], None),
 ]
 
 

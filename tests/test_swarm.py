@@ -160,6 +160,7 @@ def test_placement_limits_and_secrets(gw: SwarmGateway, warm_image: str) -> None
         mode="warm",
         handler="handler:where",
         placement=["node.hostname != swarmless-node-1"],
+        spread=["node.labels.zone"],
         memory="96m",
         cpus=0.25,
         secrets=[name],
@@ -169,6 +170,9 @@ def test_placement_limits_and_secrets(gw: SwarmGateway, warm_image: str) -> None
     [svc] = gw.services(**{"swarmless.function": "limited"})
     task = svc["Spec"]["TaskTemplate"]
     assert task["Placement"]["Constraints"] == ["node.hostname != swarmless-node-1"]
+    assert task["Placement"]["Preferences"] == [
+        {"Spread": {"SpreadDescriptor": "node.labels.zone"}}
+    ]
     assert task["Resources"]["Limits"] == {"NanoCPUs": 250_000_000, "MemoryBytes": 96 * 2**20}
     assert task["Resources"]["Reservations"] == task["Resources"]["Limits"]
     [secret] = task["ContainerSpec"]["Secrets"]
@@ -300,7 +304,7 @@ def test_node_lost_while_calls_continue(gw: SwarmGateway, warm_image: str, how: 
 
 def test_the_engines_log_complaints_are_not_the_functions_output() -> None:
     """The manager writes ``Error grabbing logs`` into a stream it could not complete."""
-    from swarmless.backends.swarm import _clean_logs
+    from swarmless.backends.swarm_oneshot import _clean_logs
 
     assert _clean_logs(b"Status: 200\r\n\r\nok") == (b"Status: 200\r\n\r\nok", b"")
     complaint = b"Error grabbing logs: rpc error: code = Unknown desc = warning: incomplete"

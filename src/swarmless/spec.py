@@ -139,6 +139,9 @@ class FunctionSpec:
     docker: DockerAccess = "none"
     #: Swarm placement constraints, e.g. ``"node.role == worker"``.
     placement: tuple[str, ...] = ()
+    #: Swarm placement preferences: spread containers evenly over the values of these node
+    #: labels, in order, e.g. ``"node.labels.zone"``.
+    spread: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         raw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -425,6 +428,10 @@ _CHECKS: dict[str, _Check] = {
     "docker": _choice(DOCKER_ACCESS),
     "placement": _strings(
         lambda s: "==" in s or "!=" in s, "constraints like 'node.role == worker'"
+    ),
+    "spread": _strings(
+        lambda s: re.fullmatch(r"(node|engine)\.labels\.[^\s=]+", s) is not None,
+        "node label names like 'node.labels.zone'",
     ),
 }
 

@@ -14,7 +14,8 @@ a registry: each node runs the image it has. docs/swarm.md has the whole picture
   whose task ended or whose node is not ``ready`` is reported through ``on_exit`` (its calls
   are requeued, the reconciler starts a replacement, Swarm places it on a live node).
 - **One-shot calls** are services with restart condition ``none``; stdin is a Docker config
-  fed to the command by ``/bin/sh``; stdout/stderr come back from the task's logs.
+  fed to the command by ``/bin/sh``; stdout/stderr come back from the task's logs
+  (:mod:`swarmless.backends.swarm_oneshot`).
 - **Secrets** held by the gateway become Swarm secrets named by their content's hash (Swarm
   secrets are immutable), mounted at ``/run/secrets/NAME``.
 - Warm containers run ``python3 -m swarmless.runtime`` from ``/opt/swarmless`` inside the
@@ -27,10 +28,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import secrets
 import socket
 import threading
-import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
@@ -39,10 +38,17 @@ import docker
 import docker.errors
 import docker.types
 
-from swarmless.backends.base import ContainerInfo, EngineBackend, OneShotResult, WorkerLaunch
+from swarmless.backends.base import ContainerInfo, EngineBackend, WorkerLaunch
+from swarmless.backends.swarm_oneshot import (
+    LOST,
+    NOT_RUN,
+    TERMINAL,
+    OneShotServices,
+    exit_code,
+    latest,
+)
 from swarmless.config import Settings
 from swarmless.engine import (
-    LABEL_CALL,
     LABEL_FUNCTION,
     LABEL_GATEWAY,
     LABEL_KIND,
@@ -53,7 +59,7 @@ from swarmless.engine import (
     managed_labels,
     translate,
 )
-from swarmless.exceptions import ImageNotFound, PayloadTooLarge, SwarmlessError
+from swarmless.exceptions import ImageNotFound, SwarmlessError
 from swarmless.spec import FunctionSpec
 
 __all__ = ["SwarmBackend"]
@@ -62,21 +68,8 @@ log = logging.getLogger("swarmless.backend.swarm")
 T = TypeVar("T")
 
 RUNTIME_DIR = "/opt/swarmless"
-STDIN_PATH = "/run/swarmless-stdin"
-#: Docker configs hold at most 500 KB: the largest stdin a one-shot call can get.
-STDIN_LIMIT = 500 * 1000
-#: Task states after which a task's container is gone or never ran.
-TERMINAL = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
-#: The exit status reported for a container lost with its node (as if killed).
-LOST = 137
 #: On Swarm secrets made from a gateway secret: the name functions know it by.
 LABEL_SECRET = "swarmless.secret"
-#: The exit status reported for a task Swarm could not run (image missing, no node, ...).
-NOT_RUN = 125
-#: What the engine writes into a service's log stream when a node's logs could not be had.
-LOGS_ERROR = b"Error grabbing logs: "
-#: How long to keep asking for a finished one-shot task's complete logs.
-LOGS_RETRY_S = 5.0
 
 
 def _route_to(host: str) -> str:
@@ -86,33 +79,7 @@ def _route_to(host: str) -> str:
         return str(s.getsockname()[0])
 
 
-def _latest(tasks: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    if not tasks:
-        return None
-    return max(tasks, key=lambda t: ((t.get("Version") or {}).get("Index", 0), t["CreatedAt"]))
-
-
-def _clean_logs(data: bytes) -> tuple[bytes, bytes]:
-    """``data`` without the engine's ``Error grabbing logs: ...`` lines, and the first one.
-
-    The engine writes the line as a frame of its own, so it can follow output that did not
-    end in a newline: it is cut from where it starts to its own newline.
-    """
-    first = b""
-    while (at := data.find(LOGS_ERROR)) >= 0:
-        end = data.find(b"\n", at)
-        end = len(data) if end < 0 else end + 1
-        first = first or data[at:end].strip()
-        data = data[:at] + data[end:]
-    return data, first
-
-
-def _exit_code(task: Mapping[str, Any]) -> int | None:
-    code = ((task.get("Status") or {}).get("ContainerStatus") or {}).get("ExitCode")
-    return int(code) if isinstance(code, int) else None
-
-
-class SwarmBackend(EngineBackend):
+class SwarmBackend(OneShotServices, EngineBackend):
     """Function containers as services on a Docker Swarm (through one of its managers)."""
 
     def __init__(
@@ -227,13 +194,13 @@ class SwarmBackend(EngineBackend):
 
     def _dead(self, tasks: Sequence[Mapping[str, Any]], down: set[str]) -> int | None:
         """The exit status of a worker service's task when it is gone, else None."""
-        task = _latest(tasks)
+        task = latest(tasks)
         if task is None:
             return None  # not scheduled yet (or removed by us)
         status = task.get("Status") or {}
         state = status.get("State", "")
         if state in TERMINAL:
-            code = _exit_code(task)
+            code = exit_code(task)
             if code is None:
                 code = LOST if state in ("shutdown", "orphaned", "remove") else NOT_RUN
             if status.get("Err"):
@@ -261,7 +228,7 @@ class SwarmBackend(EngineBackend):
         with self._lock:
             out = {}
             for sid, tasks in self._tasks.items():
-                task = _latest(tasks)
+                task = latest(tasks)
                 if task is not None and task.get("NodeID"):
                     out[sid] = self._hostnames.get(task["NodeID"], task["NodeID"])
             return out
@@ -413,7 +380,11 @@ class SwarmBackend(EngineBackend):
             container,
             resources=resources,
             restart_policy=docker.types.RestartPolicy(condition="none"),
-            placement=docker.types.Placement(constraints=list(spec.placement)) or None,
+            placement=docker.types.Placement(
+                constraints=list(spec.placement),
+                preferences=[("spread", label) for label in spec.spread],
+            )
+            or None,
             networks=[docker.types.NetworkAttachmentConfig(network)],
         )
 
@@ -476,187 +447,6 @@ class SwarmBackend(EngineBackend):
         with translate(api=self.client.api):
             await self._call(remove)
 
-    # -- one-shot containers -------------------------------------------------------
-
-    def _argv(self, image: str, command: list[str] | None) -> list[str]:
-        """The full argv a container of ``image`` runs with ``command`` as its CMD."""
-        if image not in self._images:
-            config = self.client.api.inspect_image(image).get("Config") or {}
-            self._images[image] = (
-                list(config.get("Entrypoint") or []),
-                list(config.get("Cmd") or []),
-            )
-        entrypoint, cmd = self._images[image]
-        return [*entrypoint, *(command if command is not None else cmd)]
-
-    async def run_once(
-        self,
-        spec: FunctionSpec,
-        *,
-        call_id: str,
-        args: Sequence[str],
-        env: Mapping[str, str],
-        stdin: bytes,
-        timeout: float,
-    ) -> OneShotResult:
-        if len(stdin) > STDIN_LIMIT:
-            raise PayloadTooLarge(
-                f"a {spec.mode} call on the swarm backend takes at most {STDIN_LIMIT} bytes of "
-                f"input (a Docker config), got {len(stdin)}; use a warm function for more"
-            )
-        command = [*(spec.command or []), *args] or None
-        labels = self._labels(spec.mode, spec, call=call_id)
-        labels[LABEL_CALL] = call_id
-        grant, access = self.callers.grant(spec, call_id=call_id) if self.callers else (None, {})
-        try:
-            return await self._call(
-                self._run_once, spec, labels, command, {**spec.env, **env, **access}, stdin, timeout
-            )
-        finally:
-            if grant is not None and self.callers is not None:
-                self.callers.revoke(grant.token)
-
-    def _run_once(
-        self,
-        spec: FunctionSpec,
-        labels: dict[str, str],
-        command: list[str] | None,
-        env: dict[str, str],
-        stdin: bytes,
-        timeout: float,
-    ) -> OneShotResult:
-        api = self.client.api
-        t0 = time.monotonic()
-        deadline = t0 + timeout
-        suffix = secrets.token_hex(6)
-        config_id = ""
-        sid = ""
-        try:
-            with translate(image=spec.image, api=api):
-                configs = None
-                args = command
-                entry = None
-                if stdin:
-                    name = f"swarmless-stdin-{suffix}"
-                    config_id = str(api.create_config(name, stdin, labels=labels)["ID"])
-                    configs = [docker.types.ConfigReference(config_id, name, filename=STDIN_PATH)]
-                    argv = self._argv(spec.image or "", command)
-                    entry = ["/bin/sh", "-c", f'exec "$@" <{STDIN_PATH}', "sh", *argv]
-                    args = None
-                template = self._task_template(
-                    spec, labels=labels, env=env, command=entry, args=args, configs=configs
-                )
-                sid = self._create_service(self._service_name(spec, suffix), template, labels)
-            return self._wait_once(spec, sid, t0, deadline)
-        finally:
-            if sid:
-                with contextlib.suppress(docker.errors.APIError):
-                    api.remove_service(sid)
-            if config_id:
-                with contextlib.suppress(docker.errors.APIError):
-                    api.remove_config(config_id)
-
-    def _wait_once(self, spec: FunctionSpec, sid: str, t0: float, deadline: float) -> OneShotResult:
-        api = self.client.api
-        started: float | None = None
-        task: Mapping[str, Any] | None = None
-        delay = 0.03
-        while True:
-            with translate(api=api):
-                task = _latest(api.tasks(filters={"service": sid}))
-            state = ((task or {}).get("Status") or {}).get("State", "")
-            now = time.monotonic()
-            if started is None and state in ("running", *TERMINAL):
-                started = now
-            if state in TERMINAL:
-                break
-            if task is not None and task.get("NodeID") in self._down_nodes():
-                node = self._hostnames.get(task["NodeID"], task["NodeID"])
-                return self._result(sid, LOST, b"", f"node {node} went down".encode(), t0, started)
-            if now >= deadline:
-                break
-            time.sleep(min(delay, max(deadline - now, 0.001)))
-            delay = min(delay * 1.5, 0.25)
-        status = (task or {}).get("Status") or {}
-        state = status.get("State", "")
-        if state not in TERMINAL:
-            if started is None:  # never ran: say why Swarm could not place or start it
-                why = status.get("Err") or status.get("Message") or state or "not scheduled"
-                return self._result(
-                    sid,
-                    NOT_RUN,
-                    b"",
-                    f"Swarm did not start the task within the timeout: {why}".encode(),
-                    t0,
-                    None,
-                )
-            stdout, stderr = self._logs(sid)
-            return self._result(sid, LOST, stdout, stderr, t0, started, timed_out=True)
-        code = _exit_code(task or {})
-        if code is None:
-            why = status.get("Err") or status.get("Message") or state
-            return self._result(
-                sid, NOT_RUN, b"", f"Swarm could not run it: {why}".encode(), t0, started
-            )
-        stdout, stderr = self._logs(sid)
-        oom = code == LOST and spec.memory is not None
-        return self._result(sid, code, stdout, stderr, t0, started, oom=oom)
-
-    def _down_nodes(self) -> set[str]:
-        with self._lock:
-            return set(self._down)
-
-    def _logs(self, sid: str) -> tuple[bytes, bytes]:
-        """A finished task's stdout and stderr, as the manager's log broker collects them.
-
-        The broker asks the task's node for the logs; when the node's answer is missing it
-        writes ``Error grabbing logs: ... incomplete log stream`` into the stream in place
-        of the data. Asked again shortly after, the node answers: retry for a few seconds,
-        and never hand the engine's complaint to the caller as the function's output.
-        """
-        deadline = time.monotonic() + LOGS_RETRY_S
-        delay = 0.1
-        while True:
-            out, out_bad = _clean_logs(self._service_logs(sid, stdout=True))
-            err, err_bad = _clean_logs(self._service_logs(sid, stdout=False))
-            if not (out_bad or err_bad):
-                return out, err
-            if time.monotonic() + delay > deadline:
-                log.warning("incomplete logs for one-shot service %s: %s", sid, out_bad or err_bad)
-                note = b"swarmless: the output may be incomplete (" + (out_bad or err_bad) + b")\n"
-                return out, err + note
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-
-    def _service_logs(self, sid: str, *, stdout: bool) -> bytes:
-        with translate(api=self.client.api):
-            return b"".join(self.client.api.service_logs(sid, stdout=stdout, stderr=not stdout))
-
-    def _result(
-        self,
-        sid: str,
-        code: int,
-        stdout: bytes,
-        stderr: bytes,
-        t0: float,
-        started: float | None,
-        *,
-        timed_out: bool = False,
-        oom: bool = False,
-    ) -> OneShotResult:
-        now = time.monotonic()
-        started = started if started is not None else now
-        return OneShotResult(
-            container=sid,
-            exit_code=code,
-            stdout=stdout,
-            stderr=stderr,
-            oom=oom,
-            timed_out=timed_out,
-            init_ms=(started - t0) * 1000,
-            run_ms=(now - started) * 1000,
-        )
-
     # -- inspection ----------------------------------------------------------------
 
     async def container_logs(self, container_id: str, *, tail: int = 20) -> str:
@@ -691,7 +481,7 @@ class SwarmBackend(EngineBackend):
             out = []
             for s in found:
                 labels = (s.get("Spec") or {}).get("Labels") or {}
-                task = _latest(tasks.get(s["ID"], []))
+                task = latest(tasks.get(s["ID"], []))
                 state = ((task or {}).get("Status") or {}).get("State", "new")
                 out.append(
                     ContainerInfo(

@@ -85,7 +85,29 @@ def run_checks(settings: Settings) -> list[Check]:
         )
     )
     client.close()
+    checks.append(gateway_check(settings))
     return checks
+
+
+def gateway_check(settings: Settings) -> Check:
+    """The gateway at ``gateway_url``, and which replica it is (not needed by run())."""
+    import httpx
+
+    url = settings.gateway_url
+    try:
+        health = httpx.get(f"{url}/healthz", timeout=3).json()
+    except (httpx.HTTPError, ValueError) as e:
+        return Check(
+            "gateway",
+            True,
+            f"none answers at {url} ({type(e).__name__}; only needed for deployed functions)",
+            "swarmless up   # or set SWARMLESS_GATEWAY_URL",
+        )
+    role = health.get("role", "active")
+    detail = f"{url}: version {health.get('version', '?')}, {role}"
+    if role != "active":
+        detail += f" replica (forwards to the active one at {health.get('active') or '?'})"
+    return Check("gateway", True, detail)
 
 
 @main.command()
