@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,63 +37,32 @@ from pathlib import Path
 import docker
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_processes import BODY, HANDLER, WRK_SCRIPT, Load, python_load, wrk_load
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' helpers
+from bench.gateway_processes import (
+    BODY,
+    HANDLER,
+    WRK_SCRIPT,
+    Load,
+    python_load,
+    wrk_load,
+)
+from tests.gateway_harness import GatewayProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-replicas-token"
 
 
-class Replica:
-    """One ``swarmless up`` process."""
+def role(replica: GatewayProcess) -> str:
+    with contextlib.suppress(httpx.HTTPError):
+        return str(httpx.get(f"{replica.url}/healthz", timeout=2).json().get("role"))
+    return "down"
 
-    def __init__(self, data: Path, instance: str, store: str, port: int) -> None:
-        self.data = data
-        self.url = f"http://127.0.0.1:{port}"
-        self.env = {
-            **os.environ,
-            "SWARMLESS_DATA_DIR": str(data),
-            "SWARMLESS_INSTANCE": instance,
-            "SWARMLESS_NETWORK": f"swarmless-{instance}",
-            "SWARMLESS_PORT": str(port),
-            "SWARMLESS_STORE_URL": store,
-            "SWARMLESS_TOKEN": TOKEN,
-            "SWARMLESS_LEASE_TTL": "3",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        self.data.mkdir(parents=True, exist_ok=True)
-        with (self.data / "gateway.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "swarmless", "up", "--log-level", "warning"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise SystemExit(f"gateway did not start; see {self.data / 'gateway.log'}")
-
-    def role(self) -> str:
-        with contextlib.suppress(httpx.HTTPError):
-            return str(httpx.get(f"{self.url}/healthz", timeout=2).json().get("role"))
-        return "down"
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+def replica(data: Path, instance: str, store: str) -> GatewayProcess:
+    """A ``swarmless up`` process on ``store`` (not started)."""
+    data.mkdir(parents=True, exist_ok=True)
+    env = {"SWARMLESS_STORE_URL": store, "SWARMLESS_TOKEN": TOKEN, "SWARMLESS_LEASE_TTL": "3"}
+    return GatewayProcess(data, instance, f"swarmless-{instance}", _port(), env)
 
 
 def postgres() -> str:
@@ -196,7 +164,7 @@ def deploy(url: str, image: str, n: int) -> None:
     raise SystemExit("the function never answered")
 
 
-def outage(standby: Replica, kill: Callable[[], None]) -> tuple[float, float, int]:
+def outage(standby: GatewayProcess, kill: Callable[[], None]) -> tuple[float, float, int]:
     """After ``kill()``: until when calls through ``standby`` failed or stalled (seconds),
     the longest call, and how many failed. A request the standby could not deliver waits
     for the next active replica instead of failing, so the gap shows as a slow call."""
@@ -239,7 +207,7 @@ def main() -> None:
     engine = docker.from_env()
     base = postgres()
     one_instance, two_instance = f"bench-one-{run_id}", f"bench-two-{run_id}"
-    replicas: list[Replica] = []
+    replicas: list[GatewayProcess] = []
     image = build(engine, args.tmp, run_id)
     print(
         f"bench/replicas.py run {run_id}: {os.cpu_count()} CPUs, load {args.loadgen}, "
@@ -251,13 +219,13 @@ def main() -> None:
             database(base, f"bench_one_{run_id}") as one_db,
             database(base, f"bench_two_{run_id}") as two_db,
         ):
-            one = Replica(args.tmp / "one", one_instance, one_db, _port())
-            a = Replica(args.tmp / "a", two_instance, two_db, _port())
-            b = Replica(args.tmp / "b", two_instance, two_db, _port())
+            one = replica(args.tmp / "one", one_instance, one_db)
+            a = replica(args.tmp / "a", two_instance, two_db)
+            b = replica(args.tmp / "b", two_instance, two_db)
             replicas += [one, a, b]
             for r in replicas:
                 r.start()
-            assert (a.role(), b.role()) == ("active", "standby"), (a.role(), b.role())
+            assert (role(a), role(b)) == ("active", "standby"), (role(a), role(b))
             deploy(one.url, image, args.containers)
             deploy(b.url, image, args.containers)
             runs: dict[str, list[Load]] = {"one": [], "two": []}
@@ -278,10 +246,10 @@ def main() -> None:
 
             def handover() -> None:
                 a.start()  # the killed one, back as a standby
-                b.stop(signal.SIGTERM)
+                b.stop()
 
             for what, standby, kill in (
-                ("SIGKILLed", b, lambda: a.stop(signal.SIGKILL)),
+                ("SIGKILLed", b, a.kill),
                 ("stopped cleanly", a, handover),
             ):
                 gap, longest, failed = outage(standby, kill)

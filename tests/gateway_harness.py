@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -176,3 +177,65 @@ class GatewayProcess:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+class CallLoad:
+    """Sync calls to one URL from a few threads, bounded in time, while a test breaks
+    something: counts the outcomes, and keeps every failure that is not a gateway's clear
+    ``503 gateway_unavailable`` (a transport error, another status) in ``bad``."""
+
+    def __init__(
+        self,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+        *,
+        threads: int = 3,
+        seconds: float = 60,
+    ) -> None:
+        self.url, self.headers, self.body, self.seconds = url, headers, body, seconds
+        self.outcomes: Counter[str] = Counter()
+        self.bad: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def __enter__(self) -> CallLoad:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.seconds + 30)
+
+    @property
+    def ok(self) -> int:
+        return self.outcomes["ok"]
+
+    def _run(self) -> None:
+        with httpx.Client(headers=self.headers, timeout=60) as c:
+            end = time.monotonic() + self.seconds
+            while not self._stop.is_set() and time.monotonic() < end:
+                try:
+                    r = c.post(self.url, content=self.body)
+                except httpx.HTTPError as e:
+                    with self._lock:
+                        self.bad.append(f"transport error: {e!r}")
+                    continue
+                with self._lock:
+                    if r.status_code == 200:
+                        self.outcomes["ok"] += 1
+                    elif r.status_code == 503 and r.json()["error"] == "gateway_unavailable":
+                        self.outcomes["gateway_unavailable"] += 1
+                    else:
+                        self.outcomes[f"{r.status_code} {r.json().get('error')}"] += 1
+                        self.bad.append(r.text)
+
+
+def all_ended(http: httpx.Client, url: str, function: str, ids: list[str]) -> bool:
+    """Whether every call of ``ids`` (async calls of ``function``) succeeded or is dead."""
+    rows = http.get(f"{url}/invocations", params={"function": function, "limit": 5000})
+    status = {r["id"]: r["status"] for r in rows.json()}
+    return all(status.get(i) in ("succeeded", "dead") for i in ids)

@@ -12,9 +12,7 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import pytest
 
 from swarmless.gateway.replicas import peer_url
 from tests.conftest import SESSION, handler_image
-from tests.gateway_harness import GatewayProcess, free_port
+from tests.gateway_harness import CallLoad, GatewayProcess, all_ended, free_port
 
 pytestmark = [pytest.mark.slow]
 
@@ -190,62 +188,24 @@ def test_killing_the_active_replica_under_load(
         for _ in range(40)
     ]
     # Load through the standby (bounded: 4 threads, 25 s at most).
-    outcomes: Counter[str] = Counter()
-    bad: list[str] = []
-    stop = threading.Event()
-    lock = threading.Lock()
-
-    def load() -> None:
-        with httpx.Client(headers=headers, timeout=30) as c:
-            t_end = time.monotonic() + 25
-            while not stop.is_set() and time.monotonic() < t_end:
-                try:
-                    r = c.post(f"{b.url}/function/hello", content=b"0.01")
-                except httpx.HTTPError as e:  # the standby itself must keep answering
-                    with lock:
-                        bad.append(f"transport error from the standby: {e!r}")
-                    continue
-                with lock:
-                    if r.status_code == 200:
-                        outcomes["ok"] += 1
-                    elif r.status_code == 503 and r.json()["error"] == "gateway_unavailable":
-                        outcomes["gateway_unavailable"] += 1
-                    else:
-                        outcomes[f"{r.status_code} {r.json().get('error')}"] += 1
-                        bad.append(r.text)
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
+    with CallLoad(f"{b.url}/function/hello", headers, b"0.01", threads=4, seconds=25) as load:
         time.sleep(2)
-        before = outcomes["ok"]
-        assert before > 0, "no call succeeded before the kill"
+        assert load.ok > 0, "no call succeeded before the kill"
         a.kill()
         t_kill, killed_at = time.monotonic(), time.time()
         took = wait_for(lambda: health(b)["role"] == "active", 20, "the standby took over")
-        ok_at_takeover = outcomes["ok"]
-        wait_for(lambda: outcomes["ok"] > ok_at_takeover + 20, 20, "calls served again")
+        ok_at_takeover = load.ok
+        wait_for(lambda: load.ok > ok_at_takeover + 20, 20, "calls served again")
         resumed = time.monotonic() - t_kill
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
     print(
         f"\n[replicas] active replica killed: standby active after {took:.1f} s, "
-        f"calls resumed after {resumed:.1f} s; outcomes {dict(outcomes)}"
+        f"calls resumed after {resumed:.1f} s; outcomes {dict(load.outcomes)}"
     )
-    # Calls held by the dead replica may fail (a 503 or a 502 saying so); none hangs,
-    # none fails in another way.
-    assert not bad, bad[:3]
-
+    # Calls held by the dead replica may fail (503 gateway_unavailable, saying so); none
+    # hangs, none fails in another way.
+    assert not load.bad, load.bad[:3]
     # Every async call queued before the kill ends, run by the new active replica.
-    def final() -> bool:
-        rows = http.get(f"{b.url}/invocations", params={"function": "hello", "limit": 5000})
-        status = {r["id"]: r["status"] for r in rows.json()}
-        return all(status.get(i) in ("succeeded", "dead") for i in queued)
-
-    wait_for(final, 60, "every queued async call finished")
+    wait_for(lambda: all_ended(http, b.url, "hello", queued), 60, "every queued call ended")
     # The dead replica's containers were removed: those left are the new active one's.
     instance = a.env["SWARMLESS_INSTANCE"]
     left = engine.api.containers(filters={"label": f"swarmless.gateway={instance}"})

@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import pytest
@@ -314,3 +315,29 @@ def test_the_engines_log_complaints_are_not_the_functions_output() -> None:
     )
     # Written as a frame of its own, it can follow output that had no newline yet.
     assert _clean_logs(b"par" + complaint + b"\ntial") == (b"partial", complaint)
+
+
+def test_a_node_that_cannot_deliver_logs_fails_the_call_clearly_and_is_avoided(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """After a restart, a node may run tasks whose logs the manager cannot fetch."""
+    from swarmless.backends import swarm_oneshot
+    from swarmless.backends.swarm import SwarmBackend
+    from swarmless.config import Settings
+    from swarmless.exceptions import FunctionFailed
+    from swarmless.spec import FunctionSpec
+
+    backend = SwarmBackend(Settings.load(data_dir=tmp_path, backend="swarm"))
+    backend._hostnames["n3"] = "swarmless-node-3"
+    complaint = b"Error grabbing logs: rpc error: ... node n3 is not available\n"
+    monkeypatch.setattr(backend, "_service_logs", lambda sid, stdout: complaint)
+    monkeypatch.setattr(swarm_oneshot, "LOGS_RETRY_S", 0.2)
+    with pytest.raises(FunctionFailed, match=r"node-3, but .* could not deliver its output"):
+        backend._logs("svc", "n3")
+    spec = FunctionSpec(name="once", image=BUSYBOX, placement=("node.role == worker",))
+    template = backend._task_template(
+        spec, labels={}, env={}, command=None, args=None, avoid=backend._avoided()
+    )
+    assert template["Placement"]["Constraints"] == ["node.role == worker", "node.id != n3"]
+    backend._no_logs["n3"] = 0  # the avoidance ends
+    assert backend._avoided() == []

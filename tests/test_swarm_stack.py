@@ -8,9 +8,7 @@ its node's published port. The active replica's container is killed under load.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 
 import docker
@@ -19,6 +17,7 @@ import pytest
 
 from swarmless.build import build_function
 from tests.conftest import PYTHON, SESSION
+from tests.gateway_harness import CallLoad, all_ended
 from tests.swarm_harness import Cluster, GatewayStack, gateway_stack, wait_for
 
 pytestmark = [pytest.mark.swarm, pytest.mark.slow]
@@ -82,59 +81,22 @@ def test_the_stack_survives_its_active_replica_killed_under_load(stack: GatewayS
         http.post(f"{via}/async-function/hello", content=b"0.05").headers["x-call-id"]
         for _ in range(30)
     ]
-    outcomes: Counter[str] = Counter()
-    bad: list[str] = []
-    stop = threading.Event()
-    lock = threading.Lock()
-
-    def load() -> None:
-        with httpx.Client(headers=headers, timeout=60) as c:
-            t_end = time.monotonic() + 60
-            while not stop.is_set() and time.monotonic() < t_end:
-                try:
-                    r = c.post(f"{via}/function/hello", content=b"0.01")
-                except httpx.HTTPError as e:
-                    with lock:
-                        bad.append(f"transport error from the standby: {e!r}")
-                    continue
-                with lock:
-                    if r.status_code == 200:
-                        outcomes["ok"] += 1
-                    elif r.status_code == 503 and r.json()["error"] == "gateway_unavailable":
-                        outcomes["gateway_unavailable"] += 1
-                    else:
-                        outcomes[f"{r.status_code} {r.json().get('error')}"] += 1
-                        bad.append(r.text)
-
-    threads = [threading.Thread(target=load) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
-        wait_for(lambda: outcomes["ok"] >= 10, 30, "calls served before the kill")
+    with CallLoad(f"{via}/function/hello", headers, b"0.01") as load:
+        wait_for(lambda: load.ok >= 10, 30, "calls served before the kill")
         (victim,) = stack.gateway_containers(active)
         stack.cluster.engine(active).api.kill(victim)
         t_kill = time.monotonic()
         wait_for(lambda: stack.roles().get(standby) == "active", 30, "the standby took over")
         took = time.monotonic() - t_kill
-        ok_then = outcomes["ok"]
-        wait_for(lambda: outcomes["ok"] >= ok_then + 10, 60, "calls served again")
+        ok_then = load.ok
+        wait_for(lambda: load.ok >= ok_then + 10, 60, "calls served again")
         resumed = time.monotonic() - t_kill
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(90)
     print(
         f"\n[stack] active replica's container killed: the standby active after {took:.1f} s, "
-        f"calls resumed after {resumed:.1f} s; outcomes {dict(outcomes)}"
+        f"calls resumed after {resumed:.1f} s; outcomes {dict(load.outcomes)}"
     )
-    assert not bad, bad[:3]
-
-    def final() -> bool:
-        rows = http.get(f"{via}/invocations", params={"function": "hello", "limit": 5000})
-        status = {r["id"]: r["status"] for r in rows.json()}
-        return all(status.get(i) in ("succeeded", "dead") for i in queued)
-
-    wait_for(final, 90, "every queued async call finished")
+    assert not load.bad, load.bad[:3]
+    wait_for(lambda: all_ended(http, via, "hello", queued), 90, "every queued call ended")
     # Swarm restarts the killed task; it comes back as a standby of the new active one.
     wait_for(lambda: stack.roles().get(active) == "standby", 90, "the killed replica back")
     r = http.post(f"{stack.urls[active]}/function/hello", content=b"0")

@@ -105,6 +105,7 @@ class SwarmBackend(OneShotServices, EngineBackend):
         self._down: set[str] = set()
         self._hostnames: dict[str, str] = {}
         self._images: dict[str, tuple[list[str], list[str]]] = {}
+        self._no_logs: dict[str, float] = {}
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -266,6 +267,8 @@ class SwarmBackend(OneShotServices, EngineBackend):
         new secret and containers started after the change get it. A name the gateway does
         not hold is looked up in Swarm as is (``docker secret create NAME FILE``).
         """
+        if not spec.secrets:
+            return []
         refs = []
         api = self.client.api
         for name in spec.secrets:
@@ -349,6 +352,7 @@ class SwarmBackend(OneShotServices, EngineBackend):
         command: list[str] | None,
         args: list[str] | None,
         configs: list[docker.types.ConfigReference] | None = None,
+        avoid: Sequence[str] = (),
     ) -> docker.types.TaskTemplate:
         env = {
             **env,
@@ -381,7 +385,7 @@ class SwarmBackend(OneShotServices, EngineBackend):
             resources=resources,
             restart_policy=docker.types.RestartPolicy(condition="none"),
             placement=docker.types.Placement(
-                constraints=list(spec.placement),
+                constraints=[*spec.placement, *(f"node.id != {node}" for node in avoid)],
                 preferences=[("spread", label) for label in spec.spread],
             )
             or None,

@@ -24,7 +24,7 @@ import docker.types
 
 from swarmless.backends.base import OneShotResult
 from swarmless.engine import LABEL_CALL, translate
-from swarmless.exceptions import PayloadTooLarge
+from swarmless.exceptions import FunctionFailed, PayloadTooLarge
 from swarmless.proxy.tokens import CallerTokens
 from swarmless.spec import FunctionSpec
 
@@ -46,6 +46,8 @@ NOT_RUN = 125
 LOGS_ERROR = b"Error grabbing logs: "
 #: How long to keep asking for a finished one-shot task's complete logs.
 LOGS_RETRY_S = 5.0
+#: How long one-shot tasks avoid a node whose task logs could not be read.
+LOGS_AVOID_S = 60.0
 
 
 def latest(tasks: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -84,6 +86,8 @@ class OneShotServices:
     _down: set[str]
     _hostnames: dict[str, str]
     _images: dict[str, tuple[list[str], list[str]]]
+    #: Nodes whose task logs the manager could not deliver: node id -> until (monotonic).
+    _no_logs: dict[str, float]
 
     if TYPE_CHECKING:  # provided by SwarmBackend and EngineBackend
 
@@ -109,6 +113,7 @@ class OneShotServices:
             command: list[str] | None,
             args: list[str] | None,
             configs: list[Any] | None = None,
+            avoid: Sequence[str] = (),
         ) -> Any:
             raise NotImplementedError
 
@@ -181,7 +186,13 @@ class OneShotServices:
                     entry = ["/bin/sh", "-c", f'exec "$@" <{STDIN_PATH}', "sh", *argv]
                     args = None
                 template = self._task_template(
-                    spec, labels=labels, env=env, command=entry, args=args, configs=configs
+                    spec,
+                    labels=labels,
+                    env=env,
+                    command=entry,
+                    args=args,
+                    configs=configs,
+                    avoid=self._avoided(),
                 )
                 sid = self._create_service(self._service_name(spec, suffix), template, labels)
             return self._wait_once(spec, sid, t0, deadline)
@@ -227,7 +238,7 @@ class OneShotServices:
                     t0,
                     None,
                 )
-            stdout, stderr = self._logs(sid)
+            stdout, stderr = self._logs(sid, (task or {}).get("NodeID", ""))
             return self._result(sid, LOST, stdout, stderr, t0, started, timed_out=True)
         code = exit_code(task or {})
         if code is None:
@@ -235,7 +246,7 @@ class OneShotServices:
             return self._result(
                 sid, NOT_RUN, b"", f"Swarm could not run it: {why}".encode(), t0, started
             )
-        stdout, stderr = self._logs(sid)
+        stdout, stderr = self._logs(sid, (task or {}).get("NodeID", ""))
         oom = code == LOST and spec.memory is not None
         return self._result(sid, code, stdout, stderr, t0, started, oom=oom)
 
@@ -243,13 +254,16 @@ class OneShotServices:
         with self._lock:
             return set(self._down)
 
-    def _logs(self, sid: str) -> tuple[bytes, bytes]:
+    def _logs(self, sid: str, node: str) -> tuple[bytes, bytes]:
         """A finished task's stdout and stderr, as the manager's log broker collects them.
 
         The broker asks the task's node for the logs; when the node's answer is missing it
         writes ``Error grabbing logs: ... incomplete log stream`` into the stream in place
-        of the data. Asked again shortly after, the node answers: retry for a few seconds,
-        and never hand the engine's complaint to the caller as the function's output.
+        of the data. Asked again shortly after, the node usually answers: retry for a few
+        seconds, and never hand the engine's complaint to the caller as the function's
+        output. A node that still does not (seen after a node restart) cannot serve
+        one-shot calls: the call fails saying so, and the next ones avoid that node for
+        ``LOGS_AVOID_S`` seconds.
         """
         deadline = time.monotonic() + LOGS_RETRY_S
         delay = 0.1
@@ -259,11 +273,28 @@ class OneShotServices:
             if not (out_bad or err_bad):
                 return out, err
             if time.monotonic() + delay > deadline:
-                log.warning("incomplete logs for one-shot service %s: %s", sid, out_bad or err_bad)
-                note = b"swarmless: the output may be incomplete (" + (out_bad or err_bad) + b")\n"
-                return out, err + note
+                break
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+        why = (out_bad or err_bad).decode("utf-8", "replace")
+        host = self._hostnames.get(node, node) or "?"
+        if node:
+            with self._lock:
+                self._no_logs[node] = time.monotonic() + LOGS_AVOID_S
+        log.warning("no logs from node %s for one-shot service %s: %s", host, sid, why)
+        raise FunctionFailed(
+            f"the call ran on node {host}, but the Swarm manager could not deliver its output "
+            f"({why}); one-shot calls avoid that node for {LOGS_AVOID_S:g} s"
+        )
+
+    def _avoided(self) -> list[str]:
+        """Nodes one-shot tasks stay off (their logs could not be read lately)."""
+        now = time.monotonic()
+        with self._lock:
+            for node, until in list(self._no_logs.items()):
+                if until < now:
+                    del self._no_logs[node]
+            return list(self._no_logs)
 
     def _service_logs(self, sid: str, *, stdout: bool) -> bytes:
         with translate(api=self.client.api):
