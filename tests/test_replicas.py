@@ -222,3 +222,53 @@ def test_killing_the_active_replica_under_load(
     assert http.post(f"{a.url}/function/hello", content=b"0").status_code == 200
     print(f"[replicas] clean stop: the standby active after {handover:.1f} s")
     http.close()
+
+
+def test_an_active_replica_whose_store_hangs_steps_down_before_its_lease_expires() -> None:
+    """Fencing: the holder stops before any other replica may take the lease over."""
+    import asyncio
+
+    from swarmless.gateway.replicas import Replicas
+    from swarmless.store.lease import LeaseState
+
+    class HangingStore:
+        """Grants the lease once, then never answers (a store cut off mid-connection)."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+            self.until = 0.0
+
+        async def acquire_lease(self, name: str, holder: str, url: str, ttl: float) -> LeaseState:
+            self.calls += 1
+            if self.calls > 1:
+                await asyncio.sleep(3600)
+            self.until = time.monotonic() + ttl
+            return LeaseState(holder=holder, url=url, until=0)
+
+    async def main() -> float:
+        store = HangingStore()
+        lost = asyncio.Event()
+
+        async def lead() -> None:
+            return None
+
+        replicas = Replicas(
+            store,  # type: ignore[arg-type]
+            "http://a:1",
+            holder="a",
+            lease="gateway:x",
+            ttl=1.0,
+            lead=lead,
+            lost=lambda why: lost.set(),
+        )
+        await replicas.start()
+        assert replicas.active
+        await asyncio.wait_for(lost.wait(), 5)
+        stepped_down = time.monotonic()
+        assert replicas._task is not None
+        replicas._task.cancel()
+        await replicas._http.aclose()
+        return store.until - stepped_down
+
+    margin = asyncio.run(main())
+    assert margin > 0, f"stepped down {-margin:.2f} s after the lease expired"

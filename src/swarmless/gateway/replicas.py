@@ -150,16 +150,23 @@ class Replicas:
             await self._try()
 
     async def _try(self) -> None:
+        # The lease runs from before the statement (the store dates it then), and a store
+        # that hangs is a store that fails: the holder must step down before it expires.
+        asked = time.monotonic()
         try:
-            state = await self.store.acquire_lease(self.lease, self.holder, self.me, self.ttl)
-        except SwarmlessError as e:
+            state = await asyncio.wait_for(
+                self.store.acquire_lease(self.lease, self.holder, self.me, self.ttl),
+                self.ttl / 4,
+            )
+        except (TimeoutError, SwarmlessError) as e:
+            why = str(e) or "the store did not answer in time"
             if self._holding and time.monotonic() - self._renewed > self.ttl / 2:
-                self._step_down(f"cannot renew the gateway lease: {e}")
+                self._step_down(f"cannot renew the gateway lease: {why}")
             else:
-                log.warning("gateway lease: %s", e)
+                log.warning("gateway lease: %s", why)
             return
         if state.holder == self.holder:
-            self._renewed = time.monotonic()
+            self._renewed = asked
             if not self._holding:
                 self._holding = True
                 log.info("gateway lease taken: this replica (%s) becomes active", self.me)
