@@ -193,13 +193,21 @@ def test_killing_the_active_replica_under_load(
         assert load.ok > 0, "no call succeeded before the kill"
         a.kill()
         t_kill, killed_at = time.monotonic(), time.time()
+        # No active replica for about the lease's ttl: the standby still queues async calls
+        # (durably, in the store) at once; the next active replica runs them.
+        during = [http.post(f"{b.url}/async-function/hello", content=b"0") for _ in range(10)]
+        assert all(r.status_code == 202 for r in during), [r.text for r in during]
+        queued_during = time.monotonic() - t_kill
+        assert queued_during < 2, f"queueing without an active replica took {queued_during:.1f}s"
+        queued += [r.headers["x-call-id"] for r in during]
         took = wait_for(lambda: health(b)["role"] == "active", 20, "the standby took over")
         ok_at_takeover = load.ok
         wait_for(lambda: load.ok > ok_at_takeover + 20, 20, "calls served again")
         resumed = time.monotonic() - t_kill
     print(
         f"\n[replicas] active replica killed: standby active after {took:.1f} s, "
-        f"calls resumed after {resumed:.1f} s; outcomes {dict(load.outcomes)}"
+        f"calls resumed after {resumed:.1f} s; outcomes {dict(load.outcomes)}; "
+        f"10 async calls queued through the standby in {queued_during:.2f} s meanwhile"
     )
     # Calls held by the dead replica may fail (503 gateway_unavailable, saying so); none
     # hangs, none fails in another way.

@@ -138,6 +138,9 @@ class Gateway:
             path: str = scope["path"]
             replicas = self.replicas
             if replicas is not None and not replicas.active and path not in _LOCAL_PATHS:
+                if path.startswith("/async-function/") and self._standby_may_queue(scope):
+                    await accept_async(self, scope, receive, send)
+                    return
                 # A standby replica: the active one serves it (see gateway/replicas.py).
                 replayed = await replicas.forward(scope, receive, send)
                 if replayed is None:
@@ -153,6 +156,15 @@ class Gateway:
                 await self.runtime_api(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def _standby_may_queue(self, scope: Scope) -> bool:
+        """Whether a standby replica queues this async call itself: it can tell who calls
+        when there is no token or the admin's (function containers' tokens are known to the
+        active replica only: those it forwards)."""
+        token = bearer(scope)
+        if token is None:
+            return True
+        return self.token is not None and hmac.compare_digest(token.encode(), self.token.encode())
 
     async def _function(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``ANY /function/{name}[/{path}]``: one sync invocation."""

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from swarmless.exceptions import (
     FunctionFailed,
+    FunctionNotFound,
     InvalidArgument,
     InvocationNotFound,
     InvocationTimeout,
@@ -52,21 +53,39 @@ MAX_WAIT = 60.0
 
 
 async def accept_async(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
-    """``ANY /async-function/{name}[/{path}]``: queue one call durably, answer 202."""
-    assert gw.dispatcher is not None
+    """``ANY /async-function/{name}[/{path}]``: queue one call durably, answer 202.
+
+    The active gateway does it with its own state; a standby replica (``gw.runner`` None)
+    with the store's (the spec, the queue's length) for calls it can authorize itself
+    (public, or the admin token): they need no active replica, which picks them up from
+    the store within its idle poll.
+    """
     assert gw.store is not None
-    assert gw.runner is not None
+    runner, replicas = gw.runner, gw.replicas
     rest: str = scope["path"][len("/async-function/") :]
     name, slash, sub = rest.partition("/")
     try:
-        spec, _ = gw.dispatcher.get(name)
         token = bearer(scope)
-        caller = gw.callers.caller(token, gw.dispatcher)
-        if spec.private and caller is None:
-            gw.check_admin(token)
         parent = None
-        if caller is not None:  # spawned by a function: the call tree records it
-            parent = gw.callers.parent(caller, header(scope, b"x-swarmless-parent"), gw.dispatcher)
+        if runner is not None:
+            assert gw.dispatcher is not None
+            spec, _ = gw.dispatcher.get(name)
+            caller = gw.callers.caller(token, gw.dispatcher)
+            if spec.private and caller is None:
+                gw.check_admin(token)
+            if caller is not None:  # spawned by a function: the call tree records it
+                claimed = header(scope, b"x-swarmless-parent")
+                parent = gw.callers.parent(caller, claimed, gw.dispatcher)
+            waiting = runner.queued.get(name, 0)
+        else:
+            assert replicas is not None
+            found = await replicas.spec(name)
+            if found is None:
+                raise FunctionNotFound(name)
+            spec = found
+            if spec.private:
+                gw.check_admin(token)
+            waiting = await replicas.waiting(name)
         body = await read_body(scope, receive, spec.max_body)
         callback = header(scope, b"x-callback-url")
         if callback is not None:
@@ -76,7 +95,6 @@ async def accept_async(gw: Gateway, scope: Scope, receive: Receive, send: Send) 
         key = header(scope, b"idempotency-key")
         if key is not None and not 0 < len(key) <= 200:
             raise InvalidArgument("Idempotency-Key must be 1 to 200 characters")
-        waiting = gw.runner.queued.get(name, 0)
         if waiting >= spec.queue_size:
             raise QueueFull(
                 f"function {name!r} has {waiting} async calls waiting "
@@ -118,9 +136,11 @@ async def accept_async(gw: Gateway, scope: Scope, receive: Receive, send: Send) 
         log.exception("unexpected error queueing a call of %s", name)
         await send_error(send, internal_error(e))
         return
-    if created:
-        gw.runner.queued[name] = gw.runner.queued.get(name, 0) + 1
-        gw.runner.wake.set()
+    if created and runner is not None:
+        runner.queued[name] = runner.queued.get(name, 0) + 1
+        runner.wake.set()
+    elif created and replicas is not None:
+        replicas.queued(name)
     answer = {"call_id": call_id, "status": "queued" if created else "duplicate"}
     await send_response(
         send,

@@ -40,6 +40,7 @@ import httpx
 
 from swarmless.exceptions import GatewayUnavailable, SwarmlessError
 from swarmless.gateway.asgi import ClientGone, Message, Receive, Scope, Send, read_body, send_error
+from swarmless.spec import FunctionSpec
 from swarmless.store import Store
 
 __all__ = ["Replicas", "peer_url"]
@@ -64,8 +65,9 @@ _HOP = frozenset(
 FORWARD_LIMIT = 256 << 20
 #: Added to forwarded requests: the holder answers them itself, never forwards them again.
 FORWARDED_BY = b"x-swarmless-forwarded-by"
-#: Seconds a standby trusts a function's max_body read from the store.
-_SPEC_TTL = 5.0
+#: Seconds a standby trusts a function's spec read from the store (its max_body, whether
+#: it is private): a change made on the active replica reaches the standbys within it.
+_SPEC_TTL = 2.0
 
 
 def peer_url(host: str, port: int, configured: str = "") -> str:
@@ -123,7 +125,9 @@ class Replicas:
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[None] | None = None
-        self._limits: dict[str, tuple[int, float]] = {}
+        self._specs: dict[str, tuple[FunctionSpec, float]] = {}
+        self._counts: dict[str, int] = {}
+        self._counted = 0.0
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=min(2.0, ttl)),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
@@ -269,24 +273,38 @@ class Replicas:
         return None
 
     async def _body_limit(self, path: str) -> int:
-        """A call's function's max_body (from the store, cached), else FORWARD_LIMIT: a
-        standby holds no more of a request than the active replica would accept."""
+        """A call's function's max_body, else FORWARD_LIMIT: a standby holds no more of a
+        request than the active replica would accept."""
         for prefix in ("/function/", "/async-function/"):
             if path.startswith(prefix):
-                name = path[len(prefix) :].partition("/")[0]
-                break
-        else:
-            return FORWARD_LIMIT
+                spec = await self.spec(path[len(prefix) :].partition("/")[0])
+                return spec.max_body if spec is not None else FORWARD_LIMIT
+        return FORWARD_LIMIT
+
+    async def spec(self, name: str) -> FunctionSpec | None:
+        """Function ``name``'s spec as the store has it (cached ``_SPEC_TTL`` s), or None."""
         now = time.monotonic()
-        cached = self._limits.get(name)
+        cached = self._specs.get(name)
         if cached is None or cached[1] < now:
             found = await self.store.get_function(name)
-            if found is None:  # the active replica answers 404 after a short read
-                return FORWARD_LIMIT
-            if len(self._limits) > 1024:
-                self._limits.clear()
-            cached = self._limits[name] = (found[0].max_body, now + _SPEC_TTL)
+            if found is None:  # not cached: a function deployed a moment ago is found
+                return None
+            if len(self._specs) > 1024:
+                self._specs.clear()
+            cached = self._specs[name] = (found[0], now + _SPEC_TTL)
         return cached[0]
+
+    async def waiting(self, name: str) -> int:
+        """Async calls of ``name`` queued or running, as the store counts them (cached 1 s)."""
+        now = time.monotonic()
+        if self._counted < now:
+            self._counts = await self.store.queued_counts()
+            self._counted = now + 1.0
+        return self._counts.get(name, 0)
+
+    def queued(self, name: str) -> None:
+        """One more call of ``name`` queued here (counted until the next read)."""
+        self._counts[name] = self._counts.get(name, 0) + 1
 
     async def _deliver(self, scope: Scope, body: bytes, deadline: float) -> httpx.Response | None:
         """The holder's streamed answer; None if this replica became the holder."""
