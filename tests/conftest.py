@@ -171,3 +171,39 @@ def cluster(engine: docker.DockerClient) -> Iterator[Cluster]:
 
     with cluster_session(engine, f"swarmless.test={SESSION}") as c:
         yield c
+
+
+#: The functions of the warm test image on the Swarm (node and task from the environment).
+SWARM_HANDLER = """
+import os, time
+
+def where(event, context):
+    return {"node": os.environ.get("SWARMLESS_NODE", "?"), "task": os.environ.get("SWARMLESS_TASK")}
+
+def slow(event, context):
+    time.sleep(float(event["body"] or b"0.5"))
+    return {"node": os.environ.get("SWARMLESS_NODE", "?")}
+"""
+
+
+@pytest.fixture(scope="session")
+def swarm_warm_image(
+    engine: docker.DockerClient, cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A warm function image (``handler:where``, ``handler:slow``) on every node."""
+    from swarmless.build import build_function
+
+    folder = tmp_path_factory.mktemp("swarm-fn")
+    (folder / "handler.py").write_text(SWARM_HANDLER)
+    tag = f"swarmless-test/swarm-warm:{SESSION}"
+    build_function(
+        folder,
+        tag=tag,
+        mode="warm",
+        client=engine,
+        base_image=PYTHON,
+        labels={"swarmless.test": SESSION},
+    )
+    cluster.load(tag, BUSYBOX)
+    yield tag
+    engine.images.remove(tag, force=True)

@@ -117,19 +117,42 @@ class Cluster:
         return ip
 
     def reconnect_node(self, name: str, ip: str) -> None:
-        """Connect a cut-off node again (same address) and wait until Swarm calls it ready."""
+        """Connect a cut-off node again (same address); then :meth:`heal` it."""
         self._clients.pop(name, None)
         self.host.api.connect_container_to_network(name, "swarmless-swarm-nodes", ipv4_address=ip)
         wait_for(lambda: name in self.ready_nodes(), 60, f"{name} ready again")
-        self.wait_logs(name)
+        self.heal(name)
 
     def restart_node(self, name: str) -> None:
-        """Start a killed node again and wait until Swarm calls it ready (and serves its
-        tasks' logs)."""
+        """Start a killed node again; then :meth:`heal` it."""
         self._clients.pop(name, None)
         self.host.api.start(name)
         wait_for(lambda: name in self.ready_nodes(), 60, f"{name} ready again")
-        self.wait_logs(name)
+        self.heal(name)
+
+    def heal(self, name: str) -> None:
+        """Restart a node that was lost (killed or cut off) cleanly, and wait until it runs
+        tasks and the manager delivers their logs.
+
+        Seen with Docker 20.10: some 20 s after a lost node is back, the manager's log
+        broker drops it ("node ... is not available") and serves none of its tasks' logs
+        until its engine restarts, most likely when the lost session's stream finally
+        times out. A clean restart right away ends that stream; the node stayed healthy
+        for minutes after one. swarmless itself copes (a one-shot call whose logs cannot be
+        read fails saying so, and the node is avoided for a while); tests that run one-shot
+        calls after the node-loss tests should not depend on that.
+        """
+        for _ in range(4):  # a restart too soon after the node came back may not do
+            self._clients.pop(name, None)
+            self.host.api.restart(name, timeout=5)
+            wait_for(lambda: name in self.ready_nodes(), 60, f"{name} ready after a restart")
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                with contextlib.suppress(Exception):
+                    if self.logs_work(name):
+                        return
+                time.sleep(1)
+        raise AssertionError(f"the manager delivers no logs of tasks on {name}")
 
     def logs_work(self, name: str, image: str = "swarmless/busybox:latest") -> bool:
         """Whether the manager delivers the logs of a task that ran on node ``name``."""
@@ -156,23 +179,6 @@ class Cluster:
         finally:
             with contextlib.suppress(docker.errors.DockerException):
                 api.remove_service(sid)
-
-    def wait_logs(self, name: str) -> None:
-        """Until node ``name`` delivers task logs; restart it (once) when it keeps failing:
-        after a restart a node sometimes runs tasks whose logs the manager cannot fetch
-        ("node ... is not available"), a Swarm fault swarmless works around by avoiding
-        the node, which a test running one-shot calls right after cannot wait for."""
-        for attempt in range(2):
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                if self.logs_work(name):
-                    return
-                time.sleep(1)
-            if attempt == 0:
-                self._clients.pop(name, None)
-                self.host.api.restart(name, timeout=5)
-                wait_for(lambda: name in self.ready_nodes(), 60, f"{name} ready again")
-        raise AssertionError(f"the manager delivers no task logs from {name}")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

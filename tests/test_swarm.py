@@ -13,45 +13,12 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import docker
 import pytest
 
-from swarmless.build import build_function
-from tests.conftest import BUSYBOX, PYTHON, SESSION
+from tests.conftest import BUSYBOX, SESSION
 from tests.swarm_harness import Cluster, SwarmGateway, wait_for
 
 pytestmark = [pytest.mark.swarm, pytest.mark.slow]
-
-HANDLER = """
-import os, time
-
-def where(event, context):
-    return {"node": os.environ.get("SWARMLESS_NODE", "?"), "task": os.environ.get("SWARMLESS_TASK")}
-
-def slow(event, context):
-    time.sleep(float(event["body"] or b"0.5"))
-    return {"node": os.environ.get("SWARMLESS_NODE", "?")}
-"""
-
-
-@pytest.fixture(scope="module")
-def warm_image(
-    engine: docker.DockerClient, cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    folder = tmp_path_factory.mktemp("swarm-fn")
-    (folder / "handler.py").write_text(HANDLER)
-    tag = f"swarmless-test/swarm-warm:{SESSION}"
-    build_function(
-        folder,
-        tag=tag,
-        mode="warm",
-        client=engine,
-        base_image=PYTHON,
-        labels={"swarmless.test": SESSION},
-    )
-    cluster.load(tag, BUSYBOX)
-    yield tag
-    engine.images.remove(tag, force=True)
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +38,10 @@ def _nodes_of(gw: SwarmGateway, name: str) -> list[str]:
     return [placement[s["ID"]] for s in services if s["ID"] in placement]
 
 
-def test_warm_replicas_spread_and_serve_from_other_nodes(gw: SwarmGateway, warm_image: str) -> None:
-    gw.deploy(name="where", image=warm_image, mode="warm", handler="handler:where")
+def test_warm_replicas_spread_and_serve_from_other_nodes(
+    gw: SwarmGateway, swarm_warm_image: str
+) -> None:
+    gw.deploy(name="where", image=swarm_warm_image, mode="warm", handler="handler:where")
     t0 = time.monotonic()
     gw.scale("where", 3)
     wait_for(lambda: gw.ready("where") == 3, 60, "3 ready workers")
@@ -90,7 +59,7 @@ def test_warm_replicas_spread_and_serve_from_other_nodes(gw: SwarmGateway, warm_
     print(f"\nscale 0->3: {scale_s:.2f}s; calls served by {dict(served)}")
 
 
-def test_oneshot_runs_as_a_swarm_task(gw: SwarmGateway, warm_image: str) -> None:
+def test_oneshot_runs_as_a_swarm_task(gw: SwarmGateway, swarm_warm_image: str) -> None:
     gw.deploy(name="upper", image=BUSYBOX, mode="oneshot", command=["tr", "a-z", "A-Z"])
     with gw.http(token=None) as http:
         t0 = time.monotonic()
@@ -120,7 +89,7 @@ def test_oneshot_runs_as_a_swarm_task(gw: SwarmGateway, warm_image: str) -> None
     assert "oops" in r.json()["message"]
 
 
-def test_oneshot_timeout_removes_the_task(gw: SwarmGateway, warm_image: str) -> None:
+def test_oneshot_timeout_removes_the_task(gw: SwarmGateway, swarm_warm_image: str) -> None:
     gw.deploy(name="sleepy", image=BUSYBOX, mode="oneshot", command=["sleep", "60"], timeout=2)
     with gw.http(token=None) as http:
         t0 = time.monotonic()
@@ -131,7 +100,7 @@ def test_oneshot_timeout_removes_the_task(gw: SwarmGateway, warm_image: str) -> 
     wait_for(lambda: not gw.services(**{"swarmless.function": "sleepy"}), 10, "the service removed")
 
 
-def test_placement_limits_and_secrets(gw: SwarmGateway, warm_image: str) -> None:
+def test_placement_limits_and_secrets(gw: SwarmGateway, swarm_warm_image: str) -> None:
     name = f"swarmless-test-{SESSION}"
     with gw.http() as http:
         assert http.put(f"/system/secrets/{name}", content=b"s3cret value").status_code == 204
@@ -157,7 +126,7 @@ def test_placement_limits_and_secrets(gw: SwarmGateway, warm_image: str) -> None
     # The warm path gets the same spec: look at the service Swarm was given.
     gw.deploy(
         name="limited",
-        image=warm_image,
+        image=swarm_warm_image,
         mode="warm",
         handler="handler:where",
         placement=["node.hostname != swarmless-node-1"],
@@ -191,8 +160,8 @@ def test_placement_limits_and_secrets(gw: SwarmGateway, warm_image: str) -> None
     wait_for(lambda: not gw.cluster.manager.api.secrets(filters=made), 10, "secrets removed")
 
 
-def test_removing_a_function_leaves_nothing(gw: SwarmGateway, warm_image: str) -> None:
-    gw.deploy(name="gone", image=warm_image, mode="warm", handler="handler:where")
+def test_removing_a_function_leaves_nothing(gw: SwarmGateway, swarm_warm_image: str) -> None:
+    gw.deploy(name="gone", image=swarm_warm_image, mode="warm", handler="handler:where")
     gw.scale("gone", 2)
     wait_for(lambda: gw.ready("gone") == 2, 60, "2 ready workers")
     label = "swarmless.function=gone"
@@ -204,13 +173,13 @@ def test_removing_a_function_leaves_nothing(gw: SwarmGateway, warm_image: str) -
 
 
 @pytest.mark.parametrize("how", ["disconnect", "kill"])
-def test_node_lost_while_calls_continue(gw: SwarmGateway, warm_image: str, how: str) -> None:
+def test_node_lost_while_calls_continue(gw: SwarmGateway, swarm_warm_image: str, how: str) -> None:
     """A node killed or cut off: sync calls fail only within their timeout, then succeed;
     async calls queued as it goes all end, succeeded or dead."""
     cluster = gw.cluster
     timeout = 8.0
     fn = f"steady-{how}"
-    gw.deploy(name=fn, image=warm_image, mode="warm", handler="handler:slow", timeout=timeout)
+    gw.deploy(name=fn, image=swarm_warm_image, mode="warm", handler="handler:slow", timeout=timeout)
     gw.scale(fn, 3)
     wait_for(lambda: gw.ready(fn) == 3, 60, "3 ready workers")
     assert "swarmless-node-3" in _nodes_of(gw, fn)

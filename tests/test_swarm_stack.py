@@ -15,46 +15,26 @@ import docker
 import httpx
 import pytest
 
-from swarmless.build import build_function
-from tests.conftest import PYTHON, SESSION
+from tests.conftest import SESSION
 from tests.gateway_harness import CallLoad, all_ended
 from tests.swarm_harness import Cluster, GatewayStack, gateway_stack, wait_for
 
 pytestmark = [pytest.mark.swarm, pytest.mark.slow]
 
 TOKEN = f"stack-token-{SESSION}"
-FUNCTION_IMAGE = f"swarmless-test/stack-fn:{SESSION}"
-HANDLER = """
-import os, time
-
-def hello(event, context):
-    time.sleep(float(event["body"] or b"0"))
-    return {"node": os.environ.get("SWARMLESS_NODE", "?")}
-"""
 
 
 @pytest.fixture(scope="module")
 def stack(
-    engine: docker.DockerClient, cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+    engine: docker.DockerClient, cluster: Cluster, swarm_warm_image: str
 ) -> Iterator[GatewayStack]:
-    folder = tmp_path_factory.mktemp("stack-fn")
-    (folder / "handler.py").write_text(HANDLER)
-    build_function(
-        folder,
-        tag=FUNCTION_IMAGE,
-        mode="warm",
-        client=engine,
-        base_image=PYTHON,
-        labels={"swarmless.test": SESSION},
-    )
-    try:
-        with gateway_stack(engine, cluster, f"stk{SESSION}", TOKEN, FUNCTION_IMAGE) as s:
-            yield s
-    finally:
-        engine.images.remove(FUNCTION_IMAGE, force=True)
+    with gateway_stack(engine, cluster, f"stk{SESSION}", TOKEN) as s:
+        yield s
 
 
-def test_the_stack_survives_its_active_replica_killed_under_load(stack: GatewayStack) -> None:
+def test_the_stack_survives_its_active_replica_killed_under_load(
+    stack: GatewayStack, swarm_warm_image: str
+) -> None:
     roles = stack.roles()
     active = next(n for n, r in roles.items() if r == "active")
     standby = next(n for n, r in roles.items() if r == "standby")
@@ -62,10 +42,10 @@ def test_the_stack_survives_its_active_replica_killed_under_load(stack: GatewayS
     via = stack.urls[standby]
     http = httpx.Client(headers=headers, timeout=60)
     spec = {
-        "name": "hello",
-        "image": FUNCTION_IMAGE,
+        "name": "slow",
+        "image": swarm_warm_image,
         "mode": "warm",
-        "handler": "handler:hello",
+        "handler": "handler:slow",
         "min_containers": 2,
         "timeout": 20,
         "retries": 5,
@@ -75,13 +55,13 @@ def test_the_stack_survives_its_active_replica_killed_under_load(stack: GatewayS
     assert r.status_code == 201, r.text
     # The first call starts containers on the cluster: give it time.
     for url in (via, stack.urls[active]):
-        r = http.post(f"{url}/function/hello", content=b"0", timeout=120)
+        r = http.post(f"{url}/function/slow", content=b"0", timeout=120)
         assert r.status_code == 200, r.text
     queued = [
-        http.post(f"{via}/async-function/hello", content=b"0.05").headers["x-call-id"]
+        http.post(f"{via}/async-function/slow", content=b"0.05").headers["x-call-id"]
         for _ in range(30)
     ]
-    with CallLoad(f"{via}/function/hello", headers, b"0.01") as load:
+    with CallLoad(f"{via}/function/slow", headers, b"0.01") as load:
         wait_for(lambda: load.ok >= 10, 30, "calls served before the kill")
         (victim,) = stack.gateway_containers(active)
         stack.cluster.engine(active).api.kill(victim)
@@ -96,9 +76,9 @@ def test_the_stack_survives_its_active_replica_killed_under_load(stack: GatewayS
         f"calls resumed after {resumed:.1f} s; outcomes {dict(load.outcomes)}"
     )
     assert not load.bad, load.bad[:3]
-    wait_for(lambda: all_ended(http, via, "hello", queued), 90, "every queued call ended")
+    wait_for(lambda: all_ended(http, via, "slow", queued), 90, "every queued call ended")
     # Swarm restarts the killed task; it comes back as a standby of the new active one.
     wait_for(lambda: stack.roles().get(active) == "standby", 90, "the killed replica back")
-    r = http.post(f"{stack.urls[active]}/function/hello", content=b"0")
+    r = http.post(f"{stack.urls[active]}/function/slow", content=b"0")
     assert r.status_code == 200, r.text
     http.close()
