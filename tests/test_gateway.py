@@ -15,6 +15,8 @@ import httpx
 import pytest
 
 import swarmless
+from swarmless.config import Settings
+from swarmless.sdk.gateway import GatewayClient
 from tests.conftest import BUSYBOX, PYTHON, handler_image
 from tests.gateway_harness import RunningGateway
 
@@ -418,6 +420,15 @@ def test_sdk_errors_map_to_exceptions(gw: RunningGateway) -> None:
     dead = swarmless.from_env(gateway_url="http://127.0.0.1:9")
     with pytest.raises(swarmless.EngineUnavailable, match="swarmless up"):
         dead.invoke("anything")
+    # Several addresses (replicas): one that refuses is skipped, the next one serves.
+    with pytest.raises(swarmless.FunctionNotFound):
+        GatewayClient(Settings.load(gateway_url=f"http://127.0.0.1:9/, {gw.url}")).invoke("nope")
+    both_dead = Settings.load(gateway_url="http://127.0.0.1:9,http://127.0.0.1:10")
+    assert both_dead.gateway_urls == ("http://127.0.0.1:9", "http://127.0.0.1:10")
+    with pytest.raises(
+        swarmless.EngineUnavailable, match=r"127\.0\.0\.1:9 or http://127\.0\.0\.1:10"
+    ):
+        GatewayClient(both_dead).functions()
 
 
 # -- resilience -------------------------------------------------------------------------

@@ -20,7 +20,9 @@ import docker
 import httpx
 import pytest
 
+from swarmless.config import Settings
 from swarmless.gateway.replicas import peer_url
+from swarmless.sdk.gateway import GatewayClient
 from tests.conftest import SESSION, handler_image
 from tests.gateway_harness import CallLoad, GatewayProcess, all_ended, free_port
 
@@ -214,6 +216,10 @@ def test_killing_the_active_replica_under_load(
     assert not load.bad, load.bad[:3]
     # Every async call queued before the kill ends, run by the new active replica.
     wait_for(lambda: all_ended(http, b.url, "hello", queued), 60, "every queued call ended")
+    # A client given both replicas' addresses skips the dead one (nothing was sent to it).
+    both = GatewayClient(Settings.load(gateway_url=f"{a.url},{b.url}", token=TOKEN))
+    assert both.invoke("hello", b"0").status == 200
+    both.close()
     # The dead replica's containers were removed: those left are the new active one's.
     instance = a.env["SWARMLESS_INSTANCE"]
     left = engine.api.containers(filters={"label": f"swarmless.gateway={instance}"})

@@ -37,7 +37,8 @@ def default_data_dir() -> Path:
 class Settings:
     """Everything swarmless reads from its environment, in one place."""
 
-    #: Address of the gateway, for deployed functions (invoke, spawn, map).
+    #: Address of the gateway, for deployed functions (invoke, spawn, map); several,
+    #: comma-separated, for replicas: a client moves to the next one that it cannot reach.
     gateway_url: str = "http://127.0.0.1:8080"
     #: Bearer token for the gateway's admin routes, or a worker's scoped token.
     token: str | None = None
@@ -123,8 +124,14 @@ class Settings:
         if values.get("backend", "docker") not in ("docker", "swarm"):
             raise InvalidArgument(f"backend must be 'docker' or 'swarm', got {values['backend']!r}")
         if "gateway_url" in values:
-            values["gateway_url"] = str(values["gateway_url"]).rstrip("/")
+            urls = [u.strip().rstrip("/") for u in str(values["gateway_url"]).split(",")]
+            values["gateway_url"] = ",".join(u for u in urls if u)
         return cls(**values)
+
+    @property
+    def gateway_urls(self) -> tuple[str, ...]:
+        """The gateway's address(es), in the order a client tries them."""
+        return tuple(u for u in self.gateway_url.split(",") if u)
 
     @property
     def store(self) -> str:

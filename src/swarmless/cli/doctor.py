@@ -85,15 +85,14 @@ def run_checks(settings: Settings) -> list[Check]:
         )
     )
     client.close()
-    checks.append(gateway_check(settings))
+    checks += [gateway_check(url) for url in settings.gateway_urls]
     return checks
 
 
-def gateway_check(settings: Settings) -> Check:
-    """The gateway at ``gateway_url``, and which replica it is (not needed by run())."""
+def gateway_check(url: str) -> Check:
+    """The gateway at ``url``, and which replica it is (not needed by run())."""
     import httpx
 
-    url = settings.gateway_url
     try:
         health = httpx.get(f"{url}/healthz", timeout=3).json()
     except (httpx.HTTPError, ValueError) as e:

@@ -47,7 +47,7 @@ def deploy(path: str, build: bool, only: tuple[str, ...]) -> None:
         console.print(
             f"deployed [bold]{spec.name}[/bold] ({spec.mode}) version {result['version']}"
         )
-        console.print(f"  curl {gw.settings.gateway_url}/function/{spec.name}")
+        console.print(f"  curl {gw.settings.gateway_urls[0]}/function/{spec.name}")
 
 
 @main.command()

@@ -106,13 +106,32 @@ def _spec_json(spec: FunctionSpec | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _unreachable(settings: Settings, e: Exception) -> EngineUnavailable:
+    where = " or ".join(settings.gateway_urls)
     return EngineUnavailable(
         settings.gateway_url,
         type(e).__name__,
         hint="Start the gateway (`swarmless up`) or set SWARMLESS_GATEWAY_URL.",
-        message=f"no gateway answers at {settings.gateway_url} ({type(e).__name__}). "
+        message=f"no gateway answers at {where} ({type(e).__name__}). "
         "Start it with `swarmless up`, or set SWARMLESS_GATEWAY_URL.",
     )
+
+
+#: Errors after which nothing reached the gateway: the next address may be tried.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+class _Addresses:
+    """The gateway's addresses (replicas), the one in use first: a request that could not
+    be delivered moves to the next; one that was delivered is never sent twice."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.urls = list(settings.gateway_urls) or ["http://127.0.0.1:8080"]
+        self.current = 0
+
+    def attempts(self, url: str) -> list[tuple[int, str]]:
+        n = len(self.urls)
+        order = [(self.current + k) % n for k in range(n)]
+        return [(i, url if url.startswith("http") else self.urls[i] + url) for i in order]
 
 
 #: httpx writes a request's headers and body separately: without TCP_NODELAY the body
@@ -125,7 +144,6 @@ def _client_kwargs(settings: Settings, timeout: float | None) -> dict[str, Any]:
     if settings.call_id:  # inside a function: the calls made here are its children
         headers["X-Swarmless-Parent"] = settings.call_id
     return {
-        "base_url": settings.gateway_url,
         "headers": headers,
         "timeout": httpx.Timeout(timeout or 300.0, connect=10.0),
     }
@@ -136,6 +154,7 @@ class GatewayClient:
 
     def __init__(self, settings: Settings, *, timeout: float | None = None) -> None:
         self.settings = settings
+        self._addresses = _Addresses(settings)
         self._http = httpx.Client(
             transport=httpx.HTTPTransport(socket_options=NO_DELAY),
             **_client_kwargs(settings, timeout),
@@ -145,10 +164,19 @@ class GatewayClient:
         self._http.close()
 
     def _send(self, **request: Any) -> httpx.Response:
-        try:
-            return self._http.request(**request)
-        except httpx.TransportError as e:
-            raise _unreachable(self.settings, e) from e
+        last: Exception | None = None
+        for i, url in self._addresses.attempts(request.pop("url")):
+            try:
+                response = self._http.request(url=url, **request)
+            except _NOT_SENT as e:
+                last = e
+                continue
+            except httpx.TransportError as e:
+                raise _unreachable(self.settings, e) from e
+            self._addresses.current = i
+            return response
+        assert last is not None
+        raise _unreachable(self.settings, last) from last
 
     def _json(self, method: str, url: str, **kw: Any) -> Any:
         response = self._send(method=method, url=url, **kw)
@@ -325,6 +353,7 @@ class AsyncGatewayClient:
 
     def __init__(self, settings: Settings, *, timeout: float | None = None) -> None:
         self.settings = settings
+        self._addresses = _Addresses(settings)
         self._http = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(socket_options=NO_DELAY),
             **_client_kwargs(settings, timeout),
@@ -334,10 +363,19 @@ class AsyncGatewayClient:
         await self._http.aclose()
 
     async def _send(self, **request: Any) -> httpx.Response:
-        try:
-            return await self._http.request(**request)
-        except httpx.TransportError as e:
-            raise _unreachable(self.settings, e) from e
+        last: Exception | None = None
+        for i, url in self._addresses.attempts(request.pop("url")):
+            try:
+                response = await self._http.request(url=url, **request)
+            except _NOT_SENT as e:
+                last = e
+                continue
+            except httpx.TransportError as e:
+                raise _unreachable(self.settings, e) from e
+            self._addresses.current = i
+            return response
+        assert last is not None
+        raise _unreachable(self.settings, last) from last
 
     async def invoke(
         self,
