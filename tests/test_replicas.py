@@ -279,6 +279,9 @@ def test_an_active_replica_whose_store_hangs_steps_down_before_its_lease_expires
         assert replicas.active
         await asyncio.wait_for(lost.wait(), 5)
         stepped_down = time.monotonic()
+        calls = store.calls
+        await asyncio.sleep(1.0)  # it does not try again: the process is going away
+        assert store.calls == calls
         assert replicas._task is not None
         replicas._task.cancel()
         await replicas._http.aclose()

@@ -120,6 +120,7 @@ class Replicas:
         #: True once this replica holds the lease and has started as the active gateway.
         self.active = False
         self._holding = False
+        self._done = False
         self._renewed = 0.0
         self._changed = asyncio.Event()
         self._poke = asyncio.Event()
@@ -147,7 +148,7 @@ class Replicas:
             await self._starting
 
     async def _loop(self) -> None:
-        while True:
+        while not self._done:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._poke.wait(), self.ttl / 5)
             self._poke.clear()
@@ -156,6 +157,8 @@ class Replicas:
     async def _try(self) -> None:
         # The lease runs from before the statement (the store dates it then), and a store
         # that hangs is a store that fails: the holder must step down before it expires.
+        if self._done:
+            return
         asked = time.monotonic()
         try:
             state = await asyncio.wait_for(
@@ -202,6 +205,7 @@ class Replicas:
         log.error("%s: this replica stops (its orchestrator restarts it as a standby)", why)
         self._holding = False
         self.active = False
+        self._done = True  # never take the lease again: this process is going away
         self._lost(why)
 
     async def close(self) -> None:
