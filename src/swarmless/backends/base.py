@@ -21,7 +21,7 @@ import docker.errors
 
 from swarmless.config import Settings
 from swarmless.engine import LABEL_FUNCTION, LABEL_GATEWAY, managed_labels, translate
-from swarmless.exceptions import SwarmlessError
+from swarmless.exceptions import ImageNotFound, SwarmlessError
 from swarmless.proxy.tokens import CallerTokens
 from swarmless.spec import FunctionSpec
 
@@ -213,6 +213,26 @@ class EngineBackend(Backend):
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    async def ensure_image(self, image: str) -> None:
+        """The image is on the engine, else pulled, else ImageNotFound with the reason."""
+
+        def check() -> None:
+            with translate(image=image, api=self.client.api):
+                try:
+                    self.client.images.get(image)
+                except docker.errors.ImageNotFound:
+                    try:
+                        self.client.images.pull(image)
+                    except docker.errors.APIError as e:
+                        why = f"{e.explanation or e}{self._pull_failed_hint(image)}"
+                        raise ImageNotFound(image, why) from e
+
+        await self._call(check)
+
+    def _pull_failed_hint(self, image: str) -> str:
+        """What to add to the reason a missing image could not be pulled."""
+        return ""
 
     def _close_client(self) -> None:
         if self._client is not None:

@@ -41,7 +41,7 @@ from swarmless.engine import (
     managed_labels,
     translate,
 )
-from swarmless.exceptions import ContainerError, ImageNotFound, SwarmlessError
+from swarmless.exceptions import ContainerError, SwarmlessError
 from swarmless.sdk.run import RunOptions, execute
 from swarmless.spec import FunctionSpec
 
@@ -171,21 +171,6 @@ class DockerBackend(EngineBackend):
                     loop.call_soon_threadsafe(handler, cid, attrs.get(LABEL_WORKER), code, killed)
         except Exception as e:  # the stream ends when the backend closes
             log.debug("event stream ended: %s", e)
-
-    # -- images --------------------------------------------------------------------
-
-    async def ensure_image(self, image: str) -> None:
-        def check() -> None:
-            with translate(image=image, api=self.client.api):
-                try:
-                    self.client.images.get(image)
-                except docker.errors.ImageNotFound:
-                    try:
-                        self.client.images.pull(image)
-                    except docker.errors.APIError as e:
-                        raise ImageNotFound(image, str(e.explanation or e)) from e
-
-        await self._call(check)
 
     # -- warm containers -----------------------------------------------------------
 

@@ -59,7 +59,7 @@ from swarmless.engine import (
     managed_labels,
     translate,
 )
-from swarmless.exceptions import ImageNotFound, SwarmlessError
+from swarmless.exceptions import SwarmlessError
 from swarmless.spec import FunctionSpec
 
 __all__ = ["SwarmBackend"]
@@ -236,23 +236,11 @@ class SwarmBackend(OneShotServices, EngineBackend):
 
     # -- images --------------------------------------------------------------------
 
-    async def ensure_image(self, image: str) -> None:
-        def check() -> None:
-            with translate(image=image, api=self.client.api):
-                try:
-                    self.client.images.get(image)
-                except docker.errors.ImageNotFound:
-                    try:
-                        self.client.images.pull(image)
-                    except docker.errors.APIError as e:
-                        raise ImageNotFound(
-                            image,
-                            f"{e.explanation or e}; on a Swarm every node needs it: push it "
-                            "to a registry the nodes can reach, or load it onto each node "
-                            f"(scripts/swarm-cluster.sh load {image})",
-                        ) from e
-
-        await self._call(check)
+    def _pull_failed_hint(self, image: str) -> str:
+        return (
+            "; on a Swarm every node needs it: push it to a registry the nodes can reach, "
+            f"or load it onto each node (scripts/swarm-cluster.sh load {image})"
+        )
 
     # -- services ------------------------------------------------------------------
 
