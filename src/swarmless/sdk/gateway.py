@@ -122,16 +122,43 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 
 class _Addresses:
     """The gateway's addresses (replicas), the one in use first: a request that could not
-    be delivered moves to the next; one that was delivered is never sent twice."""
+    be delivered moves to the next; one that was delivered is never sent twice. Both
+    client faces run the same loop::
+
+        for i, url in addresses.attempts(path):
+            try:
+                response = <send to url>
+            except httpx.TransportError as e:
+                addresses.failed(e)   # raises, unless the next address may be tried
+                continue
+            addresses.current = i
+            return response
+        raise addresses.unreachable()
+    """
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.urls = list(settings.gateway_urls) or ["http://127.0.0.1:8080"]
         self.current = 0
+        self._last: Exception | None = None
 
     def attempts(self, url: str) -> list[tuple[int, str]]:
         n = len(self.urls)
         order = [(self.current + k) % n for k in range(n)]
         return [(i, url if url.startswith("http") else self.urls[i] + url) for i in order]
+
+    def failed(self, e: httpx.TransportError) -> None:
+        """A request failed: raise, unless nothing reached the gateway (try the next)."""
+        if not isinstance(e, _NOT_SENT):
+            raise _unreachable(self.settings, e) from e
+        self._last = e
+
+    def unreachable(self) -> EngineUnavailable:
+        """The error once no address could be reached."""
+        assert self._last is not None
+        err = _unreachable(self.settings, self._last)
+        err.__cause__ = self._last
+        return err
 
 
 #: httpx writes a request's headers and body separately: without TCP_NODELAY the body
@@ -164,19 +191,16 @@ class GatewayClient:
         self._http.close()
 
     def _send(self, **request: Any) -> httpx.Response:
-        last: Exception | None = None
-        for i, url in self._addresses.attempts(request.pop("url")):
+        addresses = self._addresses
+        for i, url in addresses.attempts(request.pop("url")):
             try:
                 response = self._http.request(url=url, **request)
-            except _NOT_SENT as e:
-                last = e
-                continue
             except httpx.TransportError as e:
-                raise _unreachable(self.settings, e) from e
-            self._addresses.current = i
+                addresses.failed(e)
+                continue
+            addresses.current = i
             return response
-        assert last is not None
-        raise _unreachable(self.settings, last) from last
+        raise addresses.unreachable()
 
     def _json(self, method: str, url: str, **kw: Any) -> Any:
         response = self._send(method=method, url=url, **kw)
@@ -363,19 +387,16 @@ class AsyncGatewayClient:
         await self._http.aclose()
 
     async def _send(self, **request: Any) -> httpx.Response:
-        last: Exception | None = None
-        for i, url in self._addresses.attempts(request.pop("url")):
+        addresses = self._addresses
+        for i, url in addresses.attempts(request.pop("url")):
             try:
                 response = await self._http.request(url=url, **request)
-            except _NOT_SENT as e:
-                last = e
-                continue
             except httpx.TransportError as e:
-                raise _unreachable(self.settings, e) from e
-            self._addresses.current = i
+                addresses.failed(e)
+                continue
+            addresses.current = i
             return response
-        assert last is not None
-        raise _unreachable(self.settings, last) from last
+        raise addresses.unreachable()
 
     async def invoke(
         self,
