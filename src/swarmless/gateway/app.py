@@ -162,9 +162,7 @@ class Gateway:
         when there is no token or the admin's (function containers' tokens are known to the
         active replica only: those it forwards)."""
         token = bearer(scope)
-        if token is None:
-            return True
-        return self.token is not None and hmac.compare_digest(token.encode(), self.token.encode())
+        return token is None or self.is_admin_token(token)
 
     async def _function(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``ANY /function/{name}[/{path}]``: one sync invocation."""
@@ -215,10 +213,17 @@ class Gateway:
         headers.append((b"x-call-id", response.call_id.encode()))
         await send_response(send, response.status, response.body, headers)
 
+    def is_admin_token(self, token: str | None) -> bool:
+        """Whether ``token`` is the admin token (there being one)."""
+        return (
+            bool(self.token)
+            and token is not None
+            and hmac.compare_digest(token.encode(), str(self.token).encode())
+        )
+
     def check_admin(self, token: str | None) -> None:
-        if not self.token:
-            return
-        if token is None or not hmac.compare_digest(token.encode(), self.token.encode()):
+        """Unauthorized unless ``token`` is the admin token (or the gateway has none)."""
+        if self.token and not self.is_admin_token(token):
             raise Unauthorized("this route needs the admin token: Authorization: Bearer <token>")
 
     # -- lifespan --------------------------------------------------------------------
