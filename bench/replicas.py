@@ -20,18 +20,16 @@ time to live, 3 s here, plus the new active replica's start), and a clean stop's
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
@@ -47,8 +45,8 @@ from bench.gateway_processes import (
     wrk_load,
 )
 from tests.gateway_harness import GatewayProcess
+from tests.postgres_harness import cluster_url, database
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-replicas-token"
 
 
@@ -63,34 +61,6 @@ def replica(data: Path, instance: str, store: str) -> GatewayProcess:
     data.mkdir(parents=True, exist_ok=True)
     env = {"SWARMLESS_STORE_URL": store, "SWARMLESS_TOKEN": TOKEN, "SWARMLESS_LEASE_TTL": "3"}
     return GatewayProcess(data, instance, f"swarmless-{instance}", _port(), env)
-
-
-def postgres() -> str:
-    done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "postgres.sh")], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"scripts/postgres.sh failed: {done.stderr.strip()}")
-    return done.stdout.strip().splitlines()[-1]
-
-
-async def _sql(url: str, sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@contextlib.contextmanager
-def database(base: str, name: str) -> Iterator[str]:
-    asyncio.run(_sql(base, f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{base.rsplit('/', 1)[0]}/{name}"
-    finally:
-        asyncio.run(_sql(base, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 def build(engine: docker.DockerClient, tmp: Path, run_id: str) -> str:
@@ -205,7 +175,10 @@ def main() -> None:
     args.tmp = Path(tempfile.mkdtemp(prefix="swarmless-bench-replicas-"))
     (args.tmp / "post.lua").write_text(WRK_SCRIPT % BODY.decode())
     engine = docker.from_env()
-    base = postgres()
+    try:
+        base = cluster_url()
+    except RuntimeError as e:
+        raise SystemExit(str(e)) from None
     one_instance, two_instance = f"bench-one-{run_id}", f"bench-two-{run_id}"
     replicas: list[GatewayProcess] = []
     image = build(engine, args.tmp, run_id)

@@ -7,16 +7,13 @@ whatever is left and fails the run if a swarmless container leaked.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import os
-import subprocess
 import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import docker
@@ -28,7 +25,6 @@ if TYPE_CHECKING:
     from tests.swarm_harness import Cluster
 
 SESSION = uuid.uuid4().hex[:8]
-ROOT = Path(__file__).resolve().parent.parent
 BUSYBOX = "swarmless/busybox:latest"
 PYTHON = os.environ.get("SWARMLESS_BASE_IMAGE", "swarmless/python:bookworm")
 
@@ -127,38 +123,24 @@ def handler_image(build_image: Callable[..., str], tag: str, handler: str) -> st
 # -- PostgreSQL ---------------------------------------------------------------------------
 
 
-async def _pg_admin(url: str, sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     """The throwaway cluster of scripts/postgres.sh (started, installed if need be)."""
-    done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "postgres.sh")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"scripts/postgres.sh exited {done.returncode}: {done.stderr.strip()}")
-    return done.stdout.strip().splitlines()[-1]
+    from tests.postgres_harness import cluster_url
+
+    try:
+        return cluster_url()
+    except RuntimeError as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture
 def postgres_database(postgres_url: str) -> Iterator[str]:
     """The URL of an empty PostgreSQL database, dropped after the test."""
-    name = f"swarmless_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_admin(postgres_url, f'CREATE DATABASE "{name}"'))
-    yield f"{postgres_url.rsplit('/', 1)[0]}/{name}"
-    asyncio.run(_pg_admin(postgres_url, f'DROP DATABASE "{name}" WITH (FORCE)'))
+    from tests.postgres_harness import database
+
+    with database(postgres_url, f"swarmless_test_{uuid.uuid4().hex[:12]}") as url:
+        yield url
 
 
 # -- the Swarm cluster ----------------------------------------------------------------------
