@@ -16,7 +16,9 @@ Precedence, highest first:
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,32 @@ def default_data_dir() -> Path:
     """Where the gateway keeps its store and token when nothing else is said."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "swarmless"
+
+
+#: A DNS host name (letters, digits, hyphens; dot-separated labels).
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+
+
+def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """``entry`` as a network (an address is a /32 or /128), or None."""
+    try:
+        return ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return None
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise InvalidArgument(f"{name} must be true or false, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -77,6 +105,15 @@ class Settings:
     #: The call this process serves (set inside function containers): calls made from
     #: here are recorded as its children.
     call_id: str | None = None
+    #: Reverse proxies in front of the gateway (CIDRs; env: comma-separated) whose
+    #: ``X-Forwarded-*`` headers it believes; empty: it sets them from the connection's peer.
+    trusted_proxies: tuple[str, ...] = ()
+    #: Where ``X-Callback-Url`` may point (CIDRs and host names; env: comma-separated).
+    #: Empty: anywhere but loopback, link-local (cloud metadata), unspecified, multicast,
+    #: the function network, the Docker engine and the gateway's own addresses.
+    callback_allow: tuple[str, ...] = ()
+    #: Whether ``/metrics`` answers without the admin token (it names every function).
+    metrics_public: bool = False
 
     @classmethod
     def load(cls, config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
@@ -113,12 +150,25 @@ class Settings:
                     raise InvalidArgument(
                         f"{name} must be a number, got {values[name]!r}"
                     ) from None
-        if isinstance(values.get("proxy_images"), str):
-            values["proxy_images"] = tuple(
-                i.strip() for i in values["proxy_images"].split(",") if i.strip()
-            )
-        elif "proxy_images" in values:
-            values["proxy_images"] = tuple(values["proxy_images"])
+        for name in ("proxy_images", "trusted_proxies", "callback_allow"):
+            if isinstance(values.get(name), str):
+                values[name] = tuple(i.strip() for i in values[name].split(",") if i.strip())
+            elif name in values:
+                values[name] = tuple(str(i).strip() for i in values[name])
+        for entry in values.get("trusted_proxies", ()):
+            if _network(entry) is None:
+                raise InvalidArgument(
+                    f"trusted_proxies: {entry!r} is not an address or a network (CIDR), "
+                    "e.g. 10.0.0.0/8"
+                )
+        for entry in values.get("callback_allow", ()):
+            if _network(entry) is None and not _HOST_NAME.fullmatch(entry):
+                raise InvalidArgument(
+                    f"callback_allow: {entry!r} is neither a network (CIDR, e.g. 10.0.0.0/8) "
+                    "nor a host name"
+                )
+        if "metrics_public" in values:
+            values["metrics_public"] = _boolean("metrics_public", values["metrics_public"])
         if "data_dir" in values:
             values["data_dir"] = Path(values["data_dir"]).expanduser()
         if values.get("backend", "docker") not in ("docker", "swarm"):
