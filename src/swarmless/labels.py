@@ -1,5 +1,9 @@
 """The labels every object swarmless creates carries, so it can be found, reconciled and
-removed (no dependencies: the pure proxy policy uses them too)."""
+removed (no dependencies: the pure proxy policy uses them too).
+
+Which labels prove that an object is one instance's own (and why an image's labels cannot)
+is in :mod:`swarmless.ownership`.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ __all__ = [
     "LABEL_CALL",
     "LABEL_FUNCTION",
     "LABEL_GATEWAY",
+    "LABEL_INSTANCE",
     "LABEL_KIND",
     "LABEL_MANAGED",
+    "LABEL_OWNER",
     "LABEL_PARENT",
     "LABEL_WORKER",
     "managed_labels",
@@ -28,6 +34,12 @@ LABEL_PARENT = "swarmless.parent"
 LABEL_GATEWAY = "swarmless.gateway"
 #: The worker (warm container) an object is, as the gateway knows it.
 LABEL_WORKER = "swarmless.worker"
+#: The instance (``Settings.instance``) of the process that made an object: plain runs and
+#: gateway-made objects alike.
+LABEL_INSTANCE = "swarmless.instance"
+#: The random id kept in that instance's data directory (``<data_dir>/owner``): an image
+#: author cannot know it in advance, so a container cannot get it from its image by chance.
+LABEL_OWNER = "swarmless.owner"
 
 
 def managed_labels(kind: str, extra: dict[str, str] | None = None, **more: str) -> dict[str, str]:

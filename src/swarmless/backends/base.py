@@ -22,6 +22,7 @@ import docker.errors
 from swarmless.config import Settings
 from swarmless.engine import LABEL_FUNCTION, LABEL_GATEWAY, managed_labels, translate
 from swarmless.exceptions import ImageNotFound, SwarmlessError
+from swarmless.ownership import ownership_labels
 from swarmless.proxy.tokens import CallerTokens
 from swarmless.spec import FunctionSpec
 
@@ -194,8 +195,9 @@ class EngineBackend(Backend):
         self, settings: Settings, *, labels: Mapping[str, str] | None = None, name: str
     ) -> None:
         self.settings = settings
-        #: Extra labels on everything created (tests use them to clean up by label).
-        self.extra_labels = dict(labels or {})
+        #: Extra labels on everything created (tests use them to clean up by label), then
+        #: the instance's own (swarmless.ownership: what its `swarmless gc` may remove).
+        self.extra_labels = {**dict(labels or {}), **ownership_labels(settings)}
         self._client: docker.DockerClient | None = None
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix=f"swarmless-{name}")
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import Any
 
-import click
 from rich.table import Table
 
 from swarmless.cli._base import console, main
 from swarmless.config import Settings
-from swarmless.engine import LABEL_MANAGED, connect, engine_address, translate
+from swarmless.engine import connect, engine_address, translate
 from swarmless.exceptions import SwarmlessError
+from swarmless.labels import LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER
+from swarmless.ownership import EXITED, owner_id, select_containers
 
 BUSYBOX_IMAGE = "swarmless/busybox:latest"
 
@@ -73,20 +75,26 @@ def run_checks(settings: Settings) -> list[Check]:
             checks.append(
                 Check(f"image {image}", False, "missing", "scripts/base-images.sh  # builds it")
             )
-    with translate():
-        leftovers = client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
-    exited = [c for c in leftovers if c.status in ("exited", "dead", "created")]
-    checks.append(
-        Check(
-            "containers",
-            not exited,
-            f"{len(leftovers)} swarmless container(s), {len(exited)} exited",
-            "swarmless gc   # removes exited swarmless containers" if exited else "",
-        )
-    )
+    checks.append(containers_check(client.api, settings))
     client.close()
     checks += [gateway_check(url) for url in settings.gateway_urls]
     return checks
+
+
+def containers_check(api: Any, settings: Settings) -> Check:
+    """This instance's containers, and how many have exited (``swarmless gc`` removes those)."""
+    owner = owner_id(settings.data_dir, create=False)
+    if owner is None:
+        return Check("containers", True, f"none of instance {settings.instance!r} yet")
+    proof = {LABEL_INSTANCE: settings.instance, LABEL_OWNER: owner}
+    mine = select_containers(api, proof, where={LABEL_MANAGED: "true"}).owned
+    exited = [c for c in mine if c.state in EXITED]
+    return Check(
+        "containers",
+        not exited,
+        f"{len(mine)} container(s) of instance {settings.instance!r}, {len(exited)} exited",
+        "swarmless gc   # removes this instance's exited containers" if exited else "",
+    )
 
 
 def gateway_check(url: str) -> Check:
@@ -123,17 +131,3 @@ def doctor() -> None:
     console.print(table)
     if not all(c.ok for c in checks):
         sys.exit(1)
-
-
-@main.command()
-def gc() -> None:
-    """Remove exited swarmless-labelled containers (left by detached runs)."""
-    settings = Settings.load()
-    client = connect(settings.docker_host)
-    removed = 0
-    with translate():
-        for c in client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"}):
-            if c.status in ("exited", "dead", "created"):
-                c.remove(force=True)
-                removed += 1
-    click.echo(f"removed {removed} container(s)")

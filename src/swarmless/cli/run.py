@@ -9,6 +9,7 @@ import click
 
 from swarmless.cli._base import err_console, main
 from swarmless.exceptions import ContainerError
+from swarmless.ownership import run_labels
 from swarmless.sdk.client import from_env
 from swarmless.sdk.run import RunOptions, execute, start_container
 
@@ -62,6 +63,7 @@ def run(
         stderr=sys.stderr.buffer,
         # Detached, the caller owns the container (docker logs / rm); it stays labelled.
         remove=not detach,
+        owner=run_labels(client.settings),
     )
     api = client.docker.api
     if detach:

@@ -16,6 +16,7 @@ import docker
 
 from swarmless.config import Settings
 from swarmless.engine import connect
+from swarmless.ownership import run_labels
 from swarmless.sdk.gateway import GatewayClient, Invocation, InvokeResult
 from swarmless.sdk.run import Pull, Run, RunOptions, Stdin, run_container, start_container
 
@@ -199,8 +200,10 @@ class Client:
         ``timeout`` seconds the container is killed and :class:`~swarmless.RunTimeout`
         raised. With ``detach=True`` returns a :class:`Run` handle at once.
 
-        The container carries ``swarmless.*`` labels and is removed on every path unless
-        ``remove=False``. ``pull="missing"`` pulls an image that is not on the engine.
+        The container carries ``swarmless.*`` labels, among them this instance's
+        (``swarmless.instance``, ``swarmless.owner``: ``swarmless gc`` of this instance
+        may remove it, no other's), and is removed on every path unless ``remove=False``.
+        ``pull="missing"`` pulls an image that is not on the engine.
 
         >>> client = from_env()
         >>> client.run("swarmless/busybox", ["echo", "hello"], text=True)
@@ -223,6 +226,7 @@ class Client:
             remove=remove,
             pull=pull,
             text=text,
+            owner=run_labels(self.settings),
         )
         api = self.docker.api
         if detach:

@@ -62,6 +62,7 @@ class RunOptions:
         "labels",
         "memory",
         "network",
+        "owner",
         "pull",
         "remove",
         "stderr",
@@ -94,6 +95,7 @@ class RunOptions:
         pull: Pull = "missing",
         text: bool = False,
         binds: Sequence[str] | None = None,
+        owner: Mapping[str, str] | None = None,
     ) -> None:
         if not isinstance(image, str) or not image.strip():
             raise InvalidArgument(f"image must be a non-empty string, got {image!r}")
@@ -136,6 +138,9 @@ class RunOptions:
         ):
             raise InvalidArgument(f"labels must map strings to strings, got {dict(labels)!r}")
         self.labels = dict(labels or {})
+        #: The labels that say which instance made the container (swarmless.ownership);
+        #: they win over ``labels``.
+        self.owner = dict(owner or {})
         self.network, self.user, self.workdir = network, user, workdir
         # stderr=True returns it with stdout; a binary file receives it as it arrives.
         self.stderr = stderr is True
@@ -171,7 +176,7 @@ class RunOptions:
             "environment": self.env or None,
             "user": self.user,
             "working_dir": self.workdir,
-            "labels": managed_labels(kind, self.labels, image=self.image),
+            "labels": managed_labels(kind, {**self.labels, **self.owner}, image=self.image),
             # with detach=False the SDK also sets StdinOnce: stdin closes at our EOF.
             "stdin_open": with_stdin,
             "host_config": api.create_host_config(**host_config),
