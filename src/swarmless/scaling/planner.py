@@ -1,0 +1,395 @@
+"""The scaling planner: from a snapshot of one warm pool, a plan of actions with reasons.
+
+Plan, then act (as chalice's ``deploy/planner.py`` and ``executor.py``): :func:`plan` is
+pure. It reads a :class:`Snapshot` (the pool's workers with their states, ages and
+versions, the calls in flight and queued, the recent crashes, the autoscaler's memory,
+``now``) and answers a :class:`Plan`: the count the policy wants
+(:func:`~swarmless.scaling.policy.decide`) and the actions that get there, each with its
+reason. The reconciler (:mod:`swarmless.scaling.reconciler`) only carries plans out and
+records them; ``describe`` shows the reasons.
+
+The rules, in order; a worker gets at most one action per plan, the first rule wins:
+
+1. **Thaw**: calls are queued and paused containers of the current version wait: thaw
+   one per ``concurrency`` queued calls (a thaw is the cheapest start there is).
+2. **Size** (paused containers count as capacity):
+   - fewer than the policy wants: **start** the difference, unless the gateway is
+     closing (nothing at all) or a crash backoff runs (**back off** instead: after the
+     n-th crash in a row before a container was ready, no start for
+     ``backoff_base * 2**(n-1)`` seconds, at most ``backoff_max``);
+   - more: **retire** idle ready containers, least recently used first, then **kill**
+     paused ones (frozen, they cannot drain; they hold nothing);
+   - as many, with ``paused_buffer`` and nothing queued: **pause** ready containers idle
+     for ``pause_after``.
+3. **Rollout**: once a container of the current version is ready (or none is wanted),
+   **retire** the older versions' starting and ready containers and **kill** their
+   paused ones: an update without failed calls.
+4. **Reap**: **kill** a draining container ``timeout + drain_grace`` after it began to
+   drain, and a started container that has not asked for work within ``start_timeout``
+   (that one counts as a crash).
+
+>>> w = WorkerView(id="w1", version=1, state="ready", created=0.0, last_active=0.0)
+>>> p = plan(Snapshot(now=100.0, version=2, workers=(w,), queued=1), FunctionSpec(
+...     name="f", image="python", mode="warm", handler="app:handle"))
+>>> [type(a).__name__ for a in p.actions]
+['Start']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from swarmless.exceptions import InvalidArgument
+from swarmless.scaling.policy import Decision, Observation, ScalingSpec, State, decide
+from swarmless.scaling.settings import ScalingSettings
+from swarmless.spec import FunctionSpec
+
+__all__ = [
+    "Action",
+    "BackOff",
+    "Kill",
+    "Pause",
+    "Plan",
+    "Retire",
+    "Snapshot",
+    "Start",
+    "Thaw",
+    "WorkerView",
+    "plan",
+    "scaling_spec",
+]
+
+WorkerState = Literal["starting", "ready", "paused", "draining", "gone"]
+#: Why a container is retired or killed.
+Cause = Literal["scale-down", "rollout", "drain-overdue", "start-timeout"]
+
+_DEFAULT = ScalingSettings()
+_CAPACITY = ("starting", "ready", "paused")
+
+
+def scaling_spec(spec: FunctionSpec, settings: ScalingSettings = _DEFAULT) -> ScalingSpec:
+    """The policy's knobs: the function's own, and the windows of ``settings``.
+
+    A short ``idle_timeout`` shortens the stable window (never below the panic window)
+    and the scale-down delay, so that scale-to-zero is not held back by them.
+    """
+    return ScalingSpec(
+        concurrency=spec.concurrency,
+        min_containers=spec.min_containers,
+        max_containers=spec.max_containers,
+        idle_timeout=spec.idle_timeout,
+        buffer=spec.buffer,
+        target_utilization=settings.target_utilization,
+        stable_window=min(settings.stable_window, max(spec.idle_timeout, settings.panic_window)),
+        panic_window=settings.panic_window,
+        panic_threshold=settings.panic_threshold,
+        scale_down_delay=min(settings.scale_down_delay, spec.idle_timeout),
+    )
+
+
+# -- the world, as the planner sees it -------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerView:
+    """One container of the pool, as observed (monotonic seconds)."""
+
+    id: str
+    version: int
+    state: WorkerState
+    created: float
+    last_active: float
+    #: Calls it holds right now.
+    calls: int = 0
+    #: Its container id is known (a start still in progress has none yet).
+    has_container: bool = True
+    #: Paused, and a thaw was asked for already.
+    thawing: bool = False
+    #: When the reconciler began to drain it (None: not by the reconciler).
+    draining_since: float | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.calls > 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Snapshot:
+    """One warm pool at ``now``, and what the autoscaler remembers."""
+
+    now: float
+    #: The function's current version; workers of another are rolled out.
+    version: int
+    workers: tuple[WorkerView, ...] = ()
+    #: Calls waiting for a container.
+    queued: int = 0
+    #: Earlier observations (the planner adds the one of ``now``) and the policy's state.
+    history: tuple[Observation, ...] = ()
+    state: State = field(default_factory=State)
+    #: ``swarmless scale NAME N``: exactly N, no policy.
+    pinned: int | None = None
+    #: The gateway is shutting down: start nothing.
+    closing: bool = False
+    #: Crashes in a row before a container was ready, the last one's time and message.
+    crashes: int = 0
+    last_crash: float | None = None
+    crash_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("queued", "crashes"):
+            if getattr(self, name) < 0:
+                raise InvalidArgument(f"Snapshot.{name} must be at least 0")
+        if self.pinned is not None and self.pinned < 0:
+            raise InvalidArgument(f"Snapshot.pinned must be at least 0, got {self.pinned!r}")
+
+    @property
+    def in_flight(self) -> int:
+        """Calls being served right now."""
+        return sum(w.calls for w in self.workers)
+
+
+# -- actions -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Start:
+    """Start ``count`` containers of the current version."""
+
+    kind: ClassVar[str] = "start"
+    count: int
+    reason: str
+
+    def to_dict(self, at: float) -> dict[str, Any]:
+        return {"action": self.kind, "count": self.count, "reason": self.reason}
+
+
+@dataclass(frozen=True, kw_only=True)
+class _OnWorker:
+    kind: ClassVar[str] = ""
+    worker: str
+    reason: str
+
+    def to_dict(self, at: float) -> dict[str, Any]:
+        return {"action": self.kind, "worker": self.worker, "reason": self.reason}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Retire(_OnWorker):
+    """Drain a container: it finishes what it holds, then exits."""
+
+    kind: ClassVar[str] = "retire"
+    cause: Cause
+
+    def to_dict(self, at: float) -> dict[str, Any]:
+        return {**super().to_dict(at), "cause": self.cause}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pause(_OnWorker):
+    """Freeze an idle container (the paused buffer)."""
+
+    kind: ClassVar[str] = "pause"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Thaw(_OnWorker):
+    """Unfreeze a paused container: it takes queued calls."""
+
+    kind: ClassVar[str] = "thaw"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Kill(_OnWorker):
+    """Stop a container now; with ``crash``, record ``reason`` as the pool's crash."""
+
+    kind: ClassVar[str] = "kill"
+    cause: Cause
+    crash: bool = False
+
+    def to_dict(self, at: float) -> dict[str, Any]:
+        return {**super().to_dict(at), "cause": self.cause}
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackOff:
+    """Start nothing before ``until`` (monotonic), though containers are wanted."""
+
+    kind: ClassVar[str] = "back-off"
+    until: float
+    reason: str
+
+    def to_dict(self, at: float) -> dict[str, Any]:
+        return {"action": self.kind, "for_s": round(self.until - at, 3), "reason": self.reason}
+
+
+Action = Start | Retire | Pause | Thaw | Kill | BackOff
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """What to do at ``at``, and why."""
+
+    at: float
+    #: The policy's count (ready + starting + paused of the current version) and reason.
+    decision: Decision
+    actions: tuple[Action, ...]
+    #: The sample this plan observed, and the policy's next state (None: pinned, the
+    #: policy was not asked); the reconciler keeps both for the next snapshot.
+    observation: Observation
+    state: State | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON for ``describe``."""
+        return {
+            "desired": self.decision.desired,
+            "reason": self.decision.reason,
+            "panic": self.decision.panic,
+            "actions": [a.to_dict(self.at) for a in self.actions],
+        }
+
+
+# -- the planner ---------------------------------------------------------------------------
+
+
+def plan(snapshot: Snapshot, spec: FunctionSpec, settings: ScalingSettings = _DEFAULT) -> Plan:
+    """Plan one step for the warm pool of ``spec``; pure, see the module docstring."""
+    s = snapshot
+    now = s.now
+    current = [w for w in s.workers if w.version == s.version and w.state in _CAPACITY]
+    ready = [w for w in current if w.state == "ready"]
+    paused = [w for w in current if w.state == "paused" and not w.thawing]
+    obs = Observation(
+        at=now,
+        in_flight=s.in_flight,
+        queued=s.queued,
+        ready=len(ready),
+        starting=len(current) - len(ready) - len(paused),  # a thawing one is starting
+        paused=len(paused),
+    )
+    state: State | None
+    if s.pinned is not None:
+        decision, state = Decision(s.pinned, f"pinned to {s.pinned}", False), None
+    else:
+        sspec = scaling_spec(spec, settings)
+        decision, state = decide((*s.history, obs), sspec, s.state, now, len(current))
+
+    out = _Actions()
+    thawed = _thaw(out, s, spec, paused)
+    _size(out, s, spec, settings, decision, current, ready, paused, thawed)
+    if ready or decision.desired == 0:
+        _rollout(out, s)
+    _reap(out, s, spec, settings)
+    return Plan(at=now, decision=decision, actions=tuple(out), observation=obs, state=state)
+
+
+class _Actions(list[Action]):
+    """The plan being built: at most one action per worker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken: set[str] = set()
+
+    def on(self, action: Retire | Pause | Thaw | Kill) -> None:
+        if action.worker not in self.taken:
+            self.taken.add(action.worker)
+            self.append(action)
+
+
+def _thaw(
+    out: _Actions, s: Snapshot, spec: FunctionSpec, paused: Sequence[WorkerView]
+) -> list[WorkerView]:
+    if not (paused and s.queued):
+        return []
+    wanted = -(-s.queued // spec.concurrency)  # ceil
+    thawed = list(paused[:wanted])
+    for w in thawed:
+        out.on(Thaw(worker=w.id, reason=f"{s.queued} queued: thawing instead of a cold start"))
+    return thawed
+
+
+def _size(
+    out: _Actions,
+    s: Snapshot,
+    spec: FunctionSpec,
+    settings: ScalingSettings,
+    decision: Decision,
+    current: Sequence[WorkerView],
+    ready: Sequence[WorkerView],
+    paused: Sequence[WorkerView],
+    thawed: Sequence[WorkerView],
+) -> None:
+    now, n, desired = s.now, len(current), decision.desired
+    if desired > n:
+        if s.closing:  # a gateway shutting down retired every worker: never replace them
+            return
+        delay = settings.backoff(s.crashes)
+        if s.last_crash is not None and now < s.last_crash + delay:
+            last = f": {s.crash_reason}" if s.crash_reason else ""
+            reason = (
+                f"{s.crashes} crash(es) in a row before a container was ready: "
+                f"no start for {delay:g}s after the last{last}"
+            )
+            out.append(BackOff(until=s.last_crash + delay, reason=reason))
+            return
+        out.append(Start(count=desired - n, reason=f"{n} -> {desired}: {decision.reason}"))
+    elif desired < n:
+        surplus = n - desired
+        idle = sorted((w for w in ready if not w.busy), key=lambda w: w.last_active)
+        for w in idle[:surplus]:
+            out.on(
+                Retire(
+                    worker=w.id,
+                    cause="scale-down",
+                    reason=f"{n} -> {desired}, least recently used (idle "
+                    f"{now - w.last_active:.0f}s): {decision.reason}",
+                )
+            )
+        thawing = {w.id for w in thawed}
+        frozen = [w for w in paused if w.id not in thawing]
+        for w in frozen[: max(0, surplus - len(idle))]:
+            out.on(
+                Kill(
+                    worker=w.id,
+                    cause="scale-down",
+                    reason=f"{n} -> {desired}, paused (holds nothing): {decision.reason}",
+                )
+            )
+    elif spec.paused_buffer and not s.queued:
+        for w in ready:
+            idle_for = now - w.last_active
+            if not w.busy and idle_for >= settings.pause_after:
+                reason = f"idle {idle_for:.0f}s >= {settings.pause_after:g}s: paused buffer"
+                out.on(Pause(worker=w.id, reason=reason))
+
+
+def _rollout(out: _Actions, s: Snapshot) -> None:
+    for w in s.workers:
+        if w.version == s.version:
+            continue
+        reason = f"rollout: version {w.version} replaced by {s.version}"
+        if w.state in ("starting", "ready"):
+            out.on(Retire(worker=w.id, cause="rollout", reason=reason))
+        elif w.state == "paused":
+            out.on(Kill(worker=w.id, cause="rollout", reason=f"{reason} (paused)"))
+
+
+def _reap(out: _Actions, s: Snapshot, spec: FunctionSpec, settings: ScalingSettings) -> None:
+    grace = spec.timeout + settings.drain_grace
+    for w in s.workers:
+        if w.state == "draining" and w.draining_since is not None:
+            if s.now - w.draining_since > grace:
+                reason = (
+                    f"draining {s.now - w.draining_since:.0f}s > {grace:g}s "
+                    f"(timeout {spec.timeout:g}s + {settings.drain_grace:g}s)"
+                )
+                out.on(Kill(worker=w.id, cause="drain-overdue", reason=reason))
+        elif (
+            w.state == "starting" and w.has_container and s.now - w.created > settings.start_timeout
+        ):
+            reason = (
+                f"function {spec.name!r}: a container did not ask for work "
+                f"within {settings.start_timeout:g}s of its start"
+            )
+            out.on(Kill(worker=w.id, cause="start-timeout", crash=True, reason=reason))
