@@ -106,17 +106,17 @@ class WarmPool:
         #: Set when work arrives that no ready worker can take: the reconciler wakes up.
         self.wake = asyncio.Event()
         self.last_busy = time.monotonic()
-        #: Why the last container crashed before it was ready (cleared by a ready worker).
+        #: Why the last container crashed before it was ready, how many did in a row and
+        #: when the last did (cleared by a ready worker); the planner backs off from them.
         self.crashed: str | None = None
         self.crashes = 0
-        #: Monotonic time before which the reconciler starts no new container (crash backoff).
-        self.backoff_until = 0.0
+        self.crashed_at: float | None = None
 
     def crash(self, reason: str) -> None:
-        """A container died before it asked for work: fail the queue, back off restarts."""
+        """A container died before it asked for work: fail the queue, remember the crash."""
         self.crashed = reason
         self.crashes += 1
-        self.backoff_until = time.monotonic() + min(2.0 ** (self.crashes - 1), 30.0)
+        self.crashed_at = time.monotonic()
         while self.pending:
             call = self.pending.popleft()
             if not call.finished:
@@ -190,6 +190,10 @@ class WarmPool:
     def add_worker(self, worker: Worker) -> None:
         self.workers[worker.id] = worker
 
+    def launched(self, worker: Worker, container: str) -> None:
+        """The backend started ``worker``'s container: ``container`` is its id."""
+        worker.container = container
+
     def take(self, worker: Worker) -> Call | _Retire | None:
         """What ``worker`` gets at once: a queued call, RETIRE, or None (it must wait)."""
         now = time.monotonic()
@@ -197,7 +201,7 @@ class WarmPool:
         if worker.state == "starting":
             worker.state = "ready"
             worker.ready_at = now
-            self.crashed, self.crashes = None, 0
+            self.crashed, self.crashes, self.crashed_at = None, 0, None
         if worker.state in ("draining", "gone"):
             return RETIRE
         call = self._next_pending()

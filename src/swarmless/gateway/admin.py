@@ -105,11 +105,8 @@ class Admin:
             "version": version,
             "spec": spec.to_dict(),
             "containers": counts,
-            "scale": {
-                "pinned": rec.pinned if rec else None,
-                "desired": rec.last.desired if rec and rec.last else None,
-                "reason": rec.last.reason if rec and rec.last else None,
-            },
+            # The last plan and the recent ones with actions, each with its reasons.
+            "scale": rec.describe() if rec else {"pinned": None, "desired": None, "reason": None},
         }
 
     async def list_functions(self, request: HTTPRequest) -> Response:
@@ -180,8 +177,7 @@ class Admin:
         n = data.get("replicas") if isinstance(data, dict) else None
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
             raise InvalidArgument(f"replicas must be a whole number >= 0 or null, got {n!r}")
-        rec.pinned = n
-        rec.pool.wake.set()
+        rec.pin(n)
         return JSONResponse(self._describe(spec, version))
 
     async def list_invocations(self, request: HTTPRequest) -> Response:

@@ -1,9 +1,10 @@
 """The autoscaler policy: how many containers a function wants, as a pure function.
 
-Plan, then act: this module only *decides*. The gateway samples each function about
-once a second (an :class:`Observation`), the policy turns the recent samples into a
-:class:`Decision`, and the reconciler applies it through the backend. Nothing here
-touches Docker, a clock or a global, so every rule is unit-tested with plain numbers.
+Plan, then act: this module only *decides* the count. The gateway samples each function
+about once a second (an :class:`Observation`), the policy turns the recent samples into a
+:class:`Decision`, the planner (:mod:`swarmless.scaling.planner`) turns it into actions,
+and the reconciler carries them out through the backend. Nothing here touches Docker, a
+clock or a global, so every rule is unit-tested with plain numbers.
 
 The policy follows Knative's KPA (concurrency-based, a stable and a panic window):
 
@@ -37,8 +38,7 @@ The policy follows Knative's KPA (concurrency-based, a stable and a panic window
 With no recent observation (an empty history, or none inside the stable window) the
 policy keeps ``current``, clamped to ``[min_containers, max_containers]``.
 
-Paused containers are not counted in ``desired`` (ready + starting): they are a pool the
-reconciler may unpause instead of starting a cold container.
+The planner counts paused containers in ``current`` (a thaw is the cheapest start).
 
 >>> spec = ScalingSpec(concurrency=1, max_containers=10)
 >>> history = [Observation(at=float(t), in_flight=7, queued=0, ready=10, starting=0)
@@ -164,7 +164,7 @@ class Observation:
 
 @dataclass(frozen=True)
 class Decision:
-    """What the policy wants: ``desired`` containers (ready + starting, excluding paused)."""
+    """What the policy wants: ``desired`` containers, counted as ``current`` is."""
 
     desired: int
     #: Short human text, e.g. ``"panic: demand 12 >= 2x capacity 4: 10"``.
@@ -315,12 +315,17 @@ class Autoscaler:
 
     def decide(self, now: float, spec: ScalingSpec, current: int) -> Decision:
         """Decide for ``now``; ``current`` is ready + starting containers."""
-        decision, self._state = decide(self._history, spec, self._state, now, current)
-        # Samples older than the stable window are used no more: last_busy keeps
-        # what they told us.
-        while self._history and self._history[0].at <= now - spec.stable_window:
-            self._history.popleft()
+        decision, state = decide(self._history, spec, self._state, now, current)
+        self.settle(state, forget_before=now - spec.stable_window)
         return decision
+
+    def settle(self, state: State, *, forget_before: float) -> None:
+        """Keep ``state`` (what :func:`decide` answered over this history) and forget the
+        samples at or before ``forget_before`` (older than the stable window: used no
+        more, ``state.last_busy`` keeps what they told)."""
+        self._state = state
+        while self._history and self._history[0].at <= forget_before:
+            self._history.popleft()
 
 
 def _finish(

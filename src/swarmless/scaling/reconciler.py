@@ -1,10 +1,11 @@
-"""The reconciler: applies the autoscaler's decisions to one warm pool through the backend.
+"""The reconciler: carries out the planner's plans for one warm pool, and records them.
 
-Once a second (and at once when a call finds no container) it observes the pool, asks the
-pure policy (:mod:`swarmless.scaling.policy`) how many containers the function wants, and
-acts: starts the missing ones in parallel, drains the surplus (idle ones first), retires
-the containers of an older version once one of the new version is ready (updates without
-failed requests), and kills containers that overstay a drain or never become ready.
+Once a second (and at once when a call finds no container) it takes a
+:class:`~swarmless.scaling.planner.Snapshot` of the pool, asks the pure planner
+(:func:`~swarmless.scaling.planner.plan`) what to do, and does it through the pool and
+the backend: starts containers in parallel, drains, freezes, thaws and kills the ones
+named. It decides nothing itself; the last plan and the recent plans with actions (their
+reasons) are what ``describe`` shows.
 """
 
 from __future__ import annotations
@@ -13,14 +14,29 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from swarmless.backends.base import WorkerLaunch
 from swarmless.dispatch.pool import WarmPool, Worker
-from swarmless.exceptions import SwarmlessError
-from swarmless.scaling.policy import Autoscaler, Decision, Observation, ScalingSpec
-from swarmless.spec import FunctionSpec
+from swarmless.exceptions import InvalidArgument, SwarmlessError
+from swarmless.scaling.planner import (
+    Action,
+    BackOff,
+    Kill,
+    Pause,
+    Plan,
+    Retire,
+    Snapshot,
+    Start,
+    Thaw,
+    WorkerView,
+    plan,
+    scaling_spec,
+)
+from swarmless.scaling.policy import Autoscaler
+from swarmless.scaling.settings import ScalingSettings
 
 if TYPE_CHECKING:
     from swarmless.dispatch.dispatcher import Dispatcher
@@ -29,44 +45,66 @@ __all__ = ["Reconciler", "scaling_spec"]
 
 log = logging.getLogger("swarmless.scaling")
 
-#: A container that has not asked for work after this long is considered broken.
-START_TIMEOUT = 60.0
-#: With ``paused_buffer``, a ready container idle this long is frozen.
-PAUSE_AFTER = 2.0
-
-
-def scaling_spec(spec: FunctionSpec) -> ScalingSpec:
-    """The policy's knobs from a function spec."""
-    return ScalingSpec(
-        concurrency=spec.concurrency,
-        min_containers=spec.min_containers,
-        max_containers=spec.max_containers,
-        idle_timeout=spec.idle_timeout,
-        buffer=spec.buffer,
-        stable_window=min(60.0, max(spec.idle_timeout, 6.0)),
-        scale_down_delay=min(10.0, spec.idle_timeout),
-    )
-
 
 class Reconciler:
-    """Keeps one warm pool at the size its autoscaler wants."""
+    """Keeps one warm pool as its plans say; the only part of scaling that acts."""
 
-    def __init__(self, dispatcher: Dispatcher, pool: WarmPool, *, interval: float = 1.0) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, pool: WarmPool, *, settings: ScalingSettings | None = None
+    ) -> None:
         self.dispatcher = dispatcher
         self.pool = pool
-        self.interval = interval
+        self.settings = settings or ScalingSettings()
         self.scaler = Autoscaler()
-        self.pinned: int | None = None
-        self.last: Decision | None = None
+        self._pinned: int | None = None
+        self._last: Plan | None = None
+        #: Plans with actions, with their wall-clock time (the newest last).
+        self._recent: deque[tuple[float, Plan]] = deque(maxlen=self.settings.plan_history)
         self._draining_since: dict[str, float] = {}
         self._thawing: set[str] = set()
+
+    # -- what collaborators ask ------------------------------------------------------------
+
+    @property
+    def pinned(self) -> int | None:
+        """The count ``swarmless scale`` pinned (None: autoscaled)."""
+        return self._pinned
+
+    def pin(self, replicas: int | None) -> None:
+        """Run exactly ``replicas`` containers, no policy (None: autoscale again)."""
+        if replicas is not None and replicas < 0:
+            raise InvalidArgument(f"replicas must be at least 0 or null, got {replicas!r}")
+        self._pinned = replicas
+        self.wake()
+
+    def wake(self) -> None:
+        """Plan again now rather than at the next tick."""
+        self.pool.wake.set()
+
+    @property
+    def last_plan(self) -> Plan | None:
+        return self._last
+
+    def describe(self) -> dict[str, Any]:
+        """The last decision and the recent plans with their reasons (for ``describe``)."""
+        last = self._last
+        return {
+            "pinned": self._pinned,
+            "desired": last.decision.desired if last else None,
+            "reason": last.decision.reason if last else None,
+            "panic": last.decision.panic if last else None,
+            "actions": [a.to_dict(last.at) for a in last.actions] if last else [],
+            "recent": [{"at": round(wall, 3), **p.to_dict()} for wall, p in self._recent],
+        }
+
+    # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Reconcile until cancelled (or the pool's function is removed)."""
         pool = self.pool
         while self.installed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(pool.wake.wait(), self.interval)
+                await asyncio.wait_for(pool.wake.wait(), self.settings.interval)
             pool.wake.clear()
             if not self.installed:  # redeployed in another mode, or removed, meanwhile
                 break
@@ -82,72 +120,96 @@ class Reconciler:
         """True while this pool is the function's (not replaced, not removed)."""
         return self.dispatcher.pools.get(self.pool.spec.name) is self.pool
 
-    def step(self, now: float) -> Decision:
+    def step(self, now: float) -> Plan:
+        """Observe, plan, act; returns the plan carried out."""
+        done = plan(self.snapshot(now), self.pool.spec, self.settings)
+        self.scaler.observe(done.observation)
+        if done.state is not None:
+            window = scaling_spec(self.pool.spec, self.settings).stable_window
+            self.scaler.settle(done.state, forget_before=now - window)
+        self._record(done)
+        for action in done.actions:
+            self._carry_out(action, now)
+        return done
+
+    def snapshot(self, now: float) -> Snapshot:
+        """The pool as the planner sees it at ``now``."""
         pool = self.pool
-        spec = pool.spec
-        # Paused containers are capacity: a thaw is the cheapest start there is.
-        current = [
-            w
+        # Forget what was kept about workers that are gone (exited, or killed).
+        self._draining_since = {k: v for k, v in self._draining_since.items() if k in pool.workers}
+        self._thawing = {k for k in self._thawing if k in pool.workers}
+        workers = tuple(
+            WorkerView(
+                id=w.id,
+                version=w.version,
+                state=w.state,
+                created=w.created,
+                last_active=w.last_active,
+                calls=len(w.in_hand),
+                has_container=bool(w.container),
+                thawing=w.id in self._thawing,
+                draining_since=self._draining_since.get(w.id),
+            )
             for w in pool.workers.values()
-            if w.version == pool.version and w.state in ("starting", "ready", "paused")
-        ]
-        ready = [w for w in current if w.state == "ready"]
-        paused = [w for w in current if w.state == "paused" and w.id not in self._thawing]
-        counts = pool.counts()
-        self.scaler.observe(
-            Observation(
-                at=now,
-                in_flight=counts["in_flight"],
-                queued=counts["queued"],
-                ready=len(ready),
-                starting=len(current) - len(ready) - len(paused),
-                paused=len(paused),
-            )
+            if w.state != "gone"
         )
-        if self.pinned is not None:  # `swarmless scale NAME N`: exactly N, no policy
-            decision = Decision(desired=self.pinned, reason=f"pinned to {self.pinned}", panic=False)
-        else:
-            decision = self.scaler.decide(now, scaling_spec(spec), len(current))
-        self.last = decision
-        if paused and counts["queued"]:
-            wanted = -(-counts["queued"] // spec.concurrency)  # ceil
-            for w in paused[:wanted]:
-                self._thawing.add(w.id)
-                self._spawn(self._thaw(w))
-        if decision.desired > len(current):
-            # A gateway shutting down has retired every worker: never replace them.
-            if now >= pool.backoff_until and not self.dispatcher.closing:
-                for _ in range(decision.desired - len(current)):
-                    self._spawn(self.start_worker())
-                self.dispatcher.metrics.scale_events.labels(spec.name, "up").inc(
-                    decision.desired - len(current)
-                )
-        elif decision.desired < len(current):
-            surplus = len(current) - decision.desired
-            idle = sorted(
-                (w for w in ready if not w.busy), key=lambda w: w.last_active
-            )  # least recently used first
-            for w in idle[:surplus]:
-                self._retire(w, now)
-            for w in paused[: max(0, surplus - len(idle))]:
-                self._kill(w)  # frozen: it cannot drain, and holds nothing
-            self.dispatcher.metrics.scale_events.labels(spec.name, "down").inc(
-                min(surplus, len(idle) + len(paused))
-            )
-        elif spec.paused_buffer and not counts["queued"]:
-            for w in ready:
-                if not w.busy and now - w.last_active >= PAUSE_AFTER:
-                    pool.pause(w)
-                    self._spawn(self._pause(w))
-        # An update: once a container of the new version is ready, the old ones drain.
-        if ready or decision.desired == 0:
-            for w in list(pool.workers.values()):
-                if w.version != pool.version and w.state in ("starting", "ready"):
-                    self._retire(w, now)
-                elif w.version != pool.version and w.state == "paused":
-                    self._kill(w)
-        self._reap(now)
-        return decision
+        return Snapshot(
+            now=now,
+            version=pool.version,
+            workers=workers,
+            queued=pool.counts()["queued"],
+            history=self.scaler.history,
+            state=self.scaler.state,
+            pinned=self._pinned,
+            closing=self.dispatcher.closing,
+            crashes=pool.crashes,
+            last_crash=pool.crashed_at,
+            crash_reason=pool.crashed,
+        )
+
+    def _record(self, done: Plan) -> None:
+        self._last = done
+        if not done.actions:
+            return
+        # A crash loop repeats one back-off each tick: keep it once.
+        repeated = bool(self._recent) and self._recent[-1][1].actions == done.actions
+        if repeated and all(isinstance(a, BackOff) for a in done.actions):
+            return
+        self._recent.append((time.time(), done))
+        for action in done.actions:
+            log.debug("%s: %s", self.pool.spec.name, action)
+
+    # -- carrying out ----------------------------------------------------------------------
+
+    def _carry_out(self, action: Action, now: float) -> None:
+        pool = self.pool
+        name = pool.spec.name
+        if isinstance(action, Start):
+            for _ in range(action.count):
+                self._spawn(self.start_worker())
+            self.dispatcher.metrics.scale_events.labels(name, "up").inc(action.count)
+            return
+        if isinstance(action, BackOff):
+            return  # nothing to do but wait: the plan records why
+        worker = pool.workers.get(action.worker)
+        if worker is None:  # gone since the snapshot
+            return
+        match action:
+            case Thaw():
+                self._thawing.add(worker.id)
+                self._spawn(self._thaw(worker))
+            case Pause():
+                pool.pause(worker)
+                self._spawn(self._pause(worker))
+            case Retire():
+                pool.retire(worker)
+                self._draining_since[worker.id] = now
+            case Kill():
+                if action.crash:
+                    pool.crash(action.reason)
+                self._kill(worker)
+        if isinstance(action, Retire | Kill) and action.cause == "scale-down":
+            self.dispatcher.metrics.scale_events.labels(name, "down").inc()
 
     async def _pause(self, worker: Worker) -> None:
         if not worker.container:
@@ -170,23 +232,6 @@ class Reconciler:
             self._thawing.discard(worker.id)
         self.pool.thaw(worker)
 
-    def _retire(self, worker: Worker, now: float) -> None:
-        self.pool.retire(worker)
-        self._draining_since[worker.id] = now
-
-    def _reap(self, now: float) -> None:
-        """Kill containers that overstay a drain or never become ready."""
-        grace = self.pool.spec.timeout + 5.0
-        for w in list(self.pool.workers.values()):
-            if w.state == "draining" and now - self._draining_since.get(w.id, now) > grace:
-                self._kill(w)
-            elif w.state == "starting" and w.container and now - w.created > START_TIMEOUT:
-                self.pool.crash(
-                    f"function {self.pool.spec.name!r}: a container did not ask for work "
-                    f"within {START_TIMEOUT:g}s of its start"
-                )
-                self._kill(w)
-
     def _kill(self, worker: Worker) -> None:
         self._draining_since.pop(worker.id, None)
         self.pool.gone(worker)
@@ -208,7 +253,7 @@ class Reconciler:
             version=pool.version,
         )
         try:
-            worker.container = await self.dispatcher.backend.start_worker(launch)
+            pool.launched(worker, await self.dispatcher.backend.start_worker(launch))
         except SwarmlessError as e:
             pool.gone(worker)
             self.dispatcher.forget_worker(worker)
