@@ -78,16 +78,18 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     names = app.Names(f"swarmless-test-vote-{SESSION}")
+    # The database, volume and network carry this label; the teardown goes by it alone.
+    own = {**labels, "swarmless.test-stack": names.prefix}
     images = app.build_images(engine)
     gw: RunningGateway | None = None
     try:
-        app.ensure_network(engine, names.network, labels)
+        app.ensure_network(engine, names.network, own)
         db = app.start_database(
             engine,
             image=images.postgres,
             names=names,
             password="test",
-            labels=labels,
+            labels=own,
             args=("-c", "fsync=off"),
         )
         gw = RunningGateway(tmp_path_factory.mktemp("gw-vote"), labels, network=names.network)
@@ -110,7 +112,7 @@ def stack(
                 )
             ]
             gw.stop(engine)
-        app.remove_all(engine, names, labels=labels)
+        app.remove_all(engine, names, proof=own)
         assert not left, f"containers left by the stopped gateway: {left}"
     assert not engine.containers.list(all=True, filters={"name": names.prefix})
 

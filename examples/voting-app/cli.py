@@ -7,6 +7,11 @@
     examples/voting-app/run.sh swarm-up [--mode warm|cgi] [--manager URL]   # on a Swarm
     examples/voting-app/run.sh [--data-dir ~/.local/share/swarmless-vote-swarm] deploy ...
     examples/voting-app/run.sh swarm-down
+    examples/voting-app/run.sh --name vote2 --data-dir ~/.local/share/vote2 up   # a second one
+
+``down`` removes only what carries this deployment's ownership labels (its instance and
+the owner id in its data directory), set on the object itself: never another deployment's
+objects, nor a container that got labels from one of the example's images.
 
 See votingapp.py for what each step makes, and README.md.
 """
@@ -37,6 +42,8 @@ from swarmless.engine import connect
 from swarmless.exceptions import SwarmlessError
 from swarmless.gateway.app import Gateway, admin_token
 from swarmless.gateway.server import GatewayServer
+from swarmless.labels import LABEL_OWNER
+from swarmless.ownership import ownership_labels
 from swarmless.sdk.gateway import GatewayClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,6 +66,7 @@ from votingapp import (
 )
 
 console = Console(soft_wrap=True, highlight=False)
+DEFAULT_NAME = Names().prefix
 #: Where ``swarm-up`` keeps its gateway's data (``up`` uses votingapp.data_dir_of()).
 SWARM_DATA = data_dir_of().parent / "swarmless-vote-swarm"
 
@@ -91,24 +99,39 @@ def _client(state: Mapping[str, Any], data_dir: Path) -> GatewayClient:
     return GatewayClient(Settings.load(gateway_url=state["url"], token=token), timeout=60)
 
 
+def _settings(names: Names, data_dir: Path) -> Settings:
+    """The gateway's settings: the instance and network are the deployment's names."""
+    return Settings.load(data_dir=data_dir, instance=names.instance, network=names.network)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
-    names = Names()
+    names = Names(args.name)
     data_dir = data_dir_of(args.data_dir)
+    settings = _settings(names, data_dir)
+    # The database, its volume and the network carry the instance's ownership labels, as
+    # the gateway's containers do: `down` goes by them (and only them).
+    own = ownership_labels(settings)
     engine = connect()
     try:
         with console.status("building the images ...") as status:
             images = build_images(engine, say=lambda m: status.update(m))
         console.print(f"images ready ({', '.join(dataclasses.asdict(images).values())})")
-        ensure_network(engine, names.network, {})
+        ensure_network(engine, names.network, own)
         with console.status(f"starting PostgreSQL ({names.db}) ..."):
             db = start_database(
-                engine, image=images.postgres, names=names, password=_password(data_dir)
+                engine,
+                image=images.postgres,
+                names=names,
+                password=_password(data_dir),
+                labels=own,
             )
         console.print(f"database {names.db} on network {names.network}, volume {names.volume}")
     finally:
         engine.close()
-    settings = Settings.load(data_dir=data_dir, instance=names.instance, network=names.network)
-    return _serve_app(settings, images, db, args.mode, args.record, "")
+    flags = "" if args.name == DEFAULT_NAME else f"--name {args.name} "
+    if args.data_dir:
+        flags += f"--data-dir {data_dir} "
+    return _serve_app(settings, images, db, args.mode, args.record, flags)
 
 
 def cmd_swarm_up(args: argparse.Namespace) -> int:
@@ -130,16 +153,6 @@ def cmd_swarm_up(args: argparse.Namespace) -> int:
         with console.status("loading the images onto its nodes ..."):
             load_images(images)
     console.print(f"Swarm manager {manager_url}; images ready")
-    manager = connect(manager_url)
-    try:
-        ensure_overlay(manager, NAMES.network, {})
-        with console.status(f"starting PostgreSQL (service {NAMES.db}) ..."):
-            db = start_database_service(
-                manager, image=images.postgres, names=NAMES, password=_password(data_dir)
-            )
-        console.print(f"database service {NAMES.db} on the overlay {NAMES.network}")
-    finally:
-        manager.close()
     settings = Settings.load(
         data_dir=data_dir,
         instance=NAMES.instance,
@@ -147,6 +160,21 @@ def cmd_swarm_up(args: argparse.Namespace) -> int:
         backend="swarm",
         docker_host=manager_url,
     )
+    own = ownership_labels(settings)  # swarm-down goes by these, as down does
+    manager = connect(manager_url)
+    try:
+        ensure_overlay(manager, NAMES.network, own)
+        with console.status(f"starting PostgreSQL (service {NAMES.db}) ..."):
+            db = start_database_service(
+                manager,
+                image=images.postgres,
+                names=NAMES,
+                password=_password(data_dir),
+                labels=own,
+            )
+        console.print(f"database service {NAMES.db} on the overlay {NAMES.network}")
+    finally:
+        manager.close()
     return _serve_app(settings, images, db, args.mode, "spawn", f"--data-dir {data_dir} ")
 
 
@@ -253,7 +281,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if state.get("backend") == "swarm" and args.record != "spawn":
         raise SwarmlessError("on a Swarm votes are recorded by spawn only (no scoped Docker API)")
     images = Images(**state["images"])
-    db = Database(container=Names().db, url=state["db_url"])
+    db = Database(container=Names(args.name).db, url=state["db_url"])
     gw = _client(state, data_dir)
     try:
         changed = deploy(gw, specs(images, db, mode=args.mode, record=args.record))
@@ -298,17 +326,25 @@ def _finish(removed: list[str], data_dir: Path) -> int:
         shutil.rmtree(data_dir)
         removed.append(f"data directory {data_dir}")
     for item in removed:
-        console.print(f"removed {item}")
-    console.print("the voting app is gone" if removed else "nothing to remove")
+        # "(...)" items say what was left, and why.
+        console.print(item[1:-1] if item.startswith("(") else f"removed {item}")
+    gone = [item for item in removed if not item.startswith("(")]
+    console.print("the voting app is gone" if gone else "nothing to remove")
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    names = Names(args.name)
     data_dir = data_dir_of(args.data_dir)
     _stop_gateway(data_dir)
+    # Only what carries this deployment's instance and the owner id of its data directory,
+    # set on the object itself (a container's image cannot lend it those).
+    proof = ownership_labels(_settings(names, data_dir), create=False)
+    if LABEL_OWNER not in proof:
+        proof = {}  # no owner id: nothing here was made with this data directory
     engine = connect()
     try:
-        removed = remove_all(engine, Names(), images=not args.keep_images)
+        removed = remove_all(engine, names, proof=proof, images=not args.keep_images)
     finally:
         engine.close()
     return _finish(removed, data_dir)
@@ -319,9 +355,12 @@ def cmd_swarm_down(args: argparse.Namespace) -> int:
 
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else SWARM_DATA
     _stop_gateway(data_dir)
+    proof = ownership_labels(_settings(NAMES, data_dir), create=False)
+    if LABEL_OWNER not in proof:
+        proof = {}  # no owner id: nothing there was made with this data directory
     manager = connect(args.manager or test_cluster())
     try:
-        removed = remove_swarm(manager, NAMES)
+        removed = remove_swarm(manager, NAMES, proof=proof)
     finally:
         manager.close()
     return _finish(removed, data_dir)
@@ -330,6 +369,12 @@ def cmd_swarm_down(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run.sh", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", help="default: ~/.local/share/swarmless-vote")
+    parser.add_argument(
+        "--name",
+        default=os.environ.get("VOTE_NAME", DEFAULT_NAME),
+        help=f"prefix of the Docker objects and the gateway instance (default: {DEFAULT_NAME}); "
+        "one per deployment on a shared engine, with its own --data-dir",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (
         ("up", "build, start the database and a gateway, deploy, print the URLs"),

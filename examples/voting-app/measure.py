@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -38,7 +39,9 @@ sys.path.insert(0, str(HERE))
 import votingapp as app  # noqa: E402
 
 NAMES = app.Names("swarmless-vote-bench")
-LABELS = {"swarmless.bench": "voting-app"}
+#: On everything this run makes, and what its teardown goes by: unique to the run, so that
+#: it never removes another run's (or anyone's) objects.
+LABELS = {"swarmless.bench": f"voting-app-{uuid.uuid4().hex[:8]}"}
 
 
 def sequential(http: httpx.Client, method: str, path: str, n: int) -> list[float]:
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[mode] = measure(url, gw, mode, args)
             gw.close()
     finally:
-        app.remove_all(engine, NAMES, labels=LABELS)
+        app.remove_all(engine, NAMES, proof=LABELS)
         engine.close()
     cgi, warm = results["cgi"], results["warm"]
     print(f"\n{'':44} {'cgi':>9} {'warm':>9}  warm vs cgi")

@@ -134,22 +134,33 @@ def start_database_service(
     )
 
 
-def remove_swarm(manager: docker.DockerClient, names: Names) -> list[str]:
-    """Remove the example's services, network and volume from the Swarm."""
+def remove_swarm(
+    manager: docker.DockerClient, names: Names, *, proof: Mapping[str, str]
+) -> list[str]:
+    """Remove the example's services, network and volume from the Swarm.
+
+    Only the services that carry ``proof`` (the instance's ownership labels, set on the
+    service by the gateway or ``swarm-up``; a service's labels are its own, never its
+    image's), and the volume and network when they carry it too.
+    """
+    if not proof:
+        return ["(no ownership labels to go by: no service, volume or network removed)"]
     removed: list[str] = []
-    services = {
-        s["ID"]: s["Spec"]["Name"]
-        for flt in ([f"swarmless.gateway={names.instance}"], [f"{LABEL}={EXAMPLE}"])
-        for s in manager.api.services(filters={"label": flt})
-    }
+    flt = [f"{k}={v}" for k, v in proof.items()]
+    services = {s["ID"]: s["Spec"]["Name"] for s in manager.api.services(filters={"label": flt})}
     for sid, name in services.items():
         with contextlib.suppress(docker.errors.NotFound):
             manager.api.remove_service(sid)
             removed.append(f"service {name}")
+    with contextlib.suppress(docker.errors.NotFound):
+        labels = manager.volumes.get(names.volume).attrs.get("Labels") or {}
+        if any(labels.get(k) != v for k, v in proof.items()):
+            removed.append(f"(left alone: volume {names.volume}, not this deployment's)")
+            return removed + _remove_network(manager, names, proof)
     deadline = time.monotonic() + 60
     while True:  # a volume in use cannot go: wait for the database's container to end
         try:
-            manager.volumes.get(names.volume).remove(force=True)
+            manager.volumes.get(names.volume).remove()
             removed.append(f"volume {names.volume}")
             break
         except docker.errors.NotFound:
@@ -159,6 +170,17 @@ def remove_swarm(manager: docker.DockerClient, names: Names) -> list[str]:
                 removed.append(f"(volume {names.volume} still in use: remove it later)")
                 break
             time.sleep(1)
+    return removed + _remove_network(manager, names, proof)
+
+
+def _remove_network(
+    manager: docker.DockerClient, names: Names, proof: Mapping[str, str]
+) -> list[str]:
+    removed: list[str] = []
+    with contextlib.suppress(docker.errors.NotFound):
+        labels = manager.networks.get(names.network).attrs.get("Labels") or {}
+        if any(labels.get(k) != v for k, v in proof.items()):
+            return [f"(left alone: network {names.network}, not this deployment's)"]
     deadline = time.monotonic() + 30
     while True:
         try:

@@ -9,6 +9,12 @@ prints the two URLs. Ctrl-C stops the gateway and every function container; the 
 and its votes stay until ``down``, which removes everything the example made: containers,
 volume, network, images (unless ``--keep-images``) and the data directory.
 
+What ``down`` removes is decided by labels set on the objects themselves, never by an
+image's: the database, its volume and the network carry the gateway instance's ownership
+labels (``swarmless.instance``, and ``swarmless.owner`` from the data directory; see
+``swarmless.ownership``), as the function containers do, so ``down`` of one deployment
+touches no other deployment's objects, nor any container made from the example's images.
+
 The steps are functions (:func:`build_images`, :func:`start_database`, :func:`specs`,
 :func:`deploy`, :func:`remove_all`) that the tests, ``load.py`` and ``measure.py`` reuse
 with their own names and labels.
@@ -40,11 +46,13 @@ from swarmless.engine import managed_labels
 from swarmless.exceptions import FunctionNotFound, SwarmlessError
 from swarmless.gateway.app import Gateway, admin_token
 from swarmless.gateway.server import GatewayServer
+from swarmless.ownership import remove_containers, select_containers
 from swarmless.sdk.gateway import GatewayClient
 from swarmless.spec import FunctionSpec
 
 HERE = Path(__file__).resolve().parent
-#: Every object the example makes itself carries this label (functions carry the gateway's).
+#: Every object the example makes itself carries this label (functions carry the gateway's);
+#: it is set on the objects, never on the images (containers would inherit it).
 LABEL = "swarmless.example"
 EXAMPLE = "voting-app"
 IMAGE_REPO = "swarmless-vote"
@@ -159,7 +167,6 @@ def _build(
         custom_context=True,
         tag=tag,
         buildargs=dict(args),
-        labels={LABEL: EXAMPLE},
         rm=True,
         forcerm=True,
         decode=True,
@@ -389,42 +396,77 @@ def remove_all(
     engine: docker.DockerClient,
     names: Names,
     *,
-    labels: Mapping[str, str] | None = None,
+    proof: Mapping[str, str],
     images: bool = False,
 ) -> list[str]:
-    """Remove every object of one deployment; returns what was removed (for the log)."""
+    """Remove the objects of one deployment; returns what was removed or left (for the log).
+
+    ``proof``: labels that only this deployment's objects carry, set on them (the gateway
+    instance's ownership labels, or a test session's). A container is removed only when
+    they are its own, not its image's; the volume and the network only when they carry
+    them. Images (``images=True``) are the example's tags, removed only when no container
+    uses them.
+    """
     removed: list[str] = []
-    by_label = [f"{k}={v}" for k, v in (labels or {}).items()]
-    groups = [
-        [f"swarmless.gateway={names.instance}"],
-        [f"{LABEL}={EXAMPLE}", *by_label],
-    ]
-    seen: set[str] = set()
-    for flt in groups:
-        for c in engine.api.containers(all=True, filters={"label": flt}):
-            if c["Id"] in seen:
-                continue
-            seen.add(c["Id"])
-            with contextlib.suppress(docker.errors.NotFound):
-                engine.api.remove_container(c["Id"], force=True, v=True)
-                removed.append(f"container {c['Names'][0].lstrip('/')}")
-    for name in (names.db,):
+    if proof:
+        found = select_containers(engine.api, proof)
+        for c, why in remove_containers(engine.api, found.owned, force=True):
+            removed.append(f"container {c.name}" if why is None else f"(container {c.name}: {why})")
+        for c in found.inherited:
+            removed.append(f"(left alone: container {c.name}, its labels come from its image)")
+        gone = {c.name for c in found.owned}
+    else:
+        removed.append("(no ownership labels to go by: no container, volume or network removed)")
+        gone = set()
+    if names.db not in gone:
         with contextlib.suppress(docker.errors.NotFound):
-            engine.api.remove_container(name, force=True, v=True)
-            removed.append(f"container {name}")
+            engine.containers.get(names.db)
+            removed.append(f"(left alone: container {names.db}, not this deployment's)")
     with contextlib.suppress(docker.errors.NotFound):
-        engine.volumes.get(names.volume).remove(force=True)
-        removed.append(f"volume {names.volume}")
+        volume = engine.volumes.get(names.volume)
+        if not _carries(volume.attrs.get("Labels"), proof):
+            removed.append(f"(left alone: volume {names.volume}, not this deployment's)")
+        else:
+            try:
+                volume.remove()
+                removed.append(f"volume {names.volume}")
+            except docker.errors.APIError:  # mounted by a container that is not ours
+                removed.append(f"(volume {names.volume} still in use: left)")
     with contextlib.suppress(docker.errors.NotFound):
-        engine.networks.get(names.network).remove()
-        removed.append(f"network {names.network}")
+        network = engine.networks.get(names.network)
+        if not _carries(network.attrs.get("Labels"), proof):
+            removed.append(f"(left alone: network {names.network}, not this deployment's)")
+        else:
+            try:
+                network.remove()
+                removed.append(f"network {names.network}")
+            except docker.errors.APIError:  # others' containers still on it
+                removed.append(f"(network {names.network} still in use: left)")
     if images:
-        for image in engine.images.list(filters={"label": f"{LABEL}={EXAMPLE}"}):
-            for tag in image.tags or [image.id]:
-                with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-                    engine.images.remove(tag, force=True)
-                    removed.append(f"image {tag}")
+        removed += remove_images(engine)
     return removed
+
+
+def _carries(labels: Mapping[str, str] | None, proof: Mapping[str, str]) -> bool:
+    return bool(proof) and all((labels or {}).get(k) == v for k, v in proof.items())
+
+
+def remove_images(engine: docker.DockerClient) -> list[str]:
+    """Untag the example's images (``swarmless-vote/<part>:<hash>``) that no container uses."""
+    parts = {f"{IMAGE_REPO}/{f.name.replace('_', '-')}" for f in dataclasses.fields(Images)}
+    out: list[str] = []
+    for image in engine.images.list(filters={"reference": f"{IMAGE_REPO}/*"}):
+        for tag in image.tags:
+            if tag.rpartition(":")[0] not in parts:
+                continue
+            try:
+                engine.images.remove(tag)  # no force: the engine keeps an image in use
+                out.append(f"image {tag}")
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError:
+                out.append(f"(image {tag} in use by a container: kept)")
+    return out
 
 
 # -- a gateway in a thread (measure.py, load.py's self-contained mode) ----------------------
