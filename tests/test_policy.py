@@ -2,7 +2,8 @@
 
 Each row of ``CASES`` is one call of :func:`swarmless.scaling.decide`: a history of
 samples (one a second, ending at ``NOW`` unless stated), the remembered state, the
-containers running now, and what the policy must answer. The sequence tests at the end
+containers running now, and what the policy must answer; tests/test_planner.py runs the
+same table through the planner and asserts on the plans. The sequence tests at the end
 drive :class:`~swarmless.scaling.Autoscaler` second by second with a reconciler that
 applies every decision at once.
 """
@@ -396,6 +397,15 @@ def test_autoscaler_bounds_its_history() -> None:
     scaler.decide(70.0, DEFAULT, current=1)
     assert scaler.history == ()  # all older than the stable window
     assert scaler.state.last_busy == 9.0  # ... but what they said is kept
+
+
+def test_settle_keeps_the_state_and_forgets_old_samples() -> None:
+    scaler = Autoscaler()
+    for t in range(10):
+        scaler.observe(obs(float(t), in_flight=1))
+    scaler.settle(State(last_busy=9.0), forget_before=6.0)
+    assert scaler.state == State(last_busy=9.0)
+    assert [o.at for o in scaler.history] == [7.0, 8.0, 9.0]
 
 
 def test_autoscalers_are_independent() -> None:
