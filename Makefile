@@ -44,6 +44,8 @@ bench: setup
 	$(PY) bench/run_overhead.py
 	$(PY) bench/gateway.py
 
+# Exited containers of this instance only (SWARMLESS_INSTANCE, SWARMLESS_DATA_DIR); other
+# users' and other instances' containers on a shared engine are never touched.
 clean:
 	-$(VENV)/bin/swarmless gc
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

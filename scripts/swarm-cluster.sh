@@ -311,18 +311,21 @@ cmd_env() {
 }
 
 cmd_down() {
-  local ids
-  ids=$(docker ps -aq --filter "label=$LABEL")
+  # Only the cluster's own objects: the node label *and* the node names (a label alone can
+  # come from anyone's image or command line).
+  local ids v vols=()
+  ids=$(docker ps -aq --filter "label=$LABEL" --filter "name=^/$PREFIX-[0-9]+\$")
   if [ -n "$ids" ]; then
     # shellcheck disable=SC2086
     docker rm -f -v $ids >/dev/null
   fi
-  ids=$(docker volume ls -q --filter "label=$LABEL")
-  if [ -n "$ids" ]; then
-    # shellcheck disable=SC2086
-    docker volume rm -f $ids >/dev/null
+  for v in $(docker volume ls -q --filter "label=$LABEL"); do
+    if [[ $v =~ ^$PREFIX-[0-9]+-data$ ]]; then vols+=("$v"); fi
+  done
+  if [ "${#vols[@]}" -gt 0 ]; then docker volume rm -f "${vols[@]}" >/dev/null; fi
+  if [ "$(docker network inspect -f '{{index .Labels "swarmless.swarm-node"}}' "$NET" 2>/dev/null)" = true ]; then
+    docker network rm "$NET" >/dev/null
   fi
-  if docker network inspect "$NET" >/dev/null 2>&1; then docker network rm "$NET" >/dev/null; fi
   if [ "${1:-}" = --purge ]; then docker image rm -f "$NODE_IMAGE" >/dev/null 2>&1 || true; fi
   say "down"
 }

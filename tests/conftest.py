@@ -1,8 +1,9 @@
 """Shared fixtures: a real Docker Engine, test images built locally, cleanup by label.
 
 Every container a test starts carries ``swarmless.test=<session id>`` (through the
-``labels`` fixture) or at least ``swarmless.managed=true``; the session fixture removes
-whatever is left and fails the run if a swarmless container leaked.
+``labels`` fixture) or the session's instance (``swarmless.instance=test-<session id>``:
+plain runs); the session fixture removes whatever of those is left and fails the run if a
+swarmless container leaked. It touches nothing else on the engine.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     from tests.swarm_harness import Cluster
 
 SESSION = uuid.uuid4().hex[:8]
+#: The instance of every plain ``run()`` of this session (and of any gateway a test starts
+#: without naming one): the leak check below knows this session's containers by it, not by
+#: what other sessions on the engine might also carry.
+SESSION_INSTANCE = f"test-{SESSION}"
+os.environ["SWARMLESS_INSTANCE"] = SESSION_INSTANCE
 BUSYBOX = "swarmless/busybox:latest"
 PYTHON = os.environ.get("SWARMLESS_BASE_IMAGE", "swarmless/python:bookworm")
 
@@ -58,10 +64,15 @@ def engine() -> Iterator[docker.DockerClient]:
 
 
 def _ours(labels: dict[str, str]) -> bool:
-    """Made by this session: labelled with it, or a plain ``run()`` (no gateway label)."""
-    if "swarmless.test" in labels:
-        return labels["swarmless.test"] == SESSION
-    return "swarmless.gateway" not in labels and "swarmless.bench" not in labels
+    """Made by this session: labelled with it, or of its instance (plain ``run()``s).
+
+    Never "any swarmless container without a gateway label": other sessions and users of
+    the engine make those too.
+    """
+    return (
+        labels.get("swarmless.test") == SESSION
+        or labels.get("swarmless.instance") == SESSION_INSTANCE
+    )
 
 
 @pytest.fixture(scope="session")
