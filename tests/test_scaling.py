@@ -1,5 +1,6 @@
 """Scaling against the real engine: burst from zero, ramp and back to zero, paused buffer,
-OOM recorded, restart leaves exactly the desired set."""
+OOM recorded, restart leaves exactly the desired set; the reconciler's plans and their
+reasons (start, scale-down, rollout, crash backoff) as ``describe`` shows them."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import httpx
 import pytest
 
-from tests.conftest import handler_image
+from tests.conftest import BUSYBOX, handler_image
 from tests.gateway_harness import GatewayProcess, RunningGateway, free_port
 
 HANDLERS = """
@@ -175,6 +177,90 @@ def test_queue_bound_answers_429_at_once(gw: RunningGateway, image: str) -> None
         codes = [f.result().status_code for f in futures]
     assert codes.count(200) >= 3
     assert set(codes) <= {200, 429}
+
+
+def planned(gw: RunningGateway, fn: str) -> list[dict[str, Any]]:
+    """The actions of the recent plans ``describe`` shows, oldest first."""
+    scale = gw.client().function(fn)["scale"]
+    return [a for p in scale["recent"] for a in p["actions"]]
+
+
+def test_describe_shows_the_plans_and_their_reasons(
+    gw: RunningGateway, image: str, engine: docker.DockerClient
+) -> None:
+    client = gw.client()
+    client.deploy(
+        {
+            "name": "planned",
+            "image": image,
+            "mode": "warm",
+            "handler": "handler:handle",
+            "idle_timeout": 2,
+        }
+    )
+    assert call(gw, "planned").status_code == 200
+    gw.wait_for(lambda: running(gw, engine, "planned") == 0, 60, "scale to zero")
+    actions = planned(gw, "planned")
+    start = next(a for a in actions if a["action"] == "start")
+    assert start["reason"].startswith(f"0 -> {start['count']}: ")  # the policy's reason follows
+    retire = next(a for a in actions if a["action"] == "retire")
+    assert retire["cause"] == "scale-down"
+    assert "idle" in retire["reason"]
+    scale = client.function("planned")["scale"]
+    assert scale["desired"] == 0
+    assert scale["reason"].startswith("idle")
+
+
+def test_rollout_is_planned_and_recorded(
+    gw: RunningGateway, image: str, engine: docker.DockerClient
+) -> None:
+    spec: dict[str, Any] = {
+        "name": "rolled",
+        "image": image,
+        "mode": "warm",
+        "handler": "handler:handle",
+        "min_containers": 1,
+    }
+    client = gw.client()
+    client.deploy(spec)
+    gw.wait_for(lambda: gw.dispatcher.pools["rolled"].counts()["ready"] == 1, 60, "one ready")
+    (old,) = gw.containers(engine, **{"swarmless.function": "rolled"})
+    version = client.deploy({**spec, "env": {"V": "2"}})["version"]
+
+    def replaced() -> bool:
+        ids = gw.containers(engine, **{"swarmless.function": "rolled"})
+        return len(ids) == 1 and old not in ids
+
+    gw.wait_for(replaced, 60, "the old version replaced")
+    rollout = [a for a in planned(gw, "rolled") if a.get("cause") == "rollout"]
+    assert [a["action"] for a in rollout] == ["retire"]
+    assert rollout[0]["reason"] == f"rollout: version {version - 1} replaced by {version}"
+    assert call(gw, "rolled").status_code == 200
+
+
+def test_crash_backoff_is_planned_and_recorded(gw: RunningGateway) -> None:
+    """A warm function on an image without Python: every start fails, the plans back off."""
+    gw.client().deploy(
+        {
+            "name": "crashing",
+            "image": BUSYBOX,
+            "mode": "warm",
+            "handler": "handler:handle",
+            "idle_timeout": 5,
+        }
+    )
+    r = call(gw, "crashing")
+    assert r.status_code == 502
+    assert "could not start a container" in r.json()["message"]
+
+    def backed_off() -> bool:
+        return any(a["action"] == "back-off" for a in planned(gw, "crashing"))
+
+    gw.wait_for(backed_off, 30, "a back-off in the recorded plans")
+    back_off = next(a for a in planned(gw, "crashing") if a["action"] == "back-off")
+    assert "crash(es) in a row" in back_off["reason"]
+    assert "could not start a container" in back_off["reason"]
+    assert 0 < back_off["for_s"] <= 30
 
 
 def test_restart_leaves_exactly_the_desired_set(
