@@ -8,6 +8,7 @@ says what happened and what to do.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -36,7 +37,9 @@ __all__ = [
     "LABEL_MANAGED",
     "LABEL_PARENT",
     "LABEL_WORKER",
+    "Endpoint",
     "connect",
+    "endpoint",
     "engine_address",
     "managed_labels",
     "translate",
@@ -49,6 +52,44 @@ POOL_SIZE = 64
 def engine_address(docker_host: str | None = None) -> str:
     """The engine address the Docker SDK will try, for error messages."""
     return docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Endpoint:
+    """Where the engine listens, read once from ``DOCKER_HOST`` (or the setting)."""
+
+    #: The address as given (for messages).
+    address: str
+    #: The Unix socket's path, or None for TCP.
+    socket: str | None = None
+    host: str = ""
+    port: int = 0
+    #: ``DOCKER_TLS_VERIFY`` or an ``https://`` address: the engine wants TLS.
+    tls: bool = False
+
+
+def endpoint(docker_host: str | None = None) -> Endpoint:
+    """The one parser of ``DOCKER_HOST``: unix, tcp, http(s); a ValueError for the others."""
+    address = engine_address(docker_host)
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        raise ValueError(f"engine address {address!r} has no scheme (unix://, tcp://)")
+    scheme = scheme.lower()
+    if scheme in ("unix", "http+unix"):
+        return Endpoint(address=address, socket=rest or "/var/run/docker.sock")
+    if scheme in ("tcp", "http", "https"):
+        hostport = rest.split("/", 1)[0]
+        host, colon, port = hostport.rpartition(":")
+        if not colon:
+            host, port = hostport, ""
+        host = host.strip("[]")
+        tls = scheme == "https" or os.environ.get("DOCKER_TLS_VERIFY", "") not in ("", "0")
+        if not host or (port and not port.isdigit()):
+            raise ValueError(f"engine address {address!r}: expected tcp://HOST:PORT")
+        return Endpoint(
+            address=address, host=host, port=int(port or (2376 if tls else 2375)), tls=tls
+        )
+    raise ValueError(f"engine address {address!r}: only unix:// and tcp:// engines are supported")
 
 
 def connect(docker_host: str | None = None, *, timeout: float = 120) -> docker.DockerClient:

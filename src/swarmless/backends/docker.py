@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import threading
 from collections.abc import Mapping, Sequence
@@ -38,6 +37,7 @@ from swarmless.engine import (
     LABEL_MANAGED,
     LABEL_WORKER,
     connect,
+    endpoint,
     managed_labels,
     translate,
 )
@@ -190,8 +190,7 @@ class DockerBackend(EngineBackend):
         """``docker: host-socket``: the engine's own socket, on purpose (root on the host)."""
         if spec.docker != "host-socket":
             return []
-        host = self.settings.docker_host or os.environ.get("DOCKER_HOST") or ""
-        path = host[len("unix://") :] if host.startswith("unix://") else "/var/run/docker.sock"
+        path = endpoint(self.settings.docker_host).socket or "/var/run/docker.sock"
         return [f"{path}:/var/run/docker.sock"]
 
     def _secret_binds(self, spec: FunctionSpec) -> list[str]:

@@ -5,16 +5,22 @@ of a ``docker: scoped`` function finds it in ``DOCKER_HOST``, with its token in 
 (:mod:`swarmless.proxy.tokens`), so the Docker SDK for Python and the ``docker`` CLI work
 unchanged inside it.
 
-One request per client connection: the request head is parsed strictly (no folded or
-malformed headers, one Content-Length or exactly ``Transfer-Encoding: chunked``), the body
-read whole (chunked bodies decoded), the caller identified (token, then source address),
-the facts the policy needs looked up on the engine, and :func:`swarmless.proxy.policy.check`
-asked. A refusal is answered here, 403 with ``{"message": "... (rule NAME)"}`` (what the
-Docker SDK shows). An allowed request is rebuilt from the verdict and sent on a fresh
-connection to the engine with ``Connection: close``; the answer is relayed byte for byte,
-so streams (logs, wait, events) flow as they come. For attach and exec start the engine
-hijacks the connection (``Upgrade: tcp`` or not): bytes are then relayed both ways, and a
-half-close from the client is passed on (stdin EOF).
+Each request on a client connection is read whole by h11 (:mod:`swarmless.proxy.http`:
+strict framing, bounded head and body), the caller identified (token, then source
+address), the facts the policy needs looked up on the engine, and
+:func:`swarmless.proxy.policy.check` asked. A refusal is answered here, 403 (404 for a
+container that is not the caller's, exactly as for one that does not exist) with
+``{"message": "... (rule NAME)"}``, what the Docker SDK shows. An allowed request is
+rebuilt from the verdict and sent alone on a fresh connection to the engine; the answer
+is relayed as it comes, so streams (logs, wait, events) flow. Keep-alive and pipelining
+work: the next request is read only once an answer is complete. Attach and exec start
+switch to a raw stream only when the client asked for ``Upgrade: tcp`` and the engine
+answered 101; then bytes are relayed both ways and a half-close is passed on (stdin EOF).
+
+Children are capped per caller atomically: a create reserves its place under the caller's
+lock (counting the children on the engine plus the creates in flight) and gives it back
+once the engine has answered. Exited children stop counting towards ``max_children``;
+at most as many again may be kept exited before the caller has to remove some.
 
 Children die with their parent: the proxy follows the engine's ``die`` events of the
 gateway's containers and removes the children of every container that exits (a one-shot
@@ -26,20 +32,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
-import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import urlparse
 
+import h11
 import httpx
 
 from swarmless.config import Settings
+from swarmless.engine import endpoint
 from swarmless.labels import LABEL_GATEWAY, LABEL_KIND, LABEL_PARENT
 from swarmless.proxy import policy
+from swarmless.proxy.http import (
+    BadRequest,
+    ClientGone,
+    ClientSide,
+    EngineExchange,
+    Incoming,
+    open_engine,
+    splice,
+)
 from swarmless.proxy.policy import Caller, ProxyRequest, Target, Verdict
 from swarmless.proxy.tokens import PATH_PREFIX, CallerTokens, Grant
 from swarmless.spec import FunctionSpec
@@ -51,116 +67,12 @@ log = logging.getLogger("swarmless.proxy")
 #: Limits on what a client sends: the request head, and a body (a tar for archive PUT).
 MAX_HEAD = 64 * 1024
 MAX_BODY = 16 * 1024 * 1024
+#: How long a request may take to arrive, and a kept-alive connection may sit idle.
 HEAD_TIMEOUT = 30.0
 SWEEP_INTERVAL = 5.0
+IMAGE_TTL = 5.0
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
-_METHOD = re.compile(rb"^[A-Z]{1,16}$")
-_HEADER_NAME = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_STDIO = ("attach", "exec-start")
-
-
-class _BadRequest(Exception):
-    """The client's HTTP cannot be read unambiguously."""
-
-
-class _Head:
-    __slots__ = ("headers", "method", "path", "query")
-
-    def __init__(self, method: str, path: str, query: str, headers: list[tuple[str, str]]):
-        self.method, self.path, self.query, self.headers = method, path, query, headers
-
-    def header(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k == name]
-
-
-def _parse_head(raw: bytes) -> _Head:
-    lines = raw[:-4].split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or not _METHOD.match(parts[0]) or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
-        raise _BadRequest("malformed request line")
-    target = parts[1].decode("ascii", "replace")
-    if not target.startswith("/") or "#" in target or any(ord(c) < 33 for c in target):
-        raise _BadRequest("the request target must be a plain path")
-    path, _, query = target.partition("?")
-    headers: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not _HEADER_NAME.match(name):
-            raise _BadRequest("malformed or folded header line")
-        value = value.strip(b" \t")
-        if any(c in value for c in b"\r\n\0"):
-            raise _BadRequest("control characters in a header value")
-        headers.append((name.decode().lower(), value.decode("latin-1")))
-    return _Head(parts[0].decode(), path, query, headers)
-
-
-async def _read_body(reader: asyncio.StreamReader, head: _Head) -> bytes:
-    lengths = head.header("content-length")
-    encodings = head.header("transfer-encoding")
-    if encodings:
-        if lengths or len(encodings) != 1 or encodings[0].strip().lower() != "chunked":
-            raise _BadRequest("only 'Transfer-Encoding: chunked', alone, is understood")
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            line = (await reader.readuntil(b"\r\n"))[:-2]
-            size_text = line.split(b";", 1)[0].strip()
-            if not size_text or not all(c in b"0123456789abcdefABCDEF" for c in size_text):
-                raise _BadRequest("malformed chunk size")
-            size = int(size_text, 16)
-            if size == 0:
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                    pass  # trailers are read and dropped
-                return b"".join(chunks)
-            total += size
-            if total > MAX_BODY:
-                raise _BadRequest(f"body over {MAX_BODY} bytes")
-            chunks.append(await reader.readexactly(size))
-            if await reader.readexactly(2) != b"\r\n":
-                raise _BadRequest("a chunk does not end with CRLF")
-    if not lengths:
-        return b""
-    if len(set(lengths)) != 1 or not lengths[0].isdigit():
-        raise _BadRequest("conflicting or malformed Content-Length")
-    n = int(lengths[0])
-    if n > MAX_BODY:
-        raise _BadRequest(f"body over {MAX_BODY} bytes")
-    return await reader.readexactly(n)
-
-
-async def _answer(writer: asyncio.StreamWriter, status: int, body: dict[str, Any]) -> None:
-    data = json.dumps(body).encode()
-    reason = {400: "Bad Request", 403: "Forbidden", 404: "Not Found"}.get(status, "Error")
-    writer.write(
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
-        + data
-    )
-    with contextlib.suppress(ConnectionError):
-        await writer.drain()
-
-
-async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, half_close: bool) -> None:
-    try:
-        while data := await src.read(65536):
-            dst.write(data)
-            await dst.drain()
-    except (ConnectionError, OSError):
-        return
-    if half_close and dst.can_write_eof():
-        with contextlib.suppress(OSError):
-            dst.write_eof()
-
-
-def _engine_address(docker_host: str | None) -> tuple[str, str, int]:
-    """(``unix``, path, 0) or (``tcp``, host, port) of the engine the gateway uses."""
-    address = docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    url = urlparse(address)
-    if url.scheme in ("unix", "http+unix"):
-        return "unix", (url.netloc + url.path) or "/var/run/docker.sock", 0
-    if url.scheme in ("tcp", "http") and url.hostname:
-        return "tcp", url.hostname, url.port or 2375
-    raise ValueError(f"the scoped Docker API cannot reach an engine at {address!r}")
+_EXITED = frozenset({"exited", "dead"})
 
 
 class DockerProxy:
@@ -182,19 +94,30 @@ class DockerProxy:
         #: Labels forced on every child (the gateway instance, a test session...).
         self.labels = {**(labels or {}), LABEL_GATEWAY: settings.instance}
         self.url = ""
-        self._kind, self._host, self._port = _engine_address(settings.docker_host)
+        engine = endpoint(settings.docker_host)
+        if engine.tls:
+            raise ValueError(
+                f"the scoped Docker API cannot reach a TLS engine ({engine.address}); "
+                "run the gateway beside the engine's Unix socket"
+            )
+        self._engine = engine
         transport = (
-            httpx.AsyncHTTPTransport(uds=self._host)
-            if self._kind == "unix"
+            httpx.AsyncHTTPTransport(uds=engine.socket)
+            if engine.socket
             else httpx.AsyncHTTPTransport()
         )
-        base = "http://docker" if self._kind == "unix" else f"http://{self._host}:{self._port}"
+        base = "http://docker" if engine.socket else f"http://{engine.host}:{engine.port}"
         self._api = httpx.AsyncClient(transport=transport, base_url=base, timeout=30.0)
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._connections: set[asyncio.Task[Any]] = set()
         self._callers: dict[str, tuple[str, frozenset[str]]] = {}
-        self._image_ids: dict[str, tuple[float, str]] = {}
+        #: Normalised image name -> (when looked up, image id, its labels).
+        self._image_facts: dict[str, tuple[float, str, dict[str, str]]] = {}
+        #: Per caller container: creates in flight, and the lock that counts them.
+        self._reserved: dict[str, int] = {}
+        self._create_locks: dict[str, asyncio.Lock] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -214,9 +137,10 @@ class DockerProxy:
         self.tokens.docker_url = None
         if self._server is not None:
             self._server.close()
-        for task in [*self._tasks, *self._background]:
+        running = [*self._tasks, *self._background, *self._connections]
+        for task in running:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
         with contextlib.suppress(httpx.HTTPError):
             await self._remove_children()
         await self._api.aclose()
@@ -251,20 +175,34 @@ class DockerProxy:
         r.raise_for_status()
         return await self._container(str(r.json().get("ContainerID") or "none"))
 
-    async def _allowed_images(self) -> dict[str, str]:
-        """Normalised allowed names -> image ids (looked up at most every 5 s)."""
+    async def _allowed_images(self) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+        """Normalised allowed names -> image ids, and image id -> the image's labels
+        (each looked up at most every ``IMAGE_TTL`` seconds)."""
         names = {*self.images(), *self.settings.proxy_images}
-        out: dict[str, str] = {}
+        ids: dict[str, str] = {}
+        labels: dict[str, dict[str, str]] = {}
         now = time.monotonic()
         for name in names:
             key = policy.normalize_image(name)
-            cached = self._image_ids.get(key)
-            if cached is None or now - cached[0] > 5.0:
+            cached = self._image_facts.get(key)
+            if cached is None or now - cached[0] > IMAGE_TTL:
                 r = await self._api.get(f"/images/{name}/json")
-                cached = (now, str(r.json().get("Id", "")) if r.status_code == 200 else "")
-                self._image_ids[key] = cached
-            out[key] = cached[1]
-        return out
+                data = r.json() if r.status_code == 200 else {}
+                config = data.get("Config") or {}
+                cached = (now, str(data.get("Id", "")), dict(config.get("Labels") or {}))
+                self._image_facts[key] = cached
+            ids[key] = cached[1]
+            if cached[1]:
+                labels[cached[1]] = cached[2]
+        for key in set(self._image_facts) - {policy.normalize_image(n) for n in names}:
+            del self._image_facts[key]  # no longer allowed: forgotten
+        return ids, labels
+
+    async def _children(self, caller: str) -> tuple[int, int]:
+        """The caller's children on the engine: (not exited, exited)."""
+        rows = await self._list(f"{LABEL_PARENT}={caller}")
+        exited = sum(1 for c in rows if c.get("State") in _EXITED)
+        return len(rows) - exited, exited
 
     async def _caller(self, grant: Grant, peer: str) -> Caller | Verdict:
         spec = self.spec_of(grant.function)
@@ -297,47 +235,80 @@ class DockerProxy:
             labels=self.labels,
         )
 
-    async def decide(self, head: _Head, body: bytes, peer: str) -> Verdict:
-        """Identify the caller, look up the facts, ask the policy."""
-        if not head.path.startswith(PATH_PREFIX):
-            return policy.refuse(
+    @contextlib.asynccontextmanager
+    async def decide(self, incoming: Incoming, peer: str) -> AsyncIterator[Verdict]:
+        """Identify the caller, look up the facts, ask the policy.
+
+        A create that is allowed holds its place among the caller's children until the
+        ``async with`` block (which forwards it) ends.
+        """
+        path, _, query = incoming.target.partition("?")
+        if not path.startswith(PATH_PREFIX):
+            yield policy.refuse(
                 "caller", "no swarmless token in the path: use the DOCKER_HOST swarmless set"
             )
-        token, _, rest = head.path[len(PATH_PREFIX) :].partition("/")
+            return
+        token, _, rest = path[len(PATH_PREFIX) :].partition("/")
         grant = self.tokens.lookup(token) if _TOKEN.match(token) else None
         if grant is None:
-            return policy.refuse("caller", "unknown or expired swarmless token")
+            yield policy.refuse("caller", "unknown or expired swarmless token")
+            return
         caller = await self._caller(grant, peer)
         if isinstance(caller, Verdict):
-            return caller
+            yield caller
+            return
         path = "/" + rest
-        r = policy.route(head.method, path)
+        r = policy.route(incoming.method, path)
         if isinstance(r, Verdict):
-            return r
+            yield r
+            return
         target: Target | None = None
         images: dict[str, str] = {}
-        children = 0
+        image_labels: dict[str, dict[str, str]] = {}
         if r.endpoint in ("create", "pull", "image-inspect"):
-            images = await self._allowed_images()
+            images, image_labels = await self._allowed_images()
         elif r.ref is not None:
             exec_route = r.endpoint.startswith("exec-") and r.endpoint != "exec-create"
             target = await (self._exec_container(r.ref) if exec_route else self._container(r.ref))
-            if target is None:
-                what = "exec instance" if exec_route else "container"
-                return Verdict(
-                    allowed=False, rule="own-children", reason=f"no such {what}", status=404
-                )
-        if r.endpoint == "create":
-            children = len(await self._list(f"{LABEL_PARENT}={caller.container}"))
         request = ProxyRequest(
-            head.method, path, head.query, body, caller, target, images, children
+            incoming.method,
+            path,
+            query,
+            incoming.body,
+            caller,
+            target,
+            images,
+            image_labels=image_labels,
         )
-        verdict = policy.check(request)
+        if r.endpoint != "create":
+            yield self._logged(policy.check(request), caller)
+            return
+        who = caller.container
+        lock = self._create_locks.setdefault(who, asyncio.Lock())
+        async with lock:
+            live, exited = await self._children(who)
+            reserved = self._reserved.get(who, 0)
+            request = dataclasses.replace(request, children=live + reserved, exited=exited)
+            verdict = self._logged(policy.check(request), caller)
+            if verdict.allowed:
+                self._reserved[who] = reserved + 1
+        if not verdict.allowed:
+            yield verdict
+            return
+        try:
+            yield verdict
+        finally:
+            left = self._reserved.get(who, 1) - 1
+            if left > 0:
+                self._reserved[who] = left
+            else:
+                self._reserved.pop(who, None)
+
+    @staticmethod
+    def _logged(verdict: Verdict, caller: Caller) -> Verdict:
         if not verdict.allowed:
             log.info(
-                "refused %s %s from %s (%s): %s",
-                head.method,
-                path[:200],
+                "refused a request of %s (%s): %s",
                 caller.function,
                 caller.container[:12],
                 verdict.message,
@@ -347,76 +318,95 @@ class DockerProxy:
     # -- connections -------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # asyncio's streams hold a connection's task and the engine's reader only weakly:
+        # without a strong reference here a relay is garbage-collected mid-stream.
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
         peer = writer.get_extra_info("peername")
+        client = ClientSide(reader, writer, max_head=MAX_HEAD, max_body=MAX_BODY)
         try:
-            try:
-                raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
-                head = _parse_head(raw)
-                body = await asyncio.wait_for(_read_body(reader, head), HEAD_TIMEOUT)
-            except _BadRequest as e:
-                await _answer(writer, 400, {"message": f"swarmless proxy: {e} (rule http)"})
-                return
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-                return
-            try:
-                verdict = await self.decide(head, body, str(peer[0]) if peer else "")
-            except httpx.HTTPError as e:
-                await _answer(writer, 503, {"message": f"swarmless proxy: engine error: {e}"})
-                return
-            if not verdict.allowed:
-                await _answer(writer, verdict.status, {"message": verdict.message})
-                return
-            await self._forward(verdict, head, reader, writer)
-        except (ConnectionError, OSError):
+            while True:
+                try:
+                    incoming = await client.next_request(HEAD_TIMEOUT)
+                except BadRequest as e:
+                    message = f"swarmless proxy refused this request: {e} (rule http)"
+                    await client.answer(e.status, {"message": message})
+                    return
+                if incoming is None:
+                    return
+                if not await self._one(client, incoming, str(peer[0]) if peer else ""):
+                    return
+                if not client.next_cycle():
+                    return
+        except (ClientGone, ConnectionError, OSError, TimeoutError, h11.ProtocolError):
             pass
         except Exception:
             log.exception("scoped Docker API: unexpected error")
         finally:
             writer.close()
 
-    async def _open_engine(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._kind == "unix":
-            return await asyncio.open_unix_connection(self._host)
-        return await asyncio.open_connection(self._host, self._port)
+    async def _one(self, client: ClientSide, incoming: Incoming, peer: str) -> bool:
+        """Answer one request; False when the connection cannot go on."""
+        try:
+            async with self.decide(incoming, peer) as verdict:
+                if not verdict.allowed:
+                    await client.answer(verdict.status, {"message": verdict.message})
+                    return False
+                if verdict.hijack and not incoming.wants_upgrade:
+                    message = policy.refuse(
+                        "http", "attach and exec start need 'Connection: Upgrade, Upgrade: tcp'"
+                    ).message
+                    await client.answer(400, {"message": message})
+                    return False
+                return await self._forward(verdict, incoming, client)
+        except (httpx.HTTPError, OSError, h11.ProtocolError) as e:
+            if isinstance(e, ConnectionError) and client.writer.is_closing():
+                raise
+            await client.answer(503, {"message": f"swarmless proxy: engine error: {e}"})
+            return False
 
-    async def _forward(
-        self,
-        verdict: Verdict,
-        head: _Head,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
-        upgrade = verdict.hijack and any(v.lower() == "tcp" for v in head.header("upgrade"))
-        agent = (head.header("user-agent") or ["swarmless-proxy"])[0][:200]
-        lines = [
-            f"{verdict.method} {verdict.url()} HTTP/1.1",
-            "Host: docker",
-            f"User-Agent: {agent}",
-            "Connection: Upgrade\r\nUpgrade: tcp" if upgrade else "Connection: close",
-        ]
+    async def _forward(self, verdict: Verdict, incoming: Incoming, client: ClientSide) -> bool:
+        agent = (incoming.header("user-agent") or ["swarmless-proxy"])[0][:200]
+        headers = [("user-agent", agent)]
+        if verdict.hijack:
+            headers += [("connection", "Upgrade"), ("upgrade", "tcp")]
+        else:
+            headers.append(("connection", "close"))
         if verdict.body is not None:
             kind = "application/x-tar" if verdict.rule == "archive-put" else "application/json"
-            lines += [f"Content-Type: {kind}", f"Content-Length: {len(verdict.body)}"]
-        up_reader, up_writer = await self._open_engine()
+            headers.append(("content-type", kind))
+        exchange = await open_engine(self._engine)
         try:
-            up_writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + (verdict.body or b""))
-            await up_writer.drain()
-            down = asyncio.ensure_future(_pump(up_reader, writer, half_close=False))
-            if verdict.hijack:
-                # stdin of attach / exec: the client's bytes go on, and so does its EOF.
-                up: asyncio.Future[Any] = asyncio.ensure_future(
-                    _pump(reader, up_writer, half_close=True)
-                )
-                await down
-            else:
-                # Nothing more is expected from the client: its EOF means it went away.
-                up = asyncio.ensure_future(reader.read(1))
-                await asyncio.wait({down, up}, return_when=asyncio.FIRST_COMPLETED)
-                down.cancel()
-            up.cancel()
-            await asyncio.gather(down, up, return_exceptions=True)
+            await exchange.send(verdict.method, verdict.url(), headers, verdict.body)
+            status, answer = await exchange.answer()
+            log.debug("%s %s -> %s", verdict.method, verdict.url()[:200], status)
+            if exchange.switched:
+                to_engine = client.switch(answer)
+                await splice(client, exchange, to_engine, exchange.leftover)
+                return False
+            await client.start(status, answer)
+            watch = asyncio.ensure_future(client.watch())
+            relay = asyncio.ensure_future(self._relay(exchange, client))
+            try:
+                done, _ = await asyncio.wait({watch, relay}, return_when=asyncio.FIRST_COMPLETED)
+                if relay not in done:
+                    return False  # the client went away in the middle of a stream
+                relay.result()
+            finally:
+                watch.cancel()
+                relay.cancel()
+                await asyncio.gather(watch, relay, return_exceptions=True)
+            return not verdict.hijack
         finally:
-            up_writer.close()
+            exchange.close()
+
+    @staticmethod
+    async def _relay(exchange: EngineExchange, client: ClientSide) -> None:
+        async for chunk in exchange.body():
+            await client.data(chunk)
+        await client.end()
 
     # -- children die with their parent ------------------------------------------------
 
