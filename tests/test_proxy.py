@@ -440,8 +440,12 @@ def test_escape_attempts_are_refused(
     print("\n" + report)
     assert len(table) >= 25
     for name, got in table.items():
-        expected = 400 if name == "conflicting Content-Length and chunked" else 403
-        assert got["status"] == expected, f"{name}: {got}\n{report}"
+        expected = {400} if name == "conflicting Content-Length and chunked" else {403}
+        if "own-children" in got["message"]:
+            # not the caller's: the same 404 as a container that does not exist
+            expected = {404}
+            assert "no such container" in got["message"] or "exec instance" in got["message"]
+        assert got["status"] in expected, f"{name}: {got}\n{report}"
         assert "(rule " in got["message"], f"{name}: {got}"
     # Nothing changed on the engine.
     assert {cid: _state(engine, cid) for cid in watched} == before

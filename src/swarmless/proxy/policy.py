@@ -108,8 +108,12 @@ class ProxyRequest:
     target: Target | None = None
     #: Allowed images: normalised name -> image id ("" when not on the engine).
     images: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    #: How many children the caller has now (asked for create only).
+    #: How many children the caller has now that have not exited, creates in flight
+    #: included, and how many exited ones it keeps (asked for create only).
     children: int = 0
+    exited: int = 0
+    #: Labels of the allowed images, by image id (a child inherits them).
+    image_labels: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -395,8 +399,10 @@ def _image(ref: Any, images: Mapping[str, str]) -> str:
         return images[key] or ref
     if key.startswith("sha256:") and key in images.values():
         return key
-    allowed = ", ".join(sorted(k for k in images if not k.startswith("sha256:"))) or "none"
-    raise _Refused("image", f"image {ref!r} is not on the allowlist (allowed: {allowed})")
+    # The allowlist is not listed: it names other functions' images.
+    raise _Refused(
+        "image", f"image {ref!r} is not on this gateway's allowlist for children (proxy_images)"
+    )
 
 
 # -- container create ---------------------------------------------------------------------
@@ -453,12 +459,12 @@ _MUST_BE_ZERO = {
 _FREE = _names(
     "CpuShares BlkioWeight CpusetCpus CpusetMems MemoryReservation MemorySwappiness "
     "Init AutoRemove CapDrop Dns DnsOptions DnsSearch ExtraHosts GroupAdd "
-    "ReadonlyRootfs Tmpfs ConsoleSize OomScoreAdj ShmSize"
+    "ReadonlyRootfs ConsoleSize OomScoreAdj ShmSize"
 )
 _CHECKED = _names(
     "Memory MemorySwap NanoCpus PidsLimit NetworkMode PidMode IpcMode UTSMode "
     "UsernsMode CgroupnsMode SecurityOpt Runtime Isolation MaskedPaths ReadonlyPaths "
-    "RestartPolicy LogConfig Mounts"
+    "RestartPolicy LogConfig Mounts Tmpfs"
 )
 _HOST_CONFIG = (*_MUST_BE_ZERO, *_FREE, *_CHECKED)
 _ENDPOINT = _names(
@@ -489,7 +495,14 @@ def _create(req: ProxyRequest, route: Route) -> Verdict:
             raise _Refused(rule, f"HostConfig.{field} is not allowed ({host[field]!r})")
     if req.children >= caller.max_children:
         raise _Refused(
-            "max-children", f"you have {req.children} children, the limit is {caller.max_children}"
+            "max-children",
+            f"you have {req.children} children running, the limit is {caller.max_children}",
+        )
+    if req.exited >= caller.max_children:
+        raise _Refused(
+            "max-children",
+            f"you keep {req.exited} exited children (at most {caller.max_children}): "
+            "remove them (docker rm, or run with --rm / auto_remove)",
         )
     config["Image"] = _image(config.get("Image"), req.images)
     if not _zero(config.get("Volumes")):
@@ -498,19 +511,29 @@ def _create(req: ProxyRequest, route: Route) -> Verdict:
         raise _Refused("network", "a fixed MAC address is not allowed")
     if not _zero(config.get("OnBuild")):
         raise _Refused("unknown-field", "OnBuild is for images, not containers")
-    config["Labels"] = _labels(config.get("Labels"), caller)
+    inherited = req.image_labels.get(config["Image"], {})
+    config["Labels"] = _labels(config.get("Labels"), caller, inherited)
     _namespaces(host)
     _security(host)
-    _mounts(host)
+    _mounts(host, caller)
+    _tmpfs(host, caller)
     _resources(host, caller)
     network = _network(host, caller)
-    config["NetworkingConfig"] = _networking(config.get("NetworkingConfig"), network)
+    config["NetworkingConfig"] = _networking(config.get("NetworkingConfig"), network, caller)
     config["HostConfig"] = host
     query = _query(req.query, allowed=("name", "platform"))
+    name = dict(query).get("name")
+    if name:
+        _child_name(name, caller, "name")
     return _allow(req, route, "containers/create", query, _dumps(config))
 
 
-def _labels(value: Any, caller: Caller) -> dict[str, str]:
+def _labels(
+    value: Any, caller: Caller, inherited: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The child's labels: the caller's own (no ``swarmless.*``), then every
+    ``swarmless.*`` label the image carries blanked (the engine would copy it onto the
+    child), then the forced ones."""
     if value is None:
         value = {}
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
@@ -518,13 +541,64 @@ def _labels(value: Any, caller: Caller) -> dict[str, str]:
     for key in value:
         if key.startswith("swarmless.") and key not in _SDK_LABELS:
             raise _Refused("labels", f"label {key!r}: swarmless.* labels are set by swarmless")
+    blanked = {k: "" for k in inherited or {} if k.startswith("swarmless.")}
     return {
         **{k: v for k, v in value.items() if k not in _SDK_LABELS},
+        **blanked,
         **caller.labels,
         LABEL_MANAGED: "true",
         LABEL_KIND: "child",
         LABEL_PARENT: caller.container,
     }
+
+
+#: Names (and aliases) of children: the caller's function name, a dash, then a name.
+_CHILD_NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+
+
+def _child_name(name: str, caller: Caller, what: str) -> str:
+    """A child's name or network alias must start with ``<function>-``: it may not claim
+    another container's DNS name on the shared network, nor squat one before it starts."""
+    prefix = f"{caller.function}-"
+    if not isinstance(name, str) or not _CHILD_NAME.match(name):
+        raise _Refused("name", f"{what} {name!r} is not a container name")
+    if not name.lstrip("/").startswith(prefix) or name.lstrip("/") == prefix:
+        raise _Refused("name", f"{what} {name!r}: children's names start with {prefix!r}")
+    return name
+
+
+#: Options of a tmpfs mount (``HostConfig.Tmpfs``) a child may use: no ``dev``, ``suid``,
+#: ``rbind`` or other mount flags that reach past a plain in-memory directory.
+_TMPFS_FLAGS = frozenset({"ro", "rw", "noexec", "exec", "nosuid", "nodev", "noatime"})
+_TMPFS_VALUE = re.compile(r"^(size|mode|uid|gid|nr_inodes)=([0-9]+[kmgKMG%]?)$")
+_MOUNT_TARGET = re.compile(r"^/[A-Za-z0-9_./-]*$")
+
+
+def _tmpfs(host: dict[str, Any], caller: Caller) -> None:
+    tmpfs = host.get("Tmpfs")
+    if tmpfs is None:
+        return
+    if not isinstance(tmpfs, dict) or not all(isinstance(v, str) for v in tmpfs.values()):
+        raise _Refused("json", "Tmpfs must map paths to option strings")
+    for target, options in tmpfs.items():
+        if not _MOUNT_TARGET.match(target) or "/../" in f"{target}/" or "//" in target:
+            raise _Refused("tmpfs", f"tmpfs target {target!r} is not a plain absolute path")
+        for option in filter(None, (o.strip() for o in options.split(","))):
+            if option in _TMPFS_FLAGS:
+                continue
+            m = _TMPFS_VALUE.match(option)
+            if m is None:
+                raise _Refused("tmpfs", f"tmpfs option {option!r} is not allowed")
+            if m[1] == "size" and _size(m[2]) > caller.memory:
+                raise _Refused("memory", f"tmpfs {option!r} is over the memory cap")
+
+
+def _size(text: str) -> int:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    unit = text[-1].lower()
+    if unit in units:
+        return int(text[:-1]) * units[unit]
+    return 0 if unit == "%" else int(text)
 
 
 def _namespaces(host: dict[str, Any]) -> None:
@@ -554,7 +628,7 @@ def _security(host: dict[str, Any]) -> None:
             raise _Refused("security-opt", f"security option {opt!r} is not allowed")
 
 
-def _mounts(host: dict[str, Any]) -> None:
+def _mounts(host: dict[str, Any], caller: Caller) -> None:
     mounts = host.get("Mounts")
     if mounts is None:
         return
@@ -567,7 +641,16 @@ def _mounts(host: dict[str, Any]) -> None:
             _zero(m.get(k)) for k in ("Source", "BindOptions", "VolumeOptions")
         ):
             raise _Refused("mounts", f"mount of type {m.get('Type')!r}: only tmpfs mounts")
-        m["TmpfsOptions"] = _struct(m.get("TmpfsOptions"), ("SizeBytes", "Mode"), "TmpfsOptions")
+        options = _struct(m.get("TmpfsOptions"), ("SizeBytes", "Mode"), "TmpfsOptions")
+        for field in ("SizeBytes", "Mode"):
+            if _int(options.get(field), field) < 0:
+                raise _Refused("tmpfs", f"TmpfsOptions.{field} cannot be negative")
+        if _int(options.get("SizeBytes"), "SizeBytes") > caller.memory:
+            raise _Refused("memory", "a tmpfs mount over the memory cap")
+        target = m.get("Target")
+        if not isinstance(target, str) or not _MOUNT_TARGET.match(target) or ".." in target:
+            raise _Refused("tmpfs", f"tmpfs target {target!r} is not a plain absolute path")
+        m["TmpfsOptions"] = options
         checked.append(m)
     host["Mounts"] = checked
 
@@ -612,7 +695,7 @@ def _network(host: dict[str, Any], caller: Caller) -> str:
     return str(mode)
 
 
-def _networking(value: Any, network: str) -> dict[str, Any]:
+def _networking(value: Any, network: str, caller: Caller) -> dict[str, Any]:
     cfg = _struct(value, ("EndpointsConfig",), "NetworkingConfig")
     endpoints = cfg.get("EndpointsConfig") or {}
     if not isinstance(endpoints, dict):
@@ -626,7 +709,8 @@ def _networking(value: Any, network: str) -> dict[str, Any]:
         extra = {k: v for k, v in ep.items() if k != "Aliases" and not _zero(v)}
         if extra:
             raise _Refused("network", f"endpoint settings {sorted(extra)} are not allowed")
-        out[name] = {"Aliases": _strings(ep.get("Aliases"), "Aliases")}
+        aliases = _strings(ep.get("Aliases"), "Aliases")
+        out[name] = {"Aliases": [_child_name(a, caller, "network alias") for a in aliases]}
     return {"EndpointsConfig": out}
 
 
@@ -670,17 +754,25 @@ def _allow(
     )
 
 
-def _own(req: ProxyRequest) -> Target:
+class _NotFound(_Refused):
+    """A container or exec instance the caller may not see: 404, as if it did not exist."""
+
+
+def _own(req: ProxyRequest, route: Route) -> Target:
+    """The caller's own child the request names. Anything else is "no such container",
+    word for word what a container that does not exist gets (no existence oracle)."""
     target = req.target
-    if target is None:
-        raise _Refused("own-children", "no such container")
-    labels = target.labels
+    labels = target.labels if target is not None else {}
     if (
-        labels.get(LABEL_PARENT) != req.caller.container
+        target is None
+        or labels.get(LABEL_PARENT) != req.caller.container
         or labels.get(LABEL_KIND) != "child"
         or labels.get(LABEL_MANAGED) != "true"
     ):
-        raise _Refused("own-children", f"container {target.id[:12]} is not one of your children")
+        what = "exec instance" if route.endpoint.startswith("exec-") else "container"
+        if route.endpoint == "exec-create":
+            what = "container"
+        raise _NotFound("own-children", f"no such {what}: {route.ref}")
     return target
 
 
@@ -707,6 +799,33 @@ def _filters(
 
 
 _NO_BODY = {"stop", "restart", "kill", "wait", "pause", "unpause", "resize", "rename", "attach"}
+_LIST_PARAMS = ("all", "limit", "size", "filters", "before", "since", "trunc_cmd")
+#: The query parameters each endpoint takes (anything else is refused).
+_PARAMS: dict[str, tuple[str, ...]] = {
+    "inspect": ("size",),
+    "logs": ("follow", "stdout", "stderr", "since", "until", "timestamps", "tail", "details"),
+    "top": ("ps_args",),
+    "stats": ("stream", "one-shot"),
+    "changes": (),
+    "export": (),
+    "archive": ("path",),
+    "archive-put": ("path", "noOverwriteDirNonDir", "copyUIDGID"),
+    "start": ("detachKeys",),
+    "stop": ("t", "signal"),
+    "restart": ("t", "signal"),
+    "kill": ("signal",),
+    "wait": ("condition",),
+    "pause": (),
+    "unpause": (),
+    "resize": ("h", "w"),
+    "attach": ("detachKeys", "logs", "stream", "stdin", "stdout", "stderr"),
+    "rename": ("name",),
+    "remove": ("v", "force", "link"),
+    "exec-create": (),
+    "exec-start": (),
+    "exec-resize": ("h", "w"),
+    "exec-inspect": (),
+}
 
 
 def _decide(req: ProxyRequest, r: Route) -> Verdict:
@@ -716,7 +835,8 @@ def _decide(req: ProxyRequest, r: Route) -> Verdict:
     if endpoint == "create":
         return _create(req, r)
     if endpoint in ("list", "events"):
-        query = _filters(_query(req.query), req.caller, events=endpoint == "events")
+        names = ("since", "until", "filters") if endpoint == "events" else _LIST_PARAMS
+        query = _filters(_query(req.query, allowed=names), req.caller, events=endpoint == "events")
         return _allow(req, r, "containers/json" if endpoint == "list" else "events", query)
     if endpoint == "pull":
         query = _query(req.query, allowed=("fromImage", "tag", "platform"))
@@ -728,18 +848,24 @@ def _decide(req: ProxyRequest, r: Route) -> Verdict:
     if endpoint == "image-inspect":
         _image(r.ref, req.images)
         return _allow(req, r, f"images/{r.ref}/json", [])
-    target = _own(req)
-    query = _query(req.query)
+    target = _own(req, r)
+    query = _query(req.query, allowed=_PARAMS[endpoint])
     if endpoint.startswith("exec-"):
         if endpoint == "exec-create":
             return _exec_create(req, r, target, query)
         body = None
+        hijack = False
         if endpoint == "exec-start":
             start = _struct(_loads(req.body, "exec start"), ("Detach", "Tty", "ConsoleSize"), "")
             body = _dumps(start)
-        return _allow(
-            req, r, f"exec/{r.ref}/{r.action}", query, body, hijack=endpoint == "exec-start"
-        )
+            # A detached start answers like any request: nothing switches, nothing after
+            # it on the connection is a raw stream.
+            hijack = start.get("Detach") is not True
+            if not isinstance(start.get("Detach", False), bool):
+                raise _Refused("json", "Detach must be true or false")
+        return _allow(req, r, f"exec/{r.ref}/{r.action}", query, body, hijack=hijack)
+    if endpoint == "rename":
+        _child_name(dict(query).get("name", ""), req.caller, "name")
     if endpoint == "remove":
         if dict(query).get("link", "") not in ("", "0", "false", "False"):
             raise _Refused("links", "removing links")
@@ -787,5 +913,7 @@ def check(request: ProxyRequest) -> Verdict:
         return r
     try:
         return _decide(request, r)
+    except _NotFound as e:
+        return refuse(e.rule, e.reason, status=404)
     except _Refused as e:
         return refuse(e.rule, e.reason)
