@@ -32,6 +32,7 @@ import os
 import re
 import secrets
 import tempfile
+import urllib.parse
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -116,12 +117,12 @@ def ownership_labels(settings: Settings, *, create: bool = True) -> dict[str, st
 
 
 def run_labels(settings: Settings) -> dict[str, str]:
-    """The ownership labels a plain ``run()`` adds: none behind the scoped Docker API,
-    whose proxy forces its gateway's own on every child (and refuses ``swarmless.*``
-    labels from callers), else :func:`ownership_labels`."""
-    from swarmless.proxy.tokens import PATH_PREFIX  # here: plain runs need no proxy code
-
-    if PATH_PREFIX in engine_address(settings.docker_host):
+    """The ownership labels a plain ``run()`` adds (:func:`ownership_labels`), except
+    through an engine address with a path: that is a proxy (the scoped Docker API keeps
+    its caller's token there), which forces its gateway's own labels on every child and
+    refuses ``swarmless.*`` labels from callers."""
+    url = urllib.parse.urlsplit(engine_address(settings.docker_host))
+    if url.scheme in ("tcp", "http", "https") and url.path.strip("/"):
         return {}
     return ownership_labels(settings)
 

@@ -367,3 +367,20 @@ def test_owner_id_is_made_once_even_by_racing_processes(tmp_path: Path) -> None:
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / OWNER_FILE).write_text("default\n")
     assert owner_id(tmp_path / "e") is None
+
+
+def test_plain_runs_through_the_scoped_api_leave_ownership_to_the_proxy(tmp_path: Path) -> None:
+    """Behind the scoped Docker API (an engine address with a path) the SDK sends no
+    ownership labels: the proxy refuses ``swarmless.*`` labels it does not expect, and
+    forces its gateway's own on the child."""
+    from swarmless.ownership import run_labels
+
+    scoped = Settings.load(
+        docker_host="tcp://10.0.0.1:2375/_swarmless/token", data_dir=tmp_path / "s"
+    )
+    assert run_labels(scoped) == {}
+    assert not (tmp_path / "s").exists()
+    plain = Settings.load(docker_host="tcp://10.0.0.1:2375", data_dir=tmp_path / "p")
+    labels = run_labels(plain)
+    assert labels[LABEL_INSTANCE] == plain.instance
+    assert labels[LABEL_OWNER] == (tmp_path / "p" / OWNER_FILE).read_text().strip()
