@@ -1,4 +1,12 @@
-"""CGI/1.1 (RFC 3875) on both sides: the environment of a request, the parse of a response."""
+"""CGI/1.1 (RFC 3875) on both sides: the environment of a request, the parse of a response.
+
+The headers come from the gateway's edge (:mod:`swarmless.gateway.edge`), which has
+already dropped the gateway's credentials, hop-by-hop headers and ``Proxy``, set
+``X-Forwarded-*`` and refused names with ``_``. The environment still guards itself: it
+never holds ``HTTP_PROXY`` (httpoxy: the proxy of the script's own HTTP clients), never
+takes a name with ``_`` (it would pose as the same name with ``-``), and headers of one
+name are joined, as RFC 3875 4.1.18 says.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,8 @@ __all__ = ["cgi_environ", "parse_cgi_response"]
 
 #: Headers a CGI script never sees (RFC 3875 4.1.18: credentials are the server's business).
 _HIDDEN = {"authorization", "proxy-authorization", "content-type", "content-length", "connection"}
+#: Meta-variables no header may set: a script's HTTP client takes HTTP_PROXY for its proxy.
+_NEVER = {"HTTP_PROXY"}
 
 
 def cgi_environ(
@@ -48,9 +58,10 @@ def cgi_environ(
         lower = name.lower()
         if lower == "content-type":
             env["CONTENT_TYPE"] = value
-        elif lower not in _HIDDEN:
+        elif lower not in _HIDDEN and "_" not in lower:
             key = "HTTP_" + lower.upper().replace("-", "_")
-            env[key] = f"{env[key]}, {value}" if key in env else value
+            if key not in _NEVER:
+                env[key] = f"{env[key]}, {value}" if key in env else value
     if body_length:
         env["CONTENT_LENGTH"] = str(body_length)
     return env

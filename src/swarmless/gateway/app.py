@@ -9,7 +9,8 @@ Routes (OpenFaaS paths where they exist)::
     POST /system/scale/{name}              pin a warm function's container count (admin)
     GET  /invocations[?function=&status=&limit=]     records (admin)
     GET  /invocations/{id}[/logs]
-    GET  /healthz  /metrics  /openapi.json  /docs
+    GET  /healthz  /openapi.json  /docs
+    GET  /metrics                          (admin, unless ``metrics_public``)
 
 The admin routes are in :mod:`swarmless.gateway.admin`. Lifespan: open the store, then
 become the active gateway or a standby replica of it (:mod:`swarmless.gateway.replicas`);
@@ -62,6 +63,8 @@ from swarmless.gateway.asgi import (
 from swarmless.gateway.async_routes import (
     accept_async,
 )
+from swarmless.gateway.callbacks import CallbackPolicy, blocked_networks
+from swarmless.gateway.edge import Passed, filter_headers, networks
 from swarmless.gateway.replicas import Replicas, peer_url
 from swarmless.gateway.runtime_api import RuntimeAPI
 from swarmless.proxy import CallerTokens, DockerProxy, start_proxy
@@ -129,6 +132,10 @@ class Gateway:
         self.fatal: str | None = None
         #: Called when it has to (the server stops).
         self.on_fatal: Callable[[], None] | None = None
+        #: Proxies whose X-Forwarded-* the edge believes (swarmless.gateway.edge).
+        self.trusted_proxies = networks(settings.trusted_proxies)
+        #: Where callbacks may go; knows the function network once the backend started.
+        self.callbacks = CallbackPolicy(allow=settings.callback_allow)
         self.app = self._build_app()
 
     # -- ASGI ------------------------------------------------------------------------
@@ -175,28 +182,24 @@ class Gateway:
             caller = self.callers.caller(token, self.dispatcher)
             if spec.private and caller is None:
                 self.check_admin(token)
+            passed = self.edge(scope)
             body = await read_body(scope, receive, spec.max_body)
-            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
             parent = None
-            if caller is not None:  # a call from a function: its token is not the callee's
+            if caller is not None:  # a call from a function: the call tree records it
                 claimed = header(scope, b"x-swarmless-parent")
                 parent = self.callers.parent(caller, claimed, self.dispatcher)
-                headers = [
-                    h for h in headers if h[0] not in ("authorization", "x-swarmless-parent")
-                ]
-            client = scope.get("client") or ("", 0)
             server = scope.get("server") or ("127.0.0.1", self.settings.port)
             request = Request(
                 method=scope["method"],
                 path=slash + sub,
                 query=scope.get("query_string", b"").decode("latin-1"),
-                headers=headers,
+                headers=passed.headers,
                 body=body,
-                remote_addr=str(client[0]),
-                remote_port=int(client[1]),
+                remote_addr=passed.client,
+                remote_port=passed.client_port,
                 server_name=str(server[0]),
                 server_port=int(server[1] or 0),
-                scheme=scope.get("scheme", "http"),
+                scheme=passed.scheme,
             )
             response = await self.dispatcher.invoke(name, request, parent=parent)
         except ClientGone:
@@ -212,6 +215,28 @@ class Gateway:
         headers = [h for h in headers if h[0] not in (b"content-length", b"transfer-encoding")]
         headers.append((b"x-call-id", response.call_id.encode()))
         await send_response(send, response.status, response.body, headers)
+
+    def edge(self, scope: Scope, *, consumed: frozenset[str] = frozenset()) -> Passed:
+        """What of this request's headers a function may see (:mod:`swarmless.gateway.edge`):
+        never the gateway's credentials, hop-by-hop or ``Proxy`` headers, or a client's
+        ``X-Forwarded-*`` unless it is a trusted proxy; InvalidArgument for ambiguous ones."""
+        return filter_headers(
+            scope["headers"],
+            peer=scope.get("client"),
+            scheme=str(scope.get("scheme") or "http"),
+            server=scope.get("server"),
+            trusted_proxies=self.trusted_proxies,
+            admin_token=self.token,
+            is_credential=self.is_gateway_token,
+            consumed=consumed,
+        )
+
+    def is_gateway_token(self, token: str) -> bool:
+        """Whether ``token`` is one the gateway issued or holds: the admin token, a function
+        container's caller token, a warm worker's token."""
+        if self.is_admin_token(token) or self.callers.lookup(token) is not None:
+            return True
+        return self.dispatcher is not None and token in self.dispatcher.tokens
 
     def is_admin_token(self, token: str | None) -> bool:
         """Whether ``token`` is the admin token (there being one)."""
@@ -244,6 +269,10 @@ class Gateway:
             self.token, _ = admin_token(settings.data_dir)
         self.store = await Store.open(settings.store)
         await self.backend.start()
+        self.callbacks = CallbackPolicy(
+            allow=settings.callback_allow,
+            blocked=await blocked_networks(settings, self.backend),
+        )
         me = peer_url(settings.host, settings.port, settings.peer_url)
         self.replicas = Replicas(
             self.store,
@@ -283,7 +312,9 @@ class Gateway:
         await self.dispatcher.load()
         for name in self.dispatcher.pools:
             self.start_reconciler(name)
-        self.runner = AsyncRunner(self.dispatcher, self.store, owner=settings.instance)
+        self.runner = AsyncRunner(
+            self.dispatcher, self.store, owner=settings.instance, callbacks=self.callbacks
+        )
         self.scheduler = Scheduler(self.store, self.dispatcher.functions)
         loop = asyncio.get_running_loop()
         self._tasks["<async>"] = loop.create_task(self.runner.run())
@@ -384,8 +415,11 @@ class Gateway:
             body["active"] = self.replicas.leader_url
         return JSONResponse(body)
 
-    async def metrics_route(self, _request: HTTPRequest) -> Response:
-        """Prometheus metrics."""
+    async def metrics_route(self, request: HTTPRequest) -> Response:
+        """Prometheus metrics: admin token needed (they name every function, private ones
+        too) unless ``metrics_public``."""
+        if not self.settings.metrics_public:
+            self.check_admin(bearer(request.scope))
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
     def snapshot(self) -> dict[str, dict[str, int]]:

@@ -2,7 +2,10 @@
 
 ``POST /async-function/{name}[/{path}]`` writes the call to the store **before** it answers
 ``202`` with ``X-Call-Id``. ``Idempotency-Key`` returns the first call's id instead of
-queueing twice; ``X-Callback-Url`` gets the result POSTed when the call is over.
+queueing twice; ``X-Callback-Url`` gets the result POSTed when the call is over, if the
+gateway's :class:`~swarmless.gateway.callbacks.CallbackPolicy` lets it go there (400
+otherwise; checked again at delivery). The headers stored with the call, and replayed to
+the function when it runs, are those the edge let through (:mod:`swarmless.gateway.edge`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import asyncio
 import json
 import logging
 import time
-import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request as HTTPRequest
@@ -50,6 +52,8 @@ log = logging.getLogger("swarmless.gateway")
 FINAL = ("succeeded", "failed", "timeout", "dead", "cancelled")
 #: Longest ``?wait=`` a result request may ask for, seconds.
 MAX_WAIT = 60.0
+#: Headers the async intake acts on itself: the function does not get them.
+CONSUMED = frozenset({"x-callback-url", "idempotency-key"})
 
 
 async def accept_async(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
@@ -86,12 +90,11 @@ async def accept_async(gw: Gateway, scope: Scope, receive: Receive, send: Send) 
             if spec.private:
                 gw.check_admin(token)
             waiting = await replicas.waiting(name)
-        body = await read_body(scope, receive, spec.max_body)
+        passed = gw.edge(scope, consumed=CONSUMED)
         callback = header(scope, b"x-callback-url")
         if callback is not None:
-            parts = urllib.parse.urlsplit(callback)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise InvalidArgument(f"X-Callback-Url must be an http(s) URL, got {callback!r}")
+            gw.callbacks.check_url(callback)
+        body = await read_body(scope, receive, spec.max_body)
         key = header(scope, b"idempotency-key")
         if key is not None and not 0 < len(key) <= 200:
             raise InvalidArgument("Idempotency-Key must be 1 to 200 characters")
@@ -111,12 +114,7 @@ async def accept_async(gw: Gateway, scope: Scope, receive: Receive, send: Send) 
             request_size=len(body),
             parent=parent,
         )
-        headers = [
-            (k.decode("latin-1"), v.decode("latin-1"))
-            for k, v in scope["headers"]
-            if k
-            not in (b"authorization", b"x-callback-url", b"idempotency-key", b"x-swarmless-parent")
-        ]
+        headers = passed.headers
         call_id, created = await gw.store.enqueue(
             rec,
             method=scope["method"],

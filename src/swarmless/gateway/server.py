@@ -95,6 +95,9 @@ class GatewayServer:
             http="httptools",
             loop="asyncio",
             timeout_keep_alive=60,
+            # The edge (gateway/edge.py) decides whose X-Forwarded-* to believe
+            # (trusted_proxies); uvicorn's own rewrite of the peer would decide before it.
+            proxy_headers=False,
         )
         self.server = server = _Server(config, gateway)
         gateway.on_fatal = self.stop

@@ -268,7 +268,14 @@ def _latin1(text: str) -> str:
 
 
 def wsgi_environ(inv: Invocation, *, multithread: bool) -> dict[str, Any]:
-    """A PEP 3333 environ for one invocation."""
+    """A PEP 3333 environ for one invocation.
+
+    The headers are those the gateway's edge let through: its ``X-Forwarded-For`` (the
+    client it vouches for first), ``-Proto`` and ``-Host`` replaced whatever a client sent,
+    so ``REMOTE_ADDR``, ``wsgi.url_scheme`` and ``SERVER_NAME`` can be taken from them. A
+    name with ``_`` (refused by the edge) is skipped rather than merged into the same name
+    with ``-``, and no header becomes ``HTTP_PROXY``.
+    """
     import io
 
     event = inv.event
@@ -291,7 +298,11 @@ def wsgi_environ(inv: Invocation, *, multithread: bool) -> dict[str, Any]:
         "swarmless.deadline": inv.deadline,
     }
     for name, value in inv.header_pairs:
+        if "_" in name:
+            continue
         key = name.upper().replace("-", "_")
+        if key == "PROXY":
+            continue  # httpoxy: HTTP_PROXY is the proxy of the application's HTTP clients
         if key == "CONTENT_TYPE":
             environ["CONTENT_TYPE"] = value
             continue
@@ -309,7 +320,8 @@ def wsgi_environ(inv: Invocation, *, multithread: bool) -> dict[str, Any]:
     prefix = environ.get("HTTP_X_FORWARDED_PREFIX", "").rstrip("/")
     if prefix:
         environ["SCRIPT_NAME"] = prefix
-    host = environ.get("HTTP_HOST", "")
+    host = environ.get("HTTP_X_FORWARDED_HOST", "").split(",")[0].strip()
+    host = host or environ.get("HTTP_HOST", "")
     name, sep, port = host.rpartition(":")
     if not sep or not port.isdigit() or name.endswith(":"):  # no port, or a bare IPv6
         name, port = host, ""
