@@ -73,7 +73,10 @@ def image(build_image: Callable[..., str]) -> str:
 def gw(
     engine: docker.DockerClient, labels: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningGateway]:
-    g = RunningGateway(tmp_path_factory.mktemp("gw-async"), labels).start()
+    # The callback receivers of these tests listen on loopback, refused by default.
+    g = RunningGateway(
+        tmp_path_factory.mktemp("gw-async"), labels, callback_allow="127.0.0.1"
+    ).start()
     yield g
     g.stop(engine)
 

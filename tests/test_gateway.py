@@ -396,9 +396,10 @@ def test_auth(gw: RunningGateway, images: dict[str, str]) -> None:
 
 
 def test_health_metrics_openapi(gw: RunningGateway) -> None:
+    with gw.http() as http:
+        metrics = http.get("/metrics").text
     with gw.http(token=None) as http:
         assert http.get("/healthz").json()["status"] == "ok"
-        metrics = http.get("/metrics").text
         assert "swarmless_invocations_total" in metrics
         assert "swarmless_invocation_duration_seconds_bucket" in metrics
         assert "swarmless_containers" in metrics

@@ -14,24 +14,36 @@ Then the callback, if one was asked for: the result is POSTed to ``X-Callback-Ur
 its own bounded retries; what happened is written on the record, and a failing callback
 never fails the call or the runner. A gateway that restarts gives back the leases it held
 when it died (they run again: at-least-once).
+
+Each try checks the callback where it goes (:class:`CallbackTargets`, the gateway's
+:class:`~swarmless.gateway.callbacks.CallbackPolicy`): the URL, then every address its host
+resolves to; the request then goes to a checked address itself, never to a second lookup
+of the name. A refused callback is not tried again: the record says ``failed: refused:``
+and why. Redirects: ``307`` and ``308`` (which keep the POST and its body) are followed,
+at most :data:`MAX_REDIRECTS`, each target checked as the first; any other ``3xx`` is not
+followed and recorded as a failure. Callbacks go out directly (no ``HTTP_PROXY``) on
+connections that are not reused, and the receiver's answer body is never read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import httpx
 
 from swarmless.dispatch.dispatcher import Dispatcher, Request
-from swarmless.exceptions import FunctionNotFound, QueueFull, SwarmlessError
+from swarmless.exceptions import FunctionNotFound, InvalidArgument, QueueFull, SwarmlessError
 from swarmless.records import InvocationRecord, now_ms
 from swarmless.spec import FunctionSpec
 from swarmless.store import Claimed, Store, StoredResult
 
-__all__ = ["AsyncRunner"]
+__all__ = ["AsyncRunner", "CallbackTargets"]
 
 log = logging.getLogger("swarmless.async")
 
@@ -41,6 +53,27 @@ COALESCE = 0.003
 #: Callback delivery: tries and the first pause between them (doubling).
 CALLBACK_TRIES = 3
 CALLBACK_PAUSE = 0.5
+#: Redirects (307/308) a callback follows.
+MAX_REDIRECTS = 3
+
+
+class CallbackTargets(Protocol):
+    """Where a callback may go (the gateway's ``CallbackPolicy``)."""
+
+    def check_url(self, url: str) -> httpx.URL:
+        """The parsed URL; :class:`InvalidArgument` when it is refused."""
+        ...
+
+    async def resolve(
+        self, url: httpx.URL
+    ) -> Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """Every address of ``url``'s host, each checked (:class:`InvalidArgument` when one
+        is refused; ``OSError`` when the name does not resolve)."""
+        ...
+
+
+class _Undelivered(Exception):
+    """A callback that will not be delivered by trying again (a redirect not followed)."""
 
 
 def async_limit(spec: FunctionSpec) -> int:
@@ -57,9 +90,11 @@ class AsyncRunner:
         store: Store,
         *,
         owner: str,
+        callbacks: CallbackTargets,
         idle_poll: float = 0.5,
     ) -> None:
         self.dispatcher = dispatcher
+        self.callbacks = callbacks
         self.store = store
         self.owner = owner
         self.idle_poll = idle_poll
@@ -68,7 +103,14 @@ class AsyncRunner:
         self.running: dict[str, int] = {}
         self._slot_held: dict[str, bool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._http = httpx.AsyncClient(timeout=10.0)
+        # Callbacks: straight to the checked address (no proxy from the environment), and
+        # no connection kept: one made for a name is never reused for another on that address.
+        self._http = httpx.AsyncClient(
+            timeout=10.0,
+            trust_env=False,
+            follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
         #: Calls waiting per function, refreshed as the runner goes (metrics, ls).
         self.queued: dict[str, int] = {}
         self._stopping = False
@@ -209,12 +251,18 @@ class AsyncRunner:
         pause = CALLBACK_PAUSE
         for attempt in range(1, CALLBACK_TRIES + 1):
             try:
-                r = await self._http.post(call.callback_url, content=body, headers=headers)
-                if r.status_code < 500:
-                    outcome = f"delivered {r.status_code} (try {attempt})"
+                status = await self._deliver(call.callback_url, body, headers)
+                if status < 500:
+                    outcome = f"delivered {status} (try {attempt})"
                     break
-                outcome = f"failed: HTTP {r.status_code} after {attempt} tries"
-            except httpx.HTTPError as e:
+                outcome = f"failed: HTTP {status} after {attempt} tries"
+            except InvalidArgument as e:
+                outcome = f"failed: refused: {e.message}"
+                break
+            except _Undelivered as e:
+                outcome = f"failed: {e}"
+                break
+            except (httpx.HTTPError, OSError) as e:
                 outcome = f"failed: {type(e).__name__} after {attempt} tries"
             if attempt < CALLBACK_TRIES:
                 await asyncio.sleep(pause)
@@ -224,6 +272,54 @@ class AsyncRunner:
             await self.store.save(rec)
         except SwarmlessError as e:
             log.error("could not record the callback of %s: %s", rec.id, e.message)
+
+    async def _deliver(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        """POST a callback to ``url`` (checked, redirects followed as the module says);
+        the receiver's status."""
+        target = url
+        for hop in range(MAX_REDIRECTS + 1):
+            try:
+                parsed = self.callbacks.check_url(target)
+                addresses = await self.callbacks.resolve(parsed)
+            except InvalidArgument as e:
+                if hop:
+                    raise InvalidArgument(f"redirect to {target}: {e.message}") from None
+                raise
+            status, location = await self._post_to(parsed, addresses, body, headers)
+            if status in (307, 308) and location:
+                target = str(parsed.join(location))
+                continue
+            if 300 <= status < 400:
+                raise _Undelivered(
+                    f"HTTP {status}: the redirect to {location or '(none)'!r} is not followed "
+                    "(a callback follows 307 and 308 only, which keep the POST)"
+                )
+            return status
+        raise _Undelivered(f"more than {MAX_REDIRECTS} redirects")
+
+    async def _post_to(
+        self,
+        url: httpx.URL,
+        addresses: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address],
+        body: bytes,
+        headers: Mapping[str, str],
+    ) -> tuple[int, str]:
+        """POST to ``url`` at one of ``addresses`` (checked; tried in turn while they refuse
+        the connection); the status and the ``Location`` header."""
+        host = url.raw_host.decode("ascii")
+        sent = {**headers, "Host": url.netloc.decode("ascii")}
+        extensions = {"sni_hostname": host} if url.scheme == "https" else {}
+        failed: httpx.ConnectError | None = None
+        for addr in addresses:
+            pinned = url.copy_with(host=str(addr))
+            try:
+                async with self._http.stream(
+                    "POST", pinned, content=body, headers=sent, extensions=extensions
+                ) as r:
+                    return r.status_code, r.headers.get("location", "")
+            except httpx.ConnectError as e:
+                failed = e
+        raise failed or OSError(f"{host!r} has no address to connect to")
 
     async def refresh_counts(self) -> None:
         with contextlib.suppress(SwarmlessError):
