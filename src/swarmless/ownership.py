@@ -32,6 +32,7 @@ import os
 import re
 import secrets
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
@@ -46,6 +47,7 @@ from swarmless.labels import LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED, LABEL_OW
 __all__ = [
     "EXITED",
     "OWNER_FILE",
+    "STARTING",
     "Found",
     "Selection",
     "managed_without_owner",
@@ -58,8 +60,11 @@ __all__ = [
 
 #: The file in the data directory that holds the instance's owner id.
 OWNER_FILE = "owner"
-#: Container states that nothing will ever run again (what ``gc`` removes).
+#: Container states that nothing will ever run again (what ``gc`` removes; a ``created``
+#: one only once it is older than :data:`STARTING`: a run creates, then starts).
 EXITED = frozenset({"exited", "dead", "created"})
+#: Seconds a ``created`` container may be on its way to start.
+STARTING = 60.0
 _ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -137,6 +142,8 @@ class Found:
     kind: str
     state: str
     labels: Mapping[str, str]
+    #: When it was created (Unix seconds).
+    created: float = 0.0
 
     def line(self) -> str:
         """``<short id>  <name>  <kind>``, as removing commands print it."""
@@ -162,6 +169,7 @@ def _found(row: Mapping[str, Any]) -> Found:
         kind=labels.get(LABEL_KIND) or "-",
         state=str(row.get("State", "")),
         labels=labels,
+        created=float(row.get("Created") or 0),
     )
 
 
@@ -175,7 +183,8 @@ def select_containers(
     """The containers carrying every ``proof`` label (value None: any value) and ``where``.
 
     ``proof`` labels must be the container's own (see the module docstring); ``where``
-    labels only narrow the search. ``states`` keeps only containers in those states.
+    labels only narrow the search. ``states`` keeps only containers in those states (a
+    ``created`` one only once it is older than :data:`STARTING`).
     """
     if not proof:
         raise ValueError("a selection needs at least one proving label")
@@ -189,6 +198,12 @@ def select_containers(
         found = _found(row)
         if states is not None and found.state not in states:
             continue
+        if (
+            states is not None
+            and found.state == "created"
+            and time.time() - found.created < STARTING
+        ):
+            continue  # a run creates, then starts: it may be starting right now
         image_id = str(row.get("ImageID") or "")
         if image_id not in images:
             images[image_id] = _image_labels(api, image_id)

@@ -53,7 +53,7 @@ def gc(everything: bool, dry_run: bool) -> None:
             api, {LABEL_OWNER: None}, where={LABEL_MANAGED: "true"}, states=EXITED
         )
         if everything:
-            scope = "of every swarmless instance on this engine (--all)"
+            scope = "of every swarmless instance on this engine (--all; made by swarmless only)"
             chosen = anyone.owned
         elif owner is None:
             scope = f"of instance {settings.instance!r}"
@@ -98,7 +98,7 @@ def gc(everything: bool, dry_run: bool) -> None:
 def _remove(api: object, chosen: list[Found], scope: str, dry_run: bool) -> int:
     """Remove (or list) ``chosen``, one line each; returns how many could not be removed."""
     if dry_run:
-        _say(f"would remove {len(chosen)} exited container(s) {scope}:")
+        _say(f"would remove {len(chosen)} exited container(s) {scope}" + (":" if chosen else ""))
         for c in chosen:
             _say(f"  {c.line()}")
         return 0
