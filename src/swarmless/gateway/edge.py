@@ -133,6 +133,7 @@ def networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
 
 
 def within(addr: IPAddress, nets: Iterable[IPNetwork]) -> bool:
+    """Whether ``addr`` is in one of ``nets``."""
     return any(addr.version == n.version and addr in n for n in nets)
 
 
@@ -179,7 +180,9 @@ def filter_headers(
         value = v.decode("latin-1").strip(" \t")
         _check_name(name)
         if _CTL.search(value):
-            raise InvalidArgument(f"header {name!r} has a control character in its value; refused")
+            raise InvalidArgument(
+                f"header {name[:80]!r} has a control character in its value; refused"
+            )
         name = name.lower()
         if name == "host":
             hosts += 1
@@ -254,16 +257,17 @@ def filter_headers(
 
 
 def _check_name(name: str) -> None:
+    shown = name if len(name) <= 80 else name[:77] + "..."
     if not name:
         raise InvalidArgument("a request header has an empty name; refused")
     if "_" in name:
         raise InvalidArgument(
-            f"header name {name!r} has an underscore: refused, because a function's "
+            f"header name {shown!r} has an underscore: refused, because a function's "
             "CGI or WSGI environment could not tell it from the same name with '-'; "
-            f"send {name.replace('_', '-')!r}"
+            f"send {shown.replace('_', '-')!r}"
         )
     if not _TCHAR.issuperset(name):
-        raise InvalidArgument(f"header name {name!r} is not a valid HTTP field name; refused")
+        raise InvalidArgument(f"header name {shown!r} is not a valid HTTP field name; refused")
 
 
 def _carries_credential(
@@ -271,8 +275,7 @@ def _carries_credential(
 ) -> bool:
     """Whether an ``Authorization`` value carries one of the gateway's tokens."""
     candidates = {value.strip(), *_WORD.findall(value)}
-    scheme, _, rest = value.strip().partition(" ")
-    rest = rest.strip()
+    scheme, _, rest = re.sub(r"\s+", " ", value.strip()).partition(" ")
     candidates.add(rest)
     if scheme.lower() == "basic" and rest:
         try:
