@@ -469,3 +469,17 @@ def test_snapshot_refuses_negative_counts() -> None:
         Snapshot(now=NOW, version=1, queued=-1)
     with pytest.raises(InvalidArgument, match="pinned"):
         Snapshot(now=NOW, version=1, pinned=-2)
+
+
+def test_the_gateway_settings_carry_the_scaling_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from swarmless.config import Settings
+
+    monkeypatch.setenv("SWARMLESS_SCALE_PANIC_WINDOW", "3")
+    settings = Settings.load(scale_start_timeout=12, scale_down_delay="4", scale_plan_history="5")
+    scaling = settings.scaling
+    assert scaling.panic_window == 3.0
+    assert scaling.start_timeout == 12.0
+    assert scaling.scale_down_delay == 4.0
+    assert scaling.plan_history == 5
+    with pytest.raises(InvalidArgument, match="scale_interval"):
+        Settings.load(scale_interval="soon")

@@ -20,11 +20,14 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from swarmless.exceptions import InvalidArgument
+
+if TYPE_CHECKING:
+    from swarmless.scaling.settings import ScalingSettings
 
 __all__ = ["Settings", "default_data_dir"]
 
@@ -114,6 +117,20 @@ class Settings:
     callback_allow: tuple[str, ...] = ()
     #: Whether ``/metrics`` answers without the admin token (it names every function).
     metrics_public: bool = False
+    #: The autoscaler's windows and thresholds (seconds unless stated); see
+    #: :class:`swarmless.scaling.settings.ScalingSettings` for what each one does.
+    scale_interval: float = 1.0
+    scale_stable_window: float = 60.0
+    scale_panic_window: float = 6.0
+    scale_panic_threshold: float = 2.0
+    scale_target_utilization: float = 0.7
+    scale_down_delay: float = 10.0
+    scale_start_timeout: float = 60.0
+    scale_pause_after: float = 2.0
+    scale_drain_grace: float = 5.0
+    scale_backoff_base: float = 1.0
+    scale_backoff_max: float = 30.0
+    scale_plan_history: int = 20
 
     @classmethod
     def load(cls, config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
@@ -134,7 +151,8 @@ class Settings:
             if env is not None and env != "":
                 values[name] = env
         values.update({k: v for k, v in overrides.items() if v is not None})
-        for name, kind in (("port", int), ("proxy_port", int), ("proxy_memory", int)):
+        ints = ("port", "proxy_port", "proxy_memory", "scale_plan_history")
+        for name, kind in ((n, int) for n in ints):
             if name in values:
                 try:
                     values[name] = kind(values[name])
@@ -142,7 +160,8 @@ class Settings:
                     raise InvalidArgument(
                         f"{name} must be an integer, got {values[name]!r}"
                     ) from None
-        for name in ("proxy_cpus", "lease_ttl"):
+        floats = [n for n, f in fields.items() if f.type == "float"]
+        for name in floats:
             if name in values:
                 try:
                     values[name] = float(values[name])
@@ -182,6 +201,19 @@ class Settings:
     def gateway_urls(self) -> tuple[str, ...]:
         """The gateway's address(es), in the order a client tries them."""
         return tuple(u for u in self.gateway_url.split(",") if u)
+
+    @property
+    def scaling(self) -> ScalingSettings:
+        """The autoscaler's settings (the ``scale_*`` fields); InvalidArgument if bad."""
+        from swarmless.scaling.settings import ScalingSettings
+
+        values = {}
+        for f in dataclasses.fields(self):
+            if f.name.startswith("scale_"):
+                # scale_down_delay keeps its name there; the others drop the prefix
+                key = f.name if f.name == "scale_down_delay" else f.name[len("scale_") :]
+                values[key] = getattr(self, f.name)
+        return ScalingSettings(**values)
 
     @property
     def store(self) -> str:

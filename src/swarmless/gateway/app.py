@@ -103,6 +103,8 @@ class Gateway:
         drain_timeout: float = 30.0,
     ) -> None:
         self.settings = settings
+        #: The autoscaler's windows and thresholds (validated here, at start-up).
+        self.scaling = settings.scaling
         if backend is None and settings.backend == "swarm":
             from swarmless.backends.swarm import SwarmBackend
 
@@ -336,9 +338,9 @@ class Gateway:
         pool = self.dispatcher.pools[name]
         old = self.reconcilers.get(name)
         if old is not None and old.pool is pool and not self._tasks[name].done():
-            pool.wake.set()
+            old.wake()
             return
-        rec = Reconciler(self.dispatcher, pool)
+        rec = Reconciler(self.dispatcher, pool, settings=self.scaling)
         self.reconcilers[name] = rec
         self._tasks[name] = asyncio.get_running_loop().create_task(rec.run())
 
