@@ -192,6 +192,81 @@ def test_any_create_body_is_refused_or_forwarded_safely(body: Any) -> None:
         assert verdict.message.endswith(f"(rule {verdict.rule})")
 
 
+_HOST_FIELDS = [
+    "Binds",
+    "VolumeDriver",
+    "VolumesFrom",
+    "Privileged",
+    "CapAdd",
+    "Capabilities",
+    "Devices",
+    "PortBindings",
+    "PublishAllPorts",
+    "Links",
+    "Sysctls",
+    "Ulimits",
+    "CpuPeriod",
+    "CpuQuota",
+    "CpuShares",
+    "BlkioWeight",
+    "CpusetCpus",
+    "Init",
+    "AutoRemove",
+    "CapDrop",
+    "Dns",
+    "DnsOptions",
+    "DnsSearch",
+    "ExtraHosts",
+    "GroupAdd",
+    "ReadonlyRootfs",
+    "Tmpfs",
+    "ConsoleSize",
+    "OomScoreAdj",
+    "ShmSize",
+    "Memory",
+    "MemorySwap",
+    "NanoCpus",
+    "PidsLimit",
+    "NetworkMode",
+    "PidMode",
+    "IpcMode",
+    "UTSMode",
+    "UsernsMode",
+    "CgroupnsMode",
+    "SecurityOpt",
+    "Runtime",
+    "Isolation",
+    "MaskedPaths",
+    "ReadonlyPaths",
+    "RestartPolicy",
+    "LogConfig",
+    "Mounts",
+]
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(_HOST_FIELDS), _JSON, max_size=5),
+    st.dictionaries(
+        st.sampled_from(["Aliases", "IPAddress", "Links"]),
+        _JSON,
+        max_size=2,
+    ),
+)
+def test_any_host_config_is_refused_or_forwarded_safely(
+    host: dict[str, Any], endpoint: dict[str, Any]
+) -> None:
+    body = {
+        "Image": IMAGE,
+        "HostConfig": host,
+        "NetworkingConfig": {"EndpointsConfig": {"net": endpoint}},
+    }
+    verdict = check(_create(body))
+    if verdict.allowed:
+        assert verdict.body is not None
+        _invariants(verdict.body)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.fixed_dictionaries(

@@ -42,7 +42,14 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from swarmless.labels import LABEL_GATEWAY, LABEL_KIND, LABEL_MANAGED, LABEL_PARENT
+from swarmless.labels import (
+    LABEL_GATEWAY,
+    LABEL_INSTANCE,
+    LABEL_KIND,
+    LABEL_MANAGED,
+    LABEL_OWNER,
+    LABEL_PARENT,
+)
 
 __all__ = [
     "LABEL_GATEWAY",
@@ -60,7 +67,7 @@ __all__ = [
 
 #: Labels swarmless's own ``Client.run`` puts on every container: dropped, not refused (the
 #: proxy sets managed and kind itself), so ``swarmless.from_env().run()`` works inside.
-_SDK_LABELS = frozenset({LABEL_MANAGED, LABEL_KIND, "swarmless.image"})
+_SDK_LABELS = frozenset({LABEL_MANAGED, LABEL_KIND, LABEL_INSTANCE, LABEL_OWNER, "swarmless.image"})
 
 #: Older API versions accept a HostConfig at start time, past the create checks.
 MIN_API = (1, 24)
@@ -604,7 +611,7 @@ def _size(text: str) -> int:
 def _namespaces(host: dict[str, Any]) -> None:
     for field, (allowed, rule) in _MODES.items():
         value = host.get(field) or ""
-        if value not in allowed:
+        if not isinstance(value, str) or value not in allowed:
             raise _Refused(rule, f"HostConfig.{field}={value!r} is not allowed")
     for field in ("MaskedPaths", "ReadonlyPaths"):
         # An empty list is not the default here: it unmasks /proc and /sys paths.
@@ -917,3 +924,6 @@ def check(request: ProxyRequest) -> Verdict:
         return refuse(e.rule, e.reason, status=404)
     except _Refused as e:
         return refuse(e.rule, e.reason)
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        # A shape the checks above did not foresee: refused, never forwarded.
+        return refuse("json", f"the request has a value of an unexpected type ({e})")

@@ -115,6 +115,7 @@ class DockerProxy:
         self._callers: dict[str, tuple[str, frozenset[str]]] = {}
         #: Normalised image name -> (when looked up, image id, its labels).
         self._image_facts: dict[str, tuple[float, str, dict[str, str]]] = {}
+        self._labels_by_id: dict[str, dict[str, str]] = {}
         #: Per caller container: creates in flight, and the lock that counts them.
         self._reserved: dict[str, int] = {}
         self._create_locks: dict[str, asyncio.Lock] = {}
@@ -153,12 +154,35 @@ class DockerProxy:
     # -- engine look-ups ---------------------------------------------------------------
 
     async def _list(self, *labels: str, running: bool = False) -> list[dict[str, Any]]:
-        filters = json.dumps({"label": [f"{LABEL_GATEWAY}={self.settings.instance}", *labels]})
-        params = {"filters": filters, "all": "0" if running else "1"}
+        """This gateway's containers with ``labels``, as the engine lists them, less those
+        whose proving labels came from their image (a container inherits its image's
+        labels: ``LABEL swarmless.gateway=...`` in a Dockerfile proves nothing)."""
+        wanted = [f"{LABEL_GATEWAY}={self.settings.instance}", *labels]
+        params = {"filters": json.dumps({"label": wanted}), "all": "0" if running else "1"}
         r = await self._api.get("/containers/json", params=params)
         r.raise_for_status()
         rows: list[dict[str, Any]] = r.json()
-        return rows
+        proving = [w.partition("=") for w in wanted]
+        own = []
+        for row in rows:
+            inherited = await self._image_labels(str(row.get("ImageID") or ""))
+            if inherited is None or any(inherited.get(k) == v for k, _, v in proving if v):
+                continue  # fail closed: an image gone, or the labels are the image's
+            own.append(row)
+        return own
+
+    async def _image_labels(self, image_id: str) -> dict[str, str] | None:
+        """An image's labels by id (cached: an id names fixed content); None if gone."""
+        if image_id in self._labels_by_id:
+            return self._labels_by_id[image_id]
+        r = await self._api.get(f"/images/{image_id}/json") if image_id else None
+        if r is None or r.status_code != 200:
+            return None
+        labels = dict((r.json().get("Config") or {}).get("Labels") or {})
+        if len(self._labels_by_id) >= 1024:
+            self._labels_by_id.clear()  # bounded
+        self._labels_by_id[image_id] = labels
+        return labels
 
     async def _container(self, ref: str) -> Target | None:
         r = await self._api.get(f"/containers/{ref}/json")
