@@ -1,6 +1,10 @@
 """The scoped Docker API: containers that start containers, without the host's socket.
 
-- :mod:`~swarmless.proxy.policy`: what a caller may ask (pure, unit-tested);
+- :mod:`~swarmless.proxy.policy`: what a caller may ask (pure, unit-tested), with
+  :mod:`~swarmless.proxy.routes` (paths), :mod:`~swarmless.proxy.create` (container create)
+  and :mod:`~swarmless.proxy.rules` (the request, the verdict, JSON read as Go reads it);
+- :mod:`~swarmless.proxy.http`: HTTP/1.1 on both sides, framed by h11;
+- :mod:`~swarmless.proxy.engine_view`: what the proxy itself asks the engine;
 - :mod:`~swarmless.proxy.server`: the proxy the gateway starts on the function network;
 - :mod:`~swarmless.proxy.tokens`: which container is calling (the gateway and the proxy).
 """

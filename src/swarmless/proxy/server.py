@@ -36,7 +36,6 @@ import dataclasses
 import json
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
@@ -47,6 +46,7 @@ from swarmless.config import Settings
 from swarmless.engine import endpoint
 from swarmless.labels import LABEL_GATEWAY, LABEL_KIND, LABEL_PARENT
 from swarmless.proxy import policy
+from swarmless.proxy.engine_view import EngineView
 from swarmless.proxy.http import (
     BadRequest,
     ClientGone,
@@ -70,9 +70,7 @@ MAX_BODY = 16 * 1024 * 1024
 #: How long a request may take to arrive, and a kept-alive connection may sit idle.
 HEAD_TIMEOUT = 30.0
 SWEEP_INTERVAL = 5.0
-IMAGE_TTL = 5.0
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
-_EXITED = frozenset({"exited", "dead"})
 
 
 class DockerProxy:
@@ -90,7 +88,6 @@ class DockerProxy:
         self.settings = settings
         self.tokens = tokens
         self.spec_of = spec_of
-        self.images = images
         #: Labels forced on every child (the gateway instance, a test session...).
         self.labels = {**(labels or {}), LABEL_GATEWAY: settings.instance}
         self.url = ""
@@ -101,21 +98,17 @@ class DockerProxy:
                 "run the gateway beside the engine's Unix socket"
             )
         self._engine = engine
-        transport = (
-            httpx.AsyncHTTPTransport(uds=engine.socket)
-            if engine.socket
-            else httpx.AsyncHTTPTransport()
+        #: Look-ups and removals on the engine (this instance's containers only).
+        self.engine = EngineView(
+            engine,
+            instance=settings.instance,
+            images=lambda: [*images(), *settings.proxy_images],
         )
-        base = "http://docker" if engine.socket else f"http://{engine.host}:{engine.port}"
-        self._api = httpx.AsyncClient(transport=transport, base_url=base, timeout=30.0)
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._connections: set[asyncio.Task[Any]] = set()
         self._callers: dict[str, tuple[str, frozenset[str]]] = {}
-        #: Normalised image name -> (when looked up, image id, its labels).
-        self._image_facts: dict[str, tuple[float, str, dict[str, str]]] = {}
-        self._labels_by_id: dict[str, dict[str, str]] = {}
         #: Per caller container: creates in flight, and the lock that counts them.
         self._reserved: dict[str, int] = {}
         self._create_locks: dict[str, asyncio.Lock] = {}
@@ -124,7 +117,7 @@ class DockerProxy:
 
     async def start(self, host: str, port: int = 0) -> None:
         """Listen on ``host:port`` (0: a free port) and follow the engine's events."""
-        await self._remove_children()  # left by a gateway that crashed
+        await self.engine.remove_children()  # left by a gateway that crashed
         self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
         bound = self._server.sockets[0].getsockname()
         self.url = f"tcp://{bound[0]}:{bound[1]}"
@@ -143,8 +136,8 @@ class DockerProxy:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         with contextlib.suppress(httpx.HTTPError):
-            await self._remove_children()
-        await self._api.aclose()
+            await self.engine.remove_children()
+        await self.engine.close()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -152,81 +145,6 @@ class DockerProxy:
         task.add_done_callback(self._background.discard)
 
     # -- engine look-ups ---------------------------------------------------------------
-
-    async def _list(self, *labels: str, running: bool = False) -> list[dict[str, Any]]:
-        """This gateway's containers with ``labels``, as the engine lists them, less those
-        whose proving labels came from their image (a container inherits its image's
-        labels: ``LABEL swarmless.gateway=...`` in a Dockerfile proves nothing)."""
-        wanted = [f"{LABEL_GATEWAY}={self.settings.instance}", *labels]
-        params = {"filters": json.dumps({"label": wanted}), "all": "0" if running else "1"}
-        r = await self._api.get("/containers/json", params=params)
-        r.raise_for_status()
-        rows: list[dict[str, Any]] = r.json()
-        proving = [w.partition("=") for w in wanted]
-        own = []
-        for row in rows:
-            inherited = await self._image_labels(str(row.get("ImageID") or ""))
-            if inherited is None or any(inherited.get(k) == v for k, _, v in proving if v):
-                continue  # fail closed: an image gone, or the labels are the image's
-            own.append(row)
-        return own
-
-    async def _image_labels(self, image_id: str) -> dict[str, str] | None:
-        """An image's labels by id (cached: an id names fixed content); None if gone."""
-        if image_id in self._labels_by_id:
-            return self._labels_by_id[image_id]
-        r = await self._api.get(f"/images/{image_id}/json") if image_id else None
-        if r is None or r.status_code != 200:
-            return None
-        labels = dict((r.json().get("Config") or {}).get("Labels") or {})
-        if len(self._labels_by_id) >= 1024:
-            self._labels_by_id.clear()  # bounded
-        self._labels_by_id[image_id] = labels
-        return labels
-
-    async def _container(self, ref: str) -> Target | None:
-        r = await self._api.get(f"/containers/{ref}/json")
-        if r.status_code == 404:
-            return None
-        r.raise_for_status()
-        data = r.json()
-        return Target(id=data["Id"], labels=(data.get("Config") or {}).get("Labels") or {})
-
-    async def _exec_container(self, exec_id: str) -> Target | None:
-        r = await self._api.get(f"/exec/{exec_id}/json")
-        if r.status_code == 404:
-            return None
-        r.raise_for_status()
-        return await self._container(str(r.json().get("ContainerID") or "none"))
-
-    async def _allowed_images(self) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-        """Normalised allowed names -> image ids, and image id -> the image's labels
-        (each looked up at most every ``IMAGE_TTL`` seconds)."""
-        names = {*self.images(), *self.settings.proxy_images}
-        ids: dict[str, str] = {}
-        labels: dict[str, dict[str, str]] = {}
-        now = time.monotonic()
-        for name in names:
-            key = policy.normalize_image(name)
-            cached = self._image_facts.get(key)
-            if cached is None or now - cached[0] > IMAGE_TTL:
-                r = await self._api.get(f"/images/{name}/json")
-                data = r.json() if r.status_code == 200 else {}
-                config = data.get("Config") or {}
-                cached = (now, str(data.get("Id", "")), dict(config.get("Labels") or {}))
-                self._image_facts[key] = cached
-            ids[key] = cached[1]
-            if cached[1]:
-                labels[cached[1]] = cached[2]
-        for key in set(self._image_facts) - {policy.normalize_image(n) for n in names}:
-            del self._image_facts[key]  # no longer allowed: forgotten
-        return ids, labels
-
-    async def _children(self, caller: str) -> tuple[int, int]:
-        """The caller's children on the engine: (not exited, exited)."""
-        rows = await self._list(f"{LABEL_PARENT}={caller}")
-        exited = sum(1 for c in rows if c.get("State") in _EXITED)
-        return len(rows) - exited, exited
 
     async def _caller(self, grant: Grant, peer: str) -> Caller | Verdict:
         spec = self.spec_of(grant.function)
@@ -239,7 +157,7 @@ class DockerProxy:
         found = self._callers.get(grant.token)
         if found is None:
             key, value = grant.label
-            rows = await self._list(f"{key}={value}", running=True)
+            rows = await self.engine.list(f"{key}={value}", running=True)
             if len(rows) != 1:
                 return policy.refuse("caller", "the container of this token is not running")
             networks = (rows[0].get("NetworkSettings") or {}).get("Networks") or {}
@@ -290,10 +208,12 @@ class DockerProxy:
         images: dict[str, str] = {}
         image_labels: dict[str, dict[str, str]] = {}
         if r.endpoint in ("create", "pull", "image-inspect"):
-            images, image_labels = await self._allowed_images()
+            images, image_labels = await self.engine.allowed_images()
         elif r.ref is not None:
             exec_route = r.endpoint.startswith("exec-") and r.endpoint != "exec-create"
-            target = await (self._exec_container(r.ref) if exec_route else self._container(r.ref))
+            target = await (
+                self.engine.exec_container(r.ref) if exec_route else self.engine.container(r.ref)
+            )
         request = ProxyRequest(
             incoming.method,
             path,
@@ -310,7 +230,7 @@ class DockerProxy:
         who = caller.container
         lock = self._create_locks.setdefault(who, asyncio.Lock())
         async with lock:
-            live, exited = await self._children(who)
+            live, exited = await self.engine.children(who)
             reserved = self._reserved.get(who, 0)
             request = dataclasses.replace(request, children=live + reserved, exited=exited)
             verdict = self._logged(policy.check(request), caller)
@@ -434,20 +354,6 @@ class DockerProxy:
 
     # -- children die with their parent ------------------------------------------------
 
-    async def _remove(self, container_id: str) -> None:
-        r = await self._api.delete(f"/containers/{container_id}", params={"force": "1", "v": "1"})
-        if r.status_code not in (204, 404, 409):
-            log.warning("could not remove child %s: %s", container_id[:12], r.text[:200])
-
-    async def _remove_children(self, parent: str | None = None) -> int:
-        """Remove the children of ``parent`` (of every container when None)."""
-        labels = [f"{LABEL_KIND}=child"]
-        if parent is not None:
-            labels.append(f"{LABEL_PARENT}={parent}")
-        rows = await self._list(*labels)
-        await asyncio.gather(*(self._remove(c["Id"]) for c in rows), return_exceptions=True)
-        return len(rows)
-
     async def _watch(self) -> None:
         filters = json.dumps(
             {
@@ -458,7 +364,7 @@ class DockerProxy:
         )
         while True:
             try:
-                async with self._api.stream(
+                async with self.engine.api.stream(
                     "GET", "/events", params={"filters": filters}, timeout=None
                 ) as stream:
                     async for line in stream.aiter_lines():
@@ -483,7 +389,7 @@ class DockerProxy:
 
     async def _reap(self, parent: str) -> None:
         with contextlib.suppress(httpx.HTTPError):
-            n = await self._remove_children(parent)
+            n = await self.engine.remove_children(parent)
             if n:
                 log.info("removed %d child container(s) of %s", n, parent[:12])
 
@@ -492,13 +398,13 @@ class DockerProxy:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             with contextlib.suppress(httpx.HTTPError):
-                children = await self._list(f"{LABEL_KIND}=child")
+                children = await self.engine.list(f"{LABEL_KIND}=child")
                 if not children:
                     continue
-                running = {c["Id"] for c in await self._list(running=True)}
+                running = {c["Id"] for c in await self.engine.list(running=True)}
                 for c in children:
                     if (c.get("Labels") or {}).get(LABEL_PARENT) not in running:
-                        await self._remove(c["Id"])
+                        await self.engine.remove(c["Id"])
 
 
 async def start_proxy(
