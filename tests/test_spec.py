@@ -166,9 +166,13 @@ BAD: list[tuple[str, Any, str | None]] = [
     ("name", "", None),
     ("name", 5, None),
     ("name", None, None),
+    ("name", "fn\n", None),
     ("image", "", None),
     ("image", "bad image", None),
     ("image", 5, None),
+    ("image", "Upper/Case", None),
+    ("image", "a\x00b", None),
+    ("image", "busybox:", None),
     ("build", "", None),
     ("build", ["dir"], None),
     ("mode", "hot", None),
@@ -188,6 +192,9 @@ BAD: list[tuple[str, Any, str | None]] = [
     ("env", {"SWARMLESS_TOKEN": "x"}, "'SWARMLESS_TOKEN'"),
     ("env", {1: "x"}, "1"),
     ("env", {"": "x"}, "''"),
+    ("env", {"A": "x\x00y"}, "control character"),
+    ("env", {"A": "bell\x07"}, "control character"),
+    ("env", {"A\x01": "x"}, "control characters"),
     ("secrets", ["UPPER"], "'UPPER'"),
     ("secrets", ["a/b"], "'a/b'"),
     ("secrets", [1], "1"),
@@ -206,8 +213,12 @@ BAD: list[tuple[str, Any, str | None]] = [
     ("memory", "-1g", None),
     ("memory", 1.5e9, None),
     ("memory", True, None),
+    ("memory", 10**30, "at most"),
+    ("memory", "9" * 25 + "t", None),
+    ("memory", "2t", "1 TiB"),
     ("cpus", 0, None),
     ("cpus", 65, None),
+    ("cpus", 0.001, None),
     ("cpus", "2", None),
     ("cpus", True, None),
     ("concurrency", 0, None),
@@ -230,6 +241,7 @@ BAD: list[tuple[str, Any, str | None]] = [
     ("max_body", "10x", None),
     ("max_body", -1, None),
     ("max_body", True, None),
+    ("max_body", "2g", "1 GiB"),
     ("private", "true", None),
     ("private", 1, None),
     ("labels", {"swarmless.managed": "x"}, "'swarmless.managed'"),
@@ -237,11 +249,17 @@ BAD: list[tuple[str, Any, str | None]] = [
     ("labels", {"a": {"b": 1}}, "{'b': 1}"),
     ("network", "", None),
     ("network", "my net", None),
+    ("network", "container:abc", None),
     ("retries", -1, None),
     ("retries", 101, None),
     ("retries", True, None),
     ("backoff", 0, None),
     ("backoff", True, None),
+    ("backoff", 1e300, None),
+    ("max_age", 1e300, None),
+    ("idle_timeout", 1e300, None),
+    ("buffer", 10**9, None),
+    ("queue_size", 10**9, None),
     ("max_age", 0, None),
     ("max_age", -5, None),
     ("async_concurrency", 0, None),
@@ -249,6 +267,8 @@ BAD: list[tuple[str, Any, str | None]] = [
     ("schedule", "every minute", None),
     ("schedule", "* * * *", None),
     ("schedule", 5, None),
+    ("schedule", "0 0 30 2 *", "never fires"),
+    ("schedule", "0 0 31 4 *", "never fires"),
     ("timezone", "Mars/Olympus", None),
     ("timezone", "Europe", None),
     ("timezone", "../etc/passwd", None),
@@ -493,3 +513,26 @@ def test_a_file_without_functions_has_none(tmp_path: Path, text: str) -> None:
 def test_a_missing_file_is_an_invalid_argument(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="cannot read"):
         load_file(tmp_path / "nope.yml")
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "busybox",
+        "swarmless/python:bookworm",
+        "registry.example:5000/team/app:1.2",
+        "localhost:5000/a_b/c-d__e:Tag.1",
+        "[::1]:5000/x",
+        "busybox@sha256:" + "a" * 64,
+        "ghcr.io/org/app:v1@sha256:" + "0" * 64,
+    ],
+)
+def test_image_references_follow_dockers_grammar(image: str) -> None:
+    assert FunctionSpec.from_dict({**BASE, "image": image}).image == image
+
+
+def test_env_values_may_hold_line_breaks_not_other_control_characters() -> None:
+    pem = "-----BEGIN KEY-----\nabc\r\n\tdef\n-----END KEY-----\n"
+    assert FunctionSpec.from_dict({**BASE, "env": {"KEY": pem}}).env == {"KEY": pem}
+    assert "control" in spec_errors({**BASE, "labels": {"a": "x\ny"}})["labels"]
+    assert "argument" in spec_errors({**BASE, "command": ["echo", "a\x00b"]})["command"]

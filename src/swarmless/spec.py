@@ -38,6 +38,7 @@ file, the field is prefixed with the function's name: ``vote.timeout``).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import functools
 import hashlib
@@ -52,7 +53,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from swarmless.exceptions import InvalidArgument, SpecError
 
@@ -64,7 +65,9 @@ __all__ = [
     "FunctionSpec",
     "HandlerKind",
     "Mode",
+    "NeverFires",
     "load_file",
+    "next_fire",
 ]
 
 Mode = Literal["oneshot", "cgi", "warm"]
@@ -78,8 +81,32 @@ MiB = 1024**2
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _SECRET = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$")
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"\s*(\d{1,20}(?:\.\d{1,20})?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": MiB, "g": 1024**3, "t": 1024**4}
+#: An image reference, after the grammar of Docker's distribution/reference:
+#: ``[domain[:port]/]path[/path...][:tag][@algorithm:hex]``, path components lower-case.
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:]+\])(?::[0-9]{{1,5}})?"
+_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(
+    rf"(?:{_DOMAIN}/)?{_PATH}(?:/{_PATH})*"
+    r"(?::[\w][\w.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+)
+#: A Docker network name (what the engine accepts).
+_NETWORK = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
+#: Control characters: refused in names and values that reach the engine (a NUL cannot be
+#: in an environment string at all; the others corrupt logs and headers).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: ... except that an environment value may hold tabs and line breaks (a PEM key does).
+_NUL = re.compile(r"\x00")
+_CONTROL_IN_VALUE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: Largest sizes: memory (static; the gateway also checks the engine's host at deploy) and
+#: request bodies (read into memory whole).
+MAX_MEMORY = 1024**4  # 1 TiB
+MAX_BODY = 1024**3  # 1 GiB
+#: Fewest CPUs Docker accepts for a container.
+MIN_CPUS = 0.01
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -309,22 +336,33 @@ def _choice(options: tuple[str, ...]) -> _Check:
     return _rule(lambda v: isinstance(v, str) and v in options, f"one of {', '.join(options)}")
 
 
-def _size(minimum: int) -> _Check:
+def _size(minimum: int, maximum: int) -> _Check:
     def check(v: Any) -> int:
-        m = _SIZE.match(v) if isinstance(v, str) else None
+        m = _SIZE.fullmatch(v) if isinstance(v, str) else None
         n = v if _int(v) else int(float(m[1]) * _UNITS[m[2].lower()]) if m else None
         if n is None:
             raise _Bad(f"must be a number of bytes or a size like '512k', '128m', '1g', got {v!r}")
         if n < minimum:
             raise _Bad(f"must be at least {minimum} bytes ({minimum / MiB:g} MiB), got {v!r}")
+        if n > maximum:
+            raise _Bad(f"must be at most {maximum} bytes ({_human(maximum)}), got {v!r}")
         return int(n)
 
     return check
 
 
-def _scalar(v: Any, what: str) -> str:
+def _human(n: int) -> str:
+    for unit, size in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", MiB), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n} bytes"
+
+
+def _scalar(v: Any, what: str, control: re.Pattern[str] = _CONTROL) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, str) and control.search(v):
+        raise _Bad(f"{what} holds a control character, got {v!r}")
     if isinstance(v, str) or _num(v):
         return str(v)
     raise _Bad(f"{what} must be a string, number or boolean, got {v!r}")
@@ -339,17 +377,26 @@ def _command(v: Any) -> list[str]:
             raise _Bad(f"cannot split {v!r} like a shell: {e}") from None
     if not isinstance(args, list | tuple) or not args:
         raise _Bad(f"must be a non-empty list of arguments or a command line, got {v!r}")
-    return [_scalar(arg, f"argument {arg!r}") for arg in args]
+    return [_scalar(arg, f"argument {arg!r}", _NUL) for arg in args]
 
 
-def _mapping(reserved: str, key_ok: Callable[[str], bool]) -> _Check:
+def _mapping(reserved: str, key_ok: Callable[[str], bool], control: re.Pattern[str]) -> _Check:
     def check(v: Any) -> dict[str, str]:
         if not isinstance(v, Mapping | None):
             raise _Bad(f"must be a mapping of names to strings, got {v!r}")
         for key in v or {}:
-            if not isinstance(key, str) or not key or not key_ok(key):
-                raise _Bad(f"bad name {key!r}: names are non-empty strings{reserved}")
-        return {k: _scalar(val, f"the value of {k!r}") for k, val in (v or {}).items()}
+            if (
+                not isinstance(key, str)
+                or not key
+                or len(key) > 1024
+                or _CONTROL.search(key)
+                or not key_ok(key)
+            ):
+                raise _Bad(
+                    f"bad name {key!r}: names are non-empty strings without control "
+                    f"characters{reserved}"
+                )
+        return {k: _scalar(val, f"the value of {k!r}", control) for k, val in (v or {}).items()}
 
     return check
 
@@ -369,6 +416,33 @@ def _strings(item: Callable[[str], Any], want: str) -> _Check:
     return check
 
 
+def _is_cron(v: Any) -> bool:
+    if not isinstance(v, str) or len(v) > 200 or _CONTROL.search(v.replace("\t", " ")):
+        return False
+    try:
+        return bool(croniter.is_valid(v))
+    except Exception:  # a parser's surprise is still "not a cron expression"
+        return False
+
+
+def next_fire(cron: str, tz: str, after_ms: int) -> int:
+    """The first slot of ``cron`` strictly after ``after_ms`` (epoch ms), in time zone ``tz``.
+
+    :class:`NeverFires` when there is none (``0 0 30 2 *``: there is no 30 February; a
+    year field in the past).
+    """
+    start = datetime.datetime.fromtimestamp(after_ms / 1000, tz=zoneinfo.ZoneInfo(tz))
+    try:
+        nxt: datetime.datetime = croniter(cron, start).get_next(datetime.datetime)
+    except (CroniterBadDateError, ValueError, OverflowError) as e:
+        raise NeverFires(f"{cron!r} never fires after {start.isoformat()} ({e})") from None
+    return int(nxt.timestamp() * 1000)
+
+
+class NeverFires(ValueError):
+    """A cron expression with no slot left (the dates it names do not exist, or are past)."""
+
+
 def _is_zone(v: Any) -> bool:
     try:
         zoneinfo.ZoneInfo(v)
@@ -382,44 +456,72 @@ _BOOL = _rule(lambda v: isinstance(v, bool), "true or false")
 _POSITIVE = _rule(lambda v: _num(v) and v > 0, "a number > 0", float)
 _CHECKS: dict[str, _Check] = {
     "name": _rule(
-        lambda v: isinstance(v, str) and _NAME.match(v),
+        lambda v: isinstance(v, str) and _NAME.fullmatch(v),
         "a lower-case DNS label (a-z, 0-9 and '-', 1 to 63 characters, "
         "starting and ending with a letter or digit)",
     ),
-    "image": _optional(_WORD),
-    "build": _optional(_rule(lambda v: isinstance(v, str) and v.strip(), "a directory")),
+    "image": _optional(
+        _rule(
+            lambda v: isinstance(v, str) and len(v) <= 512 and _IMAGE.fullmatch(v),
+            "an image reference like 'busybox', 'swarmless/python:bookworm' or "
+            "'registry.example:5000/team/app:1.2' (lower-case repository)",
+        )
+    ),
+    "build": _optional(
+        _rule(lambda v: isinstance(v, str) and v.strip() and "\0" not in v, "a directory")
+    ),
     "mode": _choice(MODES),
     "command": _optional(_command),
-    "handler": _optional(_rule(lambda v: isinstance(v, str) and v.strip(), "a non-empty string")),
+    "handler": _optional(
+        _rule(
+            lambda v: isinstance(v, str) and v.strip() and not _CONTROL.search(v),
+            "a non-empty string without control characters",
+        )
+    ),
     "handler_kind": _choice(HANDLER_KINDS),
     "env": _mapping(
-        " without '=' and not SWARMLESS_* (reserved)",
-        lambda k: "=" not in k and "\0" not in k and not k.startswith("SWARMLESS_"),
+        " without '=' and not SWARMLESS_* (reserved); values may hold tabs and line breaks, "
+        "no other control character",
+        lambda k: "=" not in k and not k.startswith("SWARMLESS_"),
+        _CONTROL_IN_VALUE,
     ),
-    "secrets": _strings(_SECRET.match, "secret names (a-z, 0-9, '-', '_', '.')"),
+    "secrets": _strings(_SECRET.fullmatch, "secret names (a-z, 0-9, '-', '_', '.')"),
     "timeout": _rule(lambda v: _num(v) and 0 < v <= 3600, "a number > 0 and <= 3600", float),
-    "memory": _optional(_size(6 * MiB)),
-    "cpus": _optional(_rule(lambda v: _num(v) and 0 < v <= 64, "a number > 0 and <= 64", float)),
+    "memory": _optional(_size(6 * MiB, MAX_MEMORY)),
+    "cpus": _optional(
+        _rule(lambda v: _num(v) and MIN_CPUS <= v <= 64, "a number from 0.01 to 64", float)
+    ),
     "concurrency": _integer(1, 1000),
     "min_containers": _integer(0, 1000),
     "max_containers": _integer(1, 1000),
-    "idle_timeout": _rule(lambda v: _num(v) and v >= 0, "a number >= 0", float),
-    "buffer": _integer(0),
+    "idle_timeout": _rule(
+        lambda v: _num(v) and 0 <= v <= 7 * 86400, "a number from 0 to 604800 (a week)", float
+    ),
+    "buffer": _integer(0, 1000),
     "paused_buffer": _BOOL,
-    "queue_size": _integer(0),
-    "max_body": _size(0),
+    "queue_size": _integer(0, 1_000_000),
+    "max_body": _size(0, MAX_BODY),
     "private": _BOOL,
     "labels": _mapping(
-        " not starting with 'swarmless.' (reserved)", lambda k: k[:10] != "swarmless."
+        " not starting with 'swarmless.' (reserved)", lambda k: k[:10] != "swarmless.", _CONTROL
     ),
-    "network": _optional(_WORD),
+    "network": _optional(
+        _rule(
+            lambda v: isinstance(v, str) and _NETWORK.fullmatch(v),
+            "a Docker network name (letters, digits, '_', '.', '-')",
+        )
+    ),
     "retries": _integer(0, 100),
-    "backoff": _POSITIVE,
-    "max_age": _POSITIVE,
-    "async_concurrency": _optional(_integer(1)),
+    "backoff": _rule(
+        lambda v: _num(v) and 0 < v <= 86400, "a number > 0 and <= 86400 (a day)", float
+    ),
+    "max_age": _rule(
+        lambda v: _num(v) and 0 < v <= 366 * 86400, "a number > 0 and <= 31622400 (a year)", float
+    ),
+    "async_concurrency": _optional(_integer(1, 1000)),
     "schedule": _optional(
         _rule(
-            lambda v: isinstance(v, str) and croniter.is_valid(v),
+            _is_cron,
             "a cron expression like '*/5 * * * *' or '@hourly'",
             lambda v: " ".join(v.split()),
         )
@@ -427,7 +529,8 @@ _CHECKS: dict[str, _Check] = {
     "timezone": _rule(_is_zone, "an IANA time zone like 'UTC' or 'Europe/Paris'"),
     "docker": _choice(DOCKER_ACCESS),
     "placement": _strings(
-        lambda s: "==" in s or "!=" in s, "constraints like 'node.role == worker'"
+        lambda s: ("==" in s or "!=" in s) and not _CONTROL.search(s),
+        "constraints like 'node.role == worker'",
     ),
     "spread": _strings(
         lambda s: re.fullmatch(r"(node|engine)\.labels\.[^\s=]+", s) is not None,
@@ -459,6 +562,15 @@ def _validate(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         low, high = values["min_containers"], values["max_containers"]
         if high < low:
             errors["max_containers"] = f"must be >= min_containers ({low}), got {high}"
+    if valid("schedule", "timezone") and values["schedule"] is not None:
+        now = int(datetime.datetime.now(datetime.UTC).timestamp() * 1000)
+        try:
+            next_fire(values["schedule"], values["timezone"], now)
+        except NeverFires:
+            errors["schedule"] = (
+                f"never fires: {values['schedule']!r} names no time that will come "
+                f"(in {values['timezone']}), like 30 February"
+            )
     if valid("mode", "command", "handler", "handler_kind"):
         handler, kind, command = values["handler"], values["handler_kind"], values["command"]
         if handler is None and values["mode"] == "warm":
@@ -469,7 +581,7 @@ def _validate(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
                     "required in warm mode: 'module:callable' (python, wsgi) or a command "
                     "line (handler_kind: command), or give a command; got None"
                 )
-        elif handler is not None and kind != "command" and not _CALLABLE.match(handler):
+        elif handler is not None and kind != "command" and not _CALLABLE.fullmatch(handler):
             errors["handler"] = (
                 f"must be 'module:callable' for handler_kind {kind}, got {handler!r}"
             )

@@ -1,8 +1,14 @@
 """The backend interface: the one layer that starts and stops containers.
 
 Two implementations: :mod:`swarmless.backends.docker` (one engine, a user-defined bridge
-network) and, later, ``swarm`` (services on an overlay network). The gateway, dispatcher and
-reconciler only speak this interface; ``docker.errors`` never cross it.
+network) and :mod:`swarmless.backends.swarm` (services on an overlay network). The gateway,
+dispatcher and reconciler only speak this interface; ``docker.errors`` never cross it.
+
+What a backend is told, it is told through a method, once, by the gateway's wiring:
+:meth:`Backend.subscribe` (who hears that a container died) and
+:meth:`Backend.use_caller_tokens` (who gives each container its caller token: a
+:class:`CallerGrants`, the gateway's :class:`~swarmless.proxy.tokens.CallerTokens`). It
+imports nothing of the gateway, the dispatcher or the proxy.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import dataclasses
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar, TypeVar
+from types import MappingProxyType
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import docker
 import docker.errors
@@ -23,12 +30,52 @@ from swarmless.config import Settings
 from swarmless.engine import LABEL_FUNCTION, LABEL_GATEWAY, managed_labels, translate
 from swarmless.exceptions import ImageNotFound, SwarmlessError
 from swarmless.ownership import ownership_labels
-from swarmless.proxy.tokens import CallerTokens
 from swarmless.spec import FunctionSpec
 
-__all__ = ["Backend", "ContainerInfo", "EngineBackend", "OneShotResult", "WorkerLaunch"]
+__all__ = [
+    "Backend",
+    "CallerGrants",
+    "ContainerInfo",
+    "EngineBackend",
+    "ExitCallback",
+    "OneShotResult",
+    "WorkerLaunch",
+]
 
 T = TypeVar("T")
+
+
+class ExitCallback(Protocol):
+    """Told that a container died: its id, its worker's id (None for a one-shot call's), its
+    exit status, and whether the kernel killed it for exceeding its memory limit."""
+
+    def __call__(
+        self, container_id: str, worker_id: str | None, exit_code: int, oom: bool
+    ) -> None: ...
+
+
+class GrantedToken(Protocol):
+    """One container's caller token (a :class:`~swarmless.proxy.tokens.Grant`)."""
+
+    @property
+    def token(self) -> str: ...
+
+
+class CallerGrants(Protocol):
+    """Issues and revokes the caller tokens of function containers, as a backend uses them
+    (the gateway's :class:`~swarmless.proxy.tokens.CallerTokens`)."""
+
+    def grant(
+        self, spec: FunctionSpec, *, call_id: str | None = None, worker_id: str | None = None
+    ) -> tuple[GrantedToken, dict[str, str]]:
+        """A token for one container, and the environment that carries it."""
+        ...
+
+    def revoke(self, token: str) -> None: ...
+
+    def revoke_container(self, labels: dict[str, str]) -> None:
+        """Revoke the token of a container that died (found by its labels)."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -98,9 +145,32 @@ class Backend(abc.ABC):
 
     settings: Settings
 
-    #: Called with (container id, worker id or None, exit code, oom) when a container dies;
-    #: ``oom`` is True when the kernel killed it for exceeding its memory limit.
-    on_exit: Callable[..., None] | None = None
+    #: Whether the gateway runs the scoped Docker API (swarmless.proxy) for this backend's
+    #: containers: it drives one engine, the one the containers run on.
+    scoped_docker_api: ClassVar[bool] = False
+    #: Labels on everything this backend creates, besides swarmless's own.
+    extra_labels: Mapping[str, str] = MappingProxyType({})
+
+    _exit_callbacks: tuple[ExitCallback, ...] = ()
+    _callers: CallerGrants | None = None
+
+    def subscribe(self, on_exit: ExitCallback) -> None:
+        """Call ``on_exit`` (on the event loop) whenever one of this backend's containers
+        dies; the gateway's wiring subscribes the worker registry."""
+        self._exit_callbacks = (*self._exit_callbacks, on_exit)
+
+    def use_caller_tokens(self, tokens: CallerGrants) -> None:
+        """Give every container started from now on a caller token of its own from
+        ``tokens`` (``SWARMLESS_TOKEN``: its calls to the gateway are its calls; and a
+        scoped ``DOCKER_HOST`` when the backend serves the scoped Docker API)."""
+        self._callers = tokens
+
+    def _exited(
+        self, container_id: str, worker_id: str | None, exit_code: int, oom: bool = False
+    ) -> None:
+        """Tell the subscribers that a container died (call it on the event loop)."""
+        for on_exit in self._exit_callbacks:
+            on_exit(container_id, worker_id, exit_code, oom)
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -187,10 +257,6 @@ class EngineBackend(Backend):
     container starts (the default asyncio pool has only ``cpu + 4`` threads).
     """
 
-    #: Whether the gateway runs the scoped Docker API (swarmless.proxy) for this backend's
-    #: containers: it drives one engine, the one the containers run on.
-    scoped_docker_api: ClassVar[bool] = False
-
     def __init__(
         self, settings: Settings, *, labels: Mapping[str, str] | None = None, name: str
     ) -> None:
@@ -201,10 +267,6 @@ class EngineBackend(Backend):
         self._client: docker.DockerClient | None = None
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix=f"swarmless-{name}")
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: Set by the gateway: each container gets a token of its own (SWARMLESS_TOKEN:
-        #: calls it makes to the gateway are its calls; and a scoped DOCKER_HOST when the
-        #: backend serves the scoped Docker API).
-        self.callers: CallerTokens | None = None
 
     @property
     def client(self) -> docker.DockerClient:

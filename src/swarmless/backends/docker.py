@@ -4,8 +4,9 @@ Warm containers run ``python -m swarmless.runtime`` from a read-only copy of the
 own runtime package, bind-mounted at ``/opt/swarmless``: any image with Python 3 becomes a
 warm function without a rebuild, and the runtime always speaks the gateway's protocol
 version. They are watched through the engine's event stream, so a worker that dies is
-noticed at once (its calls in hand go back to the queue, and a container that crashed
-before asking for work is read for its last lines before it is removed). Containers left
+noticed at once: the backend's subscribers are told (:meth:`~.base.Backend.subscribe`: the
+worker registry requeues its calls in hand, and reads a container that crashed before
+asking for work for its last lines before it is removed). Containers left
 by a gateway that crashed are found by label when the next one starts.
 
 The Docker SDK is synchronous; its calls run in a dedicated thread pool sized for bursts of
@@ -164,11 +165,13 @@ class DockerBackend(EngineBackend):
                     code = int(attrs.get("exitCode", -1))
                 except ValueError:
                     code = -1
-                handler, loop = self.on_exit, self._loop
-                if handler is not None and loop is not None and not loop.is_closed():
-                    killed = cid in oom
-                    oom.discard(cid)
-                    loop.call_soon_threadsafe(handler, cid, attrs.get(LABEL_WORKER), code, killed)
+                killed = cid in oom
+                oom.discard(cid)
+                loop = self._loop
+                if self._exit_callbacks and loop is not None and not loop.is_closed():
+                    loop.call_soon_threadsafe(
+                        self._exited, cid, attrs.get(LABEL_WORKER), code, killed
+                    )
         except Exception as e:  # the stream ends when the backend closes
             log.debug("event stream ended: %s", e)
 
@@ -208,8 +211,8 @@ class DockerBackend(EngineBackend):
         spec = launch.spec
         assert self._runtime_dir is not None
         env = launch.environment(pythonpath=RUNTIME_MOUNT)
-        if self.callers is not None:
-            env.update(self.callers.grant(spec, worker_id=launch.worker_id)[1])
+        if self._callers is not None:
+            env.update(self._callers.grant(spec, worker_id=launch.worker_id)[1])
         labels = self._labels("worker", spec, worker=launch.worker_id, version=str(launch.version))
 
         def create_and_start() -> str:
@@ -265,7 +268,8 @@ class DockerBackend(EngineBackend):
         timeout: float,
     ) -> OneShotResult:
         command = [*(spec.command or []), *args] or None
-        grant, access = self.callers.grant(spec, call_id=call_id) if self.callers else (None, {})
+        callers = self._callers
+        grant, access = callers.grant(spec, call_id=call_id) if callers else (None, {})
         opts = RunOptions(
             spec.image or "",
             command,
@@ -316,8 +320,8 @@ class DockerBackend(EngineBackend):
         try:
             return await self._call(run)
         finally:
-            if grant is not None and self.callers is not None:
-                self.callers.revoke(grant.token)
+            if grant is not None and callers is not None:
+                callers.revoke(grant.token)
 
     async def pause_container(self, container_id: str) -> None:
         with translate(api=self.client.api):

@@ -11,13 +11,15 @@ a registry: each node runs the image it has. docs/swarm.md has the whole picture
   workers (idle ones, stuck ones), and Swarm can neither vary the environment between the
   tasks of one service nor remove a chosen task.
 - **Noticing death**: a thread polls the manager's tasks and nodes twice a second; a worker
-  whose task ended or whose node is not ``ready`` is reported through ``on_exit`` (its calls
-  are requeued, the reconciler starts a replacement, Swarm places it on a live node).
+  whose task ended or whose node is not ``ready`` is reported to the backend's subscribers
+  (its calls are requeued, the reconciler starts a replacement, Swarm places it on a live
+  node).
 - **One-shot calls** are services with restart condition ``none``; stdin is a Docker config
   fed to the command by ``/bin/sh``; stdout/stderr come back from the task's logs
   (:mod:`swarmless.backends.swarm_oneshot`).
 - **Secrets** held by the gateway become Swarm secrets named by their content's hash (Swarm
-  secrets are immutable), mounted at ``/run/secrets/NAME``.
+  secrets are immutable), mounted at ``/run/secrets/NAME``; they and the task templates are
+  built by :mod:`swarmless.backends.swarm_specs`.
 - Warm containers run ``python3 -m swarmless.runtime`` from ``/opt/swarmless`` inside the
   image (bind mounts do not span nodes): ``swarmless build`` puts it there.
 """
@@ -26,11 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import socket
 import threading
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -39,6 +38,7 @@ import docker.errors
 import docker.types
 
 from swarmless.backends.base import ContainerInfo, EngineBackend, WorkerLaunch
+from swarmless.backends.swarm_nodes import manager_runtime_ip
 from swarmless.backends.swarm_oneshot import (
     LOST,
     NOT_RUN,
@@ -46,6 +46,15 @@ from swarmless.backends.swarm_oneshot import (
     OneShotServices,
     exit_code,
     latest,
+)
+from swarmless.backends.swarm_specs import (
+    create_service,
+    remove_secret_versions,
+    secret_labels,
+    secret_name,
+    secret_refs,
+    task_template,
+    unmanaged_secrets,
 )
 from swarmless.config import Settings
 from swarmless.engine import (
@@ -55,7 +64,6 @@ from swarmless.engine import (
     LABEL_MANAGED,
     LABEL_WORKER,
     connect,
-    engine_address,
     managed_labels,
     translate,
 )
@@ -68,15 +76,6 @@ log = logging.getLogger("swarmless.backend.swarm")
 T = TypeVar("T")
 
 RUNTIME_DIR = "/opt/swarmless"
-#: On Swarm secrets made from a gateway secret: the name functions know it by.
-LABEL_SECRET = "swarmless.secret"
-
-
-def _route_to(host: str) -> str:
-    """The local address this machine uses to reach ``host`` (no packet is sent)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect((socket.gethostbyname(host), 9))
-        return str(s.getsockname()[0])
 
 
 class SwarmBackend(OneShotServices, EngineBackend):
@@ -138,22 +137,7 @@ class SwarmBackend(OneShotServices, EngineBackend):
         return self._runtime_ip
 
     def _check_manager(self, client: docker.DockerClient) -> None:
-        address = engine_address(self.settings.docker_host)
-        with translate(api=client.api):
-            info = client.info()
-        swarm = info.get("Swarm") or {}
-        if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
-            raise SwarmlessError(
-                f"the Docker Engine at {address} is not a Swarm manager "
-                f"(swarm state {swarm.get('LocalNodeState') or 'inactive'!r}): point "
-                "SWARMLESS_DOCKER_HOST at a manager, or run `docker swarm init` there"
-            )
-        parts = urllib.parse.urlsplit(address)
-        if parts.scheme in ("tcp", "http", "https") and parts.hostname:
-            # The gateway runs off the manager: containers reach it at our side of that route.
-            self._runtime_ip = _route_to(parts.hostname)
-        else:  # on the manager itself: its Swarm address is reachable from every node
-            self._runtime_ip = str(swarm.get("NodeAddr") or "127.0.0.1")
+        self._runtime_ip = manager_runtime_ip(client, self.settings.docker_host)
 
     def _ensure_network(self) -> None:
         name = self.settings.network
@@ -220,9 +204,9 @@ class SwarmBackend(OneShotServices, EngineBackend):
             if self._workers.pop(service_id, None) is None:
                 return
         self._revoke(worker_id)
-        handler, loop = self.on_exit, self._loop
-        if handler is not None and loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(handler, service_id, worker_id, code)
+        loop = self._loop
+        if self._exit_callbacks and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._exited, service_id, worker_id, code, False)
 
     def placement(self) -> dict[str, str]:
         """Where each service's task runs now: service id -> node hostname."""
@@ -248,70 +232,29 @@ class SwarmBackend(OneShotServices, EngineBackend):
         return f"swarmless-{spec.name[:40]}-{suffix}"
 
     def _secrets(self, spec: FunctionSpec) -> list[docker.types.SecretReference]:
-        """The function's secrets as Swarm secrets, mounted at ``/run/secrets/NAME``.
-
-        A secret the gateway holds (``swarmless secret create``) becomes the Swarm secret
-        ``swarmless-NAME-<sha256 prefix>``: Swarm secrets cannot change, so a new value is a
-        new secret and containers started after the change get it. A name the gateway does
-        not hold is looked up in Swarm as is (``docker secret create NAME FILE``).
-        """
+        """The function's secrets as Swarm secrets (:func:`.swarm_specs.secret_refs`)."""
         if not spec.secrets:
             return []
-        refs = []
-        api = self.client.api
-        for name in spec.secrets:
-            path = self.settings.data_dir / "secrets" / name
-            if path.is_file():
-                data = path.read_bytes()
-                swarm_name = f"swarmless-{name[:40]}-{hashlib.sha256(data).hexdigest()[:12]}"
-                sid = self._secret_id(swarm_name)
-                if sid is None:
-                    labels = {
-                        **self.extra_labels,
-                        **managed_labels("secret"),
-                        LABEL_SECRET: name,
-                        LABEL_GATEWAY: self.settings.instance,
-                    }
-                    try:
-                        sid = str(api.create_secret(swarm_name, data, labels=labels)["ID"])
-                    except docker.errors.APIError:  # created meanwhile by another call
-                        sid = self._secret_id(swarm_name)
-            else:
-                swarm_name = name
-                sid = self._secret_id(name)
-            if sid is None:
-                raise SwarmlessError(
-                    f"secret {name!r} does not exist: swarmless secret create {name} FILE "
-                    f"(or docker secret create {name} FILE on a manager)"
-                )
-            refs.append(docker.types.SecretReference(sid, swarm_name, filename=name))
-        return refs
-
-    def _secret_id(self, name: str) -> str | None:
-        for s in self.client.api.secrets(filters={"name": name}):
-            if s["Spec"]["Name"] == name:
-                return str(s["ID"])
-        return None
-
-    def _remove_secret_versions(self, name: str, keep: str = "") -> None:
-        """Remove the Swarm secrets made from ``name`` (but ``keep``); in use stays."""
-        api = self.client.api
-        flt = [f"{LABEL_SECRET}={name}", f"{LABEL_GATEWAY}={self.settings.instance}"]
-        for s in api.secrets(filters={"label": flt}):
-            if s["Spec"]["Name"] != keep:
-                with contextlib.suppress(docker.errors.APIError):
-                    api.remove_secret(s["ID"])
+        labels = secret_labels(self.extra_labels, self.settings.instance)
+        return secret_refs(self.client.api, spec, data_dir=self.settings.data_dir, labels=labels)
 
     async def put_secret(self, name: str, data: bytes) -> None:
         await super().put_secret(name, data)
         if self._client is not None:  # older versions that no service uses any more go
-            keep = f"swarmless-{name[:40]}-{hashlib.sha256(data).hexdigest()[:12]}"
-            await self._call(self._remove_secret_versions, name, keep)
+            await self._call(
+                remove_secret_versions,
+                self.client.api,
+                name,
+                instance=self.settings.instance,
+                keep=secret_name(name, data),
+            )
 
     async def delete_secret(self, name: str) -> bool:
         existed = await super().delete_secret(name)
         if self._client is not None:
-            await self._call(self._remove_secret_versions, name)
+            await self._call(
+                remove_secret_versions, self.client.api, name, instance=self.settings.instance
+            )
         return existed
 
     async def list_secrets(self) -> list[str]:
@@ -321,12 +264,7 @@ class SwarmBackend(OneShotServices, EngineBackend):
 
             def swarm() -> list[str]:
                 with translate(api=self.client.api):
-                    found = self.client.api.secrets()
-                return [
-                    str(s["Spec"]["Name"])
-                    for s in found
-                    if LABEL_MANAGED not in (s["Spec"].get("Labels") or {})
-                ]
+                    return unmanaged_secrets(self.client.api)
 
             names.update(await self._call(swarm))
         return sorted(names)
@@ -342,64 +280,31 @@ class SwarmBackend(OneShotServices, EngineBackend):
         configs: list[docker.types.ConfigReference] | None = None,
         avoid: Sequence[str] = (),
     ) -> docker.types.TaskTemplate:
-        env = {
-            **env,
-            "SWARMLESS_NODE": "{{.Node.Hostname}}",
-            "SWARMLESS_TASK": "{{.Task.Name}}",
-        }
-        container = docker.types.ContainerSpec(
-            image=spec.image or "",
+        return task_template(
+            spec,
+            network=self.settings.network,
+            labels=labels,
+            env=env,
             command=command,
             args=args,
-            env=[f"{k}={v}" for k, v in env.items()],
-            labels=dict(labels),
-            secrets=self._secrets(spec) or None,
+            secrets=self._secrets(spec),
+            stop_grace=self.stop_grace,
             configs=configs,
-            stop_grace_period=int(self.stop_grace * 1e9),
-            init=False,
-        )
-        resources = None
-        if spec.memory is not None or spec.cpus is not None:
-            nano = int(spec.cpus * 1e9) if spec.cpus is not None else None
-            resources = docker.types.Resources(
-                cpu_limit=nano,
-                mem_limit=spec.memory,
-                cpu_reservation=nano,
-                mem_reservation=spec.memory,
-            )
-        network = spec.network or self.settings.network
-        return docker.types.TaskTemplate(
-            container,
-            resources=resources,
-            restart_policy=docker.types.RestartPolicy(condition="none"),
-            placement=docker.types.Placement(
-                constraints=[*spec.placement, *(f"node.id != {node}" for node in avoid)],
-                preferences=[("spread", label) for label in spec.spread],
-            )
-            or None,
-            networks=[docker.types.NetworkAttachmentConfig(network)],
+            avoid=avoid,
         )
 
     def _create_service(
         self, name: str, template: docker.types.TaskTemplate, labels: Mapping[str, str]
     ) -> str:
-        # No image resolution: each node runs the image it has (no registry needed).
-        created = self.client.api.create_service(
-            template,
-            name=name,
-            labels=dict(labels),
-            mode=docker.types.ServiceMode("replicated", replicas=1),
-            endpoint_spec=docker.types.EndpointSpec(mode="dnsrr"),
-        )
-        return str(created["ID"])
+        return create_service(self.client.api, name, template, labels)
 
     # -- warm containers -----------------------------------------------------------
 
     async def start_worker(self, launch: WorkerLaunch) -> str:
         spec = launch.spec
         env = launch.environment(pythonpath=RUNTIME_DIR)
-        if self.callers is not None:
-            env.update(self.callers.grant(spec, worker_id=launch.worker_id)[1])
+        if self._callers is not None:
+            env.update(self._callers.grant(spec, worker_id=launch.worker_id)[1])
         labels = self._labels("worker", spec, worker=launch.worker_id, version=str(launch.version))
 
         def create() -> str:
@@ -421,8 +326,8 @@ class SwarmBackend(OneShotServices, EngineBackend):
         return await self._call(create)
 
     def _revoke(self, worker_id: str) -> None:
-        if self.callers is not None:
-            self.callers.revoke_container({LABEL_WORKER: worker_id})
+        if self._callers is not None:
+            self._callers.revoke_container({LABEL_WORKER: worker_id})
 
     async def stop_container(self, container_id: str, *, grace: float = 0) -> None:
         """Remove the service; Swarm stops its container (SIGTERM, ``stop_grace`` s, KILL)."""

@@ -22,10 +22,9 @@ import docker
 import docker.errors
 import docker.types
 
-from swarmless.backends.base import OneShotResult
+from swarmless.backends.base import CallerGrants, OneShotResult
 from swarmless.engine import LABEL_CALL, translate
 from swarmless.exceptions import FunctionFailed, PayloadTooLarge
-from swarmless.proxy.tokens import CallerTokens
 from swarmless.spec import FunctionSpec
 
 __all__ = ["LOST", "NOT_RUN", "TERMINAL", "OneShotServices", "exit_code", "latest"]
@@ -81,7 +80,7 @@ def _clean_logs(data: bytes) -> tuple[bytes, bytes]:
 class OneShotServices:
     """The one-shot calls of :class:`swarmless.backends.swarm.SwarmBackend` (a mixin)."""
 
-    callers: CallerTokens | None
+    _callers: CallerGrants | None
     _lock: threading.Lock
     _down: set[str]
     _hostnames: dict[str, str]
@@ -149,14 +148,15 @@ class OneShotServices:
         command = [*(spec.command or []), *args] or None
         labels = self._labels(spec.mode, spec, call=call_id)
         labels[LABEL_CALL] = call_id
-        grant, access = self.callers.grant(spec, call_id=call_id) if self.callers else (None, {})
+        callers = self._callers
+        grant, access = callers.grant(spec, call_id=call_id) if callers else (None, {})
         try:
             return await self._call(
                 self._run_once, spec, labels, command, {**spec.env, **env, **access}, stdin, timeout
             )
         finally:
-            if grant is not None and self.callers is not None:
-                self.callers.revoke(grant.token)
+            if grant is not None and callers is not None:
+                callers.revoke(grant.token)
 
     def _run_once(
         self,

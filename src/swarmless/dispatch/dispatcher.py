@@ -122,7 +122,7 @@ class Dispatcher:
         self._idle.set()
         self._closing = False
         self._background: set[asyncio.Task[None]] = set()
-        self.backend.on_exit = self._on_exit
+        self.backend.subscribe(self._on_exit)
         # Set by the gateway: starts the reconciler of a new warm pool.
         self.on_pool: list[object] = []
 

@@ -309,7 +309,10 @@ class Gateway:
         )
         self.metrics.add_gauges(LiveGauges(self.snapshot))
         self.runtime_api = RuntimeAPI(self.dispatcher)
-        self.proxy = await start_proxy(settings, self.backend, self.dispatcher, self.callers)
+        self.backend.use_caller_tokens(self.callers)
+        self.proxy = await start_proxy(
+            settings, self.backend, self.dispatcher.functions, self.callers
+        )
         await self._remove_leftovers()
         await self.dispatcher.load()
         for name in self.dispatcher.pools:

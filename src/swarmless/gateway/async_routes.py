@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -152,11 +153,15 @@ async def get_result(gw: Gateway, request: HTTPRequest) -> Response:
     """The answer of a finished call; with ``?wait=S`` waits up to S seconds for it."""
     assert gw.store is not None
     call_id = request.path_params["call_id"]
+    raw = request.query_params.get("wait", "0")
     try:
-        wait = min(float(request.query_params.get("wait", "0")), MAX_WAIT)
+        wait = float(raw)
     except ValueError:
-        raise InvalidArgument("wait must be a number of seconds") from None
-    deadline = time.monotonic() + max(wait, 0)
+        wait = math.nan
+    if not wait >= 0:  # NaN too: a deadline of NaN never comes
+        raise InvalidArgument(f"wait must be a number of seconds >= 0, got {raw!r}")
+    wait = min(wait, MAX_WAIT)
+    deadline = time.monotonic() + wait
     pause = 0.02
     while True:
         rec = await gw.store.get_invocation(call_id)
@@ -221,8 +226,9 @@ async def list_schedules(gw: Gateway, _request: HTTPRequest) -> Response:
                 "function": s.function,
                 "schedule": s.cron,
                 "timezone": s.timezone,
-                "next_fire": s.next_fire.isoformat(),
+                "next_fire": s.next_fire.isoformat() if s.next_fire else None,
                 "last_fired": s.last_fired.isoformat() if s.last_fired else None,
+                "error": s.error,
             }
             for s in await gw.scheduler.list()
         ]

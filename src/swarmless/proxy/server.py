@@ -408,33 +408,34 @@ class DockerProxy:
 
 
 async def start_proxy(
-    settings: Settings, backend: Any, dispatcher: Any, tokens: CallerTokens
+    settings: Settings,
+    backend: Any,
+    functions: Mapping[str, tuple[FunctionSpec, int]],
+    tokens: CallerTokens,
 ) -> DockerProxy | None:
-    """Give ``backend`` the caller tokens and start the scoped Docker API beside it.
+    """Start the scoped Docker API beside ``backend`` when it runs its containers on one
+    engine (``Backend.scoped_docker_api``); None otherwise.
 
-    The allowlist is the images of the deployed functions plus ``settings.proxy_images``.
-    Every engine backend gives its containers caller tokens; only one that runs them on
-    one engine (``scoped_docker_api``) gets the proxy.
+    The allowlist is the images of the deployed ``functions`` (a live mapping: name ->
+    spec and version) plus ``settings.proxy_images``. The backend gets ``tokens`` from
+    the gateway's wiring (``Backend.use_caller_tokens``), not from here.
     """
-    if not hasattr(backend, "callers"):
-        return None
-    backend.callers = tokens
-    if not getattr(backend, "scoped_docker_api", False):
+    if not backend.scoped_docker_api:
         return None
 
     def spec_of(name: str) -> FunctionSpec | None:
-        found = dispatcher.functions.get(name)
+        found = functions.get(name)
         return found[0] if found else None
 
     def images() -> list[str]:
-        return [s.image for s, _ in dispatcher.functions.values() if s.image]
+        return [s.image for s, _ in functions.values() if s.image]
 
     proxy = DockerProxy(
         settings=settings,
         tokens=tokens,
         spec_of=spec_of,
         images=images,
-        labels=getattr(backend, "extra_labels", None),
+        labels=backend.extra_labels,
     )
     try:
         await proxy.start(backend.runtime_host(), settings.proxy_port)
