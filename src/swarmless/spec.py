@@ -562,15 +562,6 @@ def _validate(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         low, high = values["min_containers"], values["max_containers"]
         if high < low:
             errors["max_containers"] = f"must be >= min_containers ({low}), got {high}"
-    if valid("schedule", "timezone") and values["schedule"] is not None:
-        now = int(datetime.datetime.now(datetime.UTC).timestamp() * 1000)
-        try:
-            next_fire(values["schedule"], values["timezone"], now)
-        except NeverFires:
-            errors["schedule"] = (
-                f"never fires: {values['schedule']!r} names no time that will come "
-                f"(in {values['timezone']}), like 30 February"
-            )
     if valid("mode", "command", "handler", "handler_kind"):
         handler, kind, command = values["handler"], values["handler_kind"], values["command"]
         if handler is None and values["mode"] == "warm":

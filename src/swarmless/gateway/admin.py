@@ -3,10 +3,17 @@ invocation records and logs, async results and redrive, secrets, schedules, API 
 
 Every route but the docs needs the admin token. The hot paths (``/function/*``,
 ``/async-function/*``, the runtime API) are raw ASGI in :mod:`swarmless.gateway.app`.
+
+Bad input gets a 4xx with a JSON body naming the problem (:mod:`swarmless.exceptions`),
+never a 500: bodies are read with a limit and parsed here, ids and names are checked before
+they reach a header, and a spec the engine could not run (more CPUs or memory than its
+host, a network it does not have) is refused at deploy (:mod:`swarmless.gateway.capacity`).
+What each route takes and answers is described in :mod:`swarmless.gateway.schemas`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Mapping
@@ -25,7 +32,9 @@ from swarmless.exceptions import (
     SpecError,
     SwarmlessError,
 )
+from swarmless.gateway.asgi import header_safe
 from swarmless.gateway.async_routes import get_result, list_schedules, retry_invocation
+from swarmless.gateway.capacity import EngineCapacity, check_deployable
 from swarmless.gateway.docs import docs_page, openapi_schema
 from swarmless.records import STATUSES, InvocationRecord
 from swarmless.spec import FunctionSpec
@@ -36,7 +45,19 @@ if TYPE_CHECKING:
 __all__ = ["Admin"]
 
 log = logging.getLogger("swarmless.gateway")
-_SECRET_NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$")
+_SECRET_NAME = re.compile(r"[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?")
+#: Largest JSON body of an admin route (a function spec is a few KiB).
+MAX_JSON = 1024 * 1024
+#: Largest secret.
+MAX_SECRET = 512 * 1024
+
+
+def safe_headers(exc: SwarmlessError) -> dict[str, str]:
+    """The headers of an error answer: the call id only when it can be a header value."""
+    headers = {"x-swarmless-error": "1"}
+    if exc.invocation and header_safe(exc.invocation):
+        headers["x-call-id"] = exc.invocation
+    return headers
 
 
 class Admin:
@@ -44,6 +65,8 @@ class Admin:
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
+        self.capacity = EngineCapacity(gw.backend)
+        self._openapi: dict[str, Any] | None = None
 
     def routes(self) -> list[Route]:
         return [
@@ -75,10 +98,7 @@ class Admin:
 
     async def _on_error(self, _request: HTTPRequest, exc: Exception) -> Response:
         assert isinstance(exc, SwarmlessError)
-        headers = {"x-swarmless-error": "1"}
-        if exc.invocation:
-            headers["x-call-id"] = exc.invocation
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=safe_headers(exc))
 
     async def _on_http_error(self, _request: HTTPRequest, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -114,11 +134,31 @@ class Admin:
         d = self._admin(request)
         return JSONResponse([self._describe(s, v) for s, v in d.functions.values()])
 
-    async def _spec_from(self, request: HTTPRequest, name: str | None = None) -> FunctionSpec:
+    async def _body(self, request: HTTPRequest, limit: int, what: str) -> bytes:
+        """The request body; InvalidArgument past ``limit`` bytes (read no further)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise InvalidArgument(f"{what} is {declared} bytes; {limit} at most")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise InvalidArgument(f"{what} is over {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _json(self, request: HTTPRequest, what: str) -> Any:
+        """The body as JSON; InvalidArgument saying why when it is not."""
+        body = await self._body(request, MAX_JSON, what)
         try:
-            data = await request.json()
-        except ValueError:
-            raise InvalidArgument("the body must be a JSON function spec") from None
+            return json.loads(body)
+        except (ValueError, RecursionError) as e:
+            why = e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__
+            raise InvalidArgument(f"{what} must be JSON ({why})") from None
+
+    async def _spec_from(self, request: HTTPRequest, name: str | None = None) -> FunctionSpec:
+        data = await self._json(request, "the body (a JSON function spec)")
         if not isinstance(data, dict):
             raise SpecError({"spec": f"must be a JSON object, got {type(data).__name__}"})
         if name is not None and data.setdefault("name", name) != name:
@@ -132,6 +172,7 @@ class Admin:
         return await self._deploy(d, spec)
 
     async def _deploy(self, d: Dispatcher, spec: FunctionSpec) -> Response:
+        await check_deployable(spec, self.capacity)
         existed = spec.name in d.functions
         version = await d.deploy(spec)
         if spec.docker == "host-socket":
@@ -173,10 +214,14 @@ class Admin:
         rec = self.gw.reconcilers.get(name)
         if rec is None:
             raise InvalidArgument(f"function {name!r} is {spec.mode}: only warm functions scale")
-        data = await request.json()
-        n = data.get("replicas") if isinstance(data, dict) else None
-        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
-            raise InvalidArgument(f"replicas must be a whole number >= 0 or null, got {n!r}")
+        data = await self._json(request, 'the body ({"replicas": N})')
+        if not isinstance(data, dict) or "replicas" not in data:
+            raise InvalidArgument(f'the body must be {{"replicas": N}} (null unpins), got {data!r}')
+        n = data["replicas"]
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 1000):
+            raise InvalidArgument(
+                f"replicas must be a whole number from 0 to 1000 or null, got {n!r}"
+            )
         rec.pin(n)
         return JSONResponse(self._describe(spec, version))
 
@@ -251,13 +296,11 @@ class Admin:
         """Create or replace a secret; the body is its value."""
         self._admin(request)
         name = request.path_params["name"]
-        if not _SECRET_NAME.match(name):
+        if not _SECRET_NAME.fullmatch(name):
             raise InvalidArgument(
                 f"secret name {name!r}: lower-case letters, digits, '-', '_' and '.' only"
             )
-        data = await request.body()
-        if len(data) > 512 * 1024:
-            raise InvalidArgument(f"secret {name!r} is {len(data)} bytes; 512 KiB at most")
+        data = await self._body(request, MAX_SECRET, f"secret {name!r}")
         await self.gw.backend.put_secret(name, data)
         return Response(status_code=204)
 
@@ -276,8 +319,14 @@ class Admin:
 
     async def openapi(self, _request: HTTPRequest) -> Response:
         """The OpenAPI description of the gateway (admin routes from their docstrings)."""
-        return JSONResponse(openapi_schema(self.gw.app.routes))
+        return JSONResponse(self.schema())
 
     async def docs(self, _request: HTTPRequest) -> Response:
         """A self-contained page listing the API (no CDN needed)."""
-        return HTMLResponse(docs_page(openapi_schema(self.gw.app.routes)))
+        return HTMLResponse(docs_page(self.schema()))
+
+    def schema(self) -> dict[str, Any]:
+        """The gateway's OpenAPI document (built once)."""
+        if self._openapi is None:
+            self._openapi = openapi_schema(self.gw.app.routes)
+        return self._openapi

@@ -7,6 +7,7 @@ the body, answer with one ``http.response.start`` and one body message, and noth
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
@@ -24,11 +25,22 @@ __all__ = [
     "bearer",
     "error_body",
     "header",
+    "header_safe",
     "internal_error",
     "read_body",
     "send_error",
     "send_response",
 ]
+
+
+#: What a value from a request (a call id in a URL) must be to go back in a header.
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]{1,200}")
+
+
+def header_safe(value: str | None) -> bool:
+    """Whether ``value`` can be sent back as a header value as it is (printable ASCII, no
+    space, 200 characters at most): an id taken from a URL may hold anything."""
+    return value is not None and _HEADER_SAFE.fullmatch(value) is not None
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -95,7 +107,8 @@ def error_body(err: SwarmlessError) -> bytes:
 
 async def send_error(send: Send, err: SwarmlessError) -> None:
     headers = [(b"content-type", b"application/json"), (b"x-swarmless-error", b"1")]
-    if err.invocation:
+    if header_safe(err.invocation):
+        assert err.invocation is not None
         headers.append((b"x-call-id", err.invocation.encode()))
     if isinstance(err, QueueFull | GatewayUnavailable):
         headers.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))

@@ -1,68 +1,350 @@
-"""The gateway's API description: OpenAPI 3 from the routes and their docstrings, and a
-self-contained HTML page listing it (no CDN: it works offline)."""
+"""The gateway's API description: OpenAPI 3.1 from the routes and their models, and a
+self-contained HTML page of it with a try-it form (no CDN: it works offline).
+
+What each route takes and answers is in :data:`swarmless.gateway.schemas.OPERATIONS`
+(Pydantic models turned into JSON Schema); its summary and description are the first line
+and the rest of the endpoint's docstring. The raw-ASGI hot paths (``/function/*``,
+``/async-function/*``, ``/runtime/*``), which the router does not know, are described from
+the same table. Every error answers the same JSON shape (``Error``).
+"""
 
 from __future__ import annotations
 
+import functools
 import html
 import inspect
+import json
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from starlette.routing import BaseRoute, Route
 
 from swarmless import __version__
+from swarmless.gateway.schemas import OPERATIONS, ErrorBody, Operation
 
 __all__ = ["docs_page", "openapi_schema"]
 
-#: The raw-ASGI routes, which the router does not know.
-_FAST_PATHS: dict[str, dict[str, Any]] = {
-    "/function/{name}": {
-        m: {"summary": "Invoke a function synchronously; the HTTP request is its input."}
-        for m in ("get", "post", "put", "delete", "patch")
-    },
-    "/async-function/{name}": {
-        "post": {"summary": "Queue an async call durably; 202 with X-Call-Id."}
-    },
-    "/runtime/next": {"post": {"summary": "Warm containers pull their next call (worker token)."}},
+_REF = "#/components/schemas/{model}"
+
+#: Summaries of the routes that are not Starlette endpoints (raw ASGI).
+_RAW_DOCS: dict[str, str] = {
+    "/function/{name}": "Call a function synchronously; the HTTP request is its input.\n\n"
+    "Any method. The answer is the function's: its status, headers and body, with "
+    "X-Call-Id. Public functions need no token; private ones the admin token.",
+    "/function/{name}/{path}": "Call a function with a sub-path (the function sees /{path}).",
+    "/async-function/{name}": "Queue a call durably: 202 with its id (X-Call-Id).\n\n"
+    "The store holds the call before the gateway answers. Read its answer at "
+    "/invocations/{call_id}/result.",
+    "/runtime/next": "A warm container's runtime takes its next call (worker token).\n\n"
+    "Posts the result of the previous call (X-Swarmless-Result-For) and long-polls for the "
+    "next: 200 with a call, 204 when none came, 410 when the worker is retired.",
+    "/runtime/logs/{call_id}": "A warm container's runtime sends what one call printed.",
+}
+
+_STATUS_TEXT = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "No content",
+    400: "Bad request: the message says what was wrong",
+    401: "Unauthorized: missing or wrong bearer token",
+    404: "Not found",
+    413: "Payload too large",
+    422: "Invalid function spec: `fields` names each field that is wrong",
+    429: "Queue full: retry after Retry-After seconds",
+    502: "The function failed (its exit status and stderr, when it has them)",
+    503: "Unavailable: the engine or the active gateway does not answer; retry",
+    504: "The call timed out (its container was killed)",
 }
 
 
+@functools.cache
+def _components() -> dict[str, Any]:
+    models: set[type[BaseModel]] = {ErrorBody}
+    for op in OPERATIONS.values():
+        if isinstance(op.body, type):
+            models.add(op.body)
+        for answer in op.responses.values():
+            if isinstance(answer, type):
+                models.add(answer)
+    ordered = sorted(models, key=lambda m: m.__name__)
+    _, top = models_json_schema([(m, "validation") for m in ordered], ref_template=_REF)
+    return dict(sorted(top.get("$defs", {}).items()))
+
+
+def _ref(model: type[BaseModel]) -> dict[str, Any]:
+    title = model.model_config.get("title") or model.__name__
+    return {"$ref": _REF.format(model=title)}
+
+
+def _content(answer: Any, array: bool) -> dict[str, Any] | None:
+    if answer is None:
+        return None
+    if answer == "names":
+        return {"application/json": {"schema": {"type": "array", "items": {"type": "string"}}}}
+    if isinstance(answer, str):
+        return {answer: {"schema": {}}}
+    schema = _ref(answer)
+    return {"application/json": {"schema": {"type": "array", "items": schema} if array else schema}}
+
+
+def _operation_id(path: str, method: str) -> str:
+    words = path.strip("/").replace("{", "").replace("}", "").replace(".", "_").split("/")
+    return "_".join([method, *words])
+
+
+def _operation(path: str, method: str, op: Operation, doc: str) -> dict[str, Any]:
+    summary, _, rest = doc.partition("\n")
+    out: dict[str, Any] = {
+        "operationId": _operation_id(path, method),
+        "summary": summary.strip(),
+        "tags": [op.tag],
+    }
+    if rest.strip():
+        out["description"] = inspect.cleandoc(rest)
+    if op.params:
+        out["parameters"] = [
+            {
+                "name": p.name,
+                "in": p.where,
+                "required": p.required or p.where == "path",
+                "schema": p.schema,
+                **({"description": p.description} if p.description else {}),
+            }
+            for p in op.params
+        ]
+    if op.body is not None:
+        body: dict[str, Any]
+        if isinstance(op.body, str):
+            body = {op.body: {"schema": {}}}
+        else:
+            body = {"application/json": {"schema": _ref(op.body)}}
+        out["requestBody"] = {"required": not isinstance(op.body, str), "content": body}
+    responses: dict[str, Any] = {}
+    for status, answer in op.responses.items():
+        entry: dict[str, Any] = {"description": _STATUS_TEXT.get(status, "OK")}
+        content = _content(answer, op.array)
+        if content is not None:
+            entry["content"] = content
+        responses[str(status)] = entry
+    for status in op.errors:
+        responses[str(status)] = {
+            "description": _STATUS_TEXT.get(status, "Error"),
+            "content": {"application/json": {"schema": _ref(ErrorBody)}},
+        }
+    out["responses"] = responses
+    if op.auth == "admin":
+        out["security"] = [{"bearer": []}]
+    elif op.auth == "function":
+        out["security"] = [{}, {"bearer": []}]
+    elif op.auth == "worker":
+        out["security"] = [{"worker": []}]
+    return out
+
+
 def openapi_schema(routes: Sequence[BaseRoute]) -> dict[str, Any]:
-    """OpenAPI 3 paths from ``routes`` (summary: each endpoint's first docstring line)."""
-    paths: dict[str, dict[str, Any]] = {k: dict(v) for k, v in _FAST_PATHS.items()}
+    """The OpenAPI 3.1 document of the gateway: every route of ``routes`` and the raw-ASGI
+    ones, with their parameters, bodies, answers (errors too) and security."""
+    docs: dict[tuple[str, str], str] = {}
     for route in routes:
-        if not isinstance(route, Route) or not route.include_in_schema:
+        if not isinstance(route, Route):
             continue
         doc = inspect.getdoc(route.endpoint) or ""
-        for method in sorted(route.methods or ()):
-            if method == "HEAD":
-                continue
-            op: dict[str, Any] = {"summary": doc.splitlines()[0] if doc else ""}
-            if route.path.startswith(("/system", "/invocations")):
-                op["security"] = [{"bearer": []}]
-            paths.setdefault(route.path, {})[method.lower()] = op
+        for method in route.methods or ():
+            if method != "HEAD":
+                docs[(route.path, method.lower())] = doc
+    paths: dict[str, dict[str, Any]] = {}
+    for (path, method), op in OPERATIONS.items():
+        doc = docs.get((path, method)) or _RAW_DOCS.get(path, "")
+        paths.setdefault(path, {})[method] = _operation(path, method, op, doc)
+    for (path, method), doc in sorted(docs.items()):  # a route without a described shape
+        if path not in paths or method not in paths[path]:
+            paths.setdefault(path, {})[method] = {
+                "summary": doc.partition("\n")[0],
+                "responses": {"default": {"description": "see the summary"}},
+            }
     return {
-        "openapi": "3.0.3",
-        "info": {"title": "swarmless gateway", "version": __version__},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "openapi": "3.1.0",
+        "info": {
+            "title": "swarmless gateway",
+            "version": __version__,
+            "description": "Serverless functions on Docker. Admin routes need the gateway's "
+            "admin token (`Authorization: Bearer <token>`, in the data directory's `token` "
+            'file). Every error answers JSON: `{"error": code, "message": ...}`.',
+        },
+        "tags": [
+            {"name": "functions", "description": "Calling functions (raw ASGI fast paths)."},
+            {"name": "admin", "description": "Deploying and inspecting (admin token)."},
+            {"name": "gateway", "description": "Health, metrics and this description."},
+            {"name": "runtime", "description": "What warm containers call (worker token)."},
+        ],
+        "components": {
+            "schemas": _components(),
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The gateway's admin token.",
+                },
+                "worker": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A warm container's own token (SWARMLESS_WORKER_TOKEN).",
+                },
+            },
+        },
         "paths": paths,
     }
 
 
-def docs_page(schema: dict[str, Any]) -> str:
-    """An HTML table of the API: method, path, summary."""
+# -- the page ----------------------------------------------------------------------------------
+
+_STYLE = """
+body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
+header{background:#1d2430;color:#fff;padding:1em 2em}header a{color:#9cd}
+main{max-width:70em;margin:0 auto;padding:1em 2em}
+details{background:#fff;border:1px solid #d8dde5;border-radius:6px;margin:.4em 0}
+summary{cursor:pointer;padding:.5em .8em;list-style:none}
+summary::-webkit-details-marker{display:none}
+.m{display:inline-block;min-width:4.2em;font:bold 12px monospace;text-align:center;
+padding:.2em .4em;border-radius:3px;color:#fff;background:#6b7280}
+.get{background:#2563eb}.post{background:#16a34a}.put{background:#d97706}
+.delete{background:#dc2626}.patch{background:#7c3aed}
+.p{font-family:monospace;margin:0 .6em}.s{color:#4b5563}
+.body{padding:.2em 1em 1em;border-top:1px solid #e5e7eb}
+pre{background:#f3f4f6;padding:.6em;overflow:auto;font-size:13px;border-radius:4px}
+table{border-collapse:collapse}td,th{text-align:left;padding:.2em .6em;vertical-align:top}
+input,textarea{font:13px monospace;width:100%;box-sizing:border-box}
+button{margin-top:.4em}.lock{font-size:12px;color:#92400e}
+"""
+
+_SCRIPT = """
+const tok = document.getElementById('token');
+tok.value = sessionStorage.getItem('swarmless-token') || '';
+tok.addEventListener('change', () => sessionStorage.setItem('swarmless-token', tok.value));
+for (const form of document.querySelectorAll('form.try')) {
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    let path = form.dataset.path;
+    const query = new URLSearchParams();
+    const headers = {};
+    for (const input of form.querySelectorAll('input[data-in]')) {
+      if (input.value === '') continue;
+      if (input.dataset.in === 'path') {
+        path = path.replace('{' + input.name + '}', encodeURIComponent(input.value));
+      } else if (input.dataset.in === 'query') {
+        query.set(input.name, input.value);
+      } else {
+        headers[input.name] = input.value;
+      }
+    }
+    if (tok.value) headers['Authorization'] = 'Bearer ' + tok.value;
+    const init = {method: form.dataset.method.toUpperCase(), headers};
+    const body = form.querySelector('textarea');
+    if (body && body.value !== '') {
+      init.body = body.value;
+      headers['Content-Type'] = form.dataset.type || 'application/octet-stream';
+    }
+    const out = form.querySelector('output');
+    out.textContent = '...';
+    try {
+      const q = query.toString();
+      const r = await fetch(path + (q ? '?' + q : ''), init);
+      let text = await r.text();
+      try { text = JSON.stringify(JSON.parse(text), null, 2); } catch (e) {}
+      out.textContent = r.status + ' ' + r.statusText + '\\n' + text;
+    } catch (e) {
+      out.textContent = String(e);
+    }
+  });
+}
+"""
+
+
+def _pretty(schema: Any) -> str:
+    return html.escape(json.dumps(schema, indent=2))
+
+
+def _op_html(path: str, method: str, op: dict[str, Any]) -> str:
     rows = []
-    for path, ops in sorted(schema["paths"].items()):
-        for method, op in ops.items():
-            rows.append(
-                f"<tr><td><code>{method.upper()}</code></td>"
-                f"<td><code>{html.escape(path)}</code></td>"
-                f"<td>{html.escape(op.get('summary', ''))}</td></tr>"
-            )
+    inputs = []
+    for p in op.get("parameters", []):
+        name = html.escape(p["name"])
+        rows.append(
+            f"<tr><td><code>{name}</code></td><td>{p['in']}</td>"
+            f"<td><code>{html.escape(json.dumps(p['schema']))}</code></td>"
+            f"<td>{html.escape(p.get('description', ''))}</td></tr>"
+        )
+        inputs.append(f"<label>{name} ({p['in']})<input name='{name}' data-in='{p['in']}'></label>")
+    parts = [f"<p>{html.escape(op.get('description', ''))}</p>" if "description" in op else ""]
+    if rows:
+        parts.append(
+            "<h4>Parameters</h4><table><tr><th>name</th><th>in</th><th>schema</th><th></th></tr>"
+            + "".join(rows)
+            + "</table>"
+        )
+    body_type = ""
+    if "requestBody" in op:
+        body_type, media = next(iter(op["requestBody"]["content"].items()))
+        parts.append(
+            f"<h4>Request body ({html.escape(body_type)})</h4><pre>{_pretty(media['schema'])}</pre>"
+        )
+    answers = "".join(
+        f"<tr><td><code>{status}</code></td><td>{html.escape(r['description'])}</td>"
+        f"<td><code>{html.escape(', '.join(r.get('content', {})))}</code></td>"
+        f"<td><code>{html.escape(json.dumps([m['schema'] for m in r.get('content', {}).values()]))}"
+        "</code></td></tr>"
+        for status, r in op["responses"].items()
+    )
+    parts.append(f"<h4>Responses</h4><table>{answers}</table>")
+    textarea = "<label>body<textarea rows='5'></textarea></label>" if body_type else ""
+    parts.append(
+        f"<h4>Try it</h4><form class='try' data-method='{method}' "
+        f"data-path='{html.escape(path)}' data-type='{html.escape(body_type)}'>"
+        f"{''.join(inputs)}{textarea}<button>Send</button><pre><output></output></pre></form>"
+    )
+    lock = " <span class='lock'>token</span>" if op.get("security") else ""
     return (
-        "<!doctype html><title>swarmless API</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td{padding:.2em .8em}</style>"
-        f"<h1>swarmless gateway {__version__}</h1>"
-        "<p><a href='/openapi.json'>openapi.json</a></p>"
-        f"<table>{''.join(rows)}</table>"
+        f"<details id='{html.escape(op.get('operationId', ''))}'><summary>"
+        f"<span class='m {method}'>{method.upper()}</span>"
+        f"<span class='p'>{html.escape(path)}</span>"
+        f"<span class='s'>{html.escape(op.get('summary', ''))}</span>{lock}</summary>"
+        f"<div class='body'>{''.join(parts)}</div></details>"
+    )
+
+
+def docs_page(schema: dict[str, Any]) -> str:
+    """The API as one HTML page: operations by tag, their parameters, bodies and answers
+    (with the schemas they use), and a try-it form for each; no external resource."""
+    sections = []
+    for tag in schema.get("tags", []):
+        ops = [
+            _op_html(path, method, op)
+            for path, methods in schema["paths"].items()
+            for method, op in methods.items()
+            if tag["name"] in op.get("tags", [])
+        ]
+        if ops:
+            sections.append(
+                f"<h2>{html.escape(tag['name'])}</h2><p>{html.escape(tag['description'])}</p>"
+                + "".join(ops)
+            )
+    models = "".join(
+        f"<details id='schema-{html.escape(name)}'><summary><code>{html.escape(name)}</code>"
+        f"</summary><div class='body'><pre>{_pretty(body)}</pre></div></details>"
+        for name, body in schema["components"]["schemas"].items()
+    )
+    info = schema["info"]
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>swarmless API</title><style>{_STYLE}</style></head><body>"
+        f"<header><h1>{html.escape(info['title'])} {html.escape(info['version'])}</h1>"
+        f"<p>{html.escape(info.get('description', ''))}</p>"
+        "<p><a href='/openapi.json'>openapi.json</a> (OpenAPI 3.1)</p></header><main>"
+        "<label>Bearer token (kept in this tab only) <input id='token' type='password' "
+        "autocomplete='off'></label>"
+        f"{''.join(sections)}<h2>Schemas</h2>{models}</main>"
+        f"<script>{_SCRIPT}</script></body></html>"
     )

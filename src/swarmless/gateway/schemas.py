@@ -1,0 +1,453 @@
+"""The shapes of the gateway's API, as Pydantic models: what each route takes and answers.
+
+They exist to describe the API (``/openapi.json``, ``/docs``), not to validate it: a spec is
+validated once, by :class:`~swarmless.spec.FunctionSpec`, and the routes answer plain dicts.
+The models say what those look like, precisely enough that a client can be generated from
+them and a fuzzer pointed at them (``tests/reliability/test_fuzz.py`` checks every answer
+against them). :data:`OPERATIONS` ties each route to its models and its documented
+statuses; :func:`swarmless.gateway.docs.openapi_schema` turns that into OpenAPI 3.1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from swarmless.records import STATUSES
+
+__all__ = [
+    "OPERATIONS",
+    "AsyncAccepted",
+    "ErrorBody",
+    "FunctionInfo",
+    "FunctionSpecBody",
+    "FunctionSpecModel",
+    "Health",
+    "InvocationLogs",
+    "InvocationModel",
+    "Operation",
+    "Param",
+    "ScaleBody",
+    "ScaleInfo",
+    "ScheduleModel",
+    "SpecUpdateBody",
+]
+
+NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+SECRET = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
+SIZE = r"^\s*\d{1,20}(\.\d{1,20})?\s*[kKmMgGtT]?([iI]?[bB])?\s*$"
+CALL_ID = r"^[\x21-\x7e]{1,200}$"
+Mode = Literal["oneshot", "cgi", "warm"]
+HandlerKind = Literal["python", "wsgi", "command"]
+DockerAccess = Literal["none", "scoped", "host-socket"]
+Scalar = str | int | float | bool
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a stable code, a message, and the error's own fields."""
+
+    model_config = ConfigDict(extra="allow", title="Error")
+
+    error: str = Field(
+        description="A stable code: invalid_argument, invalid_spec, unauthorized, not_found, "
+        "function_not_found, invocation_not_found, payload_too_large, queue_full, "
+        "function_failed, container_error, invocation_timeout, gateway_unavailable, "
+        "engine_unavailable, http_error, ...",
+        examples=["invalid_spec"],
+    )
+    message: str = Field(description="What was wrong, for a person to read.")
+    call_id: str | None = Field(None, description="The call this error belongs to.")
+    fields: dict[str, str] | None = Field(
+        None, description="invalid_spec: each field that is wrong, and how."
+    )
+
+
+class _SpecFields(BaseModel):
+    """The fields shared by a spec as sent and a spec as stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    build: str | None = Field(None, description="A build context directory (CLI side).")
+    mode: Mode = Field("oneshot", description="oneshot, cgi (one container per call) or warm.")
+    handler: str | None = Field(
+        None, description="Warm mode: 'module:callable' (python, wsgi) or a command line."
+    )
+    handler_kind: HandlerKind = "python"
+    timeout: float = Field(30.0, gt=0, le=3600, description="Seconds a call may run.")
+    cpus: float | None = Field(
+        None, ge=0.01, le=64, description="CPUs (at most the engine host's)."
+    )
+    concurrency: int = Field(1, ge=1, le=1000, description="Calls one container serves at once.")
+    min_containers: int = Field(0, ge=0, le=1000)
+    max_containers: int = Field(10, ge=1, le=1000)
+    idle_timeout: float = Field(300.0, ge=0, le=604800, description="Seconds idle before removal.")
+    buffer: int = Field(0, ge=0, le=1000, description="Ready containers kept beyond demand.")
+    paused_buffer: bool = False
+    queue_size: int = Field(1000, ge=0, le=1_000_000, description="Calls that may wait.")
+    private: bool = Field(False, description="Calls need the admin token.")
+    network: str | None = Field(
+        None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$", description="An existing network."
+    )
+    retries: int = Field(2, ge=0, le=100, description="Async: attempts after the first.")
+    backoff: float = Field(1.0, gt=0, le=86400, description="Async: backoff base, seconds.")
+    max_age: float = Field(86400.0, gt=0, le=31622400, description="Async: give up after (s).")
+    async_concurrency: int | None = Field(None, ge=1, le=1000)
+    schedule: str | None = Field(
+        None, max_length=200, description="A cron expression that fires ('*/5 * * * *')."
+    )
+    timezone: str = Field("UTC", description="An IANA time zone for the schedule.")
+    docker: DockerAccess = Field("none", description="Docker access from inside the function.")
+    spread: list[Annotated[str, Field(pattern=r"^(node|engine)\.labels\.[^\s=]+$")]] = Field(
+        default_factory=list, description="Swarm: spread over these node labels."
+    )
+
+
+class FunctionSpecBody(_SpecFields):
+    """A function spec as a client sends it (sizes like '128m', a command line as a string)."""
+
+    model_config = ConfigDict(extra="forbid", title="FunctionSpecBody")
+
+    name: str = Field(pattern=NAME, description="A DNS label: a-z, 0-9, '-'.")
+    image: str | None = Field(
+        None, max_length=512, description="The image (on the engine, or pullable)."
+    )
+    command: list[Scalar] | str | None = Field(
+        None, description="Arguments, or a command line split like a shell would."
+    )
+    env: dict[str, Scalar] = Field(
+        default_factory=dict,
+        description="Environment; names without '=' or SWARMLESS_; no control characters "
+        "(values may hold tabs and line breaks).",
+    )
+    memory: int | Annotated[str, Field(pattern=SIZE)] | None = Field(
+        None, description="Bytes, or a size like '128m' (6 MiB to 1 TiB, the host's at most)."
+    )
+    max_body: int | Annotated[str, Field(pattern=SIZE)] = Field(
+        10 * 1024**2, description="Request body limit: bytes or a size (up to 1 GiB)."
+    )
+    labels: dict[str, Scalar] = Field(
+        default_factory=dict, description="Labels on the function's containers."
+    )
+    placement: list[str] | str = Field(default_factory=list, description="Swarm constraints.")
+    secrets: list[Annotated[str, Field(pattern=SECRET)]] | str = Field(
+        default_factory=list, description="Secrets mounted as /run/secrets/NAME."
+    )
+
+
+class SpecUpdateBody(FunctionSpecBody):
+    """A function spec for ``PUT /system/functions/{name}``: the name is the URL's."""
+
+    model_config = ConfigDict(extra="forbid", title="SpecUpdateBody")
+
+    name: str = Field(  # type: ignore[assignment]  # optional here: the URL names it
+        None, pattern=NAME, description="The URL's name, if given."
+    )
+
+
+class FunctionSpecModel(_SpecFields):
+    """A function spec as the gateway stores and answers it (every field, normalised)."""
+
+    model_config = ConfigDict(extra="allow", title="FunctionSpec")
+
+    name: str
+    image: str | None
+    command: list[str] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    memory: int | None = None
+    max_body: int = 10 * 1024**2
+    labels: dict[str, str] = Field(default_factory=dict)
+    secrets: list[str] = Field(default_factory=list)
+    placement: list[str] = Field(default_factory=list)
+
+
+class ScaleInfo(BaseModel):
+    """A warm function's scaling: pinned count, the autoscaler's last decision and plans."""
+
+    model_config = ConfigDict(extra="allow")
+
+    pinned: int | None = None
+    desired: int | None = None
+    reason: str | None = None
+
+
+class FunctionInfo(BaseModel):
+    """A deployed function: its spec, version, containers and scaling."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    version: int
+    spec: FunctionSpecModel
+    containers: dict[str, int] = Field(
+        description="ready, starting, busy, in_flight, queued, async_queued, async_running."
+    )
+    scale: ScaleInfo
+
+
+class ScaleBody(BaseModel):
+    """``{"replicas": N}`` pins a warm function to N containers; null unpins it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    replicas: int | None = Field(ge=0, le=1000, description="Containers to keep; null: autoscale.")
+
+
+class InvocationModel(BaseModel):
+    """One invocation record."""
+
+    model_config = ConfigDict(extra="allow", title="Invocation")
+
+    id: str
+    function: str
+    mode: str
+    status: Literal[STATUSES]  # type: ignore[valid-type]
+    kind: str
+    queued_at: int
+    started_at: int | None = None
+    finished_at: int | None = None
+    wait_ms: float | None = None
+    init_ms: float | None = None
+    run_ms: float | None = None
+    cold: bool | None = None
+    container: str | None = None
+    attempt: int = 1
+    exit_code: int | None = None
+    http_status: int | None = None
+    request_size: int = 0
+    response_size: int | None = None
+    error: str | None = None
+    parent: str | None = None
+    callback: str | None = None
+    late: bool = False
+    children: list[str] | None = Field(None, description="Calls this one made (one record).")
+
+
+class InvocationLogs(BaseModel):
+    """What one invocation printed."""
+
+    id: str
+    stdout: str
+    stderr: str
+
+
+class AsyncAccepted(BaseModel):
+    """An async call accepted (queued, or the first call of its Idempotency-Key)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    call_id: str
+    status: str = Field(description="queued, duplicate, or the call's status while pending.")
+
+
+class ScheduleModel(BaseModel):
+    """A scheduled function and when it fires next."""
+
+    model_config = ConfigDict(extra="allow", title="Schedule")
+
+    function: str
+    schedule: str
+    timezone: str
+    next_fire: str | None = Field(description="ISO time; null when it never fires again.")
+    last_fired: str | None
+    error: str | None = Field(None, description="Why it is skipped, when it is.")
+
+
+class Health(BaseModel):
+    """Liveness of this gateway (active or standby replica)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ok"]
+    version: str
+    role: str | None = None
+    active: str | None = None
+
+
+# -- operations ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """A path, query or header parameter."""
+
+    name: str
+    where: Literal["path", "query", "header"]
+    schema: dict[str, Any]
+    description: str = ""
+    required: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Operation:
+    """What one route takes and answers: ``responses`` maps a status to a model, to a media
+    type (a raw body), or to None (no body); error statuses answer :class:`ErrorBody`."""
+
+    params: tuple[Param, ...] = ()
+    body: type[BaseModel] | str | None = None
+    responses: dict[int, type[BaseModel] | str | tuple[type[BaseModel], str] | None] = (
+        dataclasses.field(default_factory=dict)
+    )
+    errors: tuple[int, ...] = ()
+    #: Who may call it: "admin" (the admin token), "worker" (a warm container's token),
+    #: "function" (admin token for private functions), or "" (anyone).
+    auth: str = "admin"
+    #: A list of models answered (a JSON array of them).
+    array: bool = False
+    tag: str = "admin"
+
+
+_FN_NAME = Param("name", "path", {"type": "string", "pattern": NAME}, "A function name.", True)
+_CALL = Param("call_id", "path", {"type": "string", "pattern": CALL_ID}, "A call id.", True)
+_SECRET_NAME = Param("name", "path", {"type": "string", "pattern": SECRET}, "A secret name.", True)
+_SUB = Param("path", "path", {"type": "string"}, "Passed to the function as its path.", True)
+#: Any method of a function call (raw ASGI): the HTTP request is the function's input.
+_CALL_METHODS = ("get", "post", "put", "delete", "patch")
+_FUNCTION_ERRORS = (400, 401, 404, 413, 429, 502, 503, 504)
+
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("/healthz", "get"): Operation(responses={200: Health}, auth="", tag="gateway"),
+    ("/metrics", "get"): Operation(responses={200: "text/plain"}, errors=(401,), tag="gateway"),
+    ("/openapi.json", "get"): Operation(
+        responses={200: "application/json"}, auth="", tag="gateway"
+    ),
+    ("/docs", "get"): Operation(responses={200: "text/html"}, auth="", tag="gateway"),
+    ("/system/functions", "get"): Operation(responses={200: FunctionInfo}, array=True),
+    ("/system/functions", "post"): Operation(
+        body=FunctionSpecBody,
+        responses={200: FunctionInfo, 201: FunctionInfo},
+        errors=(400, 401, 422, 503),
+    ),
+    ("/system/functions", "put"): Operation(
+        body=FunctionSpecBody,
+        responses={200: FunctionInfo, 201: FunctionInfo},
+        errors=(400, 401, 422, 503),
+    ),
+    ("/system/functions/{name}", "get"): Operation(
+        params=(_FN_NAME,), responses={200: FunctionInfo}, errors=(401, 404)
+    ),
+    ("/system/functions/{name}", "put"): Operation(
+        params=(_FN_NAME,),
+        body=SpecUpdateBody,
+        responses={200: FunctionInfo},
+        errors=(400, 401, 404, 422, 503),
+    ),
+    ("/system/functions/{name}", "delete"): Operation(
+        params=(_FN_NAME,), responses={204: None}, errors=(401, 404)
+    ),
+    ("/system/scale/{name}", "post"): Operation(
+        params=(_FN_NAME,), body=ScaleBody, responses={200: FunctionInfo}, errors=(400, 401, 404)
+    ),
+    ("/invocations", "get"): Operation(
+        params=(
+            Param("function", "query", {"type": "string"}, "Only this function's calls."),
+            Param("status", "query", {"type": "string", "enum": list(STATUSES)}),
+            Param("parent", "query", {"type": "string"}, "Only calls made by this call."),
+            Param(
+                "limit",
+                "query",
+                {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
+                "Records at most, newest first.",
+            ),
+        ),
+        responses={200: InvocationModel},
+        array=True,
+        errors=(400, 401),
+    ),
+    ("/invocations/{call_id}", "get"): Operation(
+        params=(_CALL,), responses={200: InvocationModel}, errors=(401, 404)
+    ),
+    ("/invocations/{call_id}/logs", "get"): Operation(
+        params=(_CALL,), responses={200: InvocationLogs}, errors=(401, 404)
+    ),
+    ("/invocations/{call_id}/result", "get"): Operation(
+        params=(
+            _CALL,
+            Param(
+                "wait",
+                "query",
+                {"type": "number", "minimum": 0},
+                "Seconds to wait for the call to end (60 at most).",
+            ),
+        ),
+        responses={200: "*/*", 202: AsyncAccepted},
+        errors=(400, 401, 404, 502, 504),
+    ),
+    ("/invocations/{call_id}/retry", "post"): Operation(
+        params=(_CALL,), responses={202: AsyncAccepted}, errors=(400, 401, 404)
+    ),
+    ("/system/schedules", "get"): Operation(responses={200: ScheduleModel}, array=True),
+    ("/system/secrets", "get"): Operation(responses={200: "names"}, errors=(401,)),
+    ("/system/secrets/{name}", "put"): Operation(
+        params=(_SECRET_NAME,),
+        body="application/octet-stream",
+        responses={204: None},
+        errors=(400, 401),
+    ),
+    ("/system/secrets/{name}", "post"): Operation(
+        params=(_SECRET_NAME,),
+        body="application/octet-stream",
+        responses={204: None},
+        errors=(400, 401),
+    ),
+    ("/system/secrets/{name}", "delete"): Operation(
+        params=(_SECRET_NAME,), responses={204: None}, errors=(401, 404)
+    ),
+    **{
+        ("/function/{name}", m): Operation(
+            params=(_FN_NAME,),
+            body="*/*",
+            responses={200: "*/*"},
+            errors=_FUNCTION_ERRORS,
+            auth="function",
+            tag="functions",
+        )
+        for m in _CALL_METHODS
+    },
+    **{
+        ("/function/{name}/{path}", m): Operation(
+            params=(_FN_NAME, _SUB),
+            body="*/*",
+            responses={200: "*/*"},
+            errors=_FUNCTION_ERRORS,
+            auth="function",
+            tag="functions",
+        )
+        for m in _CALL_METHODS
+    },
+    ("/async-function/{name}", "post"): Operation(
+        params=(
+            _FN_NAME,
+            Param(
+                "X-Callback-Url", "header", {"type": "string"}, "POST the result here when done."
+            ),
+            Param(
+                "Idempotency-Key",
+                "header",
+                {"type": "string", "minLength": 1, "maxLength": 200},
+                "Queue once per key.",
+            ),
+        ),
+        body="*/*",
+        responses={202: AsyncAccepted},
+        errors=(400, 401, 404, 413, 429, 503),
+        auth="function",
+        tag="functions",
+    ),
+    ("/runtime/next", "post"): Operation(
+        body="*/*",
+        responses={200: "*/*", 204: None},
+        errors=(400, 401),
+        auth="worker",
+        tag="runtime",
+    ),
+    ("/runtime/logs/{call_id}", "post"): Operation(
+        params=(_CALL,),
+        body="application/octet-stream",
+        responses={204: None},
+        errors=(400, 401, 404),
+        auth="worker",
+        tag="runtime",
+    ),
+}
