@@ -5,13 +5,17 @@ The runtime pulls work from the gateway (see ``docs/runtime-api.md``). It starts
 ``SWARMLESS_RUNTIME_API`` and loops: ``POST /runtime/next`` carrying the previous result, run
 the invocation it answers with, repeat. One round trip per call.
 
-The layout:
+The layout (each imports only those below it):
 
-- :mod:`~swarmless.runtime.loop`: settings from the environment, the pollers and the
-  process's life (204 poll again, 410 drain and exit 0, 401 exit 1, capped backoff on
-  connection errors, giving up after ``SWARMLESS_RUNTIME_GIVE_UP`` seconds without contact);
-- :mod:`~swarmless.runtime.handlers`: the three handler kinds (``python``, ``wsgi``,
-  ``command``) that turn one invocation into one result;
+- :mod:`~swarmless.runtime.loop`: the pollers and the process's life (204 poll again, 410
+  drain and exit 0, 401 exit 1, capped backoff on connection errors, giving up after
+  ``SWARMLESS_RUNTIME_GIVE_UP`` seconds without contact);
+- :mod:`~swarmless.runtime.config`: the settings read from the environment;
+- :mod:`~swarmless.runtime.handlers`: the handler kinds that turn one invocation into one
+  result: ``python`` there, ``wsgi`` in :mod:`~swarmless.runtime.wsgi`, ``command`` in
+  :mod:`~swarmless.runtime.command`; :func:`~swarmless.runtime.handlers.run_handler` runs one;
+- :mod:`~swarmless.runtime.invocation`: what they share (an invocation, its result, the
+  handler interface, an exception as a result);
 - :mod:`~swarmless.runtime.capture`: thread-aware ``sys.stdout``/``sys.stderr`` so each
   invocation's prints become that invocation's logs.
 
@@ -23,6 +27,7 @@ handler is a command) so start time and idle memory stay small.
 
 from __future__ import annotations
 
-from swarmless.runtime.loop import RuntimeConfig, main, serve
+from swarmless.runtime.config import RuntimeConfig
+from swarmless.runtime.loop import main, serve
 
 __all__ = ["RuntimeConfig", "main", "serve"]

@@ -31,25 +31,14 @@ import json
 import os
 import random
 import socket
-import sys
 import threading
 import time
 import urllib.parse
 
 from swarmless.runtime import capture
-from swarmless.runtime.handlers import (
-    FailedHandler,
-    Handler,
-    Invocation,
-    Result,
-    error_result,
-    load_handler,
-)
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-    from typing import Any
+from swarmless.runtime.config import RuntimeConfig, log
+from swarmless.runtime.handlers import FailedHandler, Handler, load_handler, run_handler
+from swarmless.runtime.invocation import Invocation, Result, error_result
 
 __all__ = ["Poller", "Runtime", "RuntimeConfig", "main", "serve"]
 
@@ -59,14 +48,6 @@ BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 #: Once drained, how long pollers still in a long poll may take to come back.
 DRAIN_GRACE = 2.0
-
-
-def log(message: str) -> None:
-    """A line on the container's own stderr (never in an invocation's log)."""
-    stream = sys.__stderr__
-    if stream is not None:
-        stream.write(f"swarmless-runtime: {message}\n")
-        stream.flush()
 
 
 class _HTTPConnection(http.client.HTTPConnection):
@@ -92,73 +73,6 @@ def _no_delay(sock: socket.socket | None) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):  # not every socket family has the option
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class RuntimeConfig:
-    """What the runtime reads from its environment (docs/runtime-api.md)."""
-
-    __slots__ = (
-        "api",
-        "concurrency",
-        "function",
-        "give_up",
-        "handler",
-        "handler_kind",
-        "token",
-        "workdir",
-    )
-
-    def __init__(
-        self,
-        *,
-        api: str,
-        token: str,
-        function: str = "",
-        handler: str = "",
-        handler_kind: str = "python",
-        concurrency: int = 1,
-        workdir: str = "/function",
-        give_up: float = 60.0,
-    ) -> None:
-        parts = urllib.parse.urlsplit(api)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"SWARMLESS_RUNTIME_API must be an http(s) URL, got {api!r}")
-        if not token:
-            raise ValueError("SWARMLESS_WORKER_TOKEN is not set")
-        if not 1 <= concurrency <= 1024:
-            raise ValueError(f"SWARMLESS_CONCURRENCY must be 1..1024, got {concurrency}")
-        if give_up <= 0:
-            raise ValueError(f"SWARMLESS_RUNTIME_GIVE_UP must be > 0, got {give_up}")
-        self.api = api.rstrip("/")
-        self.token = token
-        self.function = function
-        self.handler = handler
-        self.handler_kind = handler_kind
-        self.concurrency = concurrency
-        self.workdir = workdir
-        self.give_up = give_up
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
-        env = os.environ if environ is None else environ
-
-        def number(name: str, default: str, kind: type[int] | type[float]) -> Any:
-            raw = env.get(name) or default
-            try:
-                return kind(raw)
-            except ValueError:
-                raise ValueError(f"{name} must be a number, got {raw!r}") from None
-
-        return cls(
-            api=env.get("SWARMLESS_RUNTIME_API", ""),
-            token=env.get("SWARMLESS_WORKER_TOKEN", ""),
-            function=env.get("SWARMLESS_FUNCTION", ""),
-            handler=env.get("SWARMLESS_HANDLER", ""),
-            handler_kind=env.get("SWARMLESS_HANDLER_KIND") or "python",
-            concurrency=number("SWARMLESS_CONCURRENCY", "1", int),
-            workdir=env.get("SWARMLESS_WORKDIR") or "/function",
-            give_up=number("SWARMLESS_RUNTIME_GIVE_UP", "60", float),
-        )
 
 
 class Runtime:
@@ -392,23 +306,6 @@ class Poller(threading.Thread):
         if deadline is not None and time.time() > deadline:
             return Result(call_id, status=504, error="the deadline passed before the call started")
         return run_handler(self.rt.handler, inv)
-
-
-def run_handler(handler: Handler, inv: Invocation) -> Result:
-    """Run one invocation; any exception becomes an error result, prints become logs."""
-    if not handler.captures_output:
-        try:
-            return handler(inv)
-        except BaseException as e:
-            return error_result(inv.call_id, e)
-    with capture.capturing() as (out, err):
-        try:
-            result = handler(inv)
-        except BaseException as e:
-            result = error_result(inv.call_id, e)
-    result.stdout = out.getvalue()
-    result.stderr = err.getvalue()
-    return result
 
 
 def _cut(text: str) -> str:
