@@ -99,8 +99,9 @@ class AsyncRunner:
         self.owner = owner
         self.idle_poll = idle_poll
         #: Set when a call is queued: the runner claims at once.
-        self.wake = asyncio.Event()
-        self.running: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        #: Calls running per function.
+        self._running: dict[str, int] = {}
         self._slot_held: dict[str, bool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Callbacks: straight to the checked address (no proxy from the environment), and
@@ -112,21 +113,46 @@ class AsyncRunner:
             limits=httpx.Limits(max_keepalive_connections=0),
         )
         #: Calls waiting per function, refreshed as the runner goes (metrics, ls).
-        self.queued: dict[str, int] = {}
+        self._queued: dict[str, int] = {}
         self._stopping = False
+
+    # -- what collaborators ask ------------------------------------------------------------
+
+    def accepted(self, function: str) -> None:
+        """A call of ``function`` was queued here: count it (until the next refresh of the
+        counts) and claim at once."""
+        self._queued[function] = self._queued.get(function, 0) + 1
+        self._wake.set()
+
+    def wake_up(self) -> None:
+        """Claim now rather than at the next idle poll (a redrive, a schedule that fired)."""
+        self._wake.set()
+
+    def waiting(self, function: str) -> int:
+        """Async calls of ``function`` waiting in the queue, as last counted."""
+        return self._queued.get(function, 0)
+
+    def counts(self, function: str) -> dict[str, int]:
+        """Async calls of ``function`` queued and running (for metrics and ``ls``)."""
+        return {
+            "async_queued": self._queued.get(function, 0),
+            "async_running": self._running.get(function, 0),
+        }
+
+    # -- the loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
         released = await self.store.release(self.owner)
         if released:
             log.warning("took back %d async call(s) this gateway held when it stopped", released)
         while not self._stopping:
-            self.wake.clear()
+            self._wake.clear()
             claimed = await self._claim()
             if claimed:
                 continue  # there may be more; claim again before sleeping
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.idle_poll)
-            if any(self.running.values()):
+                await asyncio.wait_for(self._wake.wait(), self.idle_poll)
+            if any(self._running.values()):
                 # Busy: let a few more calls finish, then claim their slots in one
                 # transaction rather than one each (an idle runner claims at once).
                 await asyncio.sleep(COALESCE)
@@ -134,7 +160,7 @@ class AsyncRunner:
     async def _claim(self) -> list[Claimed]:
         wants: dict[str, tuple[int, int]] = {}
         for name, (spec, _) in self.dispatcher.functions.items():
-            free = async_limit(spec) - self.running.get(name, 0)
+            free = async_limit(spec) - self._running.get(name, 0)
             if free > 0:
                 wants[name] = (free, int((spec.timeout + 30) * 1000))
         try:
@@ -144,7 +170,7 @@ class AsyncRunner:
             await asyncio.sleep(1)
             return []
         for call in claimed:
-            self.running[call.function] = self.running.get(call.function, 0) + 1
+            self._running[call.function] = self._running.get(call.function, 0) + 1
             task = asyncio.get_running_loop().create_task(self._run(call))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -163,8 +189,8 @@ class AsyncRunner:
         """The call no longer needs a container: its slot can be claimed again (the
         durable write of its outcome goes on; its lease covers it until then)."""
         if self._slot_held.pop(call.id, False):
-            self.running[call.function] -= 1
-            self.wake.set()
+            self._running[call.function] -= 1
+            self._wake.set()
 
     async def _execute(self, call: Claimed) -> None:
         rec = InvocationRecord(
@@ -323,17 +349,17 @@ class AsyncRunner:
 
     async def refresh_counts(self) -> None:
         with contextlib.suppress(SwarmlessError):
-            self.queued = await self.store.queued_counts()
+            self._queued = await self.store.queued_counts()
 
     def stop_claiming(self) -> None:
         """Take no more calls from the queue (the gateway is shutting down)."""
         self._stopping = True
-        self.wake.set()
+        self._wake.set()
 
     async def stop(self, timeout: float) -> None:
         """Stop claiming; wait (bounded) for the calls running; the rest stay leased."""
         self._stopping = True
-        self.wake.set()
+        self._wake.set()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
         await self._http.aclose()

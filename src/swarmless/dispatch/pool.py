@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Literal
 
 from swarmless.exceptions import FunctionFailed, QueueFull
@@ -111,6 +112,27 @@ class WarmPool:
         self.crashed: str | None = None
         self.crashes = 0
         self.crashed_at: float | None = None
+
+    def update(self, spec: FunctionSpec, version: int) -> None:
+        """A new version was deployed: containers started from now on run it (the
+        reconciler, woken, rolls the others)."""
+        self.spec, self.version = spec, version
+        self.wake.set()
+
+    def fail_pending(self, error: Callable[[], BaseException]) -> None:
+        """Fail every queued call with a new ``error()`` (the function was removed, the
+        gateway is shutting down); the calls in workers' hands go on."""
+        while self.pending:
+            call = self.pending.popleft()
+            if not call.finished:
+                call.future.set_exception(error())
+
+    def retire_all(self) -> list[Worker]:
+        """Drain every worker (they finish what they hold, then exit); returns them."""
+        workers = list(self.workers.values())
+        for w in workers:
+            self.retire(w)
+        return workers
 
     def crash(self, reason: str) -> None:
         """A container died before it asked for work: fail the queue, remember the crash."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -73,11 +74,18 @@ def due_slot(cron: str, tz: str, last_ms: int, now: int) -> int | None:
 class Scheduler:
     """Fires due schedules into the async queue."""
 
-    def __init__(self, store: Store, functions: dict[str, tuple[FunctionSpec, int]]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        functions: Mapping[str, tuple[FunctionSpec, int]],
+        *,
+        on_fire: Callable[[], None] | None = None,
+    ) -> None:
         self.store = store
+        #: The deployed functions (the dispatcher's, read live).
         self.functions = functions
-        #: Called after a fire is queued (the async runner's wake-up).
-        self.fired = asyncio.Event()
+        #: Called after a tick queued calls (the async runner's wake-up).
+        self._on_fire = on_fire
         #: Schedules that cannot fire, by function: why (logged once, listed, skipped).
         self.errors: dict[str, str] = {}
 
@@ -110,8 +118,8 @@ class Scheduler:
                 fired.append(call_id)
         for name in set(self.errors) - set(self.functions):
             del self.errors[name]
-        if fired:
-            self.fired.set()
+        if fired and self._on_fire is not None:
+            self._on_fire()
         return fired
 
     async def _fire(self, name: str, spec: FunctionSpec, now: int) -> str | None:

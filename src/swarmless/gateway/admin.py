@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as HTTPRequest
@@ -35,12 +35,10 @@ from swarmless.exceptions import (
 from swarmless.gateway.asgi import header_safe
 from swarmless.gateway.async_routes import get_result, list_schedules, retry_invocation
 from swarmless.gateway.capacity import EngineCapacity, check_deployable
+from swarmless.gateway.context import GatewayContext
 from swarmless.gateway.docs import docs_page, openapi_schema
 from swarmless.records import STATUSES, InvocationRecord
 from swarmless.spec import FunctionSpec
-
-if TYPE_CHECKING:
-    from swarmless.gateway.app import Gateway
 
 __all__ = ["Admin"]
 
@@ -60,33 +58,62 @@ def safe_headers(exc: SwarmlessError) -> dict[str, str]:
     return headers
 
 
-class Admin:
-    """The admin routes of one :class:`Gateway`."""
+Endpoint = Callable[[HTTPRequest], Awaitable[Response]]
 
-    def __init__(self, gw: Gateway) -> None:
+
+def by_method(handlers: dict[str, Endpoint]) -> Endpoint:
+    """One endpoint that calls the handler of the request's method (HEAD: GET's); the
+    handlers are kept as its ``handlers`` (the API description reads their docstrings)."""
+
+    async def endpoint(request: HTTPRequest) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    endpoint.handlers = handlers  # type: ignore[attr-defined]
+    return endpoint
+
+
+class Admin:
+    """The admin routes of one gateway (as a :class:`GatewayContext`: it reads the
+    gateway's parts and asks through its methods)."""
+
+    def __init__(self, gw: GatewayContext) -> None:
         self.gw = gw
         self.capacity = EngineCapacity(gw.backend)
         self._openapi: dict[str, Any] | None = None
 
     def routes(self) -> list[Route]:
+        """One route per path (so that a 405 lists every method of the path in Allow)."""
+        table: dict[str, dict[str, Endpoint]] = {
+            "/openapi.json": {"GET": self.openapi},
+            "/docs": {"GET": self.docs},
+            "/system/functions": {
+                "GET": self.list_functions,
+                "POST": self.deploy,
+                "PUT": self.deploy,
+            },
+            "/system/functions/{name}": {
+                "GET": self.get_function,
+                "PUT": self.update_function,
+                "DELETE": self.delete_function,
+            },
+            "/system/scale/{name}": {"POST": self.scale},
+            "/invocations": {"GET": self.list_invocations},
+            "/invocations/{call_id}": {"GET": self.get_invocation},
+            "/invocations/{call_id}/logs": {"GET": self.get_logs},
+            "/invocations/{call_id}/result": {"GET": self.get_result},
+            "/invocations/{call_id}/retry": {"POST": self.retry},
+            "/system/schedules": {"GET": self.schedules},
+            "/system/secrets": {"GET": self.list_secrets},
+            "/system/secrets/{name}": {
+                "PUT": self.put_secret,
+                "POST": self.put_secret,
+                "DELETE": self.delete_secret,
+            },
+        }
         return [
-            Route("/openapi.json", self.openapi, methods=["GET"], include_in_schema=False),
-            Route("/docs", self.docs, methods=["GET"], include_in_schema=False),
-            Route("/system/functions", self.list_functions, methods=["GET"]),
-            Route("/system/functions", self.deploy, methods=["POST", "PUT"]),
-            Route("/system/functions/{name}", self.get_function, methods=["GET"]),
-            Route("/system/functions/{name}", self.update_function, methods=["PUT"]),
-            Route("/system/functions/{name}", self.delete_function, methods=["DELETE"]),
-            Route("/system/scale/{name}", self.scale, methods=["POST"]),
-            Route("/invocations", self.list_invocations, methods=["GET"]),
-            Route("/invocations/{call_id}", self.get_invocation, methods=["GET"]),
-            Route("/invocations/{call_id}/logs", self.get_logs, methods=["GET"]),
-            Route("/invocations/{call_id}/result", self.get_result, methods=["GET"]),
-            Route("/invocations/{call_id}/retry", self.retry, methods=["POST"]),
-            Route("/system/schedules", self.schedules, methods=["GET"]),
-            Route("/system/secrets", self.list_secrets, methods=["GET"]),
-            Route("/system/secrets/{name}", self.put_secret, methods=["PUT", "POST"]),
-            Route("/system/secrets/{name}", self.delete_secret, methods=["DELETE"]),
+            Route(path, by_method(handlers), methods=list(handlers))
+            for path, handlers in table.items()
         ]
 
     def exception_handlers(self) -> Mapping[Any, Any]:
@@ -103,7 +130,8 @@ class Admin:
     async def _on_http_error(self, _request: HTTPRequest, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         body = {"error": "http_error", "message": exc.detail or f"HTTP {exc.status_code}"}
-        return JSONResponse(body, status_code=exc.status_code, headers={"x-swarmless-error": "1"})
+        headers = {**(exc.headers or {}), "x-swarmless-error": "1"}  # a 405's Allow too
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     async def _on_crash(self, request: HTTPRequest, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)

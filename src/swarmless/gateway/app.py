@@ -3,31 +3,38 @@
 Routes (OpenFaaS paths where they exist)::
 
     ANY  /function/{name}[/{path}]        sync invocation (the HTTP request is the input)
+    ANY  /async-function/{name}[/{path}]  async invocation: queued durably, 202 + X-Call-Id
     POST /runtime/next                     warm containers pull work (worker token)
     POST /runtime/logs/{call_id}           ... and send the logs of one call
     GET|POST|PUT|DELETE /system/functions[/{name}]   deploy, inspect, update, remove (admin)
     POST /system/scale/{name}              pin a warm function's container count (admin)
-    GET  /invocations[?function=&status=&limit=]     records (admin)
-    GET  /invocations/{id}[/logs]
+    GET  /system/schedules                 schedules and their next fire times (admin)
+    GET|PUT|POST|DELETE /system/secrets[/{name}]     secrets functions mount (admin)
+    GET  /invocations[?function=&status=&parent=&limit=]   records (admin)
+    GET  /invocations/{id}[/logs|/result]  one record, its logs, an async call's answer
+    POST /invocations/{id}/retry           redrive a dead async call (admin)
     GET  /healthz  /openapi.json  /docs
     GET  /metrics                          (admin, unless ``metrics_public``)
 
-The admin routes are in :mod:`swarmless.gateway.admin`. Lifespan: open the store, then
-become the active gateway or a standby replica of it (:mod:`swarmless.gateway.replicas`);
-active: start the backend, remove containers a previous gateway left, start a reconciler
-per warm function, the async runner and the schedules; on shutdown stop taking calls, let
-those in flight finish (bounded), stop every container, give the lease up, flush the store.
+Who serves what: this module routes and serves ``/function/*`` itself (the hot path: the
+edge, then the dispatcher), ``/async-function/*`` is :mod:`~swarmless.gateway.async_routes`,
+``/runtime/*`` :mod:`~swarmless.gateway.runtime_api`, the rest
+:mod:`~swarmless.gateway.admin` (which sees this gateway as a
+:class:`~swarmless.gateway.context.GatewayContext`). Lifespan: open the store, then become
+the active gateway or a standby replica of it (:mod:`swarmless.gateway.replicas`); the
+active one wires and starts its parts in :mod:`swarmless.gateway.active`. On shutdown: stop
+taking calls, let those in flight finish (bounded), stop every container, give the lease
+up, flush the store.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import logging
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +54,7 @@ from swarmless.exceptions import (
     SwarmlessError,
     Unauthorized,
 )
+from swarmless.gateway.active import ActiveGateway
 from swarmless.gateway.admin import Admin
 from swarmless.gateway.asgi import (
     ClientGone,
@@ -66,9 +74,8 @@ from swarmless.gateway.async_routes import (
 from swarmless.gateway.callbacks import CallbackPolicy, blocked_networks
 from swarmless.gateway.edge import Passed, filter_headers, networks
 from swarmless.gateway.replicas import Replicas, peer_url
-from swarmless.gateway.runtime_api import RuntimeAPI
 from swarmless.gateway.ui import Dashboard
-from swarmless.proxy import CallerTokens, DockerProxy, start_proxy
+from swarmless.proxy import CallerTokens
 from swarmless.scaling.reconciler import Reconciler
 from swarmless.store import Store
 
@@ -120,15 +127,10 @@ class Gateway:
         self.drain_timeout = drain_timeout
         self.metrics = Metrics()
         self.store: Store | None = None
-        self.dispatcher: Dispatcher | None = None
-        self.runtime_api: RuntimeAPI | None = None
-        self.reconcilers: dict[str, Reconciler] = {}
-        self.runner: AsyncRunner | None = None
-        self.scheduler: Scheduler | None = None
+        #: What this replica runs once it is the active one (None until then).
+        self.active: ActiveGateway | None = None
         #: Tokens of function containers (function-to-function calls, scoped Docker API).
         self.callers = CallerTokens()
-        self.proxy: DockerProxy | None = None
-        self._tasks: dict[str, asyncio.Task[None]] = {}
         #: The lease among replicas; ``replicas.active`` once this one serves.
         self.replicas: Replicas | None = None
         #: Why this gateway had to stop serving (it lost the lease), if it had to.
@@ -140,6 +142,24 @@ class Gateway:
         #: Where callbacks may go; knows the function network once the backend started.
         self.callbacks = CallbackPolicy(allow=settings.callback_allow)
         self.app = self._build_app()
+
+    # -- the active replica's parts (None on a standby) --------------------------------
+
+    @property
+    def dispatcher(self) -> Dispatcher | None:
+        return self.active.dispatcher if self.active is not None else None
+
+    @property
+    def runner(self) -> AsyncRunner | None:
+        return self.active.runner if self.active is not None else None
+
+    @property
+    def scheduler(self) -> Scheduler | None:
+        return self.active.scheduler if self.active is not None else None
+
+    @property
+    def reconcilers(self) -> Mapping[str, Reconciler]:
+        return self.active.reconcilers if self.active is not None else {}
 
     # -- ASGI ------------------------------------------------------------------------
 
@@ -156,14 +176,15 @@ class Gateway:
                 if replayed is None:
                     return
                 receive = replayed
-            if path.startswith("/function/"):
-                await self._function(scope, receive, send)
+            active = self.active
+            if path.startswith("/function/") and active is not None:
+                await self._function(active.dispatcher, scope, receive, send)
                 return
-            if path.startswith("/async-function/") and self.runner is not None:
+            if path.startswith("/async-function/") and active is not None:
                 await accept_async(self, scope, receive, send)
                 return
-            if path.startswith("/runtime/") and self.runtime_api is not None:
-                await self.runtime_api(scope, receive, send)
+            if path.startswith("/runtime/") and active is not None:
+                await active.runtime_api(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -174,15 +195,16 @@ class Gateway:
         token = bearer(scope)
         return token is None or self.is_admin_token(token)
 
-    async def _function(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _function(
+        self, dispatcher: Dispatcher, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         """``ANY /function/{name}[/{path}]``: one sync invocation."""
-        assert self.dispatcher is not None
         rest: str = scope["path"][len("/function/") :]
         name, slash, sub = rest.partition("/")
         try:
-            spec, _ = self.dispatcher.get(name)
+            spec, _ = dispatcher.get(name)
             token = bearer(scope)
-            caller = self.callers.caller(token, self.dispatcher)
+            caller = self.callers.caller(token, dispatcher)
             if spec.private and caller is None:
                 self.check_admin(token)
             passed = self.edge(scope)
@@ -190,7 +212,7 @@ class Gateway:
             parent = None
             if caller is not None:  # a call from a function: the call tree records it
                 claimed = header(scope, b"x-swarmless-parent")
-                parent = self.callers.parent(caller, claimed, self.dispatcher)
+                parent = self.callers.parent(caller, claimed, dispatcher)
             server = scope.get("server") or ("127.0.0.1", self.settings.port)
             request = Request(
                 method=scope["method"],
@@ -204,7 +226,7 @@ class Gateway:
                 server_port=int(server[1] or 0),
                 scheme=passed.scheme,
             )
-            response = await self.dispatcher.invoke(name, request, parent=parent)
+            response = await dispatcher.invoke(name, request, parent=parent)
         except ClientGone:
             return
         except SwarmlessError as e:
@@ -239,7 +261,7 @@ class Gateway:
         container's caller token, a warm worker's token."""
         if self.is_admin_token(token) or self.callers.lookup(token) is not None:
             return True
-        return self.dispatcher is not None and token in self.dispatcher.tokens
+        return self.active is not None and token in self.active.dispatcher.tokens
 
     def is_admin_token(self, token: str | None) -> bool:
         """Whether ``token`` is the admin token (there being one)."""
@@ -296,104 +318,48 @@ class Gateway:
             self.on_fatal()
 
     async def _start_active(self) -> None:
-        """Start as the active gateway: containers, queues, autoscalers, async runner."""
+        """Start as the active gateway: its parts are wired in :mod:`.active`."""
         settings = self.settings
         assert self.store is not None
         if self.runtime_url is None:
             host = settings.advertise_url or f"http://{self.backend.runtime_host()}:{settings.port}"
             self.runtime_url = host.rstrip("/")
-        self.dispatcher = Dispatcher(
+        self.active = active = ActiveGateway(
+            settings=settings,
             store=self.store,
             backend=self.backend,
             metrics=self.metrics,
+            callers=self.callers,
+            callbacks=self.callbacks,
             runtime_url=self.runtime_url,
+            scaling=self.scaling,
         )
-        self.metrics.add_gauges(LiveGauges(self.snapshot))
-        self.runtime_api = RuntimeAPI(self.dispatcher)
-        self.backend.use_caller_tokens(self.callers)
-        self.proxy = await start_proxy(
-            settings, self.backend, self.dispatcher.functions, self.callers
-        )
-        await self._remove_leftovers()
-        await self.dispatcher.load()
-        for name in self.dispatcher.pools:
-            self.start_reconciler(name)
-        self.runner = AsyncRunner(
-            self.dispatcher, self.store, owner=settings.instance, callbacks=self.callbacks
-        )
-        self.scheduler = Scheduler(self.store, self.dispatcher.functions)
-        loop = asyncio.get_running_loop()
-        self._tasks["<async>"] = loop.create_task(self.runner.run())
-        self._tasks["<schedules>"] = loop.create_task(self._schedules(self.scheduler))
-        self._tasks["<counts>"] = loop.create_task(self._refresh_counts(self.runner))
-
-    async def _remove_leftovers(self) -> None:
-        """Containers of a previous gateway (a crash, a kill) cannot be reached: remove them."""
-        found = await self.backend.list_containers()
-        if found:
-            log.info("removing %d container(s) left by a previous gateway", len(found))
-        await asyncio.gather(
-            *(self.backend.stop_container(c.id) for c in found), return_exceptions=True
-        )
+        self.metrics.add_gauges(LiveGauges(active.snapshot))
+        await active.start()
 
     def start_reconciler(self, name: str) -> None:
         """Start (or wake) the reconciler of warm function ``name``."""
-        assert self.dispatcher is not None
-        pool = self.dispatcher.pools[name]
-        old = self.reconcilers.get(name)
-        if old is not None and old.pool is pool and not self._tasks[name].done():
-            old.wake()
-            return
-        rec = Reconciler(self.dispatcher, pool, settings=self.scaling)
-        self.reconcilers[name] = rec
-        self._tasks[name] = asyncio.get_running_loop().create_task(rec.run())
+        assert self.active is not None
+        self.active.start_reconciler(name)
 
     def stop_reconciler(self, name: str) -> None:
         """Stop the reconciler of a removed function."""
-        self.reconcilers.pop(name, None)
-        task = self._tasks.pop(name, None)
-        if task is not None:
-            task.cancel()
+        if self.active is not None:
+            self.active.stop_reconciler(name)
 
     async def drain(self) -> None:
         """Wait (up to ``drain_timeout``) for the calls in flight to finish."""
-        if self.dispatcher is not None:
-            await self.dispatcher.drain(self.drain_timeout)
+        if self.active is not None:
+            await self.active.drain(self.drain_timeout)
 
     def begin_shutdown(self) -> None:
         """Stop taking calls; tell every worker to finish what it holds and exit."""
-        if self.runner is not None:
-            self.runner.stop_claiming()
-        if self.dispatcher is not None:
-            self.dispatcher.begin_shutdown()
-
-    async def _schedules(self, scheduler: Scheduler) -> None:
-        task = asyncio.get_running_loop().create_task(scheduler.run())
-        try:
-            while True:
-                await scheduler.fired.wait()
-                scheduler.fired.clear()
-                if self.runner is not None:
-                    self.runner.wake.set()
-        finally:
-            task.cancel()
-
-    async def _refresh_counts(self, runner: AsyncRunner) -> None:
-        while True:
-            await runner.refresh_counts()
-            await asyncio.sleep(2.0)
+        if self.active is not None:
+            self.active.begin_shutdown()
 
     async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.stop(self.drain_timeout)
-        if self.dispatcher is not None:
-            await self.dispatcher.drain(self.drain_timeout)
-            for task in self._tasks.values():
-                task.cancel()
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-            await self.dispatcher.close()
-        if self.proxy is not None:  # after the workers: their children go with them
-            await self.proxy.close()
+        if self.active is not None:
+            await self.active.stop(self.drain_timeout)
         if self.replicas is not None:  # after the containers: a standby takes over now
             await self.replicas.close()
         await self.backend.close()
@@ -431,10 +397,5 @@ class Gateway:
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         """Containers and calls per function, async queue included (metrics, ``ls``)."""
-        assert self.dispatcher is not None
-        snap = self.dispatcher.snapshot()
-        if self.runner is not None:
-            for name, counts in snap.items():
-                counts["async_queued"] = self.runner.queued.get(name, 0)
-                counts["async_running"] = self.runner.running.get(name, 0)
-        return snap
+        assert self.active is not None
+        return self.active.snapshot()

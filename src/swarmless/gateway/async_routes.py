@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
@@ -41,10 +41,8 @@ from swarmless.gateway.asgi import (
     send_error,
     send_response,
 )
+from swarmless.gateway.context import GatewayContext
 from swarmless.records import InvocationRecord, new_call_id, now_ms
-
-if TYPE_CHECKING:
-    from swarmless.gateway.app import Gateway
 
 __all__ = ["accept_async", "get_result", "list_schedules", "retry_invocation"]
 
@@ -57,7 +55,7 @@ MAX_WAIT = 60.0
 CONSUMED = frozenset({"x-callback-url", "idempotency-key"})
 
 
-async def accept_async(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+async def accept_async(gw: GatewayContext, scope: Scope, receive: Receive, send: Send) -> None:
     """``ANY /async-function/{name}[/{path}]``: queue one call durably, answer 202.
 
     The active gateway does it with its own state; a standby replica (``gw.runner`` None)
@@ -81,7 +79,7 @@ async def accept_async(gw: Gateway, scope: Scope, receive: Receive, send: Send) 
             if caller is not None:  # spawned by a function: the call tree records it
                 claimed = header(scope, b"x-swarmless-parent")
                 parent = gw.callers.parent(caller, claimed, gw.dispatcher)
-            waiting = runner.queued.get(name, 0)
+            waiting = runner.waiting(name)
         else:
             assert replicas is not None
             found = await replicas.spec(name)
@@ -136,8 +134,7 @@ async def accept_async(gw: Gateway, scope: Scope, receive: Receive, send: Send) 
         await send_error(send, internal_error(e))
         return
     if created and runner is not None:
-        runner.queued[name] = runner.queued.get(name, 0) + 1
-        runner.wake.set()
+        runner.accepted(name)
     elif created and replicas is not None:
         replicas.queued(name)
     answer = {"call_id": call_id, "status": "queued" if created else "duplicate"}
@@ -149,7 +146,7 @@ async def accept_async(gw: Gateway, scope: Scope, receive: Receive, send: Send) 
     )
 
 
-async def get_result(gw: Gateway, request: HTTPRequest) -> Response:
+async def get_result(gw: GatewayContext, request: HTTPRequest) -> Response:
     """The answer of a finished call; with ``?wait=S`` waits up to S seconds for it."""
     assert gw.store is not None
     call_id = request.path_params["call_id"]
@@ -198,7 +195,7 @@ async def get_result(gw: Gateway, request: HTTPRequest) -> Response:
     )
 
 
-async def retry_invocation(gw: Gateway, request: HTTPRequest) -> Response:
+async def retry_invocation(gw: GatewayContext, request: HTTPRequest) -> Response:
     """Redrive a dead (or failed) async call: it is queued again with fresh retries."""
     assert gw.store is not None
     assert gw.runner is not None
@@ -213,11 +210,11 @@ async def retry_invocation(gw: Gateway, request: HTTPRequest) -> Response:
         )
     if not await gw.store.redrive(call_id):
         raise InvalidArgument(f"call {call_id} is not in the queue any more")
-    gw.runner.wake.set()
+    gw.runner.wake_up()
     return JSONResponse({"call_id": call_id, "status": "queued"}, status_code=202)
 
 
-async def list_schedules(gw: Gateway, _request: HTTPRequest) -> Response:
+async def list_schedules(gw: GatewayContext, _request: HTTPRequest) -> Response:
     """Scheduled functions and their next fire times."""
     assert gw.scheduler is not None
     return JSONResponse(

@@ -1,0 +1,166 @@
+"""The active gateway: its parts, wired once, and their life.
+
+Only the replica that holds the lease runs these (:mod:`swarmless.gateway.replicas`).
+:class:`ActiveGateway` builds them in one place and hands each the interfaces of its
+collaborators; afterwards they ask each other through methods, never by writing each
+other's attributes::
+
+    HTTP call --> edge (gateway/app.py) --> Dispatcher --> WarmPool <-- RuntimeAPI <-- warm
+                                             |     \\--> one-shot container --> Backend
+    AsyncRunner (durable queue) -------------/
+    Scheduler --on_fire--> AsyncRunner.wake_up
+    Reconciler (one per warm pool): plans, then starts/stops containers --> Backend
+    Backend --subscribe--> the dispatcher's worker registry (a container died)
+    Backend <--use_caller_tokens-- CallerTokens <-- DockerProxy (scoped Docker API)
+
+Start: give the backend the caller tokens, start the scoped Docker API, remove containers
+a previous gateway left, load the functions, a reconciler per warm function, the async
+runner and the schedules. Stop: stop claiming async calls, let calls in flight finish
+(bounded), cancel the loops, stop every container, then the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from swarmless.backends.base import Backend
+from swarmless.config import Settings
+from swarmless.dispatch.async_runner import AsyncRunner
+from swarmless.dispatch.dispatcher import Dispatcher
+from swarmless.dispatch.metrics import Metrics
+from swarmless.dispatch.scheduler import Scheduler
+from swarmless.gateway.callbacks import CallbackPolicy
+from swarmless.gateway.runtime_api import RuntimeAPI
+from swarmless.proxy import CallerTokens, DockerProxy, start_proxy
+from swarmless.scaling.reconciler import Reconciler
+from swarmless.scaling.settings import ScalingSettings
+from swarmless.store import Store
+
+__all__ = ["ActiveGateway"]
+
+log = logging.getLogger("swarmless.gateway")
+
+#: How often the async queue's counts (metrics, ``ls``, the queue_size check) are read.
+COUNTS_INTERVAL = 2.0
+
+
+class ActiveGateway:
+    """What the active replica runs: the dispatcher and its runtime API, the scoped Docker
+    API, a reconciler per warm function, the async runner and the schedules."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        backend: Backend,
+        metrics: Metrics,
+        callers: CallerTokens,
+        callbacks: CallbackPolicy,
+        runtime_url: str,
+        scaling: ScalingSettings,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.callers = callers
+        #: The autoscaler's windows and thresholds, for every reconciler.
+        self.scaling = scaling
+        self.dispatcher = Dispatcher(
+            store=store, backend=backend, metrics=metrics, runtime_url=runtime_url
+        )
+        self.runtime_api = RuntimeAPI(self.dispatcher)
+        self.runner = AsyncRunner(
+            self.dispatcher, store, owner=settings.instance, callbacks=callbacks
+        )
+        self.scheduler = Scheduler(store, self.dispatcher.functions, on_fire=self.runner.wake_up)
+        self.proxy: DockerProxy | None = None
+        self._reconcilers: dict[str, Reconciler] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def reconcilers(self) -> Mapping[str, Reconciler]:
+        """The reconciler of each warm function."""
+        return self._reconcilers
+
+    async def start(self) -> None:
+        """Containers, queues, autoscalers, the async runner and the schedules."""
+        self.backend.use_caller_tokens(self.callers)
+        self.proxy = await start_proxy(
+            self.settings, self.backend, self.dispatcher.functions, self.callers
+        )
+        await self._remove_leftovers()
+        await self.dispatcher.load()
+        for name in self.dispatcher.pools:
+            self.start_reconciler(name)
+        loop = asyncio.get_running_loop()
+        self._tasks["<async>"] = loop.create_task(self.runner.run())
+        self._tasks["<schedules>"] = loop.create_task(self.scheduler.run())
+        self._tasks["<counts>"] = loop.create_task(self._refresh_counts())
+
+    async def _remove_leftovers(self) -> None:
+        """Containers of a previous gateway (a crash, a kill) cannot be reached: remove them."""
+        found = await self.backend.list_containers()
+        if found:
+            log.info("removing %d container(s) left by a previous gateway", len(found))
+        await asyncio.gather(
+            *(self.backend.stop_container(c.id) for c in found), return_exceptions=True
+        )
+
+    async def _refresh_counts(self) -> None:
+        while True:
+            await self.runner.refresh_counts()
+            await asyncio.sleep(COUNTS_INTERVAL)
+
+    # -- reconcilers ---------------------------------------------------------------------
+
+    def start_reconciler(self, name: str) -> None:
+        """Start (or wake) the reconciler of warm function ``name``."""
+        pool = self.dispatcher.pools[name]
+        old = self._reconcilers.get(name)
+        if old is not None and old.pool is pool and not self._tasks[name].done():
+            old.wake()
+            return
+        rec = Reconciler(self.dispatcher, pool, settings=self.scaling)
+        self._reconcilers[name] = rec
+        self._tasks[name] = asyncio.get_running_loop().create_task(rec.run())
+
+    def stop_reconciler(self, name: str) -> None:
+        """Stop the reconciler of a removed function."""
+        self._reconcilers.pop(name, None)
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    # -- what the gateway shows ----------------------------------------------------------
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """Containers and calls per function, async queue included (metrics, ``ls``)."""
+        snap = self.dispatcher.snapshot()
+        for name, counts in snap.items():
+            counts.update(self.runner.counts(name))
+        return snap
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        """Stop taking calls; tell every worker to finish what it holds and exit."""
+        self.runner.stop_claiming()
+        self.dispatcher.begin_shutdown()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) for the calls in flight to finish."""
+        await self.dispatcher.drain(timeout)
+
+    async def stop(self, timeout: float) -> None:
+        """Stop the async runner and the loops, let calls finish (each bounded by
+        ``timeout``), stop every container, then the scoped Docker API."""
+        await self.runner.stop(timeout)
+        await self.dispatcher.drain(timeout)
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self.dispatcher.close()
+        if self.proxy is not None:  # after the workers: their children go with them
+            await self.proxy.close()
