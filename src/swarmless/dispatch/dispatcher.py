@@ -28,9 +28,9 @@ from swarmless.dispatch.metrics import Metrics
 from swarmless.dispatch.pool import Call, Result, WarmPool, Worker
 from swarmless.exceptions import (
     ContainerError,
-    EngineUnavailable,
     FunctionFailed,
     FunctionNotFound,
+    GatewayUnavailable,
     InvalidArgument,
     InvocationTimeout,
     OOMKilled,
@@ -211,7 +211,7 @@ class Dispatcher:
         (the async runner writes it, durably, with the call's fate).
         """
         if self._closing:
-            raise EngineUnavailable("", message="the gateway is shutting down; retry")
+            raise GatewayUnavailable("the gateway is shutting down; retry")
         spec, _ = self.get(name)
         if len(request.body) > spec.max_body:
             raise PayloadTooLarge(
@@ -314,6 +314,12 @@ class Dispatcher:
             rec.exit_code = result.exit_code
             detail = result.body[-4000:].decode("utf-8", "replace").strip()
             rec.error = f"{result.error}\n{detail}" if detail else result.error
+            if result.exit_code and result.status != 504:  # a command that exited non-zero
+                raise ContainerError(
+                    function=spec.name,
+                    exit_status=result.exit_code,
+                    stderr=result.body[-2000:],
+                )
             raise FunctionFailed(f"function {spec.name!r} failed: {result.error}")
         return Response(
             status=result.status, headers=result.headers, body=result.body, call_id=rec.id
@@ -413,16 +419,16 @@ class Dispatcher:
         if result.oom:
             limit = f"{spec.memory} bytes" if spec.memory else "its memory limit"
             raise OOMKilled(
-                image=spec.image or "",
-                command=spec.command,
+                function=spec.name,
                 exit_status=result.exit_code,
                 stderr=b"OOM-killed: the container exceeded " + limit.encode(),
             )
         if result.exit_code != 0:
-            tail = result.stderr[-1000:].decode("utf-8", "replace").strip()
-            raise FunctionFailed(
-                f"function {spec.name!r} exited with status {result.exit_code}"
-                + (f": {tail}" if tail else "")
+            # The same error as Client.run's for a non-zero exit, named for the function.
+            raise ContainerError(
+                function=spec.name,
+                exit_status=result.exit_code,
+                stderr=result.stderr[-2000:],
             )
         if spec.mode == "cgi":
             status, headers, body = parse_cgi_response(result.stdout)
@@ -497,8 +503,7 @@ class Dispatcher:
                 if not call.finished:
                     call.future.set_exception(
                         OOMKilled(
-                            image=pool.spec.image or "",
-                            command=None,
+                            function=pool.spec.name,
                             exit_status=exit_code,
                             stderr=f"OOM-killed: the container exceeded {limit}".encode(),
                         )
@@ -557,7 +562,7 @@ class Dispatcher:
                 call = pool.pending.popleft()
                 if not call.finished:
                     call.future.set_exception(
-                        EngineUnavailable("", message="the gateway is shutting down; retry")
+                        GatewayUnavailable("the gateway is shutting down; retry")
                     )
             for w in list(pool.workers.values()):
                 pool.retire(w)

@@ -29,8 +29,7 @@ import docker.utils
 from docker.utils.socket import frames_iter
 
 from swarmless.engine import managed_labels, translate
-from swarmless.exceptions import ContainerError, InvalidArgument, InvocationTimeout, OOMKilled
-from swarmless.exceptions import RunTimeout as RunTimeout
+from swarmless.exceptions import ContainerError, InvalidArgument, OOMKilled, RunTimeout, WaitTimeout
 
 __all__ = [
     "Outcome",
@@ -449,8 +448,8 @@ class Run:
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the container to exit and return its exit status.
 
-        Raises :class:`InvocationTimeout` if it is still running after ``timeout`` seconds
-        (the container keeps running; ``kill()`` stops it).
+        Raises :class:`~swarmless.WaitTimeout` if it is still running after ``timeout``
+        seconds (the container keeps running; ``kill()`` stops it).
         """
         if self._status is None:
             self._status = self._wait(timeout)
@@ -476,8 +475,10 @@ class Run:
         if errors:
             raise errors[0]
         if not done:
-            raise InvocationTimeout(
-                f"{self.image} ({self.id[:12]}) still running after {timeout:g}s", timeout=timeout
+            raise WaitTimeout(
+                f"{self.image} ({self.id[:12]}) still running after {timeout:g}s; it goes on "
+                "(wait again, or kill() it)",
+                timeout=timeout,
             )
         return done[0]
 
