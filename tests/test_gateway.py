@@ -419,7 +419,7 @@ def test_sdk_errors_map_to_exceptions(gw: RunningGateway) -> None:
     with pytest.raises(swarmless.Unauthorized):
         gw.client(token="bad").functions()
     dead = swarmless.from_env(gateway_url="http://127.0.0.1:9")
-    with pytest.raises(swarmless.EngineUnavailable, match="swarmless up"):
+    with pytest.raises(swarmless.GatewayUnavailable, match="swarmless up"):
         dead.invoke("anything")
     # Several addresses (replicas): one that refuses is skipped, the next one serves.
     with pytest.raises(swarmless.FunctionNotFound):
@@ -427,7 +427,7 @@ def test_sdk_errors_map_to_exceptions(gw: RunningGateway) -> None:
     both_dead = Settings.load(gateway_url="http://127.0.0.1:9,http://127.0.0.1:10")
     assert both_dead.gateway_urls == ("http://127.0.0.1:9", "http://127.0.0.1:10")
     with pytest.raises(
-        swarmless.EngineUnavailable, match=r"127\.0\.0\.1:9 or http://127\.0\.0\.1:10"
+        swarmless.GatewayUnavailable, match=r"127\.0\.0\.1:9 or http://127\.0\.0\.1:10"
     ):
         GatewayClient(both_dead).functions()
 

@@ -16,6 +16,7 @@ from swarmless.exceptions import (
     InvalidArgument,
     InvocationNotFound,
     InvocationTimeout,
+    NoAnswer,
     NotFound,
     OOMKilled,
     PayloadTooLarge,
@@ -24,14 +25,29 @@ from swarmless.exceptions import (
     SpecError,
     SwarmlessError,
     Unauthorized,
+    WaitTimeout,
 )
-from swarmless.sdk import AsyncClient, AsyncRun, Client, Invocation, InvokeResult, Run, from_env
+from swarmless.records import InvocationRecord
+from swarmless.sdk import (
+    AsyncClient,
+    AsyncGatewayClient,
+    AsyncInvocation,
+    AsyncRun,
+    Client,
+    GatewayClient,
+    Invocation,
+    InvokeResult,
+    Run,
+    from_env,
+)
 from swarmless.spec import FunctionSpec
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",
+    "AsyncGatewayClient",
+    "AsyncInvocation",
     "AsyncRun",
     "Client",
     "ContainerError",
@@ -39,13 +55,16 @@ __all__ = [
     "FunctionFailed",
     "FunctionNotFound",
     "FunctionSpec",
+    "GatewayClient",
     "GatewayUnavailable",
     "ImageNotFound",
     "InvalidArgument",
     "Invocation",
     "InvocationNotFound",
+    "InvocationRecord",
     "InvocationTimeout",
     "InvokeResult",
+    "NoAnswer",
     "NotFound",
     "OOMKilled",
     "PayloadTooLarge",
@@ -56,6 +75,7 @@ __all__ = [
     "SpecError",
     "SwarmlessError",
     "Unauthorized",
+    "WaitTimeout",
     "__version__",
     "from_env",
 ]
