@@ -117,6 +117,7 @@ class WorkerLaunch:
 class OneShotResult:
     """What a one-shot (oneshot or cgi) container produced."""
 
+    #: The container's id on one engine; on a swarm, the one-shot service's id.
     container: str
     exit_code: int
     stdout: bytes
@@ -190,11 +191,14 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def start_worker(self, launch: WorkerLaunch) -> str:
-        """Start a warm container; returns its container id."""
+        """Start a warm container; returns the id the backend knows it by: the container's
+        id on one engine, the Swarm service's id on a swarm (one service per worker). That
+        id is what :meth:`stop_container` and :meth:`container_logs` take."""
 
     @abc.abstractmethod
-    async def stop_container(self, container_id: str, *, grace: float = 0) -> None:
-        """Stop (after ``grace`` seconds of SIGTERM) and remove a container; gone is fine."""
+    async def stop_container(self, container_id: str, /, *, grace: float = 0) -> None:
+        """Stop (after ``grace`` seconds of SIGTERM) and remove a container (by the id
+        :meth:`start_worker` returned: a service id on a swarm); gone is fine."""
 
     @abc.abstractmethod
     async def run_once(
@@ -242,8 +246,9 @@ class Backend(abc.ABC):
         raise SwarmlessError(f"{type(self).__name__} cannot pause containers")
 
     @abc.abstractmethod
-    async def container_logs(self, container_id: str, *, tail: int = 20) -> str:
-        """The last lines a container printed (to explain a crash); empty when gone."""
+    async def container_logs(self, container_id: str, /, *, tail: int = 20) -> str:
+        """The last lines a container printed (to explain a crash); empty when gone (by the
+        id :meth:`start_worker` returned: a service id on a swarm)."""
 
     @abc.abstractmethod
     async def list_containers(self) -> list[ContainerInfo]:

@@ -329,34 +329,34 @@ class SwarmBackend(OneShotServices, EngineBackend):
         if self._callers is not None:
             self._callers.revoke_container({LABEL_WORKER: worker_id})
 
-    async def stop_container(self, container_id: str, *, grace: float = 0) -> None:
+    async def stop_container(self, service_id: str, *, grace: float = 0) -> None:
         """Remove the service; Swarm stops its container (SIGTERM, ``stop_grace`` s, KILL)."""
         with self._lock:
-            worker_id = self._workers.pop(container_id, None)
-            self._errors.pop(container_id, None)
+            worker_id = self._workers.pop(service_id, None)
+            self._errors.pop(service_id, None)
         if worker_id is not None:
             self._revoke(worker_id)
 
         def remove() -> None:
             with contextlib.suppress(docker.errors.NotFound):
-                self.client.api.remove_service(container_id)
+                self.client.api.remove_service(service_id)
 
         with translate(api=self.client.api):
             await self._call(remove)
 
     # -- inspection ----------------------------------------------------------------
 
-    async def container_logs(self, container_id: str, *, tail: int = 20) -> str:
+    async def container_logs(self, service_id: str, *, tail: int = 20) -> str:
         def read() -> str:
             try:
                 data = b"".join(
-                    self.client.api.service_logs(container_id, stdout=True, stderr=True, tail=tail)
+                    self.client.api.service_logs(service_id, stdout=True, stderr=True, tail=tail)
                 )
             except Exception:
                 data = b""
             text = data.decode("utf-8", "replace").strip()
             with self._lock:
-                err = self._errors.get(container_id, "")
+                err = self._errors.get(service_id, "")
             return "\n".join(x for x in (text, err) if x)
 
         return await self._call(read)
