@@ -261,6 +261,9 @@ def _deploy_and_announce(
     console.rule("the voting app is up")
     console.print(f"  vote:    [bold]{pages['vote']}[/bold]")
     console.print(f"  result:  [bold]{pages['result']}[/bold]")
+    console.print(
+        f"  dashboard: [bold]{url}/ui/[/bold]   (log in with the token: cat {data_dir / 'token'})"
+    )
     via = "spawn (async, durable, retried)" if record == "spawn" else "run(detach=True), scoped"
     console.print(f"  mode: {mode}, votes recorded by {via}")
     here = Path(__file__).parent
