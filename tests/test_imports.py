@@ -27,12 +27,21 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {
         "(queue.py imports Store under TYPE_CHECKING; store.py imports GroupCommit, QueueOps)"
     ),
     frozenset(
-        {"swarmless.gateway.app", "swarmless.gateway.admin", "swarmless.gateway.async_routes"}
+        {
+            "swarmless.gateway.app",
+            "swarmless.gateway.ui",
+            "swarmless.gateway.ui.actions",
+            "swarmless.gateway.ui.dashboard",
+            "swarmless.gateway.ui.forms",
+            "swarmless.gateway.ui.live",
+            "swarmless.gateway.ui.pages",
+            "swarmless.gateway.ui.views",
+        }
     ): (
-        "swarmless.gateway.app -> swarmless.gateway.admin -> swarmless.gateway.app and "
-        "swarmless.gateway.app -> swarmless.gateway.async_routes -> swarmless.gateway.app "
-        "(admin.py and async_routes.py import Gateway under TYPE_CHECKING; "
-        "also admin -> async_routes)"
+        "swarmless.gateway.app -> swarmless.gateway.ui -> swarmless.gateway.ui.dashboard -> "
+        "swarmless.gateway.app (ui.actions, ui.dashboard, ui.forms and ui.views import "
+        "Gateway from gateway.app under TYPE_CHECKING); inside ui: dashboard -> forms, live, "
+        "pages, views and forms -> dashboard, live -> dashboard, pages -> dashboard"
     ),
 }
 
