@@ -26,23 +26,6 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {
         "swarmless.store.store -> swarmless.store.queue -> swarmless.store.store "
         "(queue.py imports Store under TYPE_CHECKING; store.py imports GroupCommit, QueueOps)"
     ),
-    frozenset(
-        {
-            "swarmless.gateway.app",
-            "swarmless.gateway.ui",
-            "swarmless.gateway.ui.actions",
-            "swarmless.gateway.ui.dashboard",
-            "swarmless.gateway.ui.forms",
-            "swarmless.gateway.ui.live",
-            "swarmless.gateway.ui.pages",
-            "swarmless.gateway.ui.views",
-        }
-    ): (
-        "swarmless.gateway.app -> swarmless.gateway.ui -> swarmless.gateway.ui.dashboard -> "
-        "swarmless.gateway.app (ui.actions, ui.dashboard, ui.forms and ui.views import "
-        "Gateway from gateway.app under TYPE_CHECKING); inside ui: dashboard -> forms, live, "
-        "pages, views and forms -> dashboard, live -> dashboard, pages -> dashboard"
-    ),
 }
 
 

@@ -25,7 +25,7 @@ from swarmless.exceptions import (
 from swarmless.spec import FunctionSpec
 
 if TYPE_CHECKING:
-    from swarmless.gateway.app import Gateway
+    from swarmless.gateway.ui.context import DashboardGateway
 
 __all__ = ["Answer", "deploy", "invoke", "parse_spec", "redrive", "remove", "scale"]
 
@@ -63,7 +63,7 @@ def parse_spec(text: str) -> FunctionSpec:
     return FunctionSpec.from_dict(doc)
 
 
-async def deploy(gw: Gateway, spec: FunctionSpec) -> tuple[int, bool]:
+async def deploy(gw: DashboardGateway, spec: FunctionSpec) -> tuple[int, bool]:
     """Deploy (or update) ``spec``: (its version, whether it is new)."""
     d = gw.dispatcher
     assert d is not None
@@ -80,7 +80,7 @@ async def deploy(gw: Gateway, spec: FunctionSpec) -> tuple[int, bool]:
     return version, not existed
 
 
-def scale(gw: Gateway, name: str, value: str) -> int | None:
+def scale(gw: DashboardGateway, name: str, value: str) -> int | None:
     """Pin warm function ``name`` to ``value`` containers ('' or 'auto' unpins)."""
     assert gw.dispatcher is not None
     spec, _ = gw.dispatcher.get(name)
@@ -99,7 +99,7 @@ def scale(gw: Gateway, name: str, value: str) -> int | None:
     return n
 
 
-async def remove(gw: Gateway, name: str) -> None:
+async def remove(gw: DashboardGateway, name: str) -> None:
     """Remove function ``name`` and its containers."""
     assert gw.dispatcher is not None
     await gw.dispatcher.remove(name)
@@ -139,7 +139,7 @@ class Answer:
 
 
 async def invoke(
-    gw: Gateway,
+    gw: DashboardGateway,
     name: str,
     form: Mapping[str, str],
     scope: Mapping[str, Any],
@@ -185,7 +185,7 @@ async def invoke(
     return Answer.of(response)
 
 
-async def redrive(gw: Gateway, call_id: str) -> None:
+async def redrive(gw: DashboardGateway, call_id: str) -> None:
     """Queue a dead (or failed) async call again, with fresh retries."""
     assert gw.store is not None
     rec = await gw.store.get_invocation(call_id)

@@ -25,12 +25,12 @@ from starlette.responses import Response, StreamingResponse
 
 from swarmless.exceptions import InvalidArgument
 from swarmless.gateway.ui import views
-from swarmless.gateway.ui.dashboard import fmt_ms, fmt_pct
+from swarmless.gateway.ui.site import fmt_ms, fmt_pct
 from swarmless.gateway.ui.stats import HOUR_MS, FunctionStats, function_stats, series
 from swarmless.records import STATUSES, now_ms
 
 if TYPE_CHECKING:
-    from swarmless.gateway.ui.dashboard import Ctx, Dashboard
+    from swarmless.gateway.ui.site import Ctx, Site
 
 __all__ = ["events"]
 
@@ -56,7 +56,7 @@ def _stats_row(s: FunctionStats) -> dict[str, str]:
     }
 
 
-async def events(dash: Dashboard, ctx: Ctx) -> Response:
+async def events(site: Site, ctx: Ctx) -> Response:
     """The stream of one page (see the module docstring)."""
     q = ctx.request.query_params
     view = q.get("view", "functions")
@@ -69,24 +69,24 @@ async def events(dash: Dashboard, ctx: Ctx) -> Response:
     if view == "function" and function is None:
         raise InvalidArgument("the function view needs ?function=NAME")
     return StreamingResponse(
-        _stream(dash, ctx, view, function, status),
+        _stream(site, ctx, view, function, status),
         media_type="text/event-stream",
         headers={"cache-control": "no-store", "x-accel-buffering": "no"},
     )
 
 
 async def _stream(
-    dash: Dashboard, ctx: Ctx, view: str, function: str | None, status: str | None
+    site: Site, ctx: Ctx, view: str, function: str | None, status: str | None
 ) -> AsyncIterator[str]:
-    gw = dash.gw
-    macros = dash.macros()
+    gw = site.gw
+    macros = site.macros()
     end = time.monotonic() + STREAM_SECONDS
     seen: list[tuple[str, str]] | None = None
     tick = 0
     yield "retry: 2000\n\n"
     while time.monotonic() < end:
         d, store = gw.dispatcher, gw.store
-        if d is None or store is None or d.closing or dash.sessions.get(ctx.request) is None:
+        if d is None or store is None or d.closing or site.sessions.get(ctx.request) is None:
             yield _event("end", {"reason": "the session or the gateway ended"})
             return
         counts = {}
@@ -105,7 +105,7 @@ async def _stream(
             counts = {k: v for k, v in counts.items() if k == function}
         yield _event("counts", {"functions": names, "counts": counts})
         if view != "invocations" and tick % STATS_EVERY == 0:
-            records = await dash.records()
+            records = await site.records()
             if function is not None:
                 records = [r for r in records if r.function == function]
             now = now_ms()
@@ -116,7 +116,7 @@ async def _stream(
                     "stats": {name: _stats_row(s) for name, s in stats.items()},
                     "charts": {
                         "calls": series(records, now),
-                        "containers": dash.history.since(now - HOUR_MS, function=function),
+                        "containers": site.history.since(now - HOUR_MS, function=function),
                     },
                 },
             )

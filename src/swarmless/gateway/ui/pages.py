@@ -22,7 +22,7 @@ from swarmless.gateway.ui.stats import (
 from swarmless.records import STATUSES, now_ms
 
 if TYPE_CHECKING:
-    from swarmless.gateway.ui.dashboard import Ctx, Dashboard
+    from swarmless.gateway.ui.site import Ctx, Site
 
 __all__ = [
     "cluster",
@@ -57,7 +57,7 @@ def _done(ctx: Ctx) -> str | None:
 
 
 async def functions(
-    dash: Dashboard,
+    site: Site,
     ctx: Ctx,
     *,
     spec_text: str | None = None,
@@ -65,14 +65,14 @@ async def functions(
     status: int = 200,
 ) -> Response:
     """``/ui/``: every function with its containers and numbers; charts; the deploy form."""
-    records = await dash.records()
+    records = await site.records()
     now = now_ms()
-    rows = views.function_rows(dash.gw, function_stats(records, now))
+    rows = views.function_rows(site.gw, function_stats(records, now))
     charts = {
         "calls": series(records, now),
-        "containers": dash.history.since(now - HOUR_MS),
+        "containers": site.history.since(now - HOUR_MS),
     }
-    return dash.render(
+    return site.render(
         ctx.request,
         ctx.session,
         "functions.html",
@@ -87,23 +87,23 @@ async def functions(
     )
 
 
-async def function(dash: Dashboard, ctx: Ctx, *, answer: Answer | None = None) -> Response:
+async def function(site: Site, ctx: Ctx, *, answer: Answer | None = None) -> Response:
     """``/ui/functions/{name}``: spec, containers, scaling, numbers, recent calls, invoke."""
-    gw = dash.gw
+    gw = site.gw
     assert gw.dispatcher is not None
     assert gw.store is not None
     name = ctx.request.path_params["name"]
     spec, _ = gw.dispatcher.get(name)
-    records = [r for r in await dash.records() if r.function == name]
+    records = [r for r in await site.records() if r.function == name]
     now = now_ms()
     (row,) = [r for r in views.function_rows(gw, function_stats(records, now)) if r["name"] == name]
     recent = await gw.store.list_invocations(function=name, limit=20)
     charts = {
         "calls": series(records, now),
-        "containers": dash.history.since(now - HOUR_MS, function=name),
+        "containers": site.history.since(now - HOUR_MS, function=name),
     }
     spec_yaml = yaml.safe_dump(spec.to_dict(), sort_keys=False, allow_unicode=True)
-    return dash.render(
+    return site.render(
         ctx.request,
         ctx.session,
         "function.html",
@@ -129,14 +129,14 @@ def _filters(ctx: Ctx) -> tuple[str | None, str | None]:
     return function, status
 
 
-async def invocations(dash: Dashboard, ctx: Ctx) -> Response:
+async def invocations(site: Site, ctx: Ctx) -> Response:
     """``/ui/invocations``: the newest calls, filtered by function and status (live)."""
-    gw = dash.gw
+    gw = site.gw
     assert gw.store is not None
     assert gw.dispatcher is not None
     function, status = _filters(ctx)
     rows = await gw.store.list_invocations(function=function, status=status, limit=LIST_LIMIT)
-    return dash.render(
+    return site.render(
         ctx.request,
         ctx.session,
         "invocations.html",
@@ -149,9 +149,9 @@ async def invocations(dash: Dashboard, ctx: Ctx) -> Response:
     )
 
 
-async def invocation(dash: Dashboard, ctx: Ctx) -> Response:
+async def invocation(site: Site, ctx: Ctx) -> Response:
     """``/ui/invocations/{id}``: timings, exit code, error, the call tree, the logs."""
-    gw = dash.gw
+    gw = site.gw
     assert gw.store is not None
     call_id = ctx.request.path_params["call_id"]
     rec = await gw.store.get_invocation(call_id)
@@ -159,7 +159,7 @@ async def invocation(dash: Dashboard, ctx: Ctx) -> Response:
         raise InvocationNotFound(call_id)
     logs = await gw.store.get_logs(call_id)
     stdout, stderr = logs or (b"", b"")
-    return dash.render(
+    return site.render(
         ctx.request,
         ctx.session,
         "invocation.html",
@@ -175,13 +175,13 @@ async def invocation(dash: Dashboard, ctx: Ctx) -> Response:
     )
 
 
-async def dead_letters(dash: Dashboard, ctx: Ctx) -> Response:
+async def dead_letters(site: Site, ctx: Ctx) -> Response:
     """``/ui/dead-letters``: async calls that ran out of retries, each redrivable."""
-    gw = dash.gw
+    gw = site.gw
     assert gw.store is not None
     function, _ = _filters(ctx)
     rows = await gw.store.list_invocations(function=function, status="dead", limit=LIST_LIMIT)
-    return dash.render(
+    return site.render(
         ctx.request,
         ctx.session,
         "dead.html",
@@ -192,13 +192,13 @@ async def dead_letters(dash: Dashboard, ctx: Ctx) -> Response:
     )
 
 
-async def schedules(dash: Dashboard, ctx: Ctx) -> Response:
+async def schedules(site: Site, ctx: Ctx) -> Response:
     """``/ui/schedules``: scheduled functions and when they fire next."""
-    found = await dash.gw.scheduler.list() if dash.gw.scheduler is not None else []
-    return dash.render(ctx.request, ctx.session, "schedules.html", schedules=found)
+    found = await site.gw.scheduler.list() if site.gw.scheduler is not None else []
+    return site.render(ctx.request, ctx.session, "schedules.html", schedules=found)
 
 
-async def cluster(dash: Dashboard, ctx: Ctx) -> Response:
+async def cluster(site: Site, ctx: Ctx) -> Response:
     """``/ui/cluster``: the engine or the Swarm's nodes, containers, replica roles."""
-    info: dict[str, Any] = await views.cluster(dash.gw)
-    return dash.render(ctx.request, ctx.session, "cluster.html", **info)
+    info: dict[str, Any] = await views.cluster(site.gw)
+    return site.render(ctx.request, ctx.session, "cluster.html", **info)

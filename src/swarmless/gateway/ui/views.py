@@ -21,7 +21,7 @@ from swarmless.gateway.ui.stats import RECORD_LIMIT, FunctionStats, container_st
 from swarmless.records import InvocationRecord
 
 if TYPE_CHECKING:
-    from swarmless.gateway.app import Gateway
+    from swarmless.gateway.ui.context import DashboardGateway
 
 __all__ = [
     "call_tree",
@@ -38,18 +38,18 @@ TREE_LIMIT = 100
 TREE_DEPTH = 8
 
 
-def is_ready(gw: Gateway) -> bool:
+def is_ready(gw: DashboardGateway) -> bool:
     """Whether this gateway serves (it is the active one, started)."""
     return gw.dispatcher is not None and gw.store is not None
 
 
-async def last_hour(gw: Gateway) -> list[InvocationRecord]:
+async def last_hour(gw: DashboardGateway) -> list[InvocationRecord]:
     """The newest records (at most :data:`RECORD_LIMIT`), what the numbers are made of."""
     assert gw.store is not None
     return await gw.store.list_invocations(limit=RECORD_LIMIT)
 
 
-def function_rows(gw: Gateway, stats: dict[str, FunctionStats]) -> list[dict[str, Any]]:
+def function_rows(gw: DashboardGateway, stats: dict[str, FunctionStats]) -> list[dict[str, Any]]:
     """One row per deployed function: spec, containers by state, scaling, numbers."""
     assert gw.dispatcher is not None
     snapshot = gw.snapshot()
@@ -101,7 +101,7 @@ def waterfall(rec: InvocationRecord) -> list[dict[str, Any]]:
     ]
 
 
-async def call_tree(gw: Gateway, rec: InvocationRecord) -> dict[str, Any]:
+async def call_tree(gw: DashboardGateway, rec: InvocationRecord) -> dict[str, Any]:
     """The calls above ``rec`` (its parent, theirs, ...) and below it, as nested nodes:
     ``{"rec": ..., "children": [...]}``; bounded in depth and in calls."""
     store = gw.store
@@ -132,7 +132,7 @@ async def call_tree(gw: Gateway, rec: InvocationRecord) -> dict[str, Any]:
     return {"ancestors": ancestors, "root": await below(rec, 0)}
 
 
-async def cluster(gw: Gateway) -> dict[str, Any]:
+async def cluster(gw: DashboardGateway) -> dict[str, Any]:
     """The engine or the Swarm's nodes, this gateway's containers per node, the replicas."""
     backend = gw.backend
     out: dict[str, Any] = {

@@ -1,7 +1,8 @@
-"""The dashboard of one gateway: its routes, its guard (session, CSRF), its templates.
+"""What every page of the dashboard shares: the gateway, the sessions, the templates, the
+records behind the numbers, the container history, and the guard (session, CSRF).
 
 Every page and action but the login form and the static files goes through
-:meth:`Dashboard.guard`: no valid session, a GET is sent to the login form and anything else
+:meth:`Site.guard`: no valid session, a GET is sent to the login form and anything else
 refused; a POST is read as a form and refused (403) unless it carries the session's CSRF
 token; a :class:`~swarmless.exceptions.SwarmlessError` becomes an error page with its
 status. Every answer carries a strict Content-Security-Policy (scripts and styles from the
@@ -23,19 +24,18 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
 
 from swarmless import __version__
 from swarmless.exceptions import InvalidArgument, SwarmlessError
+from swarmless.gateway.ui import views
 from swarmless.gateway.ui.auth import Forbidden, Session, Sessions, read_form
 from swarmless.gateway.ui.stats import ContainerHistory
 from swarmless.records import InvocationRecord, now_ms
 
 if TYPE_CHECKING:
-    from swarmless.gateway.app import Gateway
+    from swarmless.gateway.ui.context import DashboardGateway
 
-__all__ = ["Ctx", "Dashboard"]
+__all__ = ["Ctx", "Site", "fmt_ms", "fmt_pct", "fmt_when", "secure"]
 
 log = logging.getLogger("swarmless.gateway")
 HERE = Path(__file__).parent
@@ -66,13 +66,14 @@ class Ctx:
     form: dict[str, str]
 
 
-Handler = Callable[["Dashboard", Ctx], Awaitable[Response]]
+Handler = Callable[["Site", Ctx], Awaitable[Response]]
+Endpoint = Callable[[HTTPRequest], Awaitable[Response]]
 
 
-class Dashboard:
-    """The ``/ui`` pages of one :class:`Gateway` (mounted by its app)."""
+class Site:
+    """What the dashboard's pages of one gateway share (see the module docstring)."""
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: DashboardGateway) -> None:
         self.gw = gw
         self.sessions = Sessions()
         self.history = ContainerHistory()
@@ -88,59 +89,7 @@ class Dashboard:
         self._records: tuple[float, list[InvocationRecord]] | None = None
         self._records_lock = asyncio.Lock()
 
-    # -- routes ----------------------------------------------------------------------------
-
-    def routes(self) -> list[BaseRoute]:
-        from swarmless.gateway.ui import forms, live, pages
-
-        get, post = self.guard, self.guard_post
-        return [
-            Route("/", self.root, methods=["GET"], include_in_schema=False),
-            Route("/ui/login", self.open(forms.login_page), include_in_schema=False),
-            Route("/ui/login", self.open(forms.login), methods=["POST"], include_in_schema=False),
-            Route("/ui/logout", post(forms.logout), methods=["POST"], include_in_schema=False),
-            Route("/ui", get(pages.functions), methods=["GET"], include_in_schema=False),
-            Route("/ui/", get(pages.functions), methods=["GET"], include_in_schema=False),
-            Route("/ui/deploy", post(forms.deploy), methods=["POST"], include_in_schema=False),
-            Route(
-                "/ui/functions/{name}",
-                get(pages.function),
-                methods=["GET"],
-                include_in_schema=False,
-            ),
-            Route(
-                "/ui/functions/{name}/{action:str}",
-                post(forms.function_action),
-                methods=["POST"],
-                include_in_schema=False,
-            ),
-            Route("/ui/invocations", get(pages.invocations), include_in_schema=False),
-            Route(
-                "/ui/invocations/{call_id}",
-                get(pages.invocation),
-                methods=["GET"],
-                include_in_schema=False,
-            ),
-            Route(
-                "/ui/invocations/{call_id}/redrive",
-                post(forms.redrive),
-                methods=["POST"],
-                include_in_schema=False,
-            ),
-            Route("/ui/dead-letters", get(pages.dead_letters), include_in_schema=False),
-            Route("/ui/schedules", get(pages.schedules), include_in_schema=False),
-            Route("/ui/cluster", get(pages.cluster), include_in_schema=False),
-            Route("/ui/events", get(live.events), include_in_schema=False),
-            Mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static"),
-        ]
-
-    async def root(self, _request: HTTPRequest) -> Response:
-        """``/`` shows the dashboard."""
-        return RedirectResponse("/ui/", status_code=307)
-
-    def open(
-        self, handler: Callable[[Dashboard, HTTPRequest], Awaitable[Response]]
-    ) -> Callable[[HTTPRequest], Awaitable[Response]]:
+    def open(self, handler: Callable[[Site, HTTPRequest], Awaitable[Response]]) -> Endpoint:
         """A route without a session (the login form): errors become pages too."""
 
         async def endpoint(request: HTTPRequest) -> Response:
@@ -152,17 +101,15 @@ class Dashboard:
 
         return endpoint
 
-    def guard(self, handler: Handler) -> Callable[[HTTPRequest], Awaitable[Response]]:
+    def guard(self, handler: Handler) -> Endpoint:
         """A page: a session is needed (else: the login form)."""
         return self._guarded(handler, post=False)
 
-    def guard_post(self, handler: Handler) -> Callable[[HTTPRequest], Awaitable[Response]]:
+    def guard_post(self, handler: Handler) -> Endpoint:
         """An action: a session and its CSRF token are needed (else: 403, nothing done)."""
         return self._guarded(handler, post=True)
 
-    def _guarded(
-        self, handler: Handler, *, post: bool
-    ) -> Callable[[HTTPRequest], Awaitable[Response]]:
+    def _guarded(self, handler: Handler, *, post: bool) -> Endpoint:
         async def endpoint(request: HTTPRequest) -> Response:
             session = self.sessions.get(request)
             try:
@@ -238,13 +185,11 @@ class Dashboard:
 
     async def records(self) -> list[InvocationRecord]:
         """The newest records (the last hour's numbers), reused for a moment."""
-        from swarmless.gateway.ui.views import last_hour
-
         async with self._records_lock:
             cached = self._records
             if cached is not None and time.monotonic() - cached[0] < RECORDS_TTL:
                 return cached[1]
-            found = await last_hour(self.gw)
+            found = await views.last_hour(self.gw)
             self._records = (time.monotonic(), found)
             return found
 
