@@ -304,6 +304,12 @@ def test_redrive_a_dead_letter(gw: RunningGateway, browser: Any) -> None:
         wait_for(lambda: status() == "dead", 60, "the call to land in the dead letter")
         page = log_in(browser, gw)
         try:
+            # A sync call fails meanwhile: the overview lists it, live, with its reason.
+            expect(page.locator("#live")).to_be_visible()
+            assert http.post("/function/ui-flaky", content=b"job 0").status_code == 502
+            failures = page.locator("#failures")
+            expect(failures).to_contain_text("ui-flaky", timeout=20_000)
+            expect(failures).to_contain_text("the disk is full")
             page.goto(f"{gw.url}/ui/dead-letters")
             row = page.locator(f'#dead tr[data-id="{call_id}"]')
             expect(row).to_contain_text("the disk is full")

@@ -26,7 +26,13 @@ from starlette.responses import Response, StreamingResponse
 from swarmless.exceptions import InvalidArgument
 from swarmless.gateway.ui import views
 from swarmless.gateway.ui.site import fmt_ms, fmt_pct
-from swarmless.gateway.ui.stats import HOUR_MS, FunctionStats, function_stats, series
+from swarmless.gateway.ui.stats import (
+    HOUR_MS,
+    FunctionStats,
+    function_stats,
+    recent_failures,
+    series,
+)
 from swarmless.records import STATUSES, now_ms
 
 if TYPE_CHECKING:
@@ -114,6 +120,7 @@ async def _stream(
                 "stats",
                 {
                     "stats": {name: _stats_row(s) for name, s in stats.items()},
+                    "failures": str(macros.failures(recent_failures(records, now)[:20])),
                     "charts": {
                         "calls": series(records, now),
                         "containers": site.history.since(now - HOUR_MS, function=function),

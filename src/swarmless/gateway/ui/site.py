@@ -42,7 +42,7 @@ HERE = Path(__file__).parent
 #: How often the container counts are sampled for the charts, seconds.
 SAMPLE_EVERY = 10.0
 #: How long the records behind the numbers are reused, seconds.
-RECORDS_TTL = 2.0
+RECORDS_TTL = 5.0
 #: What a number without a value shows (an en dash).
 NONE = "\u2013"
 HEADERS = {

@@ -164,6 +164,8 @@
     return a && (a.tagName === "TEXTAREA" || a.tagName === "INPUT" || a.tagName === "SELECT");
   }
 
+  let lastFailures = null;
+
   function live() {
     const view = body.dataset.live;
     if (!view || !window.EventSource) return;
@@ -193,6 +195,11 @@
         for (const scope of scopesOf(name)) setCells(scope, values);
       }
       drawCharts(data.charts);
+      const failures = document.getElementById("failures");
+      if (failures && data.failures !== undefined && data.failures !== lastFailures) {
+        lastFailures = data.failures;
+        failures.innerHTML = data.failures;
+      }
     });
     source.addEventListener("rows", (e) => updateRows(JSON.parse(e.data).rows));
     source.addEventListener("end", () => source.close());
