@@ -37,7 +37,8 @@ from typing import Protocol
 
 import httpx
 
-from swarmless.dispatch.dispatcher import Dispatcher, Request
+from swarmless.dispatch.dispatcher import Dispatcher
+from swarmless.dispatch.request import Request
 from swarmless.exceptions import FunctionNotFound, InvalidArgument, QueueFull, SwarmlessError
 from swarmless.records import InvocationRecord, now_ms
 from swarmless.spec import FunctionSpec

@@ -6,11 +6,12 @@ collaborators; afterwards they ask each other through methods, never by writing 
 other's attributes::
 
     HTTP call --> edge (gateway/app.py) --> Dispatcher --> WarmPool <-- RuntimeAPI <-- warm
-                                             |     \\--> one-shot container --> Backend
-    AsyncRunner (durable queue) -------------/
+                                             |     \\--> OneShotCalls --> Backend
+    AsyncRunner (durable queue) -------------/        (records, logs: Recorder)
     Scheduler --on_fire--> AsyncRunner.wake_up
     Reconciler (one per warm pool): plans, then starts/stops containers --> Backend
-    Backend --subscribe--> the dispatcher's worker registry (a container died)
+    Backend --subscribe--> WorkerRegistry (a container died: requeue, or a crash)
+    RuntimeAPI --> WorkerRegistry (whose token) and Recorder (a worker's logs)
     Backend <--use_caller_tokens-- CallerTokens <-- DockerProxy (scoped Docker API)
 
 Start: give the backend the caller tokens, start the scoped Docker API, remove containers
@@ -28,9 +29,13 @@ from collections.abc import Mapping
 from swarmless.backends.base import Backend
 from swarmless.config import Settings
 from swarmless.dispatch.async_runner import AsyncRunner
+from swarmless.dispatch.background import Background
 from swarmless.dispatch.dispatcher import Dispatcher
 from swarmless.dispatch.metrics import Metrics
+from swarmless.dispatch.oneshot import OneShotCalls
+from swarmless.dispatch.recorder import Recorder
 from swarmless.dispatch.scheduler import Scheduler
+from swarmless.dispatch.workers import WorkerRegistry
 from swarmless.gateway.callbacks import CallbackPolicy
 from swarmless.gateway.runtime_api import RuntimeAPI
 from swarmless.proxy import CallerTokens, DockerProxy, start_proxy
@@ -67,10 +72,21 @@ class ActiveGateway:
         self.callers = callers
         #: The autoscaler's windows and thresholds, for every reconciler.
         self.scaling = scaling
+        background = Background()
+        recorder = Recorder(store, background)
+        self.workers = WorkerRegistry(backend, background)
+        backend.subscribe(self.workers.container_exited)
         self.dispatcher = Dispatcher(
-            store=store, backend=backend, metrics=metrics, runtime_url=runtime_url
+            store=store,
+            backend=backend,
+            workers=self.workers,
+            oneshot=OneShotCalls(backend, recorder, runtime_url=runtime_url),
+            recorder=recorder,
+            background=background,
+            metrics=metrics,
+            runtime_url=runtime_url,
         )
-        self.runtime_api = RuntimeAPI(self.dispatcher)
+        self.runtime_api = RuntimeAPI(self.workers, recorder)
         self.runner = AsyncRunner(
             self.dispatcher, store, owner=settings.instance, callbacks=callbacks
         )

@@ -3,6 +3,11 @@
 ``POST /runtime/next`` carries the result of the previous call and answers with the next
 one: one round trip per call. While a poll waits, the handler also listens for the
 worker's disconnect; a call handed to a poller that went away goes back to the queue.
+
+It asks the worker registry whose token a request carries
+(:class:`~swarmless.dispatch.workers.WorkerRegistry`), takes calls from and hands results
+to that worker's :class:`~swarmless.dispatch.pool.WarmPool`, and gives the logs a worker
+sends to the :class:`~swarmless.dispatch.recorder.Recorder`.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ import asyncio
 import json
 import logging
 
-from swarmless.dispatch.dispatcher import Dispatcher
 from swarmless.dispatch.pool import RETIRE, Call, Result
+from swarmless.dispatch.recorder import Recorder
+from swarmless.dispatch.workers import WorkerRegistry
 from swarmless.gateway.asgi import ClientGone as ClientGone
 from swarmless.gateway.asgi import (
     Receive,
@@ -36,13 +42,16 @@ _JSON = [(b"content-type", b"application/json")]
 class RuntimeAPI:
     """Raw ASGI app for ``/runtime/next`` and ``/runtime/logs/{call_id}``."""
 
-    def __init__(self, dispatcher: Dispatcher, *, long_poll: float = LONG_POLL) -> None:
-        self.dispatcher = dispatcher
+    def __init__(
+        self, workers: WorkerRegistry, recorder: Recorder, *, long_poll: float = LONG_POLL
+    ) -> None:
+        self._workers = workers
+        self._recorder = recorder
         self.long_poll = long_poll
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = bearer(scope)
-        found = self.dispatcher.worker_for(token) if token else None
+        found = self._workers.for_token(token) if token else None
         if found is None:
             await send_response(
                 send, 401, b'{"error":"unauthorized","message":"unknown worker token"}', _JSON
@@ -113,7 +122,7 @@ class RuntimeAPI:
                 send, 404, b'{"error":"not_found","message":"not your call"}', _JSON
             )
             return
-        self.dispatcher.store_logs(call_id, stdout, stderr)
+        self._recorder.logs(call_id, stdout, stderr)
         await send_response(send, 204, b"")
 
 
