@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -58,6 +58,21 @@ def safe_headers(exc: SwarmlessError) -> dict[str, str]:
     return headers
 
 
+Endpoint = Callable[[HTTPRequest], Awaitable[Response]]
+
+
+def by_method(handlers: dict[str, Endpoint]) -> Endpoint:
+    """One endpoint that calls the handler of the request's method (HEAD: GET's); the
+    handlers are kept as its ``handlers`` (the API description reads their docstrings)."""
+
+    async def endpoint(request: HTTPRequest) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    endpoint.handlers = handlers  # type: ignore[attr-defined]
+    return endpoint
+
+
 class Admin:
     """The admin routes of one gateway (as a :class:`GatewayContext`: it reads the
     gateway's parts and asks through its methods)."""
@@ -68,24 +83,37 @@ class Admin:
         self._openapi: dict[str, Any] | None = None
 
     def routes(self) -> list[Route]:
+        """One route per path (so that a 405 lists every method of the path in Allow)."""
+        table: dict[str, dict[str, Endpoint]] = {
+            "/openapi.json": {"GET": self.openapi},
+            "/docs": {"GET": self.docs},
+            "/system/functions": {
+                "GET": self.list_functions,
+                "POST": self.deploy,
+                "PUT": self.deploy,
+            },
+            "/system/functions/{name}": {
+                "GET": self.get_function,
+                "PUT": self.update_function,
+                "DELETE": self.delete_function,
+            },
+            "/system/scale/{name}": {"POST": self.scale},
+            "/invocations": {"GET": self.list_invocations},
+            "/invocations/{call_id}": {"GET": self.get_invocation},
+            "/invocations/{call_id}/logs": {"GET": self.get_logs},
+            "/invocations/{call_id}/result": {"GET": self.get_result},
+            "/invocations/{call_id}/retry": {"POST": self.retry},
+            "/system/schedules": {"GET": self.schedules},
+            "/system/secrets": {"GET": self.list_secrets},
+            "/system/secrets/{name}": {
+                "PUT": self.put_secret,
+                "POST": self.put_secret,
+                "DELETE": self.delete_secret,
+            },
+        }
         return [
-            Route("/openapi.json", self.openapi, methods=["GET"], include_in_schema=False),
-            Route("/docs", self.docs, methods=["GET"], include_in_schema=False),
-            Route("/system/functions", self.list_functions, methods=["GET"]),
-            Route("/system/functions", self.deploy, methods=["POST", "PUT"]),
-            Route("/system/functions/{name}", self.get_function, methods=["GET"]),
-            Route("/system/functions/{name}", self.update_function, methods=["PUT"]),
-            Route("/system/functions/{name}", self.delete_function, methods=["DELETE"]),
-            Route("/system/scale/{name}", self.scale, methods=["POST"]),
-            Route("/invocations", self.list_invocations, methods=["GET"]),
-            Route("/invocations/{call_id}", self.get_invocation, methods=["GET"]),
-            Route("/invocations/{call_id}/logs", self.get_logs, methods=["GET"]),
-            Route("/invocations/{call_id}/result", self.get_result, methods=["GET"]),
-            Route("/invocations/{call_id}/retry", self.retry, methods=["POST"]),
-            Route("/system/schedules", self.schedules, methods=["GET"]),
-            Route("/system/secrets", self.list_secrets, methods=["GET"]),
-            Route("/system/secrets/{name}", self.put_secret, methods=["PUT", "POST"]),
-            Route("/system/secrets/{name}", self.delete_secret, methods=["DELETE"]),
+            Route(path, by_method(handlers), methods=list(handlers))
+            for path, handlers in table.items()
         ]
 
     def exception_handlers(self) -> Mapping[Any, Any]:
@@ -102,7 +130,8 @@ class Admin:
     async def _on_http_error(self, _request: HTTPRequest, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         body = {"error": "http_error", "message": exc.detail or f"HTTP {exc.status_code}"}
-        return JSONResponse(body, status_code=exc.status_code, headers={"x-swarmless-error": "1"})
+        headers = {**(exc.headers or {}), "x-swarmless-error": "1"}  # a 405's Allow too
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     async def _on_crash(self, request: HTTPRequest, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)

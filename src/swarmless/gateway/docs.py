@@ -75,8 +75,7 @@ def _components() -> dict[str, Any]:
 
 
 def _ref(model: type[BaseModel]) -> dict[str, Any]:
-    title = model.model_config.get("title") or model.__name__
-    return {"$ref": _REF.format(model=title)}
+    return {"$ref": _REF.format(model=model.__name__)}
 
 
 def _content(answer: Any, array: bool) -> dict[str, Any] | None:
@@ -129,7 +128,10 @@ def _operation(path: str, method: str, op: Operation, doc: str) -> dict[str, Any
         if content is not None:
             entry["content"] = content
         responses[str(status)] = entry
-    for status in op.errors:
+    errors = set(op.errors)
+    if op.auth in ("admin", "worker"):
+        errors.add(401)
+    for status in sorted(errors):
         responses[str(status)] = {
             "description": _STATUS_TEXT.get(status, "Error"),
             "content": {"application/json": {"schema": _ref(ErrorBody)}},
@@ -149,12 +151,13 @@ def openapi_schema(routes: Sequence[BaseRoute]) -> dict[str, Any]:
     ones, with their parameters, bodies, answers (errors too) and security."""
     docs: dict[tuple[str, str], str] = {}
     for route in routes:
-        if not isinstance(route, Route):
+        if not isinstance(route, Route) or not route.include_in_schema:
             continue
-        doc = inspect.getdoc(route.endpoint) or ""
+        handlers = getattr(route.endpoint, "handlers", {})  # admin.by_method
         for method in route.methods or ():
             if method != "HEAD":
-                docs[(route.path, method.lower())] = doc
+                endpoint = handlers.get(method, route.endpoint)
+                docs[(route.path, method.lower())] = inspect.getdoc(endpoint) or ""
     paths: dict[str, dict[str, Any]] = {}
     for (path, method), op in OPERATIONS.items():
         doc = docs.get((path, method)) or _RAW_DOCS.get(path, "")
@@ -163,6 +166,7 @@ def openapi_schema(routes: Sequence[BaseRoute]) -> dict[str, Any]:
         if path not in paths or method not in paths[path]:
             paths.setdefault(path, {})[method] = {
                 "summary": doc.partition("\n")[0],
+                "tags": ["undescribed"],
                 "responses": {"default": {"description": "see the summary"}},
             }
     return {

@@ -107,7 +107,23 @@ class _SpecFields(BaseModel):
 class FunctionSpecBody(_SpecFields):
     """A function spec as a client sends it (sizes like '128m', a command line as a string)."""
 
-    model_config = ConfigDict(extra="forbid", title="FunctionSpecBody")
+    model_config = ConfigDict(
+        extra="forbid",
+        title="FunctionSpecBody",
+        json_schema_extra={
+            "examples": [
+                {"name": "hello", "image": "swarmless/busybox:latest", "command": ["cat"]},
+                {
+                    "name": "greet",
+                    "image": "swarmless/python:bookworm",
+                    "mode": "warm",
+                    "handler": "app:handle",
+                    "memory": "128m",
+                    "env": {"GREETING": "hi"},
+                },
+            ]
+        },
+    )
 
     name: str = Field(pattern=NAME, description="A DNS label: a-z, 0-9, '-'.")
     image: str | None = Field(
@@ -139,7 +155,11 @@ class FunctionSpecBody(_SpecFields):
 class SpecUpdateBody(FunctionSpecBody):
     """A function spec for ``PUT /system/functions/{name}``: the name is the URL's."""
 
-    model_config = ConfigDict(extra="forbid", title="SpecUpdateBody")
+    model_config = ConfigDict(
+        extra="forbid",
+        title="SpecUpdateBody",
+        json_schema_extra={"examples": [{"image": "swarmless/busybox:latest", "command": ["cat"]}]},
+    )
 
     name: str = Field(  # type: ignore[assignment]  # optional here: the URL names it
         None, pattern=NAME, description="The URL's name, if given."
@@ -298,12 +318,14 @@ class Operation:
     tag: str = "admin"
 
 
-_FN_NAME = Param("name", "path", {"type": "string", "pattern": NAME}, "A function name.", True)
+_FN_NAME = Param(
+    "name", "path", {"type": "string", "pattern": NAME, "examples": ["hello"]}, "A function.", True
+)
 _CALL = Param("call_id", "path", {"type": "string", "pattern": CALL_ID}, "A call id.", True)
 _SECRET_NAME = Param("name", "path", {"type": "string", "pattern": SECRET}, "A secret name.", True)
 _SUB = Param("path", "path", {"type": "string"}, "Passed to the function as its path.", True)
 #: Any method of a function call (raw ASGI): the HTTP request is the function's input.
-_CALL_METHODS = ("get", "post", "put", "delete", "patch")
+_CALL_METHODS = ("get", "post", "put", "delete", "patch", "head", "options", "trace")
 _FUNCTION_ERRORS = (400, 401, 404, 413, 429, 502, 503, 504)
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
