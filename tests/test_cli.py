@@ -250,6 +250,73 @@ def test_wrong_token_is_one_clear_line(cli: Cli) -> None:
     assert "Traceback" not in r.output
 
 
+# -- user errors: one clear line, never a traceback (real processes) -----------------------
+
+#: Commands a user gets wrong, and words the one line must hold. No gateway answers
+#: (port 9): the errors that need none come first, the others say no gateway answers.
+USER_ERRORS: list[tuple[list[str], str]] = [
+    (["scale", "fn", "abc"], "REPLICAS"),
+    (["scale", "fn", "-1"], "-1"),
+    (["scale", "fn", "1001"], "0 to 1000"),
+    (["scale"], "Missing argument"),
+    (["invoke", "fn", "-d", "@missing-file"], "cannot read 'missing-file'"),
+    (["invoke", "fn", "-H", "nocolon"], "NAME:VALUE"),
+    (["deploy", "missing.yml"], "does not exist"),
+    (["deploy", "bad.yml"], "x.timeout"),
+    (["deploy", "broken.yml"], "not valid YAML (line"),
+    (["logs", "fn", "-n", "x"], "not a valid integer"),
+    (["secret", "create", "s", "missing-file"], "No such file"),
+    (["run"], "Missing argument 'IMAGE'"),
+    (["run", "-e", "NOEQ", BUSYBOX], "KEY=VALUE"),
+    (["run", "--cpus", "abc", BUSYBOX], "not a valid float"),
+    (["new", "Bad Name"], "DNS label"),
+    (["build", "nowhere"], "does not exist"),
+    (["gc", "--bogus"], "No such option"),
+    (["nosuchcommand"], "No such command"),
+    (["up", "--port", "abc"], "not a valid integer"),
+    (["ls"], "no gateway answers"),
+    (["schedules"], "no gateway answers"),
+    (["redrive", "x"], "no gateway answers"),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), USER_ERRORS, ids=lambda a: " ".join(a)[:40])
+def test_user_errors_are_one_line(args: list[str], words: str, tmp_path: Path) -> None:
+    (tmp_path / "bad.yml").write_text("functions:\n  x: {image: busybox, timeout: -1}\n")
+    (tmp_path / "broken.yml").write_text("functions: [\n")
+    code = (
+        "import os, sys; os.chdir(sys.argv.pop(1)); "
+        "from swarmless.cli import main; sys.exit(main())"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), *args],
+        capture_output=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "COLUMNS": "300",
+            "SWARMLESS_GATEWAY_URL": "http://127.0.0.1:9",
+            "SWARMLESS_DATA_DIR": str(tmp_path / "data"),
+        },
+        check=False,
+    )
+    err = p.stderr.decode()
+    assert p.returncode in (1, 2), (p.returncode, err)
+    assert "Traceback" not in err + p.stdout.decode()
+    assert err.startswith("error: "), err
+    assert err.count("\n") == 1, err
+    assert words in err, err
+
+
+def test_environment_errors_are_one_line(tmp_path: Path) -> None:
+    p = _swarmless("ls", SWARMLESS_PORT="abc", SWARMLESS_DATA_DIR=str(tmp_path))
+    err = p.stderr.decode()
+    assert p.returncode == 1
+    assert err.startswith("error: ")
+    assert "port" in err
+    assert "Traceback" not in err
+
+
 # -- run and doctor, as real processes ------------------------------------------------------
 
 

@@ -249,7 +249,10 @@ def load_file(path: str | os.PathLike[str]) -> list[FunctionSpec]:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise SpecError({"file": f"{p} is not valid YAML: {e}"}) from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError({"file": f"{p} is not valid YAML{where}: {what}"}) from None
     if doc is None:
         return []
     if not isinstance(doc, Mapping):

@@ -1,12 +1,21 @@
-"""The root command group and the error rendering every command shares."""
+"""The root command group and the error rendering every command shares.
+
+A user error is one red line on stderr and a non-zero exit status, never a traceback:
+swarmless errors (exit 1), usage errors and bad parameters (exit 2, with the command's
+``--help`` to read), files that cannot be read (exit 1), an interrupt (exit 130). A bug of
+ours is one line too, saying so; ``SWARMLESS_DEBUG=1`` shows its traceback.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from swarmless import __version__
 from swarmless.exceptions import SwarmlessError
@@ -15,18 +24,53 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def fail(message: str, status: int = 1) -> NoReturn:
+    """Print ``error: message`` (one line, on stderr) and exit with ``status``."""
+    err_console.print("[red]error:[/red] " + escape(message), highlight=False, soft_wrap=True)
+    sys.exit(status)
+
+
 class Group(click.Group):
-    """A click group that turns swarmless errors into one red line and exit status 1."""
+    """A click group whose every failure is one red line and a non-zero exit status."""
+
+    def main(  # type: ignore[override]  # always as standalone: it exits
+        self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
+    ) -> NoReturn:
+        extra.pop("standalone_mode", None)
+        try:
+            # Not standalone: the errors come here, to be written as one line; an Exit
+            # (--help, ctx.exit(n)) comes back as its status.
+            status = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            hint = f" (see: {e.ctx.command_path} --help)" if e.ctx is not None else ""
+            fail(e.format_message() + hint, e.exit_code)
+        except click.ClickException as e:
+            fail(e.format_message(), e.exit_code)
+        except click.Abort:
+            err_console.print("[yellow]interrupted[/yellow]")
+            sys.exit(130)
+        sys.exit(status if isinstance(status, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except SwarmlessError as e:
-            err_console.print(f"[red]error:[/red] {e.message}", highlight=False, soft_wrap=True)
-            sys.exit(1)
+            fail(e.message)
+        except OSError as e:  # a file named on the command line: missing, unreadable...
+            where = f"{e.filename}: " if e.filename else ""
+            fail(f"{where}{e.strerror or e}")
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/yellow]")
             sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as e:
+            if os.environ.get("SWARMLESS_DEBUG"):
+                raise
+            fail(
+                f"unexpected {type(e).__name__}: {e} (a bug in swarmless: please report it; "
+                "SWARMLESS_DEBUG=1 shows the traceback)"
+            )
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -79,7 +79,12 @@ def invoke(
         if data == "@-":
             body = sys.stdin.buffer.read()
         elif data.startswith("@"):
-            body = Path(data[1:]).read_bytes()
+            try:
+                body = Path(data[1:]).read_bytes()
+            except OSError as e:
+                raise click.BadParameter(
+                    f"cannot read {data[1:]!r}: {e.strerror or e}", param_hint="-d/--data"
+                ) from None
         else:
             body = data.encode()
     hdrs = {}
@@ -214,7 +219,13 @@ def rm(names: tuple[str, ...]) -> None:
 @click.argument("replicas")
 def scale(name: str, replicas: str) -> None:
     """Pin a warm function to REPLICAS containers (`auto` gives it back to the autoscaler)."""
-    n = None if replicas == "auto" else int(replicas)
+    text = replicas.strip()
+    if text != "auto" and not (text.isascii() and text.isdigit() and int(text) <= 1000):
+        raise click.BadParameter(
+            f"expected a number of containers from 0 to 1000, or 'auto'; got {replicas!r}",
+            param_hint="REPLICAS",
+        )
+    n = None if text == "auto" else int(text)
     _gateway().scale(name, n)
     console.print(f"{name}: {'autoscaled' if n is None else f'pinned to {n}'}")
 
@@ -233,11 +244,16 @@ def redrive(call_ids: tuple[str, ...]) -> None:
 def schedules() -> None:
     """Scheduled functions and when they fire next."""
     table = Table(show_header=True, header_style="bold")
-    for col in ("function", "schedule", "timezone", "next fire", "last fired"):
+    for col in ("function", "schedule", "timezone", "next fire", "last fired", "error"):
         table.add_column(col)
     for s in _gateway().schedules():
         table.add_row(
-            s["function"], s["schedule"], s["timezone"], s["next_fire"], s["last_fired"] or ""
+            s["function"],
+            s["schedule"],
+            s["timezone"],
+            s.get("next_fire") or "never",
+            s.get("last_fired") or "",
+            s.get("error") or "",
         )
     console.print(table)
 
