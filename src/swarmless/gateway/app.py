@@ -16,10 +16,10 @@ Routes (OpenFaaS paths where they exist)::
     GET  /healthz  /openapi.json  /docs
     GET  /metrics                          (admin, unless ``metrics_public``)
 
-Who serves what: this module routes and serves ``/function/*`` itself (the hot path: the
-edge, then the dispatcher), ``/async-function/*`` is :mod:`~swarmless.gateway.async_routes`,
-``/runtime/*`` :mod:`~swarmless.gateway.runtime_api`, the rest
-:mod:`~swarmless.gateway.admin` (which sees this gateway as a
+Who serves what: this module routes; ``/function/*`` (the hot path: the edge, then the
+dispatcher) is :mod:`~swarmless.gateway.sync_routes`, ``/async-function/*``
+:mod:`~swarmless.gateway.async_routes`, ``/runtime/*`` :mod:`~swarmless.gateway.runtime_api`,
+the rest :mod:`~swarmless.gateway.admin` (the routes see this gateway as a
 :class:`~swarmless.gateway.context.GatewayContext`). Lifespan: open the store, then become
 the active gateway or a standby replica of it (:mod:`swarmless.gateway.replicas`); the
 active one wires and starts its parts in :mod:`swarmless.gateway.active`. On shutdown: stop
@@ -30,6 +30,7 @@ up, flush the store.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import logging
 import secrets
@@ -47,33 +48,18 @@ from swarmless import __version__
 from swarmless.backends.base import Backend
 from swarmless.config import Settings
 from swarmless.dispatch.async_runner import AsyncRunner
-from swarmless.dispatch.dispatcher import Dispatcher, Request
+from swarmless.dispatch.dispatcher import Dispatcher
 from swarmless.dispatch.metrics import LiveGauges, Metrics
 from swarmless.dispatch.scheduler import Scheduler
-from swarmless.exceptions import (
-    SwarmlessError,
-    Unauthorized,
-)
+from swarmless.exceptions import Unauthorized
 from swarmless.gateway.active import ActiveGateway
 from swarmless.gateway.admin import Admin
-from swarmless.gateway.asgi import (
-    ClientGone,
-    Receive,
-    Scope,
-    Send,
-    bearer,
-    header,
-    internal_error,
-    read_body,
-    send_error,
-    send_response,
-)
-from swarmless.gateway.async_routes import (
-    accept_async,
-)
+from swarmless.gateway.asgi import Receive, Scope, Send, bearer
+from swarmless.gateway.async_routes import accept_async
 from swarmless.gateway.callbacks import CallbackPolicy, blocked_networks
 from swarmless.gateway.edge import Passed, filter_headers, networks
 from swarmless.gateway.replicas import Replicas, peer_url
+from swarmless.gateway.sync_routes import invoke_sync
 from swarmless.proxy import CallerTokens
 from swarmless.scaling.reconciler import Reconciler
 from swarmless.store import Store
@@ -134,8 +120,7 @@ class Gateway:
         self.replicas: Replicas | None = None
         #: Why this gateway had to stop serving (it lost the lease), if it had to.
         self.fatal: str | None = None
-        #: Called when it has to (the server stops).
-        self.on_fatal: Callable[[], None] | None = None
+        self._on_fatal: Callable[[], None] | None = None
         #: Proxies whose X-Forwarded-* the edge believes (swarmless.gateway.edge).
         self.trusted_proxies = networks(settings.trusted_proxies)
         #: Where callbacks may go; knows the function network once the backend started.
@@ -177,7 +162,7 @@ class Gateway:
                 receive = replayed
             active = self.active
             if path.startswith("/function/") and active is not None:
-                await self._function(active.dispatcher, scope, receive, send)
+                await invoke_sync(self, active.dispatcher, scope, receive, send)
                 return
             if path.startswith("/async-function/") and active is not None:
                 await accept_async(self, scope, receive, send)
@@ -193,52 +178,6 @@ class Gateway:
         active replica only: those it forwards)."""
         token = bearer(scope)
         return token is None or self.is_admin_token(token)
-
-    async def _function(
-        self, dispatcher: Dispatcher, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """``ANY /function/{name}[/{path}]``: one sync invocation."""
-        rest: str = scope["path"][len("/function/") :]
-        name, slash, sub = rest.partition("/")
-        try:
-            spec, _ = dispatcher.get(name)
-            token = bearer(scope)
-            caller = self.callers.caller(token, dispatcher)
-            if spec.private and caller is None:
-                self.check_admin(token)
-            passed = self.edge(scope)
-            body = await read_body(scope, receive, spec.max_body)
-            parent = None
-            if caller is not None:  # a call from a function: the call tree records it
-                claimed = header(scope, b"x-swarmless-parent")
-                parent = self.callers.parent(caller, claimed, dispatcher)
-            server = scope.get("server") or ("127.0.0.1", self.settings.port)
-            request = Request(
-                method=scope["method"],
-                path=slash + sub,
-                query=scope.get("query_string", b"").decode("latin-1"),
-                headers=passed.headers,
-                body=body,
-                remote_addr=passed.client,
-                remote_port=passed.client_port,
-                server_name=str(server[0]),
-                server_port=int(server[1] or 0),
-                scheme=passed.scheme,
-            )
-            response = await dispatcher.invoke(name, request, parent=parent)
-        except ClientGone:
-            return
-        except SwarmlessError as e:
-            await send_error(send, e)
-            return
-        except Exception as e:  # a bug of ours: still a JSON answer, never a bare 500
-            log.exception("unexpected error invoking %s", name)
-            await send_error(send, internal_error(e))
-            return
-        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
-        headers = [h for h in headers if h[0] not in (b"content-length", b"transfer-encoding")]
-        headers.append((b"x-call-id", response.call_id.encode()))
-        await send_response(send, response.status, response.body, headers)
 
     def edge(self, scope: Scope, *, consumed: frozenset[str] = frozenset()) -> Passed:
         """What of this request's headers a function may see (:mod:`swarmless.gateway.edge`):
@@ -313,8 +252,18 @@ class Gateway:
         """This replica was the active one and no longer holds the lease: stop serving."""
         self.fatal = why
         self.begin_shutdown()
-        if self.on_fatal is not None:
-            self.on_fatal()
+        if self._on_fatal is not None:
+            self._on_fatal()
+
+    def on_fatal(self, stop: Callable[[], None]) -> None:
+        """Call ``stop`` when this gateway has to stop serving (the server stops)."""
+        self._on_fatal = stop
+
+    def listening_on(self, port: int) -> None:
+        """The server listens on ``port`` (a free one when ``settings.port`` was 0): the
+        runtime URL and the peer URL are made with it."""
+        if port != self.settings.port:
+            self.settings = dataclasses.replace(self.settings, port=port)
 
     async def _start_active(self) -> None:
         """Start as the active gateway: its parts are wired in :mod:`.active`."""

@@ -1,11 +1,11 @@
 """The gateway as its routes see it: a Protocol, so routes need not import the gateway.
 
 :class:`~swarmless.gateway.app.Gateway` builds the routes (:mod:`~swarmless.gateway.admin`,
-:mod:`~swarmless.gateway.async_routes`) and hands itself to them as a
-:class:`GatewayContext`: they read its parts (each None until this replica is the active
-one, see :mod:`~swarmless.gateway.active`) and ask through methods; none of them writes
-the gateway's attributes, and neither imports :mod:`swarmless.gateway.app` (which imports
-them).
+:mod:`~swarmless.gateway.sync_routes`, :mod:`~swarmless.gateway.async_routes`) and hands
+itself to them as a :class:`GatewayContext`: they read its parts (each None until this
+replica is the active one, see :mod:`~swarmless.gateway.active`) and ask through methods;
+none of them writes the gateway's attributes, and none imports
+:mod:`swarmless.gateway.app` (which imports them).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Protocol
 from starlette.applications import Starlette
 
 from swarmless.backends.base import Backend
+from swarmless.config import Settings
 from swarmless.dispatch.async_runner import AsyncRunner
 from swarmless.dispatch.dispatcher import Dispatcher
 from swarmless.dispatch.scheduler import Scheduler
@@ -37,6 +38,9 @@ class GatewayContext(Protocol):
     def app(self) -> Starlette:
         """The Starlette app of the admin routes (for the OpenAPI description)."""
         ...
+
+    @property
+    def settings(self) -> Settings: ...
 
     @property
     def backend(self) -> Backend: ...

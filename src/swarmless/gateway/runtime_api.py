@@ -16,7 +16,7 @@ import asyncio
 import json
 import logging
 
-from swarmless.dispatch.pool import RETIRE, Call, Result
+from swarmless.dispatch.pool import RETIRE, Call, Result, Worker
 from swarmless.dispatch.recorder import Recorder
 from swarmless.dispatch.workers import WorkerRegistry
 from swarmless.gateway.asgi import ClientGone as ClientGone
@@ -108,7 +108,7 @@ class RuntimeAPI:
                 ],
             )
 
-    async def _logs(self, worker: object, call_id: str, body: bytes, send: Send) -> None:
+    async def _logs(self, worker: Worker, call_id: str, body: bytes, send: Send) -> None:
         try:
             data = json.loads(body)
             stdout = str(data.get("stdout", "")).encode()
@@ -116,8 +116,7 @@ class RuntimeAPI:
         except (ValueError, AttributeError):
             await send_response(send, 400, b'{"error":"invalid_argument"}', _JSON)
             return
-        in_hand = getattr(worker, "in_hand", {})
-        if call_id not in in_hand:
+        if call_id not in worker.in_hand:
             await send_response(
                 send, 404, b'{"error":"not_found","message":"not your call"}', _JSON
             )

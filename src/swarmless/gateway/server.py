@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import ipaddress
 import logging
 import socket
@@ -77,8 +76,7 @@ class GatewayServer:
         await gateway.backend.start()
         public = bind(settings.host, settings.port)
         self.port = port = public.getsockname()[1]
-        if port != settings.port:
-            gateway.settings = dataclasses.replace(settings, port=port)
+        gateway.listening_on(port)
         sockets = [public]
         if _is_loopback(settings.host):
             ip = gateway.backend.runtime_host()
@@ -100,7 +98,7 @@ class GatewayServer:
             proxy_headers=False,
         )
         self.server = server = _Server(config, gateway)
-        gateway.on_fatal = self.stop
+        gateway.on_fatal(self.stop)
 
         async def announce() -> None:
             while not server.started and not server.should_exit:  # noqa: ASYNC110
