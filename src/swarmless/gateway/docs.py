@@ -222,6 +222,7 @@ pre{background:#f3f4f6;padding:.6em;overflow:auto;font-size:13px;border-radius:4
 table{border-collapse:collapse}td,th{text-align:left;padding:.2em .6em;vertical-align:top}
 input,textarea{font:13px monospace;width:100%;box-sizing:border-box}
 button{margin-top:.4em}.lock{font-size:12px;color:#92400e}
+th{font-size:12px;color:#4b5563}label{display:block;margin:.3em 0}
 """
 
 _SCRIPT = """
@@ -267,43 +268,111 @@ for (const form of document.querySelectorAll('form.try')) {
 """
 
 
-def _pretty(schema: Any) -> str:
-    return html.escape(json.dumps(schema, indent=2))
+def _type(schema: Any) -> str:
+    """A schema as a short readable type (HTML): a model is a link to its table."""
+    if not isinstance(schema, dict) or not schema:
+        return "any"
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        name = html.escape(ref.rsplit("/", 1)[1])
+        return f"<a href='#schema-{name}'>{name}</a>"
+    if "anyOf" in schema:
+        return " | ".join(_type(s) for s in schema["anyOf"])
+    if "enum" in schema:
+        return "one of " + ", ".join(
+            f"<code>{html.escape(json.dumps(v))}</code>" for v in schema["enum"]
+        )
+    if "const" in schema:
+        return f"<code>{html.escape(json.dumps(schema['const']))}</code>"
+    kind = schema.get("type", "any")
+    if kind == "array":
+        return f"list of {_type(schema.get('items'))}"
+    if kind == "object" and isinstance(schema.get("additionalProperties"), dict):
+        return f"map of {_type(schema['additionalProperties'])}"
+    limits = [
+        f"{word} {html.escape(json.dumps(schema[key]))}"
+        for key, word in (
+            ("minimum", "&ge;"),
+            ("exclusiveMinimum", "&gt;"),
+            ("maximum", "&le;"),
+            ("exclusiveMaximum", "&lt;"),
+            ("minLength", "length &ge;"),
+            ("maxLength", "length &le;"),
+            ("pattern", "matching"),
+        )
+        if key in schema
+    ]
+    return html.escape(str(kind)) + (f" ({', '.join(limits)})" if limits else "")
 
 
-def _op_html(path: str, method: str, op: dict[str, Any]) -> str:
+def _model_html(name: str, schema: dict[str, Any]) -> str:
+    """A component schema as a table of its fields."""
+    required = set(schema.get("required", []))
+    rows = "".join(
+        f"<tr><td><code>{html.escape(field)}</code>{' *' if field in required else ''}</td>"
+        f"<td>{_type(body)}</td>"
+        f"<td>{html.escape(json.dumps(body['default'])) if 'default' in body else ''}</td>"
+        f"<td>{html.escape(body.get('description', ''))}</td></tr>"
+        for field, body in schema.get("properties", {}).items()
+    )
+    extra = "" if schema.get("additionalProperties") is False else "<p>More fields may come.</p>"
+    return (
+        f"<details id='schema-{html.escape(name)}'><summary><code>{html.escape(name)}</code> "
+        f"<span class='s'>{html.escape(schema.get('description', ''))}</span></summary>"
+        "<div class='body'><table><tr><th>field (* required)</th><th>type</th><th>default</th>"
+        f"<th></th></tr>{rows}</table>{extra}</div></details>"
+    )
+
+
+def _example(schema: dict[str, Any], media: dict[str, Any]) -> str:
+    """The first example of a request body's model, as JSON to edit."""
+    ref = media.get("schema", {}).get("$ref", "")
+    model = schema["components"]["schemas"].get(ref.rsplit("/", 1)[-1], {}) if ref else {}
+    examples = model.get("examples") or []
+    return json.dumps(examples[0], indent=2) if examples else ""
+
+
+def _op_html(path: str, method: str, op: dict[str, Any], schema: dict[str, Any]) -> str:
     rows = []
     inputs = []
     for p in op.get("parameters", []):
         name = html.escape(p["name"])
         rows.append(
-            f"<tr><td><code>{name}</code></td><td>{p['in']}</td>"
-            f"<td><code>{html.escape(json.dumps(p['schema']))}</code></td>"
+            f"<tr><td><code>{name}</code>{' *' if p.get('required') else ''}</td>"
+            f"<td>{p['in']}</td><td>{_type(p['schema'])}</td>"
             f"<td>{html.escape(p.get('description', ''))}</td></tr>"
         )
         inputs.append(f"<label>{name} ({p['in']})<input name='{name}' data-in='{p['in']}'></label>")
     parts = [f"<p>{html.escape(op.get('description', ''))}</p>" if "description" in op else ""]
     if rows:
         parts.append(
-            "<h4>Parameters</h4><table><tr><th>name</th><th>in</th><th>schema</th><th></th></tr>"
+            "<h4>Parameters</h4><table><tr><th>name</th><th>in</th><th>type</th><th></th></tr>"
             + "".join(rows)
             + "</table>"
         )
-    body_type = ""
+    body_type, example = "", ""
     if "requestBody" in op:
         body_type, media = next(iter(op["requestBody"]["content"].items()))
+        example = _example(schema, media)
         parts.append(
-            f"<h4>Request body ({html.escape(body_type)})</h4><pre>{_pretty(media['schema'])}</pre>"
+            f"<h4>Request body</h4><p><code>{html.escape(body_type)}</code>: "
+            f"{_type(media.get('schema'))}</p>"
         )
     answers = "".join(
         f"<tr><td><code>{status}</code></td><td>{html.escape(r['description'])}</td>"
-        f"<td><code>{html.escape(', '.join(r.get('content', {})))}</code></td>"
-        f"<td><code>{html.escape(json.dumps([m['schema'] for m in r.get('content', {}).values()]))}"
-        "</code></td></tr>"
+        + "".join(
+            f"<td><code>{html.escape(media_type)}</code></td><td>{_type(m.get('schema'))}</td>"
+            for media_type, m in r.get("content", {}).items()
+        )
+        + "</tr>"
         for status, r in op["responses"].items()
     )
     parts.append(f"<h4>Responses</h4><table>{answers}</table>")
-    textarea = "<label>body<textarea rows='5'></textarea></label>" if body_type else ""
+    textarea = (
+        f"<label>body<textarea rows='6'>{html.escape(example)}</textarea></label>"
+        if body_type
+        else ""
+    )
     parts.append(
         f"<h4>Try it</h4><form class='try' data-method='{method}' "
         f"data-path='{html.escape(path)}' data-type='{html.escape(body_type)}'>"
@@ -325,7 +394,7 @@ def docs_page(schema: dict[str, Any]) -> str:
     sections = []
     for tag in schema.get("tags", []):
         ops = [
-            _op_html(path, method, op)
+            _op_html(path, method, op, schema)
             for path, methods in schema["paths"].items()
             for method, op in methods.items()
             if tag["name"] in op.get("tags", [])
@@ -336,9 +405,7 @@ def docs_page(schema: dict[str, Any]) -> str:
                 + "".join(ops)
             )
     models = "".join(
-        f"<details id='schema-{html.escape(name)}'><summary><code>{html.escape(name)}</code>"
-        f"</summary><div class='body'><pre>{_pretty(body)}</pre></div></details>"
-        for name, body in schema["components"]["schemas"].items()
+        _model_html(name, body) for name, body in schema["components"]["schemas"].items()
     )
     info = schema["info"]
     return (
