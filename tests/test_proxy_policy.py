@@ -59,7 +59,12 @@ def child(labels: dict[str, str] | None = None) -> Target:
         id=CHILD,
         labels=labels
         if labels is not None
-        else {"swarmless.managed": "true", "swarmless.kind": "child", "swarmless.parent": ME},
+        else {
+            "swarmless.managed": "true",
+            "swarmless.kind": "child",
+            "swarmless.parent": ME,
+            "swarmless.gateway": "gw1",
+        },
     )
 
 
@@ -328,10 +333,14 @@ def test_list_and_events_are_filtered() -> None:
     from urllib.parse import unquote_plus
 
     filters = json.loads(unquote_plus(params["filters"]))
-    assert filters["label"] == ["app=x", f"swarmless.parent={ME}"]
+    # the caller's own children: its parent label, and this gateway's forced labels
+    assert filters["label"] == ["app=x", "swarmless.gateway=gw1", f"swarmless.parent={ME}"]
     v = on("GET", "/v1.41/events", None, query='filters={"label":{"x=1":true}}')
     filters = json.loads(unquote_plus(dict(p.split("=", 1) for p in v.query.split("&"))["filters"]))
-    assert filters == {"label": ["x=1", f"swarmless.parent={ME}"], "type": ["container"]}
+    assert filters == {
+        "label": ["x=1", "swarmless.gateway=gw1", f"swarmless.parent={ME}"],
+        "type": ["container"],
+    }
 
 
 def test_images() -> None:

@@ -198,8 +198,8 @@ def child_name(name: str, caller: Caller, what: str) -> str:
 
 #: Options of a tmpfs mount (``HostConfig.Tmpfs``) a child may use: no ``dev``, ``suid``,
 #: ``rbind`` or other mount flags that reach past a plain in-memory directory.
-_TMPFS_FLAGS = frozenset({"ro", "rw", "noexec", "exec", "nosuid", "nodev", "noatime"})
-_TMPFS_VALUE = re.compile(r"^(size|mode|uid|gid|nr_inodes)=([0-9]+[kmgKMG%]?)$")
+_TMPFS_FLAGS = frozenset({"ro", "rw", "noexec", "nosuid", "nodev", "noatime"})
+_TMPFS_VALUE = re.compile(r"^(size|uid|gid|nr_inodes)=([0-9]+[kmgKMG%]?)$|^(mode)=([0-7]{1,4})$")
 _MOUNT_TARGET = re.compile(r"^/[A-Za-z0-9_./-]*$")
 
 
@@ -218,6 +218,10 @@ def _tmpfs(host: dict[str, Any], caller: Caller) -> None:
             m = _TMPFS_VALUE.match(option)
             if m is None:
                 raise Refused("tmpfs", f"tmpfs option {option!r} is not allowed")
+            if m[3] == "mode" and int(m[4], 8) > 0o1777:
+                raise Refused("tmpfs", f"tmpfs {option!r}: no setuid or setgid bits")
+            if m[1] == "nr_inodes" and _size(m[2]) == 0:
+                raise Refused("tmpfs", "tmpfs nr_inodes=0 (no limit) is not allowed")
             if m[1] == "size" and _size(m[2]) > caller.memory:
                 raise Refused("memory", f"tmpfs {option!r} is over the memory cap")
 

@@ -89,7 +89,16 @@ class EngineView:
             return None
         r.raise_for_status()
         data = r.json()
-        return Target(id=data["Id"], labels=(data.get("Config") or {}).get("Labels") or {})
+        labels = dict((data.get("Config") or {}).get("Labels") or {})
+        parent = labels.get(LABEL_PARENT)
+        if parent is not None:
+            # The parent label is what makes a child someone's: one its image carries too
+            # proves nothing (the engine copies an image's labels onto its containers),
+            # nor does one whose image is gone.
+            inherited = await self.image_labels(str(data.get("Image") or ""))
+            if inherited is None or inherited.get(LABEL_PARENT) == parent:
+                del labels[LABEL_PARENT]
+        return Target(id=data["Id"], labels=labels)
 
     async def exec_container(self, exec_id: str) -> Target | None:
         r = await self.api.get(f"/exec/{exec_id}/json")

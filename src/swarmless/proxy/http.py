@@ -128,6 +128,9 @@ class ClientSide:
         if b"transfer-encoding" in names and b"content-length" in names:
             # RFC 9112 6.3: a sign of smuggling; refused rather than read one way.
             raise BadRequest("both Content-Length and Transfer-Encoding")
+        for k, v in event.headers:
+            if k == b"content-length" and int(v) > self.max_body:
+                raise BadRequest(f"body of {int(v)} bytes is over {self.max_body}", 413)
         body = bytearray()
         while True:
             part = await self._event(timeout)

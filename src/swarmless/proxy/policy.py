@@ -76,17 +76,19 @@ __all__ = [
 ]
 
 
+def _proving(caller: Caller) -> dict[str, str]:
+    """The labels that make a container the caller's child: its parent, and the labels
+    forced on every child of this gateway (its instance; a test session's)."""
+    return {**caller.labels, LABEL_PARENT: caller.container}
+
+
 def _own(req: ProxyRequest, route: Route) -> Target:
     """The caller's own child the request names. Anything else is "no such container",
     word for word what a container that does not exist gets (no existence oracle)."""
     target = req.target
     labels = target.labels if target is not None else {}
-    if (
-        target is None
-        or labels.get(LABEL_PARENT) != req.caller.container
-        or labels.get(LABEL_KIND) != "child"
-        or labels.get(LABEL_MANAGED) != "true"
-    ):
+    proving = {**_proving(req.caller), LABEL_KIND: "child", LABEL_MANAGED: "true"}
+    if target is None or any(labels.get(k) != v for k, v in proving.items()):
         what = "exec instance" if route.endpoint.startswith("exec-") else "container"
         if route.endpoint == "exec-create":
             what = "container"
@@ -109,7 +111,8 @@ def _filters(
         if isinstance(value, dict):
             value = [k for k, on in value.items() if on is True]
         normal[key] = strings(value, f"filters.{key}")
-    normal["label"] = [*normal.get("label", []), f"{LABEL_PARENT}={caller.container}"]
+    own = [f"{k}={v}" for k, v in _proving(caller).items()]
+    normal["label"] = [*normal.get("label", []), *own]
     if events:
         normal["type"] = ["container"]
     out.append(("filters", json.dumps(normal, separators=(",", ":"))))
