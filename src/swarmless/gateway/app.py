@@ -60,6 +60,7 @@ from swarmless.gateway.callbacks import CallbackPolicy, blocked_networks
 from swarmless.gateway.edge import Passed, filter_headers, networks
 from swarmless.gateway.replicas import Replicas, peer_url
 from swarmless.gateway.sync_routes import invoke_sync
+from swarmless.gateway.ui import Dashboard
 from swarmless.proxy import CallerTokens
 from swarmless.scaling.reconciler import Reconciler
 from swarmless.store import Store
@@ -322,6 +323,7 @@ class Gateway:
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/metrics", self.metrics_route, methods=["GET"]),
             *admin.routes(),
+            *Dashboard(self).routes(),  # /ui, and / showing it
         ]
         return Starlette(
             routes=routes, exception_handlers=admin.exception_handlers(), lifespan=self.lifespan
