@@ -85,6 +85,9 @@ def test_all_is_pinned() -> None:
 def test_package_all_is_sorted_and_exact(name: str) -> None:
     module = importlib.import_module(name)
     exported = list(getattr(module, "__all__", None) or [])
+    # A package may load its names on first use (swarmless._lazy): load them all first.
+    for public in exported:
+        assert getattr(module, public) is not None, f"{name}.{public}"
     assert exported, f"{name} has no __all__"
     assert exported == sorted(exported), f"{name}.__all__ is not sorted"
     assert len(set(exported)) == len(exported), f"{name}.__all__ lists a name twice"

@@ -3,17 +3,15 @@
 Every client has an asyncio twin with the same methods: :class:`Client` and
 :class:`AsyncClient`, :class:`GatewayClient` and :class:`AsyncGatewayClient`,
 :class:`Invocation` and :class:`AsyncInvocation`, :class:`Run` and :class:`AsyncRun`.
+Each name is imported on first use (:mod:`swarmless._lazy`): the gateway clients bring
+httpx, ``run()`` the Docker SDK, and neither is paid for before it is needed.
 """
 
-from swarmless.sdk.client import AsyncClient, AsyncRun, Client, from_env
-from swarmless.sdk.gateway import (
-    AsyncGatewayClient,
-    AsyncInvocation,
-    GatewayClient,
-    Invocation,
-    InvokeResult,
-)
-from swarmless.sdk.run import Run
+from __future__ import annotations
+
+import typing
+
+from swarmless import _lazy
 
 __all__ = [
     "AsyncClient",
@@ -27,3 +25,37 @@ __all__ = [
     "Run",
     "from_env",
 ]
+
+_CLIENT = "swarmless.sdk.client"
+_GATEWAY = "swarmless.sdk.gateway"
+#: Where each public name lives; imported on first use.
+_EXPORTS = {
+    "AsyncClient": _CLIENT,
+    "AsyncGatewayClient": _GATEWAY,
+    "AsyncInvocation": _GATEWAY,
+    "AsyncRun": _CLIENT,
+    "Client": _CLIENT,
+    "GatewayClient": _GATEWAY,
+    "Invocation": _GATEWAY,
+    "InvokeResult": _GATEWAY,
+    "Run": "swarmless.sdk.run",
+    "from_env": _CLIENT,
+}
+
+if typing.TYPE_CHECKING:
+    from swarmless.sdk.client import AsyncClient, AsyncRun, Client, from_env
+    from swarmless.sdk.gateway import (
+        AsyncGatewayClient,
+        AsyncInvocation,
+        GatewayClient,
+        Invocation,
+        InvokeResult,
+    )
+    from swarmless.sdk.run import Run
+else:
+
+    def __getattr__(name: str) -> object:
+        return _lazy.load(__name__, _EXPORTS, name)
+
+    def __dir__() -> list[str]:
+        return _lazy.names(__name__, _EXPORTS)

@@ -9,24 +9,49 @@ since the Docker SDK is synchronous, its ``run`` runs the one implementation in 
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from typing import IO, Any, Literal, overload
-
-import docker
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from swarmless.config import Settings
-from swarmless.engine import connect
-from swarmless.ownership import run_labels
-from swarmless.sdk.gateway import (
-    AsyncGatewayClient,
-    AsyncInvocation,
-    GatewayClient,
-    Invocation,
-    InvokeResult,
+from swarmless.sdk.options import DockerOptions, docker_options
+
+if TYPE_CHECKING:
+    # Imported where they are used: the Docker SDK, httpx and asyncio cost a CGI front end
+    # that only builds a client tens of milliseconds it need not pay.
+    import docker
+
+    from swarmless.sdk.gateway import (
+        AsyncGatewayClient,
+        AsyncInvocation,
+        GatewayClient,
+        Invocation,
+        InvokeResult,
+    )
+    from swarmless.sdk.run import Pull, Run, Stdin
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+#: The keyword arguments of ``run()`` besides docker-py's names (for its error messages).
+_RUN_PARAMETERS = (
+    "cpus",
+    "detach",
+    "env",
+    "labels",
+    "memory",
+    "network",
+    "pull",
+    "remove",
+    "stderr",
+    "stdin",
+    "stdout",
+    "text",
+    "timeout",
+    "user",
+    "workdir",
 )
-from swarmless.sdk.run import Pull, Run, RunOptions, Stdin, run_container, start_container
 
 __all__ = ["AsyncClient", "AsyncRun", "Client", "from_env"]
 
@@ -57,6 +82,8 @@ class Client:
         if self._docker is None:
             with self._lock:
                 if self._docker is None:
+                    from swarmless.engine import connect
+
                     self._docker = connect(self.settings.docker_host)
         return self._docker
 
@@ -66,6 +93,8 @@ class Client:
         if self._gateway is None:
             with self._lock:
                 if self._gateway is None:
+                    from swarmless.sdk.gateway import GatewayClient
+
                     self._gateway = GatewayClient(self.settings)
         return self._gateway
 
@@ -156,6 +185,7 @@ class Client:
         remove: bool = True,
         pull: Pull = "missing",
         text: bool = False,
+        **options: Unpack[DockerOptions],
     ) -> bytes | str: ...
 
     @overload
@@ -179,6 +209,7 @@ class Client:
         remove: bool = True,
         pull: Pull = "missing",
         text: bool = False,
+        **options: Unpack[DockerOptions],
     ) -> Run: ...
 
     def run(
@@ -201,6 +232,7 @@ class Client:
         remove: bool = True,
         pull: Pull = "missing",
         text: bool = False,
+        **options: Unpack[DockerOptions],
     ) -> bytes | str | Run:
         """Run ``image`` with ``command`` as a function call.
 
@@ -211,6 +243,13 @@ class Client:
         ``timeout`` seconds the container is killed and :class:`~swarmless.RunTimeout`
         raised. With ``detach=True`` returns a :class:`Run` handle at once.
 
+        ``command`` is a list of arguments, or a string split as a shell would
+        (``"echo hello world"`` is three arguments, as with docker-py). docker-py's names
+        work too, with docker-py's meaning: ``environment``, ``network_mode``,
+        ``working_dir``, ``mem_limit``, ``nano_cpus``, ``volumes``, ``entrypoint``,
+        ``name``, ``hostname``, ``auto_remove`` (see :mod:`swarmless.sdk.options`); any
+        other keyword is refused with a :class:`TypeError` that names it.
+
         The container carries ``swarmless.*`` labels, among them this instance's
         (``swarmless.instance``, ``swarmless.owner``: ``swarmless gc`` of this instance
         may remove it, no other's), and is removed on every path unless ``remove=False``.
@@ -219,18 +258,21 @@ class Client:
         >>> client = from_env()
         >>> client.run("swarmless/busybox", ["echo", "hello"], text=True)
         'hello\\n'
+        >>> client.run("swarmless/busybox", "printenv A", environment={"A": "hi"})
+        b'hi\\n'
         """
+        from swarmless.ownership import run_labels
+        from swarmless.sdk.run import RunOptions, run_container, start_container
+
+        # The options docker-py names otherwise: given one way or the other, not both.
+        taken = {"env": env, "network": network, "memory": memory, "cpus": cpus, "workdir": workdir}
+        aliases = docker_options(options, taken=taken, accepted=_RUN_PARAMETERS)
         opts = RunOptions(
             image,
             command,
             stdin=stdin,
-            env=env,
             timeout=timeout,
-            network=network,
-            memory=memory,
-            cpus=cpus,
             user=user,
-            workdir=workdir,
             labels=labels,
             stdout=stdout,
             stderr=stderr,
@@ -238,6 +280,7 @@ class Client:
             pull=pull,
             text=text,
             owner=run_labels(self.settings),
+            **{**taken, **aliases},
         )
         api = self.docker.api
         if detach:
@@ -261,30 +304,30 @@ class AsyncRun:
 
     async def done(self) -> bool:
         """True once the container has exited."""
-        return await asyncio.to_thread(lambda: self.sync.done)
+        return await _in_thread(lambda: self.sync.done)
 
     async def wait(self, timeout: float | None = None) -> int:
         """See :meth:`Run.wait`."""
-        return await asyncio.to_thread(self.sync.wait, timeout)
+        return await _in_thread(self.sync.wait, timeout)
 
     async def result(self, timeout: float | None = None) -> bytes | str:
         """See :meth:`Run.result`."""
-        return await asyncio.to_thread(self.sync.result, timeout)
+        return await _in_thread(self.sync.result, timeout)
 
     async def logs(self, follow: bool = False) -> Any:
         """The output so far as bytes; with ``follow=True``, an async iterator of lines."""
         if not follow:
-            return await asyncio.to_thread(self.sync.logs)
-        lines: Iterator[bytes] = await asyncio.to_thread(self.sync.logs, True)
+            return await _in_thread(self.sync.logs)
+        lines: Iterator[bytes] = await _in_thread(self.sync.logs, True)
         return _aiter_thread(lines)
 
     async def kill(self) -> None:
         """See :meth:`Run.kill`."""
-        await asyncio.to_thread(self.sync.kill)
+        await _in_thread(self.sync.kill)
 
     async def close(self) -> None:
         """See :meth:`Run.close`."""
-        await asyncio.to_thread(self.sync.close)
+        await _in_thread(self.sync.close)
 
     async def __aenter__(self) -> AsyncRun:
         return self
@@ -293,11 +336,18 @@ class AsyncRun:
         await self.close()
 
 
+async def _in_thread(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """``asyncio.to_thread``; asyncio is imported here, where its loop is already running."""
+    import asyncio
+
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
 async def _aiter_thread(items: Iterator[bytes]) -> AsyncIterator[bytes]:
     """A blocking iterator, read in a thread one item at a time."""
     done = object()
     while True:
-        item = await asyncio.to_thread(next, items, done)
+        item = await _in_thread(next, items, done)
         if item is done:
             return
         assert isinstance(item, bytes)
@@ -332,6 +382,8 @@ class AsyncClient:
     def gateway(self) -> AsyncGatewayClient:
         """The async gateway client (deploy, records, logs), created on first use."""
         if self._gateway is None:
+            from swarmless.sdk.gateway import AsyncGatewayClient
+
             self._gateway = AsyncGatewayClient(self.settings)
         return self._gateway
 
@@ -403,6 +455,7 @@ class AsyncClient:
         remove: bool = True,
         pull: Pull = "missing",
         text: bool = False,
+        **options: Unpack[DockerOptions],
     ) -> bytes | str: ...
 
     @overload
@@ -426,6 +479,7 @@ class AsyncClient:
         remove: bool = True,
         pull: Pull = "missing",
         text: bool = False,
+        **options: Unpack[DockerOptions],
     ) -> AsyncRun: ...
 
     async def run(
@@ -448,10 +502,13 @@ class AsyncClient:
         remove: bool = True,
         pull: Pull = "missing",
         text: bool = False,
+        **options: Unpack[DockerOptions],
     ) -> bytes | str | AsyncRun:
         """Like :meth:`Client.run`; with ``detach=True`` returns an :class:`AsyncRun`."""
+        from swarmless.sdk.run import Run
+
         run: Any = self.sync.run  # one implementation; its overloads are the sync face's
-        result = await asyncio.to_thread(
+        call = functools.partial(
             run,
             image,
             command,
@@ -470,7 +527,9 @@ class AsyncClient:
             remove=remove,
             pull=pull,
             text=text,
+            **options,
         )
+        result = await _in_thread(call)
         return AsyncRun(result) if isinstance(result, Run) else result
 
     async def close(self) -> None:
@@ -478,7 +537,7 @@ class AsyncClient:
         if self._gateway is not None:
             await self._gateway.close()
             self._gateway = None
-        await asyncio.to_thread(self.sync.close)
+        await _in_thread(self.sync.close)
 
     async def __aenter__(self) -> AsyncClient:
         return self
