@@ -30,6 +30,7 @@ from docker.utils.socket import frames_iter
 
 from swarmless.engine import managed_labels, translate
 from swarmless.exceptions import ContainerError, InvalidArgument, OOMKilled, RunTimeout, WaitTimeout
+from swarmless.sdk.options import split_command
 
 __all__ = [
     "Outcome",
@@ -53,13 +54,17 @@ class RunOptions:
     """Validated arguments of one run; refuses bad input before anything starts."""
 
     __slots__ = (
+        "auto_remove",
         "binds",
         "command",
         "cpus",
+        "entrypoint",
         "env",
+        "hostname",
         "image",
         "labels",
         "memory",
+        "name",
         "network",
         "owner",
         "pull",
@@ -85,9 +90,9 @@ class RunOptions:
         network: str | None = None,
         memory: int | str | None = None,
         cpus: float | None = None,
-        user: str | None = None,
+        user: str | int | None = None,
         workdir: str | None = None,
-        labels: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | Sequence[str] | None = None,
         stdout: bool = True,
         stderr: bool | IO[bytes] = False,
         remove: bool = True,
@@ -95,6 +100,10 @@ class RunOptions:
         text: bool = False,
         binds: Sequence[str] | None = None,
         owner: Mapping[str, str] | None = None,
+        entrypoint: Sequence[str] | None = None,
+        name: str | None = None,
+        hostname: str | None = None,
+        auto_remove: bool = False,
     ) -> None:
         if not isinstance(image, str) or not image.strip():
             raise InvalidArgument(f"image must be a non-empty string, got {image!r}")
@@ -102,7 +111,8 @@ class RunOptions:
         if command is None:
             self.command: list[str] | None = None
         elif isinstance(command, str):
-            self.command = [command]
+            # As docker-py and a shell: "echo hello world" is three arguments.
+            self.command = split_command(command)
         elif isinstance(command, Sequence) and all(isinstance(a, str) for a in command):
             self.command = list(command)
         else:
@@ -132,14 +142,21 @@ class RunOptions:
         if pull not in ("missing", "always", "never"):
             raise InvalidArgument(f"pull must be 'missing', 'always' or 'never', got {pull!r}")
         self.pull: Pull = pull
-        if labels is not None and not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        if isinstance(labels, Sequence) and not isinstance(labels, str):
+            labels = dict.fromkeys(labels, "")  # docker-py: a list of names, no values
+        if labels is not None and not (
+            isinstance(labels, Mapping)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
         ):
-            raise InvalidArgument(f"labels must map strings to strings, got {dict(labels)!r}")
+            raise InvalidArgument(f"labels must map strings to strings, got {labels!r}")
         self.labels = dict(labels or {})
         #: The labels that say which instance made the container (swarmless.ownership);
         #: they win over ``labels``.
         self.owner = dict(owner or {})
+        if isinstance(user, int) and not isinstance(user, bool):
+            user = str(user)  # a uid, as docker-py takes it
+        if user is not None and not isinstance(user, str):
+            raise InvalidArgument(f"user must be a name or a uid, got {user!r}")
         self.network, self.user, self.workdir = network, user, workdir
         # stderr=True returns it with stdout; a binary file receives it as it arrives.
         self.stderr = stderr is True
@@ -147,6 +164,10 @@ class RunOptions:
         self.stdout, self.remove, self.text = stdout, remove, text
         #: Host paths mounted into the container (``host:container[:ro]``).
         self.binds = list(binds or [])
+        self.entrypoint = list(entrypoint) if entrypoint is not None else None
+        self.name, self.hostname = name, hostname
+        #: The engine removes the container when it exits (``docker run --rm``).
+        self.auto_remove = auto_remove
 
     def stdin_bytes(self) -> bytes | None:
         if self.stdin is None:
@@ -168,13 +189,18 @@ class RunOptions:
             host_config["network_mode"] = self.network
         if self.binds:
             host_config["binds"] = self.binds
+        if self.auto_remove:
+            host_config["auto_remove"] = True
         with_stdin = self.stdin is not None
         return {
             "image": self.image,
             "command": self.command,
+            "entrypoint": self.entrypoint,
             "environment": self.env or None,
             "user": self.user,
             "working_dir": self.workdir,
+            "name": self.name,
+            "hostname": self.hostname,
             "labels": managed_labels(kind, {**self.labels, **self.owner}, image=self.image),
             # with detach=False the SDK also sets StdinOnce: stdin closes at our EOF.
             "stdin_open": with_stdin,
