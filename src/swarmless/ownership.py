@@ -177,7 +177,7 @@ def select_containers(
     api: Any,
     proof: Mapping[str, str | None],
     *,
-    where: Mapping[str, str] | None = None,
+    where: Mapping[str, str | None] | None = None,
     states: Collection[str] | None = None,
 ) -> Selection:
     """The containers carrying every ``proof`` label (value None: any value) and ``where``.

@@ -384,3 +384,43 @@ def test_plain_runs_through_the_scoped_api_leave_ownership_to_the_proxy(tmp_path
     labels = run_labels(plain)
     assert labels[LABEL_INSTANCE] == plain.instance
     assert labels[LABEL_OWNER] == (tmp_path / "p" / OWNER_FILE).read_text().strip()
+
+
+def test_a_gateway_start_leaves_containers_whose_gateway_label_is_their_images(
+    engine: docker.DockerClient, labels: dict[str, str], tmp_path: Path
+) -> None:
+    """At start-up a gateway removes what an earlier one of its instance left; a container
+    that carries the instance's labels only through its image is not that, and stays."""
+    gw = RunningGateway(tmp_path / "gw", labels)
+    forged_labels = {
+        LABEL_MANAGED: "true",
+        LABEL_GATEWAY: gw.instance,
+        "swarmless.function": "victim",
+        "swarmless.kind": "worker",
+    }
+    tag = f"swarmless-test-instances/forged-gw-{gw.instance}:{SESSION}"
+    lines = " ".join(f'"{k}"="{v}"' for k, v in forged_labels.items())
+    engine.images.build(
+        fileobj=_context(f"FROM {BUSYBOX}\nLABEL {lines}\n"), custom_context=True, tag=tag, rm=True
+    )
+    cid = ""
+    try:
+        cid = str(engine.api.create_container(tag, ["sleep", "300"], labels=RUN)["Id"])
+        engine.api.start(cid)
+        gw.start()  # removes its instance's leftovers before it serves
+        try:
+            with gw.http() as http:
+                assert http.get("/healthz").status_code == 200
+            state = engine.api.inspect_container(cid)["State"]
+            assert state["Running"], state
+        finally:
+            gw.stop()  # the gateway's own shutdown (not the harness's clean-up by label)
+        assert engine.api.inspect_container(cid)["State"]["Running"]
+        with contextlib.suppress(docker.errors.DockerException):
+            engine.networks.get(gw.settings.network).remove()
+    finally:
+        if cid:
+            with contextlib.suppress(docker.errors.DockerException):
+                engine.api.remove_container(cid, force=True)
+        with contextlib.suppress(docker.errors.DockerException):
+            engine.images.remove(tag)

@@ -43,6 +43,7 @@ from swarmless.engine import (
     translate,
 )
 from swarmless.exceptions import ContainerError, SwarmlessError
+from swarmless.ownership import select_containers
 from swarmless.sdk.run import RunOptions, execute
 from swarmless.spec import FunctionSpec
 
@@ -344,28 +345,32 @@ class DockerBackend(EngineBackend):
     # -- inventory -----------------------------------------------------------------
 
     async def list_containers(self) -> list[ContainerInfo]:
+        """This gateway's function containers: labelled with its instance on the container
+        itself (a container whose ``swarmless.gateway`` label is its image's is someone
+        else's, and never touched)."""
+
         def listing() -> list[ContainerInfo]:
-            with translate(api=self.client.api):
-                found = self.client.api.containers(
-                    all=True,
-                    filters={
-                        "label": [
-                            f"{LABEL_MANAGED}=true",
-                            LABEL_FUNCTION,
-                            f"{LABEL_GATEWAY}={self.settings.instance}",
-                        ]
-                    },
+            found = select_containers(
+                self.client.api,
+                {LABEL_GATEWAY: self.settings.instance},
+                where={LABEL_MANAGED: "true", LABEL_FUNCTION: None},
+            )
+            if found.inherited:
+                log.warning(
+                    "%d container(s) carry this gateway's label only through their image: "
+                    "left alone",
+                    len(found.inherited),
                 )
             return [
                 ContainerInfo(
-                    id=c["Id"],
-                    function=c["Labels"].get(LABEL_FUNCTION, ""),
-                    kind=c["Labels"].get(LABEL_KIND, ""),
-                    worker_id=c["Labels"].get(LABEL_WORKER),
-                    status=c.get("State", ""),
-                    labels=c["Labels"],
+                    id=c.id,
+                    function=c.labels.get(LABEL_FUNCTION, ""),
+                    kind=c.labels.get(LABEL_KIND, ""),
+                    worker_id=c.labels.get(LABEL_WORKER),
+                    status=c.state,
+                    labels=c.labels,
                 )
-                for c in found
+                for c in found.owned
             ]
 
         return await self._call(listing)
