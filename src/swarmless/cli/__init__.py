@@ -8,12 +8,65 @@ from __future__ import annotations
 
 from swarmless.cli._base import main
 
-# Importing the command modules registers their commands on ``main``.
-from swarmless.cli import doctor as _doctor  # noqa: F401  isort: skip
-from swarmless.cli import functions as _functions  # noqa: F401  isort: skip
-from swarmless.cli import gc as _gc  # noqa: F401  isort: skip
-from swarmless.cli import new as _new  # noqa: F401  isort: skip
-from swarmless.cli import run as _run  # noqa: F401  isort: skip
-from swarmless.cli import up as _up  # noqa: F401  isort: skip
+#: Every command: the module whose import registers it (done when the command runs or shows
+#: its own help) and its help line for ``swarmless --help``, which imports none of them.
+#: tests/test_import_cost.py checks this table against the commands themselves.
+_COMMANDS = {
+    "build": (
+        "swarmless.cli.new",
+        "Build the image of every function in PATH/swarmless.yml that has 'build:'.",
+    ),
+    "deploy": (
+        "swarmless.cli.functions",
+        "Deploy the functions of a swarmless.yml (or a folder holding one).",
+    ),
+    "doctor": (
+        "swarmless.cli.doctor",
+        "Check the engine, Swarm state and base images; print a fix for each problem.",
+    ),
+    "gc": (
+        "swarmless.cli.gc",
+        "Remove this instance's exited containers (left by detached runs and crashes).",
+    ),
+    "invoke": (
+        "swarmless.cli.functions",
+        "Call a deployed function and print its answer (or, with --async, its call id).",
+    ),
+    "logs": (
+        "swarmless.cli.functions",
+        "Logs of one call (CALL_ID), or the latest records of a function (NAME).",
+    ),
+    "ls": ("swarmless.cli.functions", "List deployed functions and their containers."),
+    "new": (
+        "swarmless.cli.new",
+        "Create a function folder NAME from a template (never overwrites).",
+    ),
+    "redrive": (
+        "swarmless.cli.functions",
+        "Queue dead async calls again (see `swarmless logs NAME` or status=dead records).",
+    ),
+    "rm": (
+        "swarmless.cli.functions",
+        "Remove deployed functions (their containers drain and go).",
+    ),
+    "run": (
+        "swarmless.cli.run",
+        "Run IMAGE with ARGS; print its stdout, propagate its exit status.",
+    ),
+    "scale": (
+        "swarmless.cli.functions",
+        "Pin a warm function to REPLICAS containers (`auto` gives it back to the autoscaler).",
+    ),
+    "schedules": ("swarmless.cli.functions", "Scheduled functions and when they fire next."),
+    "secret": (
+        "swarmless.cli.functions",
+        "Secrets functions mount as /run/secrets/NAME (spec: secrets: [NAME]).",
+    ),
+    "up": (
+        "swarmless.cli.up",
+        "Start the gateway (SQLite store, local Docker backend) until Ctrl-C.",
+    ),
+}
+main.add_lazy_commands(_COMMANDS)
 
 __all__ = ["main"]

@@ -8,9 +8,10 @@ ours is one line too, saying so; ``SWARMLESS_DEBUG=1`` shows its traceback.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 import click
@@ -31,7 +32,44 @@ def fail(message: str, status: int = 1) -> NoReturn:
 
 
 class Group(click.Group):
-    """A click group whose every failure is one red line and a non-zero exit status."""
+    """A click group whose every failure is one red line and a non-zero exit status.
+
+    Its commands may be registered lazily (:meth:`add_lazy_commands`): their module is
+    imported only when the command runs or shows its own help, so ``swarmless --help`` and
+    ``swarmless run`` do not import the gateway, SQLAlchemy or httpx.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Commands not imported yet: name -> (the module that registers it, its help line).
+        self.lazy_commands: dict[str, tuple[str, str]] = {}
+
+    def add_lazy_commands(self, commands: Mapping[str, tuple[str, str]]) -> None:
+        """Commands by name: the module whose import registers each, and its help line."""
+        self.lazy_commands.update(commands)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            importlib.import_module(self.lazy_commands[cmd_name][0])
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click's own listing, but a command not imported yet shows its help line from the
+        # table instead of being imported for it.
+        rows: list[tuple[str, click.Command]] = []
+        for name in self.list_commands(ctx):
+            cmd = self.commands.get(name)
+            if cmd is None and name in self.lazy_commands:
+                cmd = click.Command(name, help=self.lazy_commands[name][1])
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd))
+        if rows:
+            limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, cmd.get_short_help_str(limit)) for name, cmd in rows])
 
     def main(  # type: ignore[override]  # always as standalone: it exits
         self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
