@@ -60,12 +60,17 @@ NAMESPACE_ONLY = ("backends", "dispatch", "gateway")
 
 def _public_names(module: types.ModuleType) -> set[str]:
     """What a package's namespace offers: names without a leading underscore (and
-    ``__version__``), minus submodules and ``from __future__`` features."""
+    ``__version__``), minus ``from __future__`` features and submodules (but for those
+    ``__all__`` lists: ``swarmless.compat`` offers its ``dockerrun``)."""
+    listed = set(getattr(module, "__all__", ()))
     return {
         name
         for name, value in vars(module).items()
         if (not name.startswith("_") or name == "__version__")
-        and not isinstance(value, types.ModuleType)
+        and (
+            not isinstance(value, types.ModuleType)
+            or (name in listed and value.__name__ == f"{module.__name__}.{name}")
+        )
         and type(value).__module__ != "__future__"
     }
 

@@ -70,9 +70,13 @@ def from_env(**overrides: Any) -> Client:
 class Client:
     """Runs images as functions on a Docker Engine, and calls deployed functions."""
 
-    def __init__(self, *, settings: Settings | None = None) -> None:
+    def __init__(
+        self, *, settings: Settings | None = None, docker: docker.DockerClient | None = None
+    ) -> None:
+        """``docker``: a Docker SDK client to use (closed with this one) instead of
+        connecting to ``settings.docker_host`` on first use."""
         self.settings = settings or Settings.load()
-        self._docker: docker.DockerClient | None = None
+        self._docker = docker
         self._gateway: GatewayClient | None = None
         self._lock = threading.Lock()
 
@@ -362,10 +366,13 @@ class AsyncClient:
     ...     (await client.invoke("hello", json={"name": "Ada"})).json()
     """
 
-    def __init__(self, *, settings: Settings | None = None) -> None:
+    def __init__(
+        self, *, settings: Settings | None = None, docker: docker.DockerClient | None = None
+    ) -> None:
+        """See :class:`Client`."""
         self.settings = settings or Settings.load()
         #: The sync client whose ``run`` this one runs in a thread (the Docker SDK is sync).
-        self.sync = Client(settings=self.settings)
+        self.sync = Client(settings=self.settings, docker=docker)
         self._gateway: AsyncGatewayClient | None = None
 
     @classmethod
