@@ -31,6 +31,7 @@ from swarmless.config import Settings
 from swarmless.gateway.app import Gateway
 from swarmless.gateway.server import GatewayServer
 from swarmless.sdk.gateway import GatewayClient
+from tests.waiting import wait_until
 
 TOKEN = "test-admin-token"
 
@@ -66,15 +67,15 @@ class RunningGateway:
             except BaseException as e:  # surfaced by start()/stop()
                 self._error = e
 
-        self._thread = threading.Thread(target=run, daemon=True, name=self.instance)
-        self._thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if self._error is not None or not self._thread.is_alive():
+        thread = self._thread = threading.Thread(target=run, daemon=True, name=self.instance)
+        thread.start()
+
+        def started() -> bool:
+            if self._error is not None or not thread.is_alive():
                 raise RuntimeError(f"gateway did not start: {self._error!r}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("gateway did not start within 60s")
-            time.sleep(0.02)
+            return bool(self.server.started)
+
+        wait_until(started, 60, "the gateway to start", interval=0.02)
         self.url = f"http://127.0.0.1:{self.server.port}"
         return self
 
@@ -95,16 +96,18 @@ class RunningGateway:
         return [c["Id"] for c in engine.api.containers(all=True, filters={"label": flt})]
 
     def wait_for(self, predicate: Any, timeout: float = 30, what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-            time.sleep(0.05)
+        """:func:`tests.waiting.wait_until`, with this harness's defaults."""
+        wait_until(predicate, timeout, what)
 
-    def stop(self, engine: docker.DockerClient | None = None) -> None:
+    def shutdown(self) -> None:
+        """Stop serving (the gateway drains and removes its containers) and wait for it."""
         self.server.stop()
         if self._thread is not None:
             self._thread.join(60)
+
+    def stop(self, engine: docker.DockerClient | None = None) -> None:
+        """:meth:`shutdown`, then remove whatever of this gateway is left on ``engine``."""
+        self.shutdown()
         if engine is not None:
             for cid in self.containers(engine):
                 with contextlib.suppress(docker.errors.DockerException):
@@ -152,14 +155,21 @@ class GatewayProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise AssertionError("gateway process did not start")
+        proc = self.proc
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                tail = (self.data_dir / "gateway.log").read_text(errors="replace")[-3000:]
+                raise AssertionError(f"the gateway process exited ({proc.returncode}):\n{tail}")
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+
+        wait_until(
+            answers,
+            60,
+            f"the gateway process to answer at {self.url}/healthz",
+            interval=0.1,
+            ignore=(httpx.HTTPError,),
+        )
 
     @property
     def token(self) -> str:

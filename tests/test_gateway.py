@@ -151,7 +151,7 @@ def test_warm_function_records_and_logs(gw: RunningGateway, images: dict[str, st
     assert body["path"] == "/sub/path"
     assert body["query"] == "a=b"
     client = gw.client()
-    gw.dispatcher.store.record  # noqa: B018  records are written behind: poll for them
+    # Records are written behind the answer: wait for them.
     gw.wait_for(lambda: client.invocation(call_id).status == "succeeded", what="record")
     rec = client.invocation(call_id)
     assert rec.function == "echo"
@@ -461,21 +461,26 @@ def test_update_under_traffic_has_no_errors(gw: RunningGateway, images: dict[str
     threads = [threading.Thread(target=traffic) for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(1.5)
-    deploy(gw, **{**spec, "env": {"VERSION": "2"}})
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (not versions or versions[-1] != "2"):
-        time.sleep(0.1)
-    time.sleep(1.5)
-    stop.set()
-    for t in threads:
-        t.join(30)
+    try:
+        gw.wait_for(lambda: len(versions) >= 20, 30, "calls served by version 1")
+        deploy(gw, **{**spec, "env": {"VERSION": "2"}})
+        gw.wait_for(lambda: versions[-1] == "2", 30, "calls served by version 2")
+        # Traffic goes on while the old containers drain and go.
+        pool = gw.dispatcher.pools["rolling"]
+        gw.wait_for(
+            lambda: all(w.version == pool.version for w in list(pool.workers.values())),
+            30,
+            "only containers of version 2",
+        )
+        served = len(versions)
+        gw.wait_for(lambda: len(versions) >= served + 20, 30, "calls served after the update")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
     assert errors == []
     assert "1" in versions
     assert versions[-1] == "2"
-    # The old containers drain and go.
-    pool = gw.dispatcher.pools["rolling"]
-    gw.wait_for(lambda: all(w.version == pool.version for w in pool.workers.values()), 30)
 
 
 def test_worker_killed_while_idle(

@@ -15,8 +15,7 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import pytest
 from swarmless.proxy import Caller, ProxyRequest, check
 from tests.conftest import SESSION
 from tests.gateway_harness import RunningGateway
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples" / "voting-app"))
@@ -102,9 +102,7 @@ def stack(
         if gw is not None:
             # The gateway removes its own containers when it stops (the result page polled
             # until the end, so its function was busy a moment ago: nothing may replace it).
-            gw.server.stop()
-            if gw._thread is not None:
-                gw._thread.join(60)
+            gw.shutdown()
             left = [
                 f"{c['Names'][0]} {c['State']} {c['Labels'].get('swarmless.kind')}"
                 for c in engine.api.containers(
@@ -130,17 +128,6 @@ def browser() -> Iterator[Any]:
         b = p.chromium.launch(executable_path=found.stdout.strip(), args=CHROMIUM_ARGS)
         yield b
         b.close()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.mark.browser
@@ -215,7 +202,7 @@ def test_failed_record_vote_is_recorded_and_retried(
             rec = client.invocation(call_id)
             return rec if rec.attempt >= 2 and rec.status == "queued" else None
 
-        rec = wait_for(failed_once, 60, "record-vote to fail and be queued again")
+        rec = wait_until(failed_once, 60, "record-vote to fail and be queued again", interval=0.2)
         assert rec.kind == "async"
         assert rec.function == "record-vote"
         assert f"the vote of {voter} was not recorded" in (rec.error or ""), rec.error
@@ -229,7 +216,7 @@ def test_failed_record_vote_is_recorded_and_retried(
         rec = client.invocation(call_id)
         return rec if rec.status in ("succeeded", "dead") else None
 
-    rec = wait_for(final, 90, "record-vote to succeed once the database is back")
+    rec = wait_until(final, 90, "record-vote to succeed once the database is back", interval=0.2)
     assert rec.status == "succeeded", rec.error
     assert rec.attempt >= 2
     assert rec.exit_code == 0
@@ -333,7 +320,9 @@ def test_the_app_on_a_swarm(
                 r = http.get("/function/result/data.json")
                 return r.json() if r.status_code == 200 and r.json()["total"] == total else None
 
-            data = wait_for(lambda: tallied(2), 90, "two votes recorded on the Swarm")
+            data = wait_until(
+                lambda: tallied(2), 90, "two votes recorded on the Swarm", interval=0.2
+            )
             assert data["percent"] == {"a": 50, "b": 50}
             # record-vote is private on the Swarm too: vote's containers queued the votes
             # with their own tokens; a caller without one is refused.
@@ -347,7 +336,7 @@ def test_the_app_on_a_swarm(
                 gw.deploy(**spec.to_dict())
             r = http.post("/function/vote/", data={"vote": "a"})
             assert r.status_code == 200, r.text
-            data = wait_for(lambda: tallied(3), 90, "a third vote, through cgi")
+            data = wait_until(lambda: tallied(3), 90, "a third vote, through cgi", interval=0.2)
             assert data["votes"] == {"a": 2, "b": 1}
     finally:
         gw.stop()
