@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import BUSYBOX, handler_image
 from tests.gateway_harness import GatewayProcess, RunningGateway, free_port
+from tests.waiting import wait_until
 
 HANDLERS = """
 import os, time
@@ -168,7 +169,12 @@ def test_queue_bound_answers_429_at_once(gw: RunningGateway, image: str) -> None
     assert call(gw, "tight").status_code == 200  # one ready container
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(call, gw, "tight", b"1.5") for _ in range(8)]
-        time.sleep(0.5)
+        client = gw.client()
+        gw.wait_for(
+            lambda: client.function("tight")["containers"]["queued"] >= 2,
+            10,
+            "a full queue (2 calls)",
+        )
         t0 = time.perf_counter()
         r = call(gw, "tight", b"0")
         assert r.status_code == 429
@@ -287,19 +293,19 @@ def test_restart_leaves_exactly_the_desired_set(
             "min_containers": 2,
         }
         httpx.post(f"{gateway.url}/system/functions", json=spec, headers=headers).raise_for_status()
-        deadline = time.monotonic() + 60
-        while len(ours()) != 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: len(ours()) == 2, 60, "2 containers", interval=0.2)
         before = ours()
         assert len(before) == 2
         gateway.kill()  # SIGKILL: no drain, no cleanup
         assert ours() == before  # orphans, still running
         gateway.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (len(ours()) == 2 and not ours() & before):
-            time.sleep(0.2)
-        assert len(ours()) == 2
-        assert not ours() & before
+
+        # The orphans are removed, and the new gateway starts 2 containers of its own.
+        def replaced() -> bool:
+            now = ours()
+            return len(now) == 2 and not now & before
+
+        wait_until(replaced, 60, "2 new containers in place of the orphans", interval=0.2)
         assert httpx.post(f"{gateway.url}/function/kept", timeout=30).status_code == 200
     finally:
         gateway.stop()
