@@ -5,6 +5,7 @@ await store.put_function(spec)
 """
 
 from swarmless.store.queue import Claimed, StoredResult
-from swarmless.store.store import Store
+from swarmless.store.retention import Retention, Sweeper
+from swarmless.store.store import Store, StoreStats
 
-__all__ = ["Claimed", "Store", "StoredResult"]
+__all__ = ["Claimed", "Retention", "Store", "StoreStats", "StoredResult", "Sweeper"]

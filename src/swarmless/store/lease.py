@@ -1,26 +1,33 @@
 """Leases, part of :class:`swarmless.store.Store`: which of several gateways is active.
 
 A lease is one row (``leases``): a holder, the URL where the other replicas reach it, and
-an expiry. :meth:`LeaseOps.acquire_lease` takes the lease when it is free or expired, or
-extends it when the caller already holds it, in one statement (an upsert whose update only
-applies under that condition), so two replicas racing for it cannot both win. Expiries are
-the replicas' own clocks (epoch ms): keep the machines' clocks synchronised (NTP) to well
-under the lease's time to live.
+an expiry. :meth:`LeaseOps.acquire_lease` takes the lease when it is free (or expired,
+when the caller says it may), or extends it when the caller already holds it, in one
+statement (an upsert whose update only applies under that condition), so two replicas
+racing for it cannot both win. Expiries are the replicas' own clocks (epoch ms): keep the
+machines' clocks synchronised (NTP) to well under the lease's time to live.
+
+A replica that asks for a lease someone else holds leaves its mark on the row
+(``contended_until``): the holder learns at its next renewal that another replica stands
+by, ready to take over (:attr:`LeaseState.contended`). A holder that nobody contends may
+keep serving through an outage of the store; one that is contended must step down before
+its lease can expire (see :mod:`swarmless.gateway.replicas`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, or_, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import delete, or_, select, update
 
 from swarmless.records import now_ms
+from swarmless.store.db import Database
 from swarmless.store.schema import leases
 
-__all__ = ["LeaseOps", "LeaseState"]
+__all__ = ["CONTENDED_FOR", "LeaseOps", "LeaseState"]
+
+#: A replica's mark on a lease lasts this many times the lease's time to live.
+CONTENDED_FOR = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,25 +37,27 @@ class LeaseState:
     holder: str
     url: str
     until: int
+    #: Another replica asked for the lease lately (it would take over if it expired).
+    contended: bool = False
+    #: The lease had expired when it was read (only when its holder was not the caller).
+    expired: bool = False
 
 
-class LeaseOps:
-    """The lease operations of the store (a mixin of :class:`Store`)."""
+class LeaseOps(Database):
+    """The lease operations of the store (a part of :class:`~swarmless.store.Store`)."""
 
-    _insert: Any
-
-    if TYPE_CHECKING:  # provided by Store
-
-        def _write(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
-            raise NotImplementedError
-
-    async def acquire_lease(self, name: str, holder: str, url: str, ttl: float) -> LeaseState:
-        """Take or extend lease ``name`` for ``ttl`` seconds if it is free, expired or
-        already ``holder``'s; returns who holds it now (compare ``holder``)."""
+    async def acquire_lease(
+        self, name: str, holder: str, url: str, ttl: float, *, take_expired: bool = True
+    ) -> LeaseState:
+        """Take or extend lease ``name`` for ``ttl`` seconds if it is free or already
+        ``holder``'s, or expired (unless ``take_expired`` is False: the caller first wants
+        to know whether the holder is really gone); returns who holds it now (compare
+        ``holder``). Asking for a lease another holds marks it contended."""
         now = now_ms()
         ins = self._insert(leases).values(
             name=name, holder=holder, url=url, until=now + int(ttl * 1000)
         )
+        mine = leases.c.holder == holder
         stmt = ins.on_conflict_do_update(
             index_elements=["name"],
             set_={
@@ -56,18 +65,24 @@ class LeaseOps:
                 "url": ins.excluded.url,
                 "until": ins.excluded.until,
             },
-            where=or_(leases.c.holder == holder, leases.c.until < now),
+            where=or_(mine, leases.c.until < now) if take_expired else mine,
         )
+        columns = (leases.c.holder, leases.c.url, leases.c.until, leases.c.contended_until)
         async with self._write() as conn:
             await conn.execute(stmt)
-            row = (
+            row = (await conn.execute(select(*columns).where(leases.c.name == name))).one()
+            if row.holder != holder:
+                mark = now + int(ttl * 1000 * CONTENDED_FOR)
                 await conn.execute(
-                    select(leases.c.holder, leases.c.url, leases.c.until).where(
-                        leases.c.name == name
-                    )
+                    update(leases).where(leases.c.name == name).values(contended_until=mark)
                 )
-            ).one()
-        return LeaseState(holder=row.holder, url=row.url, until=int(row.until))
+        return LeaseState(
+            holder=row.holder,
+            url=row.url,
+            until=int(row.until),
+            contended=row.contended_until is not None and int(row.contended_until) > now,
+            expired=row.holder != holder and int(row.until) < now,
+        )
 
     async def release_lease(self, name: str, holder: str) -> bool:
         """Give up lease ``name`` if ``holder`` holds it (a clean shutdown): another replica

@@ -14,35 +14,37 @@ so durability costs one fsync per batch, not per call. Claims use ``FOR UPDATE S
 LOCKED`` on PostgreSQL (several gateways share the queue) and the single writer on SQLite.
 The guarantee is at-least-once: a call whose result was not yet written when its gateway
 died runs again; an ``Idempotency-Key`` deduplicates submissions, not executions.
+
+Bounded: a claim leases rows without their bodies, then reads the bodies (at most
+:data:`CLAIM_BYTES` per claim, at least one call), so calls with large bodies never hold
+the writer or flood memory. While the database is away, ``enqueue`` answers 503 at once
+(nothing queued) and the writes that must not be lost (``finish``, ``retry_later``,
+``release``) are retried for a bounded time.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from swarmless.records import InvocationRecord, now_ms
+from swarmless.store.db import Database
+from swarmless.store.group import GroupCommit
 from swarmless.store.schema import async_queue, invocation_results, invocations
 
-if TYPE_CHECKING:
-    from swarmless.store.store import Store
-
-__all__ = ["Claimed", "GroupCommit", "QueueOps", "StoredResult"]
+__all__ = ["CLAIM_BYTES", "Claimed", "QueueOps", "StoredResult"]
 
 log = logging.getLogger("swarmless.store")
-T = TypeVar("T")
 
-#: How long a batch waits for company before it commits (seconds).
-GROUP_WINDOW = 0.002
-GROUP_MAX = 500
+#: Bytes of request bodies one claim loads at most (always at least one call): calls
+#: with large bodies are taken a few at a time, never all at once.
+CLAIM_BYTES = 64 << 20
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -72,127 +74,15 @@ class StoredResult:
     body: bytes
 
 
-Op = Callable[[AsyncConnection], Awaitable[Any]]
-BulkRun = Callable[[AsyncConnection, list[Any]], Awaitable[None]]
-
-
-@dataclasses.dataclass(eq=False)
-class _Pending:
-    op: Op
-    fut: asyncio.Future[Any]
-    #: Ops of one kind are written together by one bulk statement when they can be:
-    #: (kind, the bulk writer, this op's payload, the result it then returns).
-    bulk: tuple[str, BulkRun, Any, Any] | None = None
-
-
-class GroupCommit:
-    """Runs write operations that arrive together in one transaction.
-
-    ``await run(op)`` returns when the transaction holding ``op`` has committed. Ops given a
-    ``bulk`` form are written with one multi-row statement per kind; if that fails, and for
-    every other op, each runs in a savepoint of its own, so an op that fails rolls back
-    alone and raises in its own caller.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._ops: list[_Pending] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def run(self, op: Op, bulk: tuple[str, BulkRun, Any, Any] | None = None) -> Any:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._loop())
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._ops.append(_Pending(op, fut, bulk))
-        self._wake.set()
-        return await fut
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._ops:
-            await self._commit(self._take())
-
-    def _take(self) -> list[_Pending]:
-        batch, self._ops = self._ops[:GROUP_MAX], self._ops[GROUP_MAX:]
-        if not self._ops:
-            self._wake.clear()
-        return batch
-
-    async def _loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            if len(self._ops) < GROUP_MAX:
-                await asyncio.sleep(GROUP_WINDOW)
-            batch = self._take()
-            if batch:
-                await self._commit(batch)
-
-    async def _commit(self, batch: list[_Pending]) -> None:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        kinds: dict[str, list[_Pending]] = {}
-        single: list[_Pending] = []
-        for p in batch:
-            if p.bulk is not None:
-                kinds.setdefault(p.bulk[0], []).append(p)
-            else:
-                single.append(p)
-        try:
-            async with self._store._write() as conn:
-                for group in kinds.values():
-                    writer = group[0].bulk[1]  # type: ignore[index]
-                    try:
-                        async with conn.begin_nested():
-                            await writer(conn, [p.bulk[2] for p in group])  # type: ignore[index]
-                    except Exception:
-                        single.extend(group)  # one by one, to find the one that fails
-                    else:
-                        results.extend((p.fut, p.bulk[3], None) for p in group)  # type: ignore[index]
-                for p in single:
-                    try:
-                        async with conn.begin_nested():
-                            results.append((p.fut, await p.op(conn), None))
-                    except Exception as e:
-                        results.append((p.fut, None, e))
-        except BaseException as e:  # the commit itself failed: every op fails
-            for p in batch:
-                if not p.fut.done():
-                    p.fut.set_exception(e if isinstance(e, Exception) else RuntimeError(str(e)))
-            if not isinstance(e, Exception):
-                raise
-            return
-        for fut, value, error in results:
-            if fut.done():
-                continue
-            if error is not None:
-                fut.set_exception(error)
-            else:
-                fut.set_result(value)
-
-
 def _record_row(rec: InvocationRecord) -> dict[str, Any]:
     return rec.to_dict()
 
 
-class QueueOps:
-    """Async-queue operations of the store (mixed into :class:`Store`)."""
+class QueueOps(Database):
+    """Async-queue operations of the store (a part of :class:`~swarmless.store.Store`)."""
 
-    _group: GroupCommit
-    dialect: str
-
-    if TYPE_CHECKING:  # provided by Store
-
-        def _write(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
-            raise NotImplementedError
-
-        def _read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
-            raise NotImplementedError
-
-        def _upsert(self, table: Any, key: str) -> Any:
-            raise NotImplementedError
+    def _init_queue(self) -> None:
+        self._group = GroupCommit(self)
 
     async def enqueue(
         self,
@@ -210,8 +100,11 @@ class QueueOps:
         """Queue an async call durably; returns (call id, created).
 
         With an ``idempotency_key`` already used for this function, nothing is queued and
-        the id of the first call comes back with ``created`` False.
+        the id of the first call comes back with ``created`` False. While the database is
+        away (or the write-behind buffer is full) it fails at once with
+        :class:`~swarmless.exceptions.GatewayUnavailable` (503): nothing was queued.
         """
+        self._check_room()
         row = {
             "id": rec.id,
             "function": rec.function,
@@ -250,7 +143,7 @@ class QueueOps:
             if idempotency_key is not None
             else ("enqueue", self._enqueue_many, (row, record), (rec.id, True))
         )
-        result: tuple[str, bool] = await self._group.run(op, bulk)
+        result: tuple[str, bool] = await self._group.run(op, bulk, size=len(body))
         return result
 
     async def _enqueue_many(self, conn: AsyncConnection, items: list[Any]) -> None:
@@ -258,40 +151,60 @@ class QueueOps:
         await conn.execute(self._upsert(invocations, "id"), [record for _, record in items])
 
     async def claim(
-        self, owner: str, wants: Mapping[str, tuple[int, int]], *, now: int | None = None
+        self,
+        owner: str,
+        wants: Mapping[str, tuple[int, int]],
+        *,
+        now: int | None = None,
+        max_bytes: int = CLAIM_BYTES,
     ) -> list[Claimed]:
         """Lease due calls: ``wants`` maps function -> (how many, lease ms).
 
         Due: queued with ``not_before`` passed, or leased by anyone whose lease expired.
+        Bodies are read after the leases are committed, at most ``max_bytes`` of them (at
+        least one call), so a claim never holds the writer while it loads large bodies.
         """
         now = now if now is not None else now_ms()
         wants = {f: w for f, w in wants.items() if w[0] > 0}
         if not wants:
             return []
-        claimed: list[Claimed] = []
+        size = (func.octet_length if self.dialect == "postgresql" else func.length)(
+            async_queue.c.body
+        )
+        columns = [c for c in async_queue.c if c.name != "body"]
         due = or_(
             and_(async_queue.c.state == "queued", async_queue.c.not_before <= now),
             and_(async_queue.c.state == "leased", async_queue.c.lease_until < now),
         )
+        rows: list[Mapping[str, Any]] = []
+        budget = max_bytes
         async with self._write() as conn:
             for function, (n, lease_ms) in wants.items():
+                if budget <= 0 and rows:
+                    break
                 query = (
-                    select(async_queue)
+                    select(*columns, size.label("size"))
                     .where(async_queue.c.function == function, due)
                     .order_by(async_queue.c.not_before, async_queue.c.id)
                     .limit(n)
                 )
                 if self.dialect == "postgresql":
                     query = query.with_for_update(skip_locked=True)
-                rows = (await conn.execute(query)).mappings().all()
-                if not rows:
+                found: list[Mapping[str, Any]] = []
+                for r in (await conn.execute(query)).mappings().all():
+                    size_of = int(r["size"] or 0)
+                    if (rows or found) and budget < size_of:
+                        break  # over the budget, and this claim has a call already
+                    budget -= size_of
+                    found.append(dict(r))
+                if not found:
                     continue
                 # Only rows still due when updated are ours: on SQLite the select above
                 # runs before the write transaction starts, so another store may have
                 # taken some meanwhile.
                 won = await conn.execute(
                     update(async_queue)
-                    .where(async_queue.c.id.in_([r["id"] for r in rows]), due)
+                    .where(async_queue.c.id.in_([r["id"] for r in found]), due)
                     .values(
                         state="leased",
                         lease_owner=owner,
@@ -301,35 +214,62 @@ class QueueOps:
                     .returning(async_queue.c.id)
                 )
                 ids = {str(i) for i in won.scalars().all()}
-                rows = [r for r in rows if r["id"] in ids]
-                if not rows:
+                if not ids:
                     continue
                 await conn.execute(
                     update(invocations)
                     .where(invocations.c.id.in_(list(ids)))
                     .values(status="running")
                 )
-                for r in rows:
-                    claimed.append(
-                        Claimed(
-                            id=r["id"],
-                            function=r["function"],
-                            method=r["method"],
-                            path=r["path"],
-                            query=r["query"],
-                            headers=[(str(k), str(v)) for k, v in json.loads(r["headers"])],
-                            body=bytes(r["body"]),
-                            callback_url=r["callback_url"],
-                            parent=r["parent"],
-                            late=bool(r["late"]),
-                            enqueued_at=int(r["enqueued_at"]),
-                            attempt=int(r["attempt"]) + 1,
+                rows.extend(r for r in found if r["id"] in ids)
+        if not rows:
+            return []
+        bodies = await self._bodies(owner, [r["id"] for r in rows])
+        return [
+            Claimed(
+                id=r["id"],
+                function=r["function"],
+                method=r["method"],
+                path=r["path"],
+                query=r["query"],
+                headers=[(str(k), str(v)) for k, v in json.loads(r["headers"])],
+                body=bodies.get(r["id"], b""),
+                callback_url=r["callback_url"],
+                parent=r["parent"],
+                late=bool(r["late"]),
+                enqueued_at=int(r["enqueued_at"]),
+                attempt=int(r["attempt"]) + 1,
+            )
+            for r in rows
+        ]
+
+    async def _bodies(self, owner: str, ids: list[str]) -> dict[str, bytes]:
+        """The bodies of calls just leased; if they cannot be read, the leases go back
+        (uncounted) before the error is raised, so the calls are claimable again at once."""
+        query = select(async_queue.c.id, async_queue.c.body).where(async_queue.c.id.in_(ids))
+        try:
+            async with self._read() as conn:
+                return {str(i): bytes(b) for i, b in (await conn.execute(query)).all()}
+        except Exception:
+            try:
+                async with self._write() as conn:
+                    await conn.execute(
+                        update(async_queue)
+                        .where(async_queue.c.id.in_(ids), async_queue.c.lease_owner == owner)
+                        .values(
+                            state="queued",
+                            lease_owner=None,
+                            lease_until=None,
+                            attempt=async_queue.c.attempt - 1,
                         )
                     )
-        return claimed
+            except Exception as e:  # they run once their leases pass
+                log.warning("store: could not give back %d leases: %s", len(ids), e)
+            raise
 
     async def finish(self, rec: InvocationRecord, result: StoredResult | None = None) -> None:
-        """An async call is over (succeeded, or dead): record, result, queue row done."""
+        """An async call is over (succeeded, or dead): record, result, queue row done.
+        Retried while the database is away (a bounded time: ``db.DURABLE_RETRY``)."""
         record = _record_row(rec)
         stored = None
         if result is not None:
@@ -345,7 +285,12 @@ class QueueOps:
         async def op(conn: AsyncConnection) -> None:
             await self._finish_many(conn, [item])
 
-        await self._group.run(op, ("finish", self._finish_many, item, None))
+        size = len(result.body) if result is not None else 0
+        await self._durably(
+            f"the outcome of {rec.id}",
+            lambda: self._group.run(op, ("finish", self._finish_many, item, None), size=size),
+        )
+        self._watchers.changed(rec.id)
 
     async def _finish_many(self, conn: AsyncConnection, items: list[Any]) -> None:
         await conn.execute(self._upsert(invocations, "id"), [record for record, _, _ in items])
@@ -367,7 +312,7 @@ class QueueOps:
         """An attempt failed and retries remain: back in the queue after ``not_before``.
 
         ``uncount``: the attempt did not really run (the gateway was busy or stopping), so
-        it does not use up a retry.
+        it does not use up a retry. Retried while the database is away.
         """
         record = _record_row(rec)
         attempt = async_queue.c.attempt - 1 if uncount else async_queue.c.attempt
@@ -386,10 +331,16 @@ class QueueOps:
                 )
             )
 
-        await self._group.run(op)
+        await self._durably(f"the retry of {rec.id}", lambda: self._group.run(op))
+        self._watchers.changed(rec.id)
 
     async def release(self, owner: str) -> int:
-        """Give back every lease ``owner`` holds (a gateway restarting after a crash)."""
+        """Give back every lease ``owner`` holds (a gateway restarting after a crash).
+
+        Retried while the database is away."""
+        return await self._durably("giving back leases", lambda: self._release(owner))
+
+    async def _release(self, owner: str) -> int:
         async with self._write() as conn:
             done = await conn.execute(
                 update(async_queue)
@@ -411,6 +362,7 @@ class QueueOps:
 
     async def redrive(self, call_id: str) -> bool:
         """Queue a dead (or failed) async call again with a fresh retry budget."""
+        self._check_room()
         now = now_ms()
         async with self._write() as conn:
             done = await conn.execute(
@@ -425,6 +377,7 @@ class QueueOps:
                 .where(invocations.c.id == call_id)
                 .values(status="queued", error=None)
             )
+        self._watchers.changed(call_id)
         return True
 
     async def queued_counts(self) -> dict[str, int]:
@@ -439,6 +392,7 @@ class QueueOps:
         return {str(f): int(n) for f, n in rows}
 
     async def get_result(self, call_id: str) -> StoredResult | None:
+        """What finished async call ``call_id`` answered (None: not kept, or no such call)."""
         query = select(invocation_results).where(invocation_results.c.id == call_id)
         async with self._read() as conn:
             row = (await conn.execute(query)).mappings().first()

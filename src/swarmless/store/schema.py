@@ -10,6 +10,10 @@ Tables (SQLAlchemy Core; the same on SQLite and PostgreSQL)::
     invocation_results  what a finished async call answered
     leases           name -> holder and until when: which gateway replica is active
 
+Call ids begin with their creation time (``swarmless.records.new_call_id``), so the primary
+keys of ``invocations``, ``invocation_logs``, ``invocation_results`` and ``async_queue``
+sort by age: retention (``swarmless.store.retention``) deletes by ranges of ids.
+
 Timestamps are epoch milliseconds (``swarmless.records.now_ms``), like the records.
 
 Migrations are an ordered list of steps; ``meta.schema_version`` counts the steps applied.
@@ -19,7 +23,7 @@ latest version; an older one gets the steps it misses, in order, all in one tran
 
 To change the schema: change the tables here, append a step that brings a database of the
 previous version to the new one, and never edit a step that has shipped (v2 added the
-durable async queue, v3 the leases of replicated gateways).
+durable async queue, v3 the leases of replicated gateways, v4 their contention).
 """
 
 from __future__ import annotations
@@ -167,6 +171,8 @@ leases = Table(
     Column("holder", String(200), nullable=False),
     Column("url", Text, nullable=False),
     Column("until", BigInteger, nullable=False),
+    #: Until when (epoch ms) another replica is known to want the lease.
+    Column("contended_until", BigInteger),
 )
 
 
@@ -187,8 +193,15 @@ def _v3(conn: Connection) -> None:
     metadata.create_all(conn, tables=[leases])
 
 
+def _v4(conn: Connection) -> None:
+    """Contended leases: a holder learns that another replica stands by. (A database
+    that was at v2 got the column from v3's ``create_all`` already.)"""
+    if "contended_until" not in {c["name"] for c in inspect(conn).get_columns("leases")}:
+        conn.execute(text("ALTER TABLE leases ADD COLUMN contended_until BIGINT"))
+
+
 #: Step i (0-based) brings a database from version i to version i + 1.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Any constant works; it only has to be the same for every gateway on one database.

@@ -1,0 +1,315 @@
+"""The database under the store: engines, one writer at a time, and what a failure means.
+
+:class:`Database` is the base of every part of :class:`~swarmless.store.Store` (the queue,
+the leases, the write-behind buffer, retention): it holds the SQLAlchemy engines and gives
+them :meth:`Database._write` (one transaction on the writer, in turn with every other
+write) and :meth:`Database._read`.
+
+Every wait is bounded: a write waits at most ``write_timeout`` for its turn, SQLite's
+``busy_timeout`` for a lock another process holds, PostgreSQL ``connect_timeout`` for a
+connection and ``command_timeout`` for a statement. A failure leaves the store as one of
+two errors:
+
+- the database **refuses** the values (a constraint, a value out of range, a type it
+  cannot store): :class:`~swarmless.exceptions.SwarmlessError` (500), retrying cannot help;
+- the database is **unavailable** (stopped, unreachable, locked, out of disk, too slow):
+  :class:`~swarmless.exceptions.GatewayUnavailable` (503, ``retry_after``), and the store
+  remembers it is down. While it is down, writes that can wait for their caller's retry
+  (:meth:`Database._check_room`) fail at once instead of queueing behind a stalled
+  writer; one is let through every :data:`PROBE_EVERY` seconds, and any write that
+  succeeds (the write-behind buffer and the lease keep trying) marks it up again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Table, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from swarmless.exceptions import GatewayUnavailable, InvalidArgument, SwarmlessError
+from swarmless.store.waits import Watchers
+
+__all__ = [
+    "DURABLE_RETRY",
+    "PROBE_EVERY",
+    "RETRY_AFTER",
+    "Database",
+    "async_url",
+    "describe",
+    "engines",
+    "refused",
+]
+
+log = logging.getLogger("swarmless.store")
+
+#: While the store is down, one write that can wait is let through this often (seconds).
+PROBE_EVERY = 1.0
+#: What a 503 of an unavailable store tells the client to wait before retrying (seconds).
+RETRY_AFTER = 2.0
+#: How long a write that must not be lost (an async call's outcome, leases given back)
+#: is retried while the database is away, seconds.
+DURABLE_RETRY = 60.0
+
+T = TypeVar("T")
+
+
+def async_url(url: str) -> URL:
+    """The SQLAlchemy URL with the async driver: ``sqlite:///x.db`` -> ``sqlite+aiosqlite``,
+    ``postgresql://`` (or ``postgres://``) -> ``postgresql+asyncpg``."""
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        raise InvalidArgument(f"not a database URL: {url!r}") from None
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        if u.database in (None, "", ":memory:"):
+            raise InvalidArgument(
+                "the store needs a file (sqlite:///path/to/swarmless.db), not in-memory SQLite"
+            )
+        return u.set(drivername="sqlite+aiosqlite")
+    if backend in ("postgresql", "postgres"):
+        return u.set(drivername="postgresql+asyncpg")
+    raise InvalidArgument(
+        f"the store URL must start with sqlite:/// or postgresql://, got {u!r} "
+        "(e.g. sqlite:////var/lib/swarmless/swarmless.db)"
+    )
+
+
+def engines(
+    url: URL, *, busy_timeout: float, connect_timeout: float
+) -> tuple[AsyncEngine, AsyncEngine]:
+    """(writer, reader): SQLite gets a single-connection writer and a pool of readers in
+    WAL mode; PostgreSQL one pool for both, every wait bounded."""
+    if url.get_backend_name() != "sqlite":
+        pg = create_async_engine(
+            url,
+            pool_pre_ping=True,
+            pool_timeout=connect_timeout * 2,
+            connect_args={"timeout": connect_timeout, "command_timeout": 60},
+        )
+        return pg, pg
+    assert url.database is not None
+    Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    args = {"timeout": busy_timeout}
+    writer = create_async_engine(
+        url, pool_size=1, max_overflow=0, pool_timeout=60, connect_args=args
+    )
+    reader = create_async_engine(
+        url, pool_size=4, max_overflow=4, pool_timeout=connect_timeout * 2, connect_args=args
+    )
+    for engine, is_writer in ((writer, True), (reader, False)):
+
+        def setup(dbapi_conn: Any, _record: Any, is_writer: bool = is_writer) -> None:
+            cursor = dbapi_conn.cursor()
+            if is_writer:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                # The WAL file shrinks back to this after a checkpoint (bytes).
+                cursor.execute(f"PRAGMA journal_size_limit={16 << 20}")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            cursor.close()
+
+        event.listen(engine.sync_engine, "connect", setup)
+    return writer, reader
+
+
+def refused(e: BaseException) -> bool:
+    """The database refuses these values (retrying cannot help), as opposed to a database
+    that is busy, locked or away (retrying will). Drivers wrap a value they cannot encode
+    differently, so the chain of causes is searched for the value error underneath."""
+    if isinstance(e, DBAPIError) and e.connection_invalidated:
+        return False
+    cause: BaseException | None = e
+    for _ in range(10):
+        if cause is None:
+            break
+        if isinstance(cause, IntegrityError | DataError | TypeError | ValueError | OverflowError):
+            return True
+        cause = cause.__cause__ or getattr(cause, "orig", None)
+    return False
+
+
+def _unavailable(e: BaseException) -> bool:
+    """The database is away, locked, full or too slow (as opposed to a bug of ours)."""
+    if isinstance(e, DBAPIError) and e.connection_invalidated:
+        return True
+    return isinstance(
+        e, OperationalError | InterfaceError | PoolTimeout | OSError | TimeoutError
+    ) or (isinstance(e, DBAPIError) and isinstance(e.orig, OSError | TimeoutError))
+
+
+def describe(e: BaseException) -> str:
+    """The driver's error in one line, without the SQL and parameters SQLAlchemy adds."""
+    cause = e.orig if isinstance(e, DBAPIError) and e.orig is not None else e
+    text = str(cause).strip()
+    return f"{type(cause).__name__}: {text.splitlines()[0] if text else 'no detail'}"
+
+
+class Database:
+    """Engines, the write turn, and whether the database answers (the store's base)."""
+
+    def __init__(self, *, writer: AsyncEngine, reader: AsyncEngine, write_timeout: float) -> None:
+        self._writer = writer
+        self._reader = reader
+        #: ``sqlite`` or ``postgresql``.
+        self.dialect: str = writer.dialect.name
+        self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        self._write_lock = asyncio.Lock()
+        self._write_timeout = write_timeout
+        #: Why the database is down and since when (monotonic), None while it answers.
+        self._down: tuple[str, float] | None = None
+        self._last_try = 0.0
+        self._closed = False
+        #: Requests waiting for a call's record to change (result long-polls).
+        self._watchers = Watchers()
+
+    # -- health --------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """False while the last write failed because the database is unavailable."""
+        return self._down is None
+
+    @property
+    def down_since(self) -> float | None:
+        """When (``time.monotonic()``) the database stopped answering, or None."""
+        return None if self._down is None else self._down[1]
+
+    def _failed(self, why: str) -> None:
+        if self._down is None:
+            log.error("store: the database is unavailable (%s); retrying", why)
+            self._down = (why, time.monotonic())
+        else:
+            self._down = (why, self._down[1])
+        self._last_try = time.monotonic()
+
+    def _answered(self) -> None:
+        if self._down is not None:
+            log.warning(
+                "store: the database answers again (down %.1f s)", time.monotonic() - self._down[1]
+            )
+            self._down = None
+
+    def _check_room(self) -> None:
+        """Fail at once (503) while the database is known to be down, letting one write
+        through every :data:`PROBE_EVERY` seconds to find out whether it is back."""
+        if self._closed:
+            raise GatewayUnavailable("the store is closed (the gateway is stopping)")
+        if self._down is None:
+            return
+        now = time.monotonic()
+        if now - self._last_try >= PROBE_EVERY:
+            self._last_try = now
+            return
+        why, since = self._down
+        raise GatewayUnavailable(
+            f"the gateway's store has been unavailable for {now - since:.0f} s ({why}); "
+            "retry later",
+            retry_after=RETRY_AFTER,
+        )
+
+    async def _durably(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        """``write()``, retried (bounded: :data:`DURABLE_RETRY`) while the database is
+        unavailable: what it writes must not be lost to an outage of a few seconds."""
+        deadline = time.monotonic() + DURABLE_RETRY
+        pause = 0.2
+        for attempt in range(1000):
+            try:
+                return await write()
+            except GatewayUnavailable as e:
+                if self._closed or time.monotonic() + pause > deadline:
+                    raise
+                if attempt == 0:
+                    log.warning("store: %s waits for the database (%s)", what, e.message)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Database errors leave as SwarmlessError (refused, a bug) or GatewayUnavailable
+        (the database is away: the store remembers it is down)."""
+        try:
+            yield
+        except (SQLAlchemyError, OSError, OverflowError, TimeoutError) as e:
+            raise self._as_error(e) from e
+
+    def _as_error(self, e: Exception) -> Exception:
+        """What a database error ``e`` means for the store's callers (see above)."""
+        if isinstance(e, SwarmlessError) or not isinstance(
+            e, SQLAlchemyError | OSError | OverflowError | TimeoutError
+        ):
+            return e
+        if not refused(e) and _unavailable(e):
+            self._failed(describe(e))
+            error: SwarmlessError = GatewayUnavailable(
+                f"the gateway's store is unavailable ({describe(e)}); retry later",
+                retry_after=RETRY_AFTER,
+            )
+        else:
+            error = SwarmlessError(f"store: {describe(e)}")
+        error.__cause__ = e
+        return error
+
+    # -- connections ---------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """The write turn, waited for at most ``write_timeout`` (then 503)."""
+        try:
+            await asyncio.wait_for(self._write_lock.acquire(), self._write_timeout)
+        except TimeoutError:
+            raise GatewayUnavailable(
+                f"the gateway's store did not take a write within {self._write_timeout:g} s "
+                "(the database is slow or locked); retry later",
+                retry_after=RETRY_AFTER,
+            ) from None
+        try:
+            yield
+        finally:
+            self._write_lock.release()
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction on the writer, in turn with every other write."""
+        with self._translated():
+            async with self._turn(), self._writer.begin() as conn:
+                yield conn
+        self._answered()
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        with self._translated():
+            async with self._reader.connect() as conn:
+                yield conn
+
+    def _upsert(self, table: Table, key: str) -> Any:
+        ins = self._insert(table)
+        names = [c.name for c in table.columns if c.name != key]
+        return ins.on_conflict_do_update(
+            index_elements=[key], set_={name: ins.excluded[name] for name in names}
+        )
+
+    async def _dispose(self) -> None:
+        await self._writer.dispose()
+        if self._reader is not self._writer:
+            await self._reader.dispose()

@@ -1,0 +1,151 @@
+"""Group commit: durable writes that arrive together share one transaction.
+
+An accepted async call is written before the gateway answers 202; written one
+transaction each, durability would cost one fsync per call. :class:`GroupCommit` gathers
+what arrives within :data:`GROUP_WINDOW` (at most :data:`GROUP_MAX` ops) and commits it
+at once. What waits for a commit is bounded too: at most :data:`MAX_WAITING` ops and
+:data:`MAX_WAITING_BYTES` of payload (the bodies of calls being accepted); beyond that a
+write is refused at once with 503, so a stalled database cannot make the gateway hold
+every request it receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from swarmless.exceptions import GatewayUnavailable
+from swarmless.store.db import RETRY_AFTER, Database
+
+__all__ = ["GROUP_MAX", "GROUP_WINDOW", "BulkRun", "GroupCommit", "Op"]
+
+#: How long a batch waits for company before it commits (seconds).
+GROUP_WINDOW = 0.002
+GROUP_MAX = 500
+#: Ops, and bytes of their payloads, that may wait for a commit at once.
+MAX_WAITING = 20_000
+MAX_WAITING_BYTES = 512 << 20
+
+Op = Callable[[AsyncConnection], Awaitable[Any]]
+BulkRun = Callable[[AsyncConnection, list[Any]], Awaitable[None]]
+
+
+@dataclasses.dataclass(eq=False)
+class _Pending:
+    op: Op
+    fut: asyncio.Future[Any]
+    #: Ops of one kind are written together by one bulk statement when they can be:
+    #: (kind, the bulk writer, this op's payload, the result it then returns).
+    bulk: tuple[str, BulkRun, Any, Any] | None = None
+    size: int = 0
+
+
+class GroupCommit:
+    """Runs write operations that arrive together in one transaction.
+
+    ``await run(op)`` returns when the transaction holding ``op`` has committed. Ops given a
+    ``bulk`` form are written with one multi-row statement per kind; if that fails, and for
+    every other op, each runs in a savepoint of its own, so an op that fails rolls back
+    alone and raises in its own caller.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._ops: list[_Pending] = []
+        self._bytes = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Ops waiting for their commit."""
+        return len(self._ops)
+
+    async def run(
+        self, op: Op, bulk: tuple[str, BulkRun, Any, Any] | None = None, *, size: int = 0
+    ) -> Any:
+        """Run ``op`` in the next group's transaction; ``size`` is what it holds in memory
+        until then (bytes), counted against :data:`MAX_WAITING_BYTES`."""
+        if self._ops and (len(self._ops) >= MAX_WAITING or self._bytes + size > MAX_WAITING_BYTES):
+            raise GatewayUnavailable(
+                f"the gateway's store is behind: {len(self._ops)} writes "
+                f"({self._bytes >> 20} MiB) wait for it; retry later",
+                retry_after=RETRY_AFTER,
+            )
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._ops.append(_Pending(op, fut, bulk, size))
+        self._bytes += size
+        self._wake.set()
+        return await fut
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while self._ops:
+            await self._commit(self._take())
+
+    def _take(self) -> list[_Pending]:
+        batch, self._ops = self._ops[:GROUP_MAX], self._ops[GROUP_MAX:]
+        self._bytes -= sum(p.size for p in batch)
+        if not self._ops:
+            self._wake.clear()
+        return batch
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            if len(self._ops) < GROUP_MAX:
+                await asyncio.sleep(GROUP_WINDOW)
+            batch = self._take()
+            if batch:
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        kinds: dict[str, list[_Pending]] = {}
+        single: list[_Pending] = []
+        for p in batch:
+            if p.bulk is not None:
+                kinds.setdefault(p.bulk[0], []).append(p)
+            else:
+                single.append(p)
+        try:
+            async with self._db._write() as conn:
+                for group in kinds.values():
+                    writer = group[0].bulk[1]  # type: ignore[index]
+                    try:
+                        async with conn.begin_nested():
+                            await writer(conn, [p.bulk[2] for p in group])  # type: ignore[index]
+                    except Exception:
+                        single.extend(group)  # one by one, to find the one that fails
+                    else:
+                        results.extend((p.fut, p.bulk[3], None) for p in group)  # type: ignore[index]
+                for p in single:
+                    try:
+                        async with conn.begin_nested():
+                            results.append((p.fut, await p.op(conn), None))
+                    except Exception as e:
+                        results.append((p.fut, None, self._db._as_error(e)))
+        except BaseException as e:  # the commit itself failed: every op fails
+            for p in batch:
+                if not p.fut.done():
+                    p.fut.set_exception(e if isinstance(e, Exception) else RuntimeError(str(e)))
+            if not isinstance(e, Exception):
+                raise
+            return
+        for fut, value, error in results:
+            if fut.done():
+                continue
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(value)
