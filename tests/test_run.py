@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import docker
 import pytest
 
 import swarmless
-from tests.conftest import BUSYBOX, PYTHON
+from tests.conftest import BUSYBOX, PYTHON, SESSION
 
 LEFTPAD = """\
 import sys
@@ -300,5 +302,132 @@ def test_async_client_same_semantics(engine: docker.DockerClient) -> None:
         outs = await asyncio.gather(*(client.run(BUSYBOX, ["echo", str(i)]) for i in range(5)))
         assert outs == [f"{i}\n".encode() for i in range(5)]
         await client.close()
+
+    asyncio.run(main())
+
+
+# -- docker-py's names (issue 15): code moving from docker-py works --------------------------
+
+
+@pytest.fixture(scope="module")
+def own_network(engine: docker.DockerClient) -> Iterator[str]:
+    name = f"swarmless-test-run-{uuid.uuid4().hex[:8]}"
+    net = engine.networks.create(name, labels={"swarmless.test": SESSION})
+    yield name
+    net.remove()
+
+
+def _until_gone(engine: docker.DockerClient, container_id: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while engine.api.containers(all=True, filters={"id": container_id}):
+        assert time.monotonic() < deadline, f"{container_id[:12]} still there after {timeout}s"
+        time.sleep(0.1)
+
+
+def test_string_command_is_split_as_docker_py_does(client: swarmless.Client) -> None:
+    assert client.run(BUSYBOX, "echo hello world") == b"hello world\n"
+    assert client.run(BUSYBOX, "sh -c 'echo \"a  b\"; echo $0' zero") == b"a  b\nzero\n"
+    with pytest.raises(swarmless.InvalidArgument, match="cannot be split"):
+        client.run(BUSYBOX, "echo 'unclosed")
+
+
+def test_environment_reaches_the_container(client: swarmless.Client) -> None:
+    cmd = ["sh", "-c", 'echo "$A $B"']
+    assert client.run(BUSYBOX, cmd, environment={"A": "1", "B": 2}) == b"1 2\n"
+    assert client.run(BUSYBOX, cmd, environment=["A=x", "B=y=z"]) == b"x y=z\n"
+    with pytest.raises(swarmless.InvalidArgument, match="env or environment"):
+        client.run(BUSYBOX, cmd, env={"A": "1"}, environment={"A": "2"})
+    with pytest.raises(swarmless.InvalidArgument, match="KEY=value"):
+        client.run(BUSYBOX, cmd, environment=["A"])
+
+
+def test_working_dir_is_the_cwd_and_user_a_uid(client: swarmless.Client) -> None:
+    out = client.run(BUSYBOX, "sh -c 'echo $(pwd) $(id -u)'", working_dir="/tmp", user=4321)
+    assert out == b"/tmp 4321\n"
+
+
+def test_network_mode_joins_a_network(
+    client: swarmless.Client, engine: docker.DockerClient, own_network: str
+) -> None:
+    subnet = engine.api.inspect_network(own_network)["IPAM"]["Config"][0]["Subnet"]
+    out = client.run(BUSYBOX, "hostname -i", network_mode=own_network)
+    assert ipaddress.ip_address(out.decode().split()[0]) in ipaddress.ip_network(subnet)
+    assert client.run(BUSYBOX, "ls /sys/class/net", network_mode="none") == b"lo\n"
+    with pytest.raises(swarmless.InvalidArgument, match="network or network_mode"):
+        client.run(BUSYBOX, "true", network="bridge", network_mode=own_network)
+
+
+def test_volumes_bind_host_paths(client: swarmless.Client, tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("from the host\n")
+    tmp_path.chmod(0o755)
+    as_list = client.run(BUSYBOX, "cat /data/in.txt", volumes=[f"{tmp_path}:/data:ro"])
+    assert as_list == b"from the host\n"
+    as_dict = client.run(
+        BUSYBOX,
+        ["sh", "-c", "cat /d/in.txt; touch /d/new 2>/dev/null || echo read-only"],
+        volumes={str(tmp_path): {"bind": "/d", "mode": "ro"}},
+    )
+    assert as_dict == b"from the host\nread-only\n"
+    client.run(BUSYBOX, "touch /rw/written", volumes={str(tmp_path): "/rw"})
+    assert (tmp_path / "written").exists()
+    with pytest.raises(swarmless.InvalidArgument, match="volumes"):
+        client.run(BUSYBOX, "true", volumes={str(tmp_path): {"mode": "ro"}})
+
+
+def test_entrypoint_name_hostname_labels(
+    client: swarmless.Client, engine: docker.DockerClient, labels: dict[str, str]
+) -> None:
+    assert client.run(BUSYBOX, "and args", entrypoint="echo from-entrypoint") == (
+        b"from-entrypoint and args\n"
+    )
+    assert client.run(BUSYBOX, "hostname", hostname="voter") == b"voter\n"
+    name = f"swarmless-test-named-{uuid.uuid4().hex[:8]}"
+    with client.run(BUSYBOX, "sleep 30", detach=True, name=name, labels=[*labels, "tier"]) as run:
+        attrs = engine.api.inspect_container(run.id)
+        assert attrs["Name"] == f"/{name}"
+        assert attrs["Config"]["Labels"]["tier"] == ""
+        assert attrs["Config"]["Labels"]["swarmless.test"] == ""  # a list: names, no values
+    _until_gone(engine, run.id)
+
+
+def test_mem_limit_and_nano_cpus(client: swarmless.Client, engine: docker.DockerClient) -> None:
+    with client.run(
+        BUSYBOX, "sleep 30", detach=True, mem_limit="64m", nano_cpus=250_000_000
+    ) as run:
+        host = engine.api.inspect_container(run.id)["HostConfig"]
+        assert (host["Memory"], host["NanoCpus"]) == (64 * 1024 * 1024, 250_000_000)
+    with pytest.raises(swarmless.InvalidArgument, match="memory or mem_limit"):
+        client.run(BUSYBOX, "true", memory="32m", mem_limit="64m")
+    with pytest.raises(swarmless.InvalidArgument, match="nano_cpus"):
+        client.run(BUSYBOX, "true", nano_cpus=0)
+
+
+def test_auto_remove_lets_the_engine_remove_it(
+    client: swarmless.Client, engine: docker.DockerClient
+) -> None:
+    run = client.run(BUSYBOX, "true", detach=True, remove=False, auto_remove=True)
+    assert engine.api.inspect_container(run.id)["HostConfig"]["AutoRemove"] is True
+    _until_gone(engine, run.id)
+
+
+def test_unknown_keywords_are_named(client: swarmless.Client, engine: docker.DockerClient) -> None:
+    mark = {"swarmless.test-case": uuid.uuid4().hex}
+    with pytest.raises(TypeError) as info:
+        client.run(BUSYBOX, "true", labels=mark, privileged=True, netwrok_mode="x", colour=1)  # type: ignore[call-overload]
+    message = str(info.value)
+    assert "unexpected keyword arguments 'colour', 'netwrok_mode', 'privileged'" in message
+    assert "'netwrok_mode': did you mean 'network_mode'" in message
+    assert "'privileged' is a docker-py option that swarmless's run() does not offer" in message
+    flt = {"label": f"swarmless.test-case={mark['swarmless.test-case']}"}
+    assert engine.api.containers(all=True, filters=flt) == []
+
+
+def test_async_client_takes_docker_py_names(engine: docker.DockerClient) -> None:
+    async def main() -> None:
+        async with swarmless.AsyncClient.from_env() as client:
+            out = await client.run(BUSYBOX, "sh -c 'echo $A'", environment={"A": "async"})
+            assert out == b"async\n"
+            with pytest.raises(TypeError, match="'nope'"):
+                await client.run(BUSYBOX, "true", nope=1)  # type: ignore[call-overload]
 
     asyncio.run(main())

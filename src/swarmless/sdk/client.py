@@ -262,7 +262,7 @@ class Client:
         >>> client = from_env()
         >>> client.run("swarmless/busybox", ["echo", "hello"], text=True)
         'hello\\n'
-        >>> client.run("swarmless/busybox", "printenv A", environment={"A": "hi"})
+        >>> client.run("swarmless/busybox", "sh -c 'echo $A'", environment={"A": "hi"})
         b'hi\\n'
         """
         from swarmless.ownership import run_labels

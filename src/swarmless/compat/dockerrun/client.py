@@ -163,11 +163,13 @@ class Client:
                 "tls: give the engine's TLS settings as DOCKER_HOST, DOCKER_TLS_VERIFY and "
                 "DOCKER_CERT_PATH, and use from_env()"
             )
-        self.base_url = base_url
+        # Private: the Docker API's own names (version(), base_url, api_version...) are
+        # the APIClient's, reached through __getattr__.
+        self._base_url = base_url
         #: The Docker API version asked for (checked against the engine on first use);
         #: swarmless itself speaks the engine's own version.
-        self.version = None if version == "auto" else version
-        self.timeout = timeout
+        self._asked_version = None if version == "auto" else version
+        self._timeout = timeout
         self._client: SwarmlessClient | None = None
         self._lock = threading.Lock()
 
@@ -203,20 +205,21 @@ class Client:
         from swarmless.engine import connect, engine_address
         from swarmless.sdk.client import Client as SwarmlessClient
 
-        settings = Settings.load(docker_host=self.base_url)
+        settings = Settings.load(docker_host=self._base_url)
         engine: docker.DockerClient | None = None
-        if self.timeout is not None:
-            engine = connect(settings.docker_host, timeout=self.timeout)
+        if self._timeout is not None:
+            engine = connect(settings.docker_host, timeout=self._timeout)
         client = SwarmlessClient(settings=settings, docker=engine)
-        if self.version is not None:
+        if self._asked_version is not None:
             speaks = client.docker.api.api_version
-            if _version_tuple(speaks) < _version_tuple(self.version):
+            if _version_tuple(speaks) < _version_tuple(self._asked_version):
                 client.close()
                 raise EngineUnavailable(
                     engine_address(settings.docker_host),
                     message=(
-                        f"the Docker Engine speaks API {speaks}, older than the {self.version} "
-                        "this code asks for (from_env(version=...)); upgrade the engine"
+                        f"the Docker Engine speaks API {speaks}, older than the "
+                        f"{self._asked_version} this code asks for (from_env(version=...)); "
+                        "upgrade the engine"
                     ),
                 )
         return client
@@ -282,7 +285,7 @@ class Client:
             ) from None
 
     def __repr__(self) -> str:
-        return f"<dockerrun.Client {self.base_url or 'DOCKER_HOST'}>"
+        return f"<dockerrun.Client {self._base_url or 'DOCKER_HOST'}>"
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
