@@ -8,11 +8,9 @@ the module fixture removes them. Containers are run through ``swarmless.from_env
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
@@ -349,10 +347,8 @@ def test_idle_rss_of_the_runtime_in_a_container(
     container = None
     try:
         container = start_worker(helper_engine, tag, gw.url(ip), concurrency=concurrency)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and _open_polls(container) < concurrency:
-            time.sleep(0.1)
-        time.sleep(0.5)  # idle: every poller is waiting in a long poll
+        # Idle: every poller is waiting in a long poll.
+        gw.wait_for(lambda: gw.holding == concurrency, 20)
         status = container.exec_run(["cat", "/proc/1/status"]).output.decode()
         rss_kb = int(status.split("VmRSS:")[1].split()[0])
         cgroup = helper_engine.api.stats(container.id, stream=False)["memory_stats"]
@@ -366,9 +362,3 @@ def test_idle_rss_of_the_runtime_in_a_container(
         if container is not None:
             container.remove(force=True)
         gw.close()
-
-
-def _open_polls(container: Any) -> int:
-    """Established TCP connections of the runtime (one per poller in a long poll)."""
-    out = container.exec_run(["cat", "/proc/1/net/tcp"]).output.decode()
-    return sum(1 for line in out.splitlines()[1:] if line.split()[3] == "01")

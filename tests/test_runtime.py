@@ -19,6 +19,7 @@ import os
 import queue
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -34,6 +35,7 @@ import pytest
 
 from swarmless.build import build_function, runtime_files
 from tests.conftest import PYTHON
+from tests.waiting import wait_until
 
 TOKEN = "worker-token-b"
 TEST_LABEL = {"swarmless.test": "helper-b"}
@@ -55,6 +57,9 @@ class FakeGateway:
         self.events: list[tuple[str, int, Any]] = []
         #: When the first /runtime/next arrived (epoch seconds).
         self.first_poll_at: float | None = None
+        #: Long polls held open now: pollers waiting for a call (an idle runtime holds one
+        #: per poller).
+        self.holding = 0
         gateway = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -126,6 +131,11 @@ class FakeGateway:
             self.events.append((kind, port, detail))
             self.cond.notify_all()
 
+    def _hold(self, change: int) -> None:
+        with self.cond:
+            self.holding += change
+            self.cond.notify_all()
+
     def handle(self, req: http.server.BaseHTTPRequestHandler) -> None:
         if self.first_poll_at is None and req.path == "/runtime/next":
             self.first_poll_at = time.time()
@@ -159,12 +169,16 @@ class FakeGateway:
                 }
         end = time.monotonic() + self.poll_window
         call = None
-        while not self.retired and time.monotonic() < end:
-            try:
-                call = self.calls.get(timeout=0.02)
-                break
-            except queue.Empty:
-                continue
+        self._hold(+1)
+        try:
+            while not self.retired and time.monotonic() < end:
+                try:
+                    call = self.calls.get(timeout=0.02)
+                    break
+                except queue.Empty:
+                    continue
+        finally:
+            self._hold(-1)
         if self.retired and call is None:
             self._record("next", port, (carried, 410, None))
             self._reply(req, 410)
@@ -639,18 +653,16 @@ def test_command_is_killed_at_its_deadline(
     assert res["exit_code"] == 137
     assert res["error"].startswith("deadline passed: the command was killed")
     pid = int(pidfile.read_text())
+
     # The whole process group went, not just sh: the background sleep is gone (or a zombie).
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
+    def ended() -> bool:
         try:
             state = Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
         except FileNotFoundError:
-            break
-        if state == "Z":
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError(f"the background sleep {pid} outlived the deadline")
+            return True
+        return state == "Z"
+
+    wait_until(ended, 3, f"the background sleep {pid} to end with the command")
 
 
 # -- the protocol's answers ---------------------------------------------------------------
@@ -705,11 +717,49 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class DeadEnd:
+    """A port where every connection is reset at once, as a gateway that is not up yet:
+    it counts them, so that a test waits for the runtime's retries, not for a while."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.05)
+        self.port = int(self._sock.getsockname()[1])
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            # SO_LINGER 0: closing sends a reset, the way a refused connection fails.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+            self.connections += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+
 def test_retries_until_the_gateway_answers(start_runtime: Callable[..., RuntimeProcess]) -> None:
-    port = _free_port()
-    rp = start_runtime(f"http://127.0.0.1:{port}", files={"handler.py": ECHO})
-    time.sleep(1.5)  # refused connections meanwhile, with backoff
-    assert rp.proc.poll() is None
+    dead_end = DeadEnd()
+    port = dead_end.port
+    try:
+        rp = start_runtime(f"http://127.0.0.1:{port}", files={"handler.py": ECHO})
+        wait_until(lambda: dead_end.connections >= 4, 15, "4 tries of the runtime, with backoff")
+        assert rp.proc.poll() is None, rp.output()
+    finally:
+        dead_end.close()
+    # The port is closed now (connections refused) until the gateway listens on it.
     gw = FakeGateway(port=port)
     try:
         call_id = gw.submit(json.dumps({}))
