@@ -25,6 +25,7 @@ import pytest
 import swarmless
 from tests.conftest import BUSYBOX, PYTHON, SESSION
 from tests.gateway_harness import RunningGateway
+from tests.waiting import wait_until
 
 PREFIX = "swarmless-test-proxy"
 SITE = Path(swarmless.__file__).parent.parent
@@ -424,7 +425,9 @@ def test_escape_attempts_are_refused(
     images_before = {t for i in engine.images.list() for t in i.tags if t.startswith(PREFIX)}
     volumes_before = _names(engine.volumes.list())
     networks_before = _names(engine.networks.list())
-    time.sleep(1.1)  # events are filtered by whole seconds: the setup's stay before t0
+    # Events are filtered by whole seconds: the setup's stay before t0, the next second.
+    set_up = int(time.time())
+    wait_until(lambda: int(time.time()) > set_up, 2, "the clock's next whole second")
     t0 = int(time.time())
     ctx = {
         "sibling": sibling,
