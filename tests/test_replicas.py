@@ -7,22 +7,28 @@ with SIGKILL under load.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import http.server
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import httpx
 import pytest
 
 from swarmless.config import Settings
-from swarmless.gateway.replicas import peer_url
+from swarmless.gateway.replicas import Replicas, peer_url
 from swarmless.sdk.gateway import GatewayClient
+from swarmless.store.lease import LeaseState
 from tests.conftest import SESSION, handler_image
 from tests.gateway_harness import CallLoad, GatewayProcess, all_ended, free_port
 
@@ -238,54 +244,185 @@ def test_killing_the_active_replica_under_load(
     http.close()
 
 
-def test_an_active_replica_whose_store_hangs_steps_down_before_its_lease_expires() -> None:
-    """Fencing: the holder stops before any other replica may take the lease over."""
-    import asyncio
+class LeaseTable:
+    """The store's leases in memory, with the real interface (acquire_lease, release_lease),
+    that can hang like a store cut off mid-connection."""
 
-    from swarmless.gateway.replicas import Replicas
-    from swarmless.store.lease import LeaseState
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.hang = False
+        self.calls = 0
 
-    class HangingStore:
-        """Grants the lease once, then never answers (a store cut off mid-connection)."""
-
-        def __init__(self) -> None:
-            self.calls = 0
-            self.until = 0.0
-
-        async def acquire_lease(self, name: str, holder: str, url: str, ttl: float) -> LeaseState:
-            self.calls += 1
-            if self.calls > 1:
-                await asyncio.sleep(3600)
-            self.until = time.monotonic() + ttl
-            return LeaseState(holder=holder, url=url, until=0)
-
-    async def main() -> float:
-        store = HangingStore()
-        lost = asyncio.Event()
-
-        async def lead() -> None:
-            return None
-
-        replicas = Replicas(
-            store,  # type: ignore[arg-type]
-            "http://a:1",
-            holder="a",
-            lease="gateway:x",
-            ttl=1.0,
-            lead=lead,
-            lost=lambda why: lost.set(),
+    async def acquire_lease(
+        self, name: str, holder: str, url: str, ttl: float, *, take_expired: bool = True
+    ) -> LeaseState:
+        self.calls += 1
+        if self.hang:
+            await asyncio.sleep(3600)
+        now = time.time() * 1000
+        row = self.rows.get(name)
+        if row is None or row["holder"] == holder or (take_expired and row["until"] < now):
+            contended = row["contended"] if row is not None else 0.0
+            row = {"holder": holder, "url": url, "until": now + ttl * 1000}
+            self.rows[name] = row | {"contended": contended}
+            row = self.rows[name]
+        else:
+            row["contended"] = now + 3 * ttl * 1000
+        return LeaseState(
+            holder=row["holder"],
+            url=row["url"],
+            until=int(row["until"]),
+            contended=row["contended"] > now,
+            expired=row["holder"] != holder and row["until"] < now,
         )
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        return self.rows.pop(name, None) is not None
+
+
+async def until(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until ``check()`` held, in the event loop (bounded)."""
+    t0 = time.monotonic()
+    while not check():
+        assert time.monotonic() - t0 < timeout, f"not in {timeout} s: {what}"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - t0
+
+
+def lease_replica(store: LeaseTable, me: str, lost: list[str], ttl: float = 1.0) -> Replicas:
+    async def lead() -> None:
+        return None
+
+    return Replicas(
+        store,  # type: ignore[arg-type]
+        me,
+        holder=me,
+        lease="gateway:x",
+        ttl=ttl,
+        lead=lead,
+        lost=lost.append,
+    )
+
+
+async def close_replica(replicas: Replicas) -> None:
+    for task in (replicas._task, replicas._starting):
+        if task is not None:
+            task.cancel()
+    await replicas._http.aclose()
+
+
+def test_a_lone_active_replica_keeps_serving_while_its_store_hangs() -> None:
+    """No other replica stands by: a store that hangs for several lease lifetimes does not
+    end the active one; it renews once the store answers again."""
+
+    async def main() -> None:
+        store, lost = LeaseTable(), []
+        replicas = lease_replica(store, "http://a:1", lost)
         await replicas.start()
         assert replicas.active
-        await asyncio.wait_for(lost.wait(), 5)
-        stepped_down = time.monotonic()
+        store.hang = True
         calls = store.calls
-        await asyncio.sleep(1.0)  # it does not try again: the process is going away
+        # Five lease lifetimes of tries that hang (each bounded by ttl / 4).
+        await until(lambda: store.calls >= calls + 20, 15, "tries while the store hangs")
+        assert lost == []
+        assert replicas.active
+        assert replicas.store_error is not None
+        store.hang = False
+        await until(lambda: replicas.store_error is None, 5, "the store answers again")
+        assert lost == []
+        assert replicas.active
+        assert store.rows["gateway:x"]["holder"] == "http://a:1"
+        await close_replica(replicas)
+
+    asyncio.run(main())
+
+
+def test_a_lone_holder_steps_down_when_it_finds_its_lease_taken() -> None:
+    async def main() -> None:
+        store, lost = LeaseTable(), []
+        replicas = lease_replica(store, "http://a:1", lost)
+        await replicas.start()
+        store.hang = True
+        calls = store.calls
+        await until(lambda: store.calls >= calls + 3, 5, "tries while the store hangs")
+        store.rows["gateway:x"].update(holder="http://b:1", url="http://b:1")
+        store.hang = False
+        await until(lambda: bool(lost), 5, "the holder steps down")
+        assert "went to http://b:1" in lost[0]
+        assert not replicas.active
+        await close_replica(replicas)
+
+    asyncio.run(main())
+
+
+def test_a_contended_active_replica_steps_down_before_its_lease_expires() -> None:
+    """Fencing: with another replica standing by, the holder whose store hangs stops
+    before the other may take the lease over."""
+
+    async def main() -> float:
+        store, lost = LeaseTable(), []
+        replicas = lease_replica(store, "http://a:1", lost)
+        await replicas.start()
+        assert replicas.active
+        # Another replica asks (and is told a holds it): a learns at its next renewal.
+        standby = await store.acquire_lease("gateway:x", "http://b:1", "http://b:1", 1.0)
+        assert standby.holder == "http://a:1"
+        await until(lambda: replicas._contended, 5, "the holder sees the standby")
+        store.hang = True
+        expires = store.rows["gateway:x"]["until"] / 1000
+        await until(lambda: bool(lost), 5, "the holder steps down")
+        stepped_down = time.time()
+        calls = store.calls
+        await asyncio.sleep(0.5)  # it does not try again: the process is going away
         assert store.calls == calls
-        assert replicas._task is not None
-        replicas._task.cancel()
-        await replicas._http.aclose()
-        return store.until - stepped_down
+        assert "another replica stands by" in lost[0]
+        await close_replica(replicas)
+        return expires - stepped_down
 
     margin = asyncio.run(main())
     assert margin > 0, f"stepped down {-margin:.2f} s after the lease expired"
+
+
+def test_a_standby_takes_an_expired_lease_only_from_a_holder_that_does_not_answer() -> None:
+    """A lease expired because its holder's store hangs, the holder still up: a standby
+    asks the holder's /healthz first and leaves the lease alone while it answers."""
+
+    class Holder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"status": "ok", "role": "active"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Holder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    holder_url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    async def main() -> None:
+        store, lost = LeaseTable(), []
+        store.rows["gateway:x"] = {
+            "holder": holder_url,
+            "url": holder_url,
+            "until": time.time() * 1000 - 10_000,
+            "contended": 0.0,
+        }
+        replicas = lease_replica(store, "http://b:1", lost)
+        await replicas.start()
+        assert not replicas.active
+        assert replicas.leader_url == holder_url
+        await until(lambda: store.calls >= 6, 10, "a few more tries")
+        assert not replicas.active
+        assert store.rows["gateway:x"]["holder"] == holder_url
+        server.shutdown()
+        server.server_close()
+        took = await until(lambda: replicas.active, 10, "the standby takes over")
+        print(f"\n[replicas] holder gone: the standby active after {took:.2f} s")
+        assert lost == []
+        await close_replica(replicas)
+
+    asyncio.run(main())

@@ -15,9 +15,18 @@ They take turns holding the store's ``gateway:<instance>`` lease (:mod:`swarmles
 - Every replica tries for the lease every ``ttl / 5`` seconds: the holder extends it, the
   others take it once it has expired (``ttl`` after the holder's last renewal: a killed
   holder is replaced within ``ttl`` plus the new holder's start), or at once when the
-  holder gave it up on a clean shutdown. A holder that cannot renew for ``ttl / 2``
-  (store unreachable) stops, before anyone else may take the lease; it exits for its
-  orchestrator to restart it, and it comes back as a standby.
+  holder gave it up on a clean shutdown. Before taking an expired lease, a replica asks
+  the holder's ``/healthz``: a holder that still answers as the active one (its store is
+  slow or unreachable, not the holder) keeps it.
+- A store that is slow or away never ends a gateway by itself. A holder that cannot renew
+  keeps serving what needs no store (sync calls; the rest answers 503) and keeps trying,
+  **unless another replica stands by** (the lease is contended, see
+  :mod:`swarmless.store.lease`): then it stops once it has not renewed for ``ttl / 2``,
+  before anyone else may take the lease, and exits for its orchestrator to restart it as
+  a standby. Once the store answers again, a holder that finds the lease taken by another
+  stops likewise. So there is never more than one active replica: a lone holder is only
+  replaced by a replica that finds it not answering, and a contended one steps down
+  before its lease can expire.
 - The new holder starts like a gateway that restarts after a crash: it removes the
   containers left by the previous one (same instance label), loads the functions from the
   store and picks up the async calls the previous one held.
@@ -42,6 +51,7 @@ from swarmless.exceptions import GatewayUnavailable, SwarmlessError
 from swarmless.gateway.asgi import ClientGone, Message, Receive, Scope, Send, read_body, send_error
 from swarmless.spec import FunctionSpec
 from swarmless.store import Store
+from swarmless.store.lease import LeaseState
 
 __all__ = ["Replicas", "peer_url"]
 
@@ -68,6 +78,8 @@ FORWARDED_BY = b"x-swarmless-forwarded-by"
 #: Seconds a standby trusts a function's spec read from the store (its max_body, whether
 #: it is private): a change made on the active replica reaches the standbys within it.
 _SPEC_TTL = 2.0
+#: Seconds between two warnings about a lease that cannot be renewed.
+_WARN_EVERY = 10.0
 
 
 def peer_url(host: str, port: int, configured: str = "") -> str:
@@ -122,6 +134,11 @@ class Replicas:
         self._holding = False
         self._done = False
         self._renewed = 0.0
+        #: Whether another replica stood by at the last renewal.
+        self._contended = False
+        self._warned = 0.0
+        #: Why the store did not answer the last try for the lease (None: it did).
+        self.store_error: str | None = None
         self._changed = asyncio.Event()
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -156,24 +173,30 @@ class Replicas:
 
     async def _try(self) -> None:
         # The lease runs from before the statement (the store dates it then), and a store
-        # that hangs is a store that fails: the holder must step down before it expires.
+        # that hangs is a store that fails.
         if self._done:
             return
         asked = time.monotonic()
         try:
-            state = await asyncio.wait_for(
-                self.store.acquire_lease(self.lease, self.holder, self.me, self.ttl),
-                self.ttl / 4,
-            )
+            state = await self._acquire(take_expired=False)
+            if state.holder != self.holder and state.expired and not self._holding:
+                if await self._holder_answers(state.url):
+                    self._warn(
+                        f"the gateway lease of {state.url} expired, but it still answers as "
+                        "the active replica (its store is slow or unreachable): not taking over"
+                    )
+                else:
+                    asked = time.monotonic()
+                    state = await self._acquire(take_expired=True)
         except (TimeoutError, SwarmlessError) as e:
-            why = str(e) or "the store did not answer in time"
-            if self._holding and time.monotonic() - self._renewed > self.ttl / 2:
-                self._step_down(f"cannot renew the gateway lease: {why}")
-            else:
-                log.warning("gateway lease: %s", why)
+            self._store_failed(str(e) or "the store did not answer in time")
             return
+        if self.store_error is not None:
+            log.warning("gateway lease: the store answers again")
+            self.store_error = None
         if state.holder == self.holder:
             self._renewed = asked
+            self._contended = state.contended
             if not self._holding:
                 self._holding = True
                 log.info("gateway lease taken: this replica (%s) becomes active", self.me)
@@ -186,6 +209,50 @@ class Replicas:
         if state.url != self.leader_url:
             log.info("active gateway replica: %s", state.url)
         self._set_leader(state.url)
+
+    async def _acquire(self, *, take_expired: bool) -> LeaseState:
+        return await asyncio.wait_for(
+            self.store.acquire_lease(
+                self.lease, self.holder, self.me, self.ttl, take_expired=take_expired
+            ),
+            self.ttl / 4,
+        )
+
+    def _store_failed(self, why: str) -> None:
+        """The lease could not be renewed (or asked for): step down only if another
+        replica may take it over before we find out (see the module's docstring)."""
+        self.store_error = why
+        if not self._holding:
+            self._warn(f"gateway lease: {why}")
+            return
+        unrenewed = time.monotonic() - self._renewed
+        if self._contended and unrenewed > self.ttl / 2:
+            self._step_down(
+                f"cannot renew the gateway lease for {unrenewed:.1f} s ({why}) while another "
+                "replica stands by to take it over"
+            )
+            return
+        self._warn(
+            f"cannot renew the gateway lease for {unrenewed:.1f} s ({why}); no other replica "
+            "stands by: this one keeps serving (calls that need the store get 503) and retries"
+        )
+
+    def _warn(self, message: str) -> None:
+        """Log ``message`` at most every :data:`_WARN_EVERY` seconds (an outage is long)."""
+        now = time.monotonic()
+        if now - self._warned >= _WARN_EVERY:
+            self._warned = now
+            log.warning("%s", message)
+
+    async def _holder_answers(self, url: str) -> bool:
+        """Whether the replica at ``url`` answers as the active one (or one starting)."""
+        if url == self.me:
+            return False
+        try:
+            r = await self._http.get(f"{url}/healthz", timeout=min(1.0, self.ttl / 5))
+            return r.status_code == 200 and r.json().get("role") in ("active", "starting")
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return False
 
     async def _become_active(self) -> None:
         try:
