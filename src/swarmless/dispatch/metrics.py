@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from swarmless.records import InvocationRecord
+from swarmless.store import StoreStats
 
-__all__ = ["Metrics"]
+__all__ = ["LiveGauges", "Metrics", "StoreGauges"]
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -46,6 +48,7 @@ class Metrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
+        self._store: StoreGauges | None = None
         self.in_progress = Gauge(
             "swarmless_gateway_requests_in_progress",
             "Function requests being answered by this gateway.",
@@ -69,6 +72,14 @@ class Metrics:
 
     def add_gauges(self, collect: LiveGauges) -> None:
         self.registry.register(collect)
+
+    def watch_store(self, stats: Callable[[], StoreStats]) -> None:
+        """Report the store's health, its write-behind buffer, the records it lost and
+        the rows retention swept (read from ``stats`` at scrape time)."""
+        if self._store is not None:
+            self.registry.unregister(self._store)
+        self._store = StoreGauges(stats)
+        self.registry.register(self._store)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -105,3 +116,52 @@ class LiveGauges(Collector):
             in_flight.add_metric([name], c.get("in_flight", 0))
             async_queued.add_metric([name], c.get("async_queued", 0))
         return [containers, queued, in_flight, async_queued]
+
+
+class StoreGauges(Collector):
+    """The store's health and bounds, read at scrape time."""
+
+    def __init__(self, stats: Callable[[], StoreStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> list[GaugeMetricFamily | CounterMetricFamily]:
+        s = self._stats()
+        lost = CounterMetricFamily(
+            "swarmless_store_lost",
+            "Rows dropped because the store's write-behind buffer was full (the database "
+            "slow or away), by kind: the calls ran, their records or logs were not kept.",
+            labels=["kind"],
+        )
+        lost.add_metric(["records"], s.lost_records)
+        lost.add_metric(["logs"], s.lost_logs)
+        swept = CounterMetricFamily(
+            "swarmless_store_swept",
+            "Rows deleted by retention, by kind (records, logs, results, dead).",
+            labels=["kind"],
+        )
+        for kind, n in sorted(s.swept.items()):
+            swept.add_metric([kind], n)
+        return [
+            GaugeMetricFamily(
+                "swarmless_store_available",
+                "1 while the store's database answers, 0 while it is away (503s).",
+                value=1 if s.available else 0,
+            ),
+            GaugeMetricFamily(
+                "swarmless_store_buffered",
+                "Records and logs waiting in the write-behind buffer.",
+                value=s.buffered,
+            ),
+            GaugeMetricFamily(
+                "swarmless_store_waiting_writes",
+                "Durable writes (accepted async calls, outcomes) waiting for a commit.",
+                value=s.waiting_writes,
+            ),
+            GaugeMetricFamily(
+                "swarmless_store_result_waiters",
+                "Requests waiting for a call's result (?wait=).",
+                value=s.watchers,
+            ),
+            lost,
+            swept,
+        ]

@@ -6,11 +6,16 @@ queueing twice; ``X-Callback-Url`` gets the result POSTed when the call is over,
 gateway's :class:`~swarmless.gateway.callbacks.CallbackPolicy` lets it go there (400
 otherwise; checked again at delivery). The headers stored with the call, and replayed to
 the function when it runs, are those the edge let through (:mod:`swarmless.gateway.edge`).
+While the store is away (or behind), a call is refused with ``503 gateway_unavailable``
+and ``Retry-After``: nothing was queued.
+
+``GET /invocations/{id}/result?wait=S`` reads the record once, then sleeps until the store
+says the record changed (:meth:`~swarmless.store.Store.watch`), so a waiting client costs
+the store one read per change of its call, not four a second.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -26,6 +31,7 @@ from swarmless.exceptions import (
     InvalidArgument,
     InvocationNotFound,
     InvocationTimeout,
+    NotFound,
     QueueFull,
     SwarmlessError,
 )
@@ -159,18 +165,25 @@ async def get_result(gw: GatewayContext, request: HTTPRequest) -> Response:
         raise InvalidArgument(f"wait must be a number of seconds >= 0, got {raw!r}")
     wait = min(wait, MAX_WAIT)
     deadline = time.monotonic() + wait
-    pause = 0.02
-    while True:
-        rec = await gw.store.get_invocation(call_id)
-        if rec is None:
-            raise InvocationNotFound(call_id)
-        if rec.status in FINAL or time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(pause)
-        pause = min(pause * 1.5, 0.25)
+    # Woken in memory when the call's record changes (the store tells its watchers), not
+    # by reading the store over and over: one read now, one per change.
+    with gw.store.watch(call_id) as changed:
+        while True:
+            rec = await gw.store.get_invocation(call_id)
+            if rec is None:
+                raise InvocationNotFound(call_id)
+            if rec.status in FINAL or time.monotonic() >= deadline:
+                break
+            await changed.wait(deadline)
     headers = {"x-call-id": call_id, "x-swarmless-status": rec.status}
     if rec.status == "succeeded":
         stored = await gw.store.get_result(call_id)
+        if stored is None and rec.kind == "async":
+            raise NotFound(
+                f"the result of call {call_id} is no longer kept (retention: results_age, "
+                "results_count); its record is at /invocations/" + call_id,
+                invocation=call_id,
+            )
         if stored is None:  # a sync call: its answer went to its caller, not the store
             return JSONResponse(rec.to_dict(), headers=headers)
         out = Response(stored.body, status_code=stored.status, headers=headers)
