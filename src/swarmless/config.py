@@ -27,6 +27,7 @@ import yaml
 from swarmless.exceptions import InvalidArgument
 
 if TYPE_CHECKING:
+    from swarmless.retention import Retention
     from swarmless.scaling.settings import ScalingSettings
 
 __all__ = ["Settings", "default_data_dir"]
@@ -131,6 +132,18 @@ class Settings:
     scale_backoff_base: float = 1.0
     scale_backoff_max: float = 30.0
     scale_plan_history: int = 20
+    #: Retention of what the store keeps (swarmless.store.retention; 0: no limit): records
+    #: of finished calls, their logs, async results and dead letters, each by age (seconds)
+    #: and count (the newest kept); a sweeper deletes the rest every retention_interval s.
+    retention_records_age: float = 7 * 86400.0
+    retention_records_count: int = 100_000
+    retention_logs_age: float = 86400.0
+    retention_logs_count: int = 10_000
+    retention_results_age: float = 86400.0
+    retention_results_count: int = 10_000
+    retention_dead_age: float = 14 * 86400.0
+    retention_dead_count: int = 10_000
+    retention_interval: float = 60.0
 
     @classmethod
     def load(cls, config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
@@ -156,6 +169,14 @@ class Settings:
             if name in values:
                 try:
                     values[name] = kind(values[name])
+                except (TypeError, ValueError):
+                    raise InvalidArgument(
+                        f"{name} must be an integer, got {values[name]!r}"
+                    ) from None
+        for name in (n for n, f in fields.items() if n.startswith("retention_")):
+            if name in values and fields[name].type == "int":
+                try:
+                    values[name] = int(values[name])
                 except (TypeError, ValueError):
                     raise InvalidArgument(
                         f"{name} must be an integer, got {values[name]!r}"
@@ -195,7 +216,9 @@ class Settings:
         if "gateway_url" in values:
             urls = [u.strip().rstrip("/") for u in str(values["gateway_url"]).split(",")]
             values["gateway_url"] = ",".join(u for u in urls if u)
-        return cls(**values)
+        settings = cls(**values)
+        settings.retention  # noqa: B018  validated now, not when a gateway starts
+        return settings
 
     @property
     def gateway_urls(self) -> tuple[str, ...]:
@@ -214,6 +237,20 @@ class Settings:
                 key = f.name if f.name == "scale_down_delay" else f.name[len("scale_") :]
                 values[key] = getattr(self, f.name)
         return ScalingSettings(**values)
+
+    @property
+    def retention(self) -> Retention:
+        """What the store keeps (the ``retention_*`` fields); InvalidArgument if bad."""
+        from swarmless.retention import Retention
+
+        prefix = "retention_"
+        return Retention(
+            **{
+                f.name[len(prefix) :]: getattr(self, f.name)
+                for f in dataclasses.fields(self)
+                if f.name.startswith(prefix)
+            }
+        )
 
     @property
     def store(self) -> str:

@@ -9,6 +9,7 @@ other's attributes::
                                              |     \\--> OneShotCalls --> Backend
     AsyncRunner (durable queue) -------------/        (records, logs: Recorder)
     Scheduler --on_fire--> AsyncRunner.wake_up
+    Sweeper (retention) --> Store: deletes old records, logs, results, dead letters
     Reconciler (one per warm pool): plans, then starts/stops containers --> Backend
     Backend --subscribe--> WorkerRegistry (a container died: requeue, or a crash)
     RuntimeAPI --> WorkerRegistry (whose token) and Recorder (a worker's logs)
@@ -41,7 +42,7 @@ from swarmless.gateway.runtime_api import RuntimeAPI
 from swarmless.proxy import CallerTokens, DockerProxy, start_proxy
 from swarmless.scaling.reconciler import Reconciler
 from swarmless.scaling.settings import ScalingSettings
-from swarmless.store import Store
+from swarmless.store import Store, Sweeper
 
 __all__ = ["ActiveGateway"]
 
@@ -91,6 +92,8 @@ class ActiveGateway:
             self.dispatcher, store, owner=settings.instance, callbacks=callbacks
         )
         self.scheduler = Scheduler(store, self.dispatcher.functions, on_fire=self.runner.wake_up)
+        self.sweeper = Sweeper(store, settings.retention)
+        metrics.watch_store(store.stats)
         self.proxy: DockerProxy | None = None
         self._reconcilers: dict[str, Reconciler] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -113,6 +116,7 @@ class ActiveGateway:
         loop = asyncio.get_running_loop()
         self._tasks["<async>"] = loop.create_task(self.runner.run())
         self._tasks["<schedules>"] = loop.create_task(self.scheduler.run())
+        self._tasks["<retention>"] = loop.create_task(self.sweeper.run())
         self._tasks["<counts>"] = loop.create_task(self._refresh_counts())
 
     async def _remove_leftovers(self) -> None:

@@ -4,8 +4,9 @@ store = await Store.open("sqlite:////var/lib/swarmless/swarmless.db")
 await store.put_function(spec)
 """
 
+from swarmless.retention import Retention
 from swarmless.store.queue import Claimed, StoredResult
-from swarmless.store.retention import Retention, Sweeper
+from swarmless.store.retention import Sweeper
 from swarmless.store.store import Store, StoreStats
 
 __all__ = ["Claimed", "Retention", "Store", "StoreStats", "StoredResult", "Sweeper"]

@@ -21,15 +21,14 @@ pages freed, so under a steady load the store's file stops growing.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import math
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, delete, or_, select
 
-from swarmless.exceptions import InvalidArgument, SwarmlessError
+from swarmless.exceptions import SwarmlessError
 from swarmless.records import now_ms
+from swarmless.retention import KINDS, Retention
 from swarmless.store.db import Database
 from swarmless.store.schema import async_queue, invocation_logs, invocation_results, invocations
 
@@ -40,45 +39,8 @@ log = logging.getLogger("swarmless.store")
 #: Rows deleted per transaction, and transactions per kind in one sweep.
 BATCH = 2000
 MAX_BATCHES = 50
-KINDS = ("records", "logs", "results", "dead")
 #: Records of these statuses are finished and not dead letters.
 _FINISHED = ("succeeded", "failed", "timeout", "cancelled")
-_DAY = 86400.0
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Retention:
-    """How long (seconds) and how many of each kind of row the store keeps (0: no limit),
-    and how often the sweeper runs::
-
-        Retention(records_age=7 * 86400, records_count=100_000, interval=60)
-    """
-
-    records_age: float = 7 * _DAY
-    records_count: int = 100_000
-    logs_age: float = 1 * _DAY
-    logs_count: int = 10_000
-    results_age: float = 1 * _DAY
-    results_count: int = 10_000
-    dead_age: float = 14 * _DAY
-    dead_count: int = 10_000
-    interval: float = 60.0
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise InvalidArgument(f"retention {f.name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value < 0:
-                raise InvalidArgument(
-                    f"retention {f.name} must be >= 0 (0: no limit), got {value!r}"
-                )
-        if self.interval <= 0:
-            raise InvalidArgument(f"retention interval must be > 0 s, got {self.interval!r}")
-
-    def limits(self, kind: str) -> tuple[float, int]:
-        """(age in seconds, count) of ``kind`` (one of :data:`KINDS`)."""
-        return float(getattr(self, f"{kind}_age")), int(getattr(self, f"{kind}_count"))
 
 
 def _id_at(ms: int) -> str:
