@@ -15,6 +15,7 @@ import pytest
 
 import swarmless
 from tests.conftest import BUSYBOX, PYTHON, SESSION
+from tests.waiting import wait_until
 
 LEFTPAD = """\
 import sys
@@ -188,10 +189,7 @@ def test_abandoned_handle_is_reaped(
     client: swarmless.Client, engine: docker.DockerClient, labels: dict[str, str]
 ) -> None:
     client.run(BUSYBOX, ["true"], detach=True, labels=labels)  # handle dropped at once
-    deadline = time.monotonic() + 15
-    while _containers(engine, labels) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _containers(engine, labels) == []
+    wait_until(lambda: _containers(engine, labels) == [], 15, "the container reaped", interval=0.2)
 
 
 def test_remove_false_keeps_container(
@@ -278,13 +276,30 @@ def test_bad_arguments_refused_before_start(
 def test_keyboard_interrupt_removes_container(
     client: swarmless.Client, engine: docker.DockerClient, labels: dict[str, str]
 ) -> None:
-    import _thread
+    import signal
 
-    timer = threading.Timer(1.0, _thread.interrupt_main)
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        client.run(BUSYBOX, ["sleep", "30"], labels=labels)
-    timer.cancel()
+    # Ctrl-C once the container runs (seen on the engine), never on a timer that may
+    # fire before run() got that far on a loaded machine. A real SIGINT to the main
+    # thread: it interrupts the blocking wait for the container, as a Ctrl-C does.
+    done = threading.Event()
+
+    def interrupt_when_running() -> None:
+        flt = {"label": [f"{k}={v}" for k, v in labels.items()], "status": "running"}
+        deadline = time.monotonic() + 60
+        while not done.is_set() and time.monotonic() < deadline:
+            if engine.api.containers(filters=flt):
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+                return
+            done.wait(0.05)
+
+    watcher = threading.Thread(target=interrupt_when_running, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            client.run(BUSYBOX, ["sleep", "30"], labels=labels)
+    finally:
+        done.set()
+        watcher.join(10)
     assert _containers(engine, labels) == []
 
 
@@ -318,10 +333,12 @@ def own_network(engine: docker.DockerClient) -> Iterator[str]:
 
 
 def _until_gone(engine: docker.DockerClient, container_id: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while engine.api.containers(all=True, filters={"id": container_id}):
-        assert time.monotonic() < deadline, f"{container_id[:12]} still there after {timeout}s"
-        time.sleep(0.1)
+    wait_until(
+        lambda: not engine.api.containers(all=True, filters={"id": container_id}),
+        timeout,
+        f"container {container_id[:12]} to be removed",
+        interval=0.1,
+    )
 
 
 def test_string_command_is_split_as_docker_py_does(client: swarmless.Client) -> None:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
 import docker
 import pytest
@@ -17,8 +15,7 @@ import swarmless
 from swarmless.config import Settings
 from tests.conftest import BUSYBOX, PYTHON
 from tests.gateway_harness import TOKEN, RunningGateway
-
-T = TypeVar("T")
+from tests.waiting import eventually
 
 EXIT3 = ["sh", "-c", "echo oops >&2; exit 3"]
 
@@ -37,20 +34,6 @@ def settings(gw: RunningGateway) -> Settings:
     return Settings.load(gateway_url=gw.url, token=TOKEN)
 
 
-async def eventually(
-    probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], what: str, timeout: float = 30
-) -> T:
-    """Await ``probe()`` until ``ok`` holds for its value, or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if ok(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}: {value!r}")
-        await asyncio.sleep(0.05)
-
-
 def test_async_gateway_client_every_method(gw: RunningGateway) -> None:
     async def main() -> None:
         async with swarmless.AsyncClient(settings=settings(gw)) as client:
@@ -66,8 +49,9 @@ def test_async_gateway_client_every_method(gw: RunningGateway) -> None:
             assert (answer.status, answer.body) == (200, b"hello")
             rec = await eventually(
                 lambda: api.invocations(function="acat"),
-                lambda rows: answer.call_id in [r.id for r in rows],
+                30,
                 "the sync call's record",
+                ok=lambda rows: answer.call_id in [r.id for r in rows],
             )
             assert isinstance(rec[0], swarmless.InvocationRecord)
             one = await api.invocation(answer.call_id)
@@ -80,7 +64,9 @@ def test_async_gateway_client_every_method(gw: RunningGateway) -> None:
             assert (result.body, result.call_id) == (b"later", inv.id)
             assert await inv.status() == "succeeded"
             assert (await inv.record()).kind == "async"
-            logs = await eventually(inv.logs, lambda out: out.get("stdout") == "later", "logs")
+            logs = await eventually(
+                inv.logs, 30, "logs", ok=lambda out: out.get("stdout") == "later"
+            )
             assert logs["stderr"] == ""
             again = swarmless.AsyncInvocation.from_id(inv.id, api)
             assert (await again.result()).body == b"later"
@@ -133,7 +119,7 @@ def test_async_waits_dead_calls_and_retry(gw: RunningGateway) -> None:
             assert await dead.status() == "dead"
             await dead.retry()
             assert (await dead.record()).status in ("queued", "running", "dead")
-            await eventually(dead.status, lambda s: s == "dead", "the retried call's end")
+            await eventually(dead.status, 30, "the retried call's end", ok=lambda s: s == "dead")
             await api.remove("asleep")
             await api.remove("adead")
 
@@ -149,9 +135,9 @@ def test_async_scale_a_warm_function(gw: RunningGateway) -> None:
             assert pinned["scale"]["pinned"] == 1
             await eventually(
                 lambda: api.function("awarm"),
-                lambda d: d["containers"].get("ready", 0) >= 1,
+                60,
                 "a pinned warm container",
-                timeout=60,
+                ok=lambda d: d["containers"].get("ready", 0) >= 1,
             )
             assert (await api.invoke("awarm", b"warm")).body == b"warm"
             assert (await api.scale("awarm", None))["scale"]["pinned"] is None

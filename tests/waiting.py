@@ -5,7 +5,7 @@ poller waiting) asks for it again until it holds, and fails after ``timeout`` se
 saying what it waited for and what it saw last::
 
     wait_until(lambda: client.invocation(call_id).status == "succeeded", 10, "the record")
-    rows = wait_until(lambda: store_rows() or None, 5, "a row")  # the truthy value
+    rec = wait_until(lambda: client.invocation(call_id), 10, "the record", ok=lambda r: r.cold)
 
 The short pause between two asks is a poll interval, not synchronisation.
 """
@@ -24,15 +24,16 @@ T = TypeVar("T")
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    probe: Callable[[], T],
     timeout: float,
     what: str,
     *,
     interval: float = 0.05,
+    ok: Callable[[T], object] = bool,
     ignore: tuple[type[BaseException], ...] = (),
 ) -> T:
-    """Call ``predicate()`` until its value is truthy and return that value; raise
-    ``AssertionError`` after ``timeout`` seconds.
+    """Call ``probe()`` until ``ok`` holds for its value (by default: until the value
+    is truthy) and return that value; raise ``AssertionError`` after ``timeout`` seconds.
 
     Exceptions of the types in ``ignore`` count as "not yet" (a node that is away, a
     server still starting); any other exception propagates at once.
@@ -41,11 +42,11 @@ def wait_until(
     last: object = None
     while True:
         try:
-            value = predicate()
+            value = probe()
         except ignore as e:
             last = e
         else:
-            if value:
+            if ok(value):
                 return value
             last = value
         if time.monotonic() >= deadline:
@@ -54,25 +55,26 @@ def wait_until(
 
 
 async def eventually(
-    predicate: Callable[[], T | Awaitable[T]],
+    probe: Callable[[], T | Awaitable[T]],
     timeout: float,
     what: str,
     *,
     interval: float = 0.02,
+    ok: Callable[[T], object] = bool,
     ignore: tuple[type[BaseException], ...] = (),
 ) -> T:
-    """:func:`wait_until` inside an event loop: ``predicate`` may be a coroutine function,
+    """:func:`wait_until` inside an event loop: ``probe`` may be a coroutine function,
     and the loop runs other tasks between two asks."""
     deadline = time.monotonic() + timeout
     last: object = None
     while True:
         try:
-            got = predicate()
+            got = probe()
             value: T = await got if inspect.isawaitable(got) else got
         except ignore as e:
             last = e
         else:
-            if value:
+            if ok(value):
                 return value
             last = value
         if time.monotonic() >= deadline:
