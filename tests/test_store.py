@@ -7,19 +7,19 @@ import asyncio
 import dataclasses
 import logging
 import sqlite3
-import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from swarmless.exceptions import InvalidArgument, SwarmlessError
-from swarmless.records import InvocationRecord, new_call_id
+from swarmless.records import InvocationRecord, new_call_id, now_ms
 from swarmless.spec import FunctionSpec
 from swarmless.store import Store
 from swarmless.store.schema import SCHEMA_VERSION, invocations
 from swarmless.store.store import async_url
+from tests.waiting import eventually
 
 T = TypeVar("T")
 
@@ -44,13 +44,6 @@ def sqlite_url(tmp_path: Path) -> str:
 
 def rec(function: str = "echo", **kw: Any) -> InvocationRecord:
     return InvocationRecord(id=kw.pop("id", new_call_id()), function=function, mode="oneshot", **kw)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 # -- URLs and schema ----------------------------------------------------------------------
@@ -207,7 +200,7 @@ def test_the_background_task_writes_within_the_interval(url: str) -> None:
             async def written() -> bool:
                 return await other.get_invocation(r.id) == r
 
-            await eventually(written, timeout=2)
+            await eventually(written, 2, "the record written by the background task")
 
     run(main())
 
@@ -225,7 +218,7 @@ def test_a_full_batch_is_written_at_once(url: str) -> None:
             async def written() -> bool:
                 return await other.get_invocation(records[-1].id) is not None
 
-            await eventually(written, timeout=2)
+            await eventually(written, 2, "the full batch written")
             assert len(await other.list_invocations(limit=100)) == 20
 
     run(main())
@@ -391,7 +384,7 @@ def test_a_locked_database_is_retried_and_nothing_is_lost(
             async def failed_once() -> bool:
                 return any("failed" in r.getMessage() for r in caplog.records)
 
-            await eventually(failed_once)
+            await eventually(failed_once, 5, "a failed write logged")
             assert await store.get_invocation(records[3].id) == records[3]
             with pytest.raises(SwarmlessError, match="locked"):
                 await store.flush()
@@ -439,10 +432,11 @@ def test_a_lease_has_one_holder_until_it_expires_or_is_given_up(url: str) -> Non
             # Given up: taken at the next try.
             assert await a.release_lease("gateway:x", "a")
             assert not await a.release_lease("gateway:x", "a")
-            assert (await b.acquire_lease("gateway:x", "b", "http://b", 0.2)).holder == "b"
+            short = await b.acquire_lease("gateway:x", "b", "http://b", 0.2)
+            assert short.holder == "b"
             # Expired: taken by whoever asks.
             assert (await a.acquire_lease("gateway:x", "a", "http://a", 30)).holder == "b"
-            await asyncio.sleep(0.3)
+            await eventually(lambda: now_ms() > short.until, 2, "the lease's expiry (clock)")
             assert (await a.acquire_lease("gateway:x", "a", "http://a", 30)).holder == "a"
 
     run(main())
