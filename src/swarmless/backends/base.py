@@ -5,7 +5,8 @@ network) and :mod:`swarmless.backends.swarm` (services on an overlay network). T
 dispatcher and reconciler only speak this interface; ``docker.errors`` never cross it.
 
 What a backend is told, it is told through a method, once, by the gateway's wiring:
-:meth:`Backend.subscribe` (who hears that a container died) and
+:meth:`Backend.subscribe` (who hears that a container died), :meth:`Backend.watch_engine`
+(who hears that the engine stopped answering, and that it is back) and
 :meth:`Backend.use_caller_tokens` (who gives each container its caller token: a
 :class:`CallerGrants`, the gateway's :class:`~swarmless.proxy.tokens.CallerTokens`). It
 imports nothing of the gateway, the dispatcher or the proxy.
@@ -37,6 +38,7 @@ __all__ = [
     "CallerGrants",
     "ContainerInfo",
     "EngineBackend",
+    "EngineListener",
     "ExitCallback",
     "OneShotResult",
     "WorkerLaunch",
@@ -52,6 +54,13 @@ class ExitCallback(Protocol):
     def __call__(
         self, container_id: str, worker_id: str | None, exit_code: int, oom: bool
     ) -> None: ...
+
+
+class EngineListener(Protocol):
+    """Told, on the event loop, that the engine stopped answering (``down``: why) or answers
+    again (``down`` None: what happened meanwhile is for the listener to find out)."""
+
+    def __call__(self, down: str | None) -> None: ...
 
 
 class GrantedToken(Protocol):
@@ -153,12 +162,36 @@ class Backend(abc.ABC):
     extra_labels: Mapping[str, str] = MappingProxyType({})
 
     _exit_callbacks: tuple[ExitCallback, ...] = ()
+    _engine_listeners: tuple[EngineListener, ...] = ()
+    _engine_down: str | None = None
     _callers: CallerGrants | None = None
 
     def subscribe(self, on_exit: ExitCallback) -> None:
         """Call ``on_exit`` (on the event loop) whenever one of this backend's containers
         dies; the gateway's wiring subscribes the worker registry."""
         self._exit_callbacks = (*self._exit_callbacks, on_exit)
+
+    def watch_engine(self, on_change: EngineListener) -> None:
+        """Call ``on_change`` (on the event loop) when the engine stops answering and when it
+        answers again; the gateway's wiring subscribes the active gateway. A backend that
+        cannot tell never calls it (its engine always looks up)."""
+        self._engine_listeners = (*self._engine_listeners, on_change)
+
+    @property
+    def engine_down(self) -> str | None:
+        """Why the engine does not answer right now; None while it does (as far as this
+        backend knows)."""
+        return self._engine_down
+
+    def _engine_changed(self, down: str | None) -> None:
+        """The engine went down (``down``: why) or came back (None); tell the listeners
+        once per change (call it on the event loop)."""
+        if (down is None) == (self._engine_down is None):
+            self._engine_down = down  # a newer reason, same state: nobody to tell
+            return
+        self._engine_down = down
+        for on_change in self._engine_listeners:
+            on_change(down)
 
     def use_caller_tokens(self, tokens: CallerGrants) -> None:
         """Give every container started from now on a caller token of its own from

@@ -6,7 +6,10 @@ warm function without a rebuild, and the runtime always speaks the gateway's pro
 version. They are watched through the engine's event stream, so a worker that dies is
 noticed at once: the backend's subscribers are told (:meth:`~.base.Backend.subscribe`: the
 worker registry requeues its calls in hand, and reads a container that crashed before
-asking for work for its last lines before it is removed). Containers left
+asking for work for its last lines before it is removed). When the stream breaks (the
+engine restarted, the connection dropped) the watcher reconnects with a backoff, and the
+engine's listeners (:meth:`~.base.Backend.watch_engine`) hear that it went down and came
+back: the gateway then lists the containers to find what it missed. Containers left
 by a gateway that crashed are found by label when the next one starts.
 
 The Docker SDK is synchronous; its calls run in a dedicated thread pool sized for bursts of
@@ -54,6 +57,12 @@ T = TypeVar("T")
 
 LABEL_VERSION = "swarmless.version"
 RUNTIME_MOUNT = "/opt/swarmless"
+
+#: Seconds between two tries to reach an engine that stopped answering (doubling).
+RECONNECT_MIN = 0.2
+RECONNECT_MAX = 5.0
+#: Seconds the event watcher's own client waits for an answer (its stream waits forever).
+WATCH_TIMEOUT = 10
 
 
 def runtime_package_dir(data_dir: Path) -> Path:
@@ -110,6 +119,8 @@ class DockerBackend(EngineBackend):
         self._runtime_dir: Path | None = None
         self._events: Any = None
         self._watcher: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._watched_down: str | None = None  # the watcher's own view (its thread's)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -127,6 +138,7 @@ class DockerBackend(EngineBackend):
         self._watcher.start()
 
     async def close(self) -> None:
+        self._closing.set()
         if self._events is not None:
             with contextlib.suppress(Exception):
                 self._events.close()
@@ -148,33 +160,82 @@ class DockerBackend(EngineBackend):
         raise SwarmlessError(f"network {name!r} has no gateway address; remove it and restart")
 
     def _watch_events(self) -> None:
+        """Follow the engine's container events until the backend closes.
+
+        The stream breaks when the engine stops (a restart of dockerd) or the connection
+        drops: the subscribers hear that the engine is down, and the watcher reconnects
+        with a backoff (:data:`RECONNECT_MIN` doubling to :data:`RECONNECT_MAX`). Back, it
+        asks for the events it missed while the engine kept them (``since``) and tells the
+        subscribers the engine is up: they list the containers to find the rest (an engine
+        that restarted forgot its events, not its stopped containers).
+        """
         filters = {
             "type": "container",
             "event": ["die", "oom"],
             "label": [f"{LABEL_MANAGED}=true"],
         }
         oom: set[str] = set()  # the engine reports "oom" just before the "die" it causes
+        since: int | None = None
+        delay = RECONNECT_MIN
+        client: docker.DockerClient | None = None
+        while not self._closing.is_set():
+            try:
+                if client is None:
+                    client = connect(self.settings.docker_host, timeout=WATCH_TIMEOUT)
+                client.ping()
+                self._events = client.events(decode=True, filters=filters, since=since)
+            except Exception as e:
+                self._tell_engine(_reason(e))
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        client.close()
+                client = None
+                self._closing.wait(delay)
+                delay = min(delay * 2, RECONNECT_MAX)
+                continue
+            delay = RECONNECT_MIN
+            self._tell_engine(None)
+            why = "the event stream ended"
+            try:
+                for ev in self._events:
+                    since = int(ev.get("time") or 0) or since
+                    self._event(ev, oom)
+            except Exception as e:
+                why = _reason(e)
+            if not self._closing.is_set():
+                self._tell_engine(why)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def _event(self, ev: dict[str, Any], oom: set[str]) -> None:
+        attrs = (ev.get("Actor") or {}).get("Attributes") or {}
+        cid = ev.get("id") or (ev.get("Actor") or {}).get("ID", "")
+        if ev.get("status") == "oom" or ev.get("Action") == "oom":
+            oom.add(cid)
+            return
         try:
-            self._events = self.client.events(decode=True, filters=filters)
-            for ev in self._events:
-                attrs = (ev.get("Actor") or {}).get("Attributes") or {}
-                cid = ev.get("id") or (ev.get("Actor") or {}).get("ID", "")
-                if ev.get("status") == "oom" or ev.get("Action") == "oom":
-                    oom.add(cid)
-                    continue
-                try:
-                    code = int(attrs.get("exitCode", -1))
-                except ValueError:
-                    code = -1
-                killed = cid in oom
-                oom.discard(cid)
-                loop = self._loop
-                if self._exit_callbacks and loop is not None and not loop.is_closed():
-                    loop.call_soon_threadsafe(
-                        self._exited, cid, attrs.get(LABEL_WORKER), code, killed
-                    )
-        except Exception as e:  # the stream ends when the backend closes
-            log.debug("event stream ended: %s", e)
+            code = int(attrs.get("exitCode", -1))
+        except ValueError:
+            code = -1
+        killed = cid in oom
+        oom.discard(cid)
+        loop = self._loop
+        if self._exit_callbacks and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._exited, cid, attrs.get(LABEL_WORKER), code, killed)
+
+    def _tell_engine(self, down: str | None) -> None:
+        """From the watcher's thread: the engine is down (why) or up (None)."""
+        if (down is None) != (self._watched_down is None):
+            self._watched_down = down
+            if down is None:
+                log.warning("the Docker Engine answers again: finding what changed meanwhile")
+            else:
+                log.warning("the Docker Engine does not answer (%s): reconnecting", down)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._engine_changed, down)
 
     # -- warm containers -----------------------------------------------------------
 
@@ -374,3 +435,14 @@ class DockerBackend(EngineBackend):
             ]
 
         return await self._call(listing)
+
+
+def _reason(e: BaseException) -> str:
+    """Why the engine did not answer, in a few words."""
+    if isinstance(e, SwarmlessError):
+        return e.message
+    text = str(e) or type(e).__name__
+    for marker in ("Connection refused", "No such file or directory", "Connection reset"):
+        if marker in text:
+            return marker
+    return text[:200]
