@@ -5,6 +5,7 @@
 #                                            form the Swarm, load IMAGEs onto every node
 #   scripts/swarm-cluster.sh load IMAGE...   docker save | docker load onto every node
 #                                            (skipped where the node has the same image id)
+#   scripts/swarm-cluster.sh image           build the node image only (if missing)
 #   scripts/swarm-cluster.sh status          nodes, their engines and the Swarm's view
 #   scripts/swarm-cluster.sh env             shell lines: DOCKER_HOST of the manager, node IPs
 #   scripts/swarm-cluster.sh down            remove the nodes, their volumes and the network
@@ -333,8 +334,9 @@ cmd_down() {
 case "${1:-}" in
   up) shift; cmd_up "$@" ;;
   load) shift; cmd_load "$@" ;;
+  image) build_node_image ;;
   status) cmd_status ;;
   env) cmd_env ;;
   down) shift; cmd_down "$@" ;;
-  *) say "usage: $0 up [IMAGE...] | load IMAGE... | status | env | down [--purge]"; exit 2 ;;
+  *) say "usage: $0 up [IMAGE...] | load IMAGE... | image | status | env | down [--purge]"; exit 2 ;;
 esac
