@@ -500,8 +500,16 @@ def test_worker_killed_while_idle(
 def test_worker_killed_mid_call_is_served_elsewhere(
     gw: RunningGateway, images: dict[str, str], engine: docker.DockerClient
 ) -> None:
+    # Idempotent (retry_sync): the call runs again elsewhere. Without it the caller gets
+    # a 502 with the container's exit reason (tests/reliability/test_faults.py).
     deploy(
-        gw, name="midcall", image=images["warm"], mode="warm", handler="handler:slow", timeout=30
+        gw,
+        name="midcall",
+        image=images["warm"],
+        mode="warm",
+        handler="handler:slow",
+        timeout=30,
+        retry_sync=True,
     )
     gw.client().invoke("midcall", b"0")  # a container is ready
     results: list[httpx.Response] = []

@@ -159,6 +159,9 @@ class FunctionSpec:
     backoff: float = 1.0
     max_age: float = 86400.0
     async_concurrency: int | None = None
+    #: Idempotent: a sync call whose container died while it ran is run again (twice at
+    #: most). Without it the caller gets a 502 with the container's exit reason.
+    retry_sync: bool = False
     #: A cron expression (``"*/5 * * * *"``), evaluated in ``timezone``.
     schedule: str | None = None
     timezone: str = "UTC"
@@ -522,6 +525,7 @@ _CHECKS: dict[str, _Check] = {
         lambda v: _num(v) and 0 < v <= 366 * 86400, "a number > 0 and <= 31622400 (a year)", float
     ),
     "async_concurrency": _optional(_integer(1, 1000)),
+    "retry_sync": _BOOL,
     "schedule": _optional(
         _rule(
             _is_cron,

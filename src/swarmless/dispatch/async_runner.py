@@ -8,12 +8,17 @@ traffic when set lower), runs each through the same :class:`Dispatcher` as sync 
 - success: record ``succeeded``, the answer kept for ``Invocation.result()``;
 - failure with retries left: back to the queue after an exponential backoff with jitter
   (``backoff x 2^(attempt-1) x [0.5, 1.5)``), the record saying why;
-- retries spent, or older than ``max_age``: ``dead`` (the dead letter), redrivable.
+- retries spent, or older than ``max_age``: ``dead`` (the dead letter), redrivable;
+- the Docker Engine does not answer: back to the queue, not counted as an attempt (and
+  nothing is claimed until it answers again: the wiring wakes the runner then).
 
 Then the callback, if one was asked for: the result is POSTed to ``X-Callback-Url`` with
 its own bounded retries; what happened is written on the record, and a failing callback
 never fails the call or the runner. A gateway that restarts gives back the leases it held
-when it died (they run again: at-least-once).
+when it died (they run again: at-least-once). A call whose runs were lost that way
+:data:`POISON_STARTS` times goes to the dead letter instead of running again: it may be
+what brings the gateway down, and start-up must not be crash-looped by the calls it takes
+back (the count: the call's claims less the attempts whose outcome was written).
 
 Each try checks the callback where it goes (:class:`CallbackTargets`, the gateway's
 :class:`~swarmless.gateway.callbacks.CallbackPolicy`): the URL, then every address its host
@@ -39,7 +44,13 @@ import httpx
 
 from swarmless.dispatch.dispatcher import Dispatcher
 from swarmless.dispatch.request import Request
-from swarmless.exceptions import FunctionNotFound, InvalidArgument, QueueFull, SwarmlessError
+from swarmless.exceptions import (
+    EngineUnavailable,
+    FunctionNotFound,
+    InvalidArgument,
+    QueueFull,
+    SwarmlessError,
+)
 from swarmless.records import InvocationRecord, now_ms
 from swarmless.spec import FunctionSpec
 from swarmless.store import Claimed, Store, StoredResult
@@ -56,6 +67,8 @@ CALLBACK_TRIES = 3
 CALLBACK_PAUSE = 0.5
 #: Redirects (307/308) a callback follows.
 MAX_REDIRECTS = 3
+#: Runs of one call lost with their gateway (killed, crashed) before it is dead.
+POISON_STARTS = 3
 
 
 class CallbackTargets(Protocol):
@@ -148,6 +161,10 @@ class AsyncRunner:
             log.warning("took back %d async call(s) this gateway held when it stopped", released)
         while not self._stopping:
             self._wake.clear()
+            if self.dispatcher.engine_down is not None:  # nothing could run: claim nothing
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.idle_poll)
+                continue
             claimed = await self._claim()
             if claimed:
                 continue  # there may be more; claim again before sleeping
@@ -213,6 +230,19 @@ class AsyncRunner:
             await self.store.finish(rec)
             return
         rec.mode = spec.mode
+        lost = await self._lost_runs(call)
+        if lost >= POISON_STARTS:
+            rec.status = "dead"
+            rec.error = (
+                f"dead after {lost} runs lost with their gateway (killed or crashed while "
+                "the call ran): not run again, it may be what stops the gateway; redrive it "
+                "once that is fixed"
+            )
+            rec.finished_at = now_ms()
+            log.error("async call %s: %s", call.id, rec.error)
+            await self.store.finish(rec)
+            await self._callback(call, rec, None)
+            return
         if now_ms() - call.enqueued_at > spec.max_age * 1000:
             rec.status = "dead"
             rec.error = f"older than max_age ({spec.max_age:g}s) before it could run"
@@ -238,11 +268,27 @@ class AsyncRunner:
         await self.store.finish(rec, result)
         await self._callback(call, rec, result)
 
+    async def _lost_runs(self, call: Claimed) -> int:
+        """How many earlier runs of ``call`` ended with no outcome written (their gateway
+        died): its claims before this one, less the attempt of the last failure written
+        (read only when the claims alone could reach :data:`POISON_STARTS`)."""
+        before = call.attempt - 1
+        if before < POISON_STARTS:
+            return 0
+        try:
+            stored = await self.store.get_invocation(call.id)
+        except SwarmlessError as e:
+            log.error("async call %s: could not read its record: %s", call.id, e.message)
+            return 0
+        written = stored.attempt if stored is not None and stored.error else 0
+        return before - written
+
     async def _failed(
         self, call: Claimed, rec: InvocationRecord, spec: FunctionSpec, e: SwarmlessError
     ) -> None:
-        # Too busy or shutting down is not the function's fault: retry soon, not counted.
-        not_counted = isinstance(e, QueueFull) or self.dispatcher.closing
+        # Too busy, shutting down, or no engine is not the function's fault: retry soon,
+        # not counted.
+        not_counted = isinstance(e, QueueFull | EngineUnavailable) or self.dispatcher.closing
         if not_counted or call.attempt <= spec.retries:
             delay = 1.0 if not_counted else spec.backoff * 2 ** (call.attempt - 1)
             delay *= 0.5 + random.random()

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-from swarmless.backends.base import Backend
+from swarmless.backends.base import Backend, ContainerInfo
 from swarmless.dispatch.background import Background
 from swarmless.dispatch.metrics import Metrics
 from swarmless.dispatch.oneshot import OneShotCalls
@@ -39,8 +40,10 @@ from swarmless.dispatch.pool import Call, Result, WarmPool, Worker
 from swarmless.dispatch.recorder import Recorder
 from swarmless.dispatch.request import Request, Response
 from swarmless.dispatch.workers import WorkerRegistry
+from swarmless.engine import LABEL_CALL, engine_address
 from swarmless.exceptions import (
     ContainerError,
+    EngineUnavailable,
     FunctionFailed,
     FunctionNotFound,
     GatewayUnavailable,
@@ -54,6 +57,9 @@ from swarmless.spec import FunctionSpec
 from swarmless.store import Store
 
 __all__ = ["Dispatcher", "Request", "Response", "Result"]
+
+#: Seconds the drain gives the answers of the calls it stopped waiting for to go out.
+ANSWER_GRACE = 1.0
 
 
 class Dispatcher:
@@ -82,9 +88,17 @@ class Dispatcher:
         self.functions: dict[str, tuple[FunctionSpec, int]] = {}
         self.pools: dict[str, WarmPool] = {}
         self._inflight = 0
+        #: Ids of the calls in flight (a one-shot container of none of them is an orphan).
+        self._calls: set[str] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
+        #: Set when the gateway stops waiting for the calls in flight (drain deadline),
+        #: after waiting that many seconds.
+        self._stopped: asyncio.Future[None] | None = None
+        self._waited = 0.0
+        #: The calls in flight when it stopped waiting (their one-shot containers go too).
+        self._abandoned: set[str] = set()
 
     # -- functions -----------------------------------------------------------------
 
@@ -184,13 +198,14 @@ class Dispatcher:
         rec.error = None
         t0 = time.monotonic()
         self._inflight += 1
+        self._calls.add(rec.id)
         self._idle.clear()
         self.metrics.in_progress.inc()
         try:
             if spec.mode == "warm":
                 response = await self._invoke_warm(spec, rec, request)
             else:
-                response = await self._oneshot.invoke(spec, rec, request)
+                response = await self._invoke_oneshot(spec, rec, request)
             rec.status = "succeeded"
             rec.http_status = response.status
             rec.response_size = len(response.body)
@@ -216,6 +231,7 @@ class Dispatcher:
             self.metrics.observe(rec, time.monotonic() - t0)
             self.metrics.in_progress.dec()
             self._inflight -= 1
+            self._calls.discard(rec.id)
             if self._inflight == 0:
                 self._idle.set()
 
@@ -240,6 +256,9 @@ class Dispatcher:
         )
         if pool.crashed is not None and not pool.counts()["ready"]:
             raise FunctionFailed(pool.crashed)
+        down = self.backend.engine_down
+        if down is not None and not pool.can_hand_over():
+            raise self._engine_unavailable(down)
         pool.submit(call)
         # One timer per call (cheaper than wait_for(shield(...)) on this hot path): at the
         # deadline the call's future gets a TimeoutError, unless it was answered first.
@@ -276,6 +295,79 @@ class Dispatcher:
         return Response(
             status=result.status, headers=result.headers, body=result.body, call_id=rec.id
         )
+
+    async def _invoke_oneshot(
+        self, spec: FunctionSpec, rec: InvocationRecord, request: Request
+    ) -> Response:
+        down = self.backend.engine_down
+        if down is not None:
+            raise self._engine_unavailable(down)
+        stopped = self._stopped_future()
+        task = asyncio.ensure_future(self._oneshot.invoke(spec, rec, request))
+        waited: set[asyncio.Future[Any]] = {task, stopped}
+        try:
+            await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not task.done():  # the gateway stopped waiting (its drain deadline passed)
+            task.cancel()
+            raise self._stopped_error(spec.name)
+        return task.result()
+
+    def _engine_unavailable(self, down: str) -> EngineUnavailable:
+        return EngineUnavailable(
+            engine_address(self.backend.settings.docker_host),
+            down,
+            hint=(
+                "Calls that need a container are refused until it answers again (retry "
+                "later); async calls are still queued, and run once it is back."
+            ),
+        )
+
+    def _stopped_future(self) -> asyncio.Future[None]:
+        if self._stopped is None:
+            self._stopped = asyncio.get_running_loop().create_future()
+        return self._stopped
+
+    def _stopped_error(self, name: str) -> InvocationTimeout:
+        return InvocationTimeout(
+            f"the gateway shut down before function {name!r} answered (it waited "
+            f"{self._waited:g}s more for the calls in flight: its drain timeout); the "
+            "container was stopped",
+            timeout=self._waited,
+        )
+
+    # -- the engine ------------------------------------------------------------------
+
+    @property
+    def engine_down(self) -> str | None:
+        """Why the engine does not answer (None: it does)."""
+        return self.backend.engine_down
+
+    def engine_lost(self, down: str) -> None:
+        """The engine stopped answering: the calls queued for a container that cannot start
+        now fail at once (503); those in hand wait for their worker, or their deadline."""
+        for pool in self.pools.values():
+            pool.fail_pending(lambda: self._engine_unavailable(down))
+
+    def resync(self, found: list[ContainerInfo]) -> list[str]:
+        """The engine answers again and lists ``found``: workers that died meanwhile are
+        forgotten (their calls fail, or run again when idempotent); returns the containers
+        nobody owns any more (workers no longer known, one-shot containers of calls no
+        longer in flight), to be removed."""
+        orphans = self._workers.resync(found)
+        for c in found:
+            call = c.labels.get(LABEL_CALL)
+            if c.kind in ("oneshot", "cgi") and call is not None and call not in self._calls:
+                orphans.append(c.id)
+        for pool in self.pools.values():
+            pool.wake.set()
+        return orphans
+
+    def worker_lost(self, worker: Worker) -> None:
+        """The engine no longer runs ``worker``'s container (a reconciler asked)."""
+        self._workers.lost(worker)
 
     # -- what the reconciler asks (the worker registry and the background do it) ---------
 
@@ -325,17 +417,37 @@ class Dispatcher:
             pool.retire_all()
 
     async def drain(self, timeout: float) -> None:
-        """Stop taking calls and wait (up to ``timeout``) for those in flight."""
+        """Stop taking calls and wait (up to ``timeout``) for those in flight; then stop
+        waiting for them: each still in flight is answered 504 at once (its container is
+        stopped with the others by :meth:`close`)."""
         self._closing = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
+        if self._idle.is_set():
+            return
+        self._waited = timeout
+        self._abandoned |= self._calls
+        stopped = self._stopped_future()
+        if not stopped.done():
+            stopped.set_result(None)
+        for name, pool in self.pools.items():
+            pool.fail_all(functools.partial(self._stopped_error, name))
+        # The answers go out now; give their handlers a moment to send them.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), ANSWER_GRACE)
 
     async def close(self) -> None:
-        """Stop every worker container and flush the store."""
+        """Stop every worker container, and the one-shot containers of the calls the drain
+        stopped waiting for; flush the store."""
         stops: list[Coroutine[Any, Any, None]] = []
         for pool in self.pools.values():
             stops.extend(self.stop_worker(w) for w in pool.retire_all())
             pool.fail_pending(lambda: SwarmlessError("the gateway is shutting down"))
+        if self._abandoned:
+            with contextlib.suppress(SwarmlessError):
+                for c in await self.backend.list_containers():
+                    if c.kind != "worker" and c.labels.get(LABEL_CALL) in self._abandoned:
+                        stops.append(self.backend.stop_container(c.id))
         await asyncio.gather(*stops, return_exceptions=True)
         await self._recorder.flush()
 

@@ -127,6 +127,15 @@ class WarmPool:
             if not call.finished:
                 call.future.set_exception(error())
 
+    def fail_all(self, error: Callable[[], BaseException]) -> None:
+        """Fail every call, queued or in a worker's hand, with a new ``error()`` (the
+        gateway stopped waiting for them: it is shutting down)."""
+        self.fail_pending(error)
+        for worker in self.workers.values():
+            for call in worker.in_hand.values():
+                if not call.finished:
+                    call.future.set_exception(error())
+
     def retire_all(self) -> list[Worker]:
         """Drain every worker (they finish what they hold, then exit); returns them."""
         workers = list(self.workers.values())
@@ -322,6 +331,12 @@ class WarmPool:
             else:
                 kept.append((w, fut))
         self._waiters = kept
+        # A paused worker's polls too: their requests end now (a shutdown does not wait
+        # for them), the frozen container reads the answer if it is ever thawed.
+        for w, fut in self._frozen:
+            if w is worker and not fut.done():
+                fut.set_result(RETIRE)
+        self._frozen = [(w, f) for w, f in self._frozen if w is not worker]
 
     def gone(self, worker: Worker, *, requeue: bool = True) -> list[Call]:
         """``worker``'s container is gone: forget it and requeue what it held (or not:
@@ -341,6 +356,14 @@ class WarmPool:
         return held
 
     # -- observations ----------------------------------------------------------------
+
+    def polling(self) -> set[str]:
+        """The workers with a poll waiting for work right now (alive as far as we know)."""
+        return {w.id for w, fut in self._waiters if not fut.done()}
+
+    def can_hand_over(self) -> bool:
+        """Whether a call submitted now goes at once to a ready worker's waiting poll."""
+        return any(not fut.done() and w.state == "ready" for w, fut in self._waiters)
 
     def counts(self) -> dict[str, int]:
         """Containers by state and calls by stage, for the autoscaler and metrics."""

@@ -11,20 +11,30 @@ other's attributes::
     Scheduler --on_fire--> AsyncRunner.wake_up
     Sweeper (retention) --> Store: deletes old records, logs, results, dead letters
     Reconciler (one per warm pool): plans, then starts/stops containers --> Backend
-    Backend --subscribe--> WorkerRegistry (a container died: requeue, or a crash)
+    Backend --subscribe--> WorkerRegistry (a container died: its calls, or a crash)
+    Backend --watch_engine--> ActiveGateway (the engine went away, came back: resync)
     RuntimeAPI --> WorkerRegistry (whose token) and Recorder (a worker's logs)
     Backend <--use_caller_tokens-- CallerTokens <-- DockerProxy (scoped Docker API)
 
 Start: give the backend the caller tokens, start the scoped Docker API, remove containers
 a previous gateway left, load the functions, a reconciler per warm function, the async
 runner and the schedules. Stop: stop claiming async calls, let calls in flight finish
-(bounded), cancel the loops, stop every container, then the proxy.
+(bounded: those still running then are answered 504), cancel the loops, stop every
+container, then the proxy.
+
+When the engine stops answering, calls that need a container are refused at once (503
+``engine_unavailable``), async calls are still queued (durably, by the routes) but not
+claimed, and no container is started. When it answers again, the gateway lists its
+containers: workers that died meanwhile are forgotten (their calls fail, or run again when
+the function is idempotent), containers nobody owns any more are removed, the reconcilers
+and the async runner are woken.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 
 from swarmless.backends.base import Backend
@@ -37,6 +47,7 @@ from swarmless.dispatch.oneshot import OneShotCalls
 from swarmless.dispatch.recorder import Recorder
 from swarmless.dispatch.scheduler import Scheduler
 from swarmless.dispatch.workers import WorkerRegistry
+from swarmless.exceptions import SwarmlessError
 from swarmless.gateway.callbacks import CallbackPolicy
 from swarmless.gateway.runtime_api import RuntimeAPI
 from swarmless.proxy import CallerTokens, DockerProxy, start_proxy
@@ -50,6 +61,11 @@ log = logging.getLogger("swarmless.gateway")
 
 #: How often the async queue's counts (metrics, ``ls``, the queue_size check) are read.
 COUNTS_INTERVAL = 2.0
+#: Seconds past the runtime API's long poll after which an idle ready worker that has not
+#: polled is checked against the engine.
+SILENT_GRACE = 10.0
+#: Seconds the async runner gets, at the least, to write the outcome of its calls at stop.
+RUNNER_GRACE = 1.0
 
 
 class ActiveGateway:
@@ -76,7 +92,9 @@ class ActiveGateway:
         background = Background()
         recorder = Recorder(store, background)
         self.workers = WorkerRegistry(backend, background)
+        self._background = background
         backend.subscribe(self.workers.container_exited)
+        backend.watch_engine(self._engine_changed)
         self.dispatcher = Dispatcher(
             store=store,
             backend=backend,
@@ -142,7 +160,12 @@ class ActiveGateway:
         if old is not None and old.pool is pool and not self._tasks[name].done():
             old.wake()
             return
-        rec = Reconciler(self.dispatcher, pool, settings=self.scaling)
+        rec = Reconciler(
+            self.dispatcher,
+            pool,
+            settings=self.scaling,
+            silent_after=self.runtime_api.long_poll + SILENT_GRACE,
+        )
         self._reconcilers[name] = rec
         self._tasks[name] = asyncio.get_running_loop().create_task(rec.run())
 
@@ -152,6 +175,29 @@ class ActiveGateway:
         task = self._tasks.pop(name, None)
         if task is not None:
             task.cancel()
+
+    # -- the engine ------------------------------------------------------------------------
+
+    def _engine_changed(self, down: str | None) -> None:
+        if down is not None:
+            self.dispatcher.engine_lost(down)
+        else:
+            self._background.spawn(self._resync())
+
+    async def _resync(self) -> None:
+        """The engine answers again: find what happened to the containers meanwhile."""
+        try:
+            found = await self.backend.list_containers()
+        except SwarmlessError as e:  # gone again: the next reconnect tries again
+            log.warning("could not list the containers after the engine came back: %s", e)
+            return
+        orphans = self.dispatcher.resync(found)
+        if orphans:
+            log.warning("removing %d container(s) nobody owns after the outage", len(orphans))
+        await asyncio.gather(
+            *(self.backend.stop_container(c) for c in orphans), return_exceptions=True
+        )
+        self.runner.wake_up()
 
     # -- what the gateway shows ----------------------------------------------------------
 
@@ -174,10 +220,13 @@ class ActiveGateway:
         await self.dispatcher.drain(timeout)
 
     async def stop(self, timeout: float) -> None:
-        """Stop the async runner and the loops, let calls finish (each bounded by
-        ``timeout``), stop every container, then the scoped Docker API."""
-        await self.runner.stop(timeout)
+        """Let calls finish (for ``timeout`` at most: those still running then are answered
+        504), stop the async runner (once it wrote their outcome) and the loops, stop every
+        container, then the scoped Docker API."""
+        end = time.monotonic() + timeout
+        self.begin_shutdown()
         await self.dispatcher.drain(timeout)
+        await self.runner.stop(max(end - time.monotonic(), RUNNER_GRACE))
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)

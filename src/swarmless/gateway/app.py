@@ -23,8 +23,10 @@ the rest :mod:`~swarmless.gateway.admin` (the routes see this gateway as a
 :class:`~swarmless.gateway.context.GatewayContext`). Lifespan: open the store, then become
 the active gateway or a standby replica of it (:mod:`swarmless.gateway.replicas`); the
 active one wires and starts its parts in :mod:`swarmless.gateway.active`. On shutdown: stop
-taking calls, let those in flight finish (bounded), stop every container, give the lease
-up, flush the store.
+taking calls, let those in flight finish, stop every container, give the lease up, flush
+the store. One ``drain_timeout`` bounds the whole of it: the clock starts when the gateway
+stops taking calls, and each step (the drain, the server closing its connections, the
+lifespan's stop) gets what is left of it, never a fresh timeout of its own.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import hmac
 import logging
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -121,6 +124,8 @@ class Gateway:
         self.replicas: Replicas | None = None
         #: Why this gateway had to stop serving (it lost the lease), if it had to.
         self.fatal: str | None = None
+        #: When the shutdown's ``drain_timeout`` runs out (monotonic; None: not stopping).
+        self._shutdown_by: float | None = None
         self._on_fatal: Callable[[], None] | None = None
         #: Proxies whose X-Forwarded-* the edge believes (swarmless.gateway.edge).
         self.trusted_proxies = networks(settings.trusted_proxies)
@@ -296,19 +301,27 @@ class Gateway:
         if self.active is not None:
             self.active.stop_reconciler(name)
 
+    def shutdown_left(self) -> float:
+        """Seconds left of the shutdown's ``drain_timeout`` (its clock starts at the first
+        call of this or :meth:`begin_shutdown`)."""
+        if self._shutdown_by is None:
+            self._shutdown_by = time.monotonic() + self.drain_timeout
+        return max(self._shutdown_by - time.monotonic(), 0.0)
+
     async def drain(self) -> None:
-        """Wait (up to ``drain_timeout``) for the calls in flight to finish."""
+        """Wait (what is left of ``drain_timeout``) for the calls in flight to finish."""
         if self.active is not None:
-            await self.active.drain(self.drain_timeout)
+            await self.active.drain(self.shutdown_left())
 
     def begin_shutdown(self) -> None:
         """Stop taking calls; tell every worker to finish what it holds and exit."""
+        self.shutdown_left()
         if self.active is not None:
             self.active.begin_shutdown()
 
     async def stop(self) -> None:
         if self.active is not None:
-            await self.active.stop(self.drain_timeout)
+            await self.active.stop(self.shutdown_left())
         if self.replicas is not None:  # after the containers: a standby takes over now
             await self.replicas.close()
         await self.backend.close()

@@ -94,6 +94,9 @@ class _SpecFields(BaseModel):
     backoff: float = Field(1.0, gt=0, le=86400, description="Async: backoff base, seconds.")
     max_age: float = Field(86400.0, gt=0, le=31622400, description="Async: give up after (s).")
     async_concurrency: int | None = Field(None, ge=1, le=1000)
+    retry_sync: bool = Field(
+        False, description="Idempotent: a sync call whose container died is run again."
+    )
     schedule: str | None = Field(
         None, max_length=200, description="A cron expression that fires ('*/5 * * * *')."
     )

@@ -2,8 +2,11 @@
 
 Warm containers reach the gateway at the host side of the function network's bridge
 (``172.x.0.1``), so when the public address is loopback the gateway also listens there.
-Both sockets serve the same app; uvicorn's graceful shutdown (stop accepting, finish
-in-flight requests) then the gateway's lifespan drain apply to both.
+Both sockets serve the same app. On SIGTERM or SIGINT: the gateway stops taking calls and
+drains (its calls in flight finish, or are answered 504 when ``drain_timeout`` runs out),
+then uvicorn closes the connections (what is left of ``drain_timeout``, a second at
+least, for the last answers to go out), then the lifespan stops the containers: one
+timeout for the whole, not one per step.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from swarmless.gateway.app import Gateway
 __all__ = ["GatewayServer", "bind", "serve"]
 
 log = logging.getLogger("swarmless.gateway")
+
+#: Seconds uvicorn waits, at the least, for the last answers to go out at shutdown.
+ANSWERS_GRACE = 1
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -56,6 +62,11 @@ class _Server(uvicorn.Server):
         # reach us with its result (it then gets 410 and exits).
         self.gateway.begin_shutdown()
         await self.gateway.drain()
+        # uvicorn's own wait (connections still open: a dashboard's event stream, a
+        # client waiting for a result) gets what is left of the drain timeout.
+        self.config.timeout_graceful_shutdown = max(
+            int(self.gateway.shutdown_left()), ANSWERS_GRACE
+        )
         await super().shutdown(sockets)
 
 

@@ -14,9 +14,10 @@ The rules, in order; a worker gets at most one action per plan, the first rule w
    one per ``concurrency`` queued calls (a thaw is the cheapest start there is).
 2. **Size** (paused containers count as capacity):
    - fewer than the policy wants: **start** the difference, unless the gateway is
-     closing (nothing at all) or a crash backoff runs (**back off** instead: after the
-     n-th crash in a row before a container was ready, no start for
-     ``backoff_base * 2**(n-1)`` seconds, at most ``backoff_max``);
+     closing (nothing at all), the engine does not answer (**back off** until it does)
+     or a crash backoff runs (**back off** instead: after the n-th crash in a row before
+     a container was ready, no start for ``backoff_base * 2**(n-1)`` seconds, at most
+     ``backoff_max``);
    - more: **retire** idle ready containers, least recently used first, then **kill**
      paused ones (frozen, they cannot drain; they hold nothing);
    - as many, with ``paused_buffer`` and nothing queued: **pause** ready containers idle
@@ -26,7 +27,11 @@ The rules, in order; a worker gets at most one action per plan, the first rule w
    paused ones: an update without failed calls.
 4. **Reap**: **kill** a draining container ``timeout + drain_grace`` after it began to
    drain, and a started container that has not asked for work within ``start_timeout``
-   (that one counts as a crash).
+   (that one counts as a crash; not while the engine does not answer).
+5. **Check**: a ready container holding no call and with no poll waiting, silent for
+   ``silent_after`` (the long poll and a grace), is **checked** against the engine (at
+   most once per ``silent_after``; not while the engine does not answer): its death may
+   have gone unheard, and then it is replaced.
 
 >>> w = WorkerView(id="w1", version=1, state="ready", created=0.0, last_active=0.0)
 >>> p = plan(Snapshot(now=100.0, version=2, workers=(w,), queued=1), FunctionSpec(
@@ -49,6 +54,7 @@ from swarmless.spec import FunctionSpec
 __all__ = [
     "Action",
     "BackOff",
+    "Check",
     "Kill",
     "Pause",
     "Plan",
@@ -109,6 +115,10 @@ class WorkerView:
     thawing: bool = False
     #: When the reconciler began to drain it (None: not by the reconciler).
     draining_since: float | None = None
+    #: A poll of its waits for work right now (it is alive as far as the gateway knows).
+    polling: bool = False
+    #: When the reconciler last asked the engine about it (None: never).
+    checked_at: float | None = None
 
     @property
     def busy(self) -> bool:
@@ -136,6 +146,10 @@ class Snapshot:
     crashes: int = 0
     last_crash: float | None = None
     crash_reason: str | None = None
+    #: Why the engine does not answer (None: it does): nothing starts, nothing is checked.
+    engine_down: str | None = None
+    #: Seconds without a poll after which an idle ready container is checked (None: never).
+    silent_after: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("queued", "crashes"):
@@ -213,6 +227,13 @@ class Kill(_OnWorker):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Check(_OnWorker):
+    """Ask the engine whether a silent container still runs (it is replaced if not)."""
+
+    kind: ClassVar[str] = "check"
+
+
+@dataclass(frozen=True, kw_only=True)
 class BackOff:
     """Start nothing before ``until`` (monotonic), though containers are wanted."""
 
@@ -224,7 +245,7 @@ class BackOff:
         return {"action": self.kind, "for_s": round(self.until - at, 3), "reason": self.reason}
 
 
-Action = Start | Retire | Pause | Thaw | Kill | BackOff
+Action = Start | Retire | Pause | Thaw | Kill | Check | BackOff
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -281,6 +302,7 @@ def plan(snapshot: Snapshot, spec: FunctionSpec, settings: ScalingSettings = _DE
     if ready or decision.desired == 0:
         _rollout(out, s)
     _reap(out, s, spec, settings)
+    _check(out, s)
     return Plan(at=now, decision=decision, actions=tuple(out), observation=obs, state=state)
 
 
@@ -291,7 +313,7 @@ class _Actions(list[Action]):
         super().__init__()
         self.taken: set[str] = set()
 
-    def on(self, action: Retire | Pause | Thaw | Kill) -> None:
+    def on(self, action: Retire | Pause | Thaw | Kill | Check) -> None:
         if action.worker not in self.taken:
             self.taken.add(action.worker)
             self.append(action)
@@ -323,6 +345,10 @@ def _size(
     now, n, desired = s.now, len(current), decision.desired
     if desired > n:
         if s.closing:  # a gateway shutting down retired every worker: never replace them
+            return
+        if s.engine_down is not None:
+            reason = f"the Docker Engine does not answer ({s.engine_down}): no start until it does"
+            out.append(BackOff(until=now + settings.interval, reason=reason))
             return
         delay = settings.backoff(s.crashes)
         if s.last_crash is not None and now < s.last_crash + delay:
@@ -386,10 +412,26 @@ def _reap(out: _Actions, s: Snapshot, spec: FunctionSpec, settings: ScalingSetti
                 )
                 out.on(Kill(worker=w.id, cause="drain-overdue", reason=reason))
         elif (
-            w.state == "starting" and w.has_container and s.now - w.created > settings.start_timeout
+            w.state == "starting"
+            and w.has_container
+            and s.now - w.created > settings.start_timeout
+            and s.engine_down is None
         ):
             reason = (
                 f"function {spec.name!r}: a container did not ask for work "
                 f"within {settings.start_timeout:g}s of its start"
             )
             out.on(Kill(worker=w.id, cause="start-timeout", crash=True, reason=reason))
+
+
+def _check(out: _Actions, s: Snapshot) -> None:
+    limit = s.silent_after
+    if limit is None or s.engine_down is not None:
+        return
+    for w in s.workers:
+        if w.state != "ready" or w.busy or w.polling or not w.has_container:
+            continue
+        silent = s.now - w.last_active
+        if silent > limit and (w.checked_at is None or s.now - w.checked_at > limit):
+            reason = f"no poll for {silent:.0f}s > {limit:g}s (the long poll and a grace)"
+            out.on(Check(worker=w.id, reason=reason))

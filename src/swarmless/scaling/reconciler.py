@@ -4,8 +4,11 @@ Once a second (and at once when a call finds no container) it takes a
 :class:`~swarmless.scaling.planner.Snapshot` of the pool, asks the pure planner
 (:func:`~swarmless.scaling.planner.plan`) what to do, and does it through the pool and
 the backend: starts containers in parallel, drains, freezes, thaws and kills the ones
-named. It decides nothing itself; the last plan and the recent plans with actions (their
-reasons) are what ``describe`` shows.
+named, and asks the engine about silent ones (a container the engine no longer runs is
+reported lost to the worker registry, and replaced by the next plan). It decides nothing
+itself; the last plan and the recent plans with actions (their reasons) are what
+``describe`` shows. A start that fails because the engine does not answer is not a crash
+of the function: the next plans back off until the engine is back.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from swarmless.backends.base import WorkerLaunch
 from swarmless.dispatch.pool import WarmPool, Worker
-from swarmless.exceptions import InvalidArgument, SwarmlessError
+from swarmless.dispatch.workers import ALIVE
+from swarmless.exceptions import EngineUnavailable, InvalidArgument, SwarmlessError
 from swarmless.scaling.planner import (
     Action,
     BackOff,
+    Check,
     Kill,
     Pause,
     Plan,
@@ -50,11 +55,19 @@ class Reconciler:
     """Keeps one warm pool as its plans say; the only part of scaling that acts."""
 
     def __init__(
-        self, dispatcher: Dispatcher, pool: WarmPool, *, settings: ScalingSettings | None = None
+        self,
+        dispatcher: Dispatcher,
+        pool: WarmPool,
+        *,
+        settings: ScalingSettings | None = None,
+        silent_after: float | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.pool = pool
         self.settings = settings or ScalingSettings()
+        #: Seconds without a poll after which an idle ready worker is checked (None: never;
+        #: the gateway's wiring gives the runtime API's long poll and a grace).
+        self.silent_after = silent_after
         self.scaler = Autoscaler()
         self._pinned: int | None = None
         self._last: Plan | None = None
@@ -62,6 +75,7 @@ class Reconciler:
         self._recent: deque[tuple[float, Plan]] = deque(maxlen=self.settings.plan_history)
         self._draining_since: dict[str, float] = {}
         self._thawing: set[str] = set()
+        self._checked: dict[str, float] = {}
 
     # -- what collaborators ask ------------------------------------------------------------
 
@@ -138,6 +152,8 @@ class Reconciler:
         # Forget what was kept about workers that are gone (exited, or killed).
         self._draining_since = {k: v for k, v in self._draining_since.items() if k in pool.workers}
         self._thawing = {k for k in self._thawing if k in pool.workers}
+        self._checked = {k: v for k, v in self._checked.items() if k in pool.workers}
+        polling = pool.polling()
         workers = tuple(
             WorkerView(
                 id=w.id,
@@ -149,6 +165,8 @@ class Reconciler:
                 has_container=bool(w.container),
                 thawing=w.id in self._thawing,
                 draining_since=self._draining_since.get(w.id),
+                polling=w.id in polling,
+                checked_at=self._checked.get(w.id),
             )
             for w in pool.workers.values()
             if w.state != "gone"
@@ -165,14 +183,16 @@ class Reconciler:
             crashes=pool.crashes,
             last_crash=pool.crashed_at,
             crash_reason=pool.crashed,
+            engine_down=self.dispatcher.engine_down,
+            silent_after=self.silent_after,
         )
 
     def _record(self, done: Plan) -> None:
         self._last = done
         if not done.actions:
             return
-        # A crash loop repeats one back-off each tick: keep it once.
-        repeated = bool(self._recent) and self._recent[-1][1].actions == done.actions
+        # A crash loop (or an engine away) repeats one back-off each tick: keep it once.
+        repeated = bool(self._recent) and _same(self._recent[-1][1].actions, done.actions)
         if repeated and all(isinstance(a, BackOff) for a in done.actions):
             return
         self._recent.append((time.time(), done))
@@ -208,6 +228,9 @@ class Reconciler:
                 if action.crash:
                     pool.crash(action.reason)
                 self._kill(worker)
+            case Check():
+                self._checked[worker.id] = now
+                self._spawn(self._check(worker, action.reason))
         if isinstance(action, Retire | Kill) and action.cause == "scale-down":
             self.dispatcher.metrics.scale_events.labels(name, "down").inc()
 
@@ -232,6 +255,26 @@ class Reconciler:
             self._thawing.discard(worker.id)
         self.pool.thaw(worker)
 
+    async def _check(self, worker: Worker, why: str) -> None:
+        """Ask the engine whether ``worker``'s container still runs; if not, it is lost."""
+        try:
+            found = await self.dispatcher.backend.list_containers()
+        except SwarmlessError as e:
+            log.warning("could not check worker %s: %s", worker.id, e.message)
+            return
+        state = next((c.status for c in found if c.id == worker.container), None)
+        if state in ALIVE or worker.state == "gone":
+            return
+        log.warning(
+            "%s: worker %s is %s on the engine (%s): replaced",
+            self.pool.spec.name,
+            worker.id,
+            state or "gone",
+            why,
+        )
+        self.dispatcher.worker_lost(worker)
+        self.wake()
+
     def _kill(self, worker: Worker) -> None:
         self._draining_since.pop(worker.id, None)
         self.pool.gone(worker)
@@ -254,6 +297,11 @@ class Reconciler:
         )
         try:
             pool.launched(worker, await self.dispatcher.backend.start_worker(launch))
+        except EngineUnavailable as e:  # not the function's fault: the plans back off
+            pool.gone(worker)
+            self.dispatcher.forget_worker(worker)
+            log.warning("function %r: no container started: %s", pool.spec.name, e.message)
+            return
         except SwarmlessError as e:
             pool.gone(worker)
             self.dispatcher.forget_worker(worker)
@@ -265,3 +313,8 @@ class Reconciler:
         # containers it knew of): nothing else would ever stop this one.
         if worker.state == "gone" or self.dispatcher.closing or not self.installed:
             await self.dispatcher.stop_worker(worker)
+
+
+def _same(a: tuple[Action, ...], b: tuple[Action, ...]) -> bool:
+    """The same actions for the same reasons (a back-off's end moves on each tick)."""
+    return [(x.kind, x.reason) for x in a] == [(y.kind, y.reason) for y in b]
