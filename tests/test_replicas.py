@@ -31,6 +31,7 @@ from swarmless.sdk.gateway import GatewayClient
 from swarmless.store.lease import LeaseState
 from tests.conftest import SESSION, handler_image
 from tests.gateway_harness import CallLoad, GatewayProcess, all_ended, free_port
+from tests.waiting import eventually, wait_until
 
 pytestmark = [pytest.mark.slow]
 
@@ -90,11 +91,9 @@ def health(p: GatewayProcess) -> dict[str, object]:
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Seconds until ``check()`` held (bounded)."""
+    """Seconds until ``check()`` held (:func:`tests.waiting.wait_until`)."""
     t0 = time.monotonic()
-    while not check():
-        assert time.monotonic() - t0 < timeout, f"not in {timeout} s: {what}"
-        time.sleep(0.05)
+    wait_until(check, timeout, what)
     return time.monotonic() - t0
 
 
@@ -197,8 +196,7 @@ def test_killing_the_active_replica_under_load(
     ]
     # Load through the standby (bounded: 4 threads, 25 s at most).
     with CallLoad(f"{b.url}/function/hello", headers, b"0.01", threads=4, seconds=25) as load:
-        time.sleep(2)
-        assert load.ok > 0, "no call succeeded before the kill"
+        wait_for(lambda: load.ok >= 20, 10, "calls served through the standby before the kill")
         a.kill()
         t_kill, killed_at = time.monotonic(), time.time()
         # No active replica for about the lease's ttl: the standby still queues async calls
@@ -252,6 +250,8 @@ class LeaseTable:
         self.rows: dict[str, dict[str, Any]] = {}
         self.hang = False
         self.calls = 0
+        #: What each acquire_lease answered, and to whom.
+        self.told: list[tuple[str, LeaseState]] = []
 
     async def acquire_lease(
         self, name: str, holder: str, url: str, ttl: float, *, take_expired: bool = True
@@ -268,24 +268,24 @@ class LeaseTable:
             row = self.rows[name]
         else:
             row["contended"] = now + 3 * ttl * 1000
-        return LeaseState(
+        state = LeaseState(
             holder=row["holder"],
             url=row["url"],
             until=int(row["until"]),
             contended=row["contended"] > now,
             expired=row["holder"] != holder and row["until"] < now,
         )
+        self.told.append((holder, state))
+        return state
 
     async def release_lease(self, name: str, holder: str) -> bool:
         return self.rows.pop(name, None) is not None
 
 
 async def until(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Seconds until ``check()`` held, in the event loop (bounded)."""
+    """Seconds until ``check()`` held, in the event loop (:func:`tests.waiting.eventually`)."""
     t0 = time.monotonic()
-    while not check():
-        assert time.monotonic() - t0 < timeout, f"not in {timeout} s: {what}"
-        await asyncio.sleep(0.02)
+    await eventually(check, timeout, what)
     return time.monotonic() - t0
 
 
@@ -302,13 +302,6 @@ def lease_replica(store: LeaseTable, me: str, lost: list[str], ttl: float = 1.0)
         lead=lead,
         lost=lost.append,
     )
-
-
-async def close_replica(replicas: Replicas) -> None:
-    for task in (replicas._task, replicas._starting):
-        if task is not None:
-            task.cancel()
-    await replicas._http.aclose()
 
 
 def test_a_lone_active_replica_keeps_serving_while_its_store_hangs() -> None:
@@ -332,7 +325,7 @@ def test_a_lone_active_replica_keeps_serving_while_its_store_hangs() -> None:
         assert lost == []
         assert replicas.active
         assert store.rows["gateway:x"]["holder"] == "http://a:1"
-        await close_replica(replicas)
+        await replicas.close()
 
     asyncio.run(main())
 
@@ -350,7 +343,7 @@ def test_a_lone_holder_steps_down_when_it_finds_its_lease_taken() -> None:
         await until(lambda: bool(lost), 5, "the holder steps down")
         assert "went to http://b:1" in lost[0]
         assert not replicas.active
-        await close_replica(replicas)
+        await replicas.close()
 
     asyncio.run(main())
 
@@ -367,16 +360,23 @@ def test_a_contended_active_replica_steps_down_before_its_lease_expires() -> Non
         # Another replica asks (and is told a holds it): a learns at its next renewal.
         standby = await store.acquire_lease("gateway:x", "http://b:1", "http://b:1", 1.0)
         assert standby.holder == "http://a:1"
-        await until(lambda: replicas._contended, 5, "the holder sees the standby")
+        told = store.told
+        await until(
+            lambda: any(who == "http://a:1" and s.contended for who, s in told),
+            5,
+            "the holder told of the standby at a renewal",
+        )
         store.hang = True
         expires = store.rows["gateway:x"]["until"] / 1000
         await until(lambda: bool(lost), 5, "the holder steps down")
         stepped_down = time.time()
         calls = store.calls
-        await asyncio.sleep(0.5)  # it does not try again: the process is going away
+        # It does not try again (the process is going away): a window that must stay empty
+        # (2.5 of its retry intervals, ttl / 5), not a wait for something to happen.
+        await asyncio.sleep(0.5)
         assert store.calls == calls
         assert "another replica stands by" in lost[0]
-        await close_replica(replicas)
+        await replicas.close()
         return expires - stepped_down
 
     margin = asyncio.run(main())
@@ -423,6 +423,6 @@ def test_a_standby_takes_an_expired_lease_only_from_a_holder_that_does_not_answe
         took = await until(lambda: replicas.active, 10, "the standby takes over")
         print(f"\n[replicas] holder gone: the standby active after {took:.2f} s")
         assert lost == []
-        await close_replica(replicas)
+        await replicas.close()
 
     asyncio.run(main())
