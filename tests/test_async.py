@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import itertools
 import json
 import os
 import socket
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +20,7 @@ import pytest
 import swarmless
 from tests.conftest import BUSYBOX, handler_image
 from tests.gateway_harness import TOKEN, GatewayProcess, RunningGateway, free_port
+from tests.waiting import wait_until
 
 HANDLERS = """
 import os, time, urllib.request
@@ -86,13 +87,11 @@ def deploy(gw: RunningGateway, **spec: object) -> None:
 
 
 def wait_final(client: swarmless.Client, call_id: str, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def final() -> str | None:
         status = client.gateway.invocation(call_id).status
-        if status in ("succeeded", "dead", "failed", "timeout"):
-            return status
-        time.sleep(0.1)
-    raise AssertionError(f"{call_id} not final after {timeout}s")
+        return status if status in ("succeeded", "dead", "failed", "timeout") else None
+
+    return wait_until(final, timeout, f"{call_id} to be final", interval=0.1)
 
 
 def sdk(gw: RunningGateway) -> swarmless.Client:
@@ -292,24 +291,24 @@ def test_gateway_sigkill_loses_nothing(
             assert r.status_code == 201, r.text
             ids = _enqueue_all(gateway.url, headers, "durable", n)
         # Kill the gateway mid-way, without warning.
-        deadline = time.monotonic() + 120
-        while len(witness.posts) < n // 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(witness.posts) >= n // 5, 120, f"{n // 5} calls run")
         gateway.kill()
         seen_at_kill = len(witness.posts)
         assert seen_at_kill < n, "the work finished before the kill: make it slower"
         gateway.start()
         statuses: dict[str, str] = {}
-        deadline = time.monotonic() + 240
         with httpx.Client(base_url=gateway.url, headers=headers, timeout=30) as http:
-            while time.monotonic() < deadline:
+
+            def all_final() -> bool:
                 rows = http.get(
                     "/invocations", params={"function": "durable", "limit": 2000}
                 ).json()
-                statuses = {r["id"]: r["status"] for r in rows}
-                if all(statuses.get(i) in ("succeeded", "dead") for i in ids):
-                    break
-                time.sleep(0.5)
+                statuses.clear()
+                statuses.update({r["id"]: r["status"] for r in rows})
+                return all(statuses.get(i) in ("succeeded", "dead") for i in ids)
+
+            with contextlib.suppress(AssertionError):  # the asserts below say what is missing
+                wait_until(all_final, 240, f"all {n} calls final", interval=0.5)
         assert set(ids) <= set(statuses), "a call was lost from the records"
         not_final = [i for i in ids if statuses[i] not in ("succeeded", "dead")]
         assert not not_final, f"{len(not_final)} calls not final: {not_final[:5]}"
