@@ -85,6 +85,20 @@ def test_import_brings_nothing_heavy(code: str, allowed: tuple[str, ...]) -> Non
     assert brought <= set(allowed), f"{code!r} imported {sorted(brought - set(allowed))}"
 
 
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import swarmless",
+        "from swarmless.compat import dockerrun\nc = dockerrun.from_env(version='1.24')",
+    ],
+    ids=["swarmless", "dockerrun-front-end"],
+)
+def test_nothing_beyond_its_own_modules(code: str) -> None:
+    """Not even typing, re or importlib: what an empty script imports, and swarmless."""
+    extra = imported_by(code) - imported_by("pass")
+    assert extra <= {"swarmless", "__future__"}, sorted(extra)
+
+
 def test_what_runs_a_container_is_imported_when_it_runs() -> None:
     brought = imported_by(
         "import swarmless\nswarmless.from_env().run('swarmless/busybox', ['true'])"

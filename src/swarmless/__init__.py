@@ -11,9 +11,11 @@ the Docker SDK, httpx, SQLAlchemy and Rich are imported only by what needs them.
 
 from __future__ import annotations
 
-import typing
-
 from swarmless import _lazy
+
+# Not typing.TYPE_CHECKING: importing typing would double what importing this costs. Type
+# checkers take any name TYPE_CHECKING as true.
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
@@ -91,7 +93,7 @@ _EXPORTS = {
     "from_env": _SDK,
 }
 
-if typing.TYPE_CHECKING:
+if TYPE_CHECKING:
     from swarmless.config import Settings
     from swarmless.exceptions import (
         ContainerError,
@@ -135,3 +137,6 @@ else:
 
     def __dir__() -> list[str]:
         return _lazy.names(__name__, _EXPORTS)
+
+
+del TYPE_CHECKING

@@ -6,11 +6,13 @@ package's ``__init__`` lists where each public name lives and imports it on firs
 
     _EXPORTS = {"Client": "swarmless.sdk.client", ...}
 
-    if typing.TYPE_CHECKING:  # what type checkers and readers see
+    TYPE_CHECKING = False  # typing is not imported either
+    if TYPE_CHECKING:  # what type checkers and readers see
         from swarmless.sdk.client import Client
     else:
         def __getattr__(name: str) -> object:
             return _lazy.load(__name__, _EXPORTS, name)
+    del TYPE_CHECKING
 
 ``from swarmless import Client``, ``swarmless.Client`` and ``from swarmless import *`` work
 as with eager imports; once loaded, a name is an ordinary module attribute. The
@@ -20,9 +22,11 @@ Standard library only.
 
 from __future__ import annotations
 
-import importlib
 import sys
-from collections.abc import Mapping
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["load", "names"]
 
@@ -30,8 +34,10 @@ __all__ = ["load", "names"]
 def load(package: str, exports: Mapping[str, str], name: str) -> object:
     """The value of ``package.name``, imported from the module ``exports`` names for it."""
     module = exports.get(name)
-    if module is None:
+    if module is None:  # the import system asks for __path__ and the like: answer cheaply
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    import importlib  # here: importlib brings warnings, which `import swarmless` need not
+
     value = getattr(importlib.import_module(module), name)
     # Later accesses find an ordinary attribute, without coming back here.
     setattr(sys.modules[package], name, value)

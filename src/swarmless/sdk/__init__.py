@@ -9,9 +9,11 @@ httpx, ``run()`` the Docker SDK, and neither is paid for before it is needed.
 
 from __future__ import annotations
 
-import typing
-
 from swarmless import _lazy
+
+# Not typing.TYPE_CHECKING: importing typing would double what importing this costs. Type
+# checkers take any name TYPE_CHECKING as true.
+TYPE_CHECKING = False
 
 __all__ = [
     "AsyncClient",
@@ -42,7 +44,7 @@ _EXPORTS = {
     "from_env": _CLIENT,
 }
 
-if typing.TYPE_CHECKING:
+if TYPE_CHECKING:
     from swarmless.sdk.client import AsyncClient, AsyncRun, Client, from_env
     from swarmless.sdk.gateway import (
         AsyncGatewayClient,
@@ -59,3 +61,6 @@ else:
 
     def __dir__() -> list[str]:
         return _lazy.names(__name__, _EXPORTS)
+
+
+del TYPE_CHECKING

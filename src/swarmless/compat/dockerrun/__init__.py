@@ -11,8 +11,9 @@ That code runs unchanged on swarmless with one added file, ``dockerrun.py``, bes
 
     from swarmless.compat.dockerrun import *  # noqa: F403
 
-What it keeps: the names (``from_env``, ``Client``, ``Client.from_env``, ``ProcessError``,
-``client.ProcessError``, ``CREATE_KWARGS``, ``START_KWARGS``); ``run``'s parameters and
+What it keeps: the names (``from_env``, ``Client``, ``Client.from_env`` here, as dockerrun's
+package offered them; ``client.ProcessError``, ``client.CREATE_KWARGS``,
+``client.START_KWARGS`` in its ``client`` module); ``run``'s parameters and
 the option names it passed on to the engine; string commands split as a shell would;
 the return shapes (stdout as bytes; ``{"Id": ..., "Warnings": None}`` when detached);
 :class:`ProcessError` with ``container``, ``exit_status``, ``command``, ``image`` and
@@ -27,12 +28,6 @@ for it. See ``docs/compat.md``.
 from __future__ import annotations
 
 from swarmless.compat.dockerrun import client
-from swarmless.compat.dockerrun.client import (
-    CREATE_KWARGS,
-    START_KWARGS,
-    Client,
-    ProcessError,
-    from_env,
-)
+from swarmless.compat.dockerrun.client import Client, from_env
 
-__all__ = ["CREATE_KWARGS", "START_KWARGS", "Client", "ProcessError", "client", "from_env"]
+__all__ = ["Client", "client", "from_env"]

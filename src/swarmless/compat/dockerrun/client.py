@@ -4,22 +4,35 @@ The 2016 ``Client`` was a subclass of docker-py's ``docker.Client`` whose ``run`
 started and waited for a container, then returned its logs. This one keeps that face and
 runs through :meth:`swarmless.Client.run` (attached output, labels, removal); the rest of
 the Docker API it inherited is the Docker SDK's ``APIClient``, reached on first use.
-Nothing here imports the Docker SDK before a container is run or the API is used.
+Importing it and building a client imports nothing beyond this package: not the Docker
+SDK (until a container runs or the API is used), not ``swarmless.exceptions`` (until an
+error is raised: :class:`ProcessError` is loaded on first use), not even ``typing`` or
+``re``. A CGI front end pays for that on every request.
 """
 
 from __future__ import annotations
 
-import re
-import threading
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+import _thread
 
-from swarmless.exceptions import ContainerError, EngineUnavailable, FunctionFailed, InvalidArgument
+from swarmless import _lazy
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
     import docker
 
+    from swarmless.compat.dockerrun._process_error import ProcessError
+    from swarmless.exceptions import SwarmlessError
     from swarmless.sdk.client import Client as SwarmlessClient
+else:
+
+    def __getattr__(name: str) -> object:
+        return _lazy.load(__name__, _EXPORTS, name)
+
+
+del TYPE_CHECKING
 
 __all__ = ["CREATE_KWARGS", "START_KWARGS", "Client", "ProcessError", "from_env"]
 
@@ -80,42 +93,14 @@ _PASSED_ON = frozenset(
 )
 #: Options swarmless adds to dockerrun's (docker-py names, docker-py meaning).
 _ADDED = frozenset({"auto_remove", "nano_cpus"})
+#: Loaded on first use.
+_EXPORTS = {"ProcessError": "swarmless.compat.dockerrun._process_error"}
 
-_VERSION = re.compile(r"1\.\d+")
 
+def _invalid(message: str) -> SwarmlessError:
+    from swarmless.exceptions import InvalidArgument
 
-class ProcessError(FunctionFailed):
-    """A container exited with a non-zero status (dockerrun's error, as it was).
-
-    ``container`` is what ``create_container`` answered (``{"Id": ..., "Warnings": None}``),
-    ``command`` the command as given, ``stderr`` the bytes the container wrote there.
-    """
-
-    code = "process_error"
-
-    def __init__(
-        self,
-        container: dict[str, Any],
-        exit_status: int,
-        command: str | Sequence[str] | None,
-        image: str,
-        stderr: bytes,
-    ) -> None:
-        text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
-        super().__init__(
-            f"Command '{command}' in image '{image}' returned non-zero exit status "
-            f"{exit_status}: {text.rstrip()}"
-        )
-        self.container = container
-        self.exit_status = exit_status
-        self.command = command
-        self.image = image
-        self.stderr = stderr
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Its fields are its constructor's arguments (it never crosses the gateway's wire).
-        args = (self.container, self.exit_status, self.command, self.image, self.stderr)
-        return (type(self), args)
+    return InvalidArgument(message)
 
 
 def from_env(**kwargs: Any) -> Client:
@@ -149,17 +134,17 @@ class Client:
         ``version``, ``timeout``. ``user_agent`` and ``num_pools`` change nothing here;
         TLS comes from ``DOCKER_TLS_VERIFY`` and ``DOCKER_CERT_PATH`` (``from_env``)."""
         if base_url is not None and (not isinstance(base_url, str) or not base_url):
-            raise InvalidArgument(f"base_url must be an engine address, got {base_url!r}")
-        if version is not None and version != "auto" and not _VERSION.fullmatch(str(version)):
-            raise InvalidArgument(
+            raise _invalid(f"base_url must be an engine address, got {base_url!r}")
+        if version is not None and version != "auto" and not _is_api_version(version):
+            raise _invalid(
                 f"version must be a Docker API version like '1.24' or 'auto', got {version!r}"
             )
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
         ):
-            raise InvalidArgument(f"timeout must be a positive number of seconds: {timeout!r}")
+            raise _invalid(f"timeout must be a positive number of seconds: {timeout!r}")
         if tls not in (False, None):
-            raise InvalidArgument(
+            raise _invalid(
                 "tls: give the engine's TLS settings as DOCKER_HOST, DOCKER_TLS_VERIFY and "
                 "DOCKER_CERT_PATH, and use from_env()"
             )
@@ -171,7 +156,7 @@ class Client:
         self._asked_version = None if version == "auto" else version
         self._timeout = timeout
         self._client: SwarmlessClient | None = None
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()  # threading's Lock, without importing threading
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> Client:
@@ -179,7 +164,7 @@ class Client:
         tls_options = ("assert_hostname", "ssl_version", "environment")
         refused = sorted(k for k in kwargs if k in tls_options and kwargs[k] is not None)
         if refused:
-            raise InvalidArgument(
+            raise _invalid(
                 f"from_env(): {', '.join(refused)} not supported; the engine's address and "
                 "TLS settings are read from DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH"
             )
@@ -203,6 +188,7 @@ class Client:
     def _connect(self) -> SwarmlessClient:
         from swarmless.config import Settings
         from swarmless.engine import connect, engine_address
+        from swarmless.exceptions import EngineUnavailable
         from swarmless.sdk.client import Client as SwarmlessClient
 
         settings = Settings.load(docker_host=self._base_url)
@@ -242,6 +228,8 @@ class Client:
         split as a shell would. ``kwargs`` are dockerrun's options (:data:`CREATE_KWARGS`,
         :data:`START_KWARGS`) that swarmless can honour; the others are refused by name.
         """
+        from swarmless.exceptions import ContainerError
+
         options = _options(kwargs)
         if detach:
             options.setdefault("auto_remove", True)
@@ -254,6 +242,8 @@ class Client:
                 return b""
             return self.swarmless.run(image, command, stdout=stdout, stderr=stderr, **options)
         except ContainerError as e:
+            from swarmless.compat.dockerrun._process_error import ProcessError
+
             raise ProcessError(
                 {"Id": e.container, "Warnings": None}, e.exit_status, command, image, e.stderr
             ) from None
@@ -288,6 +278,12 @@ class Client:
         return f"<dockerrun.Client {self._base_url or 'DOCKER_HOST'}>"
 
 
+def _is_api_version(version: object) -> bool:
+    """``1.24`` and the like."""
+    major, dot, minor = str(version).partition(".")
+    return major == "1" and dot == "." and minor.isdigit()
+
+
 def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
@@ -306,7 +302,7 @@ def _options(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     mounts = ("binds", "volumes", "network_disabled")
     refused = sorted(set(given) - _PASSED_ON - _ADDED - set(mounts) - {"detach"})
     if refused:
-        raise InvalidArgument(
+        raise _invalid(
             f"run(): {', '.join(refused)} not supported by swarmless (a run() container "
             "publishes no ports, gets no extra privileges and shares nothing with other "
             "containers); supported: " + ", ".join(sorted(_PASSED_ON | _ADDED | set(mounts)))
@@ -314,7 +310,7 @@ def _options(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     options = {k: kwargs[k] for k in _PASSED_ON | _ADDED if kwargs.get(k) is not None}
     if given.get("network_disabled"):
         if options.get("network_mode") not in (None, "none"):
-            raise InvalidArgument("run(): network_disabled=True with a network_mode")
+            raise _invalid("run(): network_disabled=True with a network_mode")
         options["network_mode"] = "none"
     volumes = _volumes(kwargs.get("binds"), kwargs.get("volumes"))
     if volumes:
@@ -325,6 +321,8 @@ def _options(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 def _volumes(binds: Any, volumes: Any) -> list[str]:
     """``binds`` (docker-py's form) and ``volumes`` (paths declared as volumes: each one no
     bind covers becomes an anonymous volume) as ``volumes`` for swarmless's run()."""
+    from collections.abc import Mapping, Sequence
+
     from swarmless.sdk.options import docker_options
 
     out: list[str] = []
@@ -334,14 +332,14 @@ def _volumes(binds: Any, volumes: Any) -> list[str]:
         if isinstance(volumes, str):
             volumes = [volumes]
         if not isinstance(volumes, Mapping | Sequence):
-            raise InvalidArgument(f"volumes must be a list of paths, got {volumes!r}")
+            raise _invalid(f"volumes must be a list of paths, got {volumes!r}")
         targets = {entry.split(":")[1] if ":" in entry else entry for entry in out}
         for path in volumes:
             if isinstance(path, str) and ":" in path:
                 out.append(path)  # "src:dst[:mode]", as docker-py's containers.run takes it
                 continue
             if not isinstance(path, str) or not path.startswith("/"):
-                raise InvalidArgument(f"volumes: {path!r} is not an absolute path in the container")
+                raise _invalid(f"volumes: {path!r} is not an absolute path in the container")
             if path not in targets:
                 out.append(path)
     return out
