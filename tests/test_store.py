@@ -460,3 +460,32 @@ def test_racing_replicas_never_both_get_the_lease(url: str) -> None:
                 await s.close()
 
     run(main())
+
+
+def test_a_stored_spec_todays_rules_refuse_is_left_out_not_fatal(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A spec stored by an older swarmless (looser rules) must not stop a gateway's start:
+    it is left out, with a log line that says how to mend it."""
+
+    async def put() -> None:
+        async with await Store.open(sqlite_url) as store:
+            await store.put_function(FunctionSpec(name="fine", image="busybox"))
+            await store.put_function(FunctionSpec(name="old", image="busybox"))
+
+    run(put())
+    db = sqlite3.connect(tmp_path / "swarmless.db")
+    with db:
+        db.execute(
+            "UPDATE functions SET spec = ? WHERE name = 'old'",
+            ('{"name": "old", "image": "busybox", "max_body": "5t"}',),
+        )
+    db.close()
+
+    async def listed() -> list[str]:
+        async with await Store.open(sqlite_url) as store:
+            return [s.name for s, _ in await store.list_functions()]
+
+    with caplog.at_level(logging.ERROR, logger="swarmless.store"):
+        assert run(listed()) == ["fine"]
+    assert "'old' is stored with a spec that is no longer valid" in caplog.text

@@ -208,7 +208,21 @@ class Store(QueueOps, LeaseOps, RetentionOps, WriteBehind):
         query = select(functions.c.spec, functions.c.version).order_by(functions.c.name)
         async with self._read() as conn:
             rows = (await conn.execute(query)).all()
-        return [(FunctionSpec.from_dict(json.loads(spec)), version) for spec, version in rows]
+        out: list[tuple[FunctionSpec, int]] = []
+        for spec, version in rows:
+            try:
+                out.append((FunctionSpec.from_dict(json.loads(spec)), version))
+            except (SwarmlessError, ValueError) as e:
+                # A spec stored by an older swarmless that today's rules refuse: the gateway
+                # still starts; the function is left out, and the log says how to mend it.
+                name = _stored_name(spec)
+                log.error(
+                    "function %r is stored with a spec that is no longer valid (%s); it is "
+                    "not served: deploy it again with a valid spec, or remove it",
+                    name,
+                    e,
+                )
+        return out
 
     async def delete_function(self, name: str) -> bool:
         """Forget a function (its invocation records stay); False if there was none."""
@@ -294,3 +308,11 @@ class Store(QueueOps, LeaseOps, RetentionOps, WriteBehind):
                 found = (await conn.execute(query)).mappings().first()
             row = None if found is None else dict(found)
         return None if row is None else (bytes(row["stdout"]), bytes(row["stderr"]))
+
+
+def _stored_name(spec: str) -> str:
+    """The name in a stored spec's JSON, for messages ("?" if it has none)."""
+    try:
+        return str(json.loads(spec).get("name", "?"))
+    except (ValueError, AttributeError):
+        return "?"
