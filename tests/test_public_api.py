@@ -17,6 +17,7 @@ import swarmless
 
 #: The face of ``swarmless``: change it here and in ``swarmless/__init__.py`` together.
 PUBLIC = [
+    "App",
     "AsyncClient",
     "AsyncGatewayClient",
     "AsyncInvocation",

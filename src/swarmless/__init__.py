@@ -20,6 +20,7 @@ TYPE_CHECKING = False
 __version__ = "0.1.0"
 
 __all__ = [
+    "App",
     "AsyncClient",
     "AsyncGatewayClient",
     "AsyncInvocation",
@@ -59,6 +60,7 @@ _ERRORS = "swarmless.exceptions"
 _SDK = "swarmless.sdk"
 #: Where each public name lives; imported on first use.
 _EXPORTS = {
+    "App": "swarmless.native",
     "AsyncClient": _SDK,
     "AsyncGatewayClient": _SDK,
     "AsyncInvocation": _SDK,
@@ -116,6 +118,7 @@ if TYPE_CHECKING:
         Unauthorized,
         WaitTimeout,
     )
+    from swarmless.native import App
     from swarmless.records import InvocationRecord
     from swarmless.sdk import (
         AsyncClient,

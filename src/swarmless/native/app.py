@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import dataclasses
 import hashlib
 import hmac
 import pickle
@@ -44,6 +43,7 @@ from typing import Any
 from swarmless.config import Settings
 from swarmless.exceptions import InvalidArgument, NotFound
 from swarmless.native._runner import Runner
+from swarmless.native._types import Pool
 from swarmless.native.function import Function, Options
 from swarmless.sdk.gateway import AsyncGatewayClient
 from swarmless.spec import FunctionSpec
@@ -55,14 +55,6 @@ _APP_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,22}[a-z0-9])?$")
 _SLUG_LIMIT = 20
 #: Image name used to validate options before the real image is known.
 _PENDING = "swarmless-native/python:pending"
-
-
-@dataclasses.dataclass(frozen=True)
-class Pool:
-    """A deployed pool: its name and the request body limit calls must keep to."""
-
-    name: str
-    max_body: int
 
 
 def _slug(name: str) -> str:

@@ -26,7 +26,7 @@ from swarmless.runtime import native as wire
 from swarmless.runtime.native_calls import remote_function
 
 if TYPE_CHECKING:
-    from swarmless.native.app import App, Pool
+    from swarmless.native._types import AppLike, Pool
 
 __all__ = ["Function", "FunctionCall", "Options"]
 
@@ -79,7 +79,9 @@ class Options:
 class Function:
     """A Python function that runs in a container (made by ``@app.function()``)."""
 
-    def __init__(self, app: App, raw: Callable[..., Any] | None, *, name: str, options: Options):
+    def __init__(
+        self, app: AppLike, raw: Callable[..., Any] | None, *, name: str, options: Options
+    ):
         self.app = app
         self.raw = raw
         self.name = name

@@ -28,7 +28,7 @@ from swarmless.exceptions import InvalidArgument, PayloadTooLarge, QueueFull, Sw
 from swarmless.runtime import native as wire
 
 if TYPE_CHECKING:
-    from swarmless.native.function import Function
+    from swarmless.native._types import FunctionLike
 
 __all__ = ["Mapper"]
 
@@ -53,7 +53,7 @@ class Mapper:
 
     def __init__(
         self,
-        function: Function,
+        function: FunctionLike,
         iterable: Iterable[Any],
         *,
         order: bool = True,
