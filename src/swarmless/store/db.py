@@ -132,6 +132,17 @@ def engines(
     return writer, reader
 
 
+_WROTE = "swarmless.wrote"
+
+
+def _note_writes(
+    conn: Any, _cursor: Any, _stmt: Any, _params: Any, context: Any, _many: Any
+) -> None:
+    """Mark the connection when a statement wrote rows (see :meth:`Database._write`)."""
+    if context is not None and (context.isinsert or context.isupdate or context.isdelete):
+        conn.info[_WROTE] = True
+
+
 def refused(e: BaseException) -> bool:
     """The database refuses these values (retrying cannot help), as opposed to a database
     that is busy, locked or away (retrying will). Drivers wrap a value they cannot encode
@@ -170,6 +181,7 @@ class Database:
     def __init__(self, *, writer: AsyncEngine, reader: AsyncEngine, write_timeout: float) -> None:
         self._writer = writer
         self._reader = reader
+        event.listen(writer.sync_engine, "after_cursor_execute", _note_writes)
         #: ``sqlite`` or ``postgresql``.
         self.dialect: str = writer.dialect.name
         self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
@@ -290,11 +302,17 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        """One transaction on the writer, in turn with every other write."""
+        """One transaction on the writer, in turn with every other write. A transaction
+        that wrote a row and committed tells the store the database answers again (one
+        that only read proves nothing: SQLite reads while another process locks writes)."""
         with self._translated():
-            async with self._turn(), self._writer.begin() as conn:
-                yield conn
-        self._answered()
+            async with self._turn():
+                async with self._writer.begin() as conn:
+                    conn.info.pop(_WROTE, None)
+                    yield conn
+                    wrote = conn.info.pop(_WROTE, False)
+                if wrote:
+                    self._answered()
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:

@@ -134,7 +134,10 @@ class GroupCommit:
                         async with conn.begin_nested():
                             results.append((p.fut, await p.op(conn), None))
                     except Exception as e:
-                        results.append((p.fut, None, self._db._as_error(e)))
+                        failed = self._db._as_error(e)
+                        if isinstance(failed, GatewayUnavailable):
+                            raise failed from e  # the database is away: the whole batch fails
+                        results.append((p.fut, None, failed))
         except BaseException as e:  # the commit itself failed: every op fails
             for p in batch:
                 if not p.fut.done():

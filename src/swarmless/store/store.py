@@ -77,7 +77,7 @@ class Store(QueueOps, LeaseOps, RetentionOps, WriteBehind):
         *,
         flush_interval: float = 0.05,
         batch_size: int = 500,
-        busy_timeout: float = 5.0,
+        busy_timeout: float = 1.0,
         write_timeout: float = 10.0,
         connect_timeout: float = 5.0,
         max_buffered: int = 100_000,
