@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from swarmless.dispatch.scheduler import Scheduler, due_slot, next_fire
@@ -193,5 +194,49 @@ def test_scheduler_fires_once_and_catches_up_late(url: str) -> None:  # noqa: F8
             a, b = Scheduler(store, functions), Scheduler(store, functions)
             fired = await asyncio.gather(a.tick(T0 + 30 * 60_000), b.tick(T0 + 30 * 60_000))
             assert sum(len(f) for f in fired) == 1
+
+    run(main())
+
+
+def test_a_claim_loads_a_bounded_amount_of_bodies(url: str) -> None:  # noqa: F811
+    """Calls with large bodies are taken a few at a time (at least one), bodies intact."""
+
+    async def main() -> None:
+        async with await Store.open(url) as store:
+            big = [arec(queued_at=now_ms() - 100 + i) for i in range(3)]
+            bodies = {r.id: bytes([i]) * 600_000 for i, r in enumerate(big)}
+            for r in big:
+                await store.enqueue(
+                    r, method="POST", path="", query="", headers=[], body=bodies[r.id]
+                )
+            wants = {"echo": (10, 60_000)}
+            first = await store.claim("gw", wants, max_bytes=1_000_000)
+            assert [c.id for c in first] == [big[0].id]
+            assert first[0].body == bodies[big[0].id]
+            # Over the budget on its own: still one at a time, never none.
+            second = await store.claim("gw", wants, max_bytes=100)
+            assert [c.id for c in second] == [big[1].id]
+            third = await store.claim("gw", wants, max_bytes=10_000_000)
+            assert [(c.id, c.body) for c in third] == [(big[2].id, bodies[big[2].id])]
+
+    run(main())
+
+
+def test_a_result_wait_is_woken_by_the_outcome_not_by_polling(url: str) -> None:  # noqa: F811
+    async def main() -> None:
+        async with await Store.open(url) as store:
+            r = arec()
+            await put(store, r)
+            await store.claim("gw", {"echo": (1, 60_000)})
+            with store.watch(r.id) as changed:
+                assert store.stats().watchers == 1
+                t0 = time.monotonic()
+                waiting = asyncio.ensure_future(changed.wait(t0 + 30))
+                r.status = "succeeded"
+                await store.finish(r, StoredResult(status=200, headers=[], body=b"ok"))
+                await asyncio.wait_for(waiting, 5)
+                # Woken by the finish, well before the fallback re-read (5 s).
+                assert time.monotonic() - t0 < 2
+            assert store.stats().watchers == 0
 
     run(main())

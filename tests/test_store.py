@@ -489,3 +489,50 @@ def test_a_stored_spec_todays_rules_refuse_is_left_out_not_fatal(
     with caplog.at_level(logging.ERROR, logger="swarmless.store"):
         assert run(listed()) == ["fine"]
     assert "'old' is stored with a spec that is no longer valid" in caplog.text
+
+
+def test_a_replica_that_asks_for_a_held_lease_marks_it_contended(url: str) -> None:
+    async def main() -> None:
+        async with await Store.open(url) as a, await Store.open(url) as b:
+            got = await a.acquire_lease("gateway:c", "a", "http://a", 30)
+            assert not got.contended  # nobody else asked yet
+            seen = await b.acquire_lease("gateway:c", "b", "http://b", 30)
+            assert (seen.holder, seen.expired) == ("a", False)
+            assert (await a.acquire_lease("gateway:c", "a", "http://a", 30)).contended
+            # Expired, but the asker wants to check the holder first: it is not taken.
+            await a.acquire_lease("gateway:c", "a", "http://a", 0.05)
+            await eventually(lambda: _expired(b, "gateway:c"), 5, "the lease expires")
+            held = await b.acquire_lease("gateway:c", "b", "http://b", 30, take_expired=False)
+            assert (held.holder, held.expired) == ("a", True)
+            # Its holder can still renew an expired lease nobody took.
+            assert (await a.acquire_lease("gateway:c", "a", "http://a", 30)).holder == "a"
+
+    run(main())
+
+
+async def _expired(store: Store, name: str) -> bool:
+    state = await store.acquire_lease(name, "probe", "http://probe", 30, take_expired=False)
+    return state.expired
+
+
+def test_a_v3_store_is_upgraded_with_lease_contention(sqlite_url: str, tmp_path: Path) -> None:
+    """A database written by the previous schema (v3) gets the contention column."""
+    from sqlalchemy import create_engine, text
+
+    from swarmless.store.schema import _stamp, metadata
+
+    engine = create_engine(f"sqlite:///{tmp_path}/swarmless.db")
+    with engine.begin() as conn:
+        metadata.create_all(conn)
+        conn.execute(text("ALTER TABLE leases DROP COLUMN contended_until"))
+        _stamp(conn, 3)
+    engine.dispose()
+
+    async def main() -> None:
+        async with await Store.open(sqlite_url) as store:
+            assert await store.get_meta("schema_version") == str(SCHEMA_VERSION)
+            await store.acquire_lease("gateway:x", "a", "http://a", 30)
+            assert (await store.acquire_lease("gateway:x", "b", "http://b", 30)).holder == "a"
+            assert (await store.acquire_lease("gateway:x", "a", "http://a", 30)).contended
+
+    run(main())
