@@ -12,7 +12,6 @@ import ipaddress
 import pickle
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import swarmless
 from swarmless.compat import dockerrun
 from swarmless.engine import engine_address
 from tests.conftest import BUSYBOX, SESSION, SESSION_INSTANCE
+from tests.waiting import wait_until
 
 LABELS = {"swarmless.test": SESSION}
 
@@ -55,10 +55,7 @@ def record_vote(build_image: Callable[..., str]) -> str:
 
 
 def until(predicate: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
-        time.sleep(0.1)
+    wait_until(predicate, timeout, what, interval=0.1)
 
 
 def gone(engine: docker.DockerClient, container_id: str) -> Callable[[], bool]:
