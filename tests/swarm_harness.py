@@ -10,9 +10,14 @@ host's address on the nodes' bridge, where it also listens.
 from __future__ import annotations
 
 import contextlib
+import http.server
+import json
 import os
+import re
+import struct
 import subprocess
-import time
+import threading
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,9 +26,11 @@ from typing import Any
 import docker
 import docker.errors
 import docker.types
+import httpx
 
 from swarmless.backends.swarm import SwarmBackend
 from tests.gateway_harness import RunningGateway
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "swarm-cluster.sh"
@@ -146,12 +153,15 @@ class Cluster:
             self._clients.pop(name, None)
             self.host.api.restart(name, timeout=5)
             wait_for(lambda: name in self.ready_nodes(), 60, f"{name} ready after a restart")
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                with contextlib.suppress(Exception):
-                    if self.logs_work(name):
-                        return
-                time.sleep(1)
+            with contextlib.suppress(AssertionError):
+                wait_until(
+                    lambda: self.logs_work(name),
+                    20,
+                    f"the manager to deliver the logs of a task on {name}",
+                    interval=1,
+                    ignore=(Exception,),
+                )
+                return
         raise AssertionError(f"the manager delivers no logs of tasks on {name}")
 
     def logs_work(self, name: str, image: str = "swarmless/busybox:latest") -> bool:
@@ -182,15 +192,104 @@ class Cluster:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(Exception):
-            got = predicate()
-            if got:
-                return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+    """:func:`tests.waiting.wait_until` where a node may be away: an error counts as "not
+    yet" (and the last one is shown if it times out)."""
+    return wait_until(predicate, timeout, what, interval=0.1, ignore=(Exception,))
+
+
+class EngineProxy:
+    """The manager's Engine API on a local port, passed through as it is, except for the
+    task logs it is told to spoil: what a backend pointed at it (``docker_host``) sees
+    when the manager's log broker cannot get a node's logs.
+
+    The engine then writes ``Error grabbing logs: ...`` into the log stream, as a frame
+    of its own, wherever the missing part would have been. While ``spoil`` is above zero
+    (or None: always) each logs request gets ``complaint`` spliced into its stream after
+    the first 3 bytes of output, and ``spoil`` counts down. ``created`` keeps the body of
+    each service created through the proxy, ``logs_requests`` counts the logs asked for.
+    """
+
+    HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "host"})
+
+    def __init__(self, upstream: str, complaint: bytes, host: str = "127.0.0.1") -> None:
+        self.complaint = complaint
+        self.spoil: int | None = 0
+        self.logs_requests = 0
+        self.created: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._http = httpx.Client(base_url=upstream.replace("tcp://", "http://"), timeout=60)
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                proxy._forward(self)
+
+            do_POST = do_DELETE = do_PUT = do_HEAD = do_GET
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"tcp://{host}:{self._server.server_address[1]}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._http.close()
+
+    def _forward(self, req: http.server.BaseHTTPRequestHandler) -> None:
+        if "chunked" in req.headers.get("Transfer-Encoding", ""):
+            raise AssertionError(f"a chunked request body: {req.command} {req.path}")
+        body = req.rfile.read(int(req.headers.get("Content-Length") or 0))
+        headers = {k: v for k, v in req.headers.items() if k.lower() not in self.HOP}
+        r = self._http.request(req.command, req.path, content=body, headers=headers)
+        data = r.content
+        parts = urllib.parse.urlsplit(req.path)
+        if req.command == "POST" and re.fullmatch(r"(/v[\d.]+)?/services/create", parts.path):
+            with self._lock:
+                self.created.append(json.loads(body))
+        if req.command == "GET" and re.fullmatch(r"(/v[\d.]+)?/services/[^/]+/logs", parts.path):
+            query = urllib.parse.parse_qs(parts.query)
+            stream = 1 if query.get("stdout", [""])[0] in ("1", "True", "true") else 2
+            with self._lock:
+                self.logs_requests += 1
+                spoil = self.spoil is None or self.spoil > 0
+                if self.spoil:
+                    self.spoil -= 1
+            if spoil and r.status_code == 200:
+                data = self._spliced(data, stream)
+        req.send_response(r.status_code)
+        for k, v in r.headers.items():
+            if k.lower() not in self.HOP and k.lower() != "content-encoding":
+                req.send_header(k, v)
+        req.send_header("Content-Length", str(len(data)))
+        req.end_headers()
+        if req.command != "HEAD":
+            req.wfile.write(data)
+
+    def _spliced(self, data: bytes, stream: int) -> bytes:
+        """A multiplexed log stream with the complaint frame after its first 3 bytes."""
+        frames: list[tuple[int, bytes]] = []
+        at = 0
+        while at + 8 <= len(data):
+            kind, size = data[at], struct.unpack(">I", data[at + 4 : at + 8])[0]
+            frames.append((kind, data[at + 8 : at + 8 + size]))
+            at += 8 + size
+        complaint = (stream, self.complaint + b"\n")
+        if frames:
+            kind, first = frames[0]
+            frames[:1] = [(kind, first[:3]), complaint, (kind, first[3:])]
+        else:
+            frames = [complaint]
+        return b"".join(
+            bytes([kind, 0, 0, 0]) + struct.pack(">I", len(payload)) + payload
+            for kind, payload in frames
+            if payload
+        )
 
 
 class SwarmGateway(RunningGateway):
@@ -231,9 +330,7 @@ class SwarmGateway(RunningGateway):
         return list(self.cluster.manager.api.services(filters={"label": flt}))
 
     def stop(self, engine: docker.DockerClient | None = None) -> None:
-        self.server.stop()
-        if self._thread is not None:
-            self._thread.join(60)
+        self.shutdown()
         api = self.cluster.manager.api
         for s in self.services():
             with contextlib.suppress(docker.errors.DockerException):

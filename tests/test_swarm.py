@@ -7,12 +7,14 @@ The gateway runs in the test process on the host and talks to the Swarm manager
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker.errors
 import pytest
 
 from tests.conftest import BUSYBOX, SESSION
@@ -272,41 +274,85 @@ def test_node_lost_while_calls_continue(gw: SwarmGateway, swarm_warm_image: str,
     )
 
 
-def test_the_engines_log_complaints_are_not_the_functions_output() -> None:
-    """The manager writes ``Error grabbing logs`` into a stream it could not complete."""
-    from swarmless.backends.swarm_oneshot import _clean_logs
-
-    assert _clean_logs(b"Status: 200\r\n\r\nok") == (b"Status: 200\r\n\r\nok", b"")
-    complaint = b"Error grabbing logs: rpc error: code = Unknown desc = warning: incomplete"
-    assert _clean_logs(complaint + b"\nStatus: 200\r\n\r\nok") == (
-        b"Status: 200\r\n\r\nok",
-        complaint,
-    )
-    # Written as a frame of its own, it can follow output that had no newline yet.
-    assert _clean_logs(b"par" + complaint + b"\ntial") == (b"partial", complaint)
-
-
-def test_a_node_that_cannot_deliver_logs_fails_the_call_clearly_and_is_avoided(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_the_engines_log_complaints_are_not_the_output_and_their_node_is_avoided(
+    cluster: Cluster, labels: dict[str, str], tmp_path: Path
 ) -> None:
-    """After a restart, a node may run tasks whose logs the manager cannot fetch."""
-    from swarmless.backends import swarm_oneshot
+    """The manager's log broker writes ``Error grabbing logs: ...`` into a task's log
+    stream when it cannot get the node's logs (seen after a node restart). Through a proxy
+    of the manager's API that splices the complaint into the streams: a complaint that
+    goes away is never taken for the function's output; one that stays fails the call
+    saying so, and the next one-shot calls avoid that node."""
+    import asyncio
+    import uuid
+
     from swarmless.backends.swarm import SwarmBackend
     from swarmless.config import Settings
     from swarmless.exceptions import FunctionFailed
     from swarmless.spec import FunctionSpec
+    from tests.swarm_harness import EngineProxy
 
-    backend = SwarmBackend(Settings.load(data_dir=tmp_path, backend="swarm"))
-    backend._hostnames["n3"] = "swarmless-node-3"
-    complaint = b"Error grabbing logs: rpc error: ... node n3 is not available\n"
-    monkeypatch.setattr(backend, "_service_logs", lambda sid, stdout: complaint)
-    monkeypatch.setattr(swarm_oneshot, "LOGS_RETRY_S", 0.2)
-    with pytest.raises(FunctionFailed, match=r"node-3, but .* could not deliver its output"):
-        backend._logs("svc", "n3")
-    spec = FunctionSpec(name="once", image=BUSYBOX, placement=("node.role == worker",))
-    template = backend._task_template(
-        spec, labels={}, env={}, command=None, args=None, avoid=backend._avoided()
+    complaint = (
+        b"Error grabbing logs: rpc error: code = Unknown desc = warning: incomplete log "
+        b"stream. some logs could not be retrieved for the following reasons: node "
+        b"k3x7 is not available"
     )
-    assert template["Placement"]["Constraints"] == ["node.role == worker", "node.id != n3"]
-    backend._no_logs["n3"] = 0  # the avoidance ends
-    assert backend._avoided() == []
+    cluster.load(BUSYBOX)
+    proxy = EngineProxy(cluster.manager_url, complaint)
+    instance = f"test-logs-{uuid.uuid4().hex[:6]}"
+    network = f"swarmless-swarm-{instance}"
+    settings = Settings.load(
+        data_dir=tmp_path,
+        backend="swarm",
+        docker_host=proxy.url,
+        instance=instance,
+        network=network,
+    )
+    backend = SwarmBackend(settings, labels=labels)
+    spec = FunctionSpec(
+        name="partial",
+        image=BUSYBOX,
+        mode="oneshot",
+        command=["printf", "partial"],
+        placement=("node.role == worker",),
+    )
+
+    async def call() -> bytes:
+        result = await backend.run_once(
+            spec, call_id=uuid.uuid4().hex[:12], args=[], env={}, stdin=b"", timeout=60
+        )
+        assert result.exit_code == 0, result
+        return result.stdout + result.stderr
+
+    async def main() -> None:
+        await backend.start()
+        try:
+            # Complained about twice (the first stdout and stderr asked for), then whole.
+            proxy.spoil = 2
+            assert await call() == b"partial"
+            assert proxy.logs_requests >= 4  # asked again
+            # Always complained about: the call fails, naming the node and the complaint.
+            proxy.spoil = None
+            with pytest.raises(FunctionFailed) as failed:
+                await call()
+            message = str(failed.value)
+            host = message.split("the call ran on node ")[1].split(",")[0]
+            assert host in cluster.names, message
+            assert "the Swarm manager could not deliver its output" in message
+            assert "node k3x7 is not available" in message
+            # The next calls stay off that node, as long as their own placement allows.
+            node_id = next(
+                n["ID"] for n in cluster.manager.api.nodes() if n["Description"]["Hostname"] == host
+            )
+            proxy.spoil = 0
+            assert await call() == b"partial"
+            placement = proxy.created[-1]["TaskTemplate"]["Placement"]
+            assert placement["Constraints"] == ["node.role == worker", f"node.id != {node_id}"]
+        finally:
+            await backend.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        proxy.close()
+        with contextlib.suppress(docker.errors.DockerException):
+            cluster.manager.api.remove_network(network)
