@@ -519,13 +519,13 @@ def test_a_v3_store_is_upgraded_with_lease_contention(sqlite_url: str, tmp_path:
     """A database written by the previous schema (v3) gets the contention column."""
     from sqlalchemy import create_engine, text
 
-    from swarmless.store.schema import _stamp, metadata
+    from swarmless.store.schema import meta, metadata
 
     engine = create_engine(f"sqlite:///{tmp_path}/swarmless.db")
     with engine.begin() as conn:
         metadata.create_all(conn)
         conn.execute(text("ALTER TABLE leases DROP COLUMN contended_until"))
-        _stamp(conn, 3)
+        conn.execute(meta.insert().values(key="schema_version", value="3"))
     engine.dispose()
 
     async def main() -> None:
