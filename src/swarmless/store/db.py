@@ -159,13 +159,28 @@ def refused(e: BaseException) -> bool:
     return False
 
 
+#: PostgreSQL error classes (SQLSTATE) of a database that is away, shutting down,
+#: starting, full or failing, and conflicts that a retry resolves (serialization, deadlock).
+_PG_AWAY = ("08", "53", "57", "58", "40001", "40P01")
+
+
 def _unavailable(e: BaseException) -> bool:
     """The database is away, locked, full or too slow (as opposed to a bug of ours)."""
     if isinstance(e, DBAPIError) and e.connection_invalidated:
         return True
-    return isinstance(
-        e, OperationalError | InterfaceError | PoolTimeout | OSError | TimeoutError
-    ) or (isinstance(e, DBAPIError) and isinstance(e.orig, OSError | TimeoutError))
+    if isinstance(e, OperationalError | InterfaceError | PoolTimeout | OSError | TimeoutError):
+        return True
+    cause: BaseException | None = e
+    for _ in range(10):  # the driver's error is somewhere down the chain
+        if cause is None:
+            break
+        if isinstance(cause, OSError | TimeoutError):
+            return True
+        state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        if isinstance(state, str) and state.startswith(_PG_AWAY):
+            return True
+        cause = cause.__cause__ or getattr(cause, "orig", None)
+    return False
 
 
 def describe(e: BaseException) -> str:
