@@ -61,6 +61,7 @@ __all__ = [
     "DOCKER_ACCESS",
     "HANDLER_KINDS",
     "MODES",
+    "RESERVED_PATHS",
     "DockerAccess",
     "FunctionSpec",
     "HandlerKind",
@@ -71,16 +72,33 @@ __all__ = [
 ]
 
 Mode = Literal["oneshot", "cgi", "warm"]
-HandlerKind = Literal["python", "wsgi", "command"]
+HandlerKind = Literal["python", "wsgi", "command", "cgi"]
 DockerAccess = Literal["none", "scoped", "host-socket"]
 MODES: tuple[str, ...] = ("oneshot", "cgi", "warm")
-HANDLER_KINDS: tuple[str, ...] = ("python", "wsgi", "command")
+HANDLER_KINDS: tuple[str, ...] = ("python", "wsgi", "command", "cgi")
+#: The gateway's own paths: no function's ``routes`` may claim them or anything below them.
+RESERVED_PATHS: tuple[str, ...] = (
+    "/system",
+    "/function",
+    "/async-function",
+    "/runtime",
+    "/invocations",
+    "/ui",
+    "/docs",
+    "/openapi.json",
+    "/healthz",
+    "/metrics",
+)
 DOCKER_ACCESS: tuple[str, ...] = ("none", "scoped", "host-socket")
 
 MiB = 1024**2
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _SECRET = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$")
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+#: A route: a path prefix of unreserved URL characters (RFC 3986) or a host name.
+_ROUTE_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+/?")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_ROUTE_HOST = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 _SIZE = re.compile(r"\s*(\d{1,20}(?:\.\d{1,20})?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": MiB, "g": 1024**3, "t": 1024**4}
 #: An image reference, after the grammar of Docker's distribution/reference:
@@ -127,7 +145,8 @@ class FunctionSpec:
     build: str | None = None
     mode: Mode = "oneshot"
     command: list[str] | None = None
-    #: Warm mode: ``module:callable`` (python, wsgi) or a command line (command).
+    #: Warm mode: ``module:callable`` (python, wsgi) or a command line (command, cgi: forked
+    #: per call, the request as CGI/1.1 in, a CGI response out).
     handler: str | None = None
     handler_kind: HandlerKind = "python"
     env: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -167,6 +186,14 @@ class FunctionSpec:
     timezone: str = "UTC"
     #: Docker access from inside the function's containers.
     docker: DockerAccess = "none"
+    #: Seconds the child containers a call started (``docker: scoped``) may go on running
+    #: after the container that started them exited; then they are killed. 0: they die
+    #: with it.
+    children_timeout: float = 60.0
+    #: Where the function is served besides ``/function/NAME/``: path prefixes
+    #: (``/result``: ``/result/votes`` reaches it with ``SCRIPT_NAME=/result``) and host
+    #: names (``vote.example.com``: that host's every path but the gateway's own).
+    routes: tuple[str, ...] = ()
     #: Swarm placement constraints, e.g. ``"node.role == worker"``.
     placement: tuple[str, ...] = ()
     #: Swarm placement preferences: spread containers evenly over the values of these node
@@ -457,6 +484,42 @@ def _is_zone(v: Any) -> bool:
     return True
 
 
+def _routes(v: Any) -> tuple[str, ...]:
+    """Path prefixes (``/result``, a trailing ``/`` dropped) and host names (lower-cased)."""
+    items = [] if v is None else [v] if isinstance(v, str) else v
+    if not isinstance(items, list | tuple) or len(items) > 16:
+        raise _Bad(f"must be a list of at most 16 path prefixes or host names, got {v!r}")
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or len(item) > 253:
+            raise _Bad(f"must be a list of path prefixes or host names, got {item!r}")
+        if item.startswith("/"):
+            route = item.rstrip("/") if len(item) > 1 else item
+            if not _ROUTE_PATH.fullmatch(item) or any(
+                s in (".", "..") for s in route.split("/")[1:]
+            ):
+                raise _Bad(
+                    f"path prefix {item!r}: '/' then segments of letters, digits and "
+                    "'.', '_', '~', '-' (no '.' or '..' segment); '/' alone is the gateway's"
+                )
+            taken = next(
+                (r for r in RESERVED_PATHS if route == r or route.startswith(r + "/")), None
+            )
+            if taken is not None:
+                raise _Bad(f"path prefix {item!r} is under the gateway's own {taken!r}")
+        else:
+            route = item.lower()
+            if not _ROUTE_HOST.fullmatch(route):
+                raise _Bad(
+                    f"{item!r} is neither a path prefix ('/result') nor a host name "
+                    "('vote.example.com', no port)"
+                )
+        if route in out:
+            raise _Bad(f"must not repeat a route, got {item!r} twice")
+        out.append(route)
+    return tuple(out)
+
+
 _WORD = _rule(lambda v: isinstance(v, str) and re.fullmatch(r"\S+", v), "a string without spaces")
 _BOOL = _rule(lambda v: isinstance(v, bool), "true or false")
 _POSITIVE = _rule(lambda v: _num(v) and v > 0, "a number > 0", float)
@@ -535,6 +598,10 @@ _CHECKS: dict[str, _Check] = {
     ),
     "timezone": _rule(_is_zone, "an IANA time zone like 'UTC' or 'Europe/Paris'"),
     "docker": _choice(DOCKER_ACCESS),
+    "children_timeout": _rule(
+        lambda v: _num(v) and 0 <= v <= 3600, "a number of seconds from 0 to 3600", float
+    ),
+    "routes": _routes,
     "placement": _strings(
         lambda s: ("==" in s or "!=" in s) and not _CONTROL.search(s),
         "constraints like 'node.role == worker'",
@@ -573,13 +640,18 @@ def _validate(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         handler, kind, command = values["handler"], values["handler_kind"], values["command"]
         if handler is None and values["mode"] == "warm":
             if command is not None and kind != "wsgi":
-                values["handler"], values["handler_kind"] = shlex.join(command), "command"
+                values["handler"] = shlex.join(command)
+                values["handler_kind"] = "cgi" if kind == "cgi" else "command"
             else:
                 errors["handler"] = (
                     "required in warm mode: 'module:callable' (python, wsgi) or a command "
-                    "line (handler_kind: command), or give a command; got None"
+                    "line (handler_kind: command or cgi), or give a command; got None"
                 )
-        elif handler is not None and kind != "command" and not _CALLABLE.fullmatch(handler):
+        elif (
+            handler is not None
+            and kind not in ("command", "cgi")
+            and not _CALLABLE.fullmatch(handler)
+        ):
             errors["handler"] = (
                 f"must be 'module:callable' for handler_kind {kind}, got {handler!r}"
             )

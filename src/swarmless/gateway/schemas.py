@@ -40,7 +40,7 @@ SECRET = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 SIZE = r"^\s*\d{1,20}(\.\d{1,20})?\s*[kKmMgGtT]?([iI]?[bB])?\s*$"
 CALL_ID = r"^[\x21-\x7e]{1,200}$"
 Mode = Literal["oneshot", "cgi", "warm"]
-HandlerKind = Literal["python", "wsgi", "command"]
+HandlerKind = Literal["python", "wsgi", "command", "cgi"]
 DockerAccess = Literal["none", "scoped", "host-socket"]
 Scalar = str | int | float | bool
 
@@ -102,6 +102,17 @@ class _SpecFields(BaseModel):
     )
     timezone: str = Field("UTC", description="An IANA time zone for the schedule.")
     docker: DockerAccess = Field("none", description="Docker access from inside the function.")
+    children_timeout: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="Seconds a call's child containers may outlive it (0: they die with it).",
+    )
+    routes: list[Annotated[str, Field(max_length=253)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Also served at these path prefixes ('/result') or host names.",
+    )
     spread: list[Annotated[str, Field(pattern=r"^(node|engine)\.labels\.[^\s=]+$")]] = Field(
         default_factory=list, description="Swarm: spread over these node labels."
     )
@@ -217,6 +228,22 @@ class ScaleBody(BaseModel):
     replicas: int | None = Field(ge=0, le=1000, description="Containers to keep; null: autoscale.")
 
 
+class DetachedChild(BaseModel):
+    """A child container a call started through the scoped Docker API, and how it ended."""
+
+    container: str = Field(description="The child's container id (12 hex digits).")
+    image: str | None = None
+    exit_code: int | None = None
+    started_at: int | None = Field(None, description="Epoch ms.")
+    finished_at: int = Field(description="Epoch ms.")
+    duration_ms: float | None = None
+    killed: bool = Field(
+        description="Killed by swarmless: still running children_timeout seconds after the "
+        "caller exited (or when the gateway stopped)."
+    )
+    error: str | None = None
+
+
 class InvocationModel(BaseModel):
     """One invocation record."""
 
@@ -245,6 +272,9 @@ class InvocationModel(BaseModel):
     callback: str | None = None
     late: bool = False
     children: list[str] | None = Field(None, description="Calls this one made (one record).")
+    detached: list[DetachedChild] | None = Field(
+        None, description="Child containers this call started, and how each ended (one record)."
+    )
 
 
 class InvocationLogs(BaseModel):

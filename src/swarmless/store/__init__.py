@@ -5,8 +5,9 @@ await store.put_function(spec)
 """
 
 from swarmless.retention import Retention
+from swarmless.store.children import ChildOutcome
 from swarmless.store.queue import Claimed, StoredResult
 from swarmless.store.retention import Sweeper
 from swarmless.store.store import Store, StoreStats
 
-__all__ = ["Claimed", "Retention", "Store", "StoreStats", "StoredResult", "Sweeper"]
+__all__ = ["ChildOutcome", "Claimed", "Retention", "Store", "StoreStats", "StoredResult", "Sweeper"]

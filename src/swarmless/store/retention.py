@@ -4,9 +4,9 @@ Four kinds of rows grow with every call; each is kept by age **and** count (whic
 deletes more; 0 turns a limit off):
 
 - **records** of finished calls (succeeded, failed, timed out, cancelled), with their
-  logs, result and finished queue row (an ``Idempotency-Key`` is remembered as long as
-  its call's record). Calls still queued or running are never deleted, and dead letters
-  have their own limits;
+  logs, result, child containers' outcomes and finished queue row (an
+  ``Idempotency-Key`` is remembered as long as its call's record). Calls still queued
+  or running are never deleted, and dead letters have their own limits;
 - **logs** (the stdout and stderr of a call): the largest rows, kept shorter;
 - **results** (what a finished async call answered, for ``Invocation.result()``);
 - **dead letters**: async calls that died, with their requests (for a redrive).
@@ -30,7 +30,13 @@ from swarmless.exceptions import SwarmlessError
 from swarmless.records import now_ms
 from swarmless.retention import KINDS, Retention
 from swarmless.store.db import Database
-from swarmless.store.schema import async_queue, invocation_logs, invocation_results, invocations
+from swarmless.store.schema import (
+    async_queue,
+    invocation_children,
+    invocation_logs,
+    invocation_results,
+    invocations,
+)
 
 __all__ = ["BATCH", "KINDS", "MAX_BATCHES", "Retention", "RetentionOps", "Sweeper"]
 
@@ -106,8 +112,14 @@ class RetentionOps(Database):
                 tables = [invocation_logs]
             elif kind == "results":
                 tables = [invocation_results]
-            else:  # a record goes with its logs, result and finished queue row
-                tables = [invocation_logs, invocation_results, async_queue, invocations]
+            else:  # a record goes with its logs, result, children and finished queue row
+                tables = [
+                    invocation_logs,
+                    invocation_results,
+                    invocation_children,
+                    async_queue,
+                    invocations,
+                ]
             for table in tables:
                 where: ColumnElement[bool] = table.c.id.in_(ids)
                 if table is async_queue:

@@ -8,6 +8,7 @@ Tables (SQLAlchemy Core; the same on SQLite and PostgreSQL)::
     invocation_logs  the stdout and stderr of one call, keyed by its id
     async_queue      the durable queue of async calls (and their idempotency keys)
     invocation_results  what a finished async call answered
+    invocation_children the child containers a call started (scoped Docker API), how each ended
     leases           name -> holder and until when: which gateway replica is active
 
 Call ids begin with their creation time (``swarmless.records.new_call_id``), so the primary
@@ -23,7 +24,8 @@ latest version; an older one gets the steps it misses, in order, all in one tran
 
 To change the schema: change the tables here, append a step that brings a database of the
 previous version to the new one, and never edit a step that has shipped (v2 added the
-durable async queue, v3 the leases of replicated gateways, v4 their contention).
+durable async queue, v3 the leases of replicated gateways, v4 their contention, v5 the
+outcome of a call's child containers).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "async_queue",
     "functions",
+    "invocation_children",
     "invocation_logs",
     "invocation_results",
     "invocations",
@@ -162,6 +165,22 @@ invocation_results = Table(
     Column("body", LargeBinary, nullable=False),
 )
 
+#: The child containers a call started through the scoped Docker API, and how each ended
+#: (they may outlive the call: the spec's ``children_timeout``). Keyed by the call's id.
+invocation_children = Table(
+    "invocation_children",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("container", String(64), primary_key=True),
+    Column("image", Text),
+    Column("exit_code", Integer),
+    Column("started_at", BigInteger),
+    Column("finished_at", BigInteger, nullable=False),
+    Column("duration_ms", Float),
+    Column("killed", Boolean, nullable=False),
+    Column("error", Text),
+)
+
 #: Who holds a named lease until when (epoch ms): the active replica of several gateways
 #: sharing one store. ``url`` is where the other replicas reach the holder.
 leases = Table(
@@ -200,8 +219,13 @@ def _v4(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE leases ADD COLUMN contended_until BIGINT"))
 
 
+def _v5(conn: Connection) -> None:
+    """The outcome of the child containers a call started (``invocation_children``)."""
+    metadata.create_all(conn, tables=[invocation_children])
+
+
 #: Step i (0-based) brings a database from version i to version i + 1.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Any constant works; it only has to be the same for every gateway on one database.

@@ -3,7 +3,8 @@
 :class:`Store` is made of parts, one module each: the database and what its failures
 mean (:mod:`.db`), the write-behind buffer of records and logs (:mod:`.writebehind`), the
 durable async queue (:mod:`.queue`, its group commit :mod:`.group`), the leases of
-replicated gateways (:mod:`.lease`), retention (:mod:`.retention`) and the waits for a
+replicated gateways (:mod:`.lease`), the outcome of calls' child containers
+(:mod:`.children`), retention (:mod:`.retention`) and the waits for a
 call's result (:mod:`.waits`). This module opens and closes it and holds what is left:
 metadata, function specs and reading records and logs.
 
@@ -34,6 +35,7 @@ from sqlalchemy import case, delete, select
 from swarmless.exceptions import InvalidArgument, SwarmlessError
 from swarmless.records import InvocationRecord, now_ms
 from swarmless.spec import FunctionSpec
+from swarmless.store.children import ChildrenOps
 from swarmless.store.db import async_url, describe, engines
 from swarmless.store.lease import LeaseOps
 from swarmless.store.queue import QueueOps
@@ -60,7 +62,7 @@ class StoreStats:
     swept: dict[str, int]
 
 
-class Store(QueueOps, LeaseOps, RetentionOps, WriteBehind):
+class Store(QueueOps, LeaseOps, RetentionOps, ChildrenOps, WriteBehind):
     """Function specs, invocation records and logs; open with :meth:`Store.open`::
 
     store = await Store.open("sqlite:///swarmless.db")
