@@ -106,6 +106,12 @@ class Settings:
     #: Caps on each child container when the caller's spec sets none (bytes, CPUs).
     proxy_memory: int = 256 * 1024 * 1024
     proxy_cpus: float = 1.0
+    #: Limits on every function container whose spec sets none: CPUs, processes and
+    #: threads (a fork bomb stops there), bytes of log the engine keeps (json-file or
+    #: local driver; another driver is left as configured). 0: no limit of ours.
+    function_cpus: float = 1.0
+    function_pids: int = 1024
+    function_log_size: int = 20 * 1024 * 1024
     #: The call this process serves (set inside function containers): calls made from
     #: here are recorded as its children.
     call_id: str | None = None
@@ -164,7 +170,14 @@ class Settings:
             if env is not None and env != "":
                 values[name] = env
         values.update({k: v for k, v in overrides.items() if v is not None})
-        ints = ("port", "proxy_port", "proxy_memory", "scale_plan_history")
+        ints = (
+            "port",
+            "proxy_port",
+            "proxy_memory",
+            "scale_plan_history",
+            "function_pids",
+            "function_log_size",
+        )
         for name, kind in ((n, int) for n in ints):
             if name in values:
                 try:
@@ -207,6 +220,9 @@ class Settings:
                     f"callback_allow: {entry!r} is neither a network (CIDR, e.g. 10.0.0.0/8) "
                     "nor a host name"
                 )
+        for name in ("function_cpus", "function_pids", "function_log_size"):
+            if name in values and values[name] < 0:
+                raise InvalidArgument(f"{name} must be >= 0 (0: no limit), got {values[name]!r}")
         if "metrics_public" in values:
             values["metrics_public"] = _boolean("metrics_public", values["metrics_public"])
         if "data_dir" in values:

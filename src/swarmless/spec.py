@@ -169,6 +169,15 @@ class FunctionSpec:
     queue_size: int = 1000
     #: Request body limit in bytes (sizes like ``"1m"`` accepted).
     max_body: int = 10 * MiB
+    #: Answer limit in bytes: a oneshot/cgi call's stdout, a warm worker's result. More is
+    #: refused (502 naming this limit; a one-shot container is killed at once).
+    max_output: int = 10 * MiB
+    #: Processes and threads one container may hold (a fork bomb stops there); None: the
+    #: gateway's ``function_pids`` setting.
+    pids: int | None = None
+    #: Bytes of output the engine keeps in a container's log; None: the gateway's
+    #: ``function_log_size`` setting.
+    log_size: int | None = None
     #: A private function needs the gateway token; a public one does not.
     private: bool = False
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -570,6 +579,9 @@ _CHECKS: dict[str, _Check] = {
     "paused_buffer": _BOOL,
     "queue_size": _integer(0, 1_000_000),
     "max_body": _size(0, MAX_BODY),
+    "max_output": _size(0, MAX_BODY),
+    "pids": _optional(_integer(16, 4_194_304)),
+    "log_size": _optional(_size(MiB, 1024**3)),
     "private": _BOOL,
     "labels": _mapping(
         " not starting with 'swarmless.' (reserved)", lambda k: k[:10] != "swarmless.", _CONTROL

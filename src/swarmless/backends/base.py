@@ -136,6 +136,8 @@ class OneShotResult:
     #: ms spent creating and starting the container, and running it.
     init_ms: float
     run_ms: float
+    #: stdout passed the spec's ``max_output``: the run was stopped, ``stdout`` is cut.
+    output_exceeded: bool = False
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -47,6 +47,7 @@ from swarmless.engine import (
 )
 from swarmless.exceptions import ContainerError, SwarmlessError
 from swarmless.ownership import select_containers
+from swarmless.runtime.package import INIT as PACKAGE_INIT
 from swarmless.sdk.run import RunOptions, execute
 from swarmless.spec import FunctionSpec
 
@@ -83,29 +84,10 @@ def runtime_package_dir(data_dir: Path) -> Path:
     return root
 
 
-#: The mounted package's ``__init__``: empty, unless the image has swarmless installed (the
-#: SDK, for function-to-function calls): then its first use loads the installed package,
-#: while ``swarmless.runtime`` stays the gateway's own.
-_STUB = """
-import os as _os
-import sys as _sys
-
-_here = _os.path.dirname(_os.path.abspath(__file__))
-
-
-def __getattr__(name):
-    for entry in [] if len(__path__) > 1 else _sys.path:
-        init = _os.path.join(entry or ".", "swarmless", "__init__.py")
-        real = _os.path.dirname(_os.path.abspath(init))
-        if real != _here and _os.path.isfile(init):
-            __path__.append(real)
-            with open(init) as f:
-                exec(compile(f.read(), init, "exec"), globals())
-            break
-    if name in globals():
-        return globals()[name]
-    raise AttributeError(f"module 'swarmless' has no attribute {name!r} (not installed here)")
-"""
+#: The mounted package's ``__init__`` (swarmless/runtime/package.py): an installed swarmless
+#: (the full SDK) if the image has one, else the in-function client (``from_env()``,
+#: invoke, spawn, result), while ``swarmless.runtime`` stays the gateway's own.
+_STUB = PACKAGE_INIT
 
 
 class DockerBackend(EngineBackend):
@@ -121,6 +103,10 @@ class DockerBackend(EngineBackend):
         self._watcher: threading.Thread | None = None
         self._closing = threading.Event()
         self._watched_down: str | None = None  # the watcher's own view (its thread's)
+        #: The engine's CPUs and default log driver (read at start): a default CPU limit
+        #: is never over the host's, and log sizes apply only to drivers that take them.
+        self._host_cpus = float("inf")
+        self._log_driver = ""
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -130,6 +116,9 @@ class DockerBackend(EngineBackend):
         self._loop = asyncio.get_running_loop()
         self._client = await self._call(connect, self.settings.docker_host)
         self._gateway_ip = await self._call(self._ensure_network)
+        info = await self._call(self._engine_info)
+        self._host_cpus = float(info.get("NCPU") or "inf")
+        self._log_driver = str(info.get("LoggingDriver") or "")
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self._runtime_dir = runtime_package_dir(self.settings.data_dir)
         self._watcher = threading.Thread(
@@ -237,6 +226,34 @@ class DockerBackend(EngineBackend):
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(self._engine_changed, down)
 
+    def _engine_info(self) -> dict[str, Any]:
+        with translate(api=self.client.api):
+            return dict(self.client.api.info())
+
+    # -- limits ----------------------------------------------------------------------
+
+    def limits(self, spec: FunctionSpec) -> dict[str, Any]:
+        """The limits every container of ``spec`` gets, as Engine API ``HostConfig``
+        entries: CPUs, processes and threads, log size. Each is the spec's, else the
+        gateway's default (``function_cpus``, ``function_pids``, ``function_log_size``;
+        0 there: none). A log size applies to the json-file and local drivers (two files of
+        half the size each); another driver is left as the engine's operator set it."""
+        s = self.settings
+        out: dict[str, Any] = {}
+        cpus = spec.cpus if spec.cpus is not None else min(s.function_cpus, self._host_cpus)
+        if cpus:
+            out["NanoCpus"] = int(cpus * 1e9)
+        pids = spec.pids if spec.pids is not None else s.function_pids
+        if pids:
+            out["PidsLimit"] = pids
+        size = spec.log_size if spec.log_size is not None else s.function_log_size
+        if size and self._log_driver in ("json-file", "local"):
+            out["LogConfig"] = {
+                "Type": self._log_driver,
+                "Config": {"max-size": str(max(size // 2, 1024)), "max-file": "2"},
+            }
+        return out
+
     # -- warm containers -----------------------------------------------------------
 
     def _host_config(self, spec: FunctionSpec, **extra: Any) -> dict[str, Any]:
@@ -286,6 +303,7 @@ class DockerBackend(EngineBackend):
                 f"{self._runtime_dir}:{RUNTIME_MOUNT}:ro",
             ]
             host_config = api.create_host_config(**cfg)
+            host_config.update(self.limits(spec))
             with translate(image=spec.image, api=api):
                 created = api.create_container(
                     image=spec.image,
@@ -356,7 +374,13 @@ class DockerBackend(EngineBackend):
 
         def run() -> OneShotResult:
             try:
-                o = execute(self.client.api, opts, kind=spec.mode)
+                o = execute(
+                    self.client.api,
+                    opts,
+                    kind=spec.mode,
+                    max_output=spec.max_output,
+                    host_config=self.limits(spec),
+                )
             except ContainerError as e:  # the command could not be executed at all
                 return OneShotResult(
                     container=e.container or "",
@@ -377,6 +401,7 @@ class DockerBackend(EngineBackend):
                 timed_out=o.timed_out,
                 init_ms=(o.t_started - o.t_create) * 1000,
                 run_ms=(o.t_exited - o.t_started) * 1000,
+                output_exceeded=o.output_exceeded,
             )
 
         try:

@@ -21,6 +21,7 @@ from swarmless.dispatch.recorder import Recorder
 from swarmless.dispatch.request import Request, Response
 from swarmless.exceptions import (
     ContainerError,
+    FunctionFailed,
     InvalidArgument,
     InvocationTimeout,
     OOMKilled,
@@ -151,6 +152,12 @@ class OneShotCalls:
         rec.init_ms = round(result.init_ms, 3)
         rec.run_ms = round(result.run_ms, 3)
         self._recorder.logs(rec.id, result.stdout, result.stderr)
+        if result.output_exceeded or len(result.stdout) > spec.max_output:
+            raise FunctionFailed(
+                f"function {spec.name!r} wrote more than {spec.max_output} bytes to stdout, "
+                "the limit of its answer (max_output)"
+                + ("; its container was stopped" if result.output_exceeded else "")
+            )
         if result.timed_out:
             raise InvocationTimeout(
                 f"function {spec.name!r} did not finish within {spec.timeout:g}s; "

@@ -15,6 +15,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from swarmless.gateway.openfaas_models import (
+    DeleteFunctionRequest,
+    FunctionDeployment,
+    FunctionStatus,
+    GatewayInfo,
+    ScaleServiceRequest,
+)
 from swarmless.records import STATUSES
 
 __all__ = [
@@ -78,6 +85,12 @@ class _SpecFields(BaseModel):
     timeout: float = Field(30.0, gt=0, le=3600, description="Seconds a call may run.")
     cpus: float | None = Field(
         None, ge=0.01, le=64, description="CPUs (at most the engine host's)."
+    )
+    pids: int | None = Field(
+        None,
+        ge=16,
+        le=4_194_304,
+        description="Processes and threads per container (default: the gateway's).",
     )
     concurrency: int = Field(1, ge=1, le=1000, description="Calls one container serves at once.")
     min_containers: int = Field(0, ge=0, le=1000)
@@ -157,6 +170,13 @@ class FunctionSpecBody(_SpecFields):
     max_body: int | Annotated[str, Field(pattern=SIZE)] = Field(
         10 * 1024**2, description="Request body limit: bytes or a size (up to 1 GiB)."
     )
+    max_output: int | Annotated[str, Field(pattern=SIZE)] = Field(
+        10 * 1024**2,
+        description="Answer limit (stdout, a worker's result): bytes or a size (up to 1 GiB).",
+    )
+    log_size: int | Annotated[str, Field(pattern=SIZE)] | None = Field(
+        None, description="Engine log kept per container: 1 MiB to 1 GiB (default: the gateway's)."
+    )
     labels: dict[str, Scalar] = Field(
         default_factory=dict, description="Labels on the function's containers."
     )
@@ -191,6 +211,8 @@ class FunctionSpecModel(_SpecFields):
     env: dict[str, str] = Field(default_factory=dict)
     memory: int | None = None
     max_body: int = 10 * 1024**2
+    max_output: int = 10 * 1024**2
+    log_size: int | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     secrets: list[str] = Field(default_factory=list)
     placement: list[str] = Field(default_factory=list)
@@ -338,7 +360,8 @@ class Operation:
     type (a raw body), or to None (no body); error statuses answer :class:`ErrorBody`."""
 
     params: tuple[Param, ...] = ()
-    body: type[BaseModel] | str | None = None
+    #: A model, one of several models, a media type (a raw body), or None (no body).
+    body: type[BaseModel] | tuple[type[BaseModel], ...] | str | None = None
     responses: dict[int, type[BaseModel] | str | tuple[type[BaseModel], str] | None] = (
         dataclasses.field(default_factory=dict)
     )
@@ -356,6 +379,9 @@ _FN_NAME = Param(
 )
 _CALL = Param("call_id", "path", {"type": "string", "pattern": CALL_ID}, "A call id.", True)
 _SECRET_NAME = Param("name", "path", {"type": "string", "pattern": SECRET}, "A secret name.", True)
+_NAMESPACE = Param(
+    "namespace", "query", {"type": "string", "enum": ["", "openfaas-fn"]}, "OpenFaaS's only one."
+)
 _SUB = Param("path", "path", {"type": "string"}, "Passed to the function as its path.", True)
 #: Any method of a function call (raw ASGI): the HTTP request is the function's input.
 _CALL_METHODS = ("get", "post", "put", "delete", "patch", "head", "options", "trace")
@@ -368,16 +394,39 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         responses={200: "application/json"}, auth="", tag="gateway"
     ),
     ("/docs", "get"): Operation(responses={200: "text/html"}, auth="", tag="gateway"),
-    ("/system/functions", "get"): Operation(responses={200: FunctionInfo}, array=True),
+    ("/system/functions", "get"): Operation(
+        params=(_NAMESPACE,), responses={200: FunctionInfo}, array=True, errors=(400, 401)
+    ),
+    # A swarmless spec, or OpenFaaS's FunctionDeployment (it has "service"; answered 202
+    # on POST, 200 on PUT, no body): swarmless.gateway.openfaas.
     ("/system/functions", "post"): Operation(
-        body=FunctionSpecBody,
-        responses={200: FunctionInfo, 201: FunctionInfo},
+        body=(FunctionSpecBody, FunctionDeployment),
+        responses={200: FunctionInfo, 201: FunctionInfo, 202: None},
         errors=(400, 401, 422, 503),
     ),
     ("/system/functions", "put"): Operation(
-        body=FunctionSpecBody,
+        body=(FunctionSpecBody, FunctionDeployment),
         responses={200: FunctionInfo, 201: FunctionInfo},
-        errors=(400, 401, 422, 503),
+        errors=(400, 401, 404, 422, 503),
+    ),
+    ("/system/functions", "delete"): Operation(
+        body=DeleteFunctionRequest, responses={200: None}, errors=(400, 401, 404), tag="openfaas"
+    ),
+    ("/system/function/{name}", "get"): Operation(
+        params=(_FN_NAME, _NAMESPACE),
+        responses={200: FunctionStatus},
+        errors=(400, 401, 404),
+        tag="openfaas",
+    ),
+    ("/system/scale-function/{name}", "post"): Operation(
+        params=(_FN_NAME,),
+        body=ScaleServiceRequest,
+        responses={202: None},
+        errors=(400, 401, 404),
+        tag="openfaas",
+    ),
+    ("/system/info", "get"): Operation(
+        responses={200: GatewayInfo}, errors=(400, 401), tag="openfaas"
     ),
     ("/system/functions/{name}", "get"): Operation(
         params=(_FN_NAME,), responses={200: FunctionInfo}, errors=(401, 404)

@@ -208,9 +208,14 @@ class RunOptions:
         }
 
 
-def _create(api: Any, opts: RunOptions, kind: str) -> str:
-    """Create the container, pulling its image first when the options allow."""
+def _create(
+    api: Any, opts: RunOptions, kind: str, host_config: Mapping[str, Any] | None = None
+) -> str:
+    """Create the container, pulling its image first when the options allow; the Engine
+    API's ``host_config`` entries (``PidsLimit``, ``LogConfig``) are added as they are."""
     kwargs = opts.create_kwargs(api, kind)
+    if host_config:
+        kwargs["host_config"].update(host_config)
     with translate(image=opts.image, api=api):
         if opts.pull == "always":
             _pull(api, opts.image)
@@ -331,16 +336,59 @@ class Outcome:
     t_create: float
     t_started: float
     t_exited: float
+    #: stdout passed ``max_output``: the container was killed, ``stdout`` holds its first
+    #: ``max_output`` bytes.
+    output_exceeded: bool = False
 
 
-def execute(api: Any, opts: RunOptions, kind: str = "run") -> Outcome:
-    """Run to completion and report what happened, without raising for the exit status."""
+class _Capped:
+    """One stream's bytes, at most ``limit`` of them (None: all); counts what it dropped."""
+
+    def __init__(self, limit: int | None) -> None:
+        self._buf = io.BytesIO()
+        self._limit = limit
+        self.size = 0
+        self.dropped = 0
+
+    def write(self, chunk: bytes) -> bool:
+        """Keep what fits; False once something did not."""
+        room = len(chunk) if self._limit is None else self._limit - self.size
+        if room >= len(chunk):
+            self._buf.write(chunk)
+            self.size += len(chunk)
+            return True
+        if room > 0:
+            self._buf.write(chunk[:room])
+            self.size += room
+        self.dropped += len(chunk) - max(room, 0)
+        return False
+
+    def getvalue(self) -> bytes:
+        return self._buf.getvalue()
+
+
+def execute(
+    api: Any,
+    opts: RunOptions,
+    kind: str = "run",
+    *,
+    max_output: int | None = None,
+    host_config: Mapping[str, Any] | None = None,
+) -> Outcome:
+    """Run to completion and report what happened, without raising for the exit status.
+
+    With ``max_output``, at most that many bytes of each stream are held: the container is
+    killed as soon as its stdout passes it (``Outcome.output_exceeded``), and stderr past
+    it is dropped (a line at its end says how much). ``host_config`` entries of the Engine
+    API (``PidsLimit``, ``LogConfig``) go into the container's as they are.
+    """
     t_create = time.monotonic()
-    container_id = _create(api, opts, kind)
+    container_id = _create(api, opts, kind, host_config)
     killer: _Killer | None = None
+    exceeded = False
     try:
         stdin = opts.stdin_bytes()
-        out, err = io.BytesIO(), io.BytesIO()
+        out, err = _Capped(max_output), _Capped(max_output)
         both = io.BytesIO() if (opts.stdout and opts.stderr) else None
         with translate(image=opts.image, api=api):
             params = {"stdout": 1, "stderr": 1, "stream": 1, "stdin": int(stdin is not None)}
@@ -355,7 +403,9 @@ def execute(api: Any, opts: RunOptions, kind: str = "run") -> Outcome:
                     feeder.start()
                 sink = opts.stderr_sink
                 for stream, chunk in frames_iter(sock, tty=False):
-                    (out if stream == _STDOUT else err).write(chunk)
+                    if not (out if stream == _STDOUT else err).write(chunk) and stream == _STDOUT:
+                        exceeded = True  # no more of it is read: stop the container now
+                        break
                     if both is not None:
                         both.write(chunk)
                     if sink is not None and stream == _STDERR:
@@ -364,20 +414,33 @@ def execute(api: Any, opts: RunOptions, kind: str = "run") -> Outcome:
                 if feeder is not None:
                     feeder.join(timeout=5)
             finally:
+                if exceeded:
+                    # The engine reports no exit (and a kill waits for one) while a stream
+                    # of the container waits for its reader: end the stream first, for
+                    # real (close() alone leaves the socket open while a reference lives).
+                    with contextlib.suppress(OSError):
+                        _raw_socket(sock).shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(Exception):
                     sock.close()
+            if exceeded:
+                with contextlib.suppress(Exception):
+                    api.kill(container_id)
             status, oom = _exit_status(api, container_id)
+        stderr = err.getvalue()
+        if err.dropped:
+            stderr += f"\n[{err.dropped} more bytes of stderr dropped]\n".encode()
         return Outcome(
             container_id=container_id,
             status=status,
             stdout=out.getvalue(),
-            stderr=err.getvalue(),
+            stderr=stderr,
             combined=both.getvalue() if both is not None else None,
             oom=oom,
             timed_out=killer.fired,
             t_create=t_create,
             t_started=t_started,
             t_exited=time.monotonic(),
+            output_exceeded=exceeded,
         )
     finally:
         if killer is not None:
