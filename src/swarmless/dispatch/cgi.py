@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from swarmless.dispatch.request import NO_BODY, answer_problem
 from swarmless.exceptions import FunctionFailed
 
 __all__ = ["cgi_environ", "parse_cgi_response"]
@@ -101,4 +102,7 @@ def parse_cgi_response(output: bytes) -> tuple[int, list[tuple[str, str]], bytes
         status = 302
     if not headers and status == 200:
         raise FunctionFailed("malformed CGI response: no Content-Type, Location or Status header")
-    return status, headers, body
+    problem = answer_problem(status, headers)
+    if problem is not None:
+        raise FunctionFailed(f"malformed CGI response: {problem}")
+    return status, headers, b"" if status in NO_BODY else body

@@ -18,7 +18,9 @@ import logging
 
 from swarmless.dispatch.pool import RETIRE, Call, Result, Worker
 from swarmless.dispatch.recorder import Recorder
+from swarmless.dispatch.request import NO_BODY, answer_problem
 from swarmless.dispatch.workers import WorkerRegistry
+from swarmless.exceptions import PayloadTooLarge
 from swarmless.gateway.asgi import ClientGone as ClientGone
 from swarmless.gateway.asgi import (
     Receive,
@@ -30,12 +32,15 @@ from swarmless.gateway.asgi import (
     send_response,
 )
 
-__all__ = ["LONG_POLL", "RuntimeAPI"]
+__all__ = ["LOGS_LIMIT", "LONG_POLL", "RuntimeAPI"]
 
 log = logging.getLogger("swarmless.runtime_api")
 
 #: How long a poll waits for work before answering 204.
 LONG_POLL = 25.0
+#: The largest body of a worker's logs (the runtime sends 1 MiB per stream at most, as
+#: JSON); a result's limit is its function's ``max_output``.
+LOGS_LIMIT = 16 << 20
 _JSON = [(b"content-type", b"application/json")]
 
 
@@ -58,18 +63,33 @@ class RuntimeAPI:
             )
             return
         worker, pool = found
+        path: str = scope["path"]
+        logs = path.startswith("/runtime/logs/")
+        done_id = None if logs else header(scope, b"x-swarmless-result-for")
+        limit = LOGS_LIMIT if logs else pool.spec.max_output
         try:
-            body = await read_body(scope, receive)
+            body = await read_body(scope, receive, limit)
         except ClientGone:
             return
-        path: str = scope["path"]
-        if path.startswith("/runtime/logs/"):
+        except PayloadTooLarge:
+            # Not one byte more is held: the call fails now, the worker hears why (its
+            # runtime then sends an error in its place, which finds the call finished).
+            what = "logs" if logs else "result"
+            message = f"its {what} is over the limit of {limit} bytes" + (
+                "" if logs else " (max_output)"
+            )
+            if done_id:
+                failed = Result(status=502, headers=[], body=b"", error=message)
+                pool.complete(worker, done_id, failed)
+            body = json.dumps({"error": "payload_too_large", "message": message}).encode()
+            await send_response(send, 413, body, _JSON)
+            return
+        if logs:
             await self._logs(worker, path[len("/runtime/logs/") :], body, send)
             return
         if path != "/runtime/next" or scope["method"] != "POST":
             await send_response(send, 404, b'{"error":"not_found"}', _JSON)
             return
-        done_id = header(scope, b"x-swarmless-result-for")
         if done_id:
             pool.complete(worker, done_id, _result(scope, body))
         got = pool.take(worker)  # work waiting already: no long poll, no tasks
@@ -146,7 +166,14 @@ def _result(scope: Scope, body: bytes) -> Result:
     try:
         status = int(status_text)
     except ValueError:
+        error = error or f"it answered a status that is not a number: {status_text[:40]!r}"
         status = 502
+    if error is None:
+        # What cannot be sent as an HTTP answer fails here (502 naming why), never later
+        # as a dropped connection.
+        error = answer_problem(status, headers)
+        if status in NO_BODY:
+            body = b""
     return Result(
         status=status,
         headers=headers,
