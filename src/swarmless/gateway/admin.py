@@ -32,7 +32,7 @@ from swarmless.exceptions import (
     SpecError,
     SwarmlessError,
 )
-from swarmless.gateway.asgi import header_safe
+from swarmless.gateway.asgi import bearer, header_safe
 from swarmless.gateway.async_routes import get_result, list_schedules, retry_invocation
 from swarmless.gateway.capacity import EngineCapacity, check_deployable
 from swarmless.gateway.context import GatewayContext
@@ -139,8 +139,7 @@ class Admin:
         return JSONResponse(body, status_code=500, headers={"x-swarmless-error": "1"})
 
     def _admin(self, request: HTTPRequest) -> Dispatcher:
-        auth = request.headers.get("authorization", "")
-        self.gw.check_admin(auth[7:].strip() if auth[:7].lower() == "bearer " else None)
+        self.gw.check_admin(bearer(request.scope))  # Bearer, or Basic admin:<token>
         assert self.gw.dispatcher is not None
         return self.gw.dispatcher
 
@@ -249,6 +248,11 @@ class Admin:
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 1000):
             raise InvalidArgument(
                 f"replicas must be a whole number from 0 to 1000 or null, got {n!r}"
+            )
+        if n is not None and n > spec.max_containers:
+            raise InvalidArgument(
+                f"replicas {n} is over the max_containers of function {name!r} "
+                f"({spec.max_containers}); raise max_containers first"
             )
         rec.pin(n)
         return JSONResponse(self._describe(spec, version))

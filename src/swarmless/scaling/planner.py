@@ -291,7 +291,10 @@ def plan(snapshot: Snapshot, spec: FunctionSpec, settings: ScalingSettings = _DE
     )
     state: State | None
     if s.pinned is not None:
-        decision, state = Decision(s.pinned, f"pinned to {s.pinned}", False), None
+        # A pin over max_containers (the function redeployed with a lower one) stops there.
+        n = min(s.pinned, spec.max_containers)
+        why = f"pinned to {s.pinned}" + (f" (max_containers {n})" if n < s.pinned else "")
+        decision, state = Decision(n, why, False), None
     else:
         sspec = scaling_spec(spec, settings)
         decision, state = decide((*s.history, obs), sspec, s.state, now, len(current))
