@@ -69,6 +69,7 @@ __all__ = [
     "NeverFires",
     "load_file",
     "next_fire",
+    "read_env_files",
 ]
 
 Mode = Literal["oneshot", "cgi", "warm"]
@@ -111,6 +112,10 @@ _IMAGE = re.compile(
     r"(?::[\w][\w.-]{0,127})?"
     r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
 )
+#: An image's id on an engine (its configuration's digest).
+_IMAGE_ID = re.compile(r"[a-z0-9]{1,16}:[0-9a-f]{32,128}")
+#: A name in a .env file.
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 #: A Docker network name (what the engine accepts).
 _NETWORK = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 #: Control characters: refused in names and values that reach the engine (a NUL cannot be
@@ -141,8 +146,14 @@ class FunctionSpec:
 
     name: str
     image: str | None = None
+    #: What the image holds: the engine's id of ``image``, set by the gateway at deploy (a
+    #: deploy whose image changed is a new version, rolled out); given, it is checked.
+    image_id: str | None = None
     #: A build context directory; its image is tagged ``image`` (default swarmless-fn/NAME).
     build: str | None = None
+    #: The Dockerfile to build with, a path inside ``build`` (default: ``build``/Dockerfile
+    #: when there is one, else a Dockerfile generated for the mode and base image).
+    dockerfile: str | None = None
     mode: Mode = "oneshot"
     command: list[str] | None = None
     #: Warm mode: ``module:callable`` (python, wsgi) or a command line (command, cgi: forked
@@ -150,6 +161,9 @@ class FunctionSpec:
     handler: str | None = None
     handler_kind: HandlerKind = "python"
     env: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: ``.env`` files (``KEY=VALUE`` lines) beside the swarmless.yml, read when the file is
+    #: loaded (:func:`load_file`) into ``env`` (whose own entries win).
+    env_file: tuple[str, ...] = ()
     secrets: tuple[str, ...] = ()
     #: Seconds; enforced by the dispatcher, the one owner of a call's deadline.
     timeout: float = 30.0
@@ -239,6 +253,16 @@ class FunctionSpec:
         build = kwargs.get("build")
         if base_dir is not None and isinstance(build, str) and build.strip():
             kwargs["build"] = str(Path(base_dir) / Path(build).expanduser())
+        # Only a file on this machine reads files (the gateway takes env as sent).
+        files = kwargs.get("env_file")
+        if base_dir is not None and files:
+            try:
+                from_files = read_env_files(files, Path(base_dir))
+            except SpecError as e:
+                errors.update(e.errors)
+            else:
+                env = kwargs.get("env")
+                kwargs["env"] = {**from_files, **env} if isinstance(env, Mapping) else env
         try:
             spec = cls(**kwargs)
         except SpecError as e:
@@ -336,6 +360,77 @@ def _load_functions(section: Any, base_dir: Path) -> list[FunctionSpec]:
     if errors:
         raise SpecError(errors)
     return specs
+
+
+# -- .env files --------------------------------------------------------------------------
+
+
+def read_env_files(files: Any, base_dir: Path) -> dict[str, str]:
+    """The variables of ``env_file`` (one path or a list, relative to ``base_dir``), later
+    files winning. Lines are ``KEY=VALUE`` (an ``export`` before is allowed), ``#`` starts a
+    comment line, a value may be quoted: ``'as is'`` or ``"with \\n escapes"``; an unquoted
+    value ends at `` #``. Nothing is expanded. A SpecError names the file and line."""
+    names = [files] if isinstance(files, str) else files
+    if not isinstance(names, list | tuple) or not all(
+        isinstance(n, str) and _inside(n) for n in names
+    ):
+        raise SpecError(
+            {"env_file": f"must be relative paths of .env files, like '.env', got {files!r}"}
+        )
+    out: dict[str, str] = {}
+    for name in names:
+        path = base_dir / name
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise SpecError({"env_file": f"cannot read {path}: {why}"}) from None
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                parsed = _env_line(line)
+            except _Bad as e:
+                raise SpecError({"env_file": f"{path}, line {number}: {e}"}) from None
+            if parsed is not None:
+                out[parsed[0]] = parsed[1]
+    return out
+
+
+def _env_line(line: str) -> tuple[str, str] | None:
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    if text.startswith("export "):
+        text = text[7:].lstrip()
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not _ENV_KEY.fullmatch(key):
+        raise _Bad(f"expected KEY=VALUE (a name of letters, digits and '_'), got {line!r}")
+    value = value.strip()
+    if value[:1] in ("'", '"'):
+        quote = value[0]
+        end = 1
+        chars: list[str] = []
+        while end < len(value) and value[end] != quote:
+            c = value[end]
+            if quote == '"' and c == "\\" and end + 1 < len(value):
+                end += 1
+                c = {"n": "\n", "t": "\t", "r": "\r"}.get(value[end], value[end])
+            chars.append(c)
+            end += 1
+        rest = value[end + 1 :].strip()
+        if end >= len(value) or (rest and not rest.startswith("#")):
+            raise _Bad(f"the value of {key} has no closing {quote} (one line per value)")
+        return key, "".join(chars)
+    comment = re.search(r"\s#", value)
+    return key, (value[: comment.start()] if comment else value).strip()
+
+
+def _inside(v: Any) -> bool:
+    """A relative path that stays inside its folder (no '..', not absolute)."""
+    if not isinstance(v, str) or not v.strip() or "\0" in v or _CONTROL.search(v):
+        return False
+    path = Path(v)
+    return not path.is_absolute() and ".." not in path.parts and not v.startswith("~")
 
 
 # -- validation ------------------------------------------------------------------------
@@ -545,8 +640,20 @@ _CHECKS: dict[str, _Check] = {
             "'registry.example:5000/team/app:1.2' (lower-case repository)",
         )
     ),
+    "image_id": _optional(
+        _rule(
+            lambda v: isinstance(v, str) and _IMAGE_ID.fullmatch(v),
+            "an image id like 'sha256:<64 hex digits>'",
+        )
+    ),
     "build": _optional(
         _rule(lambda v: isinstance(v, str) and v.strip() and "\0" not in v, "a directory")
+    ),
+    "dockerfile": _optional(
+        _rule(
+            lambda v: isinstance(v, str) and _inside(v),
+            "a relative path inside the build folder, like 'Dockerfile.prod'",
+        )
     ),
     "mode": _choice(MODES),
     "command": _optional(_command),
@@ -563,6 +670,7 @@ _CHECKS: dict[str, _Check] = {
         lambda k: "=" not in k and not k.startswith("SWARMLESS_"),
         _CONTROL_IN_VALUE,
     ),
+    "env_file": _strings(_inside, "relative paths of .env files, like '.env'"),
     "secrets": _strings(_SECRET.fullmatch, "secret names (a-z, 0-9, '-', '_', '.')"),
     "timeout": _rule(lambda v: _num(v) and 0 < v <= 3600, "a number > 0 and <= 3600", float),
     "memory": _optional(_size(6 * MiB, MAX_MEMORY)),
@@ -640,6 +748,8 @@ def _validate(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
 
     if valid("image", "build") and values["image"] is None and values["build"] is None:
         errors["image"] = "required: give an image, a build directory, or both; got neither"
+    if valid("build", "dockerfile") and values["dockerfile"] and values["build"] is None:
+        errors["dockerfile"] = "needs 'build:' (the folder it builds), got no build folder"
     if valid("build") and values["build"] is not None:
         values["build"] = os.path.normpath(os.path.abspath(os.path.expanduser(values["build"])))
         if valid("name", "image") and values["image"] is None:
