@@ -17,10 +17,13 @@ The layout (each imports only those below it):
 - :mod:`~swarmless.runtime.invocation`: what they share (an invocation, its result, the
   handler interface, an exception as a result);
 - :mod:`~swarmless.runtime.capture`: thread-aware ``sys.stdout``/``sys.stderr`` so each
-  invocation's prints become that invocation's logs.
+  invocation's prints become that invocation's logs;
+- :mod:`~swarmless.runtime.client`: the SDK inside a function (``swarmless.from_env()``:
+  invoke, spawn, result, with the container's caller token), loaded only when used.
 
-Standard library only, and nothing else from the swarmless package: a warm image carries
-just an empty ``swarmless/__init__.py`` and this directory. Imports are kept lazy (no
+Standard library only, and nothing else from the swarmless package: a function image
+carries just this directory and the ``swarmless/__init__.py`` of
+:mod:`~swarmless.runtime.package`. Imports are kept lazy (no
 ``typing``, no ``asyncio`` unless the handler is ``async def``, no ``subprocess`` unless the
 handler is a command) so start time and idle memory stay small.
 """

@@ -25,6 +25,7 @@ import time
 from swarmless.runtime import capture
 from swarmless.runtime.command import CommandHandler
 from swarmless.runtime.invocation import (
+    CURRENT,
     Context,
     FailedHandler,
     Handler,
@@ -179,16 +180,20 @@ def load_handler(kind: str, spec: str, *, workdir: str, function: str, concurren
 
 def run_handler(handler: Handler, inv: Invocation) -> Result:
     """Run one invocation; any exception becomes an error result, prints become logs."""
-    if not handler.captures_output:
-        try:
-            return handler(inv)
-        except BaseException as e:
-            return error_result(inv.call_id, e)
-    with capture.capturing() as (out, err):
-        try:
-            result = handler(inv)
-        except BaseException as e:
-            result = error_result(inv.call_id, e)
+    CURRENT.call_id = inv.call_id
+    try:
+        if not handler.captures_output:
+            try:
+                return handler(inv)
+            except BaseException as e:
+                return error_result(inv.call_id, e)
+        with capture.capturing() as (out, err):
+            try:
+                result = handler(inv)
+            except BaseException as e:
+                result = error_result(inv.call_id, e)
+    finally:
+        CURRENT.call_id = None
     result.stdout = out.getvalue()
     result.stderr = err.getvalue()
     return result

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 
 TYPE_CHECKING = False
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "CURRENT",
     "Context",
     "FailedHandler",
     "Handler",
@@ -29,6 +31,10 @@ __all__ = [
 ]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: The call each thread serves right now (``CURRENT.call_id``, set by ``run_handler``): the
+#: in-function client (:mod:`~swarmless.runtime.client`) names it as its calls' parent.
+CURRENT = threading.local()
 
 
 class Invocation:
