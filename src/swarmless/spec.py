@@ -261,7 +261,7 @@ class FunctionSpec:
             except SpecError as e:
                 errors.update(e.errors)
             else:
-                env = kwargs.get("env")
+                env = kwargs.get("env") or {}
                 kwargs["env"] = {**from_files, **env} if isinstance(env, Mapping) else env
         try:
             spec = cls(**kwargs)
