@@ -32,7 +32,7 @@ from swarmless.exceptions import GatewayUnavailable
 from swarmless.records import InvocationRecord, new_call_id, now_ms
 from swarmless.store import Store
 from tests.conftest import handler_image
-from tests.gateway_harness import TOKEN, CallLoad, RunningGateway, free_port
+from tests.gateway_harness import TOKEN, CallLoad, GatewayProcess, RunningGateway, free_port
 from tests.postgres_harness import ROOT
 from tests.waiting import eventually, wait_until
 
@@ -44,6 +44,10 @@ import time
 def hello(event, context):
     time.sleep(0.005)
     return {"ok": True}
+
+def slow(event, context):
+    time.sleep(3)
+    return {"size": len(event["body"])}
 """
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -351,3 +355,75 @@ def test_postgres_stopped_and_started_under_load(
         outage_under_load(gw, image, outage, "PostgreSQL stopped and started")
     finally:
         gw.stop(engine)
+
+
+# -- large calls reclaimed at start-up ---------------------------------------------------------
+
+
+def test_large_async_bodies_reclaimed_at_start_up_do_not_crash_loop(
+    engine: docker.DockerClient, image: str, tmp_path: Path
+) -> None:
+    """Two 64 MiB async calls are running when the gateway is killed: the restarted
+    gateway takes them back (a bounded amount of bodies per claim), stays up, and they end."""
+    instance = f"test-big-{uuid.uuid4().hex[:8]}"
+    network = engine.networks.create(
+        f"swarmless-{instance}", driver="bridge", labels={"swarmless.managed": "true"}
+    )
+    gateway = GatewayProcess(
+        tmp_path, instance, network.name, free_port(), {"SWARMLESS_LEASE_TTL": "2"}
+    )
+    size = 64 << 20
+    try:
+        gateway.start()
+        headers = {"Authorization": f"Bearer {gateway.token}"}
+        with httpx.Client(base_url=gateway.url, headers=headers, timeout=120) as http:
+            spec = {
+                "name": "big",
+                "image": image,
+                "mode": "warm",
+                "handler": "handler:slow",
+                "max_body": 128 << 20,
+                "timeout": 60,
+                "max_containers": 2,
+            }
+            assert http.post("/system/functions", json=spec).status_code == 201
+            ids = []
+            for i in range(2):
+                r = http.post("/async-function/big", content=bytes([65 + i]) * size)
+                assert r.status_code == 202, r.text
+                ids.append(r.headers["x-call-id"])
+
+            def running() -> bool:
+                return all(http.get(f"/invocations/{i}").json()["status"] == "running" for i in ids)
+
+            wait_until(running, 60, "both large calls running")
+        gateway.kill()
+        t0 = time.monotonic()
+        gateway.start()
+        up = time.monotonic() - t0
+        with httpx.Client(base_url=gateway.url, headers=headers, timeout=120) as http:
+
+            def ended() -> bool:
+                assert gateway.proc is not None
+                assert gateway.proc.poll() is None, "the gateway exited"
+                return all(
+                    http.get(f"/invocations/{i}").json()["status"] == "succeeded" for i in ids
+                )
+
+            wait_until(ended, 120, "both large calls succeeded after the restart")
+            took = time.monotonic() - t0
+            for i in ids:
+                assert http.get(f"/invocations/{i}/result").json() == {"size": size}
+            assert http.get("/healthz").json()["role"] == "active"
+        print(
+            f"\n[store faults] 2 x 64 MiB async calls reclaimed at start-up: healthy after "
+            f"{up:.1f} s, both succeeded {took:.1f} s after the restart"
+        )
+    finally:
+        gateway.stop()
+        for c in engine.api.containers(
+            all=True, filters={"label": f"swarmless.gateway={instance}"}
+        ):
+            with contextlib.suppress(docker.errors.DockerException):
+                engine.api.remove_container(c["Id"], force=True)
+        network.remove()
