@@ -11,8 +11,11 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import docker
+import httpx
+import jsonschema_rs
 import pytest
 from starlette.routing import Route
 
@@ -25,7 +28,8 @@ from swarmless.gateway.schemas import (
 )
 from swarmless.records import InvocationRecord
 from swarmless.spec import FunctionSpec
-from tests.gateway_harness import RunningGateway
+from tests.conftest import BUSYBOX
+from tests.gateway_harness import TOKEN, RunningGateway
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +62,8 @@ def test_every_admin_route_is_described(gw: RunningGateway) -> None:
         for name in re.findall(r"{(\w+)}", path):
             params = {p["name"] for p in described.get("parameters", []) if p["in"] == "path"}
             assert name in params, (path, method, name)
-        if op.auth == "admin":
-            assert described["security"] == [{"bearer": []}]
+        if op.auth == "admin":  # the token as bearer, or basic auth as OpenFaaS has it
+            assert described["security"] == [{"bearer": []}, {"basic": []}]
             assert "401" in described["responses"]
         for status, answer in described["responses"].items():
             if status.startswith(("4", "5")):
@@ -68,6 +72,7 @@ def test_every_admin_route_is_described(gw: RunningGateway) -> None:
     for raw in ("/function/{name}", "/async-function/{name}", "/runtime/next"):
         assert raw in spec["paths"]
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert spec["components"]["securitySchemes"]["basic"]["scheme"] == "basic"
     error = spec["components"]["schemas"]["ErrorBody"]
     assert set(error["required"]) == {"error", "message"}
 
@@ -97,3 +102,56 @@ def test_docs_page_lists_every_operation_offline(gw: RunningGateway) -> None:
     assert "FunctionSpecBody" in page
     # Nothing loaded from elsewhere: no src= or stylesheet link to another host.
     assert not re.search(r"""(src|href)=['"]?(https?:)?//""", page), "external resource"
+
+
+def _conforms(spec: dict[str, Any], r: httpx.Response, path: str) -> None:
+    """``r`` is an answer ``spec`` documents for ``path``, in the shape it gives."""
+    op = spec["paths"][path][r.request.method.lower()]
+    answer = op["responses"].get(str(r.status_code))
+    assert answer is not None, f"{r.request.method} {path}: {r.status_code} undocumented: {r.text}"
+    media = answer.get("content", {}).get("application/json")
+    if media is None:
+        assert r.content == b"", (path, r.text)
+        return
+    validator = jsonschema_rs.validator_for({**media["schema"], "components": spec["components"]})
+    errors = [e.message for e in validator.iter_errors(r.json())]
+    assert not errors, (r.request.method, path, errors, r.text)
+
+
+def test_openfaas_answers_are_as_described(gw: RunningGateway) -> None:
+    """Every OpenFaaS route, its successes and its errors, against /openapi.json."""
+    with gw.http(token=None) as anon:
+        spec = anon.get("/openapi.json").json()
+    deployment = {"service": "oa-rev", "image": BUSYBOX, "envProcess": "rev"}
+    with httpx.Client(base_url=gw.url, auth=("admin", TOKEN), timeout=60) as faas:
+        calls: list[tuple[httpx.Response, str]] = [
+            (faas.post("/system/functions", json=deployment), "/system/functions"),
+            (faas.put("/system/functions", json=deployment), "/system/functions"),
+            (faas.get("/system/functions"), "/system/functions"),
+            (faas.get("/system/function/oa-rev"), "/system/function/{name}"),
+            (faas.get("/system/function/oa-none"), "/system/function/{name}"),
+            (faas.get("/system/info"), "/system/info"),
+            (
+                faas.post("/system/scale-function/oa-rev", json={"replicas": 1}),
+                "/system/scale-function/{name}",
+            ),
+            (
+                faas.post("/system/functions", json={**deployment, "limits": {"memory": "1"}}),
+                "/system/functions",
+            ),
+            (faas.post("/system/functions", json={**deployment, "x": 1}), "/system/functions"),
+            (
+                faas.request("DELETE", "/system/functions", json={"functionName": "oa-rev"}),
+                "/system/functions",
+            ),
+            (
+                faas.request("DELETE", "/system/functions", json={"functionName": "oa-rev"}),
+                "/system/functions",
+            ),
+        ]
+    with httpx.Client(base_url=gw.url, auth=("admin", "wrong"), timeout=60) as wrong:
+        calls.append((wrong.get("/system/info"), "/system/info"))
+    statuses = [r.status_code for r, _ in calls]
+    assert statuses == [202, 202, 200, 200, 404, 200, 400, 422, 400, 200, 404, 401], statuses
+    for r, path in calls:
+        _conforms(spec, r, path)

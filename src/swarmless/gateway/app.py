@@ -14,6 +14,8 @@ Routes (OpenFaaS paths where they exist)::
     GET  /invocations/{id}[/logs|/result]  one record, its logs, an async call's answer
     POST /invocations/{id}/retry           redrive a dead async call (admin)
     GET  /healthz  /openapi.json  /docs
+    OpenFaaS's /system/functions (its bodies), /system/function/{name},
+    /system/scale-function/{name}, /system/info   (:mod:`~swarmless.gateway.openfaas`)
     GET  /metrics                          (admin, unless ``metrics_public``)
 
 Who serves what: this module routes; ``/function/*`` (the hot path: the edge, then the
@@ -61,6 +63,7 @@ from swarmless.gateway.asgi import Receive, Scope, Send, bearer
 from swarmless.gateway.async_routes import accept_async
 from swarmless.gateway.callbacks import CallbackPolicy, blocked_networks
 from swarmless.gateway.edge import Passed, filter_headers, networks
+from swarmless.gateway.openfaas import OpenFaaS
 from swarmless.gateway.replicas import Replicas, peer_url
 from swarmless.gateway.sync_routes import invoke_sync
 from swarmless.gateway.ui import Dashboard
@@ -218,7 +221,10 @@ class Gateway:
     def check_admin(self, token: str | None) -> None:
         """Unauthorized unless ``token`` is the admin token (or the gateway has none)."""
         if self.token and not self.is_admin_token(token):
-            raise Unauthorized("this route needs the admin token: Authorization: Bearer <token>")
+            raise Unauthorized(
+                "this route needs the admin token: Authorization: Bearer <token> "
+                "(or basic auth, user admin, the token as password)"
+            )
 
     # -- lifespan --------------------------------------------------------------------
 
@@ -335,6 +341,7 @@ class Gateway:
         routes = [
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/metrics", self.metrics_route, methods=["GET"]),
+            *OpenFaaS(self, admin, self.metrics.invocations).routes(),  # before admin's
             *admin.routes(),
             *Dashboard(self).routes(),  # /ui, and / showing it
         ]

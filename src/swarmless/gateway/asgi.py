@@ -6,6 +6,8 @@ the body, answer with one ``http.response.start`` and one body message, and noth
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -19,6 +21,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 __all__ = [
+    "BASIC_USER",
     "Receive",
     "Scope",
     "Send",
@@ -51,12 +54,29 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+#: The user name of Basic credentials whose password is a token (OpenFaaS's admin user).
+BASIC_USER = "admin"
+
+
 def bearer(scope: Scope) -> str | None:
-    """The token of an ``Authorization: Bearer`` header."""
+    """The token a request presents: that of an ``Authorization: Bearer`` header, or the
+    password of ``Authorization: Basic`` credentials for user ``admin`` (how OpenFaaS's
+    gateway and faas-cli authenticate; the password is the token). Anything else (another
+    user, bad base64, no colon) presents no token at all."""
     value = header(scope, b"authorization")
-    if value and value[:7].lower() == "bearer ":
-        return value[7:].strip()
-    return None
+    if not value:
+        return None
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return rest.strip() or None
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(rest.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):  # not base64, or not UTF-8
+        return None
+    user, colon, password = decoded.partition(":")
+    return password if colon and user == BASIC_USER and password else None
 
 
 class ClientGone(Exception):

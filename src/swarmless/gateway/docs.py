@@ -66,6 +66,8 @@ def _components() -> dict[str, Any]:
     for op in OPERATIONS.values():
         if isinstance(op.body, type):
             models.add(op.body)
+        elif isinstance(op.body, tuple):  # one of several shapes
+            models.update(op.body)
         for answer in op.responses.values():
             if isinstance(answer, type):
                 models.add(answer)
@@ -118,6 +120,8 @@ def _operation(path: str, method: str, op: Operation, doc: str) -> dict[str, Any
         body: dict[str, Any]
         if isinstance(op.body, str):
             body = {op.body: {"schema": {}}}
+        elif isinstance(op.body, tuple):
+            body = {"application/json": {"schema": {"oneOf": [_ref(m) for m in op.body]}}}
         else:
             body = {"application/json": {"schema": _ref(op.body)}}
         out["requestBody"] = {"required": not isinstance(op.body, str), "content": body}
@@ -138,9 +142,9 @@ def _operation(path: str, method: str, op: Operation, doc: str) -> dict[str, Any
         }
     out["responses"] = responses
     if op.auth == "admin":
-        out["security"] = [{"bearer": []}]
+        out["security"] = [{"bearer": []}, {"basic": []}]
     elif op.auth == "function":
-        out["security"] = [{}, {"bearer": []}]
+        out["security"] = [{}, {"bearer": []}, {"basic": []}]
     elif op.auth == "worker":
         out["security"] = [{"worker": []}]
     return out
@@ -176,13 +180,19 @@ def openapi_schema(routes: Sequence[BaseRoute]) -> dict[str, Any]:
             "version": __version__,
             "description": "Serverless functions on Docker. Admin routes need the gateway's "
             "admin token (`Authorization: Bearer <token>`, in the data directory's `token` "
-            'file). Every error answers JSON: `{"error": code, "message": ...}`.',
+            "file; or basic auth, user `admin`, the token as password, as OpenFaaS has it). "
+            "OpenFaaS's management routes are served too (tag `openfaas`). Every error "
+            'answers JSON: `{"error": code, "message": ...}`.',
         },
         "tags": [
             {"name": "functions", "description": "Calling functions (raw ASGI fast paths)."},
             {"name": "admin", "description": "Deploying and inspecting (admin token)."},
             {"name": "gateway", "description": "Health, metrics and this description."},
             {"name": "runtime", "description": "What warm containers call (worker token)."},
+            {
+                "name": "openfaas",
+                "description": "OpenFaaS's management API: its paths and bodies (faas-cli).",
+            },
         ],
         "components": {
             "schemas": _components(),
@@ -191,6 +201,11 @@ def openapi_schema(routes: Sequence[BaseRoute]) -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "The gateway's admin token.",
+                },
+                "basic": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "User admin, the admin token as password (as OpenFaaS).",
                 },
                 "worker": {
                     "type": "http",
@@ -276,8 +291,9 @@ def _type(schema: Any) -> str:
     if isinstance(ref, str):
         name = html.escape(ref.rsplit("/", 1)[1])
         return f"<a href='#schema-{name}'>{name}</a>"
-    if "anyOf" in schema:
-        return " | ".join(_type(s) for s in schema["anyOf"])
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return " | ".join(_type(s) for s in schema[key])
     if "enum" in schema:
         return "one of " + ", ".join(
             f"<code>{html.escape(json.dumps(v))}</code>" for v in schema["enum"]
@@ -326,7 +342,8 @@ def _model_html(name: str, schema: dict[str, Any]) -> str:
 
 def _example(schema: dict[str, Any], media: dict[str, Any]) -> str:
     """The first example of a request body's model, as JSON to edit."""
-    ref = media.get("schema", {}).get("$ref", "")
+    body = media.get("schema", {})
+    ref = body.get("$ref") or next((s["$ref"] for s in body.get("oneOf", [])), "")
     model = schema["components"]["schemas"].get(ref.rsplit("/", 1)[-1], {}) if ref else {}
     examples = model.get("examples") or []
     return json.dumps(examples[0], indent=2) if examples else ""

@@ -397,8 +397,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/system/functions", "get"): Operation(
         params=(_NAMESPACE,), responses={200: FunctionInfo}, array=True, errors=(400, 401)
     ),
-    # A swarmless spec, or OpenFaaS's FunctionDeployment (it has "service"; answered 202
-    # on POST, 200 on PUT, no body): swarmless.gateway.openfaas.
+    # A swarmless spec, or OpenFaaS's FunctionDeployment (it has "service"; answered 202,
+    # no body): swarmless.gateway.openfaas.
     ("/system/functions", "post"): Operation(
         body=(FunctionSpecBody, FunctionDeployment),
         responses={200: FunctionInfo, 201: FunctionInfo, 202: None},
@@ -406,7 +406,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("/system/functions", "put"): Operation(
         body=(FunctionSpecBody, FunctionDeployment),
-        responses={200: FunctionInfo, 201: FunctionInfo},
+        responses={200: FunctionInfo, 201: FunctionInfo, 202: None},
         errors=(400, 401, 404, 422, 503),
     ),
     ("/system/functions", "delete"): Operation(
