@@ -18,11 +18,18 @@ import yaml
 from click.testing import CliRunner
 
 import swarmless
-from swarmless.build import BuildError, build_function, dockerfile, runtime_files
+from swarmless.build import (
+    BuildError,
+    build_function,
+    dockerfile,
+    runtime_files,
+    system_ca_bundle,
+)
 from swarmless.cli import main
 from swarmless.cli.new import TEMPLATES, write_template
 from swarmless.config import Settings
 from swarmless.exceptions import ImageNotFound, InvalidArgument
+from swarmless.runtime.package import INIT as PACKAGE_INIT
 from swarmless.spec import load_file
 from tests.conftest import BUSYBOX, PYTHON
 from tests.test_runtime import (
@@ -90,6 +97,12 @@ def test_new_writes_a_valid_function_folder(tmp_path: Path, template: str) -> No
         assert spec.command == ["/function/handler.sh"]
         assert (folder / "handler.sh").stat().st_mode & 0o111
         assert Settings.load(folder / "swarmless.yml").base_image in (BUSYBOX, PYTHON)
+    elif template == "node":
+        assert (spec.mode, spec.command) == ("cgi", ["node", "/function/handler.js"])
+        assert Settings.load(folder / "swarmless.yml").base_image == "swarmless/node:bookworm"
+    elif template == "go":
+        assert (spec.mode, spec.command) == ("cgi", ["/handler"])
+        assert (folder / "Dockerfile").is_file()
     else:
         assert spec.mode == "warm"
         assert spec.handler_kind == ("wsgi" if template == "wsgi" else "python")
@@ -117,7 +130,9 @@ def test_dockerfile_shapes() -> None:
     assert "COPY swarmless/ /opt/swarmless/swarmless/" in warm
     assert "ENV PYTHONPATH=/opt/swarmless" in warm
     assert "SSL_CERT_FILE=/etc/swarmless-ca.pem PIP_CERT=/etc/swarmless-ca.pem" in warm
-    assert "python3 -m pip install --no-cache-dir" in warm
+    assert "python3 -m venv /opt/venv && " in warm
+    assert "/opt/venv/bin/pip install --no-cache-dir" in warm
+    assert "ENV PATH=/opt/venv/bin:$PATH VIRTUAL_ENV=/opt/venv" in warm
     assert warm.rstrip().endswith('CMD ["python3", "-m", "swarmless.runtime"]')
     # requirements before the folder, so editing code does not reinstall packages
     assert warm.index("requirements.txt") < warm.index("COPY function/ /function/")
@@ -125,12 +140,15 @@ def test_dockerfile_shapes() -> None:
     assert "python3" not in cgi
     assert "RUN" not in cgi
     assert cgi.rstrip().endswith('CMD ["/function/handler.sh"]')
+    # Every function carries the runtime's client (swarmless.from_env() inside it).
+    assert "COPY swarmless/ /opt/swarmless/swarmless/" in cgi
     assert set(runtime_files()) >= {
         "swarmless/__init__.py",
         "swarmless/runtime/__init__.py",
         "swarmless/runtime/__main__.py",
+        "swarmless/runtime/client.py",
     }
-    assert runtime_files()["swarmless/__init__.py"] == b""
+    assert runtime_files()["swarmless/__init__.py"] == PACKAGE_INIT.encode()
 
 
 # -- build_function on the engine ---------------------------------------------------------
@@ -241,23 +259,57 @@ def test_other_warm_templates_build(
 def test_requirements_need_pip(
     tmp_path: Path, helper_engine: docker.DockerClient, tags: Callable[[str], str]
 ) -> None:
-    folder = _new(tmp_path, "needs-pip", "python")
-    (folder / "requirements.txt").write_text("requests\n")
-    ca = tmp_path / "ca.pem"
-    ca.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+    folder = _new(tmp_path, "needs-pip", "cgi-shell")
+    (folder / "requirements.txt").write_text("six\n")
     with pytest.raises(BuildError) as info:
         build_function(
             folder,
             tag=tags("needs-pip"),
+            mode="cgi",
+            client=helper_engine,
+            base_image=BUSYBOX,
+            labels=dict(TEST_LABEL),
+        )
+    assert "has no pip and venv" in info.value.summary
+    assert "make images" in info.value.summary
+    assert "pip install" in info.value.step
+
+
+def test_requirements_install_from_the_package_registry_once(
+    tmp_path: Path,
+    helper_engine: docker.DockerClient,
+    tags: Callable[[str], str],
+    sdk: swarmless.Client,
+) -> None:
+    """A real package from PyPI, on the local base (pip and venv), through this machine's
+    CA bundle; editing the code reuses the installed layer, editing requirements.txt not."""
+    folder = _new(tmp_path, "deps-b", "python")
+    (folder / "requirements.txt").write_text("six==1.16.0\n")
+    tag = tags("deps-b")
+    ca = system_ca_bundle()
+
+    def build() -> list[str]:
+        lines: list[str] = []
+        build_function(
+            folder,
+            tag=tag,
             mode="warm",
             client=helper_engine,
             base_image=PYTHON,
             ca_bundle=ca,
             labels=dict(TEST_LABEL),
+            progress=lines.append,
         )
-    assert "has no pip" in info.value.summary
-    assert "SWARMLESS_BASE_IMAGE=python:3.11-slim" in info.value.summary
-    assert "pip install" in info.value.step
+        return lines
+
+    build()
+    code = "import six, sys; print(six.__version__, sys.prefix)"
+    out = sdk.run(tag, ["python3", "-c", code], labels=RUN_LABELS, timeout=30)
+    assert out == b"1.16.0 /opt/venv\n"
+    (folder / "handler.py").write_text((folder / "handler.py").read_text() + "\n# edited\n")
+    lines = build()
+    pip_step = next(i for i, line in enumerate(lines) if "pip install" in line)
+    assert "Using cache" in lines[pip_step + 1], lines[pip_step : pip_step + 3]
 
 
 def test_a_failing_step_reports_its_output(

@@ -2,10 +2,12 @@
 
 The build context is made in memory, as a tar::
 
-    Dockerfile           generated (unless the folder has its own: then the folder is the
-                         context, as is, and its Dockerfile is used unchanged)
+    Dockerfile           generated (unless the folder has its own, or the spec names one
+                         with ``dockerfile:``: then the folder is the context, as is, and
+                         that Dockerfile is used unchanged)
     function/...         the user's folder (minus .git, __pycache__, .venv, *.pyc)
-    swarmless/...        warm mode: the runtime (an empty swarmless/__init__.py + runtime/)
+    swarmless/...        the runtime and the in-function client (swarmless/__init__.py +
+                         runtime/), so that ``swarmless.from_env()`` works in every function
     swarmless-ca.pem     the CA bundle, when one is given
 
 and the generated Dockerfile is, for a warm function with a requirements.txt::
@@ -17,14 +19,24 @@ and the generated Dockerfile is, for a warm function with a requirements.txt::
     RUN <python3 >= 3.10 or a clear error> && python3 -m compileall -q /opt/swarmless
     COPY function/requirements.txt /function/requirements.txt
     COPY swarmless-ca.pem /etc/swarmless-ca.pem
-    RUN <pip present or a clear error> && SSL_CERT_FILE=... PIP_CERT=... \\
-        python3 -m pip install --no-cache-dir -r requirements.txt
+    RUN <venv present or a clear error> && python3 -m venv /opt/venv && \\
+        SSL_CERT_FILE=... PIP_CERT=... /opt/venv/bin/pip install --no-cache-dir -r requirements.txt
+    ENV PATH=/opt/venv/bin:$PATH VIRTUAL_ENV=/opt/venv
     COPY function/ /function/
     CMD ["python3", "-m", "swarmless.runtime"]
 
-``cgi`` and ``oneshot`` functions get neither the runtime nor a Python check, so a shell
-function builds on ``swarmless/busybox`` (which has no Python); their ``CMD`` is the
-function's ``command`` when one is given.
+The packages go into a virtual environment (Debian's Python refuses ``pip install`` into
+the system, PEP 668); its ``python3`` comes first on ``PATH``, so the runtime and the
+handler see them. The layer is cached by the engine on the content of requirements.txt
+(and of the CA bundle): editing the code does not reinstall, editing requirements.txt
+does. The local base ``swarmless/python:bookworm`` has pip and venv, and so has an
+upstream ``python:3.x-slim``: the Dockerfile is the same on both.
+
+``cgi`` and ``oneshot`` functions get no Python check, so a shell function builds on
+``swarmless/busybox`` (which has no Python); their ``CMD`` is the function's ``command``
+when one is given. A base image of :mod:`swarmless.baseimages` (Node.js, Go) that is not
+on the engine yet is built first, whether a generated or the folder's own Dockerfile names
+it.
 
 >>> client = swarmless.engine.connect()                         # doctest: +SKIP
 >>> build_function(Path("hello"), tag="swarmless-fn/hello:latest", mode="warm",
@@ -46,8 +58,20 @@ import docker
 
 from swarmless.engine import LABEL_FUNCTION, managed_labels, translate
 from swarmless.exceptions import ImageNotFound, InvalidArgument, SwarmlessError
+from swarmless.runtime.package import INIT as PACKAGE_INIT
 
-__all__ = ["BUILD_MODES", "BuildError", "build_function", "dockerfile", "runtime_files"]
+__all__ = [
+    "BUILD_MODES",
+    "BuildError",
+    "base_of",
+    "build_function",
+    "dockerfile",
+    "dockerfile_bases",
+    "follow",
+    "own_dockerfile",
+    "runtime_files",
+    "system_ca_bundle",
+]
 
 BUILD_MODES: tuple[str, ...] = ("warm", "cgi", "oneshot")
 
@@ -59,9 +83,11 @@ _SKIP_SUFFIXES = (".pyc", ".pyo")
 _NO_PYTHON = 97
 _NO_PIP = 98
 _NO_PIP_HINT = (
-    "the base image {base} has no pip, so requirements.txt cannot be installed: use a base "
-    "image with pip (e.g. SWARMLESS_BASE_IMAGE=python:3.11-slim) or vendor the packages "
-    "into the function folder"
+    "the base image {base} has no pip and venv, so requirements.txt cannot be installed: "
+    "rebuild the local base (make images, or scripts/base-images.sh: an image built before "
+    "pip was added is built again), use a base image with them (e.g. "
+    "SWARMLESS_BASE_IMAGE=python:3.11-slim where a registry can be pulled from), or vendor "
+    "the packages into the function folder"
 )
 _NO_PYTHON_HINT = (
     "warm functions run the swarmless runtime, which needs python3 >= 3.10 in the base "
@@ -78,6 +104,14 @@ _CHATTER = (
     "Successfully tagged",
 )
 _CA_PATH = "/etc/swarmless-ca.pem"
+_VENV = "/opt/venv"
+#: Where the host's own CA bundle usually is (Debian, Fedora, Alpine, macOS with Homebrew...).
+_SYSTEM_CA = (
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+)
+_FROM = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?\s*$", re.IGNORECASE)
 
 
 class BuildError(SwarmlessError):
@@ -94,11 +128,42 @@ class BuildError(SwarmlessError):
         self.output = output
 
 
+def system_ca_bundle() -> Path | None:
+    """This machine's CA bundle (``SSL_CERT_FILE``, else the usual places), or None.
+
+    pip in a build container trusts it too, so that requirements install behind a proxy
+    that re-signs TLS as well as they do here.
+    """
+    import os
+
+    for candidate in (os.environ.get("SSL_CERT_FILE", ""), *_SYSTEM_CA):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def dockerfile_bases(text: str) -> list[str]:
+    """The images a Dockerfile builds on, in order (``FROM`` lines; a stage named before
+    is not an image, ``scratch`` is kept): the last one is the final image's base."""
+    bases: list[str] = []
+    stages: set[str] = set()
+    for line in text.splitlines():
+        m = _FROM.match(line)
+        if m is None:
+            continue
+        image = m[1]
+        bases.append(image if image.lower() not in stages else f"stage {image}")
+        if m[2]:
+            stages.add(m[2].lower())
+    return bases
+
+
 def runtime_files() -> dict[str, bytes]:
-    """What a warm image carries of swarmless: ``swarmless/__init__.py`` (empty) and the
-    runtime's modules, keyed by their path under ``/opt/swarmless``."""
+    """What a function image carries of swarmless: ``swarmless/__init__.py`` (the package
+    face of a function container, :mod:`swarmless.runtime.package`) and the runtime's
+    modules, keyed by their path under ``/opt/swarmless``."""
     runtime = Path(__file__).parent / "runtime"
-    files = {"swarmless/__init__.py": b""}
+    files = {"swarmless/__init__.py": PACKAGE_INIT.encode()}
     for path in sorted(runtime.glob("*.py")):
         files[f"swarmless/runtime/{path.name}"] = path.read_bytes()
     return files
@@ -113,37 +178,43 @@ def dockerfile(
     command: Sequence[str] | None = None,
 ) -> str:
     """The Dockerfile generated for a function folder (see the module docstring)."""
-    lines = [f"FROM {base_image}", "WORKDIR /function"]
+    lines = [
+        f"FROM {base_image}",
+        "WORKDIR /function",
+        # Every function carries the runtime's client: swarmless.from_env() works in it.
+        "COPY swarmless/ /opt/swarmless/swarmless/",
+        "ENV PYTHONPATH=/opt/swarmless",
+    ]
     if mode == "warm":
         check = (
             "python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' "
             f"|| {{ echo 'swarmless: no python3 >= 3.10 in the base image' >&2; "
             f"exit {_NO_PYTHON}; }}"
         )
-        lines += [
-            "COPY swarmless/ /opt/swarmless/swarmless/",
-            "ENV PYTHONPATH=/opt/swarmless",
-            f"RUN {check} && python3 -m compileall -q /opt/swarmless",
-        ]
+        lines.append(f"RUN {check} && python3 -m compileall -q /opt/swarmless")
     if requirements:
         env = f"SSL_CERT_FILE={_CA_PATH} PIP_CERT={_CA_PATH} " if ca_bundle else ""
         check = (
-            "python3 -m pip --version >/dev/null 2>&1 "
-            f"|| {{ echo 'swarmless: no pip in the base image' >&2; exit {_NO_PIP}; }}"
+            "python3 -c 'import ensurepip, venv' >/dev/null 2>&1 "
+            f"|| {{ echo 'swarmless: no pip and venv in the base image' >&2; exit {_NO_PIP}; }}"
         )
         lines.append("COPY function/requirements.txt /function/requirements.txt")
         if ca_bundle:
             lines.append(f"COPY swarmless-ca.pem {_CA_PATH}")
-        lines.append(
-            f"RUN {check} && {env}python3 -m pip install --no-cache-dir "
-            "--disable-pip-version-check -r requirements.txt"
-        )
+        lines += [
+            f"RUN {check} && python3 -m venv {_VENV} && {env}{_VENV}/bin/pip install "
+            "--no-cache-dir --disable-pip-version-check -r requirements.txt",
+            f"ENV PATH={_VENV}/bin:$PATH VIRTUAL_ENV={_VENV}",
+        ]
     lines.append("COPY function/ /function/")
     if mode == "warm":
         lines.append('CMD ["python3", "-m", "swarmless.runtime"]')
     elif command:
         lines.append(f"CMD {json.dumps(list(command))}")
     return "\n".join(lines) + "\n"
+
+
+_generate = dockerfile  # build_function's parameter of that name hides the function
 
 
 def _skip(rel: Path) -> bool:
@@ -174,9 +245,7 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) 
     tar.addfile(info, io.BytesIO(data))
 
 
-def _context(
-    folder: Path, *, generated: str | None, runtime: bool, ca_bundle: Path | None
-) -> io.BytesIO:
+def _context(folder: Path, *, generated: str | None, ca_bundle: Path | None) -> io.BytesIO:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         if generated is None:
@@ -187,9 +256,8 @@ def _context(
             folder_entry.type, folder_entry.mode = tarfile.DIRTYPE, 0o755
             tar.addfile(folder_entry)  # COPY function/ needs it even for an empty folder
             _add_folder(tar, folder, "function/")
-            if runtime:
-                for name, data in runtime_files().items():
-                    _add_bytes(tar, name, data)
+            for name, data in runtime_files().items():
+                _add_bytes(tar, name, data)
             if ca_bundle is not None:
                 _add_bytes(tar, "swarmless-ca.pem", ca_bundle.read_bytes())
     buf.seek(0)
@@ -205,7 +273,7 @@ def _function_name(tag: str) -> str:
 def build_function(
     context_dir: Path,
     *,
-    tag: str,
+    tag: str | None,
     mode: str,
     client: docker.DockerClient,
     base_image: str,
@@ -214,16 +282,21 @@ def build_function(
     labels: dict[str, str] | None = None,
     function: str | None = None,
     command: Sequence[str] | None = None,
+    dockerfile: str | None = None,
 ) -> str:
     """Build the function folder ``context_dir`` into ``tag``; returns the image id.
 
     ``mode`` is ``warm`` (the swarmless runtime is added and is the image's command),
     ``cgi`` or ``oneshot`` (``command``, when given, becomes the image's command). A
-    ``requirements.txt`` is installed with pip (through ``ca_bundle`` when given); a
-    folder with its own ``Dockerfile`` is built as is. ``progress`` receives every line of
-    build output (``Step N/M : ...`` starts a step). The image is labelled
-    ``swarmless.managed=true`` and ``swarmless.function=<function>`` (default: the last
-    part of ``tag``'s repository) plus ``labels``.
+    ``requirements.txt`` is installed with pip into a virtual environment (trusting
+    ``ca_bundle`` when given); a folder with its own ``Dockerfile`` (or the one
+    ``dockerfile`` names, a path inside the folder) is built as is. The base images of
+    :mod:`swarmless.baseimages` it names are built first when missing. ``progress``
+    receives every line of build output (``Step N/M : ...`` starts a step). The image is
+    labelled ``swarmless.managed=true`` and ``swarmless.function=<function>`` (default: the
+    last part of ``tag``'s repository) plus ``labels``. ``tag=None`` leaves the image
+    untagged (its id is what names it: ``swarmless deploy`` tags it once every function of
+    the file has passed its checks).
 
     Raises :class:`BuildError` with the failing step's output, :class:`ImageNotFound` when
     the base image is missing, :class:`InvalidArgument` for a bad folder or mode.
@@ -235,44 +308,91 @@ def build_function(
         raise InvalidArgument(f"mode must be one of {', '.join(BUILD_MODES)}, got {mode!r}")
     if ca_bundle is not None and not Path(ca_bundle).is_file():
         raise InvalidArgument(f"CA bundle {ca_bundle} is not a file")
-    own = (folder / "Dockerfile").is_file()
+    own = own_dockerfile(folder, dockerfile)
     generated = None
-    if not own:
-        generated = dockerfile(
+    requirements = (folder / "requirements.txt").is_file()
+    if own is None:
+        generated = _generate(
             base_image=base_image,
             mode=mode,
-            requirements=(folder / "requirements.txt").is_file(),
-            ca_bundle=ca_bundle is not None,
+            requirements=requirements,
+            ca_bundle=ca_bundle is not None and requirements,
             command=command,
         )
-    context = _context(folder, generated=generated, runtime=mode == "warm", ca_bundle=ca_bundle)
-    name = function or (labels or {}).get(LABEL_FUNCTION) or _function_name(tag)
-    all_labels = managed_labels("image", labels, function=name)
-    with translate(image=base_image):
+        bases = [base_image]
+    else:
+        bases = dockerfile_bases(own.read_text(errors="replace"))
+    _ensure_bases(client, bases, progress)
+    context = _context(folder, generated=generated, ca_bundle=ca_bundle if requirements else None)
+    name = function or (labels or {}).get(LABEL_FUNCTION) or (tag and _function_name(tag)) or ""
+    more = {"function": name} if name else {}
+    all_labels = managed_labels("image", labels, **more)
+    shown = tag or f"the image of {name or folder.name}"
+    with translate(image=bases[-1] if bases else base_image):
         stream = client.api.build(
             fileobj=context,
             custom_context=True,
             tag=tag,
+            dockerfile=own.relative_to(folder).as_posix() if own is not None else None,
             rm=True,
             forcerm=True,
             pull=False,
             labels=all_labels,
             decode=True,
         )
-        image_id = _follow(stream, base_image=base_image, tag=tag, progress=progress)
+        image_id = follow(stream, base_image=base_image, tag=shown, progress=progress)
         if not image_id:
+            if tag is None:
+                raise BuildError(f"building {shown} gave no image id")
             image_id = str(client.api.inspect_image(tag)["Id"])
     return image_id
 
 
-def _follow(
+def own_dockerfile(folder: Path, dockerfile: str | None = None) -> Path | None:
+    """The folder's own Dockerfile: the one ``dockerfile`` names (it must exist, inside the
+    folder), else ``Dockerfile`` when there is one, else None (one is generated)."""
+    if dockerfile is None:
+        path = folder / "Dockerfile"
+        return path if path.is_file() else None
+    path = (folder / dockerfile).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        raise InvalidArgument(f"dockerfile {dockerfile!r} is outside the build folder {folder}")
+    if not path.is_file():
+        raise InvalidArgument(f"dockerfile {dockerfile!r}: no such file in {folder}")
+    return folder / dockerfile
+
+
+def base_of(
+    folder: Path, *, base_image: str, dockerfile: str | None = None
+) -> tuple[str, list[str]]:
+    """What an image built from ``folder`` is based on: the final ``FROM`` and every image
+    the build uses (one for a generated Dockerfile, each stage's for the folder's own)."""
+    own = own_dockerfile(Path(folder), dockerfile)
+    if own is None:
+        return base_image, [base_image]
+    bases = dockerfile_bases(own.read_text(errors="replace"))
+    images = [b for b in bases if not b.startswith("stage ")]
+    return (bases[-1] if bases else "?"), images
+
+
+def _ensure_bases(
+    client: docker.DockerClient, bases: Sequence[str], progress: Callable[[str], None] | None
+) -> None:
+    from swarmless import baseimages
+
+    for image in dict.fromkeys(bases):
+        if image in baseimages.RECIPES:
+            baseimages.ensure(client, image, progress)
+
+
+def follow(
     stream: Iterable[dict[str, Any]],
     *,
     base_image: str,
     tag: str,
     progress: Callable[[str], None] | None,
 ) -> str:
-    """Read the build's JSON stream; the image id, or raise with the failing step."""
+    """Read a build's JSON stream; the image id, or raise with the failing step."""
     step = ""
     step_no = 0
     output: list[str] = []
