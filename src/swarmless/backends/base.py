@@ -224,6 +224,11 @@ class Backend(abc.ABC):
     async def ensure_image(self, image: str) -> None:
         """Raise ImageNotFound unless ``image`` is on the engine or can be pulled."""
 
+    async def image_id(self, image: str) -> str | None:
+        """The engine's id of ``image`` (what it holds: a deploy whose image changed is a
+        new version); None when it is not there, or the backend cannot tell."""
+        return None
+
     @abc.abstractmethod
     async def start_worker(self, launch: WorkerLaunch) -> str:
         """Start a warm container; returns the id the backend knows it by: the container's
@@ -333,6 +338,16 @@ class EngineBackend(Backend):
                         raise ImageNotFound(image, why) from e
 
         await self._call(check)
+
+    async def image_id(self, image: str) -> str | None:
+        def inspect() -> str | None:
+            with translate(image=image, api=self.client.api):
+                try:
+                    return str(self.client.api.inspect_image(image)["Id"])
+                except docker.errors.ImageNotFound:
+                    return None
+
+        return await self._call(inspect)
 
     def _pull_failed_hint(self, image: str) -> str:
         """What to add to the reason a missing image could not be pulled."""

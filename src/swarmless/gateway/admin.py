@@ -31,12 +31,14 @@ from swarmless.exceptions import (
     NotFound,
     SpecError,
     SwarmlessError,
+    Unauthorized,
 )
 from swarmless.gateway.asgi import bearer, header_safe
 from swarmless.gateway.async_routes import get_result, list_schedules, retry_invocation
 from swarmless.gateway.capacity import EngineCapacity, check_deployable
 from swarmless.gateway.context import GatewayContext
 from swarmless.gateway.docs import docs_page, openapi_schema
+from swarmless.gateway.rollout import ROLLOUT_WAIT, check_name, pin, preview, settle
 from swarmless.records import STATUSES, InvocationRecord
 from swarmless.spec import FunctionSpec
 
@@ -193,14 +195,39 @@ class Admin:
         return FunctionSpec.from_dict(data)
 
     async def deploy(self, request: HTTPRequest) -> Response:
-        """Deploy (or update) a function from a JSON spec."""
+        """Deploy (or update) a function from a JSON spec.
+
+        A new version (the spec changed, or what its image holds) of a warm function rolls
+        out before the answer: ``rollout`` says how (``?wait=S``, default 60, bounds the
+        wait). ``?dry_run=true`` checks everything and applies nothing: the answer says
+        what would change."""
         d = self._admin(request)
         spec = await self._spec_from(request)
-        return await self._deploy(d, spec)
+        return await self._deploy(d, spec, request)
 
-    async def _deploy(self, d: Dispatcher, spec: FunctionSpec) -> Response:
+    def _wait(self, request: HTTPRequest) -> float:
+        raw = request.query_params.get("wait")
+        if raw is None:
+            return ROLLOUT_WAIT
+        try:
+            wait = float(raw)
+        except ValueError:
+            wait = -1.0
+        if not 0 <= wait <= 600:
+            raise InvalidArgument(f"wait must be a number of seconds from 0 to 600, got {raw!r}")
+        return wait
+
+    async def _deploy(self, d: Dispatcher, spec: FunctionSpec, request: HTTPRequest) -> Response:
+        dry_run = request.query_params.get("dry_run", "").lower()
+        if dry_run not in ("", "0", "false", "1", "true"):
+            raise InvalidArgument(f"dry_run must be true or false, got {dry_run!r}")
+        if dry_run in ("1", "true"):
+            return JSONResponse(await preview(spec, d, self.gw.backend, self.capacity))
+        wait = self._wait(request)
         await check_deployable(spec, self.capacity)
-        existed = spec.name in d.functions
+        current, before = d.functions.get(spec.name, (None, None))
+        check_name(spec, current)
+        spec = await pin(spec, self.gw.backend)
         version = await d.deploy(spec)
         if spec.docker == "host-socket":
             log.warning(
@@ -210,14 +237,18 @@ class Admin:
             )
         if spec.name in d.pools:
             self.gw.start_reconciler(spec.name)
-        return JSONResponse(self._describe(spec, version), status_code=200 if existed else 201)
+        body = self._describe(spec, version)
+        body["previous_version"] = before
+        rollout = await settle(d, spec.name, version, wait if before != version else 0.0)
+        body["rollout"] = rollout.to_dict()
+        return JSONResponse(body, status_code=200 if current is not None else 201)
 
     async def update_function(self, request: HTTPRequest) -> Response:
         """Update a deployed function."""
         d = self._admin(request)
         name = request.path_params["name"]
         d.get(name)
-        return await self._deploy(d, await self._spec_from(request, name))
+        return await self._deploy(d, await self._spec_from(request, name), request)
 
     async def get_function(self, request: HTTPRequest) -> Response:
         """A function's spec, version and containers."""
@@ -310,9 +341,37 @@ class Admin:
         )
 
     async def get_result(self, request: HTTPRequest) -> Response:
-        """What a finished async call answered (``?wait=S`` waits for it)."""
-        self._admin(request)
+        """What a finished async call answered (``?wait=S`` waits for it). A function's
+        container may read the calls its function made (its caller token)."""
+        auth = request.headers.get("authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        try:
+            self.gw.check_admin(token)
+        except Unauthorized:
+            await self._own_child(token, request.path_params["call_id"])
         return await get_result(self.gw, request)
+
+    async def _own_child(self, token: str | None, call_id: str) -> None:
+        """Unauthorized unless ``token`` is a function container's and ``call_id`` a call
+        its function made (the call's parent is a call of that function)."""
+        assert self.gw.dispatcher is not None
+        assert self.gw.store is not None
+        grant = self.gw.callers.caller(token, self.gw.dispatcher)
+        if grant is None:
+            raise Unauthorized("this route needs the admin token: Authorization: Bearer <token>")
+        rec = await self.gw.store.get_invocation(call_id)
+        if rec is not None and rec.parent:
+            # The call this container serves now (its record may not be written yet)...
+            if self.gw.callers.parent(grant, rec.parent, self.gw.dispatcher) == rec.parent:
+                return
+            # ...or an earlier call of the same function.
+            parent = await self.gw.store.get_invocation(rec.parent)
+            if parent is not None and parent.function == grant.function:
+                return
+        raise Unauthorized(
+            f"function {grant.function!r} may read only the results of the calls it made; "
+            f"call {call_id} is not one of them"
+        )
 
     async def retry(self, request: HTTPRequest) -> Response:
         """Queue a dead or failed async call again (the dead letter's redrive)."""

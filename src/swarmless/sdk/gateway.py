@@ -384,9 +384,24 @@ class BaseGatewayClient:
             results.append((yield from self._op_result(call_id, timeout)))
         return results
 
-    def _op_deploy(self, spec: FunctionSpec | Mapping[str, Any]) -> Steps[dict[str, Any]]:
-        result = yield from self._op_json("POST", "/system/functions", json=_spec_json(spec))
-        return cast(dict[str, Any], result)
+    def _op_deploy(
+        self, spec: FunctionSpec | Mapping[str, Any], dry_run: bool, wait: float | None
+    ) -> Steps[dict[str, Any]]:
+        params = {"dry_run": "true"} if dry_run else {}
+        if wait is not None:
+            params["wait"] = f"{wait:g}"
+        # The answer comes once the new version has rolled out (60 s at most by default).
+        request = _Request(
+            "POST",
+            "/system/functions",
+            params=params,
+            headers={"Content-Type": "application/json"},
+            content=jsonlib.dumps(_spec_json(spec)).encode(),
+            read_timeout=(60.0 if wait is None else wait) + 30.0,
+        )
+        response = yield from self._exchange(request)
+        _raise_for(response)
+        return cast(dict[str, Any], response.json())
 
     def _op_functions(self) -> Steps[list[dict[str, Any]]]:
         result = yield from self._op_json("GET", "/system/functions")
@@ -561,9 +576,18 @@ class GatewayClient(BaseGatewayClient):
         """
         return self._drive(self._op_result(call_id, timeout))
 
-    def deploy(self, spec: FunctionSpec | Mapping[str, Any]) -> dict[str, Any]:
-        """Deploy or update a function; returns its description (version, containers)."""
-        return self._drive(self._op_deploy(spec))
+    def deploy(
+        self,
+        spec: FunctionSpec | Mapping[str, Any],
+        *,
+        dry_run: bool = False,
+        wait: float | None = None,
+    ) -> dict[str, Any]:
+        """Deploy or update a function; returns its description (version, containers, and
+        ``rollout``: a new version of a warm function has replaced the old one before this
+        returns, ``wait`` seconds at most, default 60). ``dry_run``: check, apply nothing,
+        and return what would change."""
+        return self._drive(self._op_deploy(spec, dry_run, wait))
 
     def functions(self) -> list[dict[str, Any]]:
         """Every deployed function, described."""
@@ -724,9 +748,15 @@ class AsyncGatewayClient(BaseGatewayClient):
         :meth:`GatewayClient.result`)."""
         return await self._drive(self._op_result(call_id, timeout))
 
-    async def deploy(self, spec: FunctionSpec | Mapping[str, Any]) -> dict[str, Any]:
-        """Deploy or update a function; returns its description (version, containers)."""
-        return await self._drive(self._op_deploy(spec))
+    async def deploy(
+        self,
+        spec: FunctionSpec | Mapping[str, Any],
+        *,
+        dry_run: bool = False,
+        wait: float | None = None,
+    ) -> dict[str, Any]:
+        """Like :meth:`GatewayClient.deploy`."""
+        return await self._drive(self._op_deploy(spec, dry_run, wait))
 
     async def functions(self) -> list[dict[str, Any]]:
         """Every deployed function, described."""
