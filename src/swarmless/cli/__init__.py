@@ -14,11 +14,14 @@ from swarmless.cli._base import main
 _COMMANDS = {
     "build": (
         "swarmless.cli.new",
-        "Build the image of every function in PATH/swarmless.yml that has 'build:'.",
+        "Build the images of TARGET: a folder or swarmless.yml (every function with "
+        "'build:'), or a function's name (declared in ./swarmless.yml, or deployed from a "
+        "folder here).",
     ),
     "deploy": (
-        "swarmless.cli.functions",
-        "Deploy the functions of a swarmless.yml (or a folder holding one).",
+        "swarmless.cli.deploy",
+        "Deploy the functions of a swarmless.yml (or a folder holding one): build, check "
+        "all, then apply all.",
     ),
     "doctor": (
         "swarmless.cli.doctor",

@@ -1,4 +1,4 @@
-"""Commands on deployed functions: deploy, invoke, ls, logs, rm, scale."""
+"""Commands on deployed functions: invoke, ls, logs, rm, scale."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from swarmless.cli._base import console, err_console, main
 from swarmless.config import Settings
 from swarmless.exceptions import SwarmlessError
 from swarmless.sdk.gateway import GatewayClient
-from swarmless.spec import load_file
 
 
 def _gateway() -> GatewayClient:
@@ -23,31 +22,6 @@ def _gateway() -> GatewayClient:
         if token_file.is_file():
             settings = Settings.load(token=token_file.read_text().strip())
     return GatewayClient(settings)
-
-
-@main.command()
-@click.argument("path", default="swarmless.yml", type=click.Path(exists=True))
-@click.option("--build/--no-build", default=True, help="Build functions that have `build:`.")
-@click.option("--only", multiple=True, help="Deploy only these functions.")
-def deploy(path: str, build: bool, only: tuple[str, ...]) -> None:
-    """Deploy the functions of a swarmless.yml (or a folder holding one)."""
-    file = Path(path)
-    if file.is_dir():
-        file = file / "swarmless.yml"
-    specs = load_file(file)
-    if only:
-        specs = [s for s in specs if s.name in only]
-    gw = _gateway()
-    for spec in specs:
-        if build and spec.build:
-            from swarmless.cli.new import build_spec
-
-            build_spec(spec)
-        result = gw.deploy(spec)
-        console.print(
-            f"deployed [bold]{spec.name}[/bold] ({spec.mode}) version {result['version']}"
-        )
-        console.print(f"  curl {gw.settings.gateway_urls[0]}/function/{spec.name}")
 
 
 @main.command()

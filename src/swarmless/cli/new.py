@@ -11,16 +11,18 @@ import click
 import docker
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
-from swarmless.build import BuildError, build_function
+from swarmless.build import BuildError, base_of, build_function, system_ca_bundle
 from swarmless.cli._base import console, err_console, main
 from swarmless.config import Settings
 from swarmless.engine import connect
-from swarmless.exceptions import InvalidArgument, SwarmlessError
+from swarmless.exceptions import FunctionNotFound, InvalidArgument, SwarmlessError
 from swarmless.spec import FunctionSpec, load_file
 
 __all__ = ["TEMPLATES", "build", "build_spec", "new", "write_template"]
 
-TEMPLATES: tuple[str, ...] = ("python", "python-http", "wsgi", "cgi-shell")
+TEMPLATES: tuple[str, ...] = ("python", "python-http", "wsgi", "cgi-shell", "node", "go")
+#: Other names ``new -t`` takes for a template.
+ALIASES = {"shell": "cgi-shell", "sh": "cgi-shell", "nodejs": "node", "js": "node", "golang": "go"}
 #: Names a function may have (the rule of swarmless.spec: a lower-case DNS label).
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 #: The placeholder a template uses for the function's name (a whole word only, so
@@ -30,6 +32,7 @@ _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 
 
 def _template_root(template: str) -> Traversable:
+    template = ALIASES.get(template, template)
     if template not in TEMPLATES:
         raise InvalidArgument(f"unknown template {template!r}; choose from {', '.join(TEMPLATES)}")
     return resources.files("swarmless") / "templates" / template
@@ -82,10 +85,11 @@ def write_template(name: str, template: str, dest: Path) -> list[Path]:
 @click.option(
     "--template",
     "-t",
-    type=click.Choice(TEMPLATES),
+    type=click.Choice([*TEMPLATES, *ALIASES], case_sensitive=False),
     default="python",
     show_default=True,
-    help="What kind of function to start from.",
+    help="What kind of function to start from: python (warm), python-http, wsgi, cgi-shell, "
+    "node (Node.js CGI), go (a static Go binary FROM scratch, CGI).",
 )
 @click.option(
     "--dir",
@@ -95,39 +99,82 @@ def write_template(name: str, template: str, dest: Path) -> list[Path]:
 )
 def new(name: str, template: str, directory: Path | None) -> None:
     """Create a function folder NAME from a template (never overwrites)."""
+    template = ALIASES.get(template.lower(), template.lower())
     dest = directory if directory is not None else Path(name)
     files = write_template(name, template, dest)
     console.print(f"created [bold]{dest}[/bold] ({template}): " + ", ".join(f.name for f in files))
-    console.print(f"next: [bold]swarmless build {dest}[/bold]")
+    console.print(
+        f"next: [bold]swarmless deploy {dest}[/bold] (builds it, then deploys), then "
+        f"[bold]swarmless invoke {name}[/bold]; {dest / 'README.md'} says more",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
-def _specs(path: Path) -> tuple[Path, list[FunctionSpec]]:
-    yml = path / "swarmless.yml" if path.is_dir() else path
-    if not yml.is_file():
-        raise InvalidArgument(f"no swarmless.yml in {path}; create one with `swarmless new`")
-    specs = [s for s in load_file(yml) if s.build]
-    if not specs:
-        raise InvalidArgument(f"no function in {yml} has 'build:'; nothing to build")
-    return yml, specs
+def _specs(target: str) -> tuple[Path | None, list[FunctionSpec]]:
+    """What ``swarmless build TARGET`` builds: a folder (its swarmless.yml) or a file, else a
+    function's name: declared in ./swarmless.yml, else deployed (its build folder)."""
+    path = Path(target)
+    if path.exists():
+        yml = path / "swarmless.yml" if path.is_dir() else path
+        if not yml.is_file():
+            raise InvalidArgument(f"no swarmless.yml in {path}; create one with `swarmless new`")
+        specs = [s for s in load_file(yml) if s.build]
+        if not specs:
+            raise InvalidArgument(f"no function in {yml} has 'build:'; nothing to build")
+        return yml, specs
+    here = Path("swarmless.yml")
+    if here.is_file():
+        for spec in load_file(here):
+            if spec.name == target:
+                if not spec.build:
+                    raise InvalidArgument(f"function {target!r} in {here} has no 'build:' folder")
+                return here, [spec]
+    from swarmless.cli.deploy import gateway
+
+    try:
+        deployed = FunctionSpec.from_dict(gateway().function(target)["spec"])
+    except FunctionNotFound:
+        deployed = None
+    except SwarmlessError as e:
+        raise InvalidArgument(
+            f"{target!r} is no folder or file, no function of ./swarmless.yml, and the "
+            f"gateway could not be asked about it ({e.message})"
+        ) from None
+    if deployed is None:
+        where = f"of {here}" if here.is_file() else "here (no ./swarmless.yml)"
+        raise InvalidArgument(
+            f"{target!r} is no folder or file, no function {where}, and no function "
+            "deployed on the gateway"
+        )
+    if not deployed.build or not Path(deployed.build).is_dir():
+        raise InvalidArgument(
+            f"function {target!r} is deployed from image {deployed.image}, not from a build "
+            "folder on this machine: build its folder (swarmless build PATH)"
+        )
+    yml = Path(deployed.build) / "swarmless.yml"
+    return (yml if yml.is_file() else None), [deployed.replace(image_id=None)]
 
 
 @main.command()
-@click.argument("path", default=".", type=click.Path(exists=True, path_type=Path))
+@click.argument("target", default=".")
 @click.option("--tag", help="Image tag (one function only); default: the function's image.")
 @click.option(
     "--ca-bundle",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     envvar="SWARMLESS_CA_BUNDLE",
-    help="CA certificates pip should trust while installing requirements.txt.",
+    help="CA certificates pip trusts while installing requirements.txt (default: this "
+    "machine's own bundle).",
 )
 @click.option(
     "--base",
     help="Base image (default: settings.base_image in swarmless.yml, SWARMLESS_BASE_IMAGE, "
     "else swarmless/python:bookworm).",
 )
-def build(path: Path, tag: str | None, ca_bundle: Path | None, base: str | None) -> None:
-    """Build the image of every function in PATH/swarmless.yml that has 'build:'."""
-    yml, specs = _specs(path)
+def build(target: str, tag: str | None, ca_bundle: Path | None, base: str | None) -> None:
+    """Build the images of TARGET: a folder or swarmless.yml (every function with 'build:'),
+    or a function's name (declared in ./swarmless.yml, or deployed from a folder here)."""
+    yml, specs = _specs(target)
     if tag and len(specs) > 1:
         raise InvalidArgument(f"--tag names one image, but {yml} builds {len(specs)} functions")
     for spec in specs:
@@ -141,29 +188,38 @@ def build_spec(
     ca_bundle: Path | None = None,
     base: str | None = None,
     config_file: Path | None = None,
+    untagged: bool = False,
 ) -> str:
     """Build ``spec.build`` into ``tag`` (default ``spec.image``) with a progress display.
 
     The base image is ``base``, else the settings of ``config_file`` (default: the
     swarmless.yml in the build folder, if any), where ``SWARMLESS_BASE_IMAGE`` and the
-    file's ``settings: base_image`` apply. Returns the image id.
+    file's ``settings: base_image`` apply. pip trusts ``ca_bundle``, else this machine's
+    CA bundle. ``untagged``: no tag at all (``swarmless deploy`` tags the image once every
+    function of its file has passed its checks). Returns the image id.
     """
     if not spec.build:
         raise InvalidArgument(f"function {spec.name!r} has no 'build:' folder")
     folder = Path(spec.build)
+    if not folder.is_dir():
+        raise InvalidArgument(f"function {spec.name!r}: its build folder {folder} does not exist")
     if config_file is None and (folder / "swarmless.yml").is_file():
         config_file = folder / "swarmless.yml"
     settings = Settings.load(config_file, base_image=base)
-    image = tag or spec.image or f"swarmless-fn/{spec.name}:latest"
+    image = None if untagged else tag or spec.image or f"swarmless-fn/{spec.name}:latest"
+    final, images = base_of(folder, base_image=settings.base_image, dockerfile=spec.dockerfile)
+    ca = ca_bundle or system_ca_bundle()
     client = connect(settings.docker_host)
     try:
-        image_id = _build_one(spec, image, settings.base_image, ca_bundle, client)
+        image_id = _build_one(spec, image, settings.base_image, ca, client)
     finally:
         client.close()
+    stages = [i for i in images if i != final]
+    shown_base = f"FROM {final}" + (f", built with {', '.join(stages)}" if stages else "")
     console.print(
-        f"[green]built[/green] [bold]{spec.name}[/bold] -> {image} "
-        f"[dim]({image_id.removeprefix('sha256:')[:12]}, {spec.mode}, "
-        f"FROM {settings.base_image})[/dim]",
+        f"[green]built[/green] [bold]{spec.name}[/bold]"
+        + (f" -> {image}" if image else "")
+        + f" [dim]({image_id.removeprefix('sha256:')[:12]}, {spec.mode}, {shown_base})[/dim]",
         highlight=False,
         soft_wrap=True,
     )
@@ -172,7 +228,7 @@ def build_spec(
 
 def _build_one(
     spec: FunctionSpec,
-    image: str,
+    image: str | None,
     base: str,
     ca_bundle: Path | None,
     client: docker.DockerClient,
@@ -206,6 +262,7 @@ def _build_one(
                 progress=on_line,
                 function=spec.name,
                 command=spec.command,
+                dockerfile=spec.dockerfile,
             )
         except BuildError as e:
             bar.stop()
