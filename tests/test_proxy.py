@@ -517,6 +517,7 @@ def test_children_die_with_their_parent(
         mode="warm",
         handler="handler:make_child",
         docker="scoped",
+        children_timeout=0,
     )
     kept = invoke(gw, "keeper2").json()
     worker = engine.api.inspect_container(kept["me"])["Id"]
@@ -533,14 +534,20 @@ def test_children_die_with_a_one_shot_call_and_the_gateway(
         tmp_path, labels, network=f"{PREFIX}-b-{SESSION}", proxy_images=(BUSYBOX,)
     ).start()
     try:
-        # A one-shot call that leaves a child running: the child goes when the call ends.
+        # A one-shot call that leaves a child running: with children_timeout 0 the child
+        # goes when the call ends (tests/test_children.py: a child outliving its call).
         script = (
             "import docker; c = docker.from_env(); "
             "k = c.containers.run('swarmless/busybox:latest', ['sleep', '300'], detach=True); "
             "print(k.id)"
         )
         deploy(
-            g, name="leaver", image=sdk_image, command=["python3", "-c", script], docker="scoped"
+            g,
+            name="leaver",
+            image=sdk_image,
+            command=["python3", "-c", script],
+            docker="scoped",
+            children_timeout=0,
         )
         child = invoke(g, "leaver").text.strip()
         g.wait_for(lambda: not exists(engine, child), 20, "the call's child to go")

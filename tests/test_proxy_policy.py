@@ -89,6 +89,7 @@ def test_create_forces_labels_caps_network_and_image_id() -> None:
         "swarmless.managed": "true",
         "swarmless.kind": "child",
         "swarmless.parent": ME,
+        "swarmless.children-timeout": "0",
     }
     host = body["HostConfig"]
     assert host["Memory"] == 128 * 1024**2

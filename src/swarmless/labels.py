@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "LABEL_CALL",
+    "LABEL_CHILDREN_TIMEOUT",
     "LABEL_FUNCTION",
     "LABEL_GATEWAY",
     "LABEL_INSTANCE",
@@ -16,6 +17,7 @@ __all__ = [
     "LABEL_MANAGED",
     "LABEL_OWNER",
     "LABEL_PARENT",
+    "LABEL_PARENT_CALL",
     "LABEL_WORKER",
     "managed_labels",
 ]
@@ -30,6 +32,11 @@ LABEL_FUNCTION = "swarmless.function"
 LABEL_CALL = "swarmless.call"
 #: The container that asked for this one (scoped Docker API).
 LABEL_PARENT = "swarmless.parent"
+#: A child's: the call its parent served when it asked for it (one-shot and cgi parents).
+LABEL_PARENT_CALL = "swarmless.parent-call"
+#: A child's: seconds it may go on running once its parent has exited (its function's
+#: ``children_timeout`` when it was made).
+LABEL_CHILDREN_TIMEOUT = "swarmless.children-timeout"
 #: The gateway instance that owns an object (several gateways may share one engine).
 LABEL_GATEWAY = "swarmless.gateway"
 #: The worker (warm container) an object is, as the gateway knows it.

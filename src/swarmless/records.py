@@ -3,7 +3,8 @@
 One :class:`InvocationRecord` per call: the gateway creates it when the call arrives, the
 dispatcher fills in timings as it moves, and the store keeps it (sync calls written behind
 in batches, async calls durably before they are accepted). Logs (the stdout and stderr of
-that invocation alone) are stored beside it, keyed by the same id.
+that invocation alone) are stored beside it, keyed by the same id, and so is how each child
+container the call started (scoped Docker API) ended: one :class:`ChildOutcome` each.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import random
 import time
 from typing import Any, Literal
 
-__all__ = ["STATUSES", "InvocationRecord", "Status", "new_call_id", "now_ms"]
+__all__ = ["STATUSES", "ChildOutcome", "InvocationRecord", "Status", "new_call_id", "now_ms"]
 
 Status = Literal["queued", "running", "succeeded", "failed", "timeout", "dead", "cancelled"]
 STATUSES: tuple[str, ...] = (
@@ -88,3 +89,30 @@ class InvocationRecord:
     def from_dict(cls, data: dict[str, Any]) -> InvocationRecord:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChildOutcome:
+    """How one child container of a call ended (it may outlive the call: the spec's
+    ``children_timeout``)."""
+
+    #: The call whose container started the child.
+    call_id: str
+    #: The child's container id (12 hex digits, as records show containers).
+    container: str
+    image: str | None = None
+    exit_code: int | None = None
+    #: Epoch ms; None when its start was not seen.
+    started_at: int | None = None
+    finished_at: int
+    duration_ms: float | None = None
+    #: Killed by swarmless: still running ``children_timeout`` seconds after its caller
+    #: exited.
+    killed: bool = False
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``GET /invocations/{id}`` shows of it (under ``detached``)."""
+        out = dataclasses.asdict(self)
+        del out["call_id"]
+        return out

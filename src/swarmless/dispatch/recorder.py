@@ -6,7 +6,9 @@ A sync call is never slowed by the store: its record and its logs (each stream c
 returns at once. The buffer is bounded: while the database is away and the buffer is
 full, a call still runs and its record is dropped, counted in the metrics
 (``swarmless_store_lost_total``). An async call's record is written durably by the async
-runner instead, with the call's fate.
+runner instead, with the call's fate. How a call's child containers ended (reported by the
+scoped Docker API, maybe long after the call) is written beside its record, in the
+background.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 
 from swarmless.dispatch.background import Background
 from swarmless.exceptions import SwarmlessError
-from swarmless.records import InvocationRecord
+from swarmless.records import ChildOutcome, InvocationRecord
 from swarmless.store import Store
 
 __all__ = ["LOG_LIMIT", "Recorder"]
@@ -47,6 +49,21 @@ class Recorder:
                 self._store.keep_logs(call_id, stdout[:LOG_LIMIT], stderr[:LOG_LIMIT])
             except SwarmlessError as e:
                 log.warning("the logs of %s were not kept: %s", call_id, e.message)
+
+    def child_ended(self, outcome: ChildOutcome) -> None:
+        """Keep how a child container of a call ended (in the background)."""
+        self._background.spawn(self._keep_child(outcome))
+
+    async def _keep_child(self, outcome: ChildOutcome) -> None:
+        try:
+            await self._store.record_child(outcome)
+        except SwarmlessError as e:
+            log.warning(
+                "the end of child %s of call %s was not kept: %s",
+                outcome.container,
+                outcome.call_id,
+                e.message,
+            )
 
     async def flush(self) -> None:
         """Write everything buffered now."""

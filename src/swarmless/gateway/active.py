@@ -15,6 +15,7 @@ other's attributes::
     Backend --watch_engine--> ActiveGateway (the engine went away, came back: resync)
     RuntimeAPI --> WorkerRegistry (whose token) and Recorder (a worker's logs)
     Backend <--use_caller_tokens-- CallerTokens <-- DockerProxy (scoped Docker API)
+    DockerProxy --on_child--> Recorder (how a call's child containers ended)
 
 Start: give the backend the caller tokens, start the scoped Docker API, remove containers
 a previous gateway left, load the functions, a reconciler per warm function, the async
@@ -90,7 +91,7 @@ class ActiveGateway:
         #: The autoscaler's windows and thresholds, for every reconciler.
         self.scaling = scaling
         background = Background()
-        recorder = Recorder(store, background)
+        recorder = self._recorder = Recorder(store, background)
         self.workers = WorkerRegistry(backend, background)
         self._background = background
         backend.subscribe(self.workers.container_exited)
@@ -125,7 +126,11 @@ class ActiveGateway:
         """Containers, queues, autoscalers, the async runner and the schedules."""
         self.backend.use_caller_tokens(self.callers)
         self.proxy = await start_proxy(
-            self.settings, self.backend, self.dispatcher.functions, self.callers
+            self.settings,
+            self.backend,
+            self.dispatcher.functions,
+            self.callers,
+            on_child=self._recorder.child_ended,
         )
         await self._remove_leftovers()
         await self.dispatcher.load()

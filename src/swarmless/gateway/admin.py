@@ -305,7 +305,23 @@ class Admin:
         records = await self.gw.store.list_invocations(
             function=q.get("function"), status=status, parent=q.get("parent"), limit=limit
         )
-        return JSONResponse([r.to_dict() for r in records])
+        return JSONResponse(await self._shown(records))
+
+    async def _shown(self, records: list[InvocationRecord]) -> list[dict[str, Any]]:
+        """Records as the API shows them: with how the child containers each call started
+        ended (``detached``); a child swarmless had to kill makes the call's ``error``."""
+        assert self.gw.store is not None
+        ended = await self.gw.store.children_of(r.id for r in records)
+        out = []
+        for rec in records:
+            body = rec.to_dict()
+            children = ended.get(rec.id, [])
+            body["detached"] = [c.to_dict() for c in children]
+            killed = [c.error for c in children if c.killed and c.error]
+            if killed:
+                body["error"] = "\n".join([*([rec.error] if rec.error else []), *killed])
+            out.append(body)
+        return out
 
     async def _record(self, request: HTTPRequest) -> InvocationRecord:
         """The record named by the route's ``call_id`` (admin only); 404 when unknown."""
@@ -318,11 +334,12 @@ class Admin:
         return rec
 
     async def get_invocation(self, request: HTTPRequest) -> Response:
-        """One invocation record, with the ids of the calls it made."""
+        """One invocation record, with the ids of the calls it made and how the child
+        containers it started ended."""
         rec = await self._record(request)
         assert self.gw.store is not None
         children = await self.gw.store.list_invocations(parent=rec.id, limit=1000)
-        body = rec.to_dict()
+        (body,) = await self._shown([rec])
         body["children"] = [c.id for c in children]
         return JSONResponse(body)
 

@@ -15,7 +15,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from swarmless.labels import LABEL_KIND, LABEL_MANAGED, LABEL_PARENT
+from swarmless.labels import (
+    LABEL_CHILDREN_TIMEOUT,
+    LABEL_KIND,
+    LABEL_MANAGED,
+    LABEL_PARENT,
+    LABEL_PARENT_CALL,
+)
 from swarmless.proxy.rules import (
     SDK_LABELS,
     Caller,
@@ -162,7 +168,8 @@ def _labels(
 ) -> dict[str, str]:
     """The child's labels: the caller's own (no ``swarmless.*``), then every
     ``swarmless.*`` label the image carries blanked (the engine would copy it onto the
-    child), then the forced ones."""
+    child), then the forced ones: whose child it is, the call it was made for, how long it
+    may outlive its parent."""
     if value is None:
         value = {}
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
@@ -171,13 +178,19 @@ def _labels(
         if key.startswith("swarmless.") and key not in SDK_LABELS:
             raise Refused("labels", f"label {key!r}: swarmless.* labels are set by swarmless")
     blanked = {k: "" for k in inherited or {} if k.startswith("swarmless.")}
+    forced = {
+        LABEL_MANAGED: "true",
+        LABEL_KIND: "child",
+        LABEL_PARENT: caller.container,
+        LABEL_CHILDREN_TIMEOUT: f"{caller.children_timeout:g}",
+    }
+    if caller.call_id:
+        forced[LABEL_PARENT_CALL] = caller.call_id
     return {
         **{k: v for k, v in value.items() if k not in SDK_LABELS},
         **blanked,
         **caller.labels,
-        LABEL_MANAGED: "true",
-        LABEL_KIND: "child",
-        LABEL_PARENT: caller.container,
+        **forced,
     }
 
 

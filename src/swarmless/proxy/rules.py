@@ -66,6 +66,10 @@ class Caller:
     max_children: int = 20
     #: Labels forced on every child besides the swarmless ones (gateway instance, tests).
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: The call a one-shot or cgi caller serves (its children are reported to its record).
+    call_id: str | None = None
+    #: Seconds its children may outlive it (its function's ``children_timeout``).
+    children_timeout: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -22,10 +22,13 @@ lock (counting the children on the engine plus the creates in flight) and gives 
 once the engine has answered. Exited children stop counting towards ``max_children``;
 at most as many again may be kept exited before the caller has to remove some.
 
-Children die with their parent: the proxy follows the engine's ``die`` events of the
-gateway's containers and removes the children of every container that exits (a one-shot
-call that ends, times out or crashes; a warm worker that stops), sweeps orphans every few
-seconds in case an event was missed, and removes all children when the gateway stops.
+Children outlive their parent for a while: the proxy follows the engine's ``start`` and
+``die`` events of the gateway's containers (:mod:`swarmless.proxy.children`). The children
+of a container that exits (a one-shot call that ends, times out or crashes; a warm worker
+that stops) are removed once its function's ``children_timeout`` has passed (0: at once);
+orphans whose parent's death went unseen are found every few seconds; every child's end is
+reported to the record of the call that made it (``on_child``); and all children are
+removed when the gateway stops.
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ import httpx
 
 from swarmless.config import Settings
 from swarmless.engine import endpoint
-from swarmless.labels import LABEL_GATEWAY, LABEL_KIND, LABEL_PARENT
+from swarmless.labels import LABEL_GATEWAY, LABEL_KIND
 from swarmless.proxy import policy
+from swarmless.proxy.children import ChildWatch
 from swarmless.proxy.engine_view import EngineView
 from swarmless.proxy.http import (
     BadRequest,
@@ -58,6 +62,7 @@ from swarmless.proxy.http import (
 )
 from swarmless.proxy.policy import Caller, ProxyRequest, Target, Verdict
 from swarmless.proxy.tokens import PATH_PREFIX, CallerTokens, Grant
+from swarmless.records import ChildOutcome
 from swarmless.spec import FunctionSpec
 
 __all__ = ["DockerProxy"]
@@ -84,6 +89,7 @@ class DockerProxy:
         spec_of: Callable[[str], FunctionSpec | None],
         images: Callable[[], Iterable[str]],
         labels: Mapping[str, str] | None = None,
+        on_child: Callable[[ChildOutcome], None] | None = None,
     ) -> None:
         self.settings = settings
         self.tokens = tokens
@@ -104,6 +110,8 @@ class DockerProxy:
             instance=settings.instance,
             images=lambda: [*images(), *settings.proxy_images],
         )
+        #: Children's lives after their parent's; ``on_child`` hears how each one ended.
+        self.children = ChildWatch(self.engine, report=on_child)
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -135,6 +143,7 @@ class DockerProxy:
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        await self.children.close()
         with contextlib.suppress(httpx.HTTPError):
             await self.engine.remove_children()
         await self.engine.close()
@@ -175,6 +184,8 @@ class DockerProxy:
             memory=spec.memory or self.settings.proxy_memory,
             cpus=spec.cpus or self.settings.proxy_cpus,
             labels=self.labels,
+            call_id=grant.call_id,
+            children_timeout=spec.children_timeout,
         )
 
     @contextlib.asynccontextmanager
@@ -352,13 +363,13 @@ class DockerProxy:
             await client.data(chunk)
         await client.end()
 
-    # -- children die with their parent ------------------------------------------------
+    # -- children outlive their parent, for children_timeout ----------------------------
 
     async def _watch(self) -> None:
         filters = json.dumps(
             {
                 "type": ["container"],
-                "event": ["die"],
+                "event": ["start", "die"],
                 "label": [f"{LABEL_GATEWAY}={self.settings.instance}"],
             }
         )
@@ -369,15 +380,19 @@ class DockerProxy:
                 ) as stream:
                     async for line in stream.aiter_lines():
                         if line.strip():
-                            self._died(json.loads(line))
+                            self._event(json.loads(line))
             except (httpx.HTTPError, ValueError) as e:
                 log.debug("event stream ended (%s); following again", e)
             await asyncio.sleep(1.0)
 
-    def _died(self, event: dict[str, Any]) -> None:
+    def _event(self, event: dict[str, Any]) -> None:
         actor = event.get("Actor") or {}
         attrs: dict[str, str] = actor.get("Attributes") or {}
+        action = str(event.get("Action") or event.get("status") or "")
         if attrs.get(LABEL_KIND) == "child":
+            self.children.child_event(action, event)
+            return
+        if action != "die":
             return
         self.tokens.revoke_container(attrs)
         cid = str(actor.get("ID") or event.get("id") or "")
@@ -385,26 +400,14 @@ class DockerProxy:
             if container == cid:
                 self._callers.pop(token, None)
         if cid:
-            self._spawn(self._reap(cid))
-
-    async def _reap(self, parent: str) -> None:
-        with contextlib.suppress(httpx.HTTPError):
-            n = await self.engine.remove_children(parent)
-            if n:
-                log.info("removed %d child container(s) of %s", n, parent[:12])
+            self.children.parent_died(cid)
 
     async def _sweep(self) -> None:
-        """Orphans (a parent whose death went unseen) are removed every few seconds."""
+        """Orphans (a parent whose death went unseen) are looked for every few seconds."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             with contextlib.suppress(httpx.HTTPError):
-                children = await self.engine.list(f"{LABEL_KIND}=child")
-                if not children:
-                    continue
-                running = {c["Id"] for c in await self.engine.list(running=True)}
-                for c in children:
-                    if (c.get("Labels") or {}).get(LABEL_PARENT) not in running:
-                        await self.engine.remove(c["Id"])
+                await self.children.sweep()
 
 
 async def start_proxy(
@@ -412,13 +415,15 @@ async def start_proxy(
     backend: Any,
     functions: Mapping[str, tuple[FunctionSpec, int]],
     tokens: CallerTokens,
+    on_child: Callable[[ChildOutcome], None] | None = None,
 ) -> DockerProxy | None:
     """Start the scoped Docker API beside ``backend`` when it runs its containers on one
     engine (``Backend.scoped_docker_api``); None otherwise.
 
     The allowlist is the images of the deployed ``functions`` (a live mapping: name ->
     spec and version) plus ``settings.proxy_images``. The backend gets ``tokens`` from
-    the gateway's wiring (``Backend.use_caller_tokens``), not from here.
+    the gateway's wiring (``Backend.use_caller_tokens``), not from here. ``on_child`` hears
+    how each child of a one-shot or cgi call ended (for the call's record).
     """
     if not backend.scoped_docker_api:
         return None
@@ -436,6 +441,7 @@ async def start_proxy(
         spec_of=spec_of,
         images=images,
         labels=backend.extra_labels,
+        on_child=on_child,
     )
     try:
         await proxy.start(backend.runtime_host(), settings.proxy_port)

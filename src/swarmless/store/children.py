@@ -12,39 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Any
 
 from sqlalchemy import select
 
+from swarmless.records import ChildOutcome
 from swarmless.store.db import Database
 from swarmless.store.schema import invocation_children
 
 __all__ = ["ChildOutcome", "ChildrenOps"]
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ChildOutcome:
-    """How one child container of a call ended."""
-
-    #: The call whose container started the child.
-    call_id: str
-    #: The child's container id (12 hex digits, as records show containers).
-    container: str
-    image: str | None = None
-    exit_code: int | None = None
-    #: Epoch ms; None when its start was not seen.
-    started_at: int | None = None
-    finished_at: int
-    duration_ms: float | None = None
-    #: Killed by swarmless (its caller's ``children_timeout`` passed, or the gateway stopped).
-    killed: bool = False
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """What ``GET /invocations/{id}`` shows of it (under ``detached``)."""
-        out = dataclasses.asdict(self)
-        del out["call_id"]
-        return out
 
 
 class ChildrenOps(Database):
