@@ -101,10 +101,10 @@ def _deploy_all(url: str, token: str, settings: Settings) -> None:
                 current = FunctionSpec.from_dict(gw.function(spec.name)["spec"])
             except FunctionNotFound:
                 current = None
-            if current == spec:
+            result = gw.deploy(spec)  # the same spec and image again: the same version
+            if current is not None and result.get("previous_version") == result["version"]:
                 console.print(f"[dim]{spec.name} ({spec.mode}) is deployed already[/dim]")
                 continue
-            result = gw.deploy(spec)
             console.print(f"deployed [bold]{spec.name}[/bold] ({spec.mode}) v{result['version']}")
         console.print("\ncall them:")
         for name, body in DEMO_FUNCTIONS.items():

@@ -22,6 +22,7 @@ from swarmless.exceptions import (
     SpecError,
     SwarmlessError,
 )
+from swarmless.gateway.rollout import check_name, pin
 from swarmless.spec import FunctionSpec
 
 if TYPE_CHECKING:
@@ -68,6 +69,9 @@ async def deploy(gw: DashboardGateway, spec: FunctionSpec) -> tuple[int, bool]:
     d = gw.dispatcher
     assert d is not None
     existed = spec.name in d.functions
+    # As the API's deploy: a name not taken, and what the image holds pinned (image_id).
+    check_name(spec, d.functions[spec.name][0] if existed else None)
+    spec = await pin(spec, gw.backend)
     version = await d.deploy(spec)
     if spec.docker == "host-socket":
         log.warning(
