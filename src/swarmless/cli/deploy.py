@@ -27,24 +27,10 @@ if TYPE_CHECKING:  # what a command needs is imported when it runs, not for --he
     from swarmless.sdk.gateway import GatewayClient
     from swarmless.spec import FunctionSpec
 
-__all__ = ["deploy", "gateway"]
+__all__ = ["deploy"]
 
 #: Fields a dry run does not list as changes (the image's content is said apart).
 _QUIET = frozenset({"image_id"})
-
-
-def gateway() -> GatewayClient:
-    """A client of the gateway the settings name; its token is ``SWARMLESS_TOKEN``, or the
-    data directory's ``token`` file of a local gateway."""
-    from swarmless.config import Settings
-    from swarmless.sdk.gateway import GatewayClient
-
-    settings = Settings.load()
-    if not settings.token:
-        token_file = settings.data_dir / "token"
-        if token_file.is_file():
-            settings = Settings.load(token=token_file.read_text().strip())
-    return GatewayClient(settings)
 
 
 def _file(path: str) -> Path:
@@ -84,10 +70,10 @@ def deploy(path: str, build: bool, only: tuple[str, ...], dry_run: bool, wait: f
         specs = [s for s in specs if s.name in only]
     if not specs:
         fail(f"no function in {file}; nothing to deploy")
+    from swarmless.cli.new import build_spec, gateway
+
     built: dict[str, str] = {}
     if build:
-        from swarmless.cli.new import build_spec
-
         for spec in specs:
             if spec.build:
                 built[spec.name] = build_spec(spec, config_file=file, untagged=True)

@@ -6,6 +6,7 @@ import re
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import docker
@@ -18,7 +19,10 @@ from swarmless.engine import connect
 from swarmless.exceptions import FunctionNotFound, InvalidArgument, SwarmlessError
 from swarmless.spec import FunctionSpec, load_file
 
-__all__ = ["TEMPLATES", "build", "build_spec", "new", "write_template"]
+if TYPE_CHECKING:
+    from swarmless.sdk.gateway import GatewayClient
+
+__all__ = ["TEMPLATES", "build", "build_spec", "gateway", "new", "write_template"]
 
 TEMPLATES: tuple[str, ...] = ("python", "python-http", "wsgi", "cgi-shell", "node", "go")
 #: Other names ``new -t`` takes for a template.
@@ -29,6 +33,19 @@ _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 #: SERVER_NAME and friends are left alone).
 _PLACEHOLDER = re.compile(r"\bNAME\b")
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+
+
+def gateway() -> GatewayClient:
+    """A client of the gateway the settings name; its token is ``SWARMLESS_TOKEN``, or the
+    data directory's ``token`` file of a local gateway."""
+    from swarmless.sdk.gateway import GatewayClient
+
+    settings = Settings.load()
+    if not settings.token:
+        token_file = settings.data_dir / "token"
+        if token_file.is_file():
+            settings = Settings.load(token=token_file.read_text().strip())
+    return GatewayClient(settings)
 
 
 def _template_root(template: str) -> Traversable:
@@ -130,8 +147,6 @@ def _specs(target: str) -> tuple[Path | None, list[FunctionSpec]]:
                 if not spec.build:
                     raise InvalidArgument(f"function {target!r} in {here} has no 'build:' folder")
                 return here, [spec]
-    from swarmless.cli.deploy import gateway
-
     try:
         deployed = FunctionSpec.from_dict(gateway().function(target)["spec"])
     except FunctionNotFound:
