@@ -98,12 +98,21 @@ class FakeGateway:
         query: str = "",
         headers: list[list[str]] | None = None,
         timeout: float = 30.0,
+        prefix: str | None = None,
     ) -> str:
         call_id = uuid.uuid4().hex[:12]
+        event: dict[str, Any] = {
+            "method": method,
+            "path": path,
+            "query": query,
+            "headers": headers or [],
+        }
+        if prefix is not None:
+            event["prefix"] = prefix
         self.calls.put(
             {
                 "id": call_id,
-                "event": {"method": method, "path": path, "query": query, "headers": headers or []},
+                "event": event,
                 "body": body.encode() if isinstance(body, str) else body,
                 "deadline": int((time.time() + timeout) * 1000),
             }
@@ -663,6 +672,120 @@ def test_command_is_killed_at_its_deadline(
         return state == "Z"
 
     wait_until(ended, 3, f"the background sleep {pid} to end with the command")
+
+
+# -- cgi ----------------------------------------------------------------------------------
+
+CGI_SCRIPT = r"""#!/bin/sh
+body=$(cat)
+printf 'Status: 201 Created\r\n'
+printf 'Content-Type: text/plain\r\n'
+printf 'X-Script: %s\r\n' "$SCRIPT_NAME"
+printf '\r\n'
+for v in GATEWAY_INTERFACE REQUEST_METHOD SCRIPT_NAME PATH_INFO QUERY_STRING REQUEST_URI \
+         SERVER_NAME SERVER_PORT REMOTE_ADDR HTTPS CONTENT_TYPE CONTENT_LENGTH HTTP_X_CUSTOM \
+         HTTP_AUTHORIZATION HTTP_PROXY SWARMLESS_WORKER_TOKEN; do
+  eval "printf '%s=%s\n' $v \"\${$v-unset}\""
+done
+printf 'call=%s body=%s\n' "$SWARMLESS_CALL_ID" "$body"
+echo "cgi log line" >&2
+"""
+
+
+def test_cgi_handler_forks_a_cgi_script_per_call(
+    gateway: FakeGateway, start_runtime: Callable[..., RuntimeProcess]
+) -> None:
+    start_runtime(
+        gateway.url(),
+        kind="cgi",
+        handler="sh ./page.cgi",
+        files={"page.cgi": CGI_SCRIPT},
+        env={"PATH_INFO": "from-the-container", "HTTP_X_CUSTOM": "from-the-container"},
+    )
+    call_id = gateway.submit(
+        b"a=1",
+        method="post",
+        path="/votes",
+        query="x=1",
+        prefix="/result",
+        headers=[
+            ["Content-Type", "application/x-www-form-urlencoded"],
+            ["Host", "gw.example:8080"],
+            ["X-Custom", "a"],
+            ["X-Custom", "b"],
+            ["Authorization", "Basic dXNlcjpwdw=="],
+            ["X-Forwarded-For", "10.1.2.3, 10.0.0.1"],
+            ["X-Forwarded-Proto", "https"],
+            ["X-Forwarded-Host", "vote.example"],
+        ],
+    )
+    res = gateway.result(call_id)
+    assert res["error"] is None, res
+    assert res["status"] == 201
+    assert res["headers"] == [["Content-Type", "text/plain"], ["X-Script", "/result"]]
+    seen = dict(line.split("=", 1) for line in res["body"].decode().splitlines()[:-1])
+    assert seen == {
+        "GATEWAY_INTERFACE": "CGI/1.1",
+        "REQUEST_METHOD": "POST",
+        "SCRIPT_NAME": "/result",
+        "PATH_INFO": "/votes",
+        "QUERY_STRING": "x=1",
+        "REQUEST_URI": "/result/votes?x=1",
+        "SERVER_NAME": "vote.example",
+        "SERVER_PORT": "443",
+        "REMOTE_ADDR": "10.1.2.3",
+        "HTTPS": "on",
+        "CONTENT_TYPE": "application/x-www-form-urlencoded",
+        "CONTENT_LENGTH": "3",
+        "HTTP_X_CUSTOM": "a, b",
+        "HTTP_AUTHORIZATION": "unset",
+        "HTTP_PROXY": "unset",
+        "SWARMLESS_WORKER_TOKEN": "unset",
+    }
+    assert res["body"].decode().splitlines()[-1] == f"call={call_id} body=a=1"
+    assert gateway.logs[call_id] == {"stdout": "", "stderr": "cgi log line\n"}
+    # Without a prefix (an older gateway): SCRIPT_NAME is empty, PATH_INFO the path.
+    res = gateway.result(gateway.submit(method="GET", path="/"))
+    assert res["status"] == 201
+    assert b"SCRIPT_NAME=\nPATH_INFO=/\n" in res["body"]
+
+
+@pytest.mark.parametrize(
+    ("script", "status", "error"),
+    [
+        ("printf 'Location: /elsewhere\\n\\n'", 302, None),
+        ("printf 'Status: 204 No Content\\n\\nignored'", 204, None),
+        ("echo no headers here", 502, "malformed CGI response: no blank line"),
+        ("printf 'Status: 99 odd\\n\\n'", 502, "malformed CGI Status header"),
+        ("echo oops >&2; exit 4", 500, "the command exited with status 4"),
+    ],
+)
+def test_cgi_responses_and_failures(
+    gateway: FakeGateway,
+    start_runtime: Callable[..., RuntimeProcess],
+    script: str,
+    status: int,
+    error: str | None,
+) -> None:
+    start_runtime(gateway.url(), kind="cgi", handler=script)
+    res = gateway.result(gateway.submit())
+    assert res["status"] == status, res
+    if error is None:
+        assert res["error"] is None
+        assert res["body"] == b""
+    else:
+        assert res["error"].startswith(error), res["error"]
+    if status == 302:
+        assert res["headers"] == [["Location", "/elsewhere"]]
+
+
+def test_cgi_script_is_killed_at_its_deadline(
+    gateway: FakeGateway, start_runtime: Callable[..., RuntimeProcess]
+) -> None:
+    start_runtime(gateway.url(), kind="cgi", handler="sleep 30")
+    res = gateway.result(gateway.submit(timeout=1.0))
+    assert res["status"] == 504
+    assert res["exit_code"] == 137
 
 
 # -- the protocol's answers ---------------------------------------------------------------

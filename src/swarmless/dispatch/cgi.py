@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 from swarmless.dispatch.request import NO_BODY, answer_problem
 from swarmless.exceptions import FunctionFailed
+from swarmless.runtime.cgi import CGIResponseError
+from swarmless.runtime.cgi import parse_cgi_response as _parse
 
 __all__ = ["cgi_environ", "parse_cgi_response"]
 
@@ -36,8 +38,11 @@ def cgi_environ(
     server_name: str,
     server_port: int,
     scheme: str = "http",
+    prefix: str | None = None,
 ) -> dict[str, str]:
-    """The meta-variables of RFC 3875 section 4.1 for one request."""
+    """The meta-variables of RFC 3875 section 4.1 for one request; ``prefix`` is where the
+    function is served (``SCRIPT_NAME``: ``/function/NAME`` unless a route says else)."""
+    script = f"/function/{function}" if prefix is None else prefix
     env = {
         "GATEWAY_INTERFACE": "CGI/1.1",
         "SERVER_SOFTWARE": "swarmless",
@@ -45,12 +50,12 @@ def cgi_environ(
         "SERVER_NAME": server_name,
         "SERVER_PORT": str(server_port),
         "REQUEST_METHOD": method,
-        "SCRIPT_NAME": f"/function/{function}",
+        "SCRIPT_NAME": script,
         "PATH_INFO": path,
         "QUERY_STRING": query,
         "REMOTE_ADDR": remote_addr,
         "REMOTE_PORT": str(remote_port),
-        "REQUEST_URI": f"/function/{function}{path}" + (f"?{query}" if query else ""),
+        "REQUEST_URI": f"{script}{path}" + (f"?{query}" if query else ""),
         "REQUEST_SCHEME": scheme,
     }
     if scheme == "https":
@@ -69,39 +74,13 @@ def cgi_environ(
 
 
 def parse_cgi_response(output: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
-    """Split a CGI response into status, headers and body (RFC 3875 section 6)."""
-    cut = -1
-    sep = b""
-    for candidate in (b"\r\n\r\n", b"\n\n"):
-        i = output.find(candidate)
-        if i != -1 and (cut == -1 or i < cut):
-            cut, sep = i, candidate
-    if cut == -1:
-        raise FunctionFailed(
-            "malformed CGI response: no blank line after the headers "
-            f"(first bytes: {output[:80]!r})"
-        )
-    head, body = output[:cut], output[cut + len(sep) :]
-    status = 200
-    headers: list[tuple[str, str]] = []
-    for raw in head.replace(b"\r\n", b"\n").split(b"\n"):
-        if not raw.strip():
-            continue
-        name, colon, value = raw.decode("latin-1").partition(":")
-        if not colon or not name.strip():
-            raise FunctionFailed(f"malformed CGI response header line: {raw[:80]!r}")
-        name, value = name.strip(), value.strip()
-        if name.lower() == "status":
-            code = value.split(" ", 1)[0]
-            if not code.isdigit() or not 100 <= int(code) <= 599:
-                raise FunctionFailed(f"malformed CGI Status header: {value!r}")
-            status = int(code)
-        else:
-            headers.append((name, value))
-    if status == 200 and any(n.lower() == "location" for n, _ in headers):
-        status = 302
-    if not headers and status == 200:
-        raise FunctionFailed("malformed CGI response: no Content-Type, Location or Status header")
+    """Split a CGI response into status, headers and body (RFC 3875 section 6), with the
+    parser warm ``cgi`` handlers use too (:func:`swarmless.runtime.cgi.parse_cgi_response`);
+    FunctionFailed for a response that is malformed or cannot be sent as HTTP."""
+    try:
+        status, headers, body = _parse(output)
+    except CGIResponseError as e:
+        raise FunctionFailed(str(e)) from None
     problem = answer_problem(status, headers)
     if problem is not None:
         raise FunctionFailed(f"malformed CGI response: {problem}")

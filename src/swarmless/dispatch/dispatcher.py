@@ -99,6 +99,8 @@ class Dispatcher:
         self._waited = 0.0
         #: The calls in flight when it stopped waiting (their one-shot containers go too).
         self._abandoned: set[str] = set()
+        #: Held from a deploy's check of its routes to its install (no two claim one).
+        self._deploying = asyncio.Lock()
 
     # -- functions -----------------------------------------------------------------
 
@@ -145,9 +147,23 @@ class Dispatcher:
                         "first: swarmless secret create NAME FILE"
                     }
                 )
-        version = await self.store.put_function(spec)
-        self._install(spec, version)
+        async with self._deploying:
+            self._check_routes(spec)
+            version = await self.store.put_function(spec)
+            self._install(spec, version)
         return version
+
+    def _check_routes(self, spec: FunctionSpec) -> None:
+        """SpecError when another function is served at one of ``spec``'s routes."""
+        for name, (other, _) in self.functions.items():
+            taken = set(spec.routes) & set(other.routes) if name != spec.name else set()
+            if taken:
+                raise SpecError(
+                    {
+                        "routes": f"{sorted(taken)[0]!r} is already function {name!r}'s "
+                        "route: remove it there first"
+                    }
+                )
 
     async def remove(self, name: str) -> None:
         """Remove a function: its queue is failed, its workers drained."""
@@ -244,6 +260,7 @@ class Dispatcher:
             "path": request.path,
             "query": request.query,
             "headers": [[k, v] for k, v in request.headers],
+            "prefix": f"/function/{spec.name}" if request.prefix is None else request.prefix,
         }
         loop = asyncio.get_running_loop()
         call = Call(

@@ -135,6 +135,7 @@ class OneShotCalls:
                     server_name=request.server_name,
                     server_port=request.server_port,
                     scheme=request.scheme,
+                    prefix=request.prefix,
                 )
             )
         else:

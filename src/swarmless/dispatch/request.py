@@ -35,6 +35,9 @@ class Request:
     server_name: str = "127.0.0.1"
     server_port: int = 8080
     scheme: str = "http"
+    #: Where the function is served (``SCRIPT_NAME``): None for ``/function/NAME``, else
+    #: the route the request came by (``/result``; ``""`` for a host name's root).
+    prefix: str | None = None
 
     def header(self, name: str) -> str | None:
         lower = name.lower()

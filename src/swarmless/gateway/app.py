@@ -4,6 +4,7 @@ Routes (OpenFaaS paths where they exist)::
 
     ANY  /function/{name}[/{path}]        sync invocation (the HTTP request is the input)
     ANY  /async-function/{name}[/{path}]  async invocation: queued durably, 202 + X-Call-Id
+    ANY  {route}[/{path}]                  a function's own path prefix or host name (sync)
     POST /runtime/next                     warm containers pull work (worker token)
     POST /runtime/logs/{call_id}           ... and send the logs of one call
     GET|POST|PUT|DELETE /system/functions[/{name}]   deploy, inspect, update, remove (admin)
@@ -65,6 +66,7 @@ from swarmless.gateway.callbacks import CallbackPolicy, blocked_networks
 from swarmless.gateway.edge import Passed, filter_headers, networks
 from swarmless.gateway.openfaas import OpenFaaS
 from swarmless.gateway.replicas import Replicas, peer_url
+from swarmless.gateway.routing import find_route
 from swarmless.gateway.sync_routes import invoke_sync
 from swarmless.gateway.ui import Dashboard
 from swarmless.proxy import CallerTokens
@@ -179,6 +181,11 @@ class Gateway:
             if path.startswith("/runtime/") and active is not None:
                 await active.runtime_api(scope, receive, send)
                 return
+            if active is not None:
+                routed = find_route(active.dispatcher.functions, path, scope["headers"])
+                if routed is not None:
+                    await invoke_sync(self, active.dispatcher, scope, receive, send, routed)
+                    return
         await self.app(scope, receive, send)
 
     def _standby_may_queue(self, scope: Scope) -> bool:

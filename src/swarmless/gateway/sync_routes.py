@@ -4,7 +4,9 @@ The request goes through the edge (:mod:`swarmless.gateway.edge`: what of its he
 function may see), then the dispatcher, and the function's answer goes back as it is, with
 ``X-Call-Id``. A private function needs the admin token or a function container's caller
 token; a call made from a function names the call it was made from (the call tree). The
-async twin is :mod:`swarmless.gateway.async_routes`.
+same path serves a function's own routes (:mod:`swarmless.gateway.routing`: ``/result/...``
+reaches ``result`` with the prefix ``/result``). The async twin is
+:mod:`swarmless.gateway.async_routes`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from swarmless.gateway.asgi import (
     send_response,
 )
 from swarmless.gateway.context import GatewayContext
+from swarmless.gateway.routing import Routed
 
 __all__ = ["invoke_sync"]
 
@@ -36,11 +39,21 @@ _FRAMING = (b"content-length", b"transfer-encoding")
 
 
 async def invoke_sync(
-    gw: GatewayContext, dispatcher: Dispatcher, scope: Scope, receive: Receive, send: Send
+    gw: GatewayContext,
+    dispatcher: Dispatcher,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    routed: Routed | None = None,
 ) -> None:
-    """``ANY /function/{name}[/{path}]``: one sync invocation."""
-    rest: str = scope["path"][len("/function/") :]
-    name, slash, sub = rest.partition("/")
+    """``ANY /function/{name}[/{path}]``, or a function's own route: one sync invocation."""
+    prefix: str | None = None
+    if routed is None:
+        rest: str = scope["path"][len("/function/") :]
+        name, slash, sub = rest.partition("/")
+        path = slash + sub
+    else:
+        name, path, prefix = routed.function, routed.path, routed.prefix
     try:
         spec, _ = dispatcher.get(name)
         token = bearer(scope)
@@ -56,7 +69,7 @@ async def invoke_sync(
         server = scope.get("server") or ("127.0.0.1", gw.settings.port)
         request = Request(
             method=scope["method"],
-            path=slash + sub,
+            path=path,
             query=scope.get("query_string", b"").decode("latin-1"),
             headers=passed.headers,
             body=body,
@@ -65,6 +78,7 @@ async def invoke_sync(
             server_name=str(server[0]),
             server_port=int(server[1] or 0),
             scheme=passed.scheme,
+            prefix=prefix,
         )
         response = await dispatcher.invoke(name, request, parent=parent)
     except ClientGone:

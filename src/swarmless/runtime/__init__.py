@@ -13,7 +13,8 @@ The layout (each imports only those below it):
 - :mod:`~swarmless.runtime.config`: the settings read from the environment;
 - :mod:`~swarmless.runtime.handlers`: the handler kinds that turn one invocation into one
   result: ``python`` there, ``wsgi`` in :mod:`~swarmless.runtime.wsgi`, ``command`` in
-  :mod:`~swarmless.runtime.command`; :func:`~swarmless.runtime.handlers.run_handler` runs one;
+  :mod:`~swarmless.runtime.command`, ``cgi`` in :mod:`~swarmless.runtime.cgi`;
+  :func:`~swarmless.runtime.handlers.run_handler` runs one;
 - :mod:`~swarmless.runtime.invocation`: what they share (an invocation, its result, the
   handler interface, an exception as a result);
 - :mod:`~swarmless.runtime.capture`: thread-aware ``sys.stdout``/``sys.stderr`` so each

@@ -1,6 +1,10 @@
 """The ``command`` handler kind: a shell command line run per invocation (``sh -c``), the
 body on its stdin, its stdout the result, its stderr the log; killed, with its process
-group, at the deadline. ``subprocess`` is imported only when a command handler is made."""
+group, at the deadline. ``subprocess`` is imported only when a command handler is made.
+
+The ``cgi`` kind (:mod:`~swarmless.runtime.cgi`) forks the same way and differs only in
+the environment it gives the command and in how it reads the command's stdout.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,24 @@ import time
 
 from swarmless.runtime.invocation import Handler, Invocation, Result
 
-__all__ = ["CommandHandler"]
+__all__ = ["CommandHandler", "Outcome"]
+
+
+class Outcome:
+    """How one forked command ended."""
+
+    __slots__ = ("elapsed", "exit_code", "killed", "stderr", "stdout")
+
+    def __init__(
+        self, exit_code: int, stdout: bytes, stderr: bytes, killed: bool, elapsed: float
+    ) -> None:
+        #: Its exit status; killed by signal N: 128+N, as sh says.
+        self.exit_code = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+        #: Killed at the deadline.
+        self.killed = killed
+        self.elapsed = elapsed
 
 
 class CommandHandler(Handler):
@@ -31,6 +52,7 @@ class CommandHandler(Handler):
         if inv.deadline is not None:
             env["SWARMLESS_DEADLINE"] = str(int(inv.deadline * 1000))
         env["REQUEST_METHOD"] = str(event.get("method") or "POST").upper()
+        env["SCRIPT_NAME"] = str(event.get("prefix") or "")
         env["PATH_INFO"] = str(event.get("path") or "/")
         env["QUERY_STRING"] = str(event.get("query") or "")
         env["CONTENT_LENGTH"] = str(len(inv.body))
@@ -40,6 +62,35 @@ class CommandHandler(Handler):
         return env
 
     def __call__(self, inv: Invocation) -> Result:
+        done = self.run(inv)
+        if done.killed:
+            result = Result(
+                inv.call_id,
+                done.stderr,
+                status=504,
+                error=f"deadline passed: the command was killed after {done.elapsed:.1f}s",
+                exit_code=done.exit_code,
+            )
+        elif done.exit_code != 0:
+            result = Result(
+                inv.call_id,
+                done.stderr,
+                status=500,
+                error=f"the command exited with status {done.exit_code}",
+                exit_code=done.exit_code,
+            )
+        else:
+            result = self.answer(inv, done)
+        result.stderr = done.stderr.decode("utf-8", "replace")
+        return result
+
+    def answer(self, inv: Invocation, done: Outcome) -> Result:
+        """The result of a command that exited 0: its stdout."""
+        return Result(inv.call_id, done.stdout, exit_code=0)
+
+    def run(self, inv: Invocation) -> Outcome:
+        """Fork the command with :meth:`environ`, the body on its stdin, and wait for it
+        (at the deadline its whole process group is killed)."""
         sp = self._subprocess
         proc = sp.Popen(
             ["/bin/sh", "-c", self.command],
@@ -68,28 +119,8 @@ class CommandHandler(Handler):
             proc.wait()
             raise
         code = proc.returncode
-        exit_code = 128 - code if code < 0 else code  # killed by signal N: 128+N, as sh says
-        if killed:
-            elapsed = time.monotonic() - started
-            result = Result(
-                inv.call_id,
-                err,
-                status=504,
-                error=f"deadline passed: the command was killed after {elapsed:.1f}s",
-                exit_code=exit_code,
-            )
-        elif exit_code != 0:
-            result = Result(
-                inv.call_id,
-                err,
-                status=500,
-                error=f"the command exited with status {exit_code}",
-                exit_code=exit_code,
-            )
-        else:
-            result = Result(inv.call_id, out, exit_code=0)
-        result.stderr = err.decode("utf-8", "replace")
-        return result
+        exit_code = 128 - code if code < 0 else code
+        return Outcome(exit_code, out, err, killed, time.monotonic() - started)
 
     @staticmethod
     def _kill_group(pid: int) -> None:

@@ -7,7 +7,9 @@
   (:mod:`~swarmless.runtime.wsgi`);
 - ``command``: a shell command line run per invocation (``sh -c``), body on stdin, stdout the
   result, stderr the log; killed (with its process group) at the deadline
-  (:mod:`~swarmless.runtime.command`).
+  (:mod:`~swarmless.runtime.command`);
+- ``cgi``: the same fork per invocation, as a CGI script: a CGI/1.1 environment in, a CGI
+  response out (:mod:`~swarmless.runtime.cgi`).
 
 A handler is a callable ``(Invocation) -> Result`` (:mod:`~swarmless.runtime.invocation`).
 It may raise: :func:`run_handler` turns any exception into an error result with
@@ -23,6 +25,7 @@ import threading
 import time
 
 from swarmless.runtime import capture
+from swarmless.runtime.cgi import CgiHandler
 from swarmless.runtime.command import CommandHandler
 from swarmless.runtime.invocation import (
     CURRENT,
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "CgiHandler",
     "CommandHandler",
     "Context",
     "FailedHandler",
@@ -171,7 +175,11 @@ def load_handler(kind: str, spec: str, *, workdir: str, function: str, concurren
             return WsgiHandler(_import_target(spec, workdir), multithread=concurrency > 1)
         if kind == "command":
             return CommandHandler(spec, workdir=workdir)
-        raise ValueError(f"SWARMLESS_HANDLER_KIND must be python, wsgi or command, got {kind!r}")
+        if kind == "cgi":
+            return CgiHandler(spec, workdir=workdir)
+        raise ValueError(
+            f"SWARMLESS_HANDLER_KIND must be python, wsgi, command or cgi, got {kind!r}"
+        )
     except BaseException as e:  # an import may raise anything, even SystemExit
         failed = error_result("", e)
         message = f"the handler {spec!r} could not be loaded: {failed.error}"

@@ -25,7 +25,10 @@ def wsgi_environ(inv: Invocation, *, multithread: bool) -> dict[str, Any]:
 
     The headers are those the gateway's edge let through: its ``X-Forwarded-For`` (the
     client it vouches for first), ``-Proto`` and ``-Host`` replaced whatever a client sent,
-    so ``REMOTE_ADDR``, ``wsgi.url_scheme`` and ``SERVER_NAME`` can be taken from them. A
+    so ``REMOTE_ADDR``, ``wsgi.url_scheme`` and ``SERVER_NAME`` can be taken from them.
+    ``SCRIPT_NAME`` is where the function is served (the event's ``prefix``:
+    ``/function/NAME`` or a route like ``/vote``), unless a trusted proxy in front of the
+    gateway says otherwise (``X-Forwarded-Prefix``). A
     name with ``_`` (refused by the edge) is skipped rather than merged into the same name
     with ``-``, and no header becomes ``HTTP_PROXY``.
     """
@@ -34,7 +37,7 @@ def wsgi_environ(inv: Invocation, *, multithread: bool) -> dict[str, Any]:
     event = inv.event
     environ: dict[str, Any] = {
         "REQUEST_METHOD": str(event.get("method") or "GET").upper(),
-        "SCRIPT_NAME": "",
+        "SCRIPT_NAME": _latin1(str(event.get("prefix") or "")),
         "PATH_INFO": _latin1(str(event.get("path") or "/")),
         "QUERY_STRING": str(event.get("query") or ""),
         "SERVER_PROTOCOL": "HTTP/1.1",
