@@ -47,7 +47,15 @@ def run(
     network: str | None,
     pull: str,
 ) -> None:
-    """Run IMAGE with ARGS; print its stdout, propagate its exit status."""
+    """Run IMAGE with ARGS; print its stdout, propagate its exit status.
+
+    IMAGE may also be SCRIPT.py::FUNCTION (default main): the script's function runs with
+    ARGS while the script's swarmless.App apps run (Python-native functions).
+    """
+    if image.split("::", 1)[0].endswith(".py"):  # no image name ends so: a script
+        from swarmless.native.script import run_script
+
+        sys.exit(run_script(image, list(args)))
     client = from_env()
     stdin = input_.read() if input_ is not None else None
     opts = RunOptions(

@@ -25,9 +25,10 @@ from swarmless.runtime.native import hash_of
 
 __all__ = ["code_hash", "dumps_calls", "dumps_function", "local_modules"]
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entered: a function whose code refers to another
 _installed_roots: tuple[str, ...] | None = None
 _seen: dict[str, bool] = {}
+_depth = [0]
 #: Never by value: the container has its own (the runtime) or does not need them.
 _NEVER = ("swarmless", "cloudpickle")
 
@@ -73,13 +74,13 @@ def code_hash(code: bytes) -> str:
 def dumps_function(func: Callable[..., Any], *, name: str) -> bytes:
     """The function's code (and whatever it refers to), pickled for the container."""
     with _lock:
-        added = []
-        for mod in local_modules():
-            try:
-                cloudpickle.register_pickle_by_value(sys.modules[mod])
-            except ValueError:  # registered already, or not importable as a module
-                continue
-            added.append(mod)
+        added: list[str] = []
+        _depth[0] += 1
+        if _depth[0] == 1:  # the outermost: a handle's code pickled within it reuses these
+            for mod in local_modules():
+                if mod not in _by_value():
+                    cloudpickle.register_pickle_by_value(sys.modules[mod])
+                    added.append(mod)
         try:
             code: bytes = cloudpickle.dumps(func, protocol=5)
             return code
@@ -90,10 +91,17 @@ def dumps_function(func: Callable[..., Any], *, name: str) -> bytes:
                 "file...: create such things inside the function)"
             ) from e
         finally:
+            _depth[0] -= 1
             for mod in added:
                 module = sys.modules.get(mod)
-                if module is not None:
+                if module is not None and mod in _by_value():
                     cloudpickle.unregister_pickle_by_value(module)
+
+
+def _by_value() -> set[str]:
+    """The modules registered with cloudpickle to travel by value (by anyone)."""
+    found: set[str] = cloudpickle.cloudpickle._PICKLE_BY_VALUE_MODULES
+    return found
 
 
 def dumps_calls(

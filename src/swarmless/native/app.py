@@ -93,7 +93,7 @@ class App:
         self._suffix: str | None = None
         self._runs = 0
         self._implicit = False
-        self._check(self.defaults, name)
+        self._check(self.defaults)
 
     def __repr__(self) -> str:
         return f"<App {self.name} ({len(self.functions)} functions)>"
@@ -125,21 +125,20 @@ class App:
                 else f"app.function takes options as keywords only, got {_func!r}"
             )
         opts = Options.build(self.defaults, **options)
+        self._check(opts)
 
         def decorate(func: Callable[..., Any]) -> Function:
             if isinstance(func, Function) or not callable(func):
                 raise TypeError(f"@app.function() decorates a function, got {func!r}")
             fname = name or getattr(func, "__name__", "") or "function"
-            if fname in self.functions and self.functions[fname].raw is not func:
-                pass  # a notebook cell run again: the new definition replaces the old
-            self._check(opts, fname)
+            # A notebook cell run again: the new definition replaces the old.
             handle = Function(self, func, name=fname, options=opts)
             self.functions[fname] = handle
             return handle
 
         return decorate
 
-    def _check(self, opts: Options, fname: str) -> None:
+    def _check(self, opts: Options) -> None:
         """Options that make no valid pool are refused now, naming the field."""
         self._spec("check", opts, _PENDING)
 
