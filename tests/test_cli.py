@@ -165,7 +165,7 @@ def test_warm_function_lifecycle(
         timeout=60,
         what="two ready containers",
     )
-    assert "pinned 2" in cli("ls").stdout
+    assert "pinned=2" in cli("ls").stdout
     r = cli("scale", "cli-hello", "auto")
     assert r.exit_code == 0, r.output
     assert "cli-hello: autoscaled" in r.stdout

@@ -43,10 +43,18 @@ class Group(click.Group):
         super().__init__(*args, **kwargs)
         #: Commands not imported yet: name -> (the module that registers it, its help line).
         self.lazy_commands: dict[str, tuple[str, str]] = {}
+        #: Example command lines of each command, shown at the end of its ``--help``.
+        self.examples: dict[str, tuple[str, ...]] = {}
 
-    def add_lazy_commands(self, commands: Mapping[str, tuple[str, str]]) -> None:
-        """Commands by name: the module whose import registers each, and its help line."""
+    def add_lazy_commands(
+        self,
+        commands: Mapping[str, tuple[str, str]],
+        examples: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        """Commands by name: the module whose import registers each, and its help line;
+        and the examples each command's ``--help`` ends with."""
         self.lazy_commands.update(commands)
+        self.examples.update({k: tuple(v) for k, v in (examples or {}).items()})
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.lazy_commands})
@@ -54,7 +62,12 @@ class Group(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in self.lazy_commands:
             importlib.import_module(self.lazy_commands[cmd_name][0])
-        return super().get_command(ctx, cmd_name)
+        cmd = super().get_command(ctx, cmd_name)
+        examples = self.examples.get(cmd_name)
+        if cmd is not None and examples and not cmd.epilog:
+            # \b: click keeps these lines as they are (no rewrapping).
+            cmd.epilog = "\b\nExamples:\n" + "\n".join(f"  {line}" for line in examples)
+        return cmd
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # click's own listing, but a command not imported yet shows its help line from the
@@ -94,6 +107,10 @@ class Group(click.Group):
             return super().invoke(ctx)
         except SwarmlessError as e:
             fail(e.message)
+        except BrokenPipeError:  # `swarmless ... | head`: the reader has read enough
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # nothing more to flush at exit
+            sys.exit(141)  # 128 + SIGPIPE, as a shell reports it
         except OSError as e:  # a file named on the command line: missing, unreadable...
             where = f"{e.filename}: " if e.filename else ""
             fail(f"{where}{e.strerror or e}")

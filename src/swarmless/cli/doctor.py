@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from swarmless.cli._base import console, main
-from swarmless.config import Settings
-from swarmless.engine import connect, engine_address, translate
 from swarmless.exceptions import SwarmlessError
 from swarmless.labels import LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER
-from swarmless.ownership import EXITED, owner_id, select_containers
+
+if TYPE_CHECKING:  # the Docker SDK and the settings' YAML load when it runs, not for --help
+    from swarmless.config import Settings
 
 BUSYBOX_IMAGE = "swarmless/busybox:latest"
 
@@ -28,6 +28,8 @@ class Check:
 
 def run_checks(settings: Settings) -> list[Check]:
     """Look at the engine and say what is fine and what to do about the rest."""
+    from swarmless.engine import connect, engine_address, translate
+
     address = engine_address(settings.docker_host)
     try:
         client = connect(settings.docker_host, timeout=10)
@@ -83,6 +85,8 @@ def run_checks(settings: Settings) -> list[Check]:
 
 def containers_check(api: Any, settings: Settings) -> Check:
     """This instance's containers, and how many have exited (``swarmless gc`` removes those)."""
+    from swarmless.ownership import EXITED, owner_id, select_containers
+
     owner = owner_id(settings.data_dir, create=False)
     if owner is None:
         return Check("containers", True, f"none of instance {settings.instance!r} yet")
@@ -120,6 +124,8 @@ def gateway_check(url: str) -> Check:
 @main.command()
 def doctor() -> None:
     """Check the engine, Swarm state and base images; print a fix for each problem."""
+    from swarmless.config import Settings
+
     checks = run_checks(Settings.load())
     table = Table(show_header=True, header_style="bold")
     table.add_column("check")

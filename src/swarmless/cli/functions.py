@@ -1,31 +1,25 @@
-"""Commands on deployed functions: invoke, ls, logs, rm, scale."""
+"""Commands on deployed functions: invoke, rm, scale, redrive.
+
+The listing and inspecting ones (ls, logs, describe, invocations, schedules, secret) are in
+:mod:`swarmless.cli.listing`, :mod:`~swarmless.cli.logs` and :mod:`~swarmless.cli.describe`.
+What a command needs (httpx, the spec's rules) is imported when it runs, not for ``--help``.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import BinaryIO
 
 import click
-from rich.table import Table
 
 from swarmless.cli._base import console, err_console, main
-from swarmless.config import Settings
+from swarmless.cli._client import function_names
+from swarmless.cli._client import gateway as _gateway
 from swarmless.exceptions import SwarmlessError
-from swarmless.sdk.gateway import GatewayClient
-
-
-def _gateway() -> GatewayClient:
-    settings = Settings.load()
-    if not settings.token:
-        token_file = settings.data_dir / "token"
-        if token_file.is_file():
-            settings = Settings.load(token=token_file.read_text().strip())
-    return GatewayClient(settings)
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=function_names)
 @click.option("-d", "--data", help="Request body; @FILE reads a file, @- stdin.")
 @click.option("-a", "--arg", "args", multiple=True, help="Argument (oneshot functions).")
 @click.option("-X", "--method", default="POST")
@@ -90,89 +84,8 @@ def invoke(
         sys.exit(1)
 
 
-@main.command(name="ls")
-@click.option("--nodes", is_flag=True, help="Swarm backend: the nodes and what runs on each.")
-def ls(nodes: bool) -> None:
-    """List deployed functions and their containers."""
-    if nodes:
-        from swarmless.cli.nodes import print_nodes
-
-        print_nodes(Settings.load())
-        return
-    rows = _gateway().functions()
-    table = Table(show_header=True, header_style="bold")
-    for col in (
-        "name",
-        "mode",
-        "image",
-        "ver",
-        "ready",
-        "starting",
-        "busy",
-        "in flight",
-        "queued",
-        "async queued",
-        "scale",
-    ):
-        table.add_column(col, no_wrap=col == "name")
-    for f in rows:
-        c = f.get("containers", {})
-        spec = f["spec"]
-        scale = f.get("scale") or {}
-        note = ""
-        if scale.get("pinned") is not None:
-            note = f"pinned {scale['pinned']}"
-        elif scale.get("desired") is not None:
-            note = f"want {scale['desired']}"
-        if spec.get("docker") == "host-socket":
-            note += " [red]host socket![/red]"
-        table.add_row(
-            f["name"],
-            spec.get("mode", ""),
-            spec.get("image") or "",
-            str(f["version"]),
-            str(c.get("ready", 0)),
-            str(c.get("starting", 0)),
-            str(c.get("busy", 0)),
-            str(c.get("in_flight", 0)),
-            str(c.get("queued", 0)),
-            str(c.get("async_queued", 0)),
-            note,
-        )
-    console.print(table)
-
-
 @main.command()
-@click.argument("target")
-@click.option("-n", "--limit", default=20, help="Records to list for a function.")
-def logs(target: str, limit: int) -> None:
-    """Logs of one call (CALL_ID), or the latest records of a function (NAME)."""
-    gw = _gateway()
-    if "-" in target and len(target) >= 20:
-        out = gw.logs(target)
-        sys.stdout.write(out["stdout"])
-        sys.stderr.write(out["stderr"])
-        return
-    records = gw.invocations(function=target, limit=limit)
-    table = Table(show_header=True, header_style="bold")
-    for col in ("call id", "status", "http", "cold", "wait ms", "run ms", "container", "error"):
-        table.add_column(col, no_wrap=col == "call id")  # an id cut short cannot be used
-    for r in records:
-        table.add_row(
-            r.id,
-            r.status,
-            str(r.http_status or ""),
-            "cold" if r.cold else "",
-            f"{r.wait_ms:.1f}" if r.wait_ms is not None else "",
-            f"{r.run_ms:.1f}" if r.run_ms is not None else "",
-            r.container or "",
-            (r.error or "").splitlines()[0][:60] if r.error else "",
-        )
-    console.print(table)
-
-
-@main.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=function_names)
 def rm(names: tuple[str, ...]) -> None:
     """Remove deployed functions (their containers drain and go)."""
     gw = _gateway()
@@ -189,7 +102,7 @@ def rm(names: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=function_names)
 @click.argument("replicas")
 def scale(name: str, replicas: str) -> None:
     """Pin a warm function to REPLICAS containers (`auto` gives it back to the autoscaler)."""
@@ -212,50 +125,3 @@ def redrive(call_ids: tuple[str, ...]) -> None:
     for call_id in call_ids:
         gw.retry(call_id)
         console.print(f"{call_id}: queued again")
-
-
-@main.command()
-def schedules() -> None:
-    """Scheduled functions and when they fire next."""
-    table = Table(show_header=True, header_style="bold")
-    for col in ("function", "schedule", "timezone", "next fire", "last fired", "error"):
-        table.add_column(col)
-    for s in _gateway().schedules():
-        table.add_row(
-            s["function"],
-            s["schedule"],
-            s["timezone"],
-            s.get("next_fire") or "never",
-            s.get("last_fired") or "",
-            s.get("error") or "",
-        )
-    console.print(table)
-
-
-@main.group()
-def secret() -> None:
-    """Secrets functions mount as /run/secrets/NAME (spec: secrets: [NAME])."""
-
-
-@secret.command(name="create")
-@click.argument("name")
-@click.argument("source", type=click.File("rb"), default="-")
-def secret_create(name: str, source: BinaryIO) -> None:
-    """Create or replace secret NAME from SOURCE (a file, or - for stdin)."""
-    _gateway().put_secret(name, source.read())
-    console.print(f"secret {name} stored")
-
-
-@secret.command(name="ls")
-def secret_ls() -> None:
-    """List secret names."""
-    for name in _gateway().secrets():
-        click.echo(name)
-
-
-@secret.command(name="rm")
-@click.argument("name")
-def secret_rm(name: str) -> None:
-    """Remove secret NAME."""
-    _gateway().delete_secret(name)
-    console.print(f"secret {name} removed")

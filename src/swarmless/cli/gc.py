@@ -9,21 +9,15 @@ instance on the engine, still only to containers swarmless made.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from swarmless.cli._base import console, err_console, main
-from swarmless.config import Settings
-from swarmless.engine import connect
 from swarmless.labels import LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER
-from swarmless.ownership import (
-    EXITED,
-    Found,
-    managed_without_owner,
-    owner_id,
-    remove_containers,
-    select_containers,
-)
+
+if TYPE_CHECKING:  # the Docker SDK is loaded when the command runs, not for --help
+    from swarmless.ownership import Found
 
 
 def _say(line: str) -> None:
@@ -44,6 +38,10 @@ def gc(everything: bool, dry_run: bool) -> None:
     Only containers this instance made (SWARMLESS_INSTANCE, SWARMLESS_DATA_DIR): labels a
     container got from its image never count. Prints one line per container.
     """
+    from swarmless.config import Settings
+    from swarmless.engine import connect
+    from swarmless.ownership import EXITED, managed_without_owner, owner_id, select_containers
+
     settings = Settings.load()
     owner = owner_id(settings.data_dir, create=False)
     client = connect(settings.docker_host)
@@ -102,6 +100,8 @@ def _remove(api: object, chosen: list[Found], scope: str, dry_run: bool) -> int:
         for c in chosen:
             _say(f"  {c.line()}")
         return 0
+    from swarmless.ownership import remove_containers
+
     results = remove_containers(api, chosen)
     removed = [c for c, why in results if why is None]
     _say(f"removed {len(removed)} exited container(s) {scope}" + (":" if removed else ""))

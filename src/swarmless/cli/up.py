@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
 import click
 
 from swarmless.cli._base import console, main
-from swarmless.config import Settings
-from swarmless.gateway.app import Gateway, admin_token
-from swarmless.gateway.server import serve
 
 
 @main.command()
@@ -20,6 +14,14 @@ from swarmless.gateway.server import serve
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
 def up(host: str | None, port: int | None, data_dir: str | None, log_level: str) -> None:
     """Start the gateway (SQLite store, local Docker backend) until Ctrl-C."""
+    # The gateway's stack is imported here, not with the module: `up --help` stays quick.
+    import asyncio
+    import logging
+
+    from swarmless.config import Settings
+    from swarmless.gateway.app import Gateway, admin_token
+    from swarmless.gateway.server import serve
+
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     if log_level != "debug":  # httpx logs every Docker API request the scoped proxy makes
         logging.getLogger("httpx").setLevel(logging.WARNING)

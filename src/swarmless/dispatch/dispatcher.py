@@ -350,7 +350,7 @@ class Dispatcher:
     def _stopped_error(self, name: str) -> InvocationTimeout:
         return InvocationTimeout(
             f"the gateway shut down before function {name!r} answered (it waited "
-            f"{self._waited:g}s more for the calls in flight: its drain timeout); the "
+            f"{self._waited:.1f}s more for the calls in flight: its drain timeout); the "
             "container was stopped",
             timeout=self._waited,
         )

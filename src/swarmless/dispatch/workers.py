@@ -143,24 +143,23 @@ class WorkerRegistry:
         ids of the worker containers listed that belong to no live worker (to be removed).
         """
         listed = {c.id: c for c in found}
+        orphans = [c.id for c in found if c.kind == "worker" and c.worker_id not in self._by_id]
         for worker, pool in list(self._by_id.values()):
             if not worker.container:  # being started: its start tells how that went
                 continue
             c = listed.get(worker.container)
             if c is None or c.status not in ALIVE:
                 self._died(pool, worker, None)
-        return [c.id for c in found if c.kind == "worker" and c.worker_id not in self._by_id]
+        return orphans
 
     def _died(
         self, pool: WarmPool, worker: Worker, exit_code: int | None, *, oom: bool = False
     ) -> None:
         before = worker.state
-        held = pool.gone(worker, requeue=False)
+        held = [c for c in pool.gone(worker, requeue=False) if not c.finished]
         self.forget(worker)
-        failed = [] if oom else self._run_again(pool, held)
-        if oom:
-            failed = held
-        elif held:
+        failed = held if oom else self._run_again(pool, held)
+        if held and not oom:
             log.warning(
                 "worker %s died with %d call(s) in hand: %d run again, %d failed",
                 worker.id,
