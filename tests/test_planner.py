@@ -33,6 +33,7 @@ from swarmless.scaling import (
     plan,
     scaling_spec,
 )
+from swarmless.scaling.planner import Check
 from swarmless.spec import FunctionSpec
 from tests.test_policy import CASES as POLICY_CASES
 from tests.test_policy import Case as PolicyCase
@@ -483,3 +484,42 @@ def test_the_gateway_settings_carry_the_scaling_windows(monkeypatch: pytest.Monk
     assert scaling.plan_history == 5
     with pytest.raises(InvalidArgument, match="scale_interval"):
         Settings.load(scale_interval="soon")
+
+
+# -- the engine away, and workers whose death went unheard -----------------------------------
+
+
+def test_nothing_starts_while_the_engine_does_not_answer() -> None:
+    snap = Snapshot(now=NOW, version=1, queued=3, state=RECENT, engine_down="Connection refused")
+    actions = plan(snap, SPEC).actions
+    assert [a.kind for a in actions] == ["back-off"]
+    assert "does not answer (Connection refused)" in actions[0].reason
+
+
+def test_no_start_timeout_kill_while_the_engine_does_not_answer() -> None:
+    stuck = w("w1", "starting", age=100)
+    assert [a.kind for a in plan(Snapshot(now=NOW, version=1, workers=(stuck,)), SPEC).actions] == [
+        "kill"
+    ]
+    away = Snapshot(now=NOW, version=1, workers=(stuck,), engine_down="gone")
+    assert "kill" not in [a.kind for a in plan(away, SPEC).actions]
+
+
+def test_a_silent_idle_ready_worker_is_checked_once_per_silent_after() -> None:
+    workers = (
+        w("quiet", idle=40),
+        w("polling", idle=40, polling=True),
+        w("busy", idle=40, calls=1),
+        w("recent", idle=10),
+        w("checked", idle=40, checked_at=NOW - 10),
+        w("paused", "paused", idle=40),
+    )
+    snap = Snapshot(now=NOW, version=1, workers=workers, pinned=6, silent_after=35)
+    checks = [a for a in plan(snap, SPEC).actions if isinstance(a, Check)]
+    assert [a.worker for a in checks] == ["quiet"]
+    assert "no poll for 40s > 35s" in checks[0].reason
+    for away in (
+        dataclasses.replace(snap, engine_down="gone"),
+        dataclasses.replace(snap, silent_after=None),
+    ):
+        assert not [a for a in plan(away, SPEC).actions if isinstance(a, Check)]
