@@ -110,7 +110,7 @@ def test_warm_function_lifecycle(
     assert r.exit_code == 0, r.output
     folder = tmp_path / "cli-hello"
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "handler.py", "swarmless.yml"]
-    assert "swarmless build cli-hello" in r.stdout
+    assert "swarmless deploy cli-hello" in r.stdout
     again = cli("new", "cli-hello")
     assert again.exit_code == 1
     assert "refusing to overwrite" in again.stderr

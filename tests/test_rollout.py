@@ -257,7 +257,7 @@ def test_env_file_and_build_by_name(
     assert "built envy-r" in again.output
     unknown = cli(gateway, "build", "nobody-r")
     assert unknown.exit_code == 1
-    assert "no function deployed on the gateway" in unknown.output
+    assert "no function deployed on the gateway by that name" in unknown.output
 
 
 # -- the SDK inside functions --------------------------------------------------------------

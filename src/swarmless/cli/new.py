@@ -147,21 +147,21 @@ def _specs(target: str) -> tuple[Path | None, list[FunctionSpec]]:
                 if not spec.build:
                     raise InvalidArgument(f"function {target!r} in {here} has no 'build:' folder")
                 return here, [spec]
+    declared = f"no function of {here}" if here.is_file() else "no ./swarmless.yml"
+    if not _NAME.match(target):
+        raise InvalidArgument(f"{target!r} does not exist: no such folder or file")
     try:
         deployed = FunctionSpec.from_dict(gateway().function(target)["spec"])
     except FunctionNotFound:
-        deployed = None
+        raise InvalidArgument(
+            f"{target!r} does not exist: no such folder or file, {declared}, and no "
+            "function deployed on the gateway by that name"
+        ) from None
     except SwarmlessError as e:
         raise InvalidArgument(
-            f"{target!r} is no folder or file, no function of ./swarmless.yml, and the "
-            f"gateway could not be asked about it ({e.message})"
+            f"{target!r} does not exist: no such folder or file, {declared}, and the gateway "
+            f"could not be asked about a function of that name ({e.message})"
         ) from None
-    if deployed is None:
-        where = f"of {here}" if here.is_file() else "here (no ./swarmless.yml)"
-        raise InvalidArgument(
-            f"{target!r} is no folder or file, no function {where}, and no function "
-            "deployed on the gateway"
-        )
     if not deployed.build or not Path(deployed.build).is_dir():
         raise InvalidArgument(
             f"function {target!r} is deployed from image {deployed.image}, not from a build "
