@@ -136,6 +136,8 @@ class Dispatcher:
             raise SpecError({"image": "an image is required (build it first: swarmless build)"})
         try:
             await self.backend.ensure_image(spec.image)
+        except EngineUnavailable:
+            raise  # not the spec's fault: 503, retry once the engine answers
         except SwarmlessError as e:
             raise SpecError({"image": e.message}) from e
         if spec.secrets:
