@@ -77,6 +77,19 @@ class _SpecFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     build: str | None = Field(None, description="A build context directory (CLI side).")
+    dockerfile: str | None = Field(
+        None, description="The Dockerfile to build with, a path inside the build folder."
+    )
+    image_id: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]{1,16}:[0-9a-f]{32,128}$",
+        description="What the image holds (the engine's id), set by the gateway at deploy: "
+        "a deploy whose image changed is a new version.",
+    )
+    env_file: list[str] = Field(
+        default_factory=list,
+        description=".env files the CLI read into env (their names; the gateway reads none).",
+    )
     mode: Mode = Field("oneshot", description="oneshot, cgi (one container per call) or warm.")
     handler: str | None = Field(
         None, description="Warm mode: 'module:callable' (python, wsgi) or a command line."
