@@ -174,7 +174,9 @@ class Function:
         answer = await self.app.gateway.invoke(
             pool.name, body, path=self.name, headers={"Content-Type": NATIVE_TYPE}
         )
-        return _checked(wire.decode_reply(answer.body))
+        reply = _checked(wire.decode_reply(answer.body))
+        reply["sent_bytes"] = len(body)
+        return reply
 
     async def _remote_aio(self, *args: Any, **kwargs: Any) -> Any:
         reply = await self.app.runner.wrap(self.send([(args, kwargs)], budget=0.0))

@@ -4,9 +4,10 @@ Inputs are read lazily and sent in *batches*: one HTTP exchange runs a batch ite
 item in one container. A batch starts small (the first results come back fast) and grows
 (at most fourfold a step) towards about :data:`TARGET_SECONDS` of round trip and
 :data:`TARGET_BYTES` of pickled arguments, so 100,000 tiny inputs cost a few dozen
-exchanges. At most ``max_concurrency`` batches are in flight (default: what the pool can
-run at once, ``max_containers * concurrency``); the worker stops a batch after its budget
-and replies with what it ran, and the rest is sent again. Results are handed over batch by
+exchanges. At most ``max_concurrency`` batches are in flight (default: twice what the pool
+can run at once, ``max_containers * concurrency``, so that a container finds its next
+batch waiting); the worker stops a batch after its budget and replies with what it ran,
+and the rest is sent again. Results are handed over batch by
 batch, in input order (``order=True``, held back while an earlier batch runs, at most
 :data:`HOLD` of them) or as they come; the generator does not read more input while its
 consumer is not reading results: back-pressure, both sides.
@@ -34,7 +35,7 @@ __all__ = ["Mapper"]
 
 FIRST_BATCH = 8
 MAX_BATCH = 50_000
-TARGET_SECONDS = 0.5
+TARGET_SECONDS = 0.25
 TARGET_BYTES = 1 << 20
 #: Results held back (order=True) before no more batches are sent.
 HOLD = 100_000
@@ -71,7 +72,8 @@ class Mapper:
         self.iterable = iterable
         self.order = order
         opts = function.options
-        self.width = max_concurrency or max(1, opts.max_containers * opts.concurrency)
+        # By default two batches per slot: a container finds the next one waiting.
+        self.width = max_concurrency or max(1, 2 * opts.max_containers * opts.concurrency)
         self.return_exceptions = return_exceptions
         self.kwargs = dict(kwargs or {})
         self.size = FIRST_BATCH
@@ -116,6 +118,8 @@ class Mapper:
 
     def _value(self, result: Result) -> Any:
         item, logs = result
+        if logs is None and item[0] == wire.OK:
+            return item[1]  # the common case, cheaply
         reply = {"items": [item], "logs": {0: logs} if logs is not None else {}}
         return self.function.outcome(reply, 0, raising=not self.return_exceptions)
 
@@ -220,13 +224,16 @@ class Mapper:
             held[start + i] = (item, logs.get(i))
         if len(items) < len(calls):
             again.appendleft((start + len(items), calls[len(items) :], single))
-        self._grow(len(items), seconds)
+        self._grow(len(items), seconds, int(reply.get("sent_bytes") or 0) / len(calls))
 
-    def _grow(self, ran: int, seconds: float) -> None:
+    def _grow(self, ran: int, seconds: float, bytes_per_call: float) -> None:
         if ran < self.size:
             return  # a short batch says little about the next
         per_call = max(seconds / ran, 1e-7)
-        want = min(TARGET_SECONDS / per_call, MAX_BATCH, self.size * 4)
+        by_bytes = TARGET_BYTES / max(bytes_per_call, 1.0)
+        want = min(TARGET_SECONDS / per_call, by_bytes, MAX_BATCH, self.size * 4)
+        if self.total is not None:  # enough batches to keep every slot busy to the end
+            want = min(want, max(1, self.total // (4 * self.width)))
         self.size = max(1, int(want))
 
 

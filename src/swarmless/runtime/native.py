@@ -278,23 +278,32 @@ def run_batch(
 ) -> tuple[list[tuple[Any, ...]], dict[int, tuple[str, str]]]:
     """Run ``calls`` in order until ``budget`` seconds have passed (at least one)."""
     items: list[tuple[Any, ...]] = []
-    logs: dict[int, tuple[str, str]] = {}
+    marks: list[tuple[int, int, int]] = []  # (index, where its stdout, stderr end)
     started = time.monotonic()
-    for index, (args, kwargs) in enumerate(calls):
-        if index and time.monotonic() - started > budget:
-            break
-        with capture.capturing() as (out, err):
+    # One capture for the batch (one per call would cost more than a tiny call): each
+    # call's share is cut out by where the text stood when it ended.
+    with capture.capturing() as (out, err):
+        for index, (args, kwargs) in enumerate(calls):
+            if index and time.monotonic() - started > budget:
+                break
+            before = (out._size, err._size)
             try:
                 item = _run_one(func, args, kwargs)
             except BaseException as e:  # the function's failure is the caller's to see
                 item = _error_item(e)
-        items.append(item)
+            items.append(item)
+            if (out._size, err._size) != before:
+                marks.append((index, out._size, err._size))
+    logs: dict[int, tuple[str, str]] = {}
+    if marks:
         text_out, text_err = out.getvalue(), err.getvalue()
-        if text_out or text_err:
-            logs[index] = (text_out, text_err)
-            # Also into the call's record at the gateway (swarmless logs CALL).
-            sys.stdout.write(text_out)
-            sys.stderr.write(text_err)
+        # Also into the call's record at the gateway (swarmless logs CALL).
+        sys.stdout.write(text_out)
+        sys.stderr.write(text_err)
+        o_at = e_at = 0
+        for index, o_end, e_end in marks:
+            logs[index] = (text_out[o_at:o_end], text_err[e_at:e_end])
+            o_at, e_at = o_end, e_end
     return items, logs
 
 
