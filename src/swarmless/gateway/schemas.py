@@ -241,6 +241,21 @@ class ScaleInfo(BaseModel):
     reason: str | None = None
 
 
+class Rollout(BaseModel):
+    """How a deploy's new version replaced the old one, before the deploy answered."""
+
+    model_config = ConfigDict(extra="allow")
+
+    state: Literal["none", "done", "pending", "failed"] = Field(
+        description="none: nothing to roll; done: no old container takes calls any more; "
+        "pending: some still do after the wait (?wait=S); failed: the new version's "
+        "containers crash, the old ones serve on."
+    )
+    old: int = Field(0, description="Containers of older versions still taking calls.")
+    waited: float = Field(0.0, description="Seconds the deploy waited.")
+    reason: str | None = None
+
+
 class FunctionInfo(BaseModel):
     """A deployed function: its spec, version, containers and scaling."""
 
@@ -253,6 +268,12 @@ class FunctionInfo(BaseModel):
         description="ready, starting, busy, in_flight, queued, async_queued, async_running."
     )
     scale: ScaleInfo
+    previous_version: int | None = Field(
+        None, description="A deploy's answer: the version before it (null: a new function)."
+    )
+    rollout: Rollout | None = Field(
+        None, description="A deploy's answer: how the new version replaced the old one."
+    )
 
 
 class ScaleBody(BaseModel):
