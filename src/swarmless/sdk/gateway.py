@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json as jsonlib
 import socket
+import sys
 import time
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar, cast
@@ -235,6 +236,13 @@ def _reason(e: Exception) -> str:
 NO_DELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
+def _serving() -> str | None:
+    """The call this thread serves in a warm container's runtime (none elsewhere)."""
+    runtime = sys.modules.get("swarmless.runtime.invocation")
+    call: str | None = getattr(getattr(runtime, "CURRENT", None), "call_id", None)
+    return call
+
+
 class BaseGatewayClient:
     """Everything both faces share: settings, addresses, and every operation's requests
     and answers (the ``_op_*`` generators). A face adds only ``_http`` and ``_drive``."""
@@ -249,8 +257,11 @@ class BaseGatewayClient:
 
     def _client_options(self, timeout: float | None) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
-        if self.settings.call_id:  # inside a function: the calls made here are its children
-            headers["X-Swarmless-Parent"] = self.settings.call_id
+        # Inside a function the calls made here are children of the call it serves: the
+        # one-shot container's (SWARMLESS_CALL_ID), or the warm handler thread's.
+        parent = self.settings.call_id or _serving()
+        if parent:
+            headers["X-Swarmless-Parent"] = parent
         return {"headers": headers, "timeout": httpx.Timeout(timeout or 300.0, connect=10.0)}
 
     # -- sending, once for both faces -----------------------------------------------------
