@@ -7,7 +7,9 @@ its first attribute looked up decides what ``swarmless`` is:
 
 - the image has the full package installed (the SDK with httpx and the Docker SDK): that
   package's ``__init__`` is loaded into this one, so every name is the real one, while
-  ``swarmless.runtime`` stays the gateway's own (runtime and gateway always agree);
+  ``swarmless.runtime`` stays the gateway's own (runtime and gateway always agree); its
+  subpackages import from the start (``import swarmless.compat.dockerrun``: the 2016
+  ``dockerrun.py`` in a warm container), its folder being on this package's ``__path__``;
 - else the names of the in-function client (:mod:`swarmless.runtime.client`):
   ``swarmless.from_env()`` returns a :class:`~swarmless.runtime.client.FunctionClient`
   (invoke, spawn, result) with this container's caller token already set.
@@ -28,20 +30,29 @@ _CLIENT = ("FunctionClient", "Invocation", "InvokeResult", "SwarmlessError", "fr
 _found = None
 
 
+def _find():
+    """The __init__.py of an installed swarmless (the full SDK), or None."""
+    for entry in _sys.path:
+        init = _os.path.join(entry or ".", "swarmless", "__init__.py")
+        real = _os.path.dirname(_os.path.abspath(init))
+        if real != _here and _os.path.isfile(init):
+            return init
+    return None
+
+
+_init = _find()
+if _init is not None:  # its subpackages (swarmless.compat, ...) import from the start
+    __path__.append(_os.path.dirname(_os.path.abspath(_init)))
+
+
 def _installed():
     """Load an installed swarmless (the full SDK) into this package, once; True if found."""
     global _found
     if _found is None:
-        _found = False
-        for entry in _sys.path:
-            init = _os.path.join(entry or ".", "swarmless", "__init__.py")
-            real = _os.path.dirname(_os.path.abspath(init))
-            if real != _here and _os.path.isfile(init):
-                _found = True
-                __path__.append(real)
-                with open(init) as f:
-                    exec(compile(f.read(), init, "exec"), globals())
-                break
+        _found = _init is not None
+        if _found:
+            with open(_init) as f:
+                exec(compile(f.read(), _init, "exec"), globals())
     return _found
 
 
