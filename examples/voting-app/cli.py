@@ -1,6 +1,6 @@
 """The voting app's command line (``run.sh``): up, deploy, status, down.
 
-    examples/voting-app/run.sh up [--mode warm|cgi] [--record spawn|docker]
+    examples/voting-app/run.sh up [--mode warm|cgi] [--record spawn|docker] [--style 2016]
     examples/voting-app/run.sh deploy --mode cgi        # switch the running app
     examples/voting-app/run.sh status
     examples/voting-app/run.sh down [--keep-images]
@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from votingapp import (
     MODES,
     RECORD_PATHS,
+    STYLES,
     Database,
     Images,
     Names,
@@ -114,8 +115,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     engine = connect()
     try:
         with console.status("building the images ...") as status:
-            images = build_images(engine, say=lambda m: status.update(m))
-        console.print(f"images ready ({', '.join(dataclasses.asdict(images).values())})")
+            images = build_images(engine, say=lambda m: status.update(m), style=args.style)
+        built = [tag for tag in dataclasses.asdict(images).values() if tag]
+        console.print(f"images ready ({', '.join(built)})")
         ensure_network(engine, names.network, own)
         with console.status(f"starting PostgreSQL ({names.db}) ..."):
             db = start_database(
@@ -131,7 +133,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     flags = "" if args.name == DEFAULT_NAME else f"--name {args.name} "
     if args.data_dir:
         flags += f"--data-dir {data_dir} "
-    return _serve_app(settings, images, db, args.mode, args.record, flags)
+    return _serve_app(settings, images, db, args.mode, args.record, flags, args.style)
 
 
 def cmd_swarm_up(args: argparse.Namespace) -> int:
@@ -179,7 +181,13 @@ def cmd_swarm_up(args: argparse.Namespace) -> int:
 
 
 def _serve_app(
-    settings: Settings, images: Images, db: Database, mode: str, record: str, flags: str
+    settings: Settings,
+    images: Images,
+    db: Database,
+    mode: str,
+    record: str,
+    flags: str,
+    style: str = "today",
 ) -> int:
     """Run a gateway in the foreground; once it answers, deploy and print the URLs."""
     data_dir = settings.data_dir
@@ -196,11 +204,13 @@ def _serve_app(
             "db_url": db.url,
             "backend": settings.backend,
             "docker_host": settings.docker_host,
+            "style": style,
+            "network": settings.network,
         }
         (data_dir / "state.json").write_text(json.dumps(state, indent=2))
         threading.Thread(
             target=_deploy_and_announce,
-            args=(url, token, data_dir, images, db, mode, record, flags, down),
+            args=(url, token, data_dir, images, db, mode, record, flags, down, style, settings),
             daemon=True,
         ).start()
 
@@ -247,24 +257,29 @@ def _deploy_and_announce(
     record: str,
     flags: str,
     down: str,
+    style: str,
+    settings: Settings,
 ) -> None:
     gw = GatewayClient(Settings.load(gateway_url=url, token=token), timeout=60)
     try:
-        changed = deploy(gw, specs(images, db, mode=mode, record=record))
+        wanted = specs(images, db, mode=mode, record=record, style=style, network=settings.network)
+        changed = deploy(gw, wanted)
     except SwarmlessError as e:
         console.print(f"[red]error:[/red] deploying the functions failed: {e.message}")
         return
     finally:
         gw.close()
     console.print(f"deployed: {', '.join(changed) or 'nothing changed'}")
-    pages = urls(url)
-    console.rule("the voting app is up")
+    pages = urls(url, style)
+    console.rule("the voting app is up" + (" (the 2016 front ends)" if style == "2016" else ""))
     console.print(f"  vote:    [bold]{pages['vote']}[/bold]")
     console.print(f"  result:  [bold]{pages['result']}[/bold]")
     console.print(
         f"  dashboard: [bold]{url}/ui/[/bold]   (log in with the token: cat {data_dir / 'token'})"
     )
     via = "spawn (async, durable, retried)" if record == "spawn" else "run(detach=True), scoped"
+    if style == "2016":
+        via = "dockerrun's run(detach=True), a child outliving the page (children_timeout)"
     console.print(f"  mode: {mode}, votes recorded by {via}")
     here = Path(__file__).parent
     other = "cgi" if mode == "warm" else "warm"
@@ -284,12 +299,26 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if state.get("backend") == "swarm" and args.record != "spawn":
         raise SwarmlessError("on a Swarm votes are recorded by spawn only (no scoped Docker API)")
     images = Images(**state["images"])
+    style = args.style or state.get("style", "today")
+    if state.get("backend") == "swarm" and style == "2016":
+        raise SwarmlessError("the 2016 front ends need the scoped Docker API: not on a Swarm")
+    if style == "2016" and not images.vote2016:
+        engine = connect()
+        try:
+            with console.status("building the 2016 front ends ...") as status:
+                images = build_images(engine, say=lambda m: status.update(m), style=style)
+        finally:
+            engine.close()
     db = Database(container=Names(args.name).db, url=state["db_url"])
+    network = state.get("network") or Names(args.name).network
     gw = _client(state, data_dir)
     try:
-        changed = deploy(gw, specs(images, db, mode=args.mode, record=args.record))
+        wanted = specs(images, db, mode=args.mode, record=args.record, style=style, network=network)
+        changed = deploy(gw, wanted)
     finally:
         gw.close()
+    state.update(images=dataclasses.asdict(images), style=style)
+    (data_dir / "state.json").write_text(json.dumps(state, indent=2))
     console.print(f"deployed: {', '.join(changed) or 'nothing changed'}")
     return 0
 
@@ -302,7 +331,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         for name in ("vote", "result", "record-vote"):
             f = gw.function(name)
             running = container_count(f.get("containers") or {}, f["spec"]["mode"])
-            page = urls(state["url"]).get(name, "")
+            page = urls(state["url"], state.get("style", "today")).get(name, "")
             console.print(f"{name:12} {f['spec']['mode']:8} containers={running:<3} {page}")
     finally:
         gw.close()
@@ -387,6 +416,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--mode", choices=MODES, default=os.environ.get("VOTE_MODE", "warm"))
         p.add_argument(
             "--record", choices=RECORD_PATHS, default=os.environ.get("VOTE_RECORD", "spawn")
+        )
+        p.add_argument(
+            "--style",
+            choices=STYLES,
+            default=os.environ.get("VOTE_STYLE") or ("today" if name == "up" else None),
+            help="2016: the front ends as written in 2016 (a Flask CGI page firing its task "
+            "with dockerrun, a Perl CGI result page), at /vote/ and /result/",
         )
     manager = {"default": os.environ.get("SWARMLESS_DOCKER_HOST"), "metavar": "URL"}
     manager_help = "a Swarm manager's Engine API (default: the test Swarm)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The serverless voting app on the local engine (details: README.md, cli.py):
 #
-#   examples/voting-app/run.sh up [--mode warm|cgi] [--record spawn|docker]
+#   examples/voting-app/run.sh up [--mode warm|cgi] [--record spawn|docker] [--style 2016]
 #   examples/voting-app/run.sh deploy --mode cgi      # switch the running app
 #   examples/voting-app/run.sh status
 #   examples/voting-app/run.sh down [--keep-images]

@@ -60,6 +60,9 @@ PYTHON = os.environ.get("SWARMLESS_BASE_IMAGE", "swarmless/python:bookworm")
 MODES = ("warm", "cgi")
 RECORD_PATHS = ("spawn", "docker")
 FRONT_ENDS = ("vote", "result")
+#: ``today``: the front ends of this folder; ``2016``: as the 2016 app wrote them
+#: (``style2016.py``: a Flask CGI page with dockerrun, a Perl CGI result page).
+STYLES = ("today", "2016")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +97,9 @@ class Images:
     vote: str
     record_vote: str
     result: str
+    #: The 2016 front ends (built only for ``--style 2016``).
+    vote2016: str | None = None
+    result2016: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,8 +190,10 @@ def build_images(
     *,
     python: str = PYTHON,
     say: Callable[[str], None] = lambda _msg: None,
+    style: str = "today",
 ) -> Images:
-    """Build what is missing (two steps reach Debian's mirror: base and postgres)."""
+    """Build what is missing (two steps reach Debian's mirror: base and postgres; for
+    ``style`` 2016 two more, the 2016 front ends')."""
     try:
         engine.images.get(python)
     except docker.errors.ImageNotFound:
@@ -201,13 +209,19 @@ def build_images(
             _build, engine, "postgres", _files(images / "postgres"), {"PYTHON": python}, say
         )
         base = base_job.result()
+        parts = [
+            ("record-vote", _files(HERE / "record-vote")),
+            ("vote", {**_files(HERE / "vote"), **_sdk_files(), **_runtime_files()}),
+            ("result", {**_files(HERE / "result"), **_runtime_files()}),
+        ]
+        if style == "2016":
+            parts += [
+                ("vote2016", {**_files(HERE / "vote2016"), **_sdk_files(), **_runtime_files()}),
+                ("result2016", {**_files(HERE / "result2016"), **_runtime_files()}),
+            ]
         jobs = {
             name: pool.submit(_build, engine, name, files, {"BASE": base}, say)
-            for name, files in (
-                ("record-vote", _files(HERE / "record-vote")),
-                ("vote", {**_files(HERE / "vote"), **_sdk_files(), **_runtime_files()}),
-                ("result", {**_files(HERE / "result"), **_runtime_files()}),
-            )
+            for name, files in parts
         }
         return Images(
             base=base,
@@ -215,6 +229,8 @@ def build_images(
             vote=jobs["vote"].result(),
             record_vote=jobs["record-vote"].result(),
             result=jobs["result"].result(),
+            vote2016=jobs["vote2016"].result() if "vote2016" in jobs else None,
+            result2016=jobs["result2016"].result() if "result2016" in jobs else None,
         )
 
 
@@ -307,12 +323,20 @@ def specs(
     backoff: float = 1.0,
     labels: Mapping[str, str] | None = None,
     private_record: bool = True,
+    style: str = "today",
+    network: str | None = None,
+    children_timeout: float = 60.0,
 ) -> list[FunctionSpec]:
     """record-vote (oneshot, retried), then vote and result in ``mode`` (cgi or warm).
 
     ``private_record``: only the admin and function containers (their own token) may queue
     a vote (on both backends: every function container gets a token of its own).
+    ``style`` 2016: the 2016 front ends (``style2016.py``; they record by the 2016 call
+    only, its task joining ``network``, the gateway's function network, and having
+    ``children_timeout`` seconds to finish once the page that fired it has exited).
     """
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if record not in RECORD_PATHS:
@@ -332,6 +356,27 @@ def specs(
         labels=extra,
     )
     front: dict[str, Any] = {"mode": mode, "timeout": 30, "labels": extra}
+    if style == "2016":
+        from style2016 import specs_2016
+
+        if not images.vote2016 or not images.result2016 or not network:
+            raise ValueError("style 2016 needs its images (build_images(style='2016')), a network")
+        if mode == "warm":
+            front.update(idle_timeout=idle_timeout)
+        return [
+            record_vote,
+            *specs_2016(
+                vote_image=images.vote2016,
+                result_image=images.result2016,
+                record_image=images.record_vote,
+                database_url=db.url,
+                network=network,
+                mode=mode,
+                front={**front, "max_containers": max_containers},
+                options=options,
+                children_timeout=children_timeout,
+            ),
+        ]
     if mode == "warm":
         front.update(
             handler="app:app",
@@ -384,8 +429,10 @@ def container_count(counts: Mapping[str, int], mode: str) -> int:
     return counts.get("busy", 0)
 
 
-def urls(gateway_url: str) -> dict[str, str]:
-    """The two pages of the app."""
+def urls(gateway_url: str, style: str = "today") -> dict[str, str]:
+    """The two pages of the app (the 2016 style's at their own routes, /vote/ and /result/)."""
+    if style == "2016":
+        return {name: f"{gateway_url}/{name}/" for name in FRONT_ENDS}
     return {name: f"{gateway_url}/function/{name}/" for name in FRONT_ENDS}
 
 

@@ -1,0 +1,1 @@
+from swarmless.compat.dockerrun import *  # noqa: F403
