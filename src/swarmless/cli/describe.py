@@ -18,7 +18,7 @@ import click
 from swarmless.cli._base import main
 from swarmless.cli._client import function_names, gateway
 from swarmless.cli.listing import record_columns
-from swarmless.cli.output import details, dump, output_option, render
+from swarmless.cli.output import details, dump, echo_wrapped, output_option, render
 
 #: Statuses of a call that went wrong.
 FAILED = ("failed", "timeout", "dead")
@@ -145,7 +145,8 @@ def describe(name: str, failures: int, output: str) -> None:
         click.echo("  recent plans:")
     for plan in recent:
         actions = "; ".join(_action(a) for a in plan["actions"])
-        click.echo(f"    {_at(plan.get('at'))}  want {_value(plan.get('desired'))}  {actions}")
+        wanted = _value(plan.get("desired"))
+        echo_wrapped(f"    {_at(plan.get('at'))}  want {wanted}  {actions}", hang=14)
     if not failures:
         return
     click.echo(f"recent failures ({len(failed)}):" if failed else "recent failures: none")

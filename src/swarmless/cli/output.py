@@ -32,6 +32,7 @@ __all__ = [
     "details",
     "dump",
     "echo_err",
+    "echo_wrapped",
     "ms",
     "output_option",
     "render",
@@ -212,6 +213,23 @@ def details(pairs: Sequence[tuple[str, object]], indent: int = 0) -> None:
             hang = "\n" + " " * (indent + width + 2)
             text = hang.join(textwrap.wrap(text, room, break_on_hyphens=False))
         click.echo(f"{pad}{(key + ':').ljust(width)}  {text}".rstrip())
+
+
+def echo_wrapped(text: str, hang: int) -> None:
+    """A line; on a terminal, wrapped to its width with the rest indented by ``hang``."""
+    if terminal() and len(text) > console.width:
+        import textwrap
+
+        lead = len(text) - len(text.lstrip())
+        lines = textwrap.wrap(
+            text.strip(),
+            console.width,
+            initial_indent=" " * lead,
+            subsequent_indent=" " * hang,
+            break_on_hyphens=False,
+        )
+        text = "\n".join(lines)
+    click.echo(text)
 
 
 def ms(value: float | None) -> str:
