@@ -29,8 +29,9 @@ from tests.gateway_harness import TOKEN, RunningGateway
 from tests.waiting import wait_until
 
 RUN = uuid.uuid4().hex[:8]
-#: The functions of these tests are named ``*-r`` (here) and ``*-t`` (test_templates.py).
-FUNCTION_SUFFIXES = ("-r", "-t")
+#: The functions whose images these tests build (here and in tests/test_templates.py): the
+#: untagged builds of those (a dry run's, a refused file's) are removed at the end.
+BUILT = frozenset({"roll-r", "dry-r", "envy-r", "callee-r", "hello-node-t", "hello-go-t"})
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def images(engine: docker.DockerClient) -> Iterator[Callable[[str], str]]:
         with contextlib.suppress(docker.errors.DockerException):
             engine.images.remove(name, force=True)
     for image in engine.images.list(filters={"dangling": True, "label": "swarmless.function"}):
-        if image.labels.get("swarmless.function", "").endswith(FUNCTION_SUFFIXES):
+        if image.labels.get("swarmless.function") in BUILT:
             with contextlib.suppress(docker.errors.DockerException):
                 engine.images.remove(image.id, force=True)
 
