@@ -1,0 +1,27 @@
+"""Backends: one small interface, two engines.
+
+- :mod:`~swarmless.backends.base`: the :class:`Backend` interface the gateway drives;
+- :mod:`~swarmless.backends.docker`: one Docker Engine (user-defined bridge network);
+- :mod:`~swarmless.backends.swarm` (with ``swarm_nodes``, ``swarm_oneshot``,
+  ``swarm_specs``): a Docker Swarm (services on an attachable overlay network).
+
+Import the module you need: ``__all__`` names the submodules, none is imported here.
+"""
+
+__all__ = [
+    "base",
+    "docker",
+    "swarm",
+    "swarm_nodes",
+    "swarm_oneshot",
+    "swarm_specs",
+]
+
+
+def __getattr__(name: str) -> object:
+    """A submodule, imported on first use (PEP 562)."""
+    if name in __all__:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

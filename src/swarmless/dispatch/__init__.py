@@ -1,0 +1,35 @@
+"""Dispatch: what happens to a call between the gateway's edge and a container.
+
+- :mod:`~swarmless.dispatch.dispatcher`: the function table, the warm hot path, deadlines,
+  in-flight accounting, drain; :mod:`~swarmless.dispatch.pool`: a warm function's workers;
+- :mod:`~swarmless.dispatch.workers`: worker ids and tokens, deaths, crashes;
+- :mod:`~swarmless.dispatch.oneshot`: one-shot and CGI calls (:mod:`~swarmless.dispatch.cgi`);
+- :mod:`~swarmless.dispatch.recorder`: records and logs, written behind;
+- :mod:`~swarmless.dispatch.async_runner` and :mod:`~swarmless.dispatch.scheduler`: the
+  durable queue's runner and cron schedules; :mod:`~swarmless.dispatch.metrics`.
+
+Import the module you need: ``__all__`` names the submodules, none is imported here.
+"""
+
+__all__ = [
+    "async_runner",
+    "background",
+    "cgi",
+    "dispatcher",
+    "metrics",
+    "oneshot",
+    "pool",
+    "recorder",
+    "request",
+    "scheduler",
+    "workers",
+]
+
+
+def __getattr__(name: str) -> object:
+    """A submodule, imported on first use (PEP 562)."""
+    if name in __all__:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

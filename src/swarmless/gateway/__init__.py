@@ -1,0 +1,47 @@
+"""The gateway: one ASGI app (see :mod:`swarmless.gateway.app` for the route list).
+
+- :mod:`~swarmless.gateway.app`: routing, the admin token, start-up;
+  :mod:`~swarmless.gateway.active`: the active replica's wiring;
+- :mod:`~swarmless.gateway.edge` and :mod:`~swarmless.gateway.callbacks`: what reaches a
+  function, where callbacks go;
+- :mod:`~swarmless.gateway.sync_routes`, :mod:`~swarmless.gateway.async_routes`,
+  :mod:`~swarmless.gateway.runtime_api`, :mod:`~swarmless.gateway.admin`,
+  :mod:`~swarmless.gateway.openfaas`, :mod:`~swarmless.gateway.ui`: the routes;
+- :mod:`~swarmless.gateway.replicas`: the lease among replicas;
+  :mod:`~swarmless.gateway.server`: uvicorn and the drain.
+
+Import the module you need: ``__all__`` names the submodules, none is imported here.
+"""
+
+__all__ = [
+    "active",
+    "admin",
+    "app",
+    "asgi",
+    "async_routes",
+    "callbacks",
+    "capacity",
+    "context",
+    "docs",
+    "edge",
+    "openfaas",
+    "openfaas_mapping",
+    "openfaas_models",
+    "replicas",
+    "rollout",
+    "routing",
+    "runtime_api",
+    "schemas",
+    "server",
+    "sync_routes",
+    "ui",
+]
+
+
+def __getattr__(name: str) -> object:
+    """A submodule, imported on first use (PEP 562)."""
+    if name in __all__:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
