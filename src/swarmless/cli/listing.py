@@ -73,6 +73,8 @@ FUNCTION_COLUMNS = (
 def ls(nodes: bool, output: str) -> None:
     """List deployed functions and their containers."""
     if nodes:
+        if output not in ("table", "wide"):
+            raise click.UsageError("ls --nodes prints a table only (-o table or wide)")
         from swarmless.cli.nodes import print_nodes
         from swarmless.config import Settings
 
