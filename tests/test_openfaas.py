@@ -99,6 +99,7 @@ def test_swarmless_annotations_set_spec_fields() -> None:
         ({"service": "x"}, "image"),
         ({"service": "x", "image": "i", "name": "x"}, "name"),  # a swarmless field: refused
         ({"service": "x", "image": "i", "readOnlyRootFilesystem": True}, "readOnlyRoot"),
+        ({"service": "x", "image": "i", "readOnlyRootFilesystem": 0}, "readOnlyRoot"),
         ({"service": "x", "image": "i", "namespace": "team-a"}, "namespace"),
         ({"service": "x", "image": "i", "envVars": {"N": 1}}, "envVars.N"),
         ({"service": "x", "image": "i", "limits": {"memory": "lots"}}, "limits.memory"),

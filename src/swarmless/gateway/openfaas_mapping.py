@@ -92,6 +92,12 @@ def to_spec(body: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     InvalidArgument (400) for a body that is not a FunctionDeployment (unknown fields, wrong
     types); the spec's own rules (a name, an image, sizes...) are the admin route's.
     """
+    read_only = body.get("readOnlyRootFilesystem")
+    if read_only is not None and read_only is not False:  # (0 == False, and true is refused)
+        raise InvalidArgument(
+            "not an OpenFaaS FunctionDeployment: readOnlyRootFilesystem: swarmless does not "
+            f"offer a read-only root filesystem; false or leave it out (got {read_only!r:.50})"
+        )
     try:
         d = FunctionDeployment.model_validate(dict(body), strict=True)
     except ValidationError as e:
