@@ -455,6 +455,7 @@ def test_every_help_ends_with_examples_that_parse(name: str) -> None:
     examples = _EXAMPLES[name]
     for line in examples:
         assert line in r.stdout  # kept whole, not rewrapped
+        assert len(line) + 4 <= 80, f"wider than a terminal once indented: {line}"
         if "$" not in line and "swarmless " in line and not line.startswith(("eval", "echo")):
             _examples_parse(name, line)
 

@@ -94,7 +94,7 @@ _EXAMPLES = {
     ),
     "deploy": (
         "swarmless deploy                        # ./swarmless.yml",
-        "swarmless deploy hello --dry-run         # build and check; print what would change",
+        "swarmless deploy hello --dry-run        # what would change",
         "swarmless deploy hello --no-build",
         "swarmless deploy stack.yml --only vote --only result",
     ),
@@ -114,7 +114,7 @@ _EXAMPLES = {
     ),
     "logs": (
         "swarmless logs hello                    # its latest calls",
-        "swarmless logs 0193b2c4d5e6-9f8a7b6c5d4e   # what that call printed, how it ended",
+        "swarmless logs 0193b2c4d5e6-9f8a7b6c5d4e  # its output, how it ended",
         "swarmless logs -f hello                 # follow its calls (Ctrl-C ends)",
         "swarmless logs hello -o json | jq '.[] | select(.status != \"succeeded\")'",
     ),
