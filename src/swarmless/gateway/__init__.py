@@ -7,6 +7,7 @@
 - :mod:`~swarmless.gateway.sync_routes`, :mod:`~swarmless.gateway.async_routes`,
   :mod:`~swarmless.gateway.runtime_api`, :mod:`~swarmless.gateway.admin`,
   :mod:`~swarmless.gateway.openfaas`, :mod:`~swarmless.gateway.ui`: the routes;
+  :mod:`~swarmless.gateway.routing`: functions at their own paths and host names;
 - :mod:`~swarmless.gateway.replicas`: the lease among replicas;
   :mod:`~swarmless.gateway.server`: uvicorn and the drain.
 
