@@ -70,6 +70,11 @@ def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool
         return True
     if response.status_code not in (502, 504):
         return True
+    if case.method.upper() == "HEAD":
+        # A HEAD answer has no body to name the failure: the gateway's error answers carry
+        # X-Swarmless-Error (a bare 5xx from anywhere else does not).
+        marked = response.headers.get("x-swarmless-error") or []  # lower-case keys, lists
+        return "1" not in ([marked] if isinstance(marked, str) else marked)
     try:
         error = response.json().get("error")
     except (ValueError, AttributeError):
