@@ -2,10 +2,11 @@
 
 Mixed load (warm, async, oneshot, cgi) on a gateway process of its own, sampled every
 10 s. Nothing may grow past warm-up (RSS, open fds, threads, containers: the second half's
-highest value not above the first half's by more than a margin, so a plateau or a slow
-start does not count, a steady climb does), no call may fail, every accepted call has a
-final record, and no container is left once the warm ones have been idle. The 30-minute
-run is ``.venv/bin/python bench/soak.py``; tests/reliability/README.md keeps its figures.
+median not above the first half's highest value by more than a margin, so a plateau, a
+slow start or a lone spike does not count, a steady climb does), no call may fail, every
+accepted call has a final record, and no container is left once the warm ones have been
+idle. The 30-minute run is ``.venv/bin/python bench/soak.py``; tests/reliability/README.md
+keeps its figures.
 """
 
 from __future__ import annotations
