@@ -65,6 +65,14 @@ ndocker() {  # ndocker K ARGS...: the docker CLI against node K's engine, over T
   docker -H "tcp://$(node_ip "$k"):$PORT" "$@"
 }
 running() { [ "$(docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null)" = true ]; }
+gone() {  # gone NAME: bounded wait until no container NAME exists (removal done)
+  local i
+  for ((i = 0; i < WAIT * 4; i++)); do
+    docker inspect "$1" >/dev/null 2>&1 || return 0
+    sleep 0.25
+  done
+  return 1
+}
 
 # -- the node image ---------------------------------------------------------------------
 
@@ -184,11 +192,25 @@ start_node() {
   local k=$1 name ip
   name=$(node_name "$k")
   if docker inspect "$name" >/dev/null 2>&1; then
-    if ! running "$name"; then
-      say "starting stopped $name"
-      docker start "$name" >/dev/null
-    fi
-    return 0
+    case "$(docker inspect -f '{{.State.Status}}' "$name" 2>/dev/null)" in
+      running) return 0 ;;
+      removing | dead)
+        # Being removed (a `down` that outlived its caller's timeout) or half-removed: wait
+        # for the removal, bounded, then make the node anew below.
+        say "waiting for $name, being removed, to be gone"
+        gone "$name" || die "$name is still being removed after ${WAIT}s"
+        ;;
+      *)
+        say "starting stopped $name"
+        if ! docker start "$name" >/dev/null; then
+          say "$name does not start: making it anew"
+          docker rm -f -v "$name" >/dev/null 2>&1 || true
+          gone "$name" || die "cannot remove $name to make it anew"
+        else
+          return 0
+        fi
+        ;;
+    esac
   fi
   [ ${#PRIV_ARGS[@]} -gt 0 ] || security_args
   ip="$(subnet).$((10 + k))"

@@ -73,7 +73,7 @@ class Cluster:
             with contextlib.suppress(Exception):
                 c.close()
         self._clients.clear()
-        _script("down", timeout=120)
+        _script("down", timeout=300)
 
     def load(self, *images: str) -> None:
         _script("load", *images, labels=self.labels)
