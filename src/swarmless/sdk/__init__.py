@@ -30,29 +30,26 @@ __all__ = [
 
 _CLIENT = "swarmless.sdk.client"
 _GATEWAY = "swarmless.sdk.gateway"
+_ASYNC_GATEWAY = "swarmless.sdk.gateway_async"
 #: Where each public name lives; imported on first use.
 _EXPORTS = {
     "AsyncClient": _CLIENT,
-    "AsyncGatewayClient": _GATEWAY,
-    "AsyncInvocation": _GATEWAY,
+    "AsyncGatewayClient": _ASYNC_GATEWAY,
+    "AsyncInvocation": _ASYNC_GATEWAY,
     "AsyncRun": _CLIENT,
     "Client": _CLIENT,
     "GatewayClient": _GATEWAY,
     "Invocation": _GATEWAY,
-    "InvokeResult": _GATEWAY,
+    "InvokeResult": "swarmless.sdk.gateway_wire",
     "Run": "swarmless.sdk.run",
     "from_env": _CLIENT,
 }
 
 if TYPE_CHECKING:
     from swarmless.sdk.client import AsyncClient, AsyncRun, Client, from_env
-    from swarmless.sdk.gateway import (
-        AsyncGatewayClient,
-        AsyncInvocation,
-        GatewayClient,
-        Invocation,
-        InvokeResult,
-    )
+    from swarmless.sdk.gateway import GatewayClient, Invocation
+    from swarmless.sdk.gateway_async import AsyncGatewayClient, AsyncInvocation
+    from swarmless.sdk.gateway_wire import InvokeResult
     from swarmless.sdk.run import Run
 else:
 
