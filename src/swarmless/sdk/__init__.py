@@ -29,14 +29,15 @@ __all__ = [
 ]
 
 _CLIENT = "swarmless.sdk.client"
+_ASYNC_CLIENT = "swarmless.sdk.client_async"
 _GATEWAY = "swarmless.sdk.gateway"
 _ASYNC_GATEWAY = "swarmless.sdk.gateway_async"
 #: Where each public name lives; imported on first use.
 _EXPORTS = {
-    "AsyncClient": _CLIENT,
+    "AsyncClient": _ASYNC_CLIENT,
     "AsyncGatewayClient": _ASYNC_GATEWAY,
     "AsyncInvocation": _ASYNC_GATEWAY,
-    "AsyncRun": _CLIENT,
+    "AsyncRun": _ASYNC_CLIENT,
     "Client": _CLIENT,
     "GatewayClient": _GATEWAY,
     "Invocation": _GATEWAY,
@@ -46,7 +47,8 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from swarmless.sdk.client import AsyncClient, AsyncRun, Client, from_env
+    from swarmless.sdk.client import Client, from_env
+    from swarmless.sdk.client_async import AsyncClient, AsyncRun
     from swarmless.sdk.gateway import GatewayClient, Invocation
     from swarmless.sdk.gateway_async import AsyncGatewayClient, AsyncInvocation
     from swarmless.sdk.gateway_wire import InvokeResult
