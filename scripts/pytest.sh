@@ -3,7 +3,8 @@
 # ("no tests collected") is a failure here: a suite that ran nothing proves nothing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-.venv/bin/python -m pytest "$@"
+# Short tracebacks: CI shows only a part of the output, and every failure should fit in it.
+.venv/bin/python -m pytest --tb=short "$@"
 rc=$?
 if [ "$rc" = 5 ]; then
   echo "pytest collected no tests: failing on purpose" >&2

@@ -396,6 +396,9 @@ def test_basic_auth_is_the_admin_token(gw: RunningGateway, authorization: str, s
         assert r.status_code == status, (path, r.text)
     if status == 401:
         assert "basic auth, user admin" in r.json()["message"]
+    # An async call's answer takes the same credentials (an unknown call: 404 once let in).
+    r = httpx.get(f"{gw.url}/invocations/no-such-call/result", headers=headers, timeout=30)
+    assert r.status_code == (404 if status == 200 else 401), r.text
 
 
 def test_basic_auth_never_reaches_a_function(

@@ -360,8 +360,7 @@ class Admin:
     async def get_result(self, request: HTTPRequest) -> Response:
         """What a finished async call answered (``?wait=S`` waits for it). A function's
         container may read the calls its function made (its caller token)."""
-        auth = request.headers.get("authorization", "")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        token = bearer(request.scope)  # Bearer, or Basic admin:<token> as every admin route
         try:
             self.gw.check_admin(token)
         except Unauthorized:
