@@ -1,10 +1,13 @@
-"""Shared pieces of the benchmarks: a gateway process, a function image, percentiles."""
+"""Shared pieces of the benchmarks: a gateway process, a function image, percentiles, the
+target lines, CPU accounting (machine, process, container cgroup) and the environment."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -102,3 +105,121 @@ def gateway(engine: docker.DockerClient, name: str) -> Iterator[Gateway]:
                 engine.api.remove_container(c["Id"], force=True)
         with contextlib.suppress(docker.errors.DockerException):
             engine.networks.get(f"swarmless-{instance}").remove()
+
+
+# -- what every benchmark reports ---------------------------------------------------------
+
+OPS = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b}
+
+
+def target(name: str, value: float, op: str, goal: float, unit: str = "ratio") -> dict[str, object]:
+    """Print the one line of a target (``NAME ratio X (target <= Y: PASS)``); its record."""
+    ok = bool(OPS[op](value, goal))
+    shown = f"{value:.3g}" if unit == "ratio" else f"{value:,.1f}"
+    print(f"{name} {unit} {shown} (target {op} {goal:g}: {'PASS' if ok else 'FAIL'})", flush=True)
+    return {"name": name, "unit": unit, "value": value, "op": op, "target": goal, "pass": ok}
+
+
+def write_json(path: str | None, data: dict[str, object]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(data, indent=1, default=float))
+
+
+# -- CPU accounting: whole machine, processes, containers -----------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def host_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far (all cores, /proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # guest time is already counted in user
+    return (total - idle) / _TICK, total / _TICK
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's waited-for children (the load generators)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def container_cpu(engine: docker.DockerClient, cid: str) -> float:
+    """CPU seconds a container's cgroup has used (cgroup v1 or v2; else the engine's stats)."""
+    for path, scale in (
+        (f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage", 1e-9),
+        (f"/sys/fs/cgroup/cpu,cpuacct/docker/{cid}/cpuacct.usage", 1e-9),
+        (f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat", 1e-6),
+        (f"/sys/fs/cgroup/docker/{cid}/cpu.stat", 1e-6),
+    ):
+        with contextlib.suppress(OSError):
+            text = Path(path).read_text()
+            if path.endswith("cpu.stat"):
+                usage = next(ln for ln in text.splitlines() if ln.startswith("usage_usec"))
+                return int(usage.split()[1]) * scale
+            return int(text) * scale
+    stats = engine.api.stats(cid, stream=False)
+    return float(stats["cpu_stats"]["cpu_usage"]["total_usage"]) * 1e-9
+
+
+def container_states(engine: docker.DockerClient, labels: list[str]) -> dict[str, str]:
+    """{short id: engine state} of every container carrying all ``labels`` (``paused``,
+    ``running``, ``created``, ``exited``...): what the engine itself says, not the gateway."""
+    found = engine.api.containers(all=True, filters={"label": labels})
+    return {c["Id"][:12]: str(c["State"]) for c in found}
+
+
+# -- the machine a run was on ---------------------------------------------------------------
+
+
+def environment(engine: docker.DockerClient | None = None) -> dict[str, object]:
+    """CPU model, cores, kernel, Docker, runc, storage driver, load average."""
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    env: dict[str, object] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "kernel": os.uname().release,
+        "python": sys.version.split()[0],
+        "loadavg": list(os.getloadavg()),
+    }
+    with contextlib.suppress(Exception):
+        engine = engine or docker.from_env()
+        info = engine.info()
+        env["docker"] = info.get("ServerVersion")
+        env["storage_driver"] = info.get("Driver")
+        env["cgroup"] = f"v{info.get('CgroupVersion')} ({info.get('CgroupDriver')})"
+        env["runc"] = (info.get("RuncCommit") or {}).get("ID")
+    with contextlib.suppress(Exception):
+        out = subprocess.run(["runc", "--version"], capture_output=True, text=True, timeout=10)
+        env["runc"] = out.stdout.splitlines()[0].removeprefix("runc version ").strip()
+    return env
+
+
+def check(ok: bool, what: object) -> None:
+    """A check that stays on under ``python -O``: the run stops with ``what``."""
+    if not ok:
+        raise SystemExit(f"unexpected: {what!r}")
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM unwinds like an error (SystemExit), so every ``finally`` removes what the run
+    made: ``bench/report.py`` stops a benchmark that overruns its time with SIGTERM."""
+
+    def on_term(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
