@@ -33,7 +33,12 @@ def up(host: str | None, port: int | None, data_dir: str | None, log_level: str)
     def started(gw: Gateway, bound: int) -> None:
         url = f"http://{gw.settings.host}:{bound}"
         console.print(f"[green]swarmless gateway[/green] on {url}  (data: {settings.data_dir})")
-        if gw.replicas is not None and not gw.replicas.active:
+        if gw.not_ready is not None:
+            console.print(
+                f"[yellow]not ready[/yellow]: {gw.not_ready}\n"
+                "  it tries again by itself; /healthz answers 503 until then"
+            )
+        elif gw.replicas is not None and not gw.replicas.active:
             console.print(
                 f"standby replica: forwarding to the active one ({gw.replicas.leader_url})"
             )

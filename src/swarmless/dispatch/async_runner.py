@@ -69,6 +69,9 @@ CALLBACK_PAUSE = 0.5
 MAX_REDIRECTS = 3
 #: Runs of one call lost with their gateway (killed, crashed) before it is dead.
 POISON_STARTS = 3
+#: Seconds between two tries to take back the calls held before a restart (doubling).
+TAKE_BACK_MIN = 1.0
+TAKE_BACK_MAX = 30.0
 
 
 class CallbackTargets(Protocol):
@@ -156,9 +159,7 @@ class AsyncRunner:
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        released = await self.store.release(self.owner)
-        if released:
-            log.warning("took back %d async call(s) this gateway held when it stopped", released)
+        await self._take_back()
         while not self._stopping:
             self._wake.clear()
             if self.dispatcher.engine_down is not None:  # nothing could run: claim nothing
@@ -174,6 +175,34 @@ class AsyncRunner:
                 # Busy: let a few more calls finish, then claim their slots in one
                 # transaction rather than one each (an idle runner claims at once).
                 await asyncio.sleep(COALESCE)
+
+    async def _take_back(self) -> None:
+        """Give back the calls this gateway held when it stopped, before claiming any. The
+        store may be away at start for longer than one try waits: try again (a bounded
+        backoff, a line each try) for as long as it takes, never give up the runner."""
+        pause, tries = TAKE_BACK_MIN, 0
+        while not self._stopping:
+            try:
+                released = await self.store.release(self.owner)
+            except SwarmlessError as e:
+                tries += 1
+                log.error(
+                    "cannot take back the async calls held before a restart (try %d): %s; "
+                    "no async call is claimed until then; next try in %g s",
+                    tries,
+                    e.message,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, TAKE_BACK_MAX)
+                continue
+            if released:
+                log.warning(
+                    "took back %d async call(s) this gateway held when it stopped", released
+                )
+            if tries:
+                log.warning("async runner: the store answers again (after %d failed tries)", tries)
+            return
 
     async def _claim(self) -> list[Claimed]:
         wants: dict[str, tuple[int, int]] = {}

@@ -48,7 +48,7 @@ from swarmless.dispatch.oneshot import OneShotCalls
 from swarmless.dispatch.recorder import Recorder
 from swarmless.dispatch.scheduler import Scheduler
 from swarmless.dispatch.workers import WorkerRegistry
-from swarmless.exceptions import SwarmlessError
+from swarmless.exceptions import GatewayUnavailable, SwarmlessError
 from swarmless.gateway.callbacks import CallbackPolicy
 from swarmless.gateway.runtime_api import RuntimeAPI
 from swarmless.proxy import CallerTokens, DockerProxy, start_proxy
@@ -67,6 +67,9 @@ COUNTS_INTERVAL = 2.0
 SILENT_GRACE = 10.0
 #: Seconds the async runner gets, at the least, to write the outcome of its calls at stop.
 RUNNER_GRACE = 1.0
+#: Seconds between two tries to load the functions from a store that went away (doubling).
+LOAD_RETRY_MIN = 0.5
+LOAD_RETRY_MAX = 10.0
 
 
 class ActiveGateway:
@@ -133,7 +136,7 @@ class ActiveGateway:
             on_child=self._recorder.child_ended,
         )
         await self._remove_leftovers()
-        await self.dispatcher.load()
+        await self._load()
         for name in self.dispatcher.pools:
             self.start_reconciler(name)
         loop = asyncio.get_running_loop()
@@ -141,6 +144,25 @@ class ActiveGateway:
         self._tasks["<schedules>"] = loop.create_task(self.scheduler.run())
         self._tasks["<retention>"] = loop.create_task(self.sweeper.run())
         self._tasks["<counts>"] = loop.create_task(self._refresh_counts())
+
+    async def _load(self) -> None:
+        """Load the functions; a store that went away since the lease was taken is tried
+        again (a bounded backoff, a line each try) rather than ending the gateway."""
+        pause, tries = LOAD_RETRY_MIN, 0
+        while True:
+            try:
+                await self.dispatcher.load()
+                return
+            except GatewayUnavailable as e:
+                tries += 1
+                log.error(
+                    "cannot load the functions (try %d): %s; next try in %g s",
+                    tries,
+                    e.message,
+                    pause,
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LOAD_RETRY_MAX)
 
     async def _remove_leftovers(self) -> None:
         """Containers of a previous gateway (a crash, a kill) cannot be reached: remove them."""

@@ -25,7 +25,11 @@ dispatcher) is :mod:`~swarmless.gateway.sync_routes`, ``/async-function/*``
 the rest :mod:`~swarmless.gateway.admin` (the routes see this gateway as a
 :class:`~swarmless.gateway.context.GatewayContext`). Lifespan: open the store, then become
 the active gateway or a standby replica of it (:mod:`swarmless.gateway.replicas`); the
-active one wires and starts its parts in :mod:`swarmless.gateway.active`. On shutdown: stop
+active one wires and starts its parts in :mod:`swarmless.gateway.active`. A store that is
+away, locked or full at start does not stop the gateway: it serves at once, ``/healthz``
+and every route that needs the store answer 503 ``gateway_unavailable`` saying why, and it
+tries the store again (:data:`STORE_RETRY_MIN` doubling to :data:`STORE_RETRY_MAX`
+seconds, a log line each try) until it opens; then it starts as usual. On shutdown: stop
 taking calls, let those in flight finish, stop every container, give the lease up, flush
 the store. One ``drain_timeout`` bounds the whole of it: the clock starts when the gateway
 stops taking calls, and each step (the drain, the server closing its connections, the
@@ -34,6 +38,7 @@ lifespan's stop) gets what is left of it, never a fresh timeout of its own.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hmac
@@ -57,10 +62,10 @@ from swarmless.dispatch.async_runner import AsyncRunner
 from swarmless.dispatch.dispatcher import Dispatcher
 from swarmless.dispatch.metrics import LiveGauges, Metrics
 from swarmless.dispatch.scheduler import Scheduler
-from swarmless.exceptions import Unauthorized
+from swarmless.exceptions import GatewayUnavailable, SwarmlessError, Unauthorized
 from swarmless.gateway.active import ActiveGateway
 from swarmless.gateway.admin import Admin
-from swarmless.gateway.asgi import Receive, Scope, Send, bearer
+from swarmless.gateway.asgi import Receive, Scope, Send, bearer, error_body, send_error
 from swarmless.gateway.async_routes import accept_async
 from swarmless.gateway.callbacks import CallbackPolicy, blocked_networks
 from swarmless.gateway.edge import Passed, filter_headers, networks
@@ -78,6 +83,9 @@ __all__ = ["Gateway", "admin_token"]
 log = logging.getLogger("swarmless.gateway")
 #: Paths a standby replica answers itself (about itself); it forwards all others.
 _LOCAL_PATHS = frozenset({"/healthz", "/metrics"})
+#: Seconds between two tries to open a store that was unavailable at start (doubling).
+STORE_RETRY_MIN = 0.5
+STORE_RETRY_MAX = 10.0
 
 
 def admin_token(data_dir: Path) -> tuple[str, bool]:
@@ -129,6 +137,9 @@ class Gateway:
         self.replicas: Replicas | None = None
         #: Why this gateway had to stop serving (it lost the lease), if it had to.
         self.fatal: str | None = None
+        #: Why it does not serve yet (its store did not open at start), None once it does.
+        self.not_ready: str | None = None
+        self._opening: asyncio.Task[None] | None = None
         #: When the shutdown's ``drain_timeout`` runs out (monotonic; None: not stopping).
         self._shutdown_by: float | None = None
         self._on_fatal: Callable[[], None] | None = None
@@ -161,6 +172,10 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
+            not_ready = self.not_ready
+            if not_ready is not None and path not in _LOCAL_PATHS:
+                await send_error(send, self._not_ready_error(not_ready))
+                return
             replicas = self.replicas
             if replicas is not None and not replicas.active and path not in _LOCAL_PATHS:
                 if path.startswith("/async-function/") and self._standby_may_queue(scope):
@@ -244,17 +259,83 @@ class Gateway:
             await self.stop()
 
     async def start(self) -> None:
-        """Open the store, then become the active gateway or a standby replica of it."""
+        """Open the store, then become the active gateway or a standby replica of it.
+
+        A store that is unavailable (away, locked, full) is tried again in the background
+        while the gateway answers 503 (see the module's docstring); one that refuses (a
+        wrong URL, a schema newer than this swarmless) stops the start."""
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if self.token is None:
             self.token, _ = admin_token(settings.data_dir)
-        self.store = await Store.open(settings.store)
+        store: Store | None = None
+        try:
+            store = await Store.open(settings.store)
+        except GatewayUnavailable as e:
+            self.not_ready = e.message
+            log.error(
+                "%s; the gateway answers 503 until the store opens: next try in %g s",
+                e.message,
+                STORE_RETRY_MIN,
+            )
         await self.backend.start()
         self.callbacks = CallbackPolicy(
             allow=settings.callback_allow,
             blocked=await blocked_networks(settings, self.backend),
         )
+        if store is None:
+            self._opening = asyncio.get_running_loop().create_task(self._open_store())
+            return
+        await self._serve(store)
+
+    async def _open_store(self) -> None:
+        """Try the store until it opens (a bounded backoff, one line each try), then serve."""
+        pause, tries, since = STORE_RETRY_MIN, 1, time.monotonic()
+        while True:
+            await asyncio.sleep(pause)
+            tries += 1
+            try:
+                store = await Store.open(self.settings.store)
+            except GatewayUnavailable as e:
+                pause = min(pause * 2, STORE_RETRY_MAX)
+                self.not_ready = e.message
+                log.error(
+                    "store still unavailable (try %d, %.0f s since start): %s; next try in %g s",
+                    tries,
+                    time.monotonic() - since,
+                    e.message,
+                    pause,
+                )
+                continue
+            except SwarmlessError as e:  # it answers, and refuses: retrying cannot help
+                self._lost(f"the store refused to open: {e.message}")
+                return
+            break
+        log.warning(
+            "store opened after %d tries (%.1f s): the gateway serves",
+            tries,
+            time.monotonic() - since,
+        )
+        if self._shutdown_by is not None:  # stopping meanwhile
+            await store.close()
+            return
+        try:
+            await self._serve(store)
+        except Exception as e:
+            log.exception("the gateway could not start once its store opened")
+            if self.fatal is None:
+                self._lost(f"could not start once the store opened: {e}")
+
+    def _not_ready_error(self, why: str) -> GatewayUnavailable:
+        return GatewayUnavailable(
+            f"the gateway is not ready: {why} (it tries again by itself)",
+            retry_after=STORE_RETRY_MAX,
+        )
+
+    async def _serve(self, store: Store) -> None:
+        """With its store open: become the active gateway or a standby replica of it."""
+        settings = self.settings
+        self.store = store
         me = peer_url(settings.host, settings.port, settings.peer_url)
         self.replicas = Replicas(
             self.store,
@@ -265,6 +346,7 @@ class Gateway:
             lead=self._start_active,
             lost=self._lost,
         )
+        self.not_ready = None  # requests wait for the active replica from now on
         await self.replicas.start()
 
     def _lost(self, why: str) -> None:
@@ -333,6 +415,10 @@ class Gateway:
             self.active.begin_shutdown()
 
     async def stop(self) -> None:
+        if self._opening is not None:
+            self._opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._opening
         if self.active is not None:
             await self.active.stop(self.shutdown_left())
         if self.replicas is not None:  # after the containers: a standby takes over now
@@ -357,7 +443,14 @@ class Gateway:
         )
 
     async def healthz(self, _request: HTTPRequest) -> Response:
-        """Liveness: answers 200 while the gateway runs (active or standby replica)."""
+        """Liveness: answers 200 while the gateway runs (active or standby replica); 503
+        ``gateway_unavailable`` saying why while it is not ready (its store did not open)."""
+        not_ready = self.not_ready
+        if not_ready is not None:
+            err = self._not_ready_error(not_ready)
+            retry = str(max(1, round(err.retry_after)))
+            headers = {"retry-after": retry, "x-swarmless-error": "1"}
+            return Response(error_body(err), 503, headers, media_type="application/json")
         body: dict[str, Any] = {"status": "ok", "version": __version__}
         if self.replicas is not None:
             body["role"] = self.replicas.role

@@ -422,7 +422,7 @@ _CALL_METHODS = ("get", "post", "put", "delete", "patch", "head", "options", "tr
 _FUNCTION_ERRORS = (400, 401, 404, 413, 429, 502, 503, 504)
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
-    ("/healthz", "get"): Operation(responses={200: Health}, auth="", tag="gateway"),
+    ("/healthz", "get"): Operation(responses={200: Health}, errors=(503,), auth="", tag="gateway"),
     ("/metrics", "get"): Operation(responses={200: "text/plain"}, errors=(401,), tag="gateway"),
     ("/openapi.json", "get"): Operation(
         responses={200: "application/json"}, auth="", tag="gateway"

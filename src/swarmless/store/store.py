@@ -32,11 +32,12 @@ from types import TracebackType
 
 from sqlalchemy import case, delete, select
 
-from swarmless.exceptions import InvalidArgument, SwarmlessError
+from swarmless.exceptions import GatewayUnavailable, InvalidArgument, SwarmlessError
 from swarmless.records import InvocationRecord, now_ms
 from swarmless.spec import FunctionSpec
 from swarmless.store.children import ChildrenOps
-from swarmless.store.db import async_url, describe, engines
+from swarmless.store.db import RETRY_AFTER, async_url, describe, engines, refused
+from swarmless.store.db import _unavailable as unavailable
 from swarmless.store.lease import LeaseOps
 from swarmless.store.queue import QueueOps
 from swarmless.store.retention import RetentionOps
@@ -92,6 +93,11 @@ class Store(QueueOps, LeaseOps, RetentionOps, ChildrenOps, WriteBehind):
         ``connect_timeout`` (PostgreSQL) for a connection: past them, a 503. The
         write-behind buffer holds at most ``max_buffered`` records and
         ``max_buffered_log_bytes`` of logs.
+
+        A database that is away, locked or full raises
+        :class:`~swarmless.exceptions.GatewayUnavailable` (try again later: the gateway
+        does, see :meth:`swarmless.gateway.app.Gateway.start`); one that refuses (a schema
+        newer than this swarmless, a wrong password) :class:`SwarmlessError`.
         """
         u = async_url(url)
         writer, reader = engines(u, busy_timeout=busy_timeout, connect_timeout=connect_timeout)
@@ -112,7 +118,10 @@ class Store(QueueOps, LeaseOps, RetentionOps, ChildrenOps, WriteBehind):
             if isinstance(e, SwarmlessError):
                 raise
             where = u.render_as_string(hide_password=True)
-            raise SwarmlessError(f"cannot open the store at {where}: {describe(e)}") from e
+            message = f"cannot open the store at {where}: {describe(e)}"
+            if not refused(e) and unavailable(e):  # away, locked, full: it may come back
+                raise GatewayUnavailable(message, retry_after=RETRY_AFTER) from e
+            raise SwarmlessError(message) from e
         if before != now:
             log.info("store: schema upgraded from version %d to %d", before, now)
         store._start_buffer()
