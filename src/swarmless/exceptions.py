@@ -23,7 +23,9 @@ The tree::
     └── WaitTimeout                   the caller stopped waiting; the work goes on
 
 The HTTP status of each class lives on the class (``status_code``), so the gateway maps
-errors to responses in one place and the SDK maps responses back to the same classes.
+errors to responses in one place and the SDK maps responses back to the same classes (an
+answer that names no class becomes the class whose ``fallback_for`` lists its status). The
+root and the wire form of fields are :mod:`swarmless.error_base`.
 
 Each class carries its own context (``exit_status``, ``stderr``, ``retry_after``...) and
 no other: :meth:`SwarmlessError.to_dict` writes exactly those fields and
@@ -41,11 +43,23 @@ class whose fields it has (a ``container_error`` without ``exit_status`` comes b
 
 from __future__ import annotations
 
-import base64
-import binascii
-import dataclasses
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Self
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from swarmless.error_base import (
+    Field,
+    SwarmlessError,
+    bytes_in,
+    bytes_out,
+    integer,
+    number,
+    text,
+    text_list,
+    text_map,
+)
+
+# Errors pickled by an older swarmless name this module's restorer.
+from swarmless.error_base import _restore as _restore
 
 __all__ = [
     "ContainerError",
@@ -71,207 +85,12 @@ __all__ = [
 ]
 
 
-# -- the wire form of fields -----------------------------------------------------------------
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {type(value).__name__}")
-    return value
-
-
-def _int(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"expected an integer, got {type(value).__name__}")
-    return value
-
-
-def _number(value: Any) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise ValueError(f"expected a number, got {type(value).__name__}")
-    return float(value)
-
-
-def _text_list(value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError("expected a list of strings")
-    return list(value)
-
-
-def _text_map(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise ValueError("expected an object of strings")
-    return dict(value)
-
-
-def _bytes_out(value: Any) -> Any:
-    """Bytes as text when they are UTF-8 (readable in a JSON body), else ``{"base64": ...}``."""
-    data = bytes(value)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return {"base64": base64.b64encode(data).decode("ascii")}
-
-
-def _bytes_in(value: Any) -> bytes:
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, dict) and isinstance(value.get("base64"), str):
-        try:
-            return base64.b64decode(value["base64"], validate=True)
-        except binascii.Error as e:
-            raise ValueError(f"invalid base64: {e}") from None
-    raise ValueError("expected a string or {'base64': ...}")
-
-
-def _same(value: Any) -> Any:
-    return value
-
-
-@dataclasses.dataclass(frozen=True)
-class _Field:
-    """One attribute of an error class and its form in a JSON body."""
-
-    attr: str
-    decode: Callable[[Any], Any]
-    encode: Callable[[Any], Any] = _same
-    #: None is a value of the field (written as an absent key, read back from one).
-    optional: bool = False
-    #: The key in the JSON body, when it is not the attribute's name.
-    key: str = ""
-
-    @property
-    def wire(self) -> str:
-        return self.key or self.attr
-
-
-# -- the tree ------------------------------------------------------------------------------
-
-
-class SwarmlessError(Exception):
-    """Root of every error swarmless raises on purpose."""
-
-    status_code: ClassVar[int] = 500
-    #: A short stable name for the error class, used in JSON error bodies.
-    code: ClassVar[str] = "error"
-    #: The fields this class adds to its parent's (see :meth:`fields`).
-    _own_fields: ClassVar[tuple[_Field, ...]] = (
-        _Field("message", _text),
-        _Field("invocation", _text, optional=True, key="call_id"),
-    )
-
-    def __init__(self, message: str, *, invocation: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        #: The id of the invocation this error belongs to, when there is one.
-        self.invocation = invocation
-
-    @classmethod
-    def fields(cls) -> tuple[str, ...]:
-        """The names of the attributes this class carries (its parents' and its own)."""
-        return tuple(f.attr for f in cls._fields())
-
-    @classmethod
-    def _fields(cls) -> list[_Field]:
-        found: list[_Field] = []
-        for klass in reversed(cls.__mro__):
-            if isinstance(klass, type) and issubclass(klass, SwarmlessError):
-                found.extend(klass.__dict__.get("_own_fields", ()))
-        return found
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON body the gateway answers with: ``error`` (the class's code) and
-        exactly the fields of this class (bytes as text, or ``{"base64": ...}``)."""
-        body: dict[str, Any] = {"error": self.code}
-        for f in self._fields():
-            value = getattr(self, f.attr)
-            if value is None and f.optional:
-                continue
-            body[f.wire] = f.encode(value)
-        return body
-
-    @classmethod
-    def from_dict(cls, body: Mapping[str, Any], *, status: int | None = None) -> Self:
-        """Rebuild an error from :meth:`to_dict`'s output (what the SDK does with a
-        gateway's error answer).
-
-        The class is the one whose ``code`` is ``body["error"]`` (among ``cls`` and its
-        subclasses), else the one of the HTTP ``status``, else ``cls``; a body that lacks
-        one of that class's fields gives the nearest parent class it has every field of.
-        Only the root always succeeds (a missing message becomes ``HTTP <status>``);
-        ``SomeSubclass.from_dict`` raises :class:`ValueError` for a body it cannot hold.
-        """
-        family = _family(cls)
-        target = family.get(str(body.get("error")))
-        if target is None and status is not None:
-            by_status = _BY_STATUS.get(status)
-            if by_status is not None and issubclass(by_status, cls):
-                target = by_status
-        klass: type[SwarmlessError] = target or cls
-        if cls is SwarmlessError and not isinstance(body.get("message"), str):
-            body = {**body, "message": str(body.get("error") or f"HTTP {status or 500}")}
-        problems: list[str] = []
-        for candidate in klass.__mro__:
-            if not (isinstance(candidate, type) and issubclass(candidate, cls)):
-                break
-            values: dict[str, Any] = {}
-            try:
-                for f in candidate._fields():
-                    raw = body.get(f.wire)
-                    if raw is None:
-                        if not f.optional:
-                            raise ValueError(f"{f.wire!r} is missing")
-                        values[f.attr] = None
-                    else:
-                        values[f.attr] = f.decode(raw)
-            except ValueError as e:
-                problems.append(f"{candidate.__name__}: {e}")
-                continue
-            err = candidate.__new__(candidate)
-            Exception.__init__(err, values["message"])
-            for attr, value in values.items():
-                setattr(err, attr, value)
-            return err  # candidate is cls or one of its subclasses
-        raise ValueError(f"not a {cls.__name__} body ({'; '.join(problems)}): {dict(body)!r}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Pickled through the wire form: keyword-only constructors cannot be replayed
-        # from ``args``, and the fields are all plain values.
-        return (_restore, (type(self), self.to_dict()))
-
-    def __repr__(self) -> str:
-        extra = "".join(
-            f", {a}={getattr(self, a)!r}"
-            for a in self.fields()[2:]
-            if getattr(self, a, None) is not None
-        )
-        call = f", invocation={self.invocation!r}" if self.invocation else ""
-        return f"{type(self).__name__}({self.message!r}{call}{extra})"
-
-
-def _restore(cls: type[SwarmlessError], body: dict[str, Any]) -> SwarmlessError:
-    return cls.from_dict(body)
-
-
-def _family(cls: type[SwarmlessError]) -> dict[str, type[SwarmlessError]]:
-    """``cls`` and its subclasses by code (a subclass that forgot its own code does not
-    shadow its parent)."""
-    found: dict[str, type[SwarmlessError]] = {}
-    pending = [cls]
-    while pending:
-        klass = pending.pop(0)
-        found.setdefault(klass.code, klass)
-        pending.extend(klass.__subclasses__())
-    return found
-
-
 class InvalidArgument(SwarmlessError, ValueError):
     """A bad argument, refused before anything was started."""
 
     status_code = 400
     code = "invalid_argument"
+    fallback_for = (400, 422)
 
 
 class SpecError(InvalidArgument):
@@ -279,7 +98,7 @@ class SpecError(InvalidArgument):
 
     status_code = 422
     code = "invalid_spec"
-    _own_fields: ClassVar[tuple[_Field, ...]] = (_Field("errors", _text_map, key="fields"),)
+    _own_fields: ClassVar[tuple[Field, ...]] = (Field("errors", text_map, key="fields"),)
 
     def __init__(self, errors: dict[str, str]) -> None:
         self.errors = dict(errors)
@@ -292,6 +111,7 @@ class Unauthorized(SwarmlessError):
 
     status_code = 401
     code = "unauthorized"
+    fallback_for = (401, 403)
 
 
 class NotFound(SwarmlessError):
@@ -299,13 +119,14 @@ class NotFound(SwarmlessError):
 
     status_code = 404
     code = "not_found"
+    fallback_for = (404,)
 
 
 class FunctionNotFound(NotFound):
     """No function of that name is deployed."""
 
     code = "function_not_found"
-    _own_fields: ClassVar[tuple[_Field, ...]] = (_Field("name", _text),)
+    _own_fields: ClassVar[tuple[Field, ...]] = (Field("name", text),)
 
     def __init__(self, name: str) -> None:
         super().__init__(f"function {name!r} is not deployed")
@@ -325,7 +146,7 @@ class ImageNotFound(NotFound):
     """An image that is not on the engine and could not be pulled."""
 
     code = "image_not_found"
-    _own_fields: ClassVar[tuple[_Field, ...]] = (_Field("image", _text), _Field("reason", _text))
+    _own_fields: ClassVar[tuple[Field, ...]] = (Field("image", text), Field("reason", text))
 
     def __init__(self, image: str, reason: str = "") -> None:
         why = f": {reason}" if reason else ""
@@ -342,6 +163,7 @@ class PayloadTooLarge(SwarmlessError):
 
     status_code = 413
     code = "payload_too_large"
+    fallback_for = (413,)
 
 
 class QueueFull(SwarmlessError):
@@ -349,7 +171,8 @@ class QueueFull(SwarmlessError):
 
     status_code = 429
     code = "queue_full"
-    _own_fields: ClassVar[tuple[_Field, ...]] = (_Field("retry_after", _number),)
+    fallback_for = (429,)
+    _own_fields: ClassVar[tuple[Field, ...]] = (Field("retry_after", number),)
 
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         super().__init__(message)
@@ -361,7 +184,7 @@ class EngineUnavailable(SwarmlessError):
 
     status_code = 503
     code = "engine_unavailable"
-    _own_fields: ClassVar[tuple[_Field, ...]] = (_Field("address", _text), _Field("reason", _text))
+    _own_fields: ClassVar[tuple[Field, ...]] = (Field("address", text), Field("reason", text))
 
     def __init__(
         self,
@@ -391,9 +214,10 @@ class GatewayUnavailable(SwarmlessError):
 
     status_code = 503
     code = "gateway_unavailable"
-    _own_fields: ClassVar[tuple[_Field, ...]] = (
-        _Field("retry_after", _number),
-        _Field("address", _text, optional=True),
+    fallback_for = (503,)
+    _own_fields: ClassVar[tuple[Field, ...]] = (
+        Field("retry_after", number),
+        Field("address", text, optional=True),
     )
 
     def __init__(
@@ -412,10 +236,10 @@ class NoAnswer(SwarmlessError):
 
     status_code = 504
     code = "no_answer"
-    _own_fields: ClassVar[tuple[_Field, ...]] = (
-        _Field("address", _text),
-        _Field("request", _text),
-        _Field("reason", _text),
+    _own_fields: ClassVar[tuple[Field, ...]] = (
+        Field("address", text),
+        Field("request", text),
+        Field("reason", text),
     )
 
     def __init__(self, *, address: str, request: str, reason: str) -> None:
@@ -435,6 +259,7 @@ class FunctionFailed(SwarmlessError):
 
     status_code = 502
     code = "function_failed"
+    fallback_for = (502,)
 
 
 class ContainerError(FunctionFailed):
@@ -447,13 +272,13 @@ class ContainerError(FunctionFailed):
     """
 
     code = "container_error"
-    _own_fields: ClassVar[tuple[_Field, ...]] = (
-        _Field("exit_status", _int),
-        _Field("stderr", _bytes_in, _bytes_out),
-        _Field("image", _text, optional=True),
-        _Field("command", _text_list, optional=True),
-        _Field("container", _text, optional=True),
-        _Field("function", _text, optional=True),
+    _own_fields: ClassVar[tuple[Field, ...]] = (
+        Field("exit_status", integer),
+        Field("stderr", bytes_in, bytes_out),
+        Field("image", text, optional=True),
+        Field("command", text_list, optional=True),
+        Field("container", text, optional=True),
+        Field("function", text, optional=True),
     )
 
     def __init__(
@@ -496,7 +321,8 @@ class InvocationTimeout(SwarmlessError):
 
     status_code = 504
     code = "timeout"
-    _own_fields: ClassVar[tuple[_Field, ...]] = (_Field("timeout", _number),)
+    fallback_for = (504,)
+    _own_fields: ClassVar[tuple[Field, ...]] = (Field("timeout", number),)
 
     def __init__(self, message: str, *, timeout: float, invocation: str | None = None) -> None:
         super().__init__(message, invocation=invocation)
@@ -507,9 +333,9 @@ class RunTimeout(InvocationTimeout):
     """A container started by ``Client.run`` outlived its timeout and was killed."""
 
     code = "run_timeout"
-    _own_fields: ClassVar[tuple[_Field, ...]] = (
-        _Field("image", _text),
-        _Field("container", _text, optional=True),
+    _own_fields: ClassVar[tuple[Field, ...]] = (
+        Field("image", text),
+        Field("container", text, optional=True),
     )
 
     def __init__(self, *, image: str, timeout: float, container: str | None = None) -> None:
@@ -527,25 +353,11 @@ class WaitTimeout(SwarmlessError):
 
     status_code = 504
     code = "wait_timeout"
-    _own_fields: ClassVar[tuple[_Field, ...]] = (_Field("timeout", _number),)
+    _own_fields: ClassVar[tuple[Field, ...]] = (Field("timeout", number),)
 
     def __init__(self, message: str, *, timeout: float, invocation: str | None = None) -> None:
         super().__init__(message, invocation=invocation)
         self.timeout = timeout
-
-
-_BY_STATUS: dict[int, type[SwarmlessError]] = {
-    400: InvalidArgument,
-    401: Unauthorized,
-    403: Unauthorized,
-    404: NotFound,
-    413: PayloadTooLarge,
-    422: InvalidArgument,
-    429: QueueFull,
-    502: FunctionFailed,
-    503: GatewayUnavailable,
-    504: InvocationTimeout,
-}
 
 
 def error_from_status(status: int, body: Mapping[str, Any]) -> SwarmlessError:
