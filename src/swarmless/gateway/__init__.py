@@ -17,6 +17,7 @@ Import the module you need: ``__all__`` names the submodules, none is imported h
 __all__ = [
     "active",
     "admin",
+    "api_models",
     "app",
     "asgi",
     "async_routes",
