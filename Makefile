@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: up demo test setup venv engine images lint check bench clean
+.PHONY: up demo test setup venv engine images lint check bench bench-quick bench-deps clean
 
 up: setup
 	bash examples/voting-app/run.sh up
@@ -40,9 +40,18 @@ lint: venv
 	$(VENV)/bin/ruff format --check src tests bench examples
 	$(VENV)/bin/mypy --strict src/
 
-bench: setup
-	$(PY) bench/run_overhead.py
-	$(PY) bench/gateway.py
+# Every benchmark, one report: bench/results/<timestamp>.json, report.md and its plots
+# (bench/report.py). Exits 1 when a target is missed, 2 when a number is missing.
+bench: setup bench-deps
+	$(PY) bench/report.py
+
+# A few minutes, small counts: checks only that every number is produced (CI runs it
+# through tests/test_bench_quick.py); the report goes to a temporary directory.
+bench-quick: setup bench-deps
+	$(PY) bench/report.py --quick
+
+bench-deps: venv
+	$(PY) -c "import matplotlib" 2>/dev/null || $(VENV)/bin/pip install -q matplotlib
 
 # Exited containers of this instance only (SWARMLESS_INSTANCE, SWARMLESS_DATA_DIR); other
 # users' and other instances' containers on a shared engine are never touched.

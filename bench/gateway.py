@@ -672,6 +672,12 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted: removing what the run created", file=sys.stderr)
         sys.exit(130)
+    except Exception:
+        for server in bench.servers:  # what the servers said, before their logs go
+            with contextlib.suppress(OSError):
+                tail = server.log.read_text(errors="replace")[-3000:]
+                print(f"--- {server.name} log (tail) ---\n{tail}", file=sys.stderr)
+        raise
     finally:
         bench.close()
     sys.exit(1 if args.strict and not ok else 0)
