@@ -89,6 +89,11 @@ class Settings:
     backend: str = "docker"
     #: Docker Engine address; None lets the Docker SDK read DOCKER_HOST and friends.
     docker_host: str | None = None
+    #: Seconds the gateway waits for the engine's answer to one call (create, start, kill,
+    #: list, ping; a call that waits for a running container waits its timeout plus this).
+    #: An engine that accepts connections and never answers is found within it: calls that
+    #: need a container then get 503 ``engine_unavailable``.
+    engine_timeout: float = 30.0
     #: Address containers use to reach the gateway; empty means work it out from the network.
     advertise_url: str = ""
     #: Name of this gateway; its containers carry ``swarmless.gateway=<instance>``, so
@@ -223,6 +228,9 @@ class Settings:
         for name in ("function_cpus", "function_pids", "function_log_size"):
             if name in values and values[name] < 0:
                 raise InvalidArgument(f"{name} must be >= 0 (0: no limit), got {values[name]!r}")
+        engine_timeout = values.get("engine_timeout", 1.0)
+        if not engine_timeout > 0:  # NaN too
+            raise InvalidArgument(f"engine_timeout must be > 0 seconds, got {engine_timeout!r}")
         if "metrics_public" in values:
             values["metrics_public"] = _boolean("metrics_public", values["metrics_public"])
         if "data_dir" in values:

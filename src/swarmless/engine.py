@@ -3,6 +3,11 @@
 ``docker.errors.*`` and ``requests`` connection errors never escape this package: every call
 into the Docker SDK runs inside :func:`translate`, which raises the swarmless error that
 says what happened and what to do.
+
+Every call waits a bounded time for the engine's answer: the client's ``timeout`` (the
+gateway's ``engine_timeout``). An engine that accepts connections but never answers (a
+frozen ``dockerd``) is then :class:`~swarmless.exceptions.EngineUnavailable`, like one
+that refuses them, not a call that hangs.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ __all__ = [
     "connect",
     "endpoint",
     "engine_address",
+    "engine_failure",
     "managed_labels",
     "translate",
 ]
@@ -93,14 +99,15 @@ def endpoint(docker_host: str | None = None) -> Endpoint:
 
 
 def connect(docker_host: str | None = None, *, timeout: float = 120) -> docker.DockerClient:
-    """A Docker SDK client; raises :class:`EngineUnavailable` when no engine answers."""
+    """A Docker SDK client whose every call waits at most ``timeout`` seconds for an answer;
+    raises :class:`EngineUnavailable` when no engine answers."""
     try:
         if docker_host:
             client = docker.DockerClient(
-                base_url=docker_host, version="auto", timeout=int(timeout), max_pool_size=POOL_SIZE
+                base_url=docker_host, version="auto", timeout=timeout, max_pool_size=POOL_SIZE
             )
         else:
-            client = docker.from_env(timeout=int(timeout), max_pool_size=POOL_SIZE)
+            client = docker.from_env(timeout=timeout, max_pool_size=POOL_SIZE)
     except docker.errors.DockerException as e:
         raise EngineUnavailable(engine_address(docker_host), _short(e)) from e
     # Errors met later through this client name the address it was made for.
@@ -109,6 +116,8 @@ def connect(docker_host: str | None = None, *, timeout: float = 120) -> docker.D
 
 
 def _short(e: BaseException) -> str:
+    if _timed_out(e):
+        return "no answer in time (the engine accepts connections but does not reply)"
     text = str(e)
     # requests wraps the cause several times; the innermost reason is the useful one.
     for marker in ("Connection refused", "No such file or directory", "Permission denied"):
@@ -140,8 +149,39 @@ def translate(
         raise SwarmlessError(f"Docker Engine refused: {_explanation(e)}") from e
     except (requests.exceptions.ConnectionError, ConnectionError) as e:
         raise EngineUnavailable(engine_address(docker_host), _short(e)) from e
+    except (requests.exceptions.Timeout, TimeoutError) as e:  # a frozen or stalled engine
+        waited = getattr(api, "timeout", None)
+        within = f" within {waited:g} s" if isinstance(waited, int | float) else ""
+        raise EngineUnavailable(
+            engine_address(docker_host),
+            f"no answer{within} (the engine accepts connections but does not reply)",
+        ) from e
     except docker.errors.DockerException as e:
         raise SwarmlessError(f"Docker SDK error: {e}") from e
+
+
+def _timed_out(e: BaseException) -> bool:
+    """Whether ``e`` (or what it wraps) is a read or connect that timed out."""
+    cause: BaseException | None = e
+    for _ in range(10):
+        if cause is None:
+            return False
+        if isinstance(cause, requests.exceptions.Timeout | TimeoutError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def engine_failure(e: BaseException) -> str | None:
+    """Why the engine does not answer, when ``e`` says so (refused, reset, timed out,
+    :class:`EngineUnavailable`); None for any other error (the engine answered)."""
+    if isinstance(e, EngineUnavailable):
+        return e.reason or e.message
+    if isinstance(e, requests.exceptions.ConnectionError | ConnectionError):
+        return _short(e)
+    if isinstance(e, requests.exceptions.Timeout | TimeoutError):
+        return _short(e)
+    return None
 
 
 def _explanation(e: Any) -> str:

@@ -12,6 +12,12 @@ engine's listeners (:meth:`~.base.Backend.watch_engine`) hear that it went down 
 back: the gateway then lists the containers to find what it missed. Containers left
 by a gateway that crashed are found by label when the next one starts.
 
+An engine that accepts connections but never answers (a frozen ``dockerd``) leaves the
+event stream silent, not broken. So every call waits at most ``engine_timeout`` for an
+answer, a heartbeat pings the engine every :data:`HEARTBEAT_EVERY` seconds (with the same
+bound), and a call or a ping that finds the engine not answering declares it down and
+ends the event stream: the watcher reconnects, and tells when the engine is back.
+
 The Docker SDK is synchronous; its calls run in a dedicated thread pool sized for bursts of
 container starts (the default asyncio pool has only ``cpu + 4`` threads).
 """
@@ -23,7 +29,7 @@ import contextlib
 import logging
 import shutil
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +48,7 @@ from swarmless.engine import (
     LABEL_WORKER,
     connect,
     endpoint,
+    engine_failure,
     managed_labels,
     translate,
 )
@@ -64,6 +71,8 @@ RECONNECT_MIN = 0.2
 RECONNECT_MAX = 5.0
 #: Seconds the event watcher's own client waits for an answer (its stream waits forever).
 WATCH_TIMEOUT = 10
+#: Seconds between two pings of the engine (each waits at most ``engine_timeout``).
+HEARTBEAT_EVERY = 2.0
 
 
 def runtime_package_dir(data_dir: Path) -> Path:
@@ -101,6 +110,7 @@ class DockerBackend(EngineBackend):
         self._runtime_dir: Path | None = None
         self._events: Any = None
         self._watcher: threading.Thread | None = None
+        self._heartbeat: threading.Thread | None = None
         self._closing = threading.Event()
         self._watched_down: str | None = None  # the watcher's own view (its thread's)
         #: The engine's CPUs and default log driver (read at start): a default CPU limit
@@ -114,7 +124,9 @@ class DockerBackend(EngineBackend):
         if self._client is not None:  # started already (the server binds before lifespan)
             return
         self._loop = asyncio.get_running_loop()
-        self._client = await self._call(connect, self.settings.docker_host)
+        self._client = await self._call(
+            connect, self.settings.docker_host, timeout=self.settings.engine_timeout
+        )
         self._gateway_ip = await self._call(self._ensure_network)
         info = await self._call(self._engine_info)
         self._host_cpus = float(info.get("NCPU") or "inf")
@@ -125,6 +137,53 @@ class DockerBackend(EngineBackend):
             target=self._watch_events, daemon=True, name="swarmless-events"
         )
         self._watcher.start()
+        self._heartbeat = threading.Thread(
+            target=self._beat, daemon=True, name="swarmless-heartbeat"
+        )
+        self._heartbeat.start()
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` in the pool; an engine that does not answer it is declared down at once."""
+        try:
+            return await super()._call(fn, *args, **kwargs)
+        except Exception as e:
+            why = engine_failure(e)
+            if why is not None:
+                self._engine_lost(why)
+            raise
+
+    def _engine_lost(self, why: str) -> None:
+        """From any thread: a call found the engine not answering. Tell the listeners now,
+        and end the event stream (a frozen engine leaves it silent): the watcher reconnects
+        and tells them when the engine answers again."""
+        if self._closing.is_set() or self._loop is None:
+            return
+        self._tell_engine(why)
+        events = self._events
+        if events is not None:
+            with contextlib.suppress(Exception):
+                events.close()
+
+    def _beat(self) -> None:
+        """Ping the engine every :data:`HEARTBEAT_EVERY` seconds while it is thought up."""
+        client: docker.DockerClient | None = None
+        timeout = self.settings.engine_timeout
+        while not self._closing.wait(HEARTBEAT_EVERY):
+            if self._watched_down is not None:  # the watcher is on it
+                continue
+            try:
+                if client is None:
+                    client = connect(self.settings.docker_host, timeout=timeout)
+                client.api.ping()
+            except Exception as e:
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        client.close()
+                client = None
+                self._engine_lost(engine_failure(e) or _reason(e))
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
 
     async def close(self) -> None:
         self._closing.set()
@@ -174,7 +233,7 @@ class DockerBackend(EngineBackend):
                 client.ping()
                 self._events = client.events(decode=True, filters=filters, since=since)
             except Exception as e:
-                self._tell_engine(_reason(e))
+                self._tell_engine(engine_failure(e) or _reason(e))
                 if client is not None:
                     with contextlib.suppress(Exception):
                         client.close()
@@ -190,8 +249,10 @@ class DockerBackend(EngineBackend):
                     since = int(ev.get("time") or 0) or since
                     self._event(ev, oom)
             except Exception as e:
-                why = _reason(e)
-            if not self._closing.is_set():
+                why = engine_failure(e) or _reason(e)
+            # Ended on purpose by a call that found the engine not answering: its reason
+            # stands (a stream that ends says less).
+            if not self._closing.is_set() and self._watched_down is None:
                 self._tell_engine(why)
         if client is not None:
             with contextlib.suppress(Exception):

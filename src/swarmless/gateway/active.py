@@ -67,6 +67,9 @@ COUNTS_INTERVAL = 2.0
 SILENT_GRACE = 10.0
 #: Seconds the async runner gets, at the least, to write the outcome of its calls at stop.
 RUNNER_GRACE = 1.0
+#: Seconds after the engine came back when the gateway looks for containers nobody owns
+#: once more (requests a frozen engine took in run when it thaws).
+RESYNC_AGAIN = 10.0
 #: Seconds between two tries to load the functions from a store that went away (doubling).
 LOAD_RETRY_MIN = 0.5
 LOAD_RETRY_MAX = 10.0
@@ -212,19 +215,27 @@ class ActiveGateway:
             self._background.spawn(self._resync())
 
     async def _resync(self) -> None:
-        """The engine answers again: find what happened to the containers meanwhile."""
-        try:
-            found = await self.backend.list_containers()
-        except SwarmlessError as e:  # gone again: the next reconnect tries again
-            log.warning("could not list the containers after the engine came back: %s", e)
-            return
-        orphans = self.dispatcher.resync(found)
-        if orphans:
-            log.warning("removing %d container(s) nobody owns after the outage", len(orphans))
-        await asyncio.gather(
-            *(self.backend.stop_container(c) for c in orphans), return_exceptions=True
-        )
-        self.runner.wake_up()
+        """The engine answers again: find what happened to the containers meanwhile. And
+        look once more :data:`RESYNC_AGAIN` seconds later: what a frozen engine took in and
+        did not answer (a create whose call gave up) runs when it thaws, maybe after the
+        first look."""
+        for look in range(2):
+            if look:
+                await asyncio.sleep(RESYNC_AGAIN)
+                if self.backend.engine_down is not None:
+                    return  # gone again: its return looks again
+            try:
+                found = await self.backend.list_containers()
+            except SwarmlessError as e:  # gone again: the next reconnect tries again
+                log.warning("could not list the containers after the engine came back: %s", e)
+                return
+            orphans = self.dispatcher.resync(found)
+            if orphans:
+                log.warning("removing %d container(s) nobody owns after the outage", len(orphans))
+            await asyncio.gather(
+                *(self.backend.stop_container(c) for c in orphans), return_exceptions=True
+            )
+            self.runner.wake_up()
 
     # -- what the gateway shows ----------------------------------------------------------
 

@@ -36,6 +36,7 @@ from swarmless.sdk.run_steps import (
     raw_socket,
     remove,
     start,
+    wait_bound,
 )
 
 __all__ = ["Outcome", "execute", "run_container"]
@@ -116,6 +117,9 @@ def execute(
         with translate(image=opts.image, api=api):
             params = {"stdout": 1, "stderr": 1, "stream": 1, "stdin": int(stdin is not None)}
             sock = api.attach_socket(container_id, params=params)
+            # The stream is read until the container exits: bounded by its deadline plus
+            # the engine's answer time, not by the client's timeout (a quiet container).
+            raw_socket(sock).settimeout(wait_bound(api, opts.timeout))
             try:
                 start(api, opts, container_id)
                 t_started = time.monotonic()
@@ -148,7 +152,8 @@ def execute(
             if exceeded:
                 with contextlib.suppress(Exception):
                     api.kill(container_id)
-            status, oom = exit_status(api, container_id)
+            left = None if opts.timeout is None else t_started + opts.timeout - time.monotonic()
+            status, oom = exit_status(api, container_id, wait_bound(api, left))
         stderr = err.getvalue()
         if err.dropped:
             stderr += f"\n[{err.dropped} more bytes of stderr dropped]\n".encode()

@@ -33,6 +33,7 @@ __all__ = [
     "raw_socket",
     "remove",
     "start",
+    "wait_bound",
 ]
 
 _CHUNK = 1 << 16
@@ -130,8 +131,20 @@ def start(api: Any, opts: RunOptions, container_id: str) -> None:
         ) from None
 
 
-def exit_status(api: Any, container_id: str) -> tuple[int, bool]:
-    status = int(api.wait(container_id)["StatusCode"])
+def wait_bound(api: Any, left: float | None) -> float | None:
+    """How long a read that waits on a running container may block: the ``left`` seconds
+    until its deadline (then it is killed) plus the client's own bound for an answer, so
+    that a quiet container is waited for and a frozen engine is not; None without a
+    deadline."""
+    if left is None:
+        return None
+    answer = getattr(api, "timeout", None)
+    return max(left, 0.0) + (float(answer) if isinstance(answer, int | float) else 60.0)
+
+
+def exit_status(api: Any, container_id: str, timeout: float | None = None) -> tuple[int, bool]:
+    """The exit status (waiting at most ``timeout`` seconds) and whether it was OOM-killed."""
+    status = int(api.wait(container_id, timeout=timeout)["StatusCode"])
     oom = False
     if status != 0:
         with contextlib.suppress(Exception):
