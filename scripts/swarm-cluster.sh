@@ -6,6 +6,10 @@
 #   scripts/swarm-cluster.sh load IMAGE...   docker save | docker load onto every node
 #                                            (skipped where the node has the same image id)
 #   scripts/swarm-cluster.sh image           build the node image only (if missing)
+#   scripts/swarm-cluster.sh trust ADDR...   the nodes' engines pull from these registries
+#                                            over plain HTTP (insecure-registries in each
+#                                            node's daemon.json, reloaded by SIGHUP: no restart)
+#   scripts/swarm-cluster.sh untrust ADDR... ... and no longer
 #   scripts/swarm-cluster.sh status          nodes, their engines and the Swarm's view
 #   scripts/swarm-cluster.sh env             shell lines: DOCKER_HOST of the manager, node IPs
 #   scripts/swarm-cluster.sh down            remove the nodes, their volumes and the network
@@ -308,6 +312,51 @@ cmd_load() {
   done
 }
 
+# The registries a node's engine accepts over plain HTTP: one HOST:PORT a line in this file
+# of the node, made into its /etc/docker/daemon.json; dockerd reloads insecure-registries on
+# SIGHUP (no restart: the Swarm and its tasks are not disturbed). The file lives in the
+# node's container, so it survives a restart of the node, not its removal.
+TRUSTED=/etc/docker/swarmless-insecure-registries
+TRUST_SH='f=$1; op=$2; shift 2; mkdir -p /etc/docker; touch "$f"
+for a in "$@"; do
+  grep -vxF "$a" "$f" >"$f.new" || :
+  [ "$op" = add ] && echo "$a" >>"$f.new"
+  mv "$f.new" "$f"
+done
+printf "{\"insecure-registries\": [%s]}\n" "$(sed "s/.*/\"&\"/" "$f" | paste -sd, -)" \
+  >/etc/docker/daemon.json.new && mv /etc/docker/daemon.json.new /etc/docker/daemon.json'
+
+cmd_trust() {  # cmd_trust add|remove ADDR...
+  local op=$1 k name a i ok
+  shift
+  [ $# -gt 0 ] || die "usage: $0 trust|untrust HOST:PORT..."
+  for a in "$@"; do
+    [[ $a =~ ^[A-Za-z0-9.-]+:[0-9]+$ ]] || die "not HOST:PORT: $a"
+  done
+  for ((k = 1; k <= NODES; k++)); do
+    name=$(node_name "$k")
+    running "$name" || die "$name is not running"
+    docker exec "$name" sh -c "$TRUST_SH" sh "$TRUSTED" "$op" "$@"
+    docker kill -s HUP "$name" >/dev/null
+  done
+  for ((k = 1; k <= NODES; k++)); do
+    for a in "$@"; do
+      ok=
+      for ((i = 0; i < WAIT * 4; i++)); do
+        if ndocker "$k" info --format '{{json .RegistryConfig.IndexConfigs}}' 2>/dev/null \
+          | grep -q "\"$a\""; then
+          [ "$op" = add ] && ok=1 && break
+        elif [ "$op" = remove ]; then
+          ok=1 && break
+        fi
+        sleep 0.25
+      done
+      [ -n "$ok" ] || die "the engine of $(node_name "$k") did not reload its registries ($a)"
+    done
+  done
+  say "nodes 1-$NODES: $([ "$op" = add ] && echo trust || echo no longer trust) $*"
+}
+
 cmd_status() {
   local k name
   for ((k = 1; k <= NODES; k++)); do
@@ -357,8 +406,14 @@ case "${1:-}" in
   up) shift; cmd_up "$@" ;;
   load) shift; cmd_load "$@" ;;
   image) build_node_image ;;
+  trust) shift; cmd_trust add "$@" ;;
+  untrust) shift; cmd_trust remove "$@" ;;
   status) cmd_status ;;
   env) cmd_env ;;
   down) shift; cmd_down "$@" ;;
-  *) say "usage: $0 up [IMAGE...] | load IMAGE... | image | status | env | down [--purge]"; exit 2 ;;
+  *)
+    say "usage: $0 up [IMAGE...] | load IMAGE... | image | trust|untrust ADDR... | status | env" \
+      "| down [--purge]"
+    exit 2
+    ;;
 esac

@@ -65,6 +65,52 @@ def _boolean(name: str, value: Any) -> bool:
     raise InvalidArgument(f"{name} must be true or false, got {value!r}")
 
 
+#: A registry address: a host (name, IPv4 or [IPv6]) with an optional port and path.
+_REGISTRY = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?"
+    r"(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+)
+_REGISTRY_KEYS = {"address": "registry", "push": "registry_push", "username": "registry_username"}
+
+
+def _registry_mapping(value: Any) -> dict[str, Any]:
+    """The ``registry:`` of swarmless.yml given as a mapping, as ``registry_*`` settings."""
+    if not isinstance(value, dict):
+        return {}
+    unknown = set(value) - {*_REGISTRY_KEYS, "password_file"}
+    if unknown:
+        raise InvalidArgument(
+            f"registry: unknown key(s) {', '.join(sorted(map(str, unknown)))} (known: "
+            "address, push, username, password_file; a password is never written inline)"
+        )
+    out: dict[str, Any] = {"registry": ""}  # the mapping, not an address
+    out.update({_REGISTRY_KEYS[k]: v for k, v in value.items() if k in _REGISTRY_KEYS})
+    if "password_file" in value:
+        out["registry_password_file"] = value["password_file"]
+    return out
+
+
+def _check_registry(values: dict[str, Any]) -> None:
+    """Normalise and check the ``registry*`` values in place."""
+    for name in ("registry", "registry_push"):
+        if name in values:
+            text = str(values[name] or "").strip().removeprefix("https://").rstrip("/")
+            if text and not _REGISTRY.fullmatch(text):
+                raise InvalidArgument(
+                    f"{name} must be HOST[:PORT][/PATH] (e.g. 127.0.0.1:5000 or "
+                    f"registry.example.com/team), got {values[name]!r}"
+                )
+            values[name] = text
+    if values.get("registry_password_file"):
+        values["registry_password_file"] = Path(values["registry_password_file"]).expanduser()
+    else:
+        values.pop("registry_password_file", None)
+    if values.get("registry_push") and not values.get("registry"):
+        raise InvalidArgument("registry_push is set but registry (where nodes pull) is not")
+    if values.get("registry_password_file") and not values.get("registry_username"):
+        raise InvalidArgument("registry_password_file is set but registry_username is not")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything swarmless reads from its environment, in one place."""
@@ -155,6 +201,17 @@ class Settings:
     retention_dead_age: float = 14 * 86400.0
     retention_dead_count: int = 10_000
     retention_interval: float = 60.0
+    #: The registry function images are pushed to (``swarmless build``/``deploy``) and
+    #: that Swarm nodes pull them from, ``HOST[:PORT][/PATH]``; empty: none (images stay on
+    #: the engine that built them). ``registry_push``: where this machine's engine pushes,
+    #: when it reaches the registry by another name (default: ``registry``). Credentials:
+    #: a user name and a file holding the password (a mounted secret), never the password.
+    #: In swarmless.yml also as a mapping: ``registry: {address, push, username,
+    #: password_file}``. See docs/swarm-production.md.
+    registry: str = ""
+    registry_push: str = ""
+    registry_username: str = ""
+    registry_password_file: Path | None = None
 
     @classmethod
     def load(cls, config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
@@ -170,6 +227,7 @@ class Settings:
             section = doc.get("settings") if isinstance(doc, dict) else None
             if isinstance(section, dict):
                 values.update({k: v for k, v in section.items() if k in fields})
+                values.update(_registry_mapping(section.get("registry")))
         for name in fields:
             env = os.environ.get(f"SWARMLESS_{name.upper()}")
             if env is not None and env != "":
@@ -235,6 +293,7 @@ class Settings:
             values["metrics_public"] = _boolean("metrics_public", values["metrics_public"])
         if "data_dir" in values:
             values["data_dir"] = Path(values["data_dir"]).expanduser()
+        _check_registry(values)
         if values.get("backend", "docker") not in ("docker", "swarm"):
             raise InvalidArgument(f"backend must be 'docker' or 'swarm', got {values['backend']!r}")
         if "gateway_url" in values:

@@ -3,8 +3,10 @@
 The gateway talks to one Swarm manager (``docker_host``); Swarm places every container,
 honouring the function's placement constraints and CPU/memory reservations. Containers join
 an attachable overlay (``settings.network``) with ``endpoint_mode: dnsrr`` (no IPVS needed)
-and reach the gateway through the pull-based runtime API. Images are never resolved against
-a registry: each node runs the image it has. docs/swarm.md has the whole picture.
+and reach the gateway through the pull-based runtime API. An image in a registry
+(``settings.registry``: ``swarmless build``/``deploy`` push there) runs by its digest, so
+every node pulls the same bits; any other image runs as each node has it.
+docs/swarm.md and docs/swarm-production.md have the whole picture.
 
 - **One service per warm container** (1 replica, restart condition ``none``), its worker
   token in its environment: the dispatcher gives each worker its own token and stops chosen
@@ -49,6 +51,7 @@ from swarmless.backends.swarm_oneshot import (
 )
 from swarmless.backends.swarm_specs import (
     create_service,
+    pinned_image,
     remove_secret_versions,
     secret_labels,
     secret_name,
@@ -68,6 +71,7 @@ from swarmless.engine import (
     translate,
 )
 from swarmless.exceptions import SwarmlessError
+from swarmless.registry import credentials
 from swarmless.spec import FunctionSpec
 
 __all__ = ["SwarmBackend"]
@@ -105,6 +109,8 @@ class SwarmBackend(OneShotServices, EngineBackend):
         self._hostnames: dict[str, str] = {}
         self._images: dict[str, tuple[list[str], list[str]]] = {}
         self._no_logs: dict[str, float] = {}
+        #: (image, image id) -> the digest reference services run (pinned_image).
+        self._pinned: dict[tuple[str, str], str] = {}
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -118,6 +124,7 @@ class SwarmBackend(OneShotServices, EngineBackend):
         try:
             await self._call(self._check_manager, client)
             self._client = client
+            await self._call(self._login)
             await self._call(self._ensure_network)
             await self._call(self._poll)
         except BaseException:
@@ -135,6 +142,21 @@ class SwarmBackend(OneShotServices, EngineBackend):
 
     def runtime_host(self) -> str:
         return self._runtime_ip
+
+    def _login(self) -> None:
+        """Log the client in to the registry when credentials are set: the services it
+        creates and the images it pulls carry them (``X-Registry-Auth``) to the nodes."""
+        auth = credentials(self.settings)
+        if auth is None or not self.settings.registry:
+            return
+        registry = self.settings.registry.partition("/")[0]
+        try:
+            self.client.api.login(auth["username"], auth["password"], registry=registry)
+        except docker.errors.APIError as e:
+            raise SwarmlessError(
+                f"login to the registry {registry} as {auth['username']} failed: "
+                f"{e.explanation or e}"
+            ) from None
 
     def _check_manager(self, client: docker.DockerClient) -> None:
         self._runtime_ip = manager_runtime_ip(client, self.settings.docker_host)
@@ -222,9 +244,26 @@ class SwarmBackend(OneShotServices, EngineBackend):
 
     def _pull_failed_hint(self, image: str) -> str:
         return (
-            "; on a Swarm every node needs it: push it to a registry the nodes can reach, "
-            f"or load it onto each node (scripts/swarm-cluster.sh load {image})"
+            "; on a Swarm every node needs it: push it to a registry the nodes can reach "
+            "and trust (settings.registry: swarmless build/deploy push there; "
+            "docs/swarm-production.md), or load it onto each node "
+            f"(scripts/swarm-cluster.sh load {image})"
         )
+
+    def _image(self, spec: FunctionSpec) -> str:
+        """The image services of ``spec`` run (:func:`.swarm_specs.pinned_image`)."""
+        key = (spec.image or "", spec.image_id or "")
+        with self._lock:
+            found = self._pinned.get(key)
+        if found is None:
+            found = pinned_image(self.client.api, spec)
+            if "@" not in found:  # not pinned (yet): asked again next time
+                return found
+            with self._lock:
+                if len(self._pinned) > 256:  # one per function version: bounded anyway
+                    self._pinned.clear()
+                self._pinned[key] = found
+        return found
 
     # -- services ------------------------------------------------------------------
 
@@ -291,6 +330,7 @@ class SwarmBackend(OneShotServices, EngineBackend):
             stop_grace=self.stop_grace,
             configs=configs,
             avoid=avoid,
+            image=self._image(spec),
         )
 
     def _create_service(

@@ -7,6 +7,10 @@ secret create``) becomes the Swarm secret ``swarmless-NAME-<sha256 prefix>``: Sw
 secrets cannot change, so a new value is a new secret, and containers started after the
 change get it; older versions that no service uses any more are removed.
 
+An image in a registry is run by its digest (:func:`pinned_image`): the digest the
+manager's copy was pulled by when the deploy pinned it, so that every node pulls those
+bits, whatever its tag says by then.
+
 They are called from the backend's thread pool (the Docker SDK is synchronous) and hold
 no state of their own.
 """
@@ -25,11 +29,13 @@ import docker.types
 
 from swarmless.engine import LABEL_GATEWAY, LABEL_MANAGED, managed_labels
 from swarmless.exceptions import SwarmlessError
+from swarmless.registry import has_domain, split_reference
 from swarmless.spec import FunctionSpec
 
 __all__ = [
     "LABEL_SECRET",
     "create_service",
+    "pinned_image",
     "remove_secret_versions",
     "secret_name",
     "secret_refs",
@@ -113,6 +119,28 @@ def secret_labels(extra: Mapping[str, str], instance: str) -> dict[str, str]:
     return {**extra, **managed_labels("secret"), LABEL_GATEWAY: instance}
 
 
+def pinned_image(api: Any, spec: FunctionSpec) -> str:
+    """What a service of ``spec`` runs: ``spec.image`` by digest when it is in a registry.
+
+    A name that has a digest already, or names no registry (an image the nodes were given
+    by hand), is kept. Otherwise the manager's copy of the image (``spec.image_id``, which
+    the deploy pulled and pinned) says by which digest it came from that repository
+    (``RepoDigests``); when it does not (never pushed or pulled), the name is kept.
+    """
+    image = spec.image or ""
+    if "@" in image or not has_domain(image):
+        return image
+    repo, _, _ = split_reference(image)
+    try:
+        attrs = api.inspect_image(spec.image_id or image)
+    except docker.errors.NotFound:
+        return image
+    for ref in attrs.get("RepoDigests") or []:
+        if str(ref).partition("@")[0] == repo:
+            return str(ref)
+    return image
+
+
 def task_template(
     spec: FunctionSpec,
     *,
@@ -125,16 +153,18 @@ def task_template(
     stop_grace: float,
     configs: list[docker.types.ConfigReference] | None = None,
     avoid: Sequence[str] = (),
+    image: str | None = None,
 ) -> docker.types.TaskTemplate:
-    """One container of ``spec`` on ``network``, never restarted, kept off the nodes in
-    ``avoid``; the task's node and name are in its environment."""
+    """One container of ``spec`` (of ``image``: default ``spec.image``) on ``network``,
+    never restarted, kept off the nodes in ``avoid``; the task's node and name are in its
+    environment."""
     env = {
         **env,
         "SWARMLESS_NODE": "{{.Node.Hostname}}",
         "SWARMLESS_TASK": "{{.Task.Name}}",
     }
     container = docker.types.ContainerSpec(
-        image=spec.image or "",
+        image=image or spec.image or "",
         command=command,
         args=args,
         env=[f"{k}={v}" for k, v in env.items()],
@@ -170,7 +200,9 @@ def create_service(
     api: Any, name: str, template: docker.types.TaskTemplate, labels: Mapping[str, str]
 ) -> str:
     """Create a one-replica service reached by DNS round robin; returns its id."""
-    # No image resolution: each node runs the image it has (no registry needed).
+    # No image resolution here: an image in a registry comes by digest (pinned_image), and
+    # one that is not runs as each node has it. The registry's credentials, if any, go
+    # with the request (X-Registry-Auth, from the client's login).
     created = api.create_service(
         template,
         name=name,

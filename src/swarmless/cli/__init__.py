@@ -60,6 +60,10 @@ _COMMANDS = {
         "swarmless.cli.functions",
         "Queue dead async calls again (see `swarmless logs NAME` or status=dead records).",
     ),
+    "registry": (
+        "swarmless.cli.registry",
+        "A registry on this engine, for Swarm nodes to pull function images from.",
+    ),
     "rm": (
         "swarmless.cli.functions",
         "Remove deployed functions (their containers drain and go).",
@@ -121,6 +125,11 @@ _EXAMPLES = {
     "ls": ("swarmless ls", "swarmless ls -o wide", "swarmless ls -o json | jq -r '.[].name'"),
     "new": ("swarmless new hello", "swarmless new shout --template cgi-shell"),
     "redrive": ("swarmless redrive $(swarmless invocations -s dead -o json | jq -r '.[].id')",),
+    "registry": (
+        "swarmless registry up                   # on 127.0.0.1:5000",
+        "swarmless registry status",
+        "swarmless registry down --volumes",
+    ),
     "rm": ("swarmless rm hello upper",),
     "run": (
         "swarmless run swarmless/busybox echo hi",

@@ -10,6 +10,11 @@
    image changed is a new version, rolled out before the gateway answers: no call made
    after ``deploy`` returns is served by the old code.
 
+With ``settings.registry`` set, step 1 also pushes the image of every function with
+``build:`` to the registry, and steps 2 and 3 check and deploy each such function with its
+image's digest reference (``<registry>/<repository>@sha256:...``): every Swarm node pulls
+the same bits (swarmless.registry).
+
 ``--dry-run`` stops after step 2 and prints what would change.
 """
 
@@ -24,6 +29,7 @@ from swarmless.cli._base import console, err_console, fail, main
 from swarmless.exceptions import GatewayUnavailable, SpecError, SwarmlessError, Unauthorized
 
 if TYPE_CHECKING:  # what a command needs is imported when it runs, not for --help
+    from swarmless.config import Settings
     from swarmless.sdk.gateway import GatewayClient
     from swarmless.spec import FunctionSpec
 
@@ -71,12 +77,18 @@ def deploy(path: str, build: bool, only: tuple[str, ...], dry_run: bool, wait: f
     if not specs:
         fail(f"no function in {file}; nothing to deploy")
     from swarmless.cli.new import build_spec, gateway
+    from swarmless.config import Settings
 
     built: dict[str, str] = {}
     if build:
         for spec in specs:
             if spec.build:
                 built[spec.name] = build_spec(spec, config_file=file, untagged=True)
+    tags: list[tuple[str, str]] = []
+    settings = Settings.load(file)
+    if settings.registry:
+        specs, tags = _push(specs, built, settings)
+        built = {}  # checked and deployed by their digests in the registry
     gw = gateway()
     previews = _check(gw, specs, built)
     if dry_run:
@@ -84,7 +96,33 @@ def deploy(path: str, build: bool, only: tuple[str, ...], dry_run: bool, wait: f
             _print_preview(previews[spec.name])
         console.print("[dim]dry run: nothing was deployed[/dim]")
         return
+    for image_id, image in tags:
+        _tag(image_id, image)
     _apply(gw, specs, built, wait)
+
+
+def _push(
+    specs: list[FunctionSpec], built: dict[str, str], settings: Settings
+) -> tuple[list[FunctionSpec], list[tuple[str, str]]]:
+    """Push the image of every function with ``build:`` (just built, or as tagged here
+    with ``--no-build``) to the registry; the specs with their images' digest references
+    (and so every function of the file that runs one), and the local tags to give."""
+    from swarmless.cli.registry import push
+    from swarmless.engine import connect
+
+    refs: dict[str, str] = {}
+    tags: list[tuple[str, str]] = []
+    client = connect(settings.docker_host)
+    try:
+        for spec in specs:
+            if spec.build and spec.image and spec.image not in refs:
+                source = built.get(spec.name)
+                refs[spec.image] = push(client, spec.image, settings, source=source)
+                if source is not None:
+                    tags.append((source, spec.image))
+    finally:
+        client.close()
+    return [s.replace(image=refs[s.image]) if s.image in refs else s for s in specs], tags
 
 
 def _check(

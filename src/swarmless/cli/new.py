@@ -211,7 +211,8 @@ def build_spec(
     swarmless.yml in the build folder, if any), where ``SWARMLESS_BASE_IMAGE`` and the
     file's ``settings: base_image`` apply. pip trusts ``ca_bundle``, else this machine's
     CA bundle. ``untagged``: no tag at all (``swarmless deploy`` tags the image once every
-    function of its file has passed its checks). Returns the image id.
+    function of its file has passed its checks). With ``settings.registry`` set, a tagged
+    image is pushed there (:func:`swarmless.cli.registry.push`). Returns the image id.
     """
     if not spec.build:
         raise InvalidArgument(f"function {spec.name!r} has no 'build:' folder")
@@ -227,6 +228,10 @@ def build_spec(
     client = connect(settings.docker_host)
     try:
         image_id = _build_one(spec, image, settings.base_image, ca, client)
+        if settings.registry and image is not None:  # deploy pushes what it built itself
+            from swarmless.cli.registry import push
+
+            push(client, image, settings)
     finally:
         client.close()
     stages = [i for i in images if i != final]
