@@ -2,7 +2,8 @@
 
 - :mod:`~swarmless.scaling.policy`: how many containers a function wants (pure, KPA-style);
 - :mod:`~swarmless.scaling.planner`: from a snapshot of a pool, a plan of actions (start,
-  retire, pause, thaw, kill, back off), each with its reason (pure);
+  retire, pause, thaw, kill, back off), each with its reason (pure); what it reads in
+  :mod:`~swarmless.scaling.snapshot`, what it answers in :mod:`~swarmless.scaling.actions`;
 - :mod:`~swarmless.scaling.settings`: the windows and thresholds both act on;
 - :mod:`~swarmless.scaling.reconciler`: carries plans out through the pool and the backend,
   and records them (imported on its own: it needs the dispatcher).

@@ -6,7 +6,9 @@ versions, the calls in flight and queued, the recent crashes, the autoscaler's m
 ``now``) and answers a :class:`Plan`: the count the policy wants
 (:func:`~swarmless.scaling.policy.decide`) and the actions that get there, each with its
 reason. The reconciler (:mod:`swarmless.scaling.reconciler`) only carries plans out and
-records them; ``describe`` shows the reasons.
+records them; ``describe`` shows the reasons. The snapshot's types are in
+:mod:`swarmless.scaling.snapshot`, the plan's in :mod:`swarmless.scaling.actions` (both
+re-exported here).
 
 The rules, in order; a worker gets at most one action per plan, the first rule wins:
 
@@ -43,12 +45,23 @@ The rules, in order; a worker gets at most one action per plan, the first rule w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
 
-from swarmless.exceptions import InvalidArgument
+from swarmless.scaling.actions import (
+    Action,
+    BackOff,
+    Check,
+    Kill,
+    Pause,
+    Plan,
+    Retire,
+    Start,
+    Thaw,
+)
+from swarmless.scaling.actions import Cause as Cause
 from swarmless.scaling.policy import Decision, Observation, ScalingSpec, State, decide
 from swarmless.scaling.settings import ScalingSettings
+from swarmless.scaling.snapshot import Snapshot, WorkerView
+from swarmless.scaling.snapshot import WorkerState as WorkerState
 from swarmless.spec import FunctionSpec
 
 __all__ = [
@@ -66,10 +79,6 @@ __all__ = [
     "plan",
     "scaling_spec",
 ]
-
-WorkerState = Literal["starting", "ready", "paused", "draining", "gone"]
-#: Why a container is retired or killed.
-Cause = Literal["scale-down", "rollout", "drain-overdue", "start-timeout"]
 
 _DEFAULT = ScalingSettings()
 _CAPACITY = ("starting", "ready", "paused")
@@ -93,182 +102,6 @@ def scaling_spec(spec: FunctionSpec, settings: ScalingSettings = _DEFAULT) -> Sc
         panic_threshold=settings.panic_threshold,
         scale_down_delay=min(settings.scale_down_delay, spec.idle_timeout),
     )
-
-
-# -- the world, as the planner sees it -------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class WorkerView:
-    """One container of the pool, as observed (monotonic seconds)."""
-
-    id: str
-    version: int
-    state: WorkerState
-    created: float
-    last_active: float
-    #: Calls it holds right now.
-    calls: int = 0
-    #: Its container id is known (a start still in progress has none yet).
-    has_container: bool = True
-    #: Paused, and a thaw was asked for already.
-    thawing: bool = False
-    #: When the reconciler began to drain it (None: not by the reconciler).
-    draining_since: float | None = None
-    #: A poll of its waits for work right now (it is alive as far as the gateway knows).
-    polling: bool = False
-    #: When the reconciler last asked the engine about it (None: never).
-    checked_at: float | None = None
-
-    @property
-    def busy(self) -> bool:
-        return self.calls > 0
-
-
-@dataclass(frozen=True, kw_only=True)
-class Snapshot:
-    """One warm pool at ``now``, and what the autoscaler remembers."""
-
-    now: float
-    #: The function's current version; workers of another are rolled out.
-    version: int
-    workers: tuple[WorkerView, ...] = ()
-    #: Calls waiting for a container.
-    queued: int = 0
-    #: Earlier observations (the planner adds the one of ``now``) and the policy's state.
-    history: tuple[Observation, ...] = ()
-    state: State = field(default_factory=State)
-    #: ``swarmless scale NAME N``: exactly N, no policy.
-    pinned: int | None = None
-    #: The gateway is shutting down: start nothing.
-    closing: bool = False
-    #: Crashes in a row before a container was ready, the last one's time and message.
-    crashes: int = 0
-    last_crash: float | None = None
-    crash_reason: str | None = None
-    #: Why the engine does not answer (None: it does): nothing starts, nothing is checked.
-    engine_down: str | None = None
-    #: Seconds without a poll after which an idle ready container is checked (None: never).
-    silent_after: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("queued", "crashes"):
-            if getattr(self, name) < 0:
-                raise InvalidArgument(f"Snapshot.{name} must be at least 0")
-        if self.pinned is not None and self.pinned < 0:
-            raise InvalidArgument(f"Snapshot.pinned must be at least 0, got {self.pinned!r}")
-
-    @property
-    def in_flight(self) -> int:
-        """Calls being served right now."""
-        return sum(w.calls for w in self.workers)
-
-
-# -- actions -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class Start:
-    """Start ``count`` containers of the current version."""
-
-    kind: ClassVar[str] = "start"
-    count: int
-    reason: str
-
-    def to_dict(self, at: float) -> dict[str, Any]:
-        return {"action": self.kind, "count": self.count, "reason": self.reason}
-
-
-@dataclass(frozen=True, kw_only=True)
-class _OnWorker:
-    kind: ClassVar[str] = ""
-    worker: str
-    reason: str
-
-    def to_dict(self, at: float) -> dict[str, Any]:
-        return {"action": self.kind, "worker": self.worker, "reason": self.reason}
-
-
-@dataclass(frozen=True, kw_only=True)
-class Retire(_OnWorker):
-    """Drain a container: it finishes what it holds, then exits."""
-
-    kind: ClassVar[str] = "retire"
-    cause: Cause
-
-    def to_dict(self, at: float) -> dict[str, Any]:
-        return {**super().to_dict(at), "cause": self.cause}
-
-
-@dataclass(frozen=True, kw_only=True)
-class Pause(_OnWorker):
-    """Freeze an idle container (the paused buffer)."""
-
-    kind: ClassVar[str] = "pause"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Thaw(_OnWorker):
-    """Unfreeze a paused container: it takes queued calls."""
-
-    kind: ClassVar[str] = "thaw"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Kill(_OnWorker):
-    """Stop a container now; with ``crash``, record ``reason`` as the pool's crash."""
-
-    kind: ClassVar[str] = "kill"
-    cause: Cause
-    crash: bool = False
-
-    def to_dict(self, at: float) -> dict[str, Any]:
-        return {**super().to_dict(at), "cause": self.cause}
-
-
-@dataclass(frozen=True, kw_only=True)
-class Check(_OnWorker):
-    """Ask the engine whether a silent container still runs (it is replaced if not)."""
-
-    kind: ClassVar[str] = "check"
-
-
-@dataclass(frozen=True, kw_only=True)
-class BackOff:
-    """Start nothing before ``until`` (monotonic), though containers are wanted."""
-
-    kind: ClassVar[str] = "back-off"
-    until: float
-    reason: str
-
-    def to_dict(self, at: float) -> dict[str, Any]:
-        return {"action": self.kind, "for_s": round(self.until - at, 3), "reason": self.reason}
-
-
-Action = Start | Retire | Pause | Thaw | Kill | Check | BackOff
-
-
-@dataclass(frozen=True, kw_only=True)
-class Plan:
-    """What to do at ``at``, and why."""
-
-    at: float
-    #: The policy's count (ready + starting + paused of the current version) and reason.
-    decision: Decision
-    actions: tuple[Action, ...]
-    #: The sample this plan observed, and the policy's next state (None: pinned, the
-    #: policy was not asked); the reconciler keeps both for the next snapshot.
-    observation: Observation
-    state: State | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON for ``describe``."""
-        return {
-            "desired": self.decision.desired,
-            "reason": self.decision.reason,
-            "panic": self.decision.panic,
-            "actions": [a.to_dict(self.at) for a in self.actions],
-        }
 
 
 # -- the planner ---------------------------------------------------------------------------
