@@ -5,7 +5,9 @@
   and :mod:`~swarmless.proxy.rules` (the request, the verdict, JSON read as Go reads it);
 - :mod:`~swarmless.proxy.http`: HTTP/1.1 on both sides, framed by h11;
 - :mod:`~swarmless.proxy.engine_view`: what the proxy itself asks the engine;
-- :mod:`~swarmless.proxy.server`: the proxy the gateway starts on the function network;
+- :mod:`~swarmless.proxy.server`: the proxy the gateway starts on the function network,
+  with :mod:`~swarmless.proxy.admission` (who asks, and may they: the verdict on each
+  request) and :mod:`~swarmless.proxy.relay` (one client connection, relayed to the engine);
 - :mod:`~swarmless.proxy.children`: children's lives after their parent's
   (``children_timeout``) and how each ended;
 - :mod:`~swarmless.proxy.tokens`: which container is calling (the gateway and the proxy).
