@@ -1,6 +1,7 @@
 """Scaling on a real 3-node Swarm: a warm function 0 -> 12 vs `docker service scale` to 12.
 
     .venv/bin/python bench/swarm.py [--rounds 3] [--replicas 12] [--no-kill] [--keep]
+        [--no-scale] [--no-cold-pull] [--no-stack]
 
 Starts the test cluster (scripts/swarm-cluster.sh up; removed at the end unless --keep),
 builds a warm function image and loads it onto every node, and runs a gateway with the
@@ -19,6 +20,20 @@ kills a node under a steady load of calls and reports how long until the functio
 workers back on live nodes and the slowest call around the kill (target: below the
 dispatcher heartbeat period plus 5 s, i.e. 6 s with the cluster's 1 s heartbeat).
 
+Then (unless --no-cold-pull) a cold start on a node that never had the image: a local
+registry (``swarmless registry up``, tests/registry_harness.py) holds a function image whose
+every layer is new (its base is the Python base exported and imported again, so no node has
+any of it), and node 3 (a worker) pulls it, interleaved, once per sample each way:
+
+- ours: the first call of a warm function pinned to node 3 and deployed by digest, from the
+  call sent until its answer (the worker service created, the image pulled, the container
+  started, its runtime polled the gateway and ran the call);
+- plain: ``docker service create`` of the same digest on node 3, until its task runs.
+
+Before each sample node 3 holds no layer of the image (checked with its engine), after it
+the image; the whole machine's CPU use during each sample is printed beside it. Prints
+``swarm_cold_pull ratio X (target 1.2: PASS|FAIL)``, the ratio of the medians ours/plain.
+
 Then (unless --no-stack) it deploys examples/stack.yml (two gateway replicas on the
 workers, PostgreSQL) and measures warm no-op calls/s with the load split between the two
 replicas vs all of it sent to the active one (wrk, or the asyncio client; interleaved).
@@ -28,19 +43,23 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
+import docker.errors
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the cluster and gateway helpers of the tests
 
+from bench._common import host_cpu  # noqa: E402
 from bench.gateway_processes import (  # noqa: E402
     BODY,
     WRK_SCRIPT,
@@ -48,9 +67,16 @@ from bench.gateway_processes import (  # noqa: E402
     python_load,
     wrk_load,
 )
+from tests.registry_harness import (  # noqa: E402
+    cluster_registry,
+    has_image,
+    node_engine,
+    remove_from_node,
+)
 from tests.swarm_harness import Cluster, SwarmGateway, gateway_stack, wait_for  # noqa: E402
 
 from swarmless.build import build_function  # noqa: E402
+from swarmless.registry import push_image  # noqa: E402
 
 IMAGE = "swarmless-bench/swarm-warm:latest"
 HANDLER = """
@@ -146,6 +172,139 @@ def node_kill(gw: SwarmGateway) -> tuple[float, float, int, int]:
     return back, max(t for t, _ in took), len(took), failed
 
 
+COLD_NODE = "swarmless-node-3"
+COLD_BASE = "swarmless-bench/cold-base:latest"
+COLD_IMAGE = "swarmless-bench/cold-pull:latest"
+
+
+def cold_image(host: docker.DockerClient, tmp: Path) -> tuple[str, int]:
+    """A warm function image none of whose layers any node has: its base is the Python
+    base exported and imported again (one new layer, same files). (image id, bytes)."""
+    cid = host.api.create_container("swarmless/python:bookworm", labels=LABELS)["Id"]
+    try:
+        export = subprocess.Popen(["docker", "export", cid], stdout=subprocess.PIPE)
+        subprocess.run(
+            ["docker", "import", "-c", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:"
+             "/usr/bin:/sbin:/bin", "-c", "ENV LANG=C.UTF-8", "-c", "ENV PYTHONUNBUFFERED=1",
+             "-c", "LABEL swarmless.bench=swarm", "-", COLD_BASE],
+            stdin=export.stdout, check=True, capture_output=True, timeout=300,
+        )  # fmt: skip
+        export.wait(60)
+    finally:
+        host.api.remove_container(cid, force=True)
+    (tmp / "handler.py").write_text(HANDLER + f"\nBUILT = {time.time()!r}\n")
+    image_id = build_function(
+        tmp, tag=COLD_IMAGE, mode="warm", client=host, base_image=COLD_BASE, labels=LABELS
+    )
+    return image_id, int(host.api.inspect_image(image_id)["Size"])
+
+
+def _sample(
+    node: docker.DockerClient, ref: str, image_id: str, run: Callable[[], float]
+) -> tuple[float, float]:
+    """One cold start: the node holds none of the image before, the image after; (seconds,
+    the machine's CPU busy share during it)."""
+    if has_image(node, ref) or has_image(node, image_id):
+        raise AssertionError(f"{COLD_NODE} holds the image before a cold sample")
+    busy0, total0 = host_cpu()
+    took = run()
+    busy1, total1 = host_cpu()
+    if node.api.inspect_image(ref)["Id"] != image_id:
+        raise AssertionError(f"{COLD_NODE} does not hold the image after a cold sample")
+    return took, (busy1 - busy0) / max(total1 - total0, 1e-9)
+
+
+def cold_pull(
+    host: docker.DockerClient, cluster: Cluster, gw: SwarmGateway, rounds: int
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]], int]:
+    """(ours, plain) samples of (seconds, CPU busy share), and the image's bytes."""
+    node = node_engine(cluster, COLD_NODE)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        cluster_registry(cluster, "swarmless-reg-bench", Path(tmp) / "reg", LABELS) as settings,
+    ):
+        image_id, size = cold_image(host, Path(tmp))
+        ref = push_image(host, COLD_IMAGE, settings=settings)
+        gw.deploy(
+            name="coldpull",
+            image=ref,
+            mode="warm",
+            handler="handler:noop",
+            placement=[f"node.hostname == {COLD_NODE}"],
+            idle_timeout=300,
+        )
+
+        def ours() -> float:
+            gw.scale("coldpull", None)  # the autoscaler's: none until a call comes
+            t0 = time.perf_counter()
+            with gw.http(token=None, timeout=300) as http:
+                r = http.post("/function/coldpull", content=b"")
+            took = time.perf_counter() - t0
+            if r.status_code != 200:
+                raise AssertionError(f"the cold call failed: {r.status_code} {r.text}")
+            gw.scale("coldpull", 0)
+            wait_for(
+                lambda: not gw.services(**{"swarmless.function": "coldpull"}), 60, "scaled to 0"
+            )
+            return took
+
+        def plain() -> float:
+            name = "swarmless-reg-bench-plain"
+            api = cluster.manager.api
+            t0 = time.perf_counter()
+            subprocess.run(
+                ["docker", "-H", cluster.manager_url, "service", "create", "--detach", "-q",
+                 "--name", name, "--constraint", f"node.hostname == {COLD_NODE}",
+                 "--restart-condition", "none", "--no-resolve-image",
+                 "--endpoint-mode", "dnsrr", "--network", gw.settings.network,
+                 "--label", "swarmless.bench=swarm", ref,
+                 "python3", "-c", "import time; time.sleep(3600)"],
+                check=True, capture_output=True, timeout=120,
+            )  # fmt: skip
+
+            def running() -> bool:
+                tasks = api.tasks(filters={"service": name})
+                return any(t["Status"]["State"] == "running" for t in tasks)
+
+            wait_for(running, 300, "the plain task running")
+            took = time.perf_counter() - t0
+            subprocess.run(
+                ["docker", "-H", cluster.manager_url, "service", "rm", name],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            return took
+
+        a: list[tuple[float, float]] = []
+        b: list[tuple[float, float]] = []
+        try:
+            for i in range(rounds):
+                pair = [("ours", a, ours), ("plain", b, plain)]
+                for which, samples, run in pair if i % 2 == 0 else pair[::-1]:
+                    remove_from_node(node, ref)
+                    samples.append(_sample(node, ref, image_id, run))
+                    took, cpu = samples[-1]
+                    print(
+                        f"cold pull round {i + 1}: {which} {took:.2f}s (machine CPU busy "
+                        f"{cpu:.0%})",
+                        flush=True,
+                    )
+        finally:
+            with gw.http() as http:
+                http.delete("/system/functions/coldpull")
+            wait_for(lambda: not gw.services(**{"swarmless.function": "coldpull"}), 60, "removed")
+            for name in cluster.names:
+                other = node_engine(cluster, name)
+                remove_from_node(other, ref)
+                other.close()
+            for local in (COLD_IMAGE, f"{settings.registry_push}/{COLD_IMAGE}", COLD_BASE):
+                with contextlib.suppress(docker.errors.DockerException):
+                    host.api.remove_image(local)
+            node.close()
+    return a, b, size
+
+
 def stack_throughput(
     host: docker.DockerClient, cluster: Cluster, seconds: float, reps: int
 ) -> tuple[Load, Load]:
@@ -207,6 +366,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--replicas", type=int, default=12)
     parser.add_argument("--no-kill", action="store_true")
+    parser.add_argument("--no-scale", action="store_true", help="skip the 0 -> N scaling")
+    parser.add_argument(
+        "--no-cold-pull", action="store_true", help="skip the cold start through a registry"
+    )
     parser.add_argument("--no-stack", action="store_true", help="skip the replicas' throughput")
     parser.add_argument("--keep", action="store_true", help="leave the cluster up")
     args = parser.parse_args()
@@ -215,33 +378,40 @@ def main() -> None:
     gw = None
     plain_name = "swarmless-swarm-bench-plain"
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "handler.py").write_text(HANDLER)
-            build_function(
-                Path(tmp),
-                tag=IMAGE,
-                mode="warm",
-                client=host,
-                base_image="swarmless/python:bookworm",
-                labels=LABELS,
-            )
-        cluster.load(IMAGE)
+        # The scaling, node-kill and stack parts run IMAGE, loaded onto every node.
+        scaled = not (args.no_scale and args.no_kill and args.no_stack)
+        if scaled:
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "handler.py").write_text(HANDLER)
+                build_function(
+                    Path(tmp),
+                    tag=IMAGE,
+                    mode="warm",
+                    client=host,
+                    base_image="swarmless/python:bookworm",
+                    labels=LABELS,
+                )
+            cluster.load(IMAGE)
         gw = SwarmGateway(cluster, Path(tempfile.mkdtemp()), LABELS).start()
-        gw.deploy(name="bench", image=IMAGE, mode="warm", handler="handler:where", idle_timeout=1)
-        subprocess.run(
-            ["docker", "-H", cluster.manager_url, "service", "create", "--detach", "-q",
-             "--name", plain_name, "--replicas", "0", "--no-resolve-image",
-             "--endpoint-mode", "dnsrr", "--network", gw.settings.network,
-             "--label", "swarmless.bench=swarm", IMAGE,
-             "python3", "-c", "import time; time.sleep(3600)"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        # One untimed round of each: images in the page cache, connections open.
-        ours(gw, 2)
-        plain(cluster, plain_name, 2)
+        if scaled:
+            gw.deploy(
+                name="bench", image=IMAGE, mode="warm", handler="handler:where", idle_timeout=1
+            )
+            subprocess.run(
+                ["docker", "-H", cluster.manager_url, "service", "create", "--detach", "-q",
+                 "--name", plain_name, "--replicas", "0", "--no-resolve-image",
+                 "--endpoint-mode", "dnsrr", "--network", gw.settings.network,
+                 "--label", "swarmless.bench=swarm", IMAGE,
+                 "python3", "-c", "import time; time.sleep(3600)"],
+                check=True, capture_output=True,
+            )  # fmt: skip
         a: list[float] = []
         b: list[float] = []
-        for i in range(args.rounds):
+        if not args.no_scale:
+            # One untimed round of each: images in the page cache, connections open.
+            ours(gw, 2)
+            plain(cluster, plain_name, 2)
+        for i in range(0 if args.no_scale else args.rounds):
             pair = [("ours", a), ("plain", b)]
             if i % 2:
                 pair.reverse()
@@ -251,13 +421,25 @@ def main() -> None:
                 else:
                     samples.append(plain(cluster, plain_name, args.replicas))
                 print(f"round {i + 1}: {which} 0->{args.replicas}: {samples[-1]:.2f}s", flush=True)
-        m_ours, m_plain = statistics.median(a), statistics.median(b)
-        ratio = m_ours / m_plain
-        print(f"swarmless scale 0->{args.replicas} (workers ready) median: {m_ours:.2f}s")
-        print(f"docker service scale to {args.replicas} (tasks running) median: {m_plain:.2f}s")
-        print(
-            f"ratio ours/plain: {ratio:.2f}  (target <= 1.2: {'PASS' if ratio <= 1.2 else 'FAIL'})"
-        )
+        if not args.no_scale:
+            m_ours, m_plain = statistics.median(a), statistics.median(b)
+            ratio = m_ours / m_plain
+            print(f"swarmless scale 0->{args.replicas} (workers ready) median: {m_ours:.2f}s")
+            print(f"docker service scale to {args.replicas} (tasks running) median: {m_plain:.2f}s")
+            ok = "PASS" if ratio <= 1.2 else "FAIL"
+            print(f"ratio ours/plain: {ratio:.2f}  (target <= 1.2: {ok})")
+        if not args.no_cold_pull:
+            cold_ours, cold_plain, size = cold_pull(host, cluster, gw, args.rounds)
+            c_ours = statistics.median(t for t, _ in cold_ours)
+            c_plain = statistics.median(t for t, _ in cold_plain)
+            ratio = c_ours / c_plain
+            print(
+                f"cold start on {COLD_NODE} without the image ({size / 1e6:.0f} MB, every "
+                f"layer pulled from the local registry), median: first call answered "
+                f"{c_ours:.2f}s, docker service create until running {c_plain:.2f}s"
+            )
+            ok = "PASS" if ratio <= 1.2 else "FAIL"
+            print(f"swarm_cold_pull ratio {ratio:.2f} (target 1.2: {ok})")
         if not args.no_kill:
             back, slowest, calls, failed = node_kill(gw)
             ok = "PASS" if slowest <= 6.0 else "FAIL"
@@ -284,7 +466,8 @@ def main() -> None:
         )
         if not args.keep:
             cluster.down()
-        host.images.remove(IMAGE, force=True)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            host.images.remove(IMAGE, force=True)
 
 
 if __name__ == "__main__":

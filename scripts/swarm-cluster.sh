@@ -4,7 +4,8 @@
 #   scripts/swarm-cluster.sh up [IMAGE...]   build the node image if needed, start the nodes,
 #                                            form the Swarm, load IMAGEs onto every node
 #   scripts/swarm-cluster.sh load IMAGE...   docker save | docker load onto every node
-#                                            (skipped where the node has the same image id)
+#                                            (skipped where the node has the same image id;
+#                                            through a registry: SWARMLESS_SWARM_REGISTRY)
 #   scripts/swarm-cluster.sh image           build the node image only (if missing)
 #   scripts/swarm-cluster.sh trust ADDR...   the nodes' engines pull from these registries
 #                                            over plain HTTP (insecure-registries in each
@@ -31,6 +32,9 @@
 #   SWARMLESS_SWARM_LABELS=           extra labels k=v,k=v on every object (tests: swarmless.test)
 #   SWARMLESS_SWARM_PRIVILEGED=auto   auto | 1 (always --privileged) | 0 (never)
 #   SWARMLESS_NODE_IMAGE=swarmless/dind-node:bookworm
+#   SWARMLESS_SWARM_REGISTRY=         HOST:PORT of a registry the nodes pull from, also served
+#                                     on 127.0.0.1:PORT here: `load` goes through it (pushed
+#                                     once, only missing layers pulled) instead of save|load
 #   SWARMLESS_DEBIAN_MIRROR=http://deb.debian.org/debian
 #
 # Idempotent: `up` on a running cluster only checks it (and restarts stopped nodes, rejoining
@@ -285,9 +289,29 @@ cmd_up() {
   if [ $# -gt 0 ]; then cmd_load "$@"; fi
 }
 
+# load through a registry: the host's engine pushes to 127.0.0.1:PORT, the nodes pull from
+# HOST:PORT (both names of one registry, e.g. `swarmless registry up --listen
+# 127.0.0.1:5000 --listen 10.213.7.1:5000`); only layers a node lacks travel, once.
+load_by_registry() {  # load_by_registry IMAGE NODE...
+  local img=$1 reg=$SWARMLESS_SWARM_REGISTRY port k pids=()
+  shift
+  port=${reg##*:}
+  docker tag "$img" "127.0.0.1:$port/$img"
+  docker push -q "127.0.0.1:$port/$img" >/dev/null || die "pushing $img to 127.0.0.1:$port failed"
+  docker rmi "127.0.0.1:$port/$img" >/dev/null
+  for k in "$@"; do
+    (timeout 300 docker -H "tcp://$(node_ip "$k"):$PORT" pull -q "$reg/$img" >/dev/null \
+      && docker -H "tcp://$(node_ip "$k"):$PORT" tag "$reg/$img" "$img" \
+      && docker -H "tcp://$(node_ip "$k"):$PORT" rmi "$reg/$img" >/dev/null) &
+    pids+=($!)
+  done
+  for k in "${pids[@]}"; do wait "$k" || die "pulling $reg/$img onto a node failed"; done
+}
+
 cmd_load() {
   [ $# -gt 0 ] || die "usage: $0 load IMAGE..."
   local img id tmp k pids=() need
+  if [ -n "${SWARMLESS_SWARM_REGISTRY:-}" ]; then cmd_trust add "$SWARMLESS_SWARM_REGISTRY"; fi
   tmp=$(mktemp -d /var/tmp/swarmless-load.XXXXXX)
   # shellcheck disable=SC2064
   trap "rm -rf '$tmp'" RETURN
@@ -300,6 +324,11 @@ cmd_load() {
       fi
     done
     [ ${#need[@]} -gt 0 ] || continue
+    if [ -n "${SWARMLESS_SWARM_REGISTRY:-}" ]; then
+      load_by_registry "$img" "${need[@]}"
+      say "pulled $img onto node(s) ${need[*]} from $SWARMLESS_SWARM_REGISTRY"
+      continue
+    fi
     docker save -o "$tmp/image.tar" "$img"
     pids=()
     for k in "${need[@]}"; do

@@ -99,12 +99,19 @@ def registry_up(
         f"registry [bold]{reg.name}[/bold] {reg.state} on {', '.join(reg.listen)}",
         highlight=False,
     )
-    first = reg.listen[0]
-    console.print(f"  export SWARMLESS_REGISTRY={first}", highlight=False)
-    if not first.startswith("127."):
+    local = [a for a in reg.listen if a.startswith("127.")]
+    others = [a for a in reg.listen if not a.startswith("127.")]
+    if others and local:  # nodes pull from the other name, this engine pushes to 127.0.0.1
         console.print(
-            f'  [dim]engines must trust it: "insecure-registries": ["{first}"] in '
-            "daemon.json (docs/swarm-production.md)[/dim]",
+            f"  export SWARMLESS_REGISTRY={others[0]} SWARMLESS_REGISTRY_PUSH={local[0]}",
+            highlight=False,
+        )
+    else:
+        console.print(f"  export SWARMLESS_REGISTRY={reg.listen[0]}", highlight=False)
+    if others:
+        console.print(
+            f'  [dim]engines must trust {others[0]}: "insecure-registries": ["{others[0]}"] '
+            "in their daemon.json (docs/swarm-production.md)[/dim]",
             highlight=False,
         )
 
