@@ -7,6 +7,8 @@
 - :mod:`~swarmless.gateway.sync_routes`, :mod:`~swarmless.gateway.async_routes`,
   :mod:`~swarmless.gateway.runtime_api`, :mod:`~swarmless.gateway.admin`,
   :mod:`~swarmless.gateway.openfaas`, :mod:`~swarmless.gateway.ui`: the routes;
+  :mod:`~swarmless.gateway.openapi` and :mod:`~swarmless.gateway.docs`: the API's
+  description and its page;
   :mod:`~swarmless.gateway.routing`: functions at their own paths and host names;
 - :mod:`~swarmless.gateway.replicas`: the lease among replicas;
   :mod:`~swarmless.gateway.server`: uvicorn and the drain.
@@ -26,6 +28,7 @@ __all__ = [
     "context",
     "docs",
     "edge",
+    "openapi",
     "openfaas",
     "openfaas_mapping",
     "openfaas_models",

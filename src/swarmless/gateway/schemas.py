@@ -5,7 +5,7 @@ validated once, by :class:`~swarmless.spec.FunctionSpec`, and the routes answer 
 The models say what those look like, precisely enough that a client can be generated from
 them and a fuzzer pointed at them (``tests/reliability/test_fuzz.py`` checks every answer
 against them). :data:`OPERATIONS` ties each route to its models and its documented
-statuses; :func:`swarmless.gateway.docs.openapi_schema` turns that into OpenAPI 3.1.
+statuses; :func:`swarmless.gateway.openapi.openapi_schema` turns that into OpenAPI 3.1.
 
 The models themselves are :mod:`swarmless.gateway.api_models` (re-exported here); this
 module holds the route table.
