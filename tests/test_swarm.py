@@ -145,8 +145,10 @@ def test_placement_limits_and_secrets(gw: SwarmGateway, swarm_warm_image: str) -
     assert task["Placement"]["Preferences"] == [
         {"Spread": {"SpreadDescriptor": "node.labels.zone"}}
     ]
-    assert task["Resources"]["Limits"] == {"NanoCPUs": 250_000_000, "MemoryBytes": 96 * 2**20}
-    assert task["Resources"]["Reservations"] == task["Resources"]["Limits"]
+    reserved = {"NanoCPUs": 250_000_000, "MemoryBytes": 96 * 2**20}
+    assert task["Resources"]["Reservations"] == reserved
+    # Limited as reserved, and the default PIDs limit (swarmless.backends.swarm_limits).
+    assert task["Resources"]["Limits"] == {**reserved, "Pids": gw.settings.function_pids}
     [secret] = task["ContainerSpec"]["Secrets"]
     assert secret["File"]["Name"] == name  # /run/secrets/<name>
     assert secret["SecretName"].startswith(f"swarmless-{name}-")  # one Swarm secret per value

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
@@ -40,6 +41,7 @@ import docker.errors
 import docker.types
 
 from swarmless.backends.base import ContainerInfo, EngineBackend, WorkerLaunch
+from swarmless.backends.swarm_limits import SwarmLimits, swarm_facts
 from swarmless.backends.swarm_nodes import manager_runtime_ip
 from swarmless.backends.swarm_oneshot import (
     LOST,
@@ -113,6 +115,8 @@ class SwarmBackend(OneShotServices, EngineBackend):
         self._pinned: dict[tuple[str, str], str] = {}
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        #: Limits of every function container (read from the Swarm at start).
+        self.limits = SwarmLimits.of(settings, node_cpus=math.inf, log_driver="")
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -127,6 +131,8 @@ class SwarmBackend(OneShotServices, EngineBackend):
             await self._call(self._login)
             await self._call(self._ensure_network)
             await self._call(self._poll)
+            node_cpus, log_driver = await self._call(swarm_facts, client.api)
+            self.limits = SwarmLimits.of(self.settings, node_cpus=node_cpus, log_driver=log_driver)
         except BaseException:
             self._client = None
             client.close()
@@ -331,6 +337,8 @@ class SwarmBackend(OneShotServices, EngineBackend):
             configs=configs,
             avoid=avoid,
             image=self._image(spec),
+            limits=self.limits,
+            oneshot=labels.get(LABEL_KIND) in ("oneshot", "cgi"),
         )
 
     def _create_service(

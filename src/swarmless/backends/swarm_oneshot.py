@@ -23,6 +23,7 @@ import docker.errors
 import docker.types
 
 from swarmless.backends.base import CallerGrants, OneShotResult
+from swarmless.backends.swarm_limits import SwarmLimits, may_be_cut
 from swarmless.engine import LABEL_CALL, translate
 from swarmless.exceptions import FunctionFailed, PayloadTooLarge
 from swarmless.spec import FunctionSpec
@@ -87,6 +88,8 @@ class OneShotServices:
     _images: dict[str, tuple[list[str], list[str]]]
     #: Nodes whose task logs the manager could not deliver: node id -> until (monotonic).
     _no_logs: dict[str, float]
+    #: Limits of the services (their log files hold a one-shot call's answer).
+    limits: SwarmLimits
 
     if TYPE_CHECKING:  # provided by SwarmBackend and EngineBackend
 
@@ -238,24 +241,29 @@ class OneShotServices:
                     t0,
                     None,
                 )
-            stdout, stderr = self._logs(sid, (task or {}).get("NodeID", ""))
-            return self._result(sid, LOST, stdout, stderr, t0, started, timed_out=True)
+            stdout, stderr, over = self._logs(spec, sid, (task or {}).get("NodeID", ""))
+            return self._result(
+                sid, LOST, stdout, stderr, t0, started, timed_out=True, output_exceeded=over
+            )
         code = exit_code(task or {})
         if code is None:
             why = status.get("Err") or status.get("Message") or state
             return self._result(
                 sid, NOT_RUN, b"", f"Swarm could not run it: {why}".encode(), t0, started
             )
-        stdout, stderr = self._logs(sid, (task or {}).get("NodeID", ""))
+        stdout, stderr, over = self._logs(spec, sid, (task or {}).get("NodeID", ""))
         oom = code == LOST and spec.memory is not None
-        return self._result(sid, code, stdout, stderr, t0, started, oom=oom)
+        return self._result(sid, code, stdout, stderr, t0, started, oom=oom, output_exceeded=over)
 
     def _down_nodes(self) -> set[str]:
         with self._lock:
             return set(self._down)
 
-    def _logs(self, sid: str, node: str) -> tuple[bytes, bytes]:
-        """A finished task's stdout and stderr, as the manager's log broker collects them.
+    def _logs(self, spec: FunctionSpec, sid: str, node: str) -> tuple[bytes, bytes, bool]:
+        """A finished task's stdout and stderr, as the manager's log broker collects them,
+        each read up to ``spec.max_output`` (stderr past it dropped, a line says so), and
+        whether stdout is over it or may have lost its beginning to the log's rotation
+        (:func:`~.swarm_limits.may_be_cut`): an answer that is refused, never cut.
 
         The broker asks the task's node for the logs; when the node's answer is missing it
         writes ``Error grabbing logs: ... incomplete log stream`` into the stream in place
@@ -267,11 +275,18 @@ class OneShotServices:
         """
         deadline = time.monotonic() + LOGS_RETRY_S
         delay = 0.1
+        limit = spec.max_output
         while True:
-            out, out_bad = _clean_logs(self._service_logs(sid, stdout=True))
-            err, err_bad = _clean_logs(self._service_logs(sid, stdout=False))
+            out, more = self._service_logs(sid, stdout=True, limit=limit)
+            err, err_more = self._service_logs(sid, stdout=False, limit=limit)
+            out, out_bad = _clean_logs(out)
+            err, err_bad = _clean_logs(err)
             if not (out_bad or err_bad):
-                return out, err
+                size = self.limits.log_file_size(spec, oneshot=True)
+                over = more or len(out) > limit or may_be_cut(out, err, size)
+                if err_more:
+                    err = err[:limit] + b"\n[more of stderr dropped: over max_output]\n"
+                return out, err, over
             if time.monotonic() + delay > deadline:
                 break
             time.sleep(delay)
@@ -296,9 +311,22 @@ class OneShotServices:
                     del self._no_logs[node]
             return list(self._no_logs)
 
-    def _service_logs(self, sid: str, *, stdout: bool) -> bytes:
+    def _service_logs(self, sid: str, *, stdout: bool, limit: int) -> tuple[bytes, bool]:
+        """One stream of a service's log, at most ``limit`` + 1 bytes of it held; and
+        whether there was more."""
+        held = bytearray()
         with translate(api=self.client.api):
-            return b"".join(self.client.api.service_logs(sid, stdout=stdout, stderr=not stdout))
+            chunks = self.client.api.service_logs(sid, stdout=stdout, stderr=not stdout)
+            try:
+                for chunk in chunks:
+                    held += chunk
+                    if len(held) > limit:
+                        del held[limit + 1 :]
+                        return bytes(held), True
+            finally:
+                with contextlib.suppress(Exception):
+                    chunks.close()
+        return bytes(held), False
 
     def _result(
         self,
@@ -311,6 +339,7 @@ class OneShotServices:
         *,
         timed_out: bool = False,
         oom: bool = False,
+        output_exceeded: bool = False,
     ) -> OneShotResult:
         now = time.monotonic()
         started = started if started is not None else now
@@ -323,4 +352,5 @@ class OneShotServices:
             timed_out=timed_out,
             init_ms=(started - t0) * 1000,
             run_ms=(now - started) * 1000,
+            output_exceeded=output_exceeded,
         )

@@ -27,6 +27,7 @@ import docker
 import docker.errors
 import docker.types
 
+from swarmless.backends.swarm_limits import SwarmLimits
 from swarmless.engine import LABEL_GATEWAY, LABEL_MANAGED, managed_labels
 from swarmless.exceptions import SwarmlessError
 from swarmless.registry import has_domain, split_reference
@@ -154,10 +155,13 @@ def task_template(
     configs: list[docker.types.ConfigReference] | None = None,
     avoid: Sequence[str] = (),
     image: str | None = None,
+    limits: SwarmLimits | None = None,
+    oneshot: bool = False,
 ) -> docker.types.TaskTemplate:
     """One container of ``spec`` (of ``image``: default ``spec.image``) on ``network``,
     never restarted, kept off the nodes in ``avoid``; the task's node and name are in its
-    environment."""
+    environment. Its resources and log size: ``limits`` (:mod:`.swarm_limits`; None: the
+    spec's CPUs and memory only); ``oneshot`` tasks' logs hold their answer."""
     env = {
         **env,
         "SWARMLESS_NODE": "{{.Node.Hostname}}",
@@ -174,18 +178,11 @@ def task_template(
         stop_grace_period=int(stop_grace * 1e9),
         init=False,
     )
-    resources = None
-    if spec.memory is not None or spec.cpus is not None:
-        nano = int(spec.cpus * 1e9) if spec.cpus is not None else None
-        resources = docker.types.Resources(
-            cpu_limit=nano,
-            mem_limit=spec.memory,
-            cpu_reservation=nano,
-            mem_reservation=spec.memory,
-        )
+    limits = limits or SwarmLimits()
     return docker.types.TaskTemplate(
         container,
-        resources=resources,
+        resources=limits.resources(spec),
+        log_driver=limits.log_config(spec, oneshot=oneshot),
         restart_policy=docker.types.RestartPolicy(condition="none"),
         placement=docker.types.Placement(
             constraints=[*spec.placement, *(f"node.id != {node}" for node in avoid)],
