@@ -247,3 +247,67 @@ def test_a_pushed_function_runs_on_a_node_that_never_had_its_image(
                     engine.api.remove_image(local)
     wait_for(lambda: not has_image(node, ref), 10, "the image gone from the node")
     node.close()
+
+
+# -- swarmless build / deploy with a registry ----------------------------------------------
+
+
+def test_build_and_deploy_push_and_deploy_by_digest(
+    engine: docker.DockerClient,
+    own_settings: tuple[Settings, str],
+    labels: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CLI pushes what it builds, and the gateway is given the digest reference."""
+    from click.testing import CliRunner
+
+    from swarmless.cli import main
+    from tests.gateway_harness import TOKEN, RunningGateway
+
+    settings, name = own_settings
+    port = free_port("127.0.0.1")
+    registry_local.up(engine, settings, name=name, listen=[f"127.0.0.1:{port}"], labels=labels)
+    image = f"swarmless-reg-cli/hello:{SESSION}"
+    folder = tmp_path / "app"
+    (folder / "hello").mkdir(parents=True)
+    (folder / "hello" / "handler.py").write_text(
+        "def hello(event, context):\n    return b'hello from the registry'\n"
+    )
+    (folder / "swarmless.yml").write_text(
+        f"settings:\n  registry: 127.0.0.1:{port}\n"
+        f"functions:\n  - name: reghello\n    build: ./hello\n    image: {image}\n"
+        "    mode: warm\n    handler: handler:hello\n"
+    )
+    monkeypatch.chdir(folder)
+    for var in ("SWARMLESS_REGISTRY", "SWARMLESS_REGISTRY_PUSH", "SWARMLESS_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    gw = RunningGateway(tmp_path / "gw", labels).start()
+    pushed = f"127.0.0.1:{port}/{image}"
+    try:
+        env = {"SWARMLESS_GATEWAY_URL": gw.url, "SWARMLESS_TOKEN": TOKEN, "COLUMNS": "200"}
+        runner = CliRunner(env=env)
+        built = runner.invoke(main, ["build", "."], catch_exceptions=False)
+        assert built.exit_code == 0, built.output
+        assert f"pushed {pushed} -> 127.0.0.1:{port}/swarmless-reg-cli/hello@sha256:" in (
+            built.output
+        )
+        done = runner.invoke(main, ["deploy", "."], catch_exceptions=False)
+        assert done.exit_code == 0, done.output
+        with gw.http() as http:
+            spec = http.get("/system/functions/reghello").json()
+            deployed = spec.get("spec", spec)["image"]
+        assert deployed.startswith(f"127.0.0.1:{port}/swarmless-reg-cli/hello@sha256:")
+        # The digest is the one the registry serves for the tag.
+        digests = engine.api.inspect_image(pushed)["RepoDigests"]
+        assert deployed in digests
+        with gw.http(token=None) as http:
+            r = http.post("/function/reghello", content=b"")
+        assert r.status_code == 200, r.text
+        assert r.content == b"hello from the registry"
+        assert "swarmless-reg-cli/hello" in _catalog(port)
+    finally:
+        gw.stop(engine)
+        for local in (image, pushed):
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                engine.api.remove_image(local, force=True)
