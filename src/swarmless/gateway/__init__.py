@@ -5,7 +5,8 @@
 - :mod:`~swarmless.gateway.edge` and :mod:`~swarmless.gateway.callbacks`: what reaches a
   function, where callbacks go;
 - :mod:`~swarmless.gateway.sync_routes`, :mod:`~swarmless.gateway.async_routes`,
-  :mod:`~swarmless.gateway.runtime_api`, :mod:`~swarmless.gateway.admin`,
+  :mod:`~swarmless.gateway.runtime_api`, :mod:`~swarmless.gateway.admin` (with
+  ``admin_functions``, ``admin_invocations``, ``admin_http``),
   :mod:`~swarmless.gateway.openfaas`, :mod:`~swarmless.gateway.ui`: the routes;
   :mod:`~swarmless.gateway.openapi` and :mod:`~swarmless.gateway.docs`: the API's
   description and its page;
@@ -19,6 +20,9 @@ Import the module you need: ``__all__`` names the submodules, none is imported h
 __all__ = [
     "active",
     "admin",
+    "admin_functions",
+    "admin_http",
+    "admin_invocations",
     "api_models",
     "app",
     "asgi",

@@ -138,7 +138,7 @@ class OpenFaaS:
     async def list_functions(self, request: HTTPRequest) -> Response:
         """List deployed functions (swarmless's fields and OpenFaaS's FunctionStatus)."""
         self._check(request)
-        answer = await self.admin.list_functions(request)
+        answer = await self.admin.functions.list_functions(request)
         calls = calls_by_function(self._invocations)
         items = [
             {**to_status(item, calls.get(item["name"], 0)), **item}
@@ -150,14 +150,14 @@ class OpenFaaS:
         self._check(request)
         body, data = await self._json_body(request)
         if not (isinstance(data, dict) and "service" in data):  # a swarmless spec
-            return await self.admin.deploy(_replayed(request, body))
+            return await self.admin.functions.deploy(_replayed(request, body))
         spec, origin = to_spec(data)
         again = _replayed(request, json.dumps(spec).encode(), name=spec["name"])
         try:
             if update:
-                answer = await self.admin.update_function(again)
+                answer = await self.admin.functions.update_function(again)
             else:
-                answer = await self.admin.deploy(again)
+                answer = await self.admin.functions.deploy(again)
         except SpecError as e:  # name OpenFaaS's fields, not the spec's
             raise SpecError({origin.get(k, k): v for k, v in e.errors.items()}) from None
         if request.query_params.get("dry_run", "").lower() in ("1", "true"):
@@ -184,13 +184,13 @@ class OpenFaaS:
         name = data.get("functionName") if isinstance(data, dict) else None
         if not isinstance(data, dict) or set(data) != {"functionName"} or not isinstance(name, str):
             raise InvalidArgument(f'the body must be {{"functionName": NAME}}, got {data!r:.200}')
-        await self.admin.delete_function(_replayed(request, b"", name=name))
+        await self.admin.functions.delete_function(_replayed(request, b"", name=name))
         return Response(status_code=200)
 
     async def function_status(self, request: HTTPRequest) -> Response:
         """One function as OpenFaaS's FunctionStatus."""
         self._check(request)
-        answer = await self.admin.get_function(request)
+        answer = await self.admin.functions.get_function(request)
         item = json.loads(bytes(answer.body))
         calls = calls_by_function(self._invocations).get(item["name"], 0)
         return JSONResponse(to_status(item, calls))
@@ -214,7 +214,9 @@ class OpenFaaS:
         replicas = data.get("replicas")
         if not isinstance(replicas, int) or isinstance(replicas, bool):
             raise InvalidArgument(f"replicas must be a whole number, got {replicas!r:.100}")
-        await self.admin.scale(_replayed(request, json.dumps({"replicas": replicas}).encode()))
+        await self.admin.functions.scale(
+            _replayed(request, json.dumps({"replicas": replicas}).encode())
+        )
         return Response(status_code=202)
 
     async def info(self, request: HTTPRequest) -> Response:
