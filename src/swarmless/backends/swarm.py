@@ -124,7 +124,9 @@ class SwarmBackend(OneShotServices, EngineBackend):
         if self._client is not None:  # started already (the server binds before lifespan)
             return
         self._loop = asyncio.get_running_loop()
-        client = await self._call(connect, self.settings.docker_host)
+        client = await self._call(
+            connect, self.settings.docker_host, timeout=self.settings.engine_timeout
+        )
         try:
             await self._call(self._check_manager, client)
             self._client = client
