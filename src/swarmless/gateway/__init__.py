@@ -11,7 +11,9 @@
   :mod:`~swarmless.gateway.openapi` and :mod:`~swarmless.gateway.docs`: the API's
   description and its page;
   :mod:`~swarmless.gateway.routing`: functions at their own paths and host names;
-- :mod:`~swarmless.gateway.replicas`: the lease among replicas;
+- :mod:`~swarmless.gateway.replicas`: the lease among replicas
+  (:mod:`~swarmless.gateway.replica_lease`) and a standby's forwarding
+  (:mod:`~swarmless.gateway.forward`);
   :mod:`~swarmless.gateway.server`: uvicorn and the drain.
 
 Import the module you need: ``__all__`` names the submodules, none is imported here.
@@ -32,10 +34,12 @@ __all__ = [
     "context",
     "docs",
     "edge",
+    "forward",
     "openapi",
     "openfaas",
     "openfaas_mapping",
     "openfaas_models",
+    "replica_lease",
     "replicas",
     "rollout",
     "routing",
