@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import socket
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,20 +73,47 @@ def trust(*addresses: str, remove: bool = False) -> None:
         raise RuntimeError(f"swarm-cluster.sh trust failed:\n{done.stderr[-2000:]}")
 
 
+def credentials(folder: Path, user: str, password: str) -> tuple[Path, Path]:
+    """(an htpasswd file with ``user``'s bcrypt entry, a file holding ``password``)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # bcrypt from the C library (libxcrypt); gone in Python 3.13
+
+    folder.mkdir(parents=True, exist_ok=True)
+    htpasswd = folder / "htpasswd"
+    htpasswd.write_text(f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
+    secret = folder / "password"
+    secret.write_text(password + "\n")
+    return htpasswd, secret
+
+
 @contextlib.contextmanager
 def cluster_registry(
-    cluster: Cluster, name: str, data_dir: Path, labels: dict[str, str]
+    cluster: Cluster,
+    name: str,
+    data_dir: Path,
+    labels: dict[str, str],
+    *,
+    user: str | None = None,
 ) -> Iterator[Settings]:
     """A registry named ``name`` for the cluster; yields the settings that push to it
     (``registry`` the nodes' address, ``registry_push`` the host's), removed after with
-    its volume, and the nodes no longer trusting it."""
+    its volume, and the nodes no longer trusting it. With ``user``, it asks for
+    credentials, and the settings have them (a random password, in a file)."""
     gateway = nodes_gateway(cluster)
     port = free_port("127.0.0.1", gateway)
+    htpasswd = secret = None
+    if user is not None:
+        htpasswd, secret = credentials(data_dir / "auth", user, uuid.uuid4().hex)
     settings = Settings.load(
         instance=name,
         data_dir=data_dir,
         registry=f"{gateway}:{port}",
         registry_push=f"127.0.0.1:{port}",
+        registry_username=user,
+        registry_password_file=secret,
     )
     registry_local.up(
         cluster.host,
@@ -93,6 +121,7 @@ def cluster_registry(
         name=name,
         listen=[f"127.0.0.1:{port}", f"{gateway}:{port}"],
         labels=labels,
+        htpasswd=htpasswd,
     )
     try:
         trust(settings.registry)

@@ -30,6 +30,7 @@ from swarmless.registry import RegistryError, push_image, registry_reference
 from tests.conftest import PYTHON, SESSION, SWARM_HANDLER
 from tests.registry_harness import (
     cluster_registry,
+    credentials,
     free_port,
     has_image,
     node_engine,
@@ -157,6 +158,50 @@ def test_registry_up_down_idempotent_and_scoped(
             engine.api.remove_image(f"127.0.0.1:{port}/{image}")
 
 
+def test_a_registry_that_asks_for_credentials(
+    engine: docker.DockerClient,
+    own_settings: tuple[Settings, str],
+    labels: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    settings, name = own_settings
+    password = uuid.uuid4().hex
+    htpasswd, secret = credentials(tmp_path / "auth", "ci", password)
+    port = free_port("127.0.0.1")
+    reg = registry_local.up(
+        engine, settings, name=name, listen=[f"127.0.0.1:{port}"], labels=labels, htpasswd=htpasswd
+    )
+    assert reg.auth
+    image = f"swarmless-reg/auth:{SESSION}"
+    anonymous = Settings.load(tmp_path / "none.yml", registry=f"127.0.0.1:{port}")
+    try:
+        with pytest.raises(RegistryError, match="registry_username") as refused:
+            push_image(engine, image, settings=anonymous, source="swarmless/busybox:latest")
+        (tmp_path / "wrong").write_text("not the password\n")
+        wrong = Settings.load(
+            tmp_path / "none.yml",
+            registry=f"127.0.0.1:{port}",
+            registry_username="ci",
+            registry_password_file=tmp_path / "wrong",
+        )
+        with pytest.raises(RegistryError, match="registry_username"):
+            push_image(engine, image, settings=wrong, source="swarmless/busybox:latest")
+        given = Settings.load(
+            tmp_path / "none.yml",
+            registry=f"127.0.0.1:{port}",
+            registry_username="ci",
+            registry_password_file=secret,
+        )
+        ref = push_image(engine, image, settings=given, source="swarmless/busybox:latest")
+        assert ref.startswith(f"127.0.0.1:{port}/swarmless-reg/auth@sha256:")
+        # The password is in its file only: not in the settings, not in an error.
+        assert password not in repr(given)
+        assert password not in str(refused.value)
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            engine.api.remove_image(f"127.0.0.1:{port}/{image}")
+
+
 def test_a_push_the_engine_does_not_trust_says_what_to_do(
     engine: docker.DockerClient, own_settings: tuple[Settings, str], labels: dict[str, str]
 ) -> None:
@@ -205,13 +250,23 @@ def test_a_pushed_function_runs_on_a_node_that_never_had_its_image(
         folder, tag=tag, mode="warm", client=engine, base_image=PYTHON, labels=labels
     )
     node = node_engine(cluster, NODE)
-    with cluster_registry(cluster, name, tmp_path / "reg", labels) as settings:
+    with cluster_registry(cluster, name, tmp_path / "reg", labels, user="swarmless") as settings:
         ref = push_image(engine, tag, settings=settings)
         assert ref.startswith(f"{settings.registry}/swarmless-reg-fn/where@sha256:")
         assert not has_image(node, ref)
         assert not has_image(node, image_id)
+        # The registry asks for credentials: the node cannot pull on its own.
+        with pytest.raises(docker.errors.APIError, match=r"(?i)auth"):
+            node.api.pull(ref)
         by_tag = f"{settings.registry}/swarmless-reg-fn/where:{SESSION}"
-        gw = SwarmGateway(cluster, tmp_path / "gw", labels, registry=settings.registry).start()
+        gw = SwarmGateway(
+            cluster,
+            tmp_path / "gw",
+            labels,
+            registry=settings.registry,
+            registry_username=settings.registry_username,
+            registry_password_file=settings.registry_password_file,
+        ).start()
         try:
             gw.deploy(
                 name="pulled",
@@ -224,7 +279,8 @@ def test_a_pushed_function_runs_on_a_node_that_never_had_its_image(
                 r = http.post("/function/pulled", content=b"")
             assert r.status_code == 200, r.text
             assert r.json()["node"] == NODE
-            # The node pulled it from the registry: the very bits built here.
+            # The node pulled it from the registry (with the credentials the gateway's
+            # service carried): the very bits built here.
             assert has_image(node, ref)
             assert node.api.inspect_image(ref)["Id"] == image_id
             assert _images(gw, "pulled") == {ref}

@@ -119,7 +119,7 @@ def _hint(error: str, address: str) -> str:
         )
     if "connection refused" in error or "no such host" in error or "i/o timeout" in error:
         return f"; is a registry running at {address}? (swarmless registry status)"
-    if "unauthorized" in error.lower() or "authentication required" in error:
+    if "auth" in error.lower():  # unauthorized, authentication required, no basic auth...
         return (
             "; set registry_username and registry_password_file (a file holding the "
             "password) in the settings"
