@@ -88,6 +88,8 @@ class Dispatcher:
         self.functions: dict[str, tuple[FunctionSpec, int]] = {}
         self.pools: dict[str, WarmPool] = {}
         self._inflight = 0
+        # Read when metrics are scraped: nothing to count on the hot path.
+        self.metrics.in_progress.set_function(lambda: self._inflight)
         #: Ids of the calls in flight (a one-shot container of none of them is an orphan).
         self._calls: set[str] = set()
         self._idle = asyncio.Event()
@@ -218,7 +220,6 @@ class Dispatcher:
         self._inflight += 1
         self._calls.add(rec.id)
         self._idle.clear()
-        self.metrics.in_progress.inc()
         try:
             if spec.mode == "warm":
                 response = await self._invoke_warm(spec, rec, request)
@@ -247,7 +248,6 @@ class Dispatcher:
             if record is None:
                 self._recorder.record(rec)
             self.metrics.observe(rec, time.monotonic() - t0)
-            self.metrics.in_progress.dec()
             self._inflight -= 1
             self._calls.discard(rec.id)
             if self._inflight == 0:

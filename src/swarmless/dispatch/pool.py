@@ -6,6 +6,10 @@ calls in hand gives them back to the front of the queue (unless their deadline h
 a poller whose connection drops is forgotten before it can be handed a call, and a call
 handed to a connection that turned out dead is given back the same way.
 
+A waiting poller is a :class:`Waiter`: a long poll (``POST /runtime/next``, a future its
+request awaits, :meth:`WarmPool.next`) or a framed connection of the runtime API (it
+writes the call to its socket when handed one: no task, no future per call).
+
 Everything here runs on the event loop; nothing blocks and nothing touches Docker.
 """
 
@@ -17,13 +21,13 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 from swarmless.exceptions import FunctionFailed, QueueFull
 from swarmless.records import InvocationRecord, now_ms
 from swarmless.spec import FunctionSpec
 
-__all__ = ["RETIRE", "Call", "Result", "WarmPool", "Worker"]
+__all__ = ["RETIRE", "Call", "Result", "Waiter", "WarmPool", "Worker"]
 
 WorkerState = Literal["starting", "ready", "paused", "draining", "gone"]
 
@@ -93,6 +97,37 @@ class Worker:
         return bool(self.in_hand)
 
 
+class Waiter(Protocol):
+    """A poller of ``worker`` waiting for its next call."""
+
+    @property
+    def worker(self) -> Worker: ...
+
+    def live(self) -> bool:
+        """Whether it still waits (its connection is open, nothing was handed to it)."""
+        ...
+
+    def deliver(self, got: Call | _Retire) -> None:
+        """Hand it ``got`` (it then no longer waits); called only while :meth:`live`."""
+        ...
+
+
+class _Poll:
+    """A long poll (``POST /runtime/next``): its request awaits ``future``."""
+
+    __slots__ = ("future", "worker")
+
+    def __init__(self, worker: Worker, future: asyncio.Future[Call | _Retire]) -> None:
+        self.worker = worker
+        self.future = future
+
+    def live(self) -> bool:
+        return not self.future.done()
+
+    def deliver(self, got: Call | _Retire) -> None:
+        self.future.set_result(got)
+
+
 class WarmPool:
     """The queue and workers of one warm function."""
 
@@ -101,9 +136,9 @@ class WarmPool:
         self.version = version
         self.pending: deque[Call] = deque()
         self.workers: dict[str, Worker] = {}
-        self._waiters: deque[tuple[Worker, asyncio.Future[Call | _Retire]]] = deque()
+        self._waiters: deque[Waiter] = deque()
         # Polls of paused workers, set aside until they are thawed.
-        self._frozen: list[tuple[Worker, asyncio.Future[Call | _Retire]]] = []
+        self._frozen: list[Waiter] = []
         #: Set when work arrives that no ready worker can take: the reconciler wakes up.
         self.wake = asyncio.Event()
         self.last_busy = time.monotonic()
@@ -182,13 +217,22 @@ class WarmPool:
             self.wake.set()
 
     def _hand_over(self, call: Call) -> bool:
-        """Give ``call`` to the longest-waiting live poll of a ready worker, if any."""
+        """Give ``call`` to the live poll of a ready worker that began waiting last, if any.
+
+        Last in, first out: the poller that has just answered takes the next call, so a
+        light load keeps to a few warm pollers (and containers) and leaves the others
+        asleep, instead of waking every container in turn."""
         while self._waiters:
-            worker, fut = self._waiters.popleft()
-            if fut.done() or worker.state != "ready":
+            waiter = self._waiters.pop()
+            if not waiter.live():
+                continue
+            worker = waiter.worker
+            if worker.state != "ready":
+                if worker.state == "draining":  # not expected: retire() answered it
+                    waiter.deliver(RETIRE)
                 continue
             self._assign(worker, call)
-            fut.set_result(call)
+            waiter.deliver(call)
             return True
         return False
 
@@ -240,37 +284,47 @@ class WarmPool:
             self._assign(worker, call)
         return call
 
+    def wait(self, waiter: Waiter) -> None:
+        """``waiter`` waits for the next call of its worker (which :meth:`take` found none
+        for): it is handed one, or RETIRE, with :meth:`Waiter.deliver`."""
+        if waiter.worker.state == "paused":
+            self._frozen.append(waiter)
+        else:
+            self._waiters.append(waiter)
+
+    def unwait(self, waiter: Waiter) -> None:
+        """``waiter`` no longer waits (its connection closed): forget it."""
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+        with contextlib.suppress(ValueError):
+            self._frozen.remove(waiter)
+
     async def next(self, worker: Worker, timeout: float) -> Call | _Retire | None:
         """The next call for ``worker``: waits up to ``timeout`` (None: nothing came)."""
         got = self.take(worker)
         if got is not None:
             return got
-        fut: asyncio.Future[Call | _Retire] = asyncio.get_running_loop().create_future()
-        entry = (worker, fut)
-        self._waiters.append(entry)
+        poll = _Poll(worker, asyncio.get_running_loop().create_future())
+        self.wait(poll)
         try:
-            done, _ = await asyncio.wait({fut}, timeout=timeout)
+            done, _ = await asyncio.wait({poll.future}, timeout=timeout)
         except asyncio.CancelledError:
-            self._drop_waiter(entry)
+            self._drop_poll(poll)
             raise
         if not done:
-            fut.cancel()
-            self._drop_waiter(entry)
+            self._drop_poll(poll)
             return None
-        return fut.result()
+        return poll.future.result()
 
-    def _drop_waiter(self, entry: tuple[Worker, asyncio.Future[Call | _Retire]]) -> None:
-        fut = entry[1]
+    def _drop_poll(self, poll: _Poll) -> None:
+        fut = poll.future
         if fut.done() and not fut.cancelled():
             got = fut.result()
             if isinstance(got, Call):  # handed over just as the poller went away
                 self.requeue(got)
         else:
             fut.cancel()
-        with contextlib.suppress(ValueError):
-            self._waiters.remove(entry)
-        with contextlib.suppress(ValueError):
-            self._frozen.remove(entry)
+        self.unwait(poll)
 
     def complete(self, worker: Worker, call_id: str, result: Result) -> Call | None:
         """A worker posted the result of ``call_id``."""
@@ -287,9 +341,9 @@ class WarmPool:
         if worker.state != "ready" or worker.busy:
             return
         worker.state = "paused"
-        kept: deque[tuple[Worker, asyncio.Future[Call | _Retire]]] = deque()
-        for entry in self._waiters:
-            (self._frozen.append if entry[0] is worker else kept.append)(entry)
+        kept: deque[Waiter] = deque()
+        for waiter in self._waiters:
+            (self._frozen.append if waiter.worker is worker else kept.append)(waiter)
         self._waiters = kept
 
     def thaw(self, worker: Worker) -> None:
@@ -298,18 +352,17 @@ class WarmPool:
             return
         worker.state = "ready"
         worker.last_active = time.monotonic()
-        mine = [e for e in self._frozen if e[0] is worker]
-        self._frozen = [e for e in self._frozen if e[0] is not worker]
-        for entry in mine:
-            fut = entry[1]
-            if fut.done():
+        mine = [w for w in self._frozen if w.worker is worker]
+        self._frozen = [w for w in self._frozen if w.worker is not worker]
+        for waiter in mine:
+            if not waiter.live():
                 continue
             call = self._next_pending()
             if call is None:
-                self._waiters.appendleft(entry)
+                self._waiters.appendleft(waiter)
             else:
                 self._assign(worker, call)
-                fut.set_result(call)
+                waiter.deliver(call)
 
     def _next_pending(self) -> Call | None:
         while self.pending:
@@ -323,28 +376,28 @@ class WarmPool:
         if worker.state in ("draining", "gone"):
             return
         worker.state = "draining"
-        kept: deque[tuple[Worker, asyncio.Future[Call | _Retire]]] = deque()
-        for w, fut in self._waiters:
-            if w is worker:
-                if not fut.done():
-                    fut.set_result(RETIRE)
+        kept: deque[Waiter] = deque()
+        for waiter in self._waiters:
+            if waiter.worker is worker:
+                if waiter.live():
+                    waiter.deliver(RETIRE)
             else:
-                kept.append((w, fut))
+                kept.append(waiter)
         self._waiters = kept
         # A paused worker's polls too: their requests end now (a shutdown does not wait
         # for them), the frozen container reads the answer if it is ever thawed.
-        for w, fut in self._frozen:
-            if w is worker and not fut.done():
-                fut.set_result(RETIRE)
-        self._frozen = [(w, f) for w, f in self._frozen if w is not worker]
+        for waiter in self._frozen:
+            if waiter.worker is worker and waiter.live():
+                waiter.deliver(RETIRE)
+        self._frozen = [w for w in self._frozen if w.worker is not worker]
 
     def gone(self, worker: Worker, *, requeue: bool = True) -> list[Call]:
         """``worker``'s container is gone: forget it and requeue what it held (or not:
         the caller fails those calls)."""
         worker.state = "gone"
         self.workers.pop(worker.id, None)
-        self._waiters = deque((w, f) for w, f in self._waiters if w is not worker)
-        self._frozen = [(w, f) for w, f in self._frozen if w is not worker]
+        self._waiters = deque(w for w in self._waiters if w.worker is not worker)
+        self._frozen = [w for w in self._frozen if w.worker is not worker]
         held = list(worker.in_hand.values())
         if requeue:
             for call in held:
@@ -359,11 +412,11 @@ class WarmPool:
 
     def polling(self) -> set[str]:
         """The workers with a poll waiting for work right now (alive as far as we know)."""
-        return {w.id for w, fut in self._waiters if not fut.done()}
+        return {w.worker.id for w in self._waiters if w.live()}
 
     def can_hand_over(self) -> bool:
         """Whether a call submitted now goes at once to a ready worker's waiting poll."""
-        return any(not fut.done() and w.state == "ready" for w, fut in self._waiters)
+        return any(w.live() and w.worker.state == "ready" for w in self._waiters)
 
     def counts(self) -> dict[str, int]:
         """Containers by state and calls by stage, for the autoscaler and metrics."""

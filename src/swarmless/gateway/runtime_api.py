@@ -3,6 +3,9 @@
 ``POST /runtime/next`` carries the result of the previous call and answers with the next
 one: one round trip per call. While a poll waits, the handler also listens for the
 worker's disconnect; a call handed to a poller that went away goes back to the queue.
+A runtime that can asks instead for a framed connection (``POST /runtime/connect``, an
+HTTP upgrade, :mod:`swarmless.gateway.runtime_frames`): one exchange per call and no
+HTTP at all on it; both ways share this module's checks of a result (:func:`make_result`).
 
 It asks the worker registry whose token a request carries
 (:class:`~swarmless.dispatch.workers.WorkerRegistry`), takes calls from and hands results
@@ -15,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from typing import Protocol
 
 from swarmless.dispatch.pool import RETIRE, Call, Result, Worker
 from swarmless.dispatch.recorder import Recorder
@@ -32,7 +37,7 @@ from swarmless.gateway.asgi import (
     send_response,
 )
 
-__all__ = ["LOGS_LIMIT", "LONG_POLL", "RuntimeAPI"]
+__all__ = ["LOGS_LIMIT", "LONG_POLL", "RuntimeAPI", "make_result"]
 
 log = logging.getLogger("swarmless.runtime_api")
 
@@ -44,6 +49,15 @@ LOGS_LIMIT = 16 << 20
 _JSON = [(b"content-type", b"application/json")]
 
 
+class Idler(Protocol):
+    """A framed connection as the runtime API's heartbeat sees it."""
+
+    def idle(self, now: float, silent_after: float) -> None:
+        """Tell the poller the gateway is here, if it waits; close its connection when it
+        has been silent for ``silent_after`` seconds."""
+        ...
+
+
 class RuntimeAPI:
     """Raw ASGI app for ``/runtime/next`` and ``/runtime/logs/{call_id}``."""
 
@@ -53,6 +67,36 @@ class RuntimeAPI:
         self._workers = workers
         self._recorder = recorder
         self.long_poll = long_poll
+        #: Open framed connections (runtime_frames.FramedWorker), told IDLE every
+        #: ``long_poll`` while they wait; one timer for all of them.
+        self._framed: set[Idler] = set()
+        self._beat: asyncio.TimerHandle | None = None
+
+    def framed_opened(self, conn: Idler) -> None:
+        self._framed.add(conn)
+        if self._beat is None:
+            self._beat = asyncio.get_running_loop().call_later(self.long_poll, self._idle)
+
+    def framed_closed(self, conn: Idler) -> None:
+        self._framed.discard(conn)
+
+    def _idle(self) -> None:
+        now = time.monotonic()
+        for conn in list(self._framed):
+            conn.idle(now, 2 * self.long_poll)
+        self._beat = None
+        if self._framed:
+            self._beat = asyncio.get_running_loop().call_later(self.long_poll, self._idle)
+
+    @property
+    def workers(self) -> WorkerRegistry:
+        """Whose token a worker presents."""
+        return self._workers
+
+    @property
+    def recorder(self) -> Recorder:
+        """Where a worker's logs go."""
+        return self._recorder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = bearer(scope)
@@ -153,31 +197,49 @@ async def _disconnected(receive: Receive) -> None:
 
 
 def _result(scope: Scope, body: bytes) -> Result:
-    status_text = header(scope, b"x-swarmless-result-status") or "200"
     headers_text = header(scope, b"x-swarmless-result-headers")
     error = header(scope, b"x-swarmless-error")
-    exit_text = header(scope, b"x-swarmless-exit-code")
-    headers: list[tuple[str, str]] = []
+    pairs: object = []
     if headers_text:
         try:
-            headers = [(str(k), str(v)) for k, v in json.loads(headers_text)]
+            pairs = json.loads(headers_text)
+        except ValueError:
+            pairs = headers_text  # not a list: named in the error
+    exit_text = header(scope, b"x-swarmless-exit-code")
+    return make_result(
+        header(scope, b"x-swarmless-result-status") or "200",
+        pairs,
+        error,
+        int(exit_text) if exit_text and exit_text.lstrip("-").isdigit() else None,
+        body,
+    )
+
+
+def make_result(
+    status_value: object, pairs: object, error: str | None, exit_code: int | None, body: bytes
+) -> Result:
+    """A worker's result as the caller gets it: a status that is not a number, headers that
+    are not ``[name, value]`` pairs, or an answer HTTP cannot carry (:func:`answer_problem`)
+    fail the call with a 502 naming why, never later as a dropped connection."""
+    headers: list[tuple[str, str]] = []
+    malformed = not isinstance(pairs, list)
+    if isinstance(pairs, list):
+        try:
+            headers = [(str(k), str(v)) for k, v in pairs]
         except (ValueError, TypeError):
-            error = error or f"the runtime sent malformed result headers: {headers_text[:100]!r}"
-    try:
-        status = int(status_text)
-    except ValueError:
-        error = error or f"it answered a status that is not a number: {status_text[:40]!r}"
-        status = 502
+            malformed = True
+    if malformed:
+        error = error or f"the runtime sent malformed result headers: {str(pairs)[:100]!r}"
+    status = 502
+    if isinstance(status_value, int) and not isinstance(status_value, bool):
+        status = status_value
+    else:
+        try:
+            status = int(str(status_value))
+        except ValueError:
+            error = error or f"it answered a status that is not a number: {status_value!r:.40}"
     if error is None:
-        # What cannot be sent as an HTTP answer fails here (502 naming why), never later
-        # as a dropped connection.
         error = answer_problem(status, headers)
         if status in NO_BODY:
             body = b""
-    return Result(
-        status=status,
-        headers=headers,
-        body=body,
-        error=error,
-        exit_code=int(exit_text) if exit_text and exit_text.lstrip("-").isdigit() else None,
-    )
+    return Result(status=status, headers=headers, body=body, error=error, exit_code=exit_code)

@@ -22,6 +22,7 @@ import uvicorn
 
 from swarmless.config import Settings
 from swarmless.gateway.app import Gateway
+from swarmless.gateway.runtime_frames import upgrade_protocol
 
 __all__ = ["GatewayServer", "bind", "serve"]
 
@@ -101,7 +102,10 @@ class GatewayServer:
             access_log=False,
             timeout_graceful_shutdown=int(gateway.drain_timeout),
             lifespan="on",
-            http="httptools",
+            # httptools, plus the runtime's framed connection (gateway/runtime_frames.py).
+            http=upgrade_protocol(
+                lambda: gateway.active.runtime_api if gateway.active is not None else None
+            ),
             loop="asyncio",
             timeout_keep_alive=60,
             # The edge (gateway/edge.py) decides whose X-Forwarded-* to believe

@@ -10,6 +10,13 @@ Each of ``SWARMLESS_CONCURRENCY`` poller threads owns one keep-alive connection 
         410 -> retired: drain, then the process exits 0
         401 -> the token is refused: the process exits 1
 
+A poller first asks its gateway to upgrade the connection to frames
+(:mod:`~swarmless.runtime.frames`, ``POST /runtime/connect``): the same loop, a NEXT frame
+for the request and a CALL, IDLE, RETIRE or REFUSED frame for its answer (200, 204, 410,
+401), without HTTP on the way. A gateway that answers anything but 101 (an older one, a
+standby replica) is asked again after ``FRAMED_RETRY`` seconds; until then the poller uses
+``/runtime/next``.
+
 Draining: on 410 (or SIGTERM) no poller starts a new poll without a result in hand; pollers
 that are running a call finish it and deliver its result (the gateway answers 410 again),
 and pollers waiting in a long poll take what it answers (410 from a retiring gateway, or a
@@ -35,10 +42,14 @@ import threading
 import time
 import urllib.parse
 
-from swarmless.runtime import capture
+from swarmless.runtime import capture, frames
 from swarmless.runtime.config import RuntimeConfig, log
 from swarmless.runtime.handlers import FailedHandler, Handler, load_handler, run_handler
 from swarmless.runtime.invocation import Invocation, Result, error_result
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import io
 
 __all__ = ["Poller", "Runtime", "RuntimeConfig", "main", "serve"]
 
@@ -48,6 +59,9 @@ BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 #: Once drained, how long pollers still in a long poll may take to come back.
 DRAIN_GRACE = 2.0
+#: Seconds a poller keeps to ``/runtime/next`` after its gateway refused the framed
+#: connection, before it asks again.
+FRAMED_RETRY = 30.0
 
 
 class _HTTPConnection(http.client.HTTPConnection):
@@ -178,6 +192,13 @@ class Poller(threading.Thread):
             self._conn = _HTTPConnection(parts.hostname or "", parts.port, timeout=POLL_TIMEOUT)
         self._auth = f"Bearer {config.token}"
         self._used = False
+        # The framed connection (None: not open), its reader, and whether a NEXT sent on
+        # it waits for its answer.
+        self._sock: socket.socket | None = None
+        self._reader: io.BufferedReader | None = None
+        self._asked = False
+        #: Monotonic time before which the poller does not ask for frames again.
+        self._http_until = 0.0
 
     def run(self) -> None:
         try:
@@ -187,6 +208,7 @@ class Poller(threading.Thread):
             self.rt.finish(1, f"{self.name} crashed")
             raise
         finally:
+            self._drop_framed()
             self._conn.close()
             self.rt.poller_ended()
 
@@ -198,9 +220,12 @@ class Poller(threading.Thread):
             if rt.exit_code is not None or (pending is None and rt.stopping):
                 return
             try:
-                if pending is not None and (pending.stdout or pending.stderr):
-                    self._send_logs(pending)
-                status, headers, body = self._post_next(pending)
+                got = self._frame_next(pending) if time.monotonic() >= self._http_until else None
+                if got is None:
+                    if pending is not None and (pending.stdout or pending.stderr):
+                        self._send_logs(pending)
+                    got = self._post_next(pending)
+                status, call = got
             except _Retry as e:
                 if rt.gave_up():
                     silence = f"{rt.config.give_up:g}s"
@@ -224,7 +249,8 @@ class Poller(threading.Thread):
                 pending = None
                 rt.delivered()
             if status == 200:
-                pending = self._handle(headers, body)
+                assert call is not None
+                pending = self._run(*call)
             elif status == 410:
                 rt.retire("the gateway answered 410")
 
@@ -260,14 +286,21 @@ class Poller(threading.Thread):
             return status, resp.headers, data
         raise AssertionError("unreachable")
 
-    def _post_next(self, pending: Result | None) -> tuple[int, http.client.HTTPMessage, bytes]:
+    def _post_next(self, pending: Result | None) -> tuple[int, _Call | None]:
         headers = pending.request_headers() if pending is not None else {}
         body = pending.body if pending is not None else b""
         status, resp_headers, data = self._request("/runtime/next", body, headers)
         if status in (200, 204, 410):
             if status != 410:
                 self.rt.contact()
-            return status, resp_headers, data
+            if status != 200:
+                return status, None
+            call_id = resp_headers.get("X-Swarmless-Call-Id") or ""
+            try:
+                event = json.loads(resp_headers.get("X-Swarmless-Event") or "{}")
+            except ValueError as e:
+                event = e
+            return 200, (call_id, resp_headers.get("X-Swarmless-Deadline"), event, data)
         # Another 4xx: the gateway will not take this request as it is.
         log(f"/runtime/next answered {status}: {data[:200]!r}")
         if pending is None:
@@ -279,6 +312,141 @@ class Poller(threading.Thread):
             pending.body = data[:4096]
             raise _Retry(f"HTTP {status} on /runtime/next")
         raise _Dropped
+
+    # -- the framed connection --------------------------------------------------------
+
+    def _frame_next(self, pending: Result | None) -> tuple[int, _Call | None] | None:
+        """One exchange on the framed connection (opened first if need be); None when the
+        gateway refused frames (the poller keeps to ``/runtime/next`` for a while)."""
+        if self._sock is None and not self._open_framed():
+            return None
+        try:
+            if not self._asked:
+                self._send_frames(pending)
+                self._asked = True
+            kind, meta, body = self._read_frame()
+        except (OSError, ValueError) as e:
+            self._drop_framed()
+            raise _Retry(f"framed connection: {type(e).__name__}: {e}") from e
+        if kind == frames.CALL:
+            self._asked = False
+            self.rt.contact()
+            deadline = meta.get("deadline")
+            return 200, (str(meta.get("id") or ""), deadline, meta.get("event"), body)
+        if kind == frames.IDLE:
+            self.rt.contact()
+            try:
+                self._sock.sendall(_ALIVE)  # type: ignore[union-attr]
+            except OSError as e:
+                self._drop_framed()
+                raise _Retry(f"framed connection: {type(e).__name__}: {e}") from e
+            return 204, None
+        if kind == frames.RETIRE:
+            self._asked = False
+            return 410, None
+        self._drop_framed()
+        if kind == frames.REFUSED:
+            raise _Refused("the gateway refused the worker token (REFUSED frame)")
+        raise _Retry(f"the gateway sent a frame of unknown type {kind}")
+
+    def _open_framed(self) -> bool:
+        """Ask for the framed connection on this poller's connection: True once it is."""
+        resp = self._upgrade()
+        if resp is None:
+            self._http_until = time.monotonic() + FRAMED_RETRY
+            return False
+        sock = self._conn.sock
+        # The response's buffered reader goes on reading the frames (the gateway sends
+        # nothing before the first NEXT, but nothing it buffered would be lost either).
+        reader, resp.fp = resp.fp, None  # type: ignore[assignment]
+        self._conn.sock = None  # the HTTP connection reconnects if it is ever used again
+        self._used = False
+        if sock is None or reader is None:
+            raise _Retry("the upgraded connection has no socket")
+        self._sock, self._reader = sock, reader
+        self._asked = False
+        return True
+
+    def _upgrade(self) -> http.client.HTTPResponse | None:
+        """``POST /runtime/connect``: the 101 response, or None when the gateway answered
+        anything else but 401 (_Refused)."""
+        headers = {
+            "Authorization": self._auth,
+            "Connection": "Upgrade",
+            "Upgrade": frames.UPGRADE,
+        }
+        for attempt in (1, 2):
+            reused = self._used
+            try:
+                self._conn.request("POST", self._prefix + frames.PATH, body=b"", headers=headers)
+                resp = self._conn.getresponse()
+                if resp.status == 101:
+                    return resp
+                resp.read()
+            except (OSError, http.client.HTTPException) as e:
+                self._conn.close()
+                self._used = False
+                stale = isinstance(e, ConnectionResetError | BrokenPipeError)
+                if attempt == 1 and reused and stale:
+                    continue
+                raise _Retry(f"{type(e).__name__}: {e}") from e
+            self._used = True
+            if resp.will_close:
+                self._conn.close()
+                self._used = False
+            if resp.status == 401:
+                raise _Refused(f"the gateway refused the worker token (401 on {frames.PATH})")
+            return None
+        raise AssertionError("unreachable")
+
+    def _drop_framed(self) -> None:
+        reader, sock = self._reader, self._sock
+        self._reader = self._sock = None
+        self._asked = False
+        for closable in (reader, sock):
+            if closable is not None:
+                with contextlib.suppress(OSError):
+                    closable.close()
+
+    def _send_frames(self, pending: Result | None) -> None:
+        assert self._sock is not None
+        if pending is None:
+            self._sock.sendall(_NEXT)
+            return
+        parts = []
+        if pending.stdout or pending.stderr:
+            out = _cut(pending.stdout).encode("utf-8", "replace")
+            err = _cut(pending.stderr).encode("utf-8", "replace")
+            meta = json.dumps({"id": pending.call_id, "stdout": len(out)}).encode()
+            parts.append(frames.frame(frames.LOGS, meta, out + err))
+        result: dict[str, object] = {"id": pending.call_id, "status": pending.status}
+        if pending.headers:
+            result["headers"] = [[str(k), str(v)] for k, v in pending.headers]
+        if pending.error is not None:
+            result["error"] = pending.error
+        if pending.exit_code is not None:
+            result["exit_code"] = pending.exit_code
+        meta = json.dumps(result).encode()
+        parts.append(frames.frame(frames.NEXT, meta, pending.body))
+        self._sock.sendall(b"".join(parts) if len(parts) > 1 else parts[0])
+        pending.stdout = pending.stderr = ""
+
+    def _read_frame(self) -> tuple[int, dict[str, object], bytes]:
+        kind, meta_len, body_len = frames.HEAD.unpack(self._read(frames.HEAD.size))
+        meta = json.loads(self._read(meta_len)) if meta_len else {}
+        if not isinstance(meta, dict):
+            raise ValueError("a frame's meta is not a JSON object")
+        return kind, meta, self._read(body_len)
+
+    def _read(self, size: int) -> bytes:
+        assert self._reader is not None
+        data = self._reader.read(size)
+        while len(data) < size:
+            more = self._reader.read(size - len(data))
+            if not more:
+                raise ConnectionResetError("the gateway closed the framed connection")
+            data += more
+        return data
 
     def _send_logs(self, result: Result) -> None:
         payload = json.dumps({"stdout": _cut(result.stdout), "stderr": _cut(result.stderr)}).encode(
@@ -292,20 +460,26 @@ class Poller(threading.Thread):
 
     # -- one invocation -----------------------------------------------------------------
 
-    def _handle(self, headers: http.client.HTTPMessage, body: bytes) -> Result:
-        call_id = headers.get("X-Swarmless-Call-Id") or ""
+    def _run(self, call_id: str, raw_deadline: object, event: object, body: bytes) -> Result:
         try:
-            raw_deadline = headers.get("X-Swarmless-Deadline")
-            deadline = int(raw_deadline) / 1000 if raw_deadline else None
-            event = json.loads(headers.get("X-Swarmless-Event") or "{}")
+            if isinstance(event, ValueError):
+                raise event
+            deadline = int(str(raw_deadline)) / 1000 if raw_deadline else None
             if not isinstance(event, dict):
-                raise ValueError("X-Swarmless-Event is not a JSON object")
+                raise ValueError("the call's event is not a JSON object")
         except ValueError as e:
             return error_result(call_id, e, status=400)
         inv = Invocation(call_id, event, body, deadline)
         if deadline is not None and time.time() > deadline:
             return Result(call_id, status=504, error="the deadline passed before the call started")
         return run_handler(self.rt.handler, inv)
+
+
+#: A framed call as the loop runs it: id, deadline (epoch ms), event (a ValueError when it
+#: could not be parsed), body.
+_Call = tuple[str, object, object, bytes]
+_NEXT = frames.frame(frames.NEXT)
+_ALIVE = frames.frame(frames.ALIVE)
 
 
 def _cut(text: str) -> str:

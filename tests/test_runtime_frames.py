@@ -1,0 +1,254 @@
+"""The framed runtime connection (``POST /runtime/connect``), its guarantees, on a real server.
+
+The gateway's HTTP protocol (uvicorn's httptools, plus the upgrade) serves a real
+:class:`RuntimeAPI` over a real :class:`WorkerRegistry` and :class:`WarmPool`; the worker is
+this test, speaking frames on a socket (the 101 parsed by h11). Nothing here needs the
+engine: the registry's backend is built but never started. The runtime's own side of the
+protocol runs in every warm container of the other suites (tests/test_gateway.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import h11
+import uvicorn
+
+from swarmless.backends.docker import DockerBackend
+from swarmless.config import Settings
+from swarmless.dispatch.background import Background
+from swarmless.dispatch.pool import Call, Result, WarmPool
+from swarmless.dispatch.recorder import Recorder
+from swarmless.dispatch.workers import WorkerRegistry
+from swarmless.gateway.runtime_api import RuntimeAPI
+from swarmless.gateway.runtime_frames import upgrade_protocol
+from swarmless.records import InvocationRecord, new_call_id, now_ms
+from swarmless.runtime import frames
+from swarmless.spec import FunctionSpec
+from swarmless.store import Store
+
+LONG_POLL = 0.5
+
+
+class Client:
+    """A worker's poller on a framed connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    def send(self, kind: int, meta: dict[str, Any] | None = None, body: bytes = b"") -> None:
+        raw = json.dumps(meta).encode() if meta else b""
+        self.writer.write(frames.frame(kind, raw, body))
+
+    async def read(self, skip_idle: bool = True) -> tuple[int, dict[str, Any], bytes]:
+        while True:
+            kind, meta_len, body_len = frames.HEAD.unpack(
+                await asyncio.wait_for(self.reader.readexactly(frames.HEAD.size), 10)
+            )
+            meta = json.loads(await self.reader.readexactly(meta_len)) if meta_len else {}
+            body = await self.reader.readexactly(body_len)
+            if kind == frames.IDLE and skip_idle:
+                self.send(frames.ALIVE)
+                continue
+            return kind, meta, body
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def upgrade(port: int, token: str) -> tuple[int, Client | None]:
+    """``POST /runtime/connect``: the answer's status, and the framed client on a 101."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = h11.Connection(h11.CLIENT)
+    headers = [
+        ("Host", "gw"),
+        ("Authorization", f"Bearer {token}"),
+        ("Connection", "Upgrade"),
+        ("Upgrade", frames.UPGRADE),
+        ("Content-Length", "0"),
+    ]
+    request = h11.Request(method="POST", target=frames.PATH, headers=headers)
+    writer.write(conn.send(request) + conn.send(h11.EndOfMessage()))
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await asyncio.wait_for(reader.read(65536), 10))
+            continue
+        assert isinstance(event, h11.InformationalResponse | h11.Response), event
+        break
+    if event.status_code != 101:
+        writer.close()
+        return event.status_code, None
+    assert conn.our_state is h11.SWITCHED_PROTOCOL
+    assert conn.trailing_data == (b"", False)  # nothing before the first NEXT
+    return 101, Client(reader, writer)
+
+
+def new_call(body: bytes, timeout: float = 30.0) -> Call:
+    rec = InvocationRecord(id=new_call_id(), function="f", mode="warm", queued_at=now_ms())
+    return Call(
+        record=rec,
+        event=b'{"method":"POST","path":"/x","query":"","headers":[]}',
+        body=body,
+        deadline=time.monotonic() + timeout,
+        deadline_ms=now_ms() + int(timeout * 1000),
+        future=asyncio.get_running_loop().create_future(),
+    )
+
+
+async def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def serve(tmp_path: Path, test: Callable[..., Awaitable[None]]) -> None:
+    async def main() -> None:
+        settings = Settings.load(data_dir=tmp_path, instance="test-frames")
+        store = await Store.open(settings.store)
+        background = Background()
+        workers = WorkerRegistry(DockerBackend(settings), background)
+        recorder = Recorder(store, background)
+        api = RuntimeAPI(workers, recorder, long_poll=LONG_POLL)
+        spec = FunctionSpec(name="f", image="x", mode="warm", handler="h:h", max_output=1000)
+        pool = WarmPool(spec, 1)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        sock.setblocking(False)
+        config = uvicorn.Config(
+            api, http=upgrade_protocol(lambda: api), lifespan="off", log_level="warning"
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        await eventually(lambda: server.started, "the server")
+        try:
+            await test(sock.getsockname()[1], workers, pool, store)
+        finally:
+            server.should_exit = True
+            await task
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_one_exchange_per_call_and_its_guarantees(tmp_path: Path) -> None:
+    async def test(port: int, workers: WorkerRegistry, pool: WarmPool, store: Store) -> None:
+        worker = workers.new(pool)
+        assert (await upgrade(port, "not-a-worker"))[0] == 401
+        status, client = await upgrade(port, worker.token)
+        assert status == 101
+        assert client is not None
+
+        # A call waits in the queue until the poller asks; then one CALL frame.
+        queued = new_call(b"first")
+        pool.submit(queued)
+        client.send(frames.NEXT)
+        kind, meta, body = await client.read()
+        assert kind == frames.CALL
+        assert meta["id"] == queued.id
+        assert body == b"first"
+        assert meta["event"]["path"] == "/x"
+        assert meta["deadline"] == queued.deadline_ms
+        assert worker.state == "ready"
+        assert queued.id in worker.in_hand
+
+        # Its logs and result come back; the same NEXT waits for the next call, which is
+        # handed over at once when it arrives (the poller is counted as polling).
+        client.send(frames.LOGS, {"id": queued.id, "stdout": 3}, b"outerr")
+        client.send(
+            frames.NEXT,
+            {"id": queued.id, "status": 201, "headers": [["x-a", "1"]]},
+            b"answer",
+        )
+        result = await asyncio.wait_for(queued.future, 10)
+        assert result == Result(status=201, headers=[("x-a", "1")], body=b"answer")
+        await eventually(lambda: pool.polling() == {worker.id}, "the poller to wait")
+        handed = new_call(b"second")
+        pool.submit(handed)
+        kind, meta, _ = await client.read()
+        assert kind == frames.CALL
+        assert meta["id"] == handed.id
+
+        # A result over max_output fails its call (502) and is dropped, never held; the
+        # connection goes on: the next call is handed over on it.
+        client.send(frames.NEXT, {"id": handed.id}, b"x" * 5000)
+        failed = await asyncio.wait_for(handed.future, 10)
+        assert failed.status == 502
+        assert failed.error is not None
+        assert "max_output" in failed.error
+        third = new_call(b"third")
+        pool.submit(third)
+        kind, meta, _ = await client.read()
+        assert kind == frames.CALL
+        assert meta["id"] == third.id
+
+        # An answer HTTP cannot carry fails as a 502 naming why.
+        client.send(frames.NEXT, {"id": third.id, "status": 101})
+        bad = await asyncio.wait_for(third.future, 10)
+        assert bad.status == 101
+        assert bad.error is not None
+        assert "200 to 599" in bad.error
+
+        # A poller whose connection drops while it waits is forgotten: the next call is
+        # queued, not handed to it.
+        await eventually(lambda: pool.polling() == {worker.id}, "the poller to wait")
+        client.close()
+        await eventually(lambda: not pool.polling(), "the dropped poller forgotten")
+        kept = new_call(b"kept")
+        pool.submit(kept)
+        assert list(pool.pending) == [kept]
+
+        # A new connection takes it; retiring the worker answers its next NEXT with RETIRE.
+        status, client = await upgrade(port, worker.token)
+        assert client is not None
+        client.send(frames.NEXT)
+        kind, meta, _ = await client.read()
+        assert kind == frames.CALL
+        assert meta["id"] == kept.id
+        pool.retire(worker)
+        client.send(frames.NEXT, {"id": kept.id}, b"done")
+        assert (await asyncio.wait_for(kept.future, 10)).body == b"done"
+        assert (await client.read())[0] == frames.RETIRE
+
+        # A gone worker's token opens nothing: its next NEXT is REFUSED, its upgrade 401.
+        pool.gone(worker)
+        workers.forget(worker)
+        client.send(frames.NEXT)
+        assert (await client.read())[0] == frames.REFUSED
+        assert (await upgrade(port, worker.token))[0] == 401
+
+    serve(tmp_path, test)
+
+
+def test_a_silent_poller_is_taken_for_gone(tmp_path: Path) -> None:
+    async def test(port: int, workers: WorkerRegistry, pool: WarmPool, store: Store) -> None:
+        worker = workers.new(pool)
+        _, client = await upgrade(port, worker.token)
+        assert client is not None
+        client.send(frames.NEXT)
+        await eventually(lambda: pool.polling() == {worker.id}, "the poller to wait")
+        # Answering IDLE keeps it: after several windows it still waits.
+        for _ in range(3):
+            kind, _, _ = await client.read(skip_idle=False)
+            assert kind == frames.IDLE
+            client.send(frames.ALIVE)
+        assert pool.polling() == {worker.id}
+        # Not answering: its connection is closed (IDLE frames until then), and the
+        # worker is no longer counted as polling.
+        while True:
+            try:
+                kind, _, _ = await client.read(skip_idle=False)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            assert kind == frames.IDLE
+        await eventually(lambda: not pool.polling(), "the silent poller forgotten")
+
+    serve(tmp_path, test)
