@@ -56,6 +56,7 @@ class OwnSwarmGateway(SwarmGateway):
         # Not SwarmGateway's __init__: it names the instance test-...; the rest is its.
         self.cluster = cluster
         self.instance = f"hrel-{uuid.uuid4().hex[:8]}"
+        settings.setdefault("docker_host", cluster.manager_url)
         self.settings = Settings.load(
             data_dir=data_dir,
             host="127.0.0.1",
@@ -63,7 +64,6 @@ class OwnSwarmGateway(SwarmGateway):
             instance=self.instance,
             network=f"swarmless-swarm-{self.instance}",
             backend="swarm",
-            docker_host=cluster.manager_url,
             **settings,
         )
         self.backend = SwarmBackend(self.settings, labels=LABELS)

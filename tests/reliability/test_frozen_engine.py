@@ -30,7 +30,8 @@ import pytest
 from swarmless.backends.docker import HEARTBEAT_EVERY
 from swarmless.gateway.active import RESYNC_AGAIN
 from tests.conftest import BUSYBOX, PYTHON
-from tests.reliability.own_gateway import OwnGateway, remove_own
+from tests.reliability.own_gateway import OwnGateway, OwnSwarmGateway, remove_own
+from tests.swarm_harness import Cluster
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.fault
@@ -40,7 +41,8 @@ ENGINE_TIMEOUT = 8.0
 
 
 class FreezableEngine:
-    """A loopback TCP address relaying to the engine's Unix socket, freezable at will."""
+    """A loopback TCP address relaying to an engine (its Unix socket, or ``tcp://HOST:PORT``),
+    freezable at will."""
 
     def __init__(self, target: str = "/var/run/docker.sock") -> None:
         self.target = target
@@ -97,9 +99,14 @@ class FreezableEngine:
         self.thawed.wait()  # frozen: accepted, never answered
         if self.closed:
             return
-        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            upstream.connect(self.target)
+            if self.target.startswith("tcp://"):
+                host, _, port = self.target.removeprefix("tcp://").rpartition(":")
+                upstream = socket.create_connection((host, int(port)), timeout=10)
+                upstream.settimeout(None)
+            else:
+                upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                upstream.connect(self.target)
         except OSError:
             conn.close()
             return
@@ -229,4 +236,49 @@ def test_a_frozen_engine_is_found_and_calls_get_503_instead_of_hanging(
         relay.thaw()
         gw.stop(engine)
         remove_own(engine, gw.instance)
+        relay.close()
+
+
+@pytest.mark.swarm
+def test_a_frozen_swarm_manager_is_found_and_calls_get_503(
+    cluster: Cluster, swarm_warm_image: str, tmp_path: Path
+) -> None:
+    """The Swarm backend's poller (twice a second, each poll bounded by engine_timeout)
+    finds a frozen manager: calls that need a service get 503 at once; thawed, it serves."""
+    relay = FreezableEngine(cluster.manager_url)
+    gw = OwnSwarmGateway(cluster, tmp_path, docker_host=relay.url, engine_timeout=ENGINE_TIMEOUT)
+    try:
+        gw.start()
+        gw.deploy(name="up", image=BUSYBOX, mode="oneshot", command=["tr", "a-z", "A-Z"])
+        with gw.http(token=None, timeout=ENGINE_TIMEOUT * 3 + 15) as http:
+            r = http.post("/function/up", content=b"before")
+            assert (r.status_code, r.content) == (200, b"BEFORE"), r.text
+            relay.freeze()
+            t0 = time.monotonic()
+            wait_until(
+                lambda: gw.backend.engine_down is not None,
+                ENGINE_TIMEOUT + 15,
+                "the poller to declare the manager down",
+            )
+            found = time.monotonic() - t0
+            r, took = timed(http, "/function/up", b"frozen")
+            assert r.status_code == 503, r.text
+            assert r.json()["error"] == "engine_unavailable", r.text
+            relay.thaw()
+            wait_until(lambda: gw.backend.engine_down is None, 60, "the manager found again")
+            r = wait_until(
+                lambda: http.post("/function/up", content=b"after"),
+                60,
+                "a call after the thaw",
+                ok=lambda r: r.status_code != 503,
+            )
+            assert (r.status_code, r.content) == (200, b"AFTER"), r.text
+        print(
+            f"\n[frozen engine] Swarm manager frozen: found in {found:.1f} s "
+            f"(engine_timeout {ENGINE_TIMEOUT:g} s), then a one-shot call got 503 in "
+            f"{took * 1000:.0f} ms; served again after the thaw"
+        )
+    finally:
+        relay.thaw()
+        gw.stop()
         relay.close()

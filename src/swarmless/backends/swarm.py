@@ -69,6 +69,7 @@ from swarmless.engine import (
     LABEL_MANAGED,
     LABEL_WORKER,
     connect,
+    engine_failure,
     managed_labels,
     translate,
 )
@@ -182,11 +183,32 @@ class SwarmBackend(OneShotServices, EngineBackend):
     # -- watching ------------------------------------------------------------------
 
     def _watch(self) -> None:
+        """Poll until closed. A poll that finds the manager not answering (refused, or no
+        answer within ``engine_timeout``: a frozen one) tells the engine's listeners it is
+        down, the next one that succeeds that it is back (as the docker backend's watcher)."""
+        down: str | None = None
         while not self._stop.wait(self.poll_interval):
             try:
                 self._poll()
             except Exception as e:  # the manager may be briefly away; keep watching
                 log.debug("poll failed: %s", e)
+                why = engine_failure(e)
+                if why is not None and down is None:
+                    log.warning("the Swarm manager does not answer (%s): still polling", why)
+                    down = why
+                    self._tell_engine(why)
+                continue
+            if down is not None:
+                log.warning("the Swarm manager answers again: finding what changed meanwhile")
+                down = None
+                self._tell_engine(None)
+
+    def _tell_engine(self, down: str | None) -> None:
+        """From the poller's thread: tell the engine's listeners, on the event loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._engine_changed, down)
 
     def _poll(self) -> None:
         api = self.client.api
