@@ -88,12 +88,16 @@ TARGET_LINE = re.compile(
 
 # -- running ----------------------------------------------------------------------------------
 
+#: The 1-minute load average when each benchmark started and ended.
+LOADS: dict[str, list[float]] = {}
+
 
 def run_bench(name: str, args: list[str], log: Path, deadline: float) -> tuple[int, str, float]:
     """Run one benchmark, its output shown and kept; (exit status, output, seconds)."""
     cmd = [sys.executable, str(HERE / f"{name}.py"), *args]
     print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.monotonic()
+    LOADS[name] = [os.getloadavg()[0]]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=HERE.parent)
         shown = 0
@@ -114,6 +118,7 @@ def run_bench(name: str, args: list[str], log: Path, deadline: float) -> tuple[i
     text = log.read_text(errors="replace")
     sys.stdout.write(text[shown:])
     took = time.monotonic() - t0
+    LOADS[name].append(os.getloadavg()[0])
     print(f"=== {name}: exit {proc.returncode} after {took:.0f} s", flush=True)
     return proc.returncode, text, took
 
@@ -139,7 +144,9 @@ def parse_targets(text: str) -> list[dict[str, Any]]:
 
 def verdict_lines(text: str) -> list[str]:
     """The lines of a smaller benchmark that say a target was met or not."""
-    return [ln.strip() for ln in text.splitlines() if re.search(r"\b(PASS|FAIL)\b", ln)]
+    return [
+        ln.strip() for ln in text.splitlines() if re.search(r"\btarget\b|\bPASS\b|\bFAIL\b", ln)
+    ]
 
 
 # -- checking that every number was produced ------------------------------------------------
@@ -198,6 +205,17 @@ def missing_numbers(core: dict[str, Any]) -> list[str]:
     return missing
 
 
+def rounded(value: Any) -> Any:
+    """Floats to 6 decimals (seconds to the microsecond): the samples stay, the file shrinks."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [rounded(v) for v in value]
+    return value
+
+
 # -- plots ------------------------------------------------------------------------------------
 
 
@@ -207,14 +225,35 @@ def cdf(ax: Any, samples: list[float], label: str, **kw: Any) -> None:
     ax.step(xs, ys, where="post", label=f"{label} (n={len(xs)})", **kw)
 
 
+def verdict(core: dict[str, Any], bench: str, prefix: str) -> str:
+    """``ratio X (target OP Y: PASS)`` of the first target of ``bench`` named ``prefix...``."""
+    for t in (core.get(bench) or {}).get("targets", []):
+        if t["name"].startswith(prefix):
+            v = f"{t['value']:.2f}" if t["unit"] == "ratio" else f"{t['value']:,.1f} {t['unit']}"
+            ok = "PASS" if t["pass"] else "FAIL"
+            unit = "ratio " if t["unit"] == "ratio" else ""
+            return f"{unit}{v} (target {t['op']} {t['target']:g}: {ok})"
+    return "no figure"
+
+
 def plots(core: dict[str, Any], out: Path) -> dict[str, str]:
     """The report's figures as PNGs in ``out``; {figure: file name}."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     plt.rcParams.update({"font.size": 8, "axes.grid": True, "grid.alpha": 0.3})
+
+    def plain(axis: Any) -> None:
+        """Log-scale ticks as plain numbers (10, 100), no minor labels."""
+        lo, hi = axis.get_view_interval()
+        wide = lo <= 0 or math.log10(hi / lo) > 2.5
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0,) if wide else (1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(NullFormatter())
+
     made: dict[str, str] = {}
     gw, asy, sc = core.get("gateway"), core.get("async"), core.get("scaling")
 
@@ -223,22 +262,30 @@ def plots(core: dict[str, Any], out: Path) -> dict[str, str]:
         ax = axes[0]
         cdf(ax, gw["first_calls"]["cold"], "first call, gateway (cold)")
         cdf(ax, gw["first_calls"]["run"], "run() of the image", linestyle="--")
-        ax.set_title("cold: first call of a warm function")
+        ax.set_title("cold: first call vs run()\n" + verdict(core, "gateway", "gateway-first-call"))
         ax = axes[1]
-        for rate, sides in sorted(gw["open_loop"].items(), key=lambda kv: float(kv[0])):
-            for side, style in (("gateway", "-"), ("direct", "--")):
+        rates = sorted(gw["open_loop"].items(), key=lambda kv: float(kv[0]))
+        for (rate, sides), style in zip(rates, ("-", ":", "-.", "--"), strict=False):
+            for side, color in (("gateway", "C0"), ("direct", "C1")):
                 lat = [x for r in sides[side] for x in r["latencies"]]
-                cdf(ax, lat, f"{side} {float(rate):g}/s", linestyle=style)
-        ax.set_title("warm: open loop at fixed rates")
+                cdf(ax, lat, f"{side} {float(rate):g}/s", linestyle=style, color=color)
+        ax.set_title(
+            "warm: open loop, gateway vs direct\nadded p50 "
+            + verdict(core, "gateway", "gateway-added-latency")
+        )
         ax.set_xscale("log")
         ax = axes[2]
         cdf(ax, sc["first_calls"]["paused"], "from a paused buffer")
         cdf(ax, sc["first_calls"]["cold"], "from zero (cold)", linestyle="--")
         ax.set_xscale("log")
-        ax.set_title("paused: first call after a thaw")
+        ax.set_title(
+            "paused: thaw vs cold first call\n" + verdict(core, "scaling", "scaling-paused")
+        )
         for ax in axes:
             ax.set_xlabel("latency, ms")
             ax.legend(fontsize=6)
+            if ax.get_xscale() == "log":
+                plain(ax.xaxis)
         axes[0].set_ylabel("fraction of calls")
         fig.tight_layout()
         fig.savefig(out / "latency_cdf.png")
@@ -246,7 +293,7 @@ def plots(core: dict[str, Any], out: Path) -> dict[str, str]:
         made["latency"] = "latency_cdf.png"
 
     if gw:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.0), dpi=80)
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.3), dpi=80)
         for side, style in (("gateway", "o-"), ("direct", "s--")):
             rows = sorted(
                 (r for r in gw["closed_loop"] if r["target"] == side),
@@ -260,12 +307,19 @@ def plots(core: dict[str, Any], out: Path) -> dict[str, str]:
         axes[0].set_ylabel("requests/s (median of runs)")
         axes[1].set_ylabel("p99 latency, ms (closed loop)")
         axes[1].set_yscale("log")
+        plain(axes[1].yaxis)
         for ax in axes:
             ax.set_xscale("log", base=2)
+            ax.set_xticks(cs, [str(c) for c in cs])
             ax.set_xlabel("connections")
             ax.legend()
-        axes[0].set_title("throughput vs concurrency")
-        axes[1].set_title("p99 vs concurrency")
+        axes[0].set_title(
+            "throughput (closed loop)\nc=8: "
+            + verdict(core, "gateway", "gateway-throughput-c8")
+            + "\nc=16: "
+            + verdict(core, "gateway", "gateway-throughput-c16")
+        )
+        axes[1].set_title("p99 vs concurrency (closed loop)\n\n")
         fig.tight_layout()
         fig.savefig(out / "throughput.png")
         plt.close(fig)
@@ -292,7 +346,9 @@ def plots(core: dict[str, Any], out: Path) -> dict[str, str]:
                 )
         ax.set_xlabel("seconds from the scale request")
         ax.set_ylabel("containers")
-        ax.set_title("scale-up from zero to 10 (each round)")
+        ax.set_title(
+            "scale-up from zero to 10, each round\n" + verdict(core, "scaling", "scaling-zero")
+        )
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / "scaleup.png")
@@ -306,7 +362,9 @@ def plots(core: dict[str, Any], out: Path) -> dict[str, str]:
         cdf(axes[0], [x / 1000 for x in d["sync"]], "sync: queue to start", linestyle="--")
         axes[0].set_xlabel("ms (records' timestamps, ms resolution)")
         axes[0].set_ylabel("fraction of calls")
-        axes[0].set_title("async enqueue-to-start")
+        axes[0].set_title(
+            "async enqueue-to-start\np50 " + verdict(core, "async", "async-enqueue-to-start")
+        )
         axes[0].legend(fontsize=7)
         dr = asy["drains"]
         n = max(len(dr["async"]), len(dr["sync"]))
@@ -325,7 +383,9 @@ def plots(core: dict[str, Any], out: Path) -> dict[str, str]:
         )
         axes[1].set_xlabel("round (order alternates)")
         axes[1].set_ylabel("drain, s (client clock)")
-        axes[1].set_title("drain of the same calls")
+        axes[1].set_title(
+            "drain of the same calls, async vs sync\n" + verdict(core, "async", "async-drain")
+        )
         axes[1].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / "async.png")
@@ -426,8 +486,12 @@ def markdown(result: dict[str, Any], figures: dict[str, str], plot_error: str | 
         for rate, sides in sorted(gw["open_loop"].items(), key=lambda kv: float(kv[0])):
             g = [x for r in sides["gateway"] for x in r["latencies"]]
             d = [x for r in sides["direct"] for x in r["latencies"]]
+            achieved = min(r["achieved_rate"] for r in sides["gateway"])
+            behind = ": it could not keep up, its queue grew"
             lines.append(
-                f"  - {float(rate):g}/s: gateway p50 {ms(pct(g, 50))} p99 {ms(pct(g, 99))} | "
+                f"  - {float(rate):g}/s (the gateway's slowest run completed"
+                f" {achieved:.0f}/s{behind if achieved < 0.95 * float(rate) else ''}):"
+                f" gateway p50 {ms(pct(g, 50))} p99 {ms(pct(g, 99))} | "
                 f"direct p50 {ms(pct(d, 50))} p99 {ms(pct(d, 99))} | p50 ratio "
                 f"{pct(g, 50) / pct(d, 50):.1f}x, p99 ratio {pct(g, 99) / pct(d, 99):.1f}x"
             )
@@ -550,7 +614,12 @@ def markdown(result: dict[str, Any], figures: dict[str, str], plot_error: str | 
         "",
         "## Durations",
         "",
-        ", ".join(f"{k} {v:.0f} s" for k, v in result["durations"].items()) + ".",
+        "Each benchmark's time, and the 1-minute load average when it started and ended: "
+        + ", ".join(
+            f"{k} {v:.0f} s (load {' → '.join(f'{x:.1f}' for x in result['loads'].get(k, []))})"
+            for k, v in result["durations"].items()
+        )
+        + ".",
         "",
     ]
     return "\n".join(lines)
@@ -613,11 +682,12 @@ def main() -> None:
         "environment": env,
         "loadavg_end": list(os.getloadavg()),
         "durations": durations,
+        "loads": LOADS,
         "core": core,
         "extras": extras,
         "missing": missing,
     }
-    (out / json_name).write_text(json.dumps(result, indent=1, default=float))
+    (out / json_name).write_text(json.dumps(rounded(result), indent=1, default=float))
     figures: dict[str, str] = {}
     plot_error = None
     try:
