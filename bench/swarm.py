@@ -28,7 +28,9 @@ any of it), and node 3 (a worker) pulls it, interleaved, once per sample each wa
 - ours: the first call of a warm function pinned to node 3 and deployed by digest, from the
   call sent until its answer (the worker service created, the image pulled, the container
   started, its runtime polled the gateway and ran the call);
-- plain: ``docker service create`` of the same digest on node 3, until its task runs.
+- plain: ``docker service create`` of the same digest on node 3, until the program in its
+  container is up: it fetches a URL of the bench on the host (as ours' runtime reaches the
+  gateway); the time Swarm says the task is running, earlier, is printed beside it.
 
 Before each sample node 3 holds no layer of the image (checked with its engine), after it
 the image; the whole machine's CPU use during each sample is printed beside it. Prints
@@ -49,8 +51,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import docker
@@ -71,6 +76,7 @@ from tests.registry_harness import (  # noqa: E402
     cluster_registry,
     has_image,
     node_engine,
+    nodes_gateway,
     remove_from_node,
 )
 from tests.swarm_harness import Cluster, SwarmGateway, gateway_stack, wait_for  # noqa: E402
@@ -216,8 +222,9 @@ def _sample(
 
 def cold_pull(
     host: docker.DockerClient, cluster: Cluster, gw: SwarmGateway, rounds: int
-) -> tuple[list[tuple[float, float]], list[tuple[float, float]], int]:
-    """(ours, plain) samples of (seconds, CPU busy share), and the image's bytes."""
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]], list[float], int]:
+    """(ours, plain) samples of (seconds, CPU busy share), the plain tasks' seconds until
+    Swarm said running, and the image's bytes."""
     node = node_engine(cluster, COLD_NODE)
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -248,17 +255,39 @@ def cold_pull(
             )
             return took
 
+        # Where plain containers say their program is up: an HTTP server on the host's
+        # address on the nodes' bridge (as ours' runtime reaches the gateway there).
+        arrived: dict[str, float] = {}
+
+        class Ready(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                arrived.setdefault(self.path.strip("/"), time.perf_counter())
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        ready = ThreadingHTTPServer((nodes_gateway(cluster), 0), Ready)
+        threading.Thread(target=ready.serve_forever, daemon=True).start()
+        ready_url = f"http://{ready.server_address[0]}:{ready.server_address[1]}"
+        running_s: list[float] = []
+
         def plain() -> float:
             name = "swarmless-reg-bench-plain"
             api = cluster.manager.api
+            token = uuid.uuid4().hex
+            program = (
+                f"import urllib.request as u; u.urlopen('{ready_url}/{token}', timeout=60); "
+                "import time; time.sleep(3600)"
+            )
             t0 = time.perf_counter()
             subprocess.run(
                 ["docker", "-H", cluster.manager_url, "service", "create", "--detach", "-q",
                  "--name", name, "--constraint", f"node.hostname == {COLD_NODE}",
                  "--restart-condition", "none", "--no-resolve-image",
                  "--endpoint-mode", "dnsrr", "--network", gw.settings.network,
-                 "--label", "swarmless.bench=swarm", ref,
-                 "python3", "-c", "import time; time.sleep(3600)"],
+                 "--label", "swarmless.bench=swarm", ref, "python3", "-c", program],
                 check=True, capture_output=True, timeout=120,
             )  # fmt: skip
 
@@ -267,7 +296,9 @@ def cold_pull(
                 return any(t["Status"]["State"] == "running" for t in tasks)
 
             wait_for(running, 300, "the plain task running")
-            took = time.perf_counter() - t0
+            running_s.append(time.perf_counter() - t0)
+            wait_for(lambda: token in arrived, 120, "the plain container's program up")
+            took = arrived[token] - t0
             subprocess.run(
                 ["docker", "-H", cluster.manager_url, "service", "rm", name],
                 check=True,
@@ -285,12 +316,15 @@ def cold_pull(
                     remove_from_node(node, ref)
                     samples.append(_sample(node, ref, image_id, run))
                     took, cpu = samples[-1]
+                    also = f", task running at {running_s[-1]:.2f}s" if which == "plain" else ""
                     print(
-                        f"cold pull round {i + 1}: {which} {took:.2f}s (machine CPU busy "
-                        f"{cpu:.0%})",
+                        f"cold pull round {i + 1}: {which} {took:.2f}s{also} (machine CPU "
+                        f"busy {cpu:.0%})",
                         flush=True,
                     )
         finally:
+            ready.shutdown()
+            ready.server_close()
             with gw.http() as http:
                 http.delete("/system/functions/coldpull")
             wait_for(lambda: not gw.services(**{"swarmless.function": "coldpull"}), 60, "removed")
@@ -302,7 +336,7 @@ def cold_pull(
                 with contextlib.suppress(docker.errors.DockerException):
                     host.api.remove_image(local)
             node.close()
-    return a, b, size
+    return a, b, running_s, size
 
 
 def stack_throughput(
@@ -429,25 +463,20 @@ def main() -> None:
             ok = "PASS" if ratio <= 1.2 else "FAIL"
             print(f"ratio ours/plain: {ratio:.2f}  (target <= 1.2: {ok})")
         if not args.no_cold_pull:
-            cold_ours, cold_plain, size = cold_pull(host, cluster, gw, args.rounds)
+            cold_ours, cold_plain, running, size = cold_pull(host, cluster, gw, args.rounds)
             c_ours = statistics.median(t for t, _ in cold_ours)
             c_plain = statistics.median(t for t, _ in cold_plain)
+            c_running = statistics.median(running)
             ratio = c_ours / c_plain
             print(
                 f"cold start on {COLD_NODE} without the image ({size / 1e6:.0f} MB, every "
-                f"layer pulled from the local registry), median: first call answered "
-                f"{c_ours:.2f}s, docker service create until running {c_plain:.2f}s"
+                f"layer pulled from the local registry), median: ours (call sent to answer) "
+                f"{c_ours:.2f}s; docker service create until its program is up "
+                f"{c_plain:.2f}s (until Swarm says running: {c_running:.2f}s, ratio "
+                f"{c_ours / c_running:.2f})"
             )
             ok = "PASS" if ratio <= 1.2 else "FAIL"
             print(f"swarm_cold_pull ratio {ratio:.2f} (target 1.2: {ok})")
-        if not args.no_kill:
-            back, slowest, calls, failed = node_kill(gw)
-            ok = "PASS" if slowest <= 6.0 else "FAIL"
-            print(
-                f"node killed under load: workers back on live nodes after {back:.1f}s; "
-                f"slowest call {slowest:.1f}s ({calls} calls, {failed} failed; "
-                f"target <= 6 s: {ok})"
-            )
         if not args.no_stack:
             one, two = stack_throughput(host, cluster, 5, max(1, args.rounds))
             print(
