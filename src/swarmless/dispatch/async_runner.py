@@ -1,9 +1,9 @@
 """The async runner: takes due calls from the durable queue and runs them.
 
-It claims calls per function up to the function's ``async_concurrency`` (default: its
+It runs calls per function up to the function's ``async_concurrency`` (default: its
 ``max_containers x concurrency``, so async work never takes every container from sync
-traffic when set lower), runs each through the same :class:`Dispatcher` as sync calls
-(same containers, same deadline), and writes the outcome durably:
+traffic when set lower), each through the same :class:`Dispatcher` as sync calls (same
+containers, same deadline), and writes the outcome durably:
 
 - success: record ``succeeded``, the answer kept for ``Invocation.result()``;
 - failure with retries left: back to the queue after an exponential backoff with jitter
@@ -12,13 +12,37 @@ traffic when set lower), runs each through the same :class:`Dispatcher` as sync 
 - the Docker Engine does not answer: back to the queue, not counted as an attempt (and
   nothing is claimed until it answers again: the wiring wakes the runner then).
 
+How calls reach it, with as few store round trips as a call can have:
+
+- **handed over at accept**: a call accepted by this gateway (:meth:`AsyncRunner.submit`)
+  while the runner has room and nothing of its function waits in the store is written
+  already claimed by this gateway, in the transaction that accepts it (group-committed with
+  the calls accepted with it), and kept in memory: it starts without being read back;
+- **claimed in batches**: otherwise the runner claims due calls in one transaction per
+  batch (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), up to :data:`AHEAD` times the
+  function's limit held: the calls beyond its free slots wait in memory (their bodies
+  :data:`~swarmless.store.queue.CLAIM_BYTES` at most in all) and start the moment a slot
+  frees. A claim is made once fewer calls than the limit wait in memory, so a busy runner
+  claims many calls at a time, not one per slot that frees;
+- **outcomes group-committed**: the store gathers the outcomes that end together into one
+  transaction (bounded; a call's slot is free before its outcome is written). An outcome
+  not yet committed when the gateway dies is not lost: the call is still leased, and runs
+  again once its lease passes (at once when this gateway restarts). At-least-once.
+
+A lease covers the wait in memory too: ``AHEAD x timeout + 30 s`` (a call in memory has
+fewer than ``AHEAD - 1`` rounds of the function's limit before it, each round ending
+within the timeout). A long lease delays nothing after a crash: a gateway that restarts,
+or the replica that takes over (same instance), takes back its calls at once. A gateway
+that stops gives back the calls it holds but has not started, not counted as attempts.
+
 Then the callback, if one was asked for: the result is POSTed to ``X-Callback-Url`` with
 its own bounded retries; what happened is written on the record, and a failing callback
 never fails the call or the runner. A gateway that restarts gives back the leases it held
 when it died (they run again: at-least-once). A call whose runs were lost that way
 :data:`POISON_STARTS` times goes to the dead letter instead of running again: it may be
 what brings the gateway down, and start-up must not be crash-looped by the calls it takes
-back (the count: the call's claims less the attempts whose outcome was written).
+back (the count: the call's claims less the attempts whose outcome was written; a call
+held in memory, not started, when its gateway was killed counts as such a run).
 
 Each try checks the callback where it goes (:class:`CallbackTargets`, the gateway's
 :class:`~swarmless.gateway.callbacks.CallbackPolicy`): the URL, then every address its host
@@ -33,6 +57,7 @@ connections that are not reused, and the receiver's answer body is never read.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ipaddress
 import logging
@@ -54,6 +79,7 @@ from swarmless.exceptions import (
 from swarmless.records import InvocationRecord, now_ms
 from swarmless.spec import FunctionSpec
 from swarmless.store import Claimed, Store, StoredResult
+from swarmless.store.queue import CLAIM_BYTES
 
 __all__ = ["AsyncRunner", "CallbackTargets"]
 
@@ -61,6 +87,10 @@ log = logging.getLogger("swarmless.async")
 
 #: While calls run, how long the runner lets finished slots gather before it claims.
 COALESCE = 0.003
+#: Calls held per function (running and waiting in memory), as a multiple of its limit.
+AHEAD = 8
+#: A lease is ``AHEAD x timeout`` plus this (seconds).
+LEASE_SLACK = 30.0
 
 #: Callback delivery: tries and the first pause between them (doubling).
 CALLBACK_TRIES = 3
@@ -98,6 +128,11 @@ def async_limit(spec: FunctionSpec) -> int:
     return spec.async_concurrency or spec.max_containers * spec.concurrency
 
 
+def lease_ms(spec: FunctionSpec) -> int:
+    """How long a claim of a call of ``spec`` lasts: its wait in memory and its run."""
+    return int((AHEAD * spec.timeout + LEASE_SLACK) * 1000)
+
+
 class AsyncRunner:
     """Moves async calls from the queue through the dispatcher, durably."""
 
@@ -120,6 +155,19 @@ class AsyncRunner:
         #: Calls running per function.
         self._running: dict[str, int] = {}
         self._slot_held: dict[str, bool] = {}
+        #: Calls claimed (or handed over) and not started yet, per function, oldest first.
+        self._ahead: dict[str, collections.deque[Claimed]] = {}
+        self._ahead_bytes = 0
+        #: Calls handed over at accept whose transaction has not committed yet.
+        self._incoming: dict[str, int] = {}
+        #: Every call this runner holds (waiting, running, outcome being written): a
+        #: claim that returns one of them again (its lease ran out) does not run it twice.
+        self._held: set[str] = set()
+        #: Functions whose due calls may wait in the store, not claimed: a call was queued
+        #: there, or the last claim got all it asked for. Claims are for these (and for
+        #: every function at each idle poll: retries come due, other replicas queue).
+        self._backlog: set[str] = set()
+        self._sweep = True
         self._tasks: set[asyncio.Task[None]] = set()
         # Callbacks: straight to the checked address (no proxy from the environment), and
         # no connection kept: one made for a name is never reused for another on that address.
@@ -135,14 +183,105 @@ class AsyncRunner:
 
     # -- what collaborators ask ------------------------------------------------------------
 
+    async def submit(
+        self,
+        rec: InvocationRecord,
+        *,
+        method: str,
+        path: str,
+        query: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[str, bool]:
+        """Queue an async call durably (:meth:`Store.enqueue`); returns (call id, created).
+
+        With room here and nothing of its function waiting in the store, the call is
+        written claimed by this gateway and kept in memory: it starts without a claim.
+        """
+        name = rec.function
+        found = self.dispatcher.functions.get(name)
+        room = (
+            found is not None
+            and not self._stopping
+            and self.dispatcher.engine_down is None
+            and name not in self._backlog
+            and self._ahead_bytes + len(body) <= CLAIM_BYTES
+            and self._held_count(name) < AHEAD * async_limit(found[0])
+        )
+        if not room or found is None:
+            call_id, created = await self.store.enqueue(
+                rec,
+                method=method,
+                path=path,
+                query=query,
+                headers=headers,
+                body=body,
+                callback_url=callback_url,
+                idempotency_key=idempotency_key,
+            )
+            if created:
+                self.accepted(name)
+            return call_id, created
+        self._incoming[name] = self._incoming.get(name, 0) + 1
+        self._ahead_bytes += len(body)
+        enqueued = asyncio.ensure_future(
+            self.store.enqueue(
+                rec,
+                method=method,
+                path=path,
+                query=query,
+                headers=headers,
+                body=body,
+                callback_url=callback_url,
+                idempotency_key=idempotency_key,
+                leased_to=(self.owner, lease_ms(found[0])),
+            )
+        )
+
+        def settled(done: asyncio.Future[tuple[str, bool]]) -> None:
+            # Runs whether or not the caller is still there: a call written claimed by
+            # this gateway is always taken in hand.
+            self._incoming[name] -= 1
+            self._ahead_bytes -= len(body)
+            if done.cancelled() or done.exception() is not None:
+                return
+            call_id, created = done.result()
+            if not created:
+                return
+            self._queued[name] = self._queued.get(name, 0) + 1
+            self._take(
+                Claimed(
+                    id=call_id,
+                    function=name,
+                    method=method,
+                    path=path,
+                    query=query,
+                    headers=list(headers),
+                    body=body,
+                    callback_url=callback_url,
+                    parent=rec.parent,
+                    late=rec.late,
+                    enqueued_at=rec.queued_at,
+                    attempt=1,
+                )
+            )
+
+        enqueued.add_done_callback(settled)
+        result: tuple[str, bool] = await asyncio.shield(enqueued)
+        return result
+
     def accepted(self, function: str) -> None:
-        """A call of ``function`` was queued here: count it (until the next refresh of the
-        counts) and claim at once."""
+        """A call of ``function`` was queued in the store (not through :meth:`submit`):
+        count it (until the next refresh of the counts) and claim at once."""
         self._queued[function] = self._queued.get(function, 0) + 1
+        self._backlog.add(function)
         self._wake.set()
 
     def wake_up(self) -> None:
         """Claim now rather than at the next idle poll (a redrive, a schedule that fired)."""
+        self._sweep = True
         self._wake.set()
 
     def waiting(self, function: str) -> int:
@@ -166,11 +305,14 @@ class AsyncRunner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.idle_poll)
                 continue
-            claimed = await self._claim()
-            if claimed:
+            wants = self._wants(self._sweep)
+            self._sweep = False
+            if wants and await self._claim(wants):
                 continue  # there may be more; claim again before sleeping
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), self.idle_poll)
+            except TimeoutError:
+                self._sweep = True
             if any(self._running.values()):
                 # Busy: let a few more calls finish, then claim their slots in one
                 # transaction rather than one each (an idle runner claims at once).
@@ -204,39 +346,98 @@ class AsyncRunner:
                 log.warning("async runner: the store answers again (after %d failed tries)", tries)
             return
 
-    async def _claim(self) -> list[Claimed]:
+    def _held_count(self, name: str) -> int:
+        """Calls of ``name`` running, waiting in memory, or being handed over."""
+        ahead = self._ahead.get(name)
+        return (
+            self._running.get(name, 0) + (len(ahead) if ahead else 0) + self._incoming.get(name, 0)
+        )
+
+    def _wants(self, sweep: bool) -> dict[str, tuple[int, int]]:
+        """What to claim now: function -> (how many, lease ms). A function is claimed for
+        once fewer calls than its limit wait in memory, up to :data:`AHEAD` times its limit
+        held; only if it may have calls waiting in the store, or on a ``sweep``."""
+        if self._ahead_bytes >= CLAIM_BYTES:
+            return {}
         wants: dict[str, tuple[int, int]] = {}
         for name, (spec, _) in self.dispatcher.functions.items():
-            free = async_limit(spec) - self._running.get(name, 0)
-            if free > 0:
-                wants[name] = (free, int((spec.timeout + 30) * 1000))
+            if not sweep and name not in self._backlog:
+                continue
+            limit = async_limit(spec)
+            ahead = self._ahead.get(name)
+            if ahead and len(ahead) >= limit:
+                continue
+            room = AHEAD * limit - self._held_count(name)
+            if room > 0:
+                wants[name] = (room, lease_ms(spec))
+        return wants
+
+    async def _claim(self, wants: dict[str, tuple[int, int]]) -> list[Claimed]:
         try:
-            claimed = await self.store.claim(self.owner, wants)
+            claimed = await self.store.claim(
+                self.owner, wants, max_bytes=CLAIM_BYTES - self._ahead_bytes
+            )
         except SwarmlessError as e:
             log.error("claiming async calls failed: %s", e.message)
             await asyncio.sleep(1)
             return []
+        got: dict[str, int] = {}
         for call in claimed:
-            self._running[call.function] = self._running.get(call.function, 0) + 1
-            task = asyncio.get_running_loop().create_task(self._run(call))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            got[call.function] = got.get(call.function, 0) + 1
+            if call.id in self._held:  # its lease ran out while held here: not twice
+                log.warning("async call %s: claimed again while held here (lease ran out)", call.id)
+                continue
+            self._take(call)
+        for name, (n, _) in wants.items():
+            if got.get(name, 0) < n:
+                self._backlog.discard(name)  # the store has no more due: claim on news
+            else:
+                self._backlog.add(name)
         return claimed
 
+    def _take(self, call: Claimed) -> None:
+        """Hold ``call`` (claimed or handed over) and start it if a slot is free."""
+        self._held.add(call.id)
+        self._ahead.setdefault(call.function, collections.deque()).append(call)
+        self._ahead_bytes += len(call.body)
+        self._start(call.function)
+
+    def _start(self, name: str) -> None:
+        """Start the calls of ``name`` waiting in memory, as many as it has free slots."""
+        ahead = self._ahead.get(name)
+        if not ahead or self._stopping:
+            return
+        found = self.dispatcher.functions.get(name)
+        limit = async_limit(found[0]) if found is not None else 1
+        loop = asyncio.get_running_loop()
+        while ahead and self._running.get(name, 0) < limit:
+            call = ahead.popleft()
+            self._ahead_bytes -= len(call.body)
+            self._running[name] = self._running.get(name, 0) + 1
+            self._slot_held[call.id] = True
+            self.store.mark_running(call.id)
+            task = loop.create_task(self._run(call))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if not ahead:
+            del self._ahead[name]
+
     async def _run(self, call: Claimed) -> None:
-        self._slot_held[call.id] = True
         try:
             await self._execute(call)
         except Exception:
             log.exception("async call %s: unexpected failure (it stays leased and reruns)", call.id)
         finally:
             self._free_slot(call)
+            self._held.discard(call.id)
 
     def _free_slot(self, call: Claimed) -> None:
-        """The call no longer needs a container: its slot can be claimed again (the
-        durable write of its outcome goes on; its lease covers it until then)."""
+        """The call no longer needs a container: the next call in memory starts, and its
+        slot can be claimed again (the durable write of its outcome goes on; its lease
+        covers it until then)."""
         if self._slot_held.pop(call.id, False):
             self._running[call.function] -= 1
+            self._start(call.function)
             self._wake.set()
 
     async def _execute(self, call: Claimed) -> None:
@@ -433,9 +634,30 @@ class AsyncRunner:
         self._wake.set()
 
     async def stop(self, timeout: float) -> None:
-        """Stop claiming; wait (bounded) for the calls running; the rest stay leased."""
+        """Stop claiming; give back the calls held but not started; wait (bounded) for the
+        calls running; the rest stay leased."""
         self._stopping = True
         self._wake.set()
+        await self._give_back()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
+        await self._give_back()  # claimed meanwhile (a claim that was under way)
         await self._http.aclose()
+
+    async def _give_back(self) -> None:
+        """The calls waiting in memory go back to the store, claimable at once, their
+        attempt not counted (if that fails, they run again once their lease passes, or at
+        once when this gateway restarts)."""
+        calls = [call for ahead in self._ahead.values() for call in ahead]
+        self._ahead.clear()
+        self._ahead_bytes = 0
+        if not calls:
+            return
+        ids = [call.id for call in calls]
+        self._held.difference_update(ids)
+        try:
+            back = await self.store.give_back(self.owner, ids)
+        except SwarmlessError as e:
+            log.warning("could not give back %d async call(s) not started: %s", len(ids), e.message)
+            return
+        log.info("gave back %d async call(s) claimed but not started", back)

@@ -120,7 +120,9 @@ async def accept_async(gw: GatewayContext, scope: Scope, receive: Receive, send:
             parent=parent,
         )
         headers = passed.headers
-        call_id, created = await gw.store.enqueue(
+        # The active gateway's runner may take the call in hand as it is written.
+        enqueue = runner.submit if runner is not None else gw.store.enqueue
+        call_id, created = await enqueue(
             rec,
             method=scope["method"],
             path=slash + sub,
@@ -139,9 +141,7 @@ async def accept_async(gw: GatewayContext, scope: Scope, receive: Receive, send:
         log.exception("unexpected error queueing a call of %s", name)
         await send_error(send, internal_error(e))
         return
-    if created and runner is not None:
-        runner.accepted(name)
-    elif created and replicas is not None:
+    if created and runner is None and replicas is not None:
         replicas.queued(name)
     answer = {"call_id": call_id, "status": "queued" if created else "duplicate"}
     await send_response(

@@ -110,9 +110,18 @@ def engines(
     assert url.database is not None
     Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     args = {"timeout": busy_timeout}
+    # Every use of the writer is one transaction (``begin()``) that commits or rolls back:
+    # a connection goes back to the pool rolled back only if it is still in one (the
+    # default rolls back every time, one more trip to aiosqlite's thread per write).
     writer = create_async_engine(
-        url, pool_size=1, max_overflow=0, pool_timeout=60, connect_args=args
+        url,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=60,
+        pool_reset_on_return=None,
+        connect_args=args,
     )
+    event.listen(writer.sync_engine, "reset", _rollback_if_open)
     reader = create_async_engine(
         url, pool_size=4, max_overflow=4, pool_timeout=connect_timeout * 2, connect_args=args
     )
@@ -130,6 +139,12 @@ def engines(
 
         event.listen(engine.sync_engine, "connect", setup)
     return writer, reader
+
+
+def _rollback_if_open(dbapi_conn: Any, _record: Any, state: Any) -> None:
+    """A SQLite connection back in the pool: roll back what is left open, if anything."""
+    if state.asyncio_safe and dbapi_conn.driver_connection.in_transaction:
+        dbapi_conn.rollback()
 
 
 _WROTE = "swarmless.wrote"
@@ -208,6 +223,8 @@ class Database:
         self._closed = False
         #: Requests waiting for a call's record to change (result long-polls).
         self._watchers = Watchers()
+        #: Upserts built once per table (building one costs more than running it).
+        self._upserts: dict[tuple[str, str], Any] = {}
 
     # -- health --------------------------------------------------------------------------
 
@@ -336,11 +353,15 @@ class Database:
                 yield conn
 
     def _upsert(self, table: Table, key: str) -> Any:
-        ins = self._insert(table)
-        names = [c.name for c in table.columns if c.name != key]
-        return ins.on_conflict_do_update(
-            index_elements=[key], set_={name: ins.excluded[name] for name in names}
-        )
+        """``INSERT ... ON CONFLICT (key) DO UPDATE`` every other column of ``table``."""
+        found = self._upserts.get((table.name, key))
+        if found is None:
+            ins = self._insert(table)
+            names = [c.name for c in table.columns if c.name != key]
+            found = self._upserts[(table.name, key)] = ins.on_conflict_do_update(
+                index_elements=[key], set_={name: ins.excluded[name] for name in names}
+            )
+        return found
 
     async def _dispose(self) -> None:
         await self._writer.dispose()

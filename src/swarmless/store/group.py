@@ -49,9 +49,12 @@ class GroupCommit:
     """Runs write operations that arrive together in one transaction.
 
     ``await run(op)`` returns when the transaction holding ``op`` has committed. Ops given a
-    ``bulk`` form are written with one multi-row statement per kind; if that fails, and for
-    every other op, each runs in a savepoint of its own, so an op that fails rolls back
-    alone and raises in its own caller.
+    ``bulk`` form are written with one multi-row statement per kind; a batch of bulk ops
+    only is one transaction with no savepoint (the common case: accepted calls and
+    outcomes). If that fails (and the database answers), the batch is written again
+    carefully: each kind in a savepoint, and if a kind fails, and for every other op,
+    each op in a savepoint of its own, so an op that fails rolls back alone and raises in
+    its own caller.
     """
 
     def __init__(self, db: Database) -> None:
@@ -71,6 +74,13 @@ class GroupCommit:
     ) -> Any:
         """Run ``op`` in the next group's transaction; ``size`` is what it holds in memory
         until then (bytes), counted against :data:`MAX_WAITING_BYTES`."""
+        return await self.submit(op, bulk, size=size)
+
+    def submit(
+        self, op: Op, bulk: tuple[str, BulkRun, Any, Any] | None = None, *, size: int = 0
+    ) -> asyncio.Future[Any]:
+        """:meth:`run` without waiting: the future of ``op``'s outcome (for a write that
+        nobody waits for, retrieve its exception)."""
         if self._ops and (len(self._ops) >= MAX_WAITING or self._bytes + size > MAX_WAITING_BYTES):
             raise GatewayUnavailable(
                 f"the gateway's store is behind: {len(self._ops)} writes "
@@ -83,7 +93,7 @@ class GroupCommit:
         self._ops.append(_Pending(op, fut, bulk, size))
         self._bytes += size
         self._wake.set()
-        return await fut
+        return fut
 
     async def close(self) -> None:
         if self._task is not None:
@@ -110,6 +120,39 @@ class GroupCommit:
                 await self._commit(batch)
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        if all(p.bulk is not None for p in batch) and await self._commit_bulk(batch):
+            return
+        await self._commit_carefully(batch)
+
+    async def _commit_bulk(self, batch: list[_Pending]) -> bool:
+        """``batch`` (bulk ops only) in one transaction, one statement per kind and table;
+        False if the database refused it (nothing was written: try carefully)."""
+        kinds: dict[str, list[_Pending]] = {}
+        for p in batch:
+            kinds.setdefault(p.bulk[0], []).append(p)  # type: ignore[index]
+        try:
+            async with self._db._write() as conn:
+                for group in kinds.values():
+                    writer = group[0].bulk[1]  # type: ignore[index]
+                    await writer(conn, [p.bulk[2] for p in group])  # type: ignore[index]
+        except GatewayUnavailable as e:  # the database is away: every op fails
+            for p in batch:
+                if not p.fut.done():
+                    p.fut.set_exception(e)
+            return True
+        except Exception:
+            return False
+        except BaseException as e:  # cancelled: every op fails, and so does the loop
+            for p in batch:
+                if not p.fut.done():
+                    p.fut.set_exception(RuntimeError(str(e) or type(e).__name__))
+            raise
+        for p in batch:
+            if not p.fut.done():
+                p.fut.set_result(p.bulk[3])  # type: ignore[index]
+        return True
+
+    async def _commit_carefully(self, batch: list[_Pending]) -> None:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         kinds: dict[str, list[_Pending]] = {}
         single: list[_Pending] = []

@@ -3,15 +3,21 @@
 Life of a row in ``async_queue`` (its record in ``invocations`` follows along)::
 
     enqueue ──> queued ──claim──> leased ──complete──> done   (record: succeeded)
-                  ^                  │ └──────fail────> done   (record: dead, retries spent)
-                  └────retry_later───┘
+       │          ^   ^              │ └──────fail────> done   (record: dead, retries spent)
+       │          │   └─retry_later──┤
+       │          └────give_back─────┘   (claimed, never started: not counted)
+       └─(leased_to)─> leased            (handed to the accepting gateway's runner)
                   leased by a gateway that died: claimable again once its lease passes
                   (at once by the same gateway instance when it restarts)
 
+The record says ``queued`` until the call starts (:meth:`QueueOps.mark_running`, written
+with the next group, best effort), then ``running``, then its outcome.
+
 An accepted call is written (row and record, one transaction) **before** the gateway
 answers 202. Writes are group-committed: calls that arrive together share one transaction,
-so durability costs one fsync per batch, not per call. Claims use ``FOR UPDATE SKIP
-LOCKED`` on PostgreSQL (several gateways share the queue) and the single writer on SQLite.
+so durability costs one fsync per batch, not per call; so are outcomes (``finish``). A
+claim takes a batch of due calls in one transaction: ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL (several gateways share the queue), the single writer on SQLite.
 The guarantee is at-least-once: a call whose result was not yet written when its gateway
 died runs again; an ``Idempotency-Key`` deduplicates submissions, not executions.
 
@@ -33,6 +39,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from swarmless.exceptions import SwarmlessError
 from swarmless.records import InvocationRecord, now_ms
 from swarmless.store.db import Database
 from swarmless.store.group import GroupCommit
@@ -96,6 +103,7 @@ class QueueOps(Database):
         callback_url: str | None = None,
         idempotency_key: str | None = None,
         not_before: int | None = None,
+        leased_to: tuple[str, int] | None = None,
     ) -> tuple[str, bool]:
         """Queue an async call durably; returns (call id, created).
 
@@ -103,12 +111,18 @@ class QueueOps(Database):
         the id of the first call comes back with ``created`` False. While the database is
         away (or the write-behind buffer is full) it fails at once with
         :class:`~swarmless.exceptions.GatewayUnavailable` (503): nothing was queued.
+
+        ``leased_to`` (owner, lease ms): the call is written already claimed by ``owner``
+        (its first attempt), for a gateway that runs it from memory without claiming it
+        back; if that gateway dies, the call is claimable again once the lease passes, as
+        any claimed call.
         """
         self._check_room()
+        owner, lease_ms = leased_to if leased_to is not None else (None, 0)
         row = {
             "id": rec.id,
             "function": rec.function,
-            "state": "queued",
+            "state": "queued" if owner is None else "leased",
             "method": method,
             "path": path,
             "query": query,
@@ -120,7 +134,9 @@ class QueueOps(Database):
             "late": rec.late,
             "enqueued_at": rec.queued_at,
             "not_before": not_before if not_before is not None else rec.queued_at,
-            "attempt": 0,
+            "attempt": 0 if owner is None else 1,
+            "lease_owner": owner,
+            "lease_until": None if owner is None else now_ms() + lease_ms,
         }
         record = _record_row(rec)
 
@@ -214,13 +230,6 @@ class QueueOps(Database):
                     .returning(async_queue.c.id)
                 )
                 ids = {str(i) for i in won.scalars().all()}
-                if not ids:
-                    continue
-                await conn.execute(
-                    update(invocations)
-                    .where(invocations.c.id.in_(list(ids)))
-                    .values(status="running")
-                )
                 rows.extend(r for r in found if r["id"] in ids)
         if not rows:
             return []
@@ -242,6 +251,26 @@ class QueueOps(Database):
             )
             for r in rows
         ]
+
+    def mark_running(self, call_id: str) -> None:
+        """The record of a claimed call says ``running``: it started. Written with the next
+        group of writes, not waited for, best effort (a record already final is left
+        alone; while the database is away the mark may be lost, the outcome is not)."""
+        try:
+            fut = self._group.submit(
+                lambda conn: self._running_many(conn, [call_id]),
+                ("running", self._running_many, call_id, None),
+            )
+        except SwarmlessError:  # the group is full: the database is behind
+            return
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def _running_many(self, conn: AsyncConnection, ids: list[Any]) -> None:
+        await conn.execute(
+            update(invocations)
+            .where(invocations.c.id.in_(ids), invocations.c.status == "queued")
+            .values(status="running")
+        )
 
     async def _bodies(self, owner: str, ids: list[str]) -> dict[str, bytes]:
         """The bodies of calls just leased; if they cannot be read, the leases go back
@@ -333,6 +362,37 @@ class QueueOps(Database):
 
         await self._durably(f"the retry of {rec.id}", lambda: self._group.run(op))
         self._watchers.changed(rec.id)
+
+    async def give_back(self, owner: str, ids: Sequence[str]) -> int:
+        """Calls ``owner`` claimed but never started go back to the queue, claimable at
+        once, their claim not counted as an attempt (a gateway stopping with calls claimed
+        ahead). Calls whose lease ``owner`` no longer holds are left alone."""
+        if not ids:
+            return 0
+        async with self._write() as conn:
+            done = await conn.execute(
+                update(async_queue)
+                .where(
+                    async_queue.c.id.in_(list(ids)),
+                    async_queue.c.state == "leased",
+                    async_queue.c.lease_owner == owner,
+                )
+                .values(
+                    state="queued",
+                    lease_owner=None,
+                    lease_until=None,
+                    attempt=async_queue.c.attempt - 1,
+                )
+                .returning(async_queue.c.id)
+            )
+            back = [str(i) for i in done.scalars().all()]
+            if back:
+                await conn.execute(
+                    update(invocations)
+                    .where(invocations.c.id.in_(back), invocations.c.status == "running")
+                    .values(status="queued")
+                )
+        return len(back)
 
     async def release(self, owner: str) -> int:
         """Give back every lease ``owner`` holds (a gateway restarting after a crash).

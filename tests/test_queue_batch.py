@@ -1,0 +1,243 @@
+"""Async calls in batches: handed over at accept, claimed ahead, outcomes group-committed,
+given back at a graceful stop (store on SQLite and a real PostgreSQL; the runner end to end
+on the real engine)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import sqlite3
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+
+from swarmless.exceptions import SwarmlessError
+from swarmless.records import now_ms
+from swarmless.store import Store, StoredResult
+from tests.conftest import handler_image
+from tests.gateway_harness import TOKEN, RunningGateway
+from tests.test_async import HANDLERS, Sink, deploy
+from tests.test_queue import arec, put
+from tests.test_store import run, url  # noqa: F401  fixtures
+from tests.waiting import wait_until
+
+# -- the store ----------------------------------------------------------------------------
+
+
+def test_a_call_written_leased_is_its_owners_until_the_lease_passes(url: str) -> None:  # noqa: F811
+    async def main() -> None:
+        async with await Store.open(url) as store:
+            r = arec()
+            before = now_ms()
+            got = await store.enqueue(
+                r, method="POST", path="/p", query="", headers=[], body=b"x",
+                leased_to=("gw1", 10_000),
+            )  # fmt: skip
+            assert got == (r.id, True)
+            assert await store.queued_counts() == {"echo": 1}  # waiting: leased counts
+            assert await store.claim("gw2", {"echo": (5, 60_000)}) == []
+            assert await store.claim("gw1", {"echo": (5, 60_000)}) == []  # held, not due
+            # Its first attempt was the hand-over: a claim after the lease is the second.
+            [c] = await store.claim("gw2", {"echo": (5, 60_000)}, now=before + 20_000)
+            assert (c.id, c.attempt, c.body) == (r.id, 2, b"x")
+
+    run(main())
+
+
+def test_give_back_returns_calls_not_started_uncounted(url: str) -> None:  # noqa: F811
+    async def main() -> None:
+        async with await Store.open(url) as store:
+            recs = [arec() for _ in range(3)]
+            for r in recs:
+                await put(store, r)
+            claimed = await store.claim("gw1", {"echo": (3, 60_000)})
+            assert len(claimed) == 3
+            ids = [c.id for c in claimed[:2]]
+            assert await store.give_back("gw2", ids) == 0  # not its leases
+            assert await store.give_back("gw1", ids) == 2
+            assert await store.give_back("gw1", ids) == 0  # not leased any more
+            for i in ids:
+                assert (await store.get_invocation(i)).status == "queued"  # type: ignore[union-attr]
+            again = await store.claim("gw2", {"echo": (5, 60_000)})
+            assert sorted(c.id for c in again) == sorted(ids)
+            assert {c.attempt for c in again} == {1}  # the first claim was not counted
+
+    run(main())
+
+
+def test_a_record_says_running_once_its_call_starts(url: str) -> None:  # noqa: F811
+    async def main() -> None:
+        async with await Store.open(url) as store:
+            r, done = arec(), arec()
+            for x in (r, done):
+                await put(store, x)
+            assert len(await store.claim("gw", {"echo": (5, 60_000)})) == 2
+            # Claimed is not started: still queued.
+            assert (await store.get_invocation(r.id)).status == "queued"  # type: ignore[union-attr]
+            done.status, done.finished_at = "succeeded", now_ms()
+            await store.finish(done)
+            store.mark_running(r.id)
+            store.mark_running(done.id)  # too late: a final record is left alone
+            await put(store, arec())  # a write after the marks: they are in by its commit
+            assert (await store.get_invocation(r.id)).status == "running"  # type: ignore[union-attr]
+            assert (await store.get_invocation(done.id)).status == "succeeded"  # type: ignore[union-attr]
+
+    run(main())
+
+
+def test_a_refused_call_in_a_group_fails_alone(url: str) -> None:  # noqa: F811
+    """Calls accepted together share one transaction; one the database refuses (its id is
+    taken) fails in its own caller, and the others of the same group are written."""
+
+    async def main() -> None:
+        async with await Store.open(url) as store:
+            first = arec()
+            await put(store, first)
+            others = [arec() for _ in range(20)]
+            twin = arec(id=first.id)
+            got = await asyncio.gather(
+                *(put(store, r) for r in [*others[:10], twin, *others[10:]]),
+                return_exceptions=True,
+            )
+            refused = [g for g in got if isinstance(g, BaseException)]
+            assert len(refused) == 1, got
+            assert isinstance(refused[0], SwarmlessError), got
+            claimed = await store.claim("gw", {"echo": (100, 60_000)})
+            assert sorted(c.id for c in claimed) == sorted(r.id for r in [first, *others])
+
+    run(main())
+
+
+def test_outcomes_that_end_together_are_all_written(url: str) -> None:  # noqa: F811
+    async def main() -> None:
+        async with await Store.open(url) as store:
+            recs = [arec() for _ in range(60)]
+            await asyncio.gather(*(put(store, r) for r in recs))
+            claimed = await store.claim("gw", {"echo": (100, 60_000)})
+            assert len(claimed) == 60
+            for i, r in enumerate(recs):
+                r.status = "succeeded" if i % 3 else "dead"
+                r.finished_at = now_ms()
+            await asyncio.gather(
+                *(
+                    store.finish(r, StoredResult(status=200, headers=[], body=r.id.encode()))
+                    if r.status == "succeeded"
+                    else store.finish(r)
+                    for r in recs
+                )
+            )
+            assert await store.queued_counts() == {}
+            for r in recs:
+                got = await store.get_invocation(r.id)
+                assert got is not None
+                assert got.status == r.status
+                result = await store.get_result(r.id)
+                assert (result.body if result else None) == (
+                    r.id.encode() if r.status == "succeeded" else None
+                )
+
+    run(main())
+
+
+# -- the runner, end to end ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image(build_image: Callable[..., str]) -> str:
+    return handler_image(build_image, "async-batch", HANDLERS)
+
+
+@pytest.fixture
+def gw(
+    engine: docker.DockerClient, labels: dict[str, str], tmp_path: Path
+) -> Iterator[RunningGateway]:
+    g = RunningGateway(tmp_path, labels).start()
+    yield g
+    g.stop(engine)
+
+
+def _accept(gw: RunningGateway, function: str, n: int) -> list[str]:
+    with gw.http() as http:
+        ids = []
+        for i in range(n):
+            r = http.post(f"/async-function/{function}", content=str(i).encode())
+            assert r.status_code == 202, r.text
+            ids.append(r.headers["x-call-id"])
+    return ids
+
+
+def test_a_burst_runs_every_call_once(
+    gw: RunningGateway, image: str, engine: docker.DockerClient
+) -> None:
+    """More calls than the runner holds: some are handed over at accept, the rest claimed
+    in batches; each runs once, at its first attempt, and its outcome is written."""
+    network = engine.networks.get(gw.settings.network)
+    witness = Sink(network.attrs["IPAM"]["Config"][0]["Gateway"])  # reachable from containers
+    try:
+        deploy(gw, name="burst", image=image, mode="warm", handler="handler:handle",
+               env={"WITNESS": witness.url, "DELAY": "0.01"}, concurrency=2,
+               max_containers=1, min_containers=1)  # fmt: skip
+        ids: list[str] = []
+        with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {TOKEN}"}) as h:
+
+            def accept(i: int) -> str:
+                r = h.post("/async-function/burst", content=str(i).encode())
+                assert r.status_code == 202, r.text
+                return str(r.headers["x-call-id"])
+
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                ids = list(pool.map(accept, range(120)))
+        with gw.http() as http:
+
+            def all_done() -> bool:
+                rows = http.get("/invocations", params={"function": "burst", "limit": 500}).json()
+                return sum(r["status"] == "succeeded" for r in rows if r["id"] in set(ids)) == 120
+
+            wait_until(all_done, 120, "120 calls succeeded", interval=0.2)
+            rows = http.get("/invocations", params={"function": "burst", "limit": 500}).json()
+        mine = [r for r in rows if r["id"] in set(ids)]
+        assert {r["attempt"] for r in mine} == {1}, Counter(r["attempt"] for r in mine)
+        ran = Counter(body.decode() for _, body in witness.posts)
+        assert set(ran) == set(ids)
+        assert set(ran.values()) == {1}, ran.most_common(3)
+    finally:
+        witness.close()
+
+
+def test_a_graceful_stop_gives_back_the_calls_not_started(
+    engine: docker.DockerClient, labels: dict[str, str], tmp_path: Path, image: str
+) -> None:
+    """Calls held in memory but not started go back to the queue at a graceful stop, their
+    attempt not counted; none is left leased, none lost."""
+    g = RunningGateway(tmp_path, labels).start()
+    try:
+        deploy(g, name="slow", image=image, mode="warm", handler="handler:handle",
+               env={"DELAY": "1"}, async_concurrency=1, max_containers=1)  # fmt: skip
+        ids = _accept(g, "slow", 6)
+
+        def one_running() -> bool:
+            with g.http() as http:
+                rows = http.get("/invocations", params={"function": "slow", "limit": 50}).json()
+            return any(r["status"] == "succeeded" for r in rows)
+
+        wait_until(one_running, 90, "a call finished")
+    finally:
+        g.stop(engine)
+    db = sqlite3.connect(tmp_path / "swarmless.db")
+    try:
+        rows = db.execute(
+            "SELECT id, state, attempt, lease_owner FROM async_queue WHERE function = 'slow'"
+        ).fetchall()
+    finally:
+        db.close()
+    assert sorted(r[0] for r in rows) == sorted(ids), "a call was lost"
+    states = Counter(r[1] for r in rows)
+    assert "leased" not in states, rows
+    assert states["done"] >= 1, states
+    assert states["queued"] >= 1, states
+    assert {r[2] for r in rows if r[1] == "queued"} == {0}, rows  # not counted
+    assert {r[3] for r in rows if r[1] == "queued"} == {None}, rows
