@@ -37,7 +37,7 @@ from tests.waiting import wait_until
 pytestmark = pytest.mark.fault
 
 #: The gateway's engine_timeout in this test (seconds).
-ENGINE_TIMEOUT = 8.0
+ENGINE_TIMEOUT = 10.0
 
 
 class FreezableEngine:
