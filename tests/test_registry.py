@@ -218,8 +218,9 @@ def test_a_push_the_engine_does_not_trust_says_what_to_do(
     untrusted = Settings.load(registry=f"{bridge}:{port}")
     with pytest.raises(RegistryError, match="insecure-registries"):
         push_image(engine, f"swarmless-reg/x:{SESSION}", settings=untrusted, source=PYTHON)
-    with contextlib.suppress(docker.errors.ImageNotFound):
-        engine.api.remove_image(f"{bridge}:{port}/swarmless-reg/x:{SESSION}")
+    # The name it gave the image to push is gone with the failed push.
+    with pytest.raises(docker.errors.ImageNotFound):
+        engine.api.inspect_image(f"{bridge}:{port}/swarmless-reg/x:{SESSION}")
 
 
 # -- on the Swarm ------------------------------------------------------------------------
@@ -250,59 +251,66 @@ def test_a_pushed_function_runs_on_a_node_that_never_had_its_image(
         folder, tag=tag, mode="warm", client=engine, base_image=PYTHON, labels=labels
     )
     node = node_engine(cluster, NODE)
-    with cluster_registry(cluster, name, tmp_path / "reg", labels, user="swarmless") as settings:
-        ref = push_image(engine, tag, settings=settings)
-        assert ref.startswith(f"{settings.registry}/swarmless-reg-fn/where@sha256:")
-        assert not has_image(node, ref)
-        assert not has_image(node, image_id)
-        # The registry asks for credentials: the node cannot pull on its own.
-        with pytest.raises(docker.errors.APIError, match=r"(?i)auth"):
-            node.api.pull(ref)
-        by_tag = f"{settings.registry}/swarmless-reg-fn/where:{SESSION}"
-        gw = SwarmGateway(
-            cluster,
-            tmp_path / "gw",
-            labels,
-            registry=settings.registry,
-            registry_username=settings.registry_username,
-            registry_password_file=settings.registry_password_file,
-        ).start()
-        try:
-            gw.deploy(
-                name="pulled",
-                image=ref,
-                mode="warm",
-                handler="handler:where",
-                placement=[f"node.hostname == {NODE}"],
-            )
-            with gw.http(token=None, timeout=120) as http:
-                r = http.post("/function/pulled", content=b"")
-            assert r.status_code == 200, r.text
-            assert r.json()["node"] == NODE
-            # The node pulled it from the registry (with the credentials the gateway's
-            # service carried): the very bits built here.
-            assert has_image(node, ref)
-            assert node.api.inspect_image(ref)["Id"] == image_id
-            assert _images(gw, "pulled") == {ref}
+    ref = ""
+    try:
+        registry = cluster_registry(cluster, name, tmp_path / "reg", labels, user="swarmless")
+        with registry as settings:
+            ref = push_image(engine, tag, settings=settings)
+            assert ref.startswith(f"{settings.registry}/swarmless-reg-fn/where@sha256:")
+            assert not has_image(node, ref)
+            assert not has_image(node, image_id)
+            # The registry asks for credentials: the node cannot pull on its own.
+            with pytest.raises(docker.errors.APIError, match=r"(?i)auth"):
+                node.api.pull(ref)
+            by_tag = f"{settings.registry}/swarmless-reg-fn/where:{SESSION}"
+            gw = SwarmGateway(
+                cluster,
+                tmp_path / "gw",
+                labels,
+                registry=settings.registry,
+                registry_username=settings.registry_username,
+                registry_password_file=settings.registry_password_file,
+            ).start()
+            try:
+                gw.deploy(
+                    name="pulled",
+                    image=ref,
+                    mode="warm",
+                    handler="handler:where",
+                    placement=[f"node.hostname == {NODE}"],
+                )
+                with gw.http(token=None, timeout=120) as http:
+                    r = http.post("/function/pulled", content=b"")
+                assert r.status_code == 200, r.text
+                assert r.json()["node"] == NODE
+                # The node pulled it from the registry (with the credentials the gateway's
+                # service carried): the very bits built here.
+                assert has_image(node, ref)
+                assert node.api.inspect_image(ref)["Id"] == image_id
+                assert _images(gw, "pulled") == {ref}
 
-            # Named by its tag, it still runs by digest: the one the deploy pinned.
-            gw.deploy(name="tagged", image=by_tag, mode="warm", handler="handler:where")
-            with gw.http(token=None, timeout=120) as http:
-                assert http.post("/function/tagged", content=b"").status_code == 200
-            assert _images(gw, "tagged") == {ref}
-        finally:
-            gw.stop()
-            for node_name in cluster.names:
-                other = node_engine(cluster, node_name)
-                remove_from_node(other, ref)
-                with contextlib.suppress(docker.errors.DockerException):
-                    other.api.remove_image(by_tag)
-                other.close()
-            for local in (tag, f"{settings.registry_push}/swarmless-reg-fn/where:{SESSION}"):
-                with contextlib.suppress(docker.errors.ImageNotFound):
-                    engine.api.remove_image(local)
-    wait_for(lambda: not has_image(node, ref), 10, "the image gone from the node")
-    node.close()
+                # Named by its tag, it still runs by digest: the one the deploy pinned.
+                gw.deploy(name="tagged", image=by_tag, mode="warm", handler="handler:where")
+                with gw.http(token=None, timeout=120) as http:
+                    assert http.post("/function/tagged", content=b"").status_code == 200
+                assert _images(gw, "tagged") == {ref}
+            finally:
+                for local in (tag, f"{settings.registry_push}/swarmless-reg-fn/where:{SESSION}"):
+                    with contextlib.suppress(docker.errors.DockerException):
+                        engine.api.remove_image(local)
+                gw.stop()
+                for node_name in cluster.names:
+                    other = node_engine(cluster, node_name)
+                    with contextlib.suppress(docker.errors.DockerException, AssertionError):
+                        remove_from_node(other, ref)
+                    with contextlib.suppress(docker.errors.DockerException):
+                        other.api.remove_image(by_tag)
+                    other.close()
+        wait_for(lambda: not has_image(node, ref), 10, "the image gone from the node")
+    finally:
+        node.close()
+        with contextlib.suppress(docker.errors.DockerException):
+            engine.api.remove_image(tag)
 
 
 # -- swarmless build / deploy with a registry ----------------------------------------------

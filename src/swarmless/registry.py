@@ -25,6 +25,7 @@ engine in its ``X-Registry-Auth`` header, and never written to a log or a settin
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -165,6 +166,13 @@ def push_image(
     repo, tag, _ = split_reference(target)
     auth = credentials(settings)
     try:
+        client.api.inspect_image(target)
+        tagged_here = False
+    except docker.errors.ImageNotFound:
+        tagged_here = True
+    except docker.errors.DockerException as e:
+        raise RegistryError(f"pushing {target} failed: {e}") from None
+    try:
         client.api.tag(source or image, repo, tag, force=True)
         stream = client.api.push(repo, tag, auth_config=auth, stream=True, decode=True)
         digest = _follow(stream, progress)
@@ -173,6 +181,9 @@ def push_image(
     except (docker.errors.APIError, RegistryError) as e:
         why = e.explanation if isinstance(e, docker.errors.APIError) else e.message
         why = str(why or e)
+        if tagged_here:  # a failed push leaves no name behind that it made
+            with contextlib.suppress(docker.errors.DockerException):
+                client.api.remove_image(target, noprune=True)
         raise RegistryError(f"pushing {target} failed: {why}{_hint(why, push_to)}") from None
     except docker.errors.DockerException as e:
         raise RegistryError(f"pushing {target} failed: {e}") from None
