@@ -206,6 +206,18 @@ def environment(engine: docker.DockerClient | None = None) -> dict[str, object]:
     with contextlib.suppress(Exception):
         out = subprocess.run(["runc", "--version"], capture_output=True, text=True, timeout=10)
         env["runc"] = out.stdout.splitlines()[0].removeprefix("runc version ").strip()
+    # The code measured: the commit, and what of src/ differed from it in the work tree.
+    root = Path(__file__).resolve().parent.parent
+    with contextlib.suppress(Exception):
+        git = ["git", "-C", str(root)]
+        head = subprocess.run(
+            [*git, "log", "-1", "--format=%h %s"], capture_output=True, text=True, timeout=10
+        )
+        env["commit"] = head.stdout.strip()[:100]
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True, timeout=10
+        )
+        env["src_modified"] = [ln[3:] for ln in dirty.stdout.splitlines()]
     return env
 
 

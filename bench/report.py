@@ -428,6 +428,8 @@ def markdown(result: dict[str, Any], figures: dict[str, str], plot_error: str | 
         f"| storage driver | {env.get('storage_driver')} |",
         f"| cgroups | {env.get('cgroup')} |",
         f"| Python | {env.get('python')} |",
+        f"| code measured | {env.get('commit')}; files under src/ differing from it in the "
+        f"work tree: {', '.join(env.get('src_modified') or []) or 'none'} |",
         f"| load average (1, 5, 15 min) at start | "
         f"{', '.join(f'{x:.2f}' for x in env.get('loadavg', []))} |",
         f"| load average at end | {', '.join(f'{x:.2f}' for x in result['loadavg_end'])} |",
@@ -435,7 +437,9 @@ def markdown(result: dict[str, Any], figures: dict[str, str], plot_error: str | 
         "The machine is shared: other agents' builds and test suites run on the same 2 cores "
         "during the run (the load averages above), which moves every absolute figure. The "
         "ratios compare sides measured in the same run, interleaved, so that load weighs on "
-        "both; the whole machine's CPU per call includes other tenants' work under *other*.",
+        "both; the whole machine's CPU per call includes other tenants' work under *other*. "
+        "The gateway runs from this checkout (an editable install): the code measured is the "
+        "commit above plus the work-tree changes listed (other sessions' work in progress).",
         "",
         "## Targets",
         "",
