@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import math
 import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
@@ -88,6 +89,7 @@ class Dispatcher:
         self.functions: dict[str, tuple[FunctionSpec, int]] = {}
         self.pools: dict[str, WarmPool] = {}
         self._inflight = 0
+        self._deadlines = _Deadlines()
         # Read when metrics are scraped: nothing to count on the hot path.
         self.metrics.in_progress.set_function(lambda: self._inflight)
         #: Ids of the calls in flight (a one-shot container of none of them is an orphan).
@@ -279,9 +281,9 @@ class Dispatcher:
         if down is not None and not pool.can_hand_over():
             raise self._engine_unavailable(down)
         pool.submit(call)
-        # One timer per call (cheaper than wait_for(shield(...)) on this hot path): at the
-        # deadline the call's future gets a TimeoutError, unless it was answered first.
-        timer = loop.call_later(spec.timeout, _expire, call.future)
+        # At the deadline the call's future gets a TimeoutError, unless it was answered
+        # first: one timer for all the calls in flight, not one per call.
+        self._deadlines.add(call.future, call.deadline)
         try:
             result = await call.future
         except TimeoutError:
@@ -299,7 +301,7 @@ class Dispatcher:
             pool.forget(call)
             raise
         finally:
-            timer.cancel()
+            self._deadlines.discard(call.future)
         if result.error is not None:
             rec.exit_code = result.exit_code
             detail = result.body[-4000:].decode("utf-8", "replace").strip()
@@ -471,6 +473,44 @@ class Dispatcher:
         await self._recorder.flush()
 
 
-def _expire(future: asyncio.Future[Result]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
+class _Deadlines:
+    """The deadlines of the warm calls waiting for their answer, with one timer for all of
+    them, set at the earliest: a call costs a dict entry, not a timer of the event loop.
+    Each firing expires what is due (its future gets a TimeoutError) and sets the timer at
+    the next deadline; answered calls leave the table at once, so it holds only the calls
+    in flight."""
+
+    def __init__(self) -> None:
+        self._calls: dict[asyncio.Future[Result], float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf
+
+    def add(self, future: asyncio.Future[Result], deadline: float) -> None:
+        """``future`` gets a TimeoutError at ``deadline`` (monotonic) unless done before."""
+        self._calls[future] = deadline
+        if deadline < self._at:
+            self._arm(deadline)
+
+    def discard(self, future: asyncio.Future[Result]) -> None:
+        self._calls.pop(future, None)
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._at = at
+        delay = max(0.0, at - time.monotonic())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._at = None, math.inf
+        now = time.monotonic()
+        after = math.inf
+        for future, at in list(self._calls.items()):
+            if at <= now:
+                del self._calls[future]
+                if not future.done():
+                    future.set_exception(TimeoutError())
+            elif at < after:
+                after = at
+        if after < math.inf:
+            self._arm(after)

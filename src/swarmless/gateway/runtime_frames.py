@@ -87,9 +87,6 @@ class FramedWorker(asyncio.Protocol):
         self._skipping = 0
         self._waiting = False
         self._closed = False
-        #: The id of the call last handed over, until the poller's next NEXT.
-        self._handed: str | None = None
-        self._close_after = False
         #: When the poller last sent anything (monotonic).
         self._heard = time.monotonic()
 
@@ -100,14 +97,19 @@ class FramedWorker(asyncio.Protocol):
         return self._worker
 
     def live(self) -> bool:
-        return self._waiting and not self._closed
+        transport = self._transport
+        return (
+            self._waiting
+            and not self._closed
+            and transport is not None
+            and not transport.is_closing()
+        )
 
     def deliver(self, got: Call | object) -> None:
         self._waiting = False
         transport = self._transport
         assert transport is not None
         if isinstance(got, Call):
-            self._handed = got.id
             meta = b'{"id":%s,"deadline":%d,"event":%s}' % (
                 json.dumps(got.id).encode(),
                 got.deadline_ms,
@@ -116,14 +118,15 @@ class FramedWorker(asyncio.Protocol):
             transport.write(frames.frame(frames.CALL, meta, got.body))
         else:  # RETIRE
             transport.write(_RETIRE)
-            if self._close_after:
-                transport.close()
 
     def idle(self, now: float, silent_after: float) -> None:
         """Tell a waiting poller the gateway is still here (the long poll's 204); close the
         connection of one silent for ``silent_after`` seconds."""
         transport = self._transport
         if not self.live() or transport is None:
+            return
+        if self._worker.state == "paused":  # frozen: it cannot answer; its clock restarts
+            self._heard = now
             return
         if now - self._heard > silent_after:
             log.warning("worker %s: a poller did not answer for %.0fs: closing", self.worker.id,
@@ -150,16 +153,14 @@ class FramedWorker(asyncio.Protocol):
         self._buf = bytearray()
 
     def shutdown(self) -> None:
-        """The server stops (uvicorn asks every connection): close once nothing is in
-        the poller's hand; a poller running a call delivers its result first."""
-        if self._transport is None:
-            return
-        if self._handed is None:
+        """The server stops (uvicorn asks every connection, after the gateway's drain:
+        its workers are retired, the calls still in hand abandoned): close."""
+        if self._transport is not None:
             self._transport.close()
-        else:
-            self._close_after = True
 
     def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
         self._heard = time.monotonic()
         if self._skip:
             dropped = min(self._skip, len(data))
@@ -172,6 +173,20 @@ class FramedWorker(asyncio.Protocol):
             if not data:
                 return
         buf = self._buf
+        if not buf and len(data) >= _HEAD_SIZE:
+            # The common case: one whole small frame, nothing buffered: no copy.
+            kind, meta_len, body_len = _HEAD.unpack_from(data)
+            start = _HEAD_SIZE + meta_len
+            if (
+                len(data) == start + body_len
+                and kind == frames.NEXT
+                and meta_len <= frames.META_LIMIT
+                and body_len <= self._pool.spec.max_output
+            ):
+                meta = self._meta(data[_HEAD_SIZE:start])
+                if meta is not None:
+                    self._next(meta, data[start:])
+                return
         buf += data
         while len(buf) >= _HEAD_SIZE and not self._closed:
             kind, meta_len, body_len = _HEAD.unpack_from(buf)
@@ -243,7 +258,6 @@ class FramedWorker(asyncio.Protocol):
 
     def _ask(self) -> None:
         """The poller waits for its next call: hand it one now, or wait in the pool."""
-        self._handed = None
         if self._closed or self._waiting:
             return
         worker = self._worker

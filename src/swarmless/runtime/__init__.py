@@ -1,15 +1,19 @@
 """What runs INSIDE a warm container: ``python -m swarmless.runtime``.
 
 The runtime pulls work from the gateway (see ``docs/runtime-api.md``). It starts
-``SWARMLESS_CONCURRENCY`` poller threads; each keeps one keep-alive HTTP connection to
-``SWARMLESS_RUNTIME_API`` and loops: ``POST /runtime/next`` carrying the previous result, run
-the invocation it answers with, repeat. One round trip per call.
+``SWARMLESS_CONCURRENCY`` poller threads; each keeps one connection to
+``SWARMLESS_RUNTIME_API`` and loops: send the previous result, run the call the gateway
+answers with, repeat. One exchange per call: on a framed connection
+(:mod:`~swarmless.runtime.frames`, an HTTP upgrade) when the gateway offers it, else
+``POST /runtime/next`` on a keep-alive HTTP connection.
 
 The layout (each imports only those below it):
 
 - :mod:`~swarmless.runtime.loop`: the pollers and the process's life (204 poll again, 410
   drain and exit 0, 401 exit 1, capped backoff on connection errors, giving up after
   ``SWARMLESS_RUNTIME_GIVE_UP`` seconds without contact);
+- :mod:`~swarmless.runtime.frames`: the framed connection's frames (the gateway imports it
+  too);
 - :mod:`~swarmless.runtime.config`: the settings read from the environment;
 - :mod:`~swarmless.runtime.handlers`: the handler kinds that turn one invocation into one
   result: ``python`` there, ``wsgi`` in :mod:`~swarmless.runtime.wsgi`, ``command`` in

@@ -117,7 +117,10 @@ class Runtime:
     def delivered(self) -> None:
         with self._cond:
             self.busy -= 1
-            self._cond.notify_all()
+            # Only a draining process waits for the count (run()): waking its main thread
+            # on every call would cost a thread switch per call.
+            if self.stopping:
+                self._cond.notify_all()
 
     def poller_ended(self) -> None:
         with self._cond:
@@ -427,8 +430,14 @@ class Poller(threading.Thread):
         if pending.exit_code is not None:
             result["exit_code"] = pending.exit_code
         meta = json.dumps(result).encode()
-        parts.append(frames.frame(frames.NEXT, meta, pending.body))
-        self._sock.sendall(b"".join(parts) if len(parts) > 1 else parts[0])
+        body = pending.body
+        if len(body) <= _JOIN_LIMIT:
+            parts.append(frames.frame(frames.NEXT, meta, body))
+            self._sock.sendall(b"".join(parts) if len(parts) > 1 else parts[0])
+        else:  # a large body is sent as it is, never copied
+            parts.append(frames.HEAD.pack(frames.NEXT, len(meta), len(body)) + meta)
+            self._sock.sendall(b"".join(parts))
+            self._sock.sendall(body)
         pending.stdout = pending.stderr = ""
 
     def _read_frame(self) -> tuple[int, dict[str, object], bytes]:
@@ -479,6 +488,8 @@ class Poller(threading.Thread):
 #: could not be parsed), body.
 _Call = tuple[str, object, object, bytes]
 _NEXT = frames.frame(frames.NEXT)
+#: Up to this size a result's body is joined to its frame's head (one send, one copy).
+_JOIN_LIMIT = 64 << 10
 _ALIVE = frames.frame(frames.ALIVE)
 
 
