@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -225,6 +226,8 @@ class Database:
         self._watchers = Watchers()
         #: Upserts built once per table (building one costs more than running it).
         self._upserts: dict[tuple[str, str], Any] = {}
+        #: SQLite: statements compiled once, with the names of their parameters in order.
+        self._compiled: dict[Any, tuple[str, tuple[str, ...]]] = {}
 
     # -- health --------------------------------------------------------------------------
 
@@ -362,6 +365,47 @@ class Database:
                 index_elements=[key], set_={name: ins.excluded[name] for name in names}
             )
         return found
+
+    async def _executemany(
+        self, conn: AsyncConnection, stmt: Any, rows: list[dict[str, Any]]
+    ) -> None:
+        """``stmt`` once per row, in ``conn``'s transaction. On SQLite straight through the
+        driver: one trip to aiosqlite's thread and no per-row work of SQLAlchemy (values
+        as SQLite takes them: str, int, float, bool, bytes, None)."""
+        if self.dialect != "sqlite":
+            await conn.execute(stmt, rows)
+            return
+        compiled = self._compiled.get(stmt)
+        if compiled is None:
+            done = stmt.compile(dialect=self._writer.dialect)
+            compiled = self._compiled[stmt] = (str(done), tuple(done.positiontup or ()))
+        sql, names = compiled
+        params = [tuple(row[n] for n in names) for row in rows]
+        await self._on_driver(conn, lambda driver: driver.executemany(sql, params))
+        self._wrote(conn)
+
+    async def _fetch(self, conn: AsyncConnection, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """SQLite: the rows of ``sql`` run straight through the driver (one trip to its
+        thread), in ``conn``'s transaction."""
+
+        async def fetch(driver: Any) -> list[Any]:
+            return list(await driver.execute_fetchall(sql, params))
+
+        return await self._on_driver(conn, fetch)
+
+    @staticmethod
+    def _wrote(conn: AsyncConnection) -> None:
+        """Mark ``conn``'s transaction as one that wrote (for statements run on the driver)."""
+        conn.info[_WROTE] = True
+
+    async def _on_driver(self, conn: AsyncConnection, call: Callable[[Any], Awaitable[T]]) -> T:
+        """``call(driver connection)`` (aiosqlite) in ``conn``'s transaction; the driver's
+        errors raised as SQLAlchemy's, as if SQLAlchemy had run the statement."""
+        driver = (await conn.get_raw_connection()).driver_connection
+        try:
+            return await call(driver)
+        except sqlite3.Error as e:
+            raise DBAPIError.instance(None, None, e, sqlite3.Error) from e
 
     async def _dispose(self) -> None:
         await self._writer.dispose()

@@ -30,13 +30,14 @@ the writer or flood memory. While the database is away, ``enqueue`` answers 503 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from swarmless.exceptions import SwarmlessError
@@ -52,6 +53,23 @@ log = logging.getLogger("swarmless.store")
 #: Bytes of request bodies one claim loads at most (always at least one call): calls
 #: with large bodies are taken a few at a time, never all at once.
 CLAIM_BYTES = 64 << 20
+#: Bodies of a claim read in its own transaction when they are this small in all; larger,
+#: they are read after it (the writer is not held while they load).
+SMALL_BODIES = 1 << 20
+
+#: The queue's columns but the body, and what makes a call due (SQLite, by hand: its
+#: parameters are ``now`` twice).
+_COLUMNS = tuple(c.name for c in async_queue.c if c.name != "body")
+_NO_BODY = ", ".join(f'"{c}"' for c in _COLUMNS)
+_DUE = "((state = 'queued' AND not_before <= ?) OR (state = 'leased' AND lease_until < ?))"
+
+
+def _due(now: int) -> Any:
+    """Queued with ``not_before`` passed, or leased by anyone whose lease expired."""
+    return or_(
+        and_(async_queue.c.state == "queued", async_queue.c.not_before <= now),
+        and_(async_queue.c.state == "leased", async_queue.c.lease_until < now),
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -90,6 +108,20 @@ class QueueOps(Database):
 
     def _init_queue(self) -> None:
         self._group = GroupCommit(self)
+        self._queue_insert = async_queue.insert()
+        # An async call is over: its row done (the body dropped, unless the call is dead:
+        # a dead call keeps its request, so that it can be redriven).
+        done = update(async_queue).where(async_queue.c.id == bindparam("qid"))
+        self._done_keep = done.values(
+            state=bindparam("state"),
+            lease_owner=bindparam("lease_owner"),
+            lease_until=bindparam("lease_until"),
+        )
+        self._done_clear = self._done_keep.values(body=bindparam("body"))
+        #: Calls started whose record does not say so yet, and the write that will say it
+        #: (see :meth:`mark_running`).
+        self._marks: set[str] = set()
+        self._marking: asyncio.Future[Any] | None = None
 
     async def enqueue(
         self,
@@ -163,8 +195,10 @@ class QueueOps(Database):
         return result
 
     async def _enqueue_many(self, conn: AsyncConnection, items: list[Any]) -> None:
-        await conn.execute(async_queue.insert(), [row for row, _ in items])
-        await conn.execute(self._upsert(invocations, "id"), [record for _, record in items])
+        await self._executemany(conn, self._queue_insert, [row for row, _ in items])
+        await self._executemany(
+            conn, self._upsert(invocations, "id"), [record for _, record in items]
+        )
 
     async def claim(
         self,
@@ -177,63 +211,41 @@ class QueueOps(Database):
         """Lease due calls: ``wants`` maps function -> (how many, lease ms).
 
         Due: queued with ``not_before`` passed, or leased by anyone whose lease expired.
-        Bodies are read after the leases are committed, at most ``max_bytes`` of them (at
-        least one call), so a claim never holds the writer while it loads large bodies.
+        One transaction for the batch; bodies at most ``max_bytes`` of them (at least one
+        call), read in it when they are small (:data:`SMALL_BODIES`), else after the
+        leases are committed, so a claim never holds the writer while it loads large ones.
         """
         now = now if now is not None else now_ms()
         wants = {f: w for f, w in wants.items() if w[0] > 0}
         if not wants:
             return []
-        size = (func.octet_length if self.dialect == "postgresql" else func.length)(
-            async_queue.c.body
-        )
-        columns = [c for c in async_queue.c if c.name != "body"]
-        due = or_(
-            and_(async_queue.c.state == "queued", async_queue.c.not_before <= now),
-            and_(async_queue.c.state == "leased", async_queue.c.lease_until < now),
-        )
         rows: list[Mapping[str, Any]] = []
         budget = max_bytes
+        bodies: dict[str, bytes] | None = None
         async with self._write() as conn:
             for function, (n, lease_ms) in wants.items():
                 if budget <= 0 and rows:
                     break
-                query = (
-                    select(*columns, size.label("size"))
-                    .where(async_queue.c.function == function, due)
-                    .order_by(async_queue.c.not_before, async_queue.c.id)
-                    .limit(n)
-                )
-                if self.dialect == "postgresql":
-                    query = query.with_for_update(skip_locked=True)
                 found: list[Mapping[str, Any]] = []
-                for r in (await conn.execute(query)).mappings().all():
+                for r in await self._due(conn, function, n, now):
                     size_of = int(r["size"] or 0)
                     if (rows or found) and budget < size_of:
                         break  # over the budget, and this claim has a call already
                     budget -= size_of
-                    found.append(dict(r))
+                    found.append(r)
                 if not found:
                     continue
                 # Only rows still due when updated are ours: on SQLite the select above
                 # runs before the write transaction starts, so another store may have
                 # taken some meanwhile.
-                won = await conn.execute(
-                    update(async_queue)
-                    .where(async_queue.c.id.in_([r["id"] for r in found]), due)
-                    .values(
-                        state="leased",
-                        lease_owner=owner,
-                        lease_until=now + lease_ms,
-                        attempt=async_queue.c.attempt + 1,
-                    )
-                    .returning(async_queue.c.id)
-                )
-                ids = {str(i) for i in won.scalars().all()}
+                ids = await self._lease(conn, [r["id"] for r in found], owner, now, lease_ms)
                 rows.extend(r for r in found if r["id"] in ids)
+            if rows and max_bytes - budget <= SMALL_BODIES:  # small: read them right here
+                bodies = await self._read_bodies(conn, [r["id"] for r in rows])
         if not rows:
             return []
-        bodies = await self._bodies(owner, [r["id"] for r in rows])
+        if bodies is None:
+            bodies = await self._bodies(owner, [r["id"] for r in rows])
         return [
             Claimed(
                 id=r["id"],
@@ -255,30 +267,106 @@ class QueueOps(Database):
     def mark_running(self, call_id: str) -> None:
         """The record of a claimed call says ``running``: it started. Written with the next
         group of writes, not waited for, best effort (a record already final is left
-        alone; while the database is away the mark may be lost, the outcome is not)."""
+        alone, and a call whose outcome is written before its mark is not marked at all;
+        a mark may be lost while the database is away, an outcome is not)."""
+        self._marks.add(call_id)
+        if self._marking is not None and not self._marking.done():
+            return  # the op waiting for the next group writes it too
         try:
             fut = self._group.submit(
-                lambda conn: self._running_many(conn, [call_id]),
-                ("running", self._running_many, call_id, None),
+                self._running_many_op, ("running", self._running_bulk, 0, None)
             )
-        except SwarmlessError:  # the group is full: the database is behind
+        except SwarmlessError:  # the group is full (the database is behind): next time
             return
+        self._marking = fut
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
-    async def _running_many(self, conn: AsyncConnection, ids: list[Any]) -> None:
-        await conn.execute(
-            update(invocations)
-            .where(invocations.c.id.in_(ids), invocations.c.status == "queued")
-            .values(status="running")
+    async def _running_bulk(self, conn: AsyncConnection, _items: list[Any]) -> None:
+        await self._running_many_op(conn)
+
+    async def _running_many_op(self, conn: AsyncConnection) -> None:
+        ids, self._marks = list(self._marks), set()
+        if ids:
+            await conn.execute(
+                update(invocations)
+                .where(invocations.c.id.in_(ids), invocations.c.status == "queued")
+                .values(status="running")
+            )
+
+    async def _due(
+        self, conn: AsyncConnection, function: str, n: int, now: int
+    ) -> list[Mapping[str, Any]]:
+        """Up to ``n`` due calls of ``function``, oldest first, without their bodies (their
+        ``size`` instead); locked, skipping those locked, on PostgreSQL."""
+        if self.dialect == "sqlite":
+            sql = (
+                f"SELECT {_NO_BODY}, length(body) AS size FROM async_queue WHERE function = ?"
+                f" AND {_DUE} ORDER BY not_before, id LIMIT ?"
+            )
+            found = await self._fetch(conn, sql, (function, now, now, n))
+            return [dict(zip((*_COLUMNS, "size"), r, strict=True)) for r in found]
+        query = (
+            select(
+                *[c for c in async_queue.c if c.name != "body"],
+                func.octet_length(async_queue.c.body).label("size"),
+            )
+            .where(async_queue.c.function == function, _due(now))
+            .order_by(async_queue.c.not_before, async_queue.c.id)
+            .limit(n)
+            .with_for_update(skip_locked=True)
         )
+        return [dict(r) for r in (await conn.execute(query)).mappings().all()]
+
+    async def _lease(
+        self, conn: AsyncConnection, ids: list[str], owner: str, now: int, lease_ms: int
+    ) -> set[str]:
+        """Lease the calls ``ids`` that are still due to ``owner``; their ids."""
+        if self.dialect == "sqlite":
+            won: set[str] = set()
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                sql = (
+                    "UPDATE async_queue SET state = 'leased', lease_owner = ?, lease_until = ?,"
+                    f" attempt = attempt + 1 WHERE id IN ({', '.join('?' * len(part))})"
+                    f" AND {_DUE} RETURNING id"
+                )
+                got = await self._fetch(conn, sql, (owner, now + lease_ms, *part, now, now))
+                won.update(str(r[0]) for r in got)
+            if won:
+                self._wrote(conn)
+            return won
+        result = await conn.execute(
+            update(async_queue)
+            .where(async_queue.c.id.in_(ids), _due(now))
+            .values(
+                state="leased",
+                lease_owner=owner,
+                lease_until=now + lease_ms,
+                attempt=async_queue.c.attempt + 1,
+            )
+            .returning(async_queue.c.id)
+        )
+        return {str(i) for i in result.scalars().all()}
+
+    async def _read_bodies(self, conn: AsyncConnection, ids: list[str]) -> dict[str, bytes]:
+        if self.dialect == "sqlite":
+            bodies: dict[str, bytes] = {}
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                sql = f"SELECT id, body FROM async_queue WHERE id IN ({', '.join('?' * len(part))})"
+                bodies.update(
+                    (str(r[0]), bytes(r[1])) for r in await self._fetch(conn, sql, tuple(part))
+                )
+            return bodies
+        query = select(async_queue.c.id, async_queue.c.body).where(async_queue.c.id.in_(ids))
+        return {str(i): bytes(b) for i, b in (await conn.execute(query)).all()}
 
     async def _bodies(self, owner: str, ids: list[str]) -> dict[str, bytes]:
         """The bodies of calls just leased; if they cannot be read, the leases go back
         (uncounted) before the error is raised, so the calls are claimable again at once."""
-        query = select(async_queue.c.id, async_queue.c.body).where(async_queue.c.id.in_(ids))
         try:
             async with self._read() as conn:
-                return {str(i): bytes(b) for i, b in (await conn.execute(query)).all()}
+                return await self._read_bodies(conn, ids)
         except Exception:
             try:
                 async with self._write() as conn:
@@ -310,6 +398,7 @@ class QueueOps(Database):
             }
         # A dead call keeps its request, so that it can be redriven.
         item = (record, stored, rec.status == "dead")
+        self._marks.discard(rec.id)  # not marked running if not yet: its outcome says more
 
         async def op(conn: AsyncConnection) -> None:
             await self._finish_many(conn, [item])
@@ -322,18 +411,21 @@ class QueueOps(Database):
         self._watchers.changed(rec.id)
 
     async def _finish_many(self, conn: AsyncConnection, items: list[Any]) -> None:
-        await conn.execute(self._upsert(invocations, "id"), [record for record, _, _ in items])
+        await self._executemany(
+            conn, self._upsert(invocations, "id"), [record for record, _, _ in items]
+        )
         stored = [s for _, s, _ in items if s is not None]
         if stored:
-            await conn.execute(self._upsert(invocation_results, "id"), stored)
-        for keep, values in ((True, {}), (False, {"body": b""})):
-            ids = [record["id"] for record, _, dead in items if dead is keep]
-            if ids:
-                await conn.execute(
-                    update(async_queue)
-                    .where(async_queue.c.id.in_(ids))
-                    .values(state="done", lease_owner=None, lease_until=None, **values)
-                )
+            await self._executemany(conn, self._upsert(invocation_results, "id"), stored)
+        for keep, stmt in ((True, self._done_keep), (False, self._done_clear)):
+            rows = [
+                {"qid": record["id"], "state": "done", "lease_owner": None, "lease_until": None}
+                | ({} if keep else {"body": b""})
+                for record, _, dead in items
+                if dead is keep
+            ]
+            if rows:
+                await self._executemany(conn, stmt, rows)
 
     async def retry_later(
         self, rec: InvocationRecord, not_before: int, *, uncount: bool = False
@@ -345,6 +437,7 @@ class QueueOps(Database):
         """
         record = _record_row(rec)
         attempt = async_queue.c.attempt - 1 if uncount else async_queue.c.attempt
+        self._marks.discard(rec.id)  # queued again: a late mark would say running
 
         async def op(conn: AsyncConnection) -> None:
             await conn.execute(self._upsert(invocations, "id"), [record])
