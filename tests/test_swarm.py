@@ -43,7 +43,7 @@ def _nodes_of(gw: SwarmGateway, name: str) -> list[str]:
 def test_warm_replicas_spread_and_serve_from_other_nodes(
     gw: SwarmGateway, swarm_warm_image: str
 ) -> None:
-    gw.deploy(name="where", image=swarm_warm_image, mode="warm", handler="handler:where")
+    gw.deploy(name="where", image=swarm_warm_image, mode="warm", handler="handler:slow")
     t0 = time.monotonic()
     gw.scale("where", 3)
     wait_for(lambda: gw.ready("where") == 3, 60, "3 ready workers")
@@ -51,10 +51,15 @@ def test_warm_replicas_spread_and_serve_from_other_nodes(
     nodes = _nodes_of(gw, "where")
     assert len(nodes) == 3
     assert len(set(nodes)) == 3, f"replicas not spread over the nodes: {nodes}"
-    with gw.http(token=None) as http:
-        served = Counter(
-            http.post("/function/where", content=b"").json()["node"] for _ in range(30)
-        )
+
+    # Three callers at once, each call 0.3 s long: a free worker takes the next call (the
+    # most recently freed first), so only overlapping calls show the spread.
+    def call(_: int) -> str:
+        with gw.http(token=None) as http:
+            return str(http.post("/function/where", content=b"0.3").json()["node"])
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        served = Counter(pool.map(call, range(15)))
     # The gateway's engine is the manager (node 1): calls are served on the other nodes too.
     assert set(served) - {"swarmless-node-1"}, served
     assert len(served) >= 2, served
