@@ -3,7 +3,8 @@
 It runs calls per function up to the function's ``async_concurrency`` (default: its
 ``max_containers x concurrency``, so async work never takes every container from sync
 traffic when set lower), each through the same :class:`Dispatcher` as sync calls (same
-containers, same deadline), and writes the outcome durably:
+containers, same deadline; with the default, a few more wait in the pool's queue, see
+:func:`in_flight_limit`), and writes the outcome durably:
 
 - success: record ``succeeded``, the answer kept for ``Invocation.result()``;
 - failure with retries left: back to the queue after an exponential backoff with jitter
@@ -126,6 +127,16 @@ class _Undelivered(Exception):
 def async_limit(spec: FunctionSpec) -> int:
     """How many async calls of a function run at once."""
     return spec.async_concurrency or spec.max_containers * spec.concurrency
+
+
+def in_flight_limit(spec: FunctionSpec) -> int:
+    """How many async calls of a function the runner hands to the dispatcher at once: its
+    :func:`async_limit`, and with the default limit (every container's capacity) half as
+    many again, which wait in the pool's queue: a worker that answers a call then gets
+    the next one in the same exchange instead of asking for it again (as under sync
+    load). Never more running at once than the limit."""
+    limit = async_limit(spec)
+    return limit if spec.async_concurrency else limit + max(1, limit // 2)
 
 
 def lease_ms(spec: FunctionSpec) -> int:
@@ -408,7 +419,7 @@ class AsyncRunner:
         if not ahead or self._stopping:
             return
         found = self.dispatcher.functions.get(name)
-        limit = async_limit(found[0]) if found is not None else 1
+        limit = in_flight_limit(found[0]) if found is not None else 1
         loop = asyncio.get_running_loop()
         while ahead and self._running.get(name, 0) < limit:
             call = ahead.popleft()
