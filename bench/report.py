@@ -428,7 +428,8 @@ def markdown(result: dict[str, Any], figures: dict[str, str], plot_error: str | 
         f"| storage driver | {env.get('storage_driver')} |",
         f"| cgroups | {env.get('cgroup')} |",
         f"| Python | {env.get('python')} |",
-        f"| code measured | {env.get('commit')}; files under src/ differing from it in the "
+        f"| code measured | commit {str(env.get('commit')).split(' ', 1)[0]}; files under "
+        "src/ differing from it in the "
         f"work tree: {', '.join(env.get('src_modified') or []) or 'none'} |",
         f"| load average (1, 5, 15 min) at start | "
         f"{', '.join(f'{x:.2f}' for x in env.get('loadavg', []))} |",
@@ -636,7 +637,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small counts: a few minutes")
     parser.add_argument("--out", type=Path, help="where the report goes")
     parser.add_argument("--no-extras", action="store_true", help="the three core ones only")
+    parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="only redraw report.md and the plots of a run"
+    )
     args = parser.parse_args()
+    if args.render:
+        result = json.loads(args.render.read_text())
+        out = args.out or args.render.parent
+        figures = plots(result["core"], out)
+        (out / "report.md").write_text(markdown(result, figures, None))
+        print(f"report: {out / 'report.md'}")
+        return
     quick = args.quick
     out = args.out or (
         Path(tempfile.mkdtemp(prefix="swarmless-bench-quick-")) if quick else HERE / "results"
