@@ -8,6 +8,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -64,7 +65,8 @@ class Gateway:
 
 @contextlib.contextmanager
 def gateway(engine: docker.DockerClient, name: str) -> Iterator[Gateway]:
-    """Start a gateway process; on exit stop it and remove all it created."""
+    """Start a gateway process; on exit stop it and remove all it created (its data dir
+    too, unless the run failed: then it stays, with the gateway's log)."""
     instance = f"bench-{name}-{os.getpid()}"
     data = Path(tempfile.mkdtemp(prefix=f"swarmless-bench-{name}-"))
     port = free_port()
@@ -83,6 +85,7 @@ def gateway(engine: docker.DockerClient, name: str) -> Iterator[Gateway]:
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
+    started_fine = False
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -93,6 +96,7 @@ def gateway(engine: docker.DockerClient, name: str) -> Iterator[Gateway]:
                 raise SystemExit(f"gateway did not start; see {data / 'gateway.log'}")
             time.sleep(0.1)
         yield Gateway(url, (data / "token").read_text().strip(), instance)
+        started_fine = True
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -105,6 +109,9 @@ def gateway(engine: docker.DockerClient, name: str) -> Iterator[Gateway]:
                 engine.api.remove_container(c["Id"], force=True)
         with contextlib.suppress(docker.errors.DockerException):
             engine.networks.get(f"swarmless-{instance}").remove()
+        log.close()
+        if started_fine:  # a run that failed keeps its data dir and gateway.log to read
+            shutil.rmtree(data, ignore_errors=True)
 
 
 # -- what every benchmark reports ---------------------------------------------------------
