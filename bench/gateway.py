@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/gateway.py [--duration 5] [--reps 3] [--containers 4]
                                       [--concurrency 4] [--cold-samples 10] [--cgi-samples 20]
-                                      [--connections 1,4,8,16,64] [--rates 100,1000]
+                                      [--connections 1,4,8,16,64] [--rates 100,500]
                                       [--ol-duration 5] [--ol-reps 2] [--json PATH]
                                       [--loadgen auto|wrk|python] [--strict]
 
@@ -575,7 +575,7 @@ def main() -> None:
     parser.add_argument(
         "--connections", default="1,4,8,16,64", help="closed-loop connection counts"
     )
-    parser.add_argument("--rates", default="100,1000", help="open-loop rates, requests/s")
+    parser.add_argument("--rates", default="100,500", help="open-loop rates, requests/s")
     parser.add_argument("--ol-duration", type=float, default=5.0, help="seconds per rate")
     parser.add_argument("--ol-reps", type=int, default=2, help="open-loop runs per rate")
     parser.add_argument("--json", help="write every number here")
