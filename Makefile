@@ -50,6 +50,7 @@ bench: setup bench-deps
 bench-quick: setup bench-deps
 	$(PY) bench/report.py --quick
 
+# matplotlib is a dev dependency (pyproject.toml); a venv made before it was is topped up.
 bench-deps: venv
 	$(PY) -c "import matplotlib" 2>/dev/null || $(VENV)/bin/pip install -q matplotlib
 
