@@ -3,10 +3,11 @@
 An accepted async call is written before the gateway answers 202; written one
 transaction each, durability would cost one fsync per call. :class:`GroupCommit` gathers
 what arrives within :data:`GROUP_WINDOW` (at most :data:`GROUP_MAX` ops) and commits it
-at once. What waits for a commit is bounded too: at most :data:`MAX_WAITING` ops and
-:data:`MAX_WAITING_BYTES` of payload (the bodies of calls being accepted); beyond that a
-write is refused at once with 503, so a stalled database cannot make the gateway hold
-every request it receives.
+at once; when :data:`GROUP_EAGER` ops or more gathered while the last batch committed,
+they go at once, without the window. What waits for a commit is bounded too: at most
+:data:`MAX_WAITING` ops and :data:`MAX_WAITING_BYTES` of payload (the bodies of calls
+being accepted); beyond that a write is refused at once with 503, so a stalled database
+cannot make the gateway hold every request it receives.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from swarmless.exceptions import GatewayUnavailable
 from swarmless.store.db import RETRY_AFTER, Database
 
-__all__ = ["GROUP_MAX", "GROUP_WINDOW", "BulkRun", "GroupCommit", "Op"]
+__all__ = ["GROUP_EAGER", "GROUP_MAX", "GROUP_WINDOW", "BulkRun", "GroupCommit", "Op"]
 
 #: How long a batch waits for company before it commits (seconds).
 GROUP_WINDOW = 0.002
 GROUP_MAX = 500
+#: Ops enough to commit at once, without the window (they gathered during the last commit).
+GROUP_EAGER = 32
 #: Ops, and bytes of their payloads, that may wait for a commit at once.
 MAX_WAITING = 20_000
 MAX_WAITING_BYTES = 512 << 20
@@ -113,7 +116,7 @@ class GroupCommit:
     async def _loop(self) -> None:
         while True:
             await self._wake.wait()
-            if len(self._ops) < GROUP_MAX:
+            if len(self._ops) < GROUP_EAGER:  # a few: wait a moment for company
                 await asyncio.sleep(GROUP_WINDOW)
             batch = self._take()
             if batch:
