@@ -61,6 +61,8 @@ __all__ = ["Dispatcher", "Request", "Response", "Result"]
 
 #: Seconds the drain gives the answers of the calls it stopped waiting for to go out.
 ANSWER_GRACE = 1.0
+#: json.dumps(..., separators=...) builds an encoder per call; this one is built once.
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class Dispatcher:
@@ -269,7 +271,7 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         call = Call(
             record=rec,
-            event=json.dumps(event, separators=(",", ":")).encode(),
+            event=_compact_json(event).encode(),
             body=request.body,
             deadline=time.monotonic() + spec.timeout,
             deadline_ms=now_ms() + int(spec.timeout * 1000),
