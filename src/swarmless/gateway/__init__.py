@@ -5,7 +5,8 @@
 - :mod:`~swarmless.gateway.edge` and :mod:`~swarmless.gateway.callbacks`: what reaches a
   function, where callbacks go;
 - :mod:`~swarmless.gateway.sync_routes`, :mod:`~swarmless.gateway.async_routes`,
-  :mod:`~swarmless.gateway.runtime_api`, :mod:`~swarmless.gateway.admin` (with
+  :mod:`~swarmless.gateway.runtime_api` (and its framed connection,
+  :mod:`~swarmless.gateway.runtime_frames`), :mod:`~swarmless.gateway.admin` (with
   ``admin_functions``, ``admin_invocations``, ``admin_http``),
   :mod:`~swarmless.gateway.openfaas`, :mod:`~swarmless.gateway.ui`: the routes;
   :mod:`~swarmless.gateway.openapi` and :mod:`~swarmless.gateway.docs`: the API's
@@ -44,6 +45,7 @@ __all__ = [
     "rollout",
     "routing",
     "runtime_api",
+    "runtime_frames",
     "schemas",
     "server",
     "sync_routes",
