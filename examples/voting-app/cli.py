@@ -400,12 +400,19 @@ def cmd_swarm_down(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run.sh", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", help="default: ~/.local/share/swarmless-vote")
+    # The instance and data-dir settings of swarmless (SWARMLESS_INSTANCE, SWARMLESS_DATA_DIR)
+    # are this deployment's too, unless a flag (or VOTE_NAME) says otherwise.
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("SWARMLESS_DATA_DIR") or None,
+        help="default: $SWARMLESS_DATA_DIR, else ~/.local/share/swarmless-vote",
+    )
     parser.add_argument(
         "--name",
-        default=os.environ.get("VOTE_NAME", DEFAULT_NAME),
-        help=f"prefix of the Docker objects and the gateway instance (default: {DEFAULT_NAME}); "
-        "one per deployment on a shared engine, with its own --data-dir",
+        default=os.environ.get("VOTE_NAME") or os.environ.get("SWARMLESS_INSTANCE") or DEFAULT_NAME,
+        help="prefix of the Docker objects and the gateway instance (default: $VOTE_NAME, "
+        f"else $SWARMLESS_INSTANCE, else {DEFAULT_NAME}); one per deployment on a shared "
+        "engine, with its own --data-dir",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (
