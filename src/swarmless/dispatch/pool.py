@@ -141,6 +141,8 @@ class WarmPool:
         self._frozen: list[Waiter] = []
         #: Set when work arrives that no ready worker can take: the reconciler wakes up.
         self.wake = asyncio.Event()
+        #: The queue length at which the next queued call wakes the reconciler.
+        self._wake_at = 1
         self.last_busy = time.monotonic()
         #: Why the last container crashed before it was ready, how many did in a row and
         #: when the last did (cleared by a ready worker); the planner backs off from them.
@@ -201,8 +203,14 @@ class WarmPool:
                 f"(queue_size {self.spec.queue_size}); retry later",
                 retry_after=1.0,
             )
+        if not self.pending:
+            self._wake_at = 1
         self.pending.append(call)
-        self.wake.set()
+        if len(self.pending) >= self._wake_at:
+            # The reconciler hears of a queue that starts or doubles, not of every call
+            # (each wake is a planning step; it also looks every scaling interval).
+            self._wake_at = 2 * len(self.pending)
+            self.wake.set()
 
     def requeue(self, call: Call) -> None:
         """Give a call back to the front of the queue (its worker vanished)."""
