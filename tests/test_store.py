@@ -260,6 +260,9 @@ def test_many_records_from_many_tasks_all_arrive(url: str) -> None:
                 return ids
 
             ids = [i for batch in await asyncio.gather(*map(caller, range(20))) for i in batch]
+            # Written before the list is read (the list's own wait for the buffer is bounded
+            # at 1 s, which a loaded machine can outrun).
+            await store.flush()
             listed = await store.list_invocations(limit=5000)
             assert sorted(r.id for r in listed) == sorted(ids)
             assert {r.status for r in listed} == {"succeeded"}
