@@ -277,7 +277,11 @@ def test_timeouts_are_504_and_kill(
     with gw.http(token=None) as http:
         r = http.post("/function/slowwarm", content=b"20")
         assert r.status_code == 504
-        # The stuck worker is recycled: a fresh one serves the next call.
+        # The stuck worker is recycled: a fresh one serves the next call. (Waited for first,
+        # the stuck one is never ready again: a start counts against the call's 1 s timeout,
+        # and a loaded engine can take more.)
+        pool = gw.dispatcher.pools["slowwarm"]
+        gw.wait_for(lambda: pool.counts()["ready"] >= 1, 60, "a fresh ready worker")
         r = http.post("/function/slowwarm", content=b"0.1")
         assert r.status_code == 200, r.text
 
