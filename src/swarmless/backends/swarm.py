@@ -15,7 +15,7 @@ docs/swarm.md and docs/swarm-production.md have the whole picture.
 - **Noticing death**: a thread polls the manager's tasks and nodes twice a second; a worker
   whose task ended or whose node is not ``ready`` is reported to the backend's subscribers
   (its calls are requeued, the reconciler starts a replacement, Swarm places it on a live
-  node).
+  node): :mod:`swarmless.backends.swarm_watch`.
 - **One-shot calls** are services with restart condition ``none``; stdin is a Docker config
   fed to the command by ``/bin/sh``; stdout/stderr come back from the task's logs
   (:mod:`swarmless.backends.swarm_oneshot`).
@@ -40,17 +40,10 @@ import docker
 import docker.errors
 import docker.types
 
-from swarmless.backends.base import ContainerInfo, EngineBackend, WorkerLaunch
+from swarmless.backends.base import ContainerInfo, WorkerLaunch
 from swarmless.backends.swarm_limits import SwarmLimits, swarm_facts
 from swarmless.backends.swarm_nodes import manager_runtime_ip
-from swarmless.backends.swarm_oneshot import (
-    LOST,
-    NOT_RUN,
-    TERMINAL,
-    OneShotServices,
-    exit_code,
-    latest,
-)
+from swarmless.backends.swarm_oneshot import OneShotServices, latest
 from swarmless.backends.swarm_specs import (
     create_service,
     pinned_image,
@@ -61,6 +54,7 @@ from swarmless.backends.swarm_specs import (
     task_template,
     unmanaged_secrets,
 )
+from swarmless.backends.swarm_watch import TaskWatch
 from swarmless.config import Settings
 from swarmless.engine import (
     LABEL_FUNCTION,
@@ -69,7 +63,6 @@ from swarmless.engine import (
     LABEL_MANAGED,
     LABEL_WORKER,
     connect,
-    engine_failure,
     managed_labels,
     translate,
 )
@@ -85,7 +78,7 @@ T = TypeVar("T")
 RUNTIME_DIR = "/opt/swarmless"
 
 
-class SwarmBackend(OneShotServices, EngineBackend):
+class SwarmBackend(OneShotServices, TaskWatch):
     """Function containers as services on a Docker Swarm (through one of its managers)."""
 
     def __init__(
@@ -179,96 +172,6 @@ class SwarmBackend(OneShotServices, EngineBackend):
                 "use another SWARMLESS_NETWORK for the swarm backend"
             )
         self._network_id = str(net.id)
-
-    # -- watching ------------------------------------------------------------------
-
-    def _watch(self) -> None:
-        """Poll until closed. A poll that finds the manager not answering (refused, or no
-        answer within ``engine_timeout``: a frozen one) tells the engine's listeners it is
-        down, the next one that succeeds that it is back (as the docker backend's watcher)."""
-        down: str | None = None
-        while not self._stop.wait(self.poll_interval):
-            try:
-                self._poll()
-            except Exception as e:  # the manager may be briefly away; keep watching
-                log.debug("poll failed: %s", e)
-                why = engine_failure(e)
-                if why is not None and down is None:
-                    log.warning("the Swarm manager does not answer (%s): still polling", why)
-                    down = why
-                    self._tell_engine(why)
-                continue
-            if down is not None:
-                log.warning("the Swarm manager answers again: finding what changed meanwhile")
-                down = None
-                self._tell_engine(None)
-
-    def _tell_engine(self, down: str | None) -> None:
-        """From the poller's thread: tell the engine's listeners, on the event loop."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(self._engine_changed, down)
-
-    def _poll(self) -> None:
-        api = self.client.api
-        nodes = api.nodes()
-        tasks = api.tasks(filters={"label": f"{LABEL_GATEWAY}={self.settings.instance}"})
-        by_service: dict[str, list[dict[str, Any]]] = {}
-        for t in tasks:
-            by_service.setdefault(t["ServiceID"], []).append(t)
-        down = {n["ID"] for n in nodes if (n.get("Status") or {}).get("State") != "ready"}
-        with self._lock:
-            self._tasks, self._down = by_service, down
-            self._hostnames = {
-                n["ID"]: (n.get("Description") or {}).get("Hostname", "") for n in nodes
-            }
-            watched = dict(self._workers)
-        for sid, wid in watched.items():
-            state = self._dead(by_service.get(sid, []), down)
-            if state is not None:
-                self._report(sid, wid, state)
-
-    def _dead(self, tasks: Sequence[Mapping[str, Any]], down: set[str]) -> int | None:
-        """The exit status of a worker service's task when it is gone, else None."""
-        task = latest(tasks)
-        if task is None:
-            return None  # not scheduled yet (or removed by us)
-        status = task.get("Status") or {}
-        state = status.get("State", "")
-        if state in TERMINAL:
-            code = exit_code(task)
-            if code is None:
-                code = LOST if state in ("shutdown", "orphaned", "remove") else NOT_RUN
-            if status.get("Err"):
-                with self._lock:
-                    self._errors[task["ServiceID"]] = str(status["Err"])
-            return code
-        if task.get("NodeID") in down:
-            node = self._hostnames.get(task["NodeID"], task["NodeID"])
-            with self._lock:
-                self._errors[task["ServiceID"]] = f"node {node} went down"
-            return LOST
-        return None
-
-    def _report(self, service_id: str, worker_id: str, code: int) -> None:
-        with self._lock:
-            if self._workers.pop(service_id, None) is None:
-                return
-        self._revoke(worker_id)
-        loop = self._loop
-        if self._exit_callbacks and loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._exited, service_id, worker_id, code, False)
-
-    def placement(self) -> dict[str, str]:
-        """Where each service's task runs now: service id -> node hostname."""
-        with self._lock:
-            out = {}
-            for sid, tasks in self._tasks.items():
-                task = latest(tasks)
-                if task is not None and task.get("NodeID"):
-                    out[sid] = self._hostnames.get(task["NodeID"], task["NodeID"])
-            return out
 
     # -- images --------------------------------------------------------------------
 
@@ -396,10 +299,6 @@ class SwarmBackend(OneShotServices, EngineBackend):
             return sid
 
         return await self._call(create)
-
-    def _revoke(self, worker_id: str) -> None:
-        if self._callers is not None:
-            self._callers.revoke_container({LABEL_WORKER: worker_id})
 
     async def stop_container(self, service_id: str, *, grace: float = 0) -> None:
         """Remove the service; Swarm stops its container (SIGTERM, ``stop_grace`` s, KILL)."""
