@@ -314,6 +314,12 @@ class Dispatcher:
                     exit_status=result.exit_code,
                     stderr=result.body[-2000:],
                 )
+            if result.status == 504:  # the runtime stopped it at the call's deadline
+                raise InvocationTimeout(
+                    f"function {spec.name!r} did not finish within {spec.timeout:g}s: "
+                    f"{result.error}",
+                    timeout=spec.timeout,
+                )
             raise FunctionFailed(f"function {spec.name!r} failed: {result.error}")
         return Response(
             status=result.status, headers=result.headers, body=result.body, call_id=rec.id
