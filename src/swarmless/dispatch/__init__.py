@@ -6,12 +6,19 @@
 - :mod:`~swarmless.dispatch.oneshot`: one-shot and CGI calls (:mod:`~swarmless.dispatch.cgi`);
 - :mod:`~swarmless.dispatch.recorder`: records and logs, written behind;
 - :mod:`~swarmless.dispatch.async_runner` and :mod:`~swarmless.dispatch.scheduler`: the
-  durable queue's runner and cron schedules; :mod:`~swarmless.dispatch.metrics`.
+  durable queue's runner (each call's run and outcome in
+  :mod:`~swarmless.dispatch.async_attempts`, callbacks in
+  :mod:`~swarmless.dispatch.async_callbacks`, its limits in
+  :mod:`~swarmless.dispatch.async_limits`) and cron schedules;
+  :mod:`~swarmless.dispatch.metrics`.
 
 Import the module you need: ``__all__`` names the submodules, none is imported here.
 """
 
 __all__ = [
+    "async_attempts",
+    "async_callbacks",
+    "async_limits",
     "async_runner",
     "background",
     "cgi",

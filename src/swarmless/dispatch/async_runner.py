@@ -1,17 +1,13 @@
 """The async runner: takes due calls from the durable queue and runs them.
 
-It runs calls per function up to the function's ``async_concurrency`` (default: its
-``max_containers x concurrency``, so async work never takes every container from sync
-traffic when set lower), each through the same :class:`Dispatcher` as sync calls (same
-containers, same deadline; with the default, a few more wait in the pool's queue, see
-:func:`in_flight_limit`), and writes the outcome durably:
-
-- success: record ``succeeded``, the answer kept for ``Invocation.result()``;
-- failure with retries left: back to the queue after an exponential backoff with jitter
-  (``backoff x 2^(attempt-1) x [0.5, 1.5)``), the record saying why;
-- retries spent, or older than ``max_age``: ``dead`` (the dead letter), redrivable;
-- the Docker Engine does not answer: back to the queue, not counted as an attempt (and
-  nothing is claimed until it answers again: the wiring wakes the runner then).
+It runs calls per function up to the function's limit (its ``async_concurrency``, by
+default ``max_containers x concurrency``), each through the same :class:`Dispatcher` as
+sync calls (same containers, same deadline). What it holds and hands over per function,
+and how long a lease lasts: :mod:`~swarmless.dispatch.async_limits`; each call's run and
+its durable outcome (retries with backoff, the dead letter, calls not counted when the
+gateway is busy or the engine away): :mod:`~swarmless.dispatch.async_attempts`;
+callbacks: :mod:`~swarmless.dispatch.async_callbacks`. While the Docker Engine does not
+answer, nothing is claimed (the wiring wakes the runner when it answers again).
 
 How calls reach it, with as few store round trips as a call can have:
 
@@ -20,8 +16,8 @@ How calls reach it, with as few store round trips as a call can have:
   already claimed by this gateway, in the transaction that accepts it (group-committed with
   the calls accepted with it), and kept in memory: it starts without being read back;
 - **claimed in batches**: otherwise the runner claims due calls in one transaction per
-  batch (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), up to :data:`AHEAD` times the
-  function's limit held: the calls beyond its free slots wait in memory (their bodies
+  batch (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), up to ``AHEAD`` times the function's
+  limit held: the calls beyond its free slots wait in memory (their bodies
   :data:`~swarmless.store.queue.CLAIM_BYTES` at most in all) and start the moment a slot
   frees. A claim is made once fewer calls than the limit wait in memory, so a busy runner
   claims many calls at a time, not one per slot that frees;
@@ -30,29 +26,13 @@ How calls reach it, with as few store round trips as a call can have:
   not yet committed when the gateway dies is not lost: the call is still leased, and runs
   again once its lease passes (at once when this gateway restarts). At-least-once.
 
-A lease covers the wait in memory too: ``AHEAD x timeout + 30 s`` (a call in memory has
-fewer than ``AHEAD - 1`` rounds of the function's limit before it, each round ending
-within the timeout). A long lease delays nothing after a crash: a gateway that restarts,
-or the replica that takes over (same instance), takes back its calls at once. A gateway
-that stops gives back the calls it holds but has not started, not counted as attempts.
+A gateway that restarts gives back the leases it held when it died (they run again:
+at-least-once); a call whose runs were lost that way too often goes to the dead letter
+(:data:`~swarmless.dispatch.async_attempts.POISON_STARTS`; a call held in memory, not
+started, when its gateway was killed counts as such a run).
 
-Then the callback, if one was asked for: the result is POSTed to ``X-Callback-Url`` with
-its own bounded retries; what happened is written on the record, and a failing callback
-never fails the call or the runner. A gateway that restarts gives back the leases it held
-when it died (they run again: at-least-once). A call whose runs were lost that way
-:data:`POISON_STARTS` times goes to the dead letter instead of running again: it may be
-what brings the gateway down, and start-up must not be crash-looped by the calls it takes
-back (the count: the call's claims less the attempts whose outcome was written; a call
-held in memory, not started, when its gateway was killed counts as such a run).
-
-Each try checks the callback where it goes (:class:`CallbackTargets`, the gateway's
-:class:`~swarmless.gateway.callbacks.CallbackPolicy`): the URL, then every address its host
-resolves to; the request then goes to a checked address itself, never to a second lookup
-of the name. A refused callback is not tried again: the record says ``failed: refused:``
-and why. Redirects: ``307`` and ``308`` (which keep the POST and its body) are followed,
-at most :data:`MAX_REDIRECTS`, each target checked as the first; any other ``3xx`` is not
-followed and recorded as a failure. Callbacks go out directly (no ``HTTP_PROXY``) on
-connections that are not reused, and the receiver's answer body is never read.
+This module re-exports :class:`CallbackTargets` and the limits of calls held, callbacks and
+attempts, every import path unchanged.
 """
 
 from __future__ import annotations
@@ -60,26 +40,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ipaddress
 import logging
-import random
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections.abc import Sequence
 
-import httpx
-
+from swarmless.dispatch.async_attempts import POISON_STARTS as POISON_STARTS
+from swarmless.dispatch.async_attempts import Attempts
+from swarmless.dispatch.async_callbacks import CALLBACK_PAUSE as CALLBACK_PAUSE
+from swarmless.dispatch.async_callbacks import CALLBACK_TRIES as CALLBACK_TRIES
+from swarmless.dispatch.async_callbacks import MAX_REDIRECTS as MAX_REDIRECTS
+from swarmless.dispatch.async_callbacks import CallbackSender, CallbackTargets
+from swarmless.dispatch.async_limits import AHEAD, async_limit, in_flight_limit, lease_ms
+from swarmless.dispatch.async_limits import LEASE_SLACK as LEASE_SLACK
 from swarmless.dispatch.dispatcher import Dispatcher
-from swarmless.dispatch.request import Request
-from swarmless.exceptions import (
-    EngineUnavailable,
-    FunctionNotFound,
-    InvalidArgument,
-    QueueFull,
-    SwarmlessError,
-)
-from swarmless.records import InvocationRecord, now_ms
-from swarmless.spec import FunctionSpec
-from swarmless.store import Claimed, Store, StoredResult
+from swarmless.exceptions import SwarmlessError
+from swarmless.records import InvocationRecord
+from swarmless.store import Claimed, Store
 from swarmless.store.queue import CLAIM_BYTES
 
 __all__ = ["AsyncRunner", "CallbackTargets"]
@@ -88,60 +63,10 @@ log = logging.getLogger("swarmless.async")
 
 #: While calls run, how long the runner lets finished slots gather before it claims.
 COALESCE = 0.003
-#: Calls held per function (running and waiting in memory), as a multiple of its limit.
-AHEAD = 8
-#: A lease is ``AHEAD x timeout`` plus this (seconds).
-LEASE_SLACK = 30.0
 
-#: Callback delivery: tries and the first pause between them (doubling).
-CALLBACK_TRIES = 3
-CALLBACK_PAUSE = 0.5
-#: Redirects (307/308) a callback follows.
-MAX_REDIRECTS = 3
-#: Runs of one call lost with their gateway (killed, crashed) before it is dead.
-POISON_STARTS = 3
 #: Seconds between two tries to take back the calls held before a restart (doubling).
 TAKE_BACK_MIN = 1.0
 TAKE_BACK_MAX = 30.0
-
-
-class CallbackTargets(Protocol):
-    """Where a callback may go (the gateway's ``CallbackPolicy``)."""
-
-    def check_url(self, url: str) -> httpx.URL:
-        """The parsed URL; :class:`InvalidArgument` when it is refused."""
-        ...
-
-    async def resolve(
-        self, url: httpx.URL
-    ) -> Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-        """Every address of ``url``'s host, each checked (:class:`InvalidArgument` when one
-        is refused; ``OSError`` when the name does not resolve)."""
-        ...
-
-
-class _Undelivered(Exception):
-    """A callback that will not be delivered by trying again (a redirect not followed)."""
-
-
-def async_limit(spec: FunctionSpec) -> int:
-    """How many async calls of a function run at once."""
-    return spec.async_concurrency or spec.max_containers * spec.concurrency
-
-
-def in_flight_limit(spec: FunctionSpec) -> int:
-    """How many async calls of a function the runner hands to the dispatcher at once: its
-    :func:`async_limit`, and with the default limit (every container's capacity) half as
-    many again, which wait in the pool's queue: a worker that answers a call then gets
-    the next one in the same exchange instead of asking for it again (as under sync
-    load). Never more running at once than the limit."""
-    limit = async_limit(spec)
-    return limit if spec.async_concurrency else limit + max(1, limit // 2)
-
-
-def lease_ms(spec: FunctionSpec) -> int:
-    """How long a claim of a call of ``spec`` lasts: its wait in memory and its run."""
-    return int((AHEAD * spec.timeout + LEASE_SLACK) * 1000)
 
 
 class AsyncRunner:
@@ -180,14 +105,8 @@ class AsyncRunner:
         self._backlog: set[str] = set()
         self._sweep = True
         self._tasks: set[asyncio.Task[None]] = set()
-        # Callbacks: straight to the checked address (no proxy from the environment), and
-        # no connection kept: one made for a name is never reused for another on that address.
-        self._http = httpx.AsyncClient(
-            timeout=10.0,
-            trust_env=False,
-            follow_redirects=False,
-            limits=httpx.Limits(max_keepalive_connections=0),
-        )
+        self._callbacks = CallbackSender(store, callbacks)
+        self._attempts = Attempts(dispatcher, store, self._callbacks)
         #: Calls waiting per function, refreshed as the runner goes (metrics, ls).
         self._queued: dict[str, int] = {}
         self._stopping = False
@@ -452,188 +371,7 @@ class AsyncRunner:
             self._wake.set()
 
     async def _execute(self, call: Claimed) -> None:
-        rec = InvocationRecord(
-            id=call.id,
-            function=call.function,
-            mode="",
-            kind="async",
-            queued_at=call.enqueued_at,
-            attempt=call.attempt,
-            request_size=len(call.body),
-            parent=call.parent,
-            late=call.late,
-        )
-        try:
-            spec, _ = self.dispatcher.get(call.function)
-        except FunctionNotFound as e:
-            rec.status, rec.error = "dead", e.message
-            rec.finished_at = now_ms()
-            await self.store.finish(rec)
-            return
-        rec.mode = spec.mode
-        lost = await self._lost_runs(call)
-        if lost >= POISON_STARTS:
-            rec.status = "dead"
-            rec.error = (
-                f"dead after {lost} runs lost with their gateway (killed or crashed while "
-                "the call ran): not run again, it may be what stops the gateway; redrive it "
-                "once that is fixed"
-            )
-            rec.finished_at = now_ms()
-            log.error("async call %s: %s", call.id, rec.error)
-            await self.store.finish(rec)
-            await self._callback(call, rec, None)
-            return
-        if now_ms() - call.enqueued_at > spec.max_age * 1000:
-            rec.status = "dead"
-            rec.error = f"older than max_age ({spec.max_age:g}s) before it could run"
-            rec.finished_at = now_ms()
-            await self.store.finish(rec)
-            await self._callback(call, rec, None)
-            return
-        request = Request(
-            method=call.method,
-            path=call.path,
-            query=call.query,
-            headers=call.headers,
-            body=call.body,
-        )
-        try:
-            response = await self.dispatcher.invoke(call.function, request, record=rec)
-        except SwarmlessError as e:
-            self._free_slot(call)
-            await self._failed(call, rec, spec, e)
-            return
-        self._free_slot(call)
-        result = StoredResult(status=response.status, headers=response.headers, body=response.body)
-        await self.store.finish(rec, result)
-        await self._callback(call, rec, result)
-
-    async def _lost_runs(self, call: Claimed) -> int:
-        """How many earlier runs of ``call`` ended with no outcome written (their gateway
-        died): its claims before this one, less the attempt of the last failure written
-        (read only when the claims alone could reach :data:`POISON_STARTS`)."""
-        before = call.attempt - 1
-        if before < POISON_STARTS:
-            return 0
-        try:
-            stored = await self.store.get_invocation(call.id)
-        except SwarmlessError as e:
-            log.error("async call %s: could not read its record: %s", call.id, e.message)
-            return 0
-        written = stored.attempt if stored is not None and stored.error else 0
-        return before - written
-
-    async def _failed(
-        self, call: Claimed, rec: InvocationRecord, spec: FunctionSpec, e: SwarmlessError
-    ) -> None:
-        # Too busy, shutting down, or no engine is not the function's fault: retry soon,
-        # not counted.
-        not_counted = isinstance(e, QueueFull | EngineUnavailable) or self.dispatcher.closing
-        if not_counted or call.attempt <= spec.retries:
-            delay = 1.0 if not_counted else spec.backoff * 2 ** (call.attempt - 1)
-            delay *= 0.5 + random.random()
-            rec.status = "queued"
-            rec.error = f"attempt {call.attempt} failed: {e.message}"
-            if not_counted:
-                rec.attempt -= 1
-            await self.store.retry_later(rec, now_ms() + int(delay * 1000), uncount=not_counted)
-            return
-        rec.status = "dead"
-        rec.error = f"dead after {call.attempt} attempt(s): {e.message}"
-        await self.store.finish(rec)
-        await self._callback(call, rec, None)
-
-    async def _callback(
-        self, call: Claimed, rec: InvocationRecord, result: StoredResult | None
-    ) -> None:
-        if not call.callback_url:
-            return
-        headers = {
-            "X-Call-Id": rec.id,
-            "X-Swarmless-Function": rec.function,
-            "X-Swarmless-Status": rec.status,
-        }
-        body = b""
-        if result is not None:
-            headers.update({f"X-Function-{k}": v for k, v in result.headers[:20]})
-            headers["X-Function-Status"] = str(result.status)
-            body = result.body
-        elif rec.error:
-            body = rec.error.encode()
-        outcome = ""
-        pause = CALLBACK_PAUSE
-        for attempt in range(1, CALLBACK_TRIES + 1):
-            try:
-                status = await self._deliver(call.callback_url, body, headers)
-                if status < 500:
-                    outcome = f"delivered {status} (try {attempt})"
-                    break
-                outcome = f"failed: HTTP {status} after {attempt} tries"
-            except InvalidArgument as e:
-                outcome = f"failed: refused: {e.message}"
-                break
-            except _Undelivered as e:
-                outcome = f"failed: {e}"
-                break
-            except (httpx.HTTPError, OSError) as e:
-                outcome = f"failed: {type(e).__name__} after {attempt} tries"
-            if attempt < CALLBACK_TRIES:
-                await asyncio.sleep(pause)
-                pause *= 2
-        rec.callback = outcome
-        try:
-            await self.store.save(rec)
-        except SwarmlessError as e:
-            log.error("could not record the callback of %s: %s", rec.id, e.message)
-
-    async def _deliver(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
-        """POST a callback to ``url`` (checked, redirects followed as the module says);
-        the receiver's status."""
-        target = url
-        for hop in range(MAX_REDIRECTS + 1):
-            try:
-                parsed = self.callbacks.check_url(target)
-                addresses = await self.callbacks.resolve(parsed)
-            except InvalidArgument as e:
-                if hop:
-                    raise InvalidArgument(f"redirect to {target}: {e.message}") from None
-                raise
-            status, location = await self._post_to(parsed, addresses, body, headers)
-            if status in (307, 308) and location:
-                target = str(parsed.join(location))
-                continue
-            if 300 <= status < 400:
-                raise _Undelivered(
-                    f"HTTP {status}: the redirect to {location or '(none)'!r} is not followed "
-                    "(a callback follows 307 and 308 only, which keep the POST)"
-                )
-            return status
-        raise _Undelivered(f"more than {MAX_REDIRECTS} redirects")
-
-    async def _post_to(
-        self,
-        url: httpx.URL,
-        addresses: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address],
-        body: bytes,
-        headers: Mapping[str, str],
-    ) -> tuple[int, str]:
-        """POST to ``url`` at one of ``addresses`` (checked; tried in turn while they refuse
-        the connection); the status and the ``Location`` header."""
-        host = url.raw_host.decode("ascii")
-        sent = {**headers, "Host": url.netloc.decode("ascii")}
-        extensions = {"sni_hostname": host} if url.scheme == "https" else {}
-        failed: httpx.ConnectError | None = None
-        for addr in addresses:
-            pinned = url.copy_with(host=str(addr))
-            try:
-                async with self._http.stream(
-                    "POST", pinned, content=body, headers=sent, extensions=extensions
-                ) as r:
-                    return r.status_code, r.headers.get("location", "")
-            except httpx.ConnectError as e:
-                failed = e
-        raise failed or OSError(f"{host!r} has no address to connect to")
+        await self._attempts.execute(call, self._free_slot)
 
     async def refresh_counts(self) -> None:
         with contextlib.suppress(SwarmlessError):
@@ -653,7 +391,7 @@ class AsyncRunner:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
         await self._give_back()  # claimed meanwhile (a claim that was under way)
-        await self._http.aclose()
+        await self._callbacks.aclose()
 
     async def _give_back(self) -> None:
         """The calls waiting in memory go back to the store, claimable at once, their
