@@ -1,9 +1,11 @@
 """Backends: one small interface, two engines.
 
 - :mod:`~swarmless.backends.base`: the :class:`Backend` interface the gateway drives;
-- :mod:`~swarmless.backends.docker`: one Docker Engine (user-defined bridge network);
+- :mod:`~swarmless.backends.docker` (with ``docker_config``, ``docker_events``): one
+  Docker Engine (user-defined bridge network);
 - :mod:`~swarmless.backends.swarm` (with ``swarm_nodes``, ``swarm_oneshot``,
-  ``swarm_specs``): a Docker Swarm (services on an attachable overlay network).
+  ``swarm_specs``, ``swarm_watch``): a Docker Swarm (services on an attachable overlay
+  network).
 
 Import the module you need: ``__all__`` names the submodules, none is imported here.
 """
@@ -11,10 +13,13 @@ Import the module you need: ``__all__`` names the submodules, none is imported h
 __all__ = [
     "base",
     "docker",
+    "docker_config",
+    "docker_events",
     "swarm",
     "swarm_nodes",
     "swarm_oneshot",
     "swarm_specs",
+    "swarm_watch",
 ]
 
 
