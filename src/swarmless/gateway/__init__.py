@@ -1,6 +1,7 @@
 """The gateway: one ASGI app (see :mod:`swarmless.gateway.app` for the route list).
 
-- :mod:`~swarmless.gateway.app`: routing, the admin token, start-up;
+- :mod:`~swarmless.gateway.app`: routing, the admin check;
+  :mod:`~swarmless.gateway.lifecycle`: the admin token, start-up, the store's retries, stop;
   :mod:`~swarmless.gateway.active`: the active replica's wiring;
 - :mod:`~swarmless.gateway.edge` and :mod:`~swarmless.gateway.callbacks`: what reaches a
   function, where callbacks go;
@@ -36,6 +37,7 @@ __all__ = [
     "docs",
     "edge",
     "forward",
+    "lifecycle",
     "openapi",
     "openfaas",
     "openfaas_mapping",
