@@ -18,6 +18,10 @@ two errors:
   (:meth:`Database._check_room`) fail at once instead of queueing behind a stalled
   writer; one is let through every :data:`PROBE_EVERY` seconds, and any write that
   succeeds (the write-behind buffer and the lease keep trying) marks it up again.
+
+The engines are made in :mod:`~swarmless.store.db_engines` and errors are classified in
+:mod:`~swarmless.store.db_errors`; :func:`async_url`, :func:`engines`, :func:`refused` and
+:func:`describe` are re-exported here.
 """
 
 from __future__ import annotations
@@ -28,25 +32,16 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Table, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import (
-    ArgumentError,
-    DataError,
-    DBAPIError,
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-    SQLAlchemyError,
-)
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from swarmless.exceptions import GatewayUnavailable, InvalidArgument, SwarmlessError
+from swarmless.exceptions import GatewayUnavailable, SwarmlessError
+from swarmless.store.db_engines import async_url, engines
+from swarmless.store.db_errors import describe, refused, unavailable
 from swarmless.store.waits import Watchers
 
 __all__ = [
@@ -72,80 +67,8 @@ DURABLE_RETRY = 60.0
 
 T = TypeVar("T")
 
-
-def async_url(url: str) -> URL:
-    """The SQLAlchemy URL with the async driver: ``sqlite:///x.db`` -> ``sqlite+aiosqlite``,
-    ``postgresql://`` (or ``postgres://``) -> ``postgresql+asyncpg``."""
-    try:
-        u = make_url(url)
-    except ArgumentError:
-        raise InvalidArgument(f"not a database URL: {url!r}") from None
-    backend = u.get_backend_name()
-    if backend == "sqlite":
-        if u.database in (None, "", ":memory:"):
-            raise InvalidArgument(
-                "the store needs a file (sqlite:///path/to/swarmless.db), not in-memory SQLite"
-            )
-        return u.set(drivername="sqlite+aiosqlite")
-    if backend in ("postgresql", "postgres"):
-        return u.set(drivername="postgresql+asyncpg")
-    raise InvalidArgument(
-        f"the store URL must start with sqlite:/// or postgresql://, got {u!r} "
-        "(e.g. sqlite:////var/lib/swarmless/swarmless.db)"
-    )
-
-
-def engines(
-    url: URL, *, busy_timeout: float, connect_timeout: float
-) -> tuple[AsyncEngine, AsyncEngine]:
-    """(writer, reader): SQLite gets a single-connection writer and a pool of readers in
-    WAL mode; PostgreSQL one pool for both, every wait bounded."""
-    if url.get_backend_name() != "sqlite":
-        pg = create_async_engine(
-            url,
-            pool_pre_ping=True,
-            pool_timeout=connect_timeout * 2,
-            connect_args={"timeout": connect_timeout, "command_timeout": 60},
-        )
-        return pg, pg
-    assert url.database is not None
-    Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    args = {"timeout": busy_timeout}
-    # Every use of the writer is one transaction (``begin()``) that commits or rolls back:
-    # a connection goes back to the pool rolled back only if it is still in one (the
-    # default rolls back every time, one more trip to aiosqlite's thread per write).
-    writer = create_async_engine(
-        url,
-        pool_size=1,
-        max_overflow=0,
-        pool_timeout=60,
-        pool_reset_on_return=None,
-        connect_args=args,
-    )
-    event.listen(writer.sync_engine, "reset", _rollback_if_open)
-    reader = create_async_engine(
-        url, pool_size=4, max_overflow=4, pool_timeout=connect_timeout * 2, connect_args=args
-    )
-    for engine, is_writer in ((writer, True), (reader, False)):
-
-        def setup(dbapi_conn: Any, _record: Any, is_writer: bool = is_writer) -> None:
-            cursor = dbapi_conn.cursor()
-            if is_writer:
-                cursor.execute("PRAGMA journal_mode=WAL")
-                # The WAL file shrinks back to this after a checkpoint (bytes).
-                cursor.execute(f"PRAGMA journal_size_limit={16 << 20}")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-            cursor.close()
-
-        event.listen(engine.sync_engine, "connect", setup)
-    return writer, reader
-
-
-def _rollback_if_open(dbapi_conn: Any, _record: Any, state: Any) -> None:
-    """A SQLite connection back in the pool: roll back what is left open, if anything."""
-    if state.asyncio_safe and dbapi_conn.driver_connection.in_transaction:
-        dbapi_conn.rollback()
+#: Its name before the split (:mod:`swarmless.store.store` imports it from here).
+_unavailable = unavailable
 
 
 _WROTE = "swarmless.wrote"
@@ -157,53 +80,6 @@ def _note_writes(
     """Mark the connection when a statement wrote rows (see :meth:`Database._write`)."""
     if context is not None and (context.isinsert or context.isupdate or context.isdelete):
         conn.info[_WROTE] = True
-
-
-def refused(e: BaseException) -> bool:
-    """The database refuses these values (retrying cannot help), as opposed to a database
-    that is busy, locked or away (retrying will). Drivers wrap a value they cannot encode
-    differently, so the chain of causes is searched for the value error underneath."""
-    if isinstance(e, DBAPIError) and e.connection_invalidated:
-        return False
-    cause: BaseException | None = e
-    for _ in range(10):
-        if cause is None:
-            break
-        if isinstance(cause, IntegrityError | DataError | TypeError | ValueError | OverflowError):
-            return True
-        cause = cause.__cause__ or getattr(cause, "orig", None)
-    return False
-
-
-#: PostgreSQL error classes (SQLSTATE) of a database that is away, shutting down,
-#: starting, full or failing, and conflicts that a retry resolves (serialization, deadlock).
-_PG_AWAY = ("08", "53", "57", "58", "40001", "40P01")
-
-
-def _unavailable(e: BaseException) -> bool:
-    """The database is away, locked, full or too slow (as opposed to a bug of ours)."""
-    if isinstance(e, DBAPIError) and e.connection_invalidated:
-        return True
-    if isinstance(e, OperationalError | InterfaceError | PoolTimeout | OSError | TimeoutError):
-        return True
-    cause: BaseException | None = e
-    for _ in range(10):  # the driver's error is somewhere down the chain
-        if cause is None:
-            break
-        if isinstance(cause, OSError | TimeoutError):
-            return True
-        state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
-        if isinstance(state, str) and state.startswith(_PG_AWAY):
-            return True
-        cause = cause.__cause__ or getattr(cause, "orig", None)
-    return False
-
-
-def describe(e: BaseException) -> str:
-    """The driver's error in one line, without the SQL and parameters SQLAlchemy adds."""
-    cause = e.orig if isinstance(e, DBAPIError) and e.orig is not None else e
-    text = str(cause).strip()
-    return f"{type(cause).__name__}: {text.splitlines()[0] if text else 'no detail'}"
 
 
 class Database:
@@ -306,7 +182,7 @@ class Database:
             e, SQLAlchemyError | OSError | OverflowError | TimeoutError
         ):
             return e
-        if not refused(e) and _unavailable(e):
+        if not refused(e) and unavailable(e):
             self._failed(describe(e))
             error: SwarmlessError = GatewayUnavailable(
                 f"the gateway's store is unavailable ({describe(e)}); retry later",
