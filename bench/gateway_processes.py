@@ -176,7 +176,7 @@ def serve_direct() -> None:
 
     import uvicorn
 
-    from swarmless.runtime.handlers import Invocation, PythonHandler
+    from swarmless.runtime.handlers import Call, PythonHandler
 
     namespace: dict[str, Any] = {}
     exec(HANDLER, namespace)
@@ -196,7 +196,7 @@ def serve_direct() -> None:
             "query": scope["query_string"].decode("latin-1"),
             "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
         }
-        result = handler(Invocation(f"direct-{next(counter)}", event, b"".join(chunks), None))
+        result = handler(Call(f"direct-{next(counter)}", event, b"".join(chunks), None))
         headers = [(k.lower().encode(), v.encode()) for k, v in result.headers]
         headers.append((b"content-length", str(len(result.body)).encode()))
         await send({"type": "http.response.start", "status": result.status, "headers": headers})

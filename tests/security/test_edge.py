@@ -30,7 +30,7 @@ from swarmless.exceptions import InvalidArgument
 from swarmless.gateway.callbacks import CallbackPolicy
 from swarmless.gateway.edge import HOP_BY_HOP, filter_headers, ip, networks
 from swarmless.gateway.replicas import peer_url
-from swarmless.runtime.handlers import Invocation, wsgi_environ
+from swarmless.runtime.handlers import Call, wsgi_environ
 from tests.conftest import BUSYBOX, handler_image
 from tests.gateway_harness import TOKEN, RunningGateway
 
@@ -207,7 +207,7 @@ def test_cgi_and_wsgi_environments_guard_themselves() -> None:
     assert env["HTTP_X_FOO"] == "a"
     assert env["HTTP_X_BAR"] == "1"
     event = {"method": "GET", "path": "/", "headers": [list(h) for h in headers]}
-    environ = wsgi_environ(Invocation("c", event, b"", None), multithread=False)
+    environ = wsgi_environ(Call("c", event, b"", None), multithread=False)
     assert "HTTP_PROXY" not in environ
     assert environ["HTTP_X_FOO"] == "a"
 
@@ -331,7 +331,7 @@ def test_environments_never_hold_http_proxy(headers: list[tuple[str, str]]) -> N
     )
     assert "HTTP_PROXY" not in env
     event = {"headers": [[k, v] for k, v in headers] + [["proxy", "http://evil:1"]]}
-    assert "HTTP_PROXY" not in wsgi_environ(Invocation("c", event, b"", None), multithread=True)
+    assert "HTTP_PROXY" not in wsgi_environ(Call("c", event, b"", None), multithread=True)
 
 
 # -- the callback policy -------------------------------------------------------------------

@@ -19,8 +19,9 @@ The layout (each imports only those below it):
   result: ``python`` there, ``wsgi`` in :mod:`~swarmless.runtime.wsgi`, ``command`` in
   :mod:`~swarmless.runtime.command`, ``cgi`` in :mod:`~swarmless.runtime.cgi`;
   :func:`~swarmless.runtime.handlers.run_handler` runs one;
-- :mod:`~swarmless.runtime.invocation`: what they share (an invocation, its result, the
-  handler interface, an exception as a result);
+- :mod:`~swarmless.runtime.invocation`: what they share (a
+  :class:`~swarmless.runtime.invocation.Call`, its result, the handler interface, an
+  exception as a result);
 - :mod:`~swarmless.runtime.capture`: thread-aware ``sys.stdout``/``sys.stderr`` so each
   invocation's prints become that invocation's logs;
 - :mod:`~swarmless.runtime.client`: the SDK inside a function (``swarmless.from_env()``:

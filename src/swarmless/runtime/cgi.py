@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 
 from swarmless.runtime.command import CommandHandler, Outcome
-from swarmless.runtime.invocation import Invocation, Result
+from swarmless.runtime.invocation import Call, Result
 
 __all__ = ["CGIResponseError", "CgiHandler", "cgi_environ", "parse_cgi_response"]
 
@@ -116,7 +116,7 @@ def _host_port(host: str, https: bool) -> tuple[str, str]:
     return name or "localhost", port or ("443" if https else "80")
 
 
-def cgi_environ(inv: Invocation, base: dict[str, str]) -> dict[str, str]:
+def cgi_environ(inv: Call, base: dict[str, str]) -> dict[str, str]:
     """The environment of the command for one invocation: ``base`` (the container's),
     less anything that poses as a request's meta-variable, plus those of this request."""
     event = inv.event
@@ -171,10 +171,10 @@ class CgiHandler(CommandHandler):
     """Forks ``sh -c COMMAND`` per invocation as a CGI script: the request as CGI/1.1 in,
     the CGI response on its stdout out."""
 
-    def environ(self, inv: Invocation) -> dict[str, str]:
+    def environ(self, inv: Call) -> dict[str, str]:
         return cgi_environ(inv, dict(os.environ))
 
-    def answer(self, inv: Invocation, done: Outcome) -> Result:
+    def answer(self, inv: Call, done: Outcome) -> Result:
         try:
             status, headers, body = parse_cgi_response(done.stdout)
         except CGIResponseError as e:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from swarmless.runtime.invocation import Handler, Invocation, Result
+from swarmless.runtime.invocation import Call, Handler, Result
 
 __all__ = ["CommandHandler", "Outcome"]
 
@@ -45,7 +45,7 @@ class CommandHandler(Handler):
         self.command = command
         self.workdir = workdir if os.path.isdir(workdir) else None
 
-    def environ(self, inv: Invocation) -> dict[str, str]:
+    def environ(self, inv: Call) -> dict[str, str]:
         env = dict(os.environ)
         event = inv.event
         env["SWARMLESS_CALL_ID"] = inv.call_id
@@ -61,7 +61,7 @@ class CommandHandler(Handler):
                 env["CONTENT_TYPE"] = value
         return env
 
-    def __call__(self, inv: Invocation) -> Result:
+    def __call__(self, inv: Call) -> Result:
         done = self.run(inv)
         if done.killed:
             result = Result(
@@ -84,11 +84,11 @@ class CommandHandler(Handler):
         result.stderr = done.stderr.decode("utf-8", "replace")
         return result
 
-    def answer(self, inv: Invocation, done: Outcome) -> Result:
+    def answer(self, inv: Call, done: Outcome) -> Result:
         """The result of a command that exited 0: its stdout."""
         return Result(inv.call_id, done.stdout, exit_code=0)
 
-    def run(self, inv: Invocation) -> Outcome:
+    def run(self, inv: Call) -> Outcome:
         """Fork the command with :meth:`environ`, the body on its stdin, and wait for it
         (at the deadline its whole process group is killed)."""
         sp = self._subprocess

@@ -11,7 +11,7 @@
 - ``cgi``: the same fork per invocation, as a CGI script: a CGI/1.1 environment in, a CGI
   response out (:mod:`~swarmless.runtime.cgi`).
 
-A handler is a callable ``(Invocation) -> Result`` (:mod:`~swarmless.runtime.invocation`).
+A handler is a callable ``(Call) -> Result`` (:mod:`~swarmless.runtime.invocation`).
 It may raise: :func:`run_handler` turns any exception into an error result with
 :func:`~swarmless.runtime.invocation.error_result`, and a call's prints into its logs, so
 nothing a function does stops the runtime. :func:`load_handler` picks the kind.
@@ -29,10 +29,10 @@ from swarmless.runtime.cgi import CgiHandler
 from swarmless.runtime.command import CommandHandler
 from swarmless.runtime.invocation import (
     CURRENT,
+    Call,
     Context,
     FailedHandler,
     Handler,
-    Invocation,
     Result,
     error_result,
     header_list,
@@ -45,12 +45,12 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "Call",
     "CgiHandler",
     "CommandHandler",
     "Context",
     "FailedHandler",
     "Handler",
-    "Invocation",
     "PythonHandler",
     "Result",
     "WsgiHandler",
@@ -67,7 +67,7 @@ _CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect
 # -- python ---------------------------------------------------------------------------------
 
 
-def python_event(inv: Invocation) -> dict[str, Any]:
+def python_event(inv: Call) -> dict[str, Any]:
     """The ``event`` dict of a python handler (see docs/runtime-api.md)."""
     headers: dict[str, str] = {}
     for name, value in inv.header_pairs:
@@ -123,7 +123,7 @@ class PythonHandler(Handler):
         if code is not None and code.co_flags & _CO_COROUTINE:
             import asyncio  # noqa: F401  paid once at start, not on the first call
 
-    def __call__(self, inv: Invocation) -> Result:
+    def __call__(self, inv: Call) -> Result:
         ctx = Context(inv.call_id, self.function, inv.deadline)
         value = self.target(python_event(inv), ctx)
         if hasattr(value, "__await__"):
@@ -186,7 +186,7 @@ def load_handler(kind: str, spec: str, *, workdir: str, function: str, concurren
         return FailedHandler(message, failed.body.decode("utf-8", "replace"))
 
 
-def run_handler(handler: Handler, inv: Invocation) -> Result:
+def run_handler(handler: Handler, inv: Call) -> Result:
     """Run one invocation; any exception becomes an error result, prints become logs."""
     CURRENT.call_id = inv.call_id
     try:

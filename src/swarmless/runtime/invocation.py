@@ -1,6 +1,6 @@
-"""What the runtime's parts share: one invocation, its result, and the handler interface.
+"""What the runtime's parts share: one call, its result, and the handler interface.
 
-An :class:`Invocation` is what ``/runtime/next`` handed out; a :class:`Result` is what goes
+A :class:`Call` is what ``/runtime/next`` handed out; a :class:`Result` is what goes
 back on the next poll (its ``X-Swarmless-*`` headers, :meth:`Result.request_headers`). A
 :class:`Handler` turns one into the other; :func:`error_result` turns an exception into a
 result, so nothing a function does stops the runtime. The handler kinds live in
@@ -21,10 +21,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CURRENT",
+    "Call",
     "Context",
     "FailedHandler",
     "Handler",
-    "Invocation",
     "Result",
     "error_result",
     "header_list",
@@ -37,7 +37,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 CURRENT = threading.local()
 
 
-class Invocation:
+class Call:
     """One call handed out by ``/runtime/next``: its id, event, body and deadline."""
 
     __slots__ = ("body", "call_id", "deadline", "event")
@@ -145,12 +145,12 @@ class Context:
 
 
 class Handler:
-    """Turns an :class:`Invocation` into a :class:`Result`."""
+    """Turns a :class:`Call` into a :class:`Result`."""
 
     #: Whether the loop captures this process's stdout/stderr as the call's logs.
     captures_output = True
 
-    def __call__(self, inv: Invocation) -> Result:
+    def __call__(self, inv: Call) -> Result:
         raise NotImplementedError
 
 
@@ -163,7 +163,7 @@ class FailedHandler(Handler):
         self.message = message
         self.detail = detail
 
-    def __call__(self, inv: Invocation) -> Result:
+    def __call__(self, inv: Call) -> Result:
         detail = self.detail.encode("utf-8", "replace")
         return Result(inv.call_id, detail, status=500, error=self.message)
 

@@ -45,7 +45,7 @@ import urllib.parse
 from swarmless.runtime import capture, frames
 from swarmless.runtime.config import RuntimeConfig, log
 from swarmless.runtime.handlers import FailedHandler, Handler, load_handler, run_handler
-from swarmless.runtime.invocation import Invocation, Result, error_result
+from swarmless.runtime.invocation import Call, Result, error_result
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -289,7 +289,7 @@ class Poller(threading.Thread):
             return status, resp.headers, data
         raise AssertionError("unreachable")
 
-    def _post_next(self, pending: Result | None) -> tuple[int, _Call | None]:
+    def _post_next(self, pending: Result | None) -> tuple[int, _Handed | None]:
         headers = pending.request_headers() if pending is not None else {}
         body = pending.body if pending is not None else b""
         status, resp_headers, data = self._request("/runtime/next", body, headers)
@@ -318,7 +318,7 @@ class Poller(threading.Thread):
 
     # -- the framed connection --------------------------------------------------------
 
-    def _frame_next(self, pending: Result | None) -> tuple[int, _Call | None] | None:
+    def _frame_next(self, pending: Result | None) -> tuple[int, _Handed | None] | None:
         """One exchange on the framed connection (opened first if need be); None when the
         gateway refused frames (the poller keeps to ``/runtime/next`` for a while)."""
         if self._sock is None and not self._open_framed():
@@ -478,7 +478,7 @@ class Poller(threading.Thread):
                 raise ValueError("the call's event is not a JSON object")
         except ValueError as e:
             return error_result(call_id, e, status=400)
-        inv = Invocation(call_id, event, body, deadline)
+        inv = Call(call_id, event, body, deadline)
         if deadline is not None and time.time() > deadline:
             return Result(call_id, status=504, error="the deadline passed before the call started")
         return run_handler(self.rt.handler, inv)
@@ -486,7 +486,7 @@ class Poller(threading.Thread):
 
 #: A framed call as the loop runs it: id, deadline (epoch ms), event (a ValueError when it
 #: could not be parsed), body.
-_Call = tuple[str, object, object, bytes]
+_Handed = tuple[str, object, object, bytes]
 _NEXT = frames.frame(frames.NEXT)
 #: Up to this size a result's body is joined to its frame's head (one send, one copy).
 _JOIN_LIMIT = 64 << 10

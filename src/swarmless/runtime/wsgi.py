@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from swarmless.runtime.invocation import Handler, Invocation, Result, header_list
+from swarmless.runtime.invocation import Call, Handler, Result, header_list
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ def _latin1(text: str) -> str:
     return text.encode("utf-8").decode("latin-1")
 
 
-def wsgi_environ(inv: Invocation, *, multithread: bool) -> dict[str, Any]:
+def wsgi_environ(inv: Call, *, multithread: bool) -> dict[str, Any]:
     """A PEP 3333 environ for one invocation.
 
     The headers are those the gateway's edge let through: its ``X-Forwarded-For`` (the
@@ -96,7 +96,7 @@ class WsgiHandler(Handler):
         self.app = app
         self.multithread = multithread
 
-    def __call__(self, inv: Invocation) -> Result:
+    def __call__(self, inv: Call) -> Result:
         environ = wsgi_environ(inv, multithread=self.multithread)
         response: list[Any] = []
         chunks: list[bytes] = []
