@@ -12,6 +12,9 @@ The layout (each imports only those below it):
 - :mod:`~swarmless.runtime.loop`: the pollers and the process's life (204 poll again, 410
   drain and exit 0, 401 exit 1, capped backoff on connection errors, giving up after
   ``SWARMLESS_RUNTIME_GIVE_UP`` seconds without contact);
+- :mod:`~swarmless.runtime.poll_frames`: a poller's connection (``Channel``): framed when
+  the gateway offers it, else the HTTP requests of :mod:`~swarmless.runtime.poll_http`
+  (``/runtime/next``, ``/runtime/logs``, the upgrade; retry, refused, dropped);
 - :mod:`~swarmless.runtime.frames`: the framed connection's frames (the gateway imports it
   too);
 - :mod:`~swarmless.runtime.config`: the settings read from the environment;

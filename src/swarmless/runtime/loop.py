@@ -15,7 +15,9 @@ A poller first asks its gateway to upgrade the connection to frames
 for the request and a CALL, IDLE, RETIRE or REFUSED frame for its answer (200, 204, 410,
 401), without HTTP on the way. A gateway that answers anything but 101 (an older one, a
 standby replica) is asked again after ``FRAMED_RETRY`` seconds; until then the poller uses
-``/runtime/next``.
+``/runtime/next``. The connection is a poller's :class:`~swarmless.runtime.poll_frames.Channel`
+(the frames there, the HTTP requests in :mod:`~swarmless.runtime.poll_http`); this module
+re-exports ``POLL_TIMEOUT`` and ``FRAMED_RETRY``, every import path unchanged.
 
 Draining: on 410 (or SIGTERM) no poller starts a new poll without a result in hand; pollers
 that are running a call finish it and deliver its result (the gateway answers 410 again),
@@ -32,61 +34,26 @@ process exits 1.
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import json
 import os
 import random
-import socket
 import threading
 import time
-import urllib.parse
 
-from swarmless.runtime import capture, frames
+from swarmless.runtime import capture
 from swarmless.runtime.config import RuntimeConfig, log
 from swarmless.runtime.handlers import FailedHandler, Handler, load_handler, run_handler
 from swarmless.runtime.invocation import Call, Result, error_result
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    import io
+from swarmless.runtime.poll_frames import FRAMED_RETRY as FRAMED_RETRY
+from swarmless.runtime.poll_frames import Channel
+from swarmless.runtime.poll_http import POLL_TIMEOUT as POLL_TIMEOUT
+from swarmless.runtime.poll_http import Dropped, Refused, Retry
 
 __all__ = ["Poller", "Runtime", "RuntimeConfig", "main", "serve"]
 
-#: Socket timeout of a poll: longer than the gateway's long-poll window (about 25 s).
-POLL_TIMEOUT = 70.0
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 #: Once drained, how long pollers still in a long poll may take to come back.
 DRAIN_GRACE = 2.0
-#: Seconds a poller keeps to ``/runtime/next`` after its gateway refused the framed
-#: connection, before it asks again.
-FRAMED_RETRY = 30.0
-
-
-class _HTTPConnection(http.client.HTTPConnection):
-    """Keep-alive connection with Nagle off.
-
-    http.client sends a request's headers and body in two writes; without TCP_NODELAY the
-    body waits for the ACK of the headers, which the gateway delays by 40 ms. Python sets
-    the option itself only from 3.11.4 on; Debian bookworm ships 3.11.2.
-    """
-
-    def connect(self) -> None:
-        super().connect()
-        _no_delay(self.sock)
-
-
-class _HTTPSConnection(http.client.HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _no_delay(self.sock)
-
-
-def _no_delay(sock: socket.socket | None) -> None:
-    if sock is not None:
-        with contextlib.suppress(OSError):  # not every socket family has the option
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Runtime:
@@ -185,23 +152,7 @@ class Poller(threading.Thread):
     def __init__(self, runtime: Runtime, index: int) -> None:
         super().__init__(name=f"swarmless-poller-{index}", daemon=True)
         self.rt = runtime
-        config = runtime.config
-        parts = urllib.parse.urlsplit(config.api)
-        self._prefix = parts.path.rstrip("/")
-        self._conn: http.client.HTTPConnection
-        if parts.scheme == "https":
-            self._conn = _HTTPSConnection(parts.hostname or "", parts.port, timeout=POLL_TIMEOUT)
-        else:
-            self._conn = _HTTPConnection(parts.hostname or "", parts.port, timeout=POLL_TIMEOUT)
-        self._auth = f"Bearer {config.token}"
-        self._used = False
-        # The framed connection (None: not open), its reader, and whether a NEXT sent on
-        # it waits for its answer.
-        self._sock: socket.socket | None = None
-        self._reader: io.BufferedReader | None = None
-        self._asked = False
-        #: Monotonic time before which the poller does not ask for frames again.
-        self._http_until = 0.0
+        self.channel = Channel(runtime.config, runtime.contact)
 
     def run(self) -> None:
         try:
@@ -211,8 +162,7 @@ class Poller(threading.Thread):
             self.rt.finish(1, f"{self.name} crashed")
             raise
         finally:
-            self._drop_framed()
-            self._conn.close()
+            self.channel.close()
             self.rt.poller_ended()
 
     def _loop(self) -> None:
@@ -223,13 +173,8 @@ class Poller(threading.Thread):
             if rt.exit_code is not None or (pending is None and rt.stopping):
                 return
             try:
-                got = self._frame_next(pending) if time.monotonic() >= self._http_until else None
-                if got is None:
-                    if pending is not None and (pending.stdout or pending.stderr):
-                        self._send_logs(pending)
-                    got = self._post_next(pending)
-                status, call = got
-            except _Retry as e:
+                status, call = self.channel.exchange(pending)
+            except Retry as e:
                 if rt.gave_up():
                     silence = f"{rt.config.give_up:g}s"
                     rt.finish(1, f"no contact with {rt.config.api} for {silence} (last: {e})")
@@ -237,10 +182,10 @@ class Poller(threading.Thread):
                 rt.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
-            except _Refused as e:
+            except Refused as e:
                 rt.finish(1, str(e))
                 return
-            except _Dropped:
+            except Dropped:
                 pending = None
                 rt.delivered()
                 rt.sleep(backoff)
@@ -257,216 +202,6 @@ class Poller(threading.Thread):
             elif status == 410:
                 rt.retire("the gateway answered 410")
 
-    # -- requests -----------------------------------------------------------------------
-
-    def _request(
-        self, path: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, http.client.HTTPMessage, bytes]:
-        headers["Authorization"] = self._auth
-        for attempt in (1, 2):
-            reused = self._used
-            try:
-                self._conn.request("POST", self._prefix + path, body=body, headers=headers)
-                resp = self._conn.getresponse()
-                data = resp.read()
-            except (OSError, http.client.HTTPException) as e:
-                self._conn.close()
-                self._used = False
-                # A kept-alive connection the server closed meanwhile: retry once, at once.
-                stale = isinstance(e, ConnectionResetError | BrokenPipeError)
-                if attempt == 1 and reused and stale:
-                    continue
-                raise _Retry(f"{type(e).__name__}: {e}") from e
-            self._used = True
-            if resp.will_close:
-                self._conn.close()
-                self._used = False
-            status = resp.status
-            if status == 401:
-                raise _Refused(f"the gateway refused the worker token (401 on {path})")
-            if status >= 500 or status == 429:
-                raise _Retry(f"HTTP {status} on {path}")
-            return status, resp.headers, data
-        raise AssertionError("unreachable")
-
-    def _post_next(self, pending: Result | None) -> tuple[int, _Handed | None]:
-        headers = pending.request_headers() if pending is not None else {}
-        body = pending.body if pending is not None else b""
-        status, resp_headers, data = self._request("/runtime/next", body, headers)
-        if status in (200, 204, 410):
-            if status != 410:
-                self.rt.contact()
-            if status != 200:
-                return status, None
-            call_id = resp_headers.get("X-Swarmless-Call-Id") or ""
-            try:
-                event = json.loads(resp_headers.get("X-Swarmless-Event") or "{}")
-            except ValueError as e:
-                event = e
-            return 200, (call_id, resp_headers.get("X-Swarmless-Deadline"), event, data)
-        # Another 4xx: the gateway will not take this request as it is.
-        log(f"/runtime/next answered {status}: {data[:200]!r}")
-        if pending is None:
-            raise _Retry(f"HTTP {status} on /runtime/next")  # counts towards giving up
-        if pending.error is None:
-            # A result it will never take (too large, ...): send the caller why instead.
-            pending.status, pending.headers = 500, []
-            pending.error = f"the gateway refused the result (HTTP {status})"
-            pending.body = data[:4096]
-            raise _Retry(f"HTTP {status} on /runtime/next")
-        raise _Dropped
-
-    # -- the framed connection --------------------------------------------------------
-
-    def _frame_next(self, pending: Result | None) -> tuple[int, _Handed | None] | None:
-        """One exchange on the framed connection (opened first if need be); None when the
-        gateway refused frames (the poller keeps to ``/runtime/next`` for a while)."""
-        if self._sock is None and not self._open_framed():
-            return None
-        try:
-            if not self._asked:
-                self._send_frames(pending)
-                self._asked = True
-            kind, meta, body = self._read_frame()
-        except (OSError, ValueError) as e:
-            self._drop_framed()
-            raise _Retry(f"framed connection: {type(e).__name__}: {e}") from e
-        if kind == frames.CALL:
-            self._asked = False
-            self.rt.contact()
-            deadline = meta.get("deadline")
-            return 200, (str(meta.get("id") or ""), deadline, meta.get("event"), body)
-        if kind == frames.IDLE:
-            self.rt.contact()
-            try:
-                self._sock.sendall(_ALIVE)  # type: ignore[union-attr]
-            except OSError as e:
-                self._drop_framed()
-                raise _Retry(f"framed connection: {type(e).__name__}: {e}") from e
-            return 204, None
-        if kind == frames.RETIRE:
-            self._asked = False
-            return 410, None
-        self._drop_framed()
-        if kind == frames.REFUSED:
-            raise _Refused("the gateway refused the worker token (REFUSED frame)")
-        raise _Retry(f"the gateway sent a frame of unknown type {kind}")
-
-    def _open_framed(self) -> bool:
-        """Ask for the framed connection on this poller's connection: True once it is."""
-        resp = self._upgrade()
-        if resp is None:
-            self._http_until = time.monotonic() + FRAMED_RETRY
-            return False
-        sock = self._conn.sock
-        # The response's buffered reader goes on reading the frames (the gateway sends
-        # nothing before the first NEXT, but nothing it buffered would be lost either).
-        reader, resp.fp = resp.fp, None  # type: ignore[assignment]
-        self._conn.sock = None  # the HTTP connection reconnects if it is ever used again
-        self._used = False
-        if sock is None or reader is None:
-            raise _Retry("the upgraded connection has no socket")
-        self._sock, self._reader = sock, reader
-        self._asked = False
-        return True
-
-    def _upgrade(self) -> http.client.HTTPResponse | None:
-        """``POST /runtime/connect``: the 101 response, or None when the gateway answered
-        anything else but 401 (_Refused)."""
-        headers = {
-            "Authorization": self._auth,
-            "Connection": "Upgrade",
-            "Upgrade": frames.UPGRADE,
-        }
-        for attempt in (1, 2):
-            reused = self._used
-            try:
-                self._conn.request("POST", self._prefix + frames.PATH, body=b"", headers=headers)
-                resp = self._conn.getresponse()
-                if resp.status == 101:
-                    return resp
-                resp.read()
-            except (OSError, http.client.HTTPException) as e:
-                self._conn.close()
-                self._used = False
-                stale = isinstance(e, ConnectionResetError | BrokenPipeError)
-                if attempt == 1 and reused and stale:
-                    continue
-                raise _Retry(f"{type(e).__name__}: {e}") from e
-            self._used = True
-            if resp.will_close:
-                self._conn.close()
-                self._used = False
-            if resp.status == 401:
-                raise _Refused(f"the gateway refused the worker token (401 on {frames.PATH})")
-            return None
-        raise AssertionError("unreachable")
-
-    def _drop_framed(self) -> None:
-        reader, sock = self._reader, self._sock
-        self._reader = self._sock = None
-        self._asked = False
-        for closable in (reader, sock):
-            if closable is not None:
-                with contextlib.suppress(OSError):
-                    closable.close()
-
-    def _send_frames(self, pending: Result | None) -> None:
-        assert self._sock is not None
-        if pending is None:
-            self._sock.sendall(_NEXT)
-            return
-        parts = []
-        if pending.stdout or pending.stderr:
-            out = _cut(pending.stdout).encode("utf-8", "replace")
-            err = _cut(pending.stderr).encode("utf-8", "replace")
-            meta = json.dumps({"id": pending.call_id, "stdout": len(out)}).encode()
-            parts.append(frames.frame(frames.LOGS, meta, out + err))
-        result: dict[str, object] = {"id": pending.call_id, "status": pending.status}
-        if pending.headers:
-            result["headers"] = [[str(k), str(v)] for k, v in pending.headers]
-        if pending.error is not None:
-            result["error"] = pending.error
-        if pending.exit_code is not None:
-            result["exit_code"] = pending.exit_code
-        meta = json.dumps(result).encode()
-        body = pending.body
-        if len(body) <= _JOIN_LIMIT:
-            parts.append(frames.frame(frames.NEXT, meta, body))
-            self._sock.sendall(b"".join(parts) if len(parts) > 1 else parts[0])
-        else:  # a large body is sent as it is, never copied
-            parts.append(frames.HEAD.pack(frames.NEXT, len(meta), len(body)) + meta)
-            self._sock.sendall(b"".join(parts))
-            self._sock.sendall(body)
-        pending.stdout = pending.stderr = ""
-
-    def _read_frame(self) -> tuple[int, dict[str, object], bytes]:
-        kind, meta_len, body_len = frames.HEAD.unpack(self._read(frames.HEAD.size))
-        meta = json.loads(self._read(meta_len)) if meta_len else {}
-        if not isinstance(meta, dict):
-            raise ValueError("a frame's meta is not a JSON object")
-        return kind, meta, self._read(body_len)
-
-    def _read(self, size: int) -> bytes:
-        assert self._reader is not None
-        data = self._reader.read(size)
-        while len(data) < size:
-            more = self._reader.read(size - len(data))
-            if not more:
-                raise ConnectionResetError("the gateway closed the framed connection")
-            data += more
-        return data
-
-    def _send_logs(self, result: Result) -> None:
-        payload = json.dumps({"stdout": _cut(result.stdout), "stderr": _cut(result.stderr)}).encode(
-            "utf-8"
-        )
-        path = "/runtime/logs/" + urllib.parse.quote(result.call_id, safe="")
-        status, _, data = self._request(path, payload, {"Content-Type": "application/json"})
-        if status >= 300:
-            log(f"logs of {result.call_id} refused ({status}): {data[:200]!r}")
-        result.stdout = result.stderr = ""
-
     # -- one invocation -----------------------------------------------------------------
 
     def _run(self, call_id: str, raw_deadline: object, event: object, body: bytes) -> Result:
@@ -482,35 +217,6 @@ class Poller(threading.Thread):
         if deadline is not None and time.time() > deadline:
             return Result(call_id, status=504, error="the deadline passed before the call started")
         return run_handler(self.rt.handler, inv)
-
-
-#: A framed call as the loop runs it: id, deadline (epoch ms), event (a ValueError when it
-#: could not be parsed), body.
-_Handed = tuple[str, object, object, bytes]
-_NEXT = frames.frame(frames.NEXT)
-#: Up to this size a result's body is joined to its frame's head (one send, one copy).
-_JOIN_LIMIT = 64 << 10
-_ALIVE = frames.frame(frames.ALIVE)
-
-
-def _cut(text: str) -> str:
-    """At most 1 MiB of UTF-8, cut on a character boundary."""
-    data = text.encode("utf-8", "replace")
-    if len(data) <= capture.LOG_LIMIT:
-        return text
-    return data[: capture.LOG_LIMIT].decode("utf-8", "ignore")
-
-
-class _Retry(Exception):
-    """A failure worth retrying after a backoff (connection error, 5xx, 429)."""
-
-
-class _Refused(Exception):
-    """The gateway refused the token: stop."""
-
-
-class _Dropped(Exception):
-    """A result the gateway will not take even as an error: give it up."""
 
 
 def serve(config: RuntimeConfig) -> int:

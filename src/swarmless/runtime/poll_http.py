@@ -1,0 +1,199 @@
+"""The poller's HTTP side: a keep-alive connection to ``SWARMLESS_RUNTIME_API``.
+
+:class:`HttpChannel` sends ``POST /runtime/next`` (carrying the result in hand, answered
+with the next call, 204, 410 or 401), a call's prints to ``/runtime/logs/{id}``, and asks
+for the upgrade to frames (``POST /runtime/connect``, :mod:`~swarmless.runtime.frames`);
+:class:`~swarmless.runtime.poll_frames.Channel` adds the framed connection on top. The
+failures the poll loop (:mod:`~swarmless.runtime.loop`) tells apart: :class:`Retry`,
+:class:`Refused`, :class:`Dropped`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import urllib.parse
+
+from swarmless.runtime import capture, frames
+from swarmless.runtime.config import log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from swarmless.runtime.config import RuntimeConfig
+    from swarmless.runtime.invocation import Result
+
+__all__ = ["POLL_TIMEOUT", "Dropped", "Handed", "HttpChannel", "Refused", "Retry", "cut"]
+
+#: Socket timeout of a poll: longer than the gateway's long-poll window (about 25 s).
+POLL_TIMEOUT = 70.0
+
+#: A call as the gateway handed it out: id, deadline (epoch ms), event (a ValueError when it
+#: could not be parsed), body.
+Handed = tuple[str, object, object, bytes]
+
+
+class Retry(Exception):
+    """A failure worth retrying after a backoff (connection error, 5xx, 429)."""
+
+
+class Refused(Exception):
+    """The gateway refused the token: stop."""
+
+
+class Dropped(Exception):
+    """A result the gateway will not take even as an error: give it up."""
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    """Keep-alive connection with Nagle off.
+
+    http.client sends a request's headers and body in two writes; without TCP_NODELAY the
+    body waits for the ACK of the headers, which the gateway delays by 40 ms. Python sets
+    the option itself only from 3.11.4 on; Debian bookworm ships 3.11.2.
+    """
+
+    def connect(self) -> None:
+        super().connect()
+        _no_delay(self.sock)
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _no_delay(self.sock)
+
+
+def _no_delay(sock: socket.socket | None) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):  # not every socket family has the option
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def cut(text: str) -> str:
+    """At most 1 MiB of UTF-8, cut on a character boundary."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= capture.LOG_LIMIT:
+        return text
+    return data[: capture.LOG_LIMIT].decode("utf-8", "ignore")
+
+
+class HttpChannel:
+    """One poller's keep-alive HTTP connection; ``contact`` is called on each 200/204."""
+
+    def __init__(self, config: RuntimeConfig, contact: Callable[[], None]) -> None:
+        parts = urllib.parse.urlsplit(config.api)
+        self._prefix = parts.path.rstrip("/")
+        self._conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            self._conn = _HTTPSConnection(parts.hostname or "", parts.port, timeout=POLL_TIMEOUT)
+        else:
+            self._conn = _HTTPConnection(parts.hostname or "", parts.port, timeout=POLL_TIMEOUT)
+        self._auth = f"Bearer {config.token}"
+        self._used = False
+        self._contact = contact
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def request(
+        self, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        headers["Authorization"] = self._auth
+        for attempt in (1, 2):
+            reused = self._used
+            try:
+                self._conn.request("POST", self._prefix + path, body=body, headers=headers)
+                resp = self._conn.getresponse()
+                data = resp.read()
+            except (OSError, http.client.HTTPException) as e:
+                self._conn.close()
+                self._used = False
+                # A kept-alive connection the server closed meanwhile: retry once, at once.
+                stale = isinstance(e, ConnectionResetError | BrokenPipeError)
+                if attempt == 1 and reused and stale:
+                    continue
+                raise Retry(f"{type(e).__name__}: {e}") from e
+            self._used = True
+            if resp.will_close:
+                self._conn.close()
+                self._used = False
+            status = resp.status
+            if status == 401:
+                raise Refused(f"the gateway refused the worker token (401 on {path})")
+            if status >= 500 or status == 429:
+                raise Retry(f"HTTP {status} on {path}")
+            return status, resp.headers, data
+        raise AssertionError("unreachable")
+
+    def post_next(self, pending: Result | None) -> tuple[int, Handed | None]:
+        headers = pending.request_headers() if pending is not None else {}
+        body = pending.body if pending is not None else b""
+        status, resp_headers, data = self.request("/runtime/next", body, headers)
+        if status in (200, 204, 410):
+            if status != 410:
+                self._contact()
+            if status != 200:
+                return status, None
+            call_id = resp_headers.get("X-Swarmless-Call-Id") or ""
+            try:
+                event = json.loads(resp_headers.get("X-Swarmless-Event") or "{}")
+            except ValueError as e:
+                event = e
+            return 200, (call_id, resp_headers.get("X-Swarmless-Deadline"), event, data)
+        # Another 4xx: the gateway will not take this request as it is.
+        log(f"/runtime/next answered {status}: {data[:200]!r}")
+        if pending is None:
+            raise Retry(f"HTTP {status} on /runtime/next")  # counts towards giving up
+        if pending.error is None:
+            # A result it will never take (too large, ...): send the caller why instead.
+            pending.status, pending.headers = 500, []
+            pending.error = f"the gateway refused the result (HTTP {status})"
+            pending.body = data[:4096]
+            raise Retry(f"HTTP {status} on /runtime/next")
+        raise Dropped
+
+    def upgrade(self) -> http.client.HTTPResponse | None:
+        """``POST /runtime/connect``: the 101 response, or None when the gateway answered
+        anything else but 401 (Refused)."""
+        headers = {
+            "Authorization": self._auth,
+            "Connection": "Upgrade",
+            "Upgrade": frames.UPGRADE,
+        }
+        for attempt in (1, 2):
+            reused = self._used
+            try:
+                self._conn.request("POST", self._prefix + frames.PATH, body=b"", headers=headers)
+                resp = self._conn.getresponse()
+                if resp.status == 101:
+                    return resp
+                resp.read()
+            except (OSError, http.client.HTTPException) as e:
+                self._conn.close()
+                self._used = False
+                stale = isinstance(e, ConnectionResetError | BrokenPipeError)
+                if attempt == 1 and reused and stale:
+                    continue
+                raise Retry(f"{type(e).__name__}: {e}") from e
+            self._used = True
+            if resp.will_close:
+                self._conn.close()
+                self._used = False
+            if resp.status == 401:
+                raise Refused(f"the gateway refused the worker token (401 on {frames.PATH})")
+            return None
+        raise AssertionError("unreachable")
+
+    def send_logs(self, result: Result) -> None:
+        payload = json.dumps({"stdout": cut(result.stdout), "stderr": cut(result.stderr)}).encode(
+            "utf-8"
+        )
+        path = "/runtime/logs/" + urllib.parse.quote(result.call_id, safe="")
+        status, _, data = self.request(path, payload, {"Content-Type": "application/json"})
+        if status >= 300:
+            log(f"logs of {result.call_id} refused ({status}): {data[:200]!r}")
+        result.stdout = result.stderr = ""
