@@ -474,19 +474,7 @@ def test_every_command_has_examples() -> None:
 HEAVY = ("asyncio", "docker", "httpx", "pydantic", "sqlalchemy", "starlette", "uvicorn", "yaml")
 
 
-#: Commands whose module still imports the Docker SDK when it is imported (for --help too).
-_EAGER = {"build": "swarmless.cli.new", "new": "swarmless.cli.new", "run": "swarmless.cli.run"}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(reason=f"{_EAGER[n]} imports the Docker SDK"))
-        if n in _EAGER
-        else n
-        for n in sorted(_COMMANDS)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(_COMMANDS))
 def test_help_loads_nothing_heavy(name: str) -> None:
     code = (
         "import sys, json\n"

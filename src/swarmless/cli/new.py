@@ -9,18 +9,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-import docker
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
-from swarmless.build import BuildError, base_of, build_function, system_ca_bundle
 from swarmless.cli._base import console, err_console, main
-from swarmless.config import Settings
-from swarmless.engine import connect
+from swarmless.cli._client import gateway
 from swarmless.exceptions import FunctionNotFound, InvalidArgument, SwarmlessError
-from swarmless.spec import FunctionSpec, load_file
 
+# What builds (the Docker SDK, the spec's YAML, Rich's progress bar) is imported by the
+# commands that build, never by ``--help``.
 if TYPE_CHECKING:
-    from swarmless.sdk.gateway import GatewayClient
+    import docker
+
+    from swarmless.spec import FunctionSpec
 
 __all__ = ["TEMPLATES", "build", "build_spec", "gateway", "new", "write_template"]
 
@@ -33,19 +32,6 @@ _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 #: SERVER_NAME and friends are left alone).
 _PLACEHOLDER = re.compile(r"\bNAME\b")
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
-
-
-def gateway() -> GatewayClient:
-    """A client of the gateway the settings name; its token is ``SWARMLESS_TOKEN``, or the
-    data directory's ``token`` file of a local gateway."""
-    from swarmless.sdk.gateway import GatewayClient
-
-    settings = Settings.load()
-    if not settings.token:
-        token_file = settings.data_dir / "token"
-        if token_file.is_file():
-            settings = Settings.load(token=token_file.read_text().strip())
-    return GatewayClient(settings)
 
 
 def _template_root(template: str) -> Traversable:
@@ -131,6 +117,8 @@ def new(name: str, template: str, directory: Path | None) -> None:
 def _specs(target: str) -> tuple[Path | None, list[FunctionSpec]]:
     """What ``swarmless build TARGET`` builds: a folder (its swarmless.yml) or a file, else a
     function's name: declared in ./swarmless.yml, else deployed (its build folder)."""
+    from swarmless.spec import FunctionSpec, load_file
+
     path = Path(target)
     if path.exists():
         yml = path / "swarmless.yml" if path.is_dir() else path
@@ -214,6 +202,10 @@ def build_spec(
     function of its file has passed its checks). With ``settings.registry`` set, a tagged
     image is pushed there (:func:`swarmless.cli.registry.push`). Returns the image id.
     """
+    from swarmless.build import base_of, system_ca_bundle
+    from swarmless.config import Settings
+    from swarmless.engine import connect
+
     if not spec.build:
         raise InvalidArgument(f"function {spec.name!r} has no 'build:' folder")
     folder = Path(spec.build)
@@ -253,6 +245,10 @@ def _build_one(
     ca_bundle: Path | None,
     client: docker.DockerClient,
 ) -> str:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+
+    from swarmless.build import BuildError, build_function
+
     assert spec.build is not None
     columns = (
         SpinnerColumn(),

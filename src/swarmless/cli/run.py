@@ -9,9 +9,6 @@ import click
 
 from swarmless.cli._base import err_console, main
 from swarmless.exceptions import ContainerError
-from swarmless.ownership import run_labels
-from swarmless.sdk.client import from_env
-from swarmless.sdk.run import RunOptions, execute, start_container
 
 
 def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -56,6 +53,11 @@ def run(
         from swarmless.native.script import run_script
 
         sys.exit(run_script(image, list(args)))
+    # Here, not at the top: ``swarmless run --help`` loads no Docker SDK.
+    from swarmless.ownership import run_labels
+    from swarmless.sdk.client import from_env
+    from swarmless.sdk.run import RunOptions, execute, start_container
+
     client = from_env()
     stdin = input_.read() if input_ is not None else None
     opts = RunOptions(
