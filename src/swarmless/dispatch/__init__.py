@@ -1,7 +1,9 @@
 """Dispatch: what happens to a call between the gateway's edge and a container.
 
-- :mod:`~swarmless.dispatch.dispatcher`: the function table, the warm hot path, deadlines,
-  in-flight accounting, drain; :mod:`~swarmless.dispatch.pool`: a warm function's workers;
+- :mod:`~swarmless.dispatch.dispatcher`: the warm hot path, in-flight accounting, drain;
+  its base :mod:`~swarmless.dispatch.table`: the function table (deploy, update, remove);
+  :mod:`~swarmless.dispatch.deadlines`: the warm calls' deadlines, one timer for all;
+  :mod:`~swarmless.dispatch.pool`: a warm function's workers;
 - :mod:`~swarmless.dispatch.workers`: worker ids and tokens, deaths, crashes;
 - :mod:`~swarmless.dispatch.oneshot`: one-shot and CGI calls (:mod:`~swarmless.dispatch.cgi`);
 - :mod:`~swarmless.dispatch.recorder`: records and logs, written behind;
@@ -22,6 +24,7 @@ __all__ = [
     "async_runner",
     "background",
     "cgi",
+    "deadlines",
     "dispatcher",
     "metrics",
     "oneshot",
@@ -29,6 +32,7 @@ __all__ = [
     "recorder",
     "request",
     "scheduler",
+    "table",
     "workers",
 ]
 

@@ -12,6 +12,9 @@ It also keeps the table of deployed functions (deploy, update, remove) and the c
 calls in flight (drain on shutdown). Its parts, given by the gateway's wiring
 (:mod:`swarmless.gateway.active`), and what each owns:
 
+- :mod:`~swarmless.dispatch.table`: the function table (deploy, update, remove), the
+  base of :class:`Dispatcher`;
+- :mod:`~swarmless.dispatch.deadlines`: the warm calls' deadlines, one timer for all;
 - :mod:`~swarmless.dispatch.pool`: one warm function's queue, its workers, their calls;
 - :mod:`~swarmless.dispatch.workers`: the worker registry (ids, tokens, deaths);
 - :mod:`~swarmless.dispatch.oneshot`: one-shot execution;
@@ -28,29 +31,28 @@ import asyncio
 import contextlib
 import functools
 import json
-import math
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import Any
 
 from swarmless.backends.base import Backend, ContainerInfo
 from swarmless.dispatch.background import Background
+from swarmless.dispatch.deadlines import Deadlines
 from swarmless.dispatch.metrics import Metrics
 from swarmless.dispatch.oneshot import OneShotCalls
-from swarmless.dispatch.pool import Call, Result, WarmPool, Worker
+from swarmless.dispatch.pool import Call, Result, Worker
 from swarmless.dispatch.recorder import Recorder
 from swarmless.dispatch.request import Request, Response
+from swarmless.dispatch.table import FunctionTable
 from swarmless.dispatch.workers import WorkerRegistry
 from swarmless.engine import LABEL_CALL, engine_address
 from swarmless.exceptions import (
     ContainerError,
     EngineUnavailable,
     FunctionFailed,
-    FunctionNotFound,
     GatewayUnavailable,
     InvocationTimeout,
     PayloadTooLarge,
-    SpecError,
     SwarmlessError,
 )
 from swarmless.records import InvocationRecord, new_call_id, now_ms
@@ -65,7 +67,7 @@ ANSWER_GRACE = 1.0
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
-class Dispatcher:
+class Dispatcher(FunctionTable):
     """Routes invocations to containers and keeps the records of what happened."""
 
     def __init__(
@@ -80,18 +82,14 @@ class Dispatcher:
         metrics: Metrics | None = None,
         runtime_url: str = "",
     ) -> None:
-        self.store = store
-        self.backend = backend
+        super().__init__(
+            store=store, backend=backend, workers=workers, oneshot=oneshot, background=background
+        )
         self.metrics = metrics or Metrics()
         self.runtime_url = runtime_url
-        self._workers = workers
-        self._oneshot = oneshot
         self._recorder = recorder
-        self._background = background
-        self.functions: dict[str, tuple[FunctionSpec, int]] = {}
-        self.pools: dict[str, WarmPool] = {}
         self._inflight = 0
-        self._deadlines = _Deadlines()
+        self._deadlines = Deadlines()
         # Read when metrics are scraped: nothing to count on the hot path.
         self.metrics.in_progress.set_function(lambda: self._inflight)
         #: Ids of the calls in flight (a one-shot container of none of them is an orphan).
@@ -105,86 +103,6 @@ class Dispatcher:
         self._waited = 0.0
         #: The calls in flight when it stopped waiting (their one-shot containers go too).
         self._abandoned: set[str] = set()
-        #: Held from a deploy's check of its routes to its install (no two claim one).
-        self._deploying = asyncio.Lock()
-
-    # -- functions -----------------------------------------------------------------
-
-    async def load(self) -> None:
-        """Load the deployed functions from the store."""
-        for spec, version in await self.store.list_functions():
-            self._install(spec, version)
-
-    def _install(self, spec: FunctionSpec, version: int) -> None:
-        self.functions[spec.name] = (spec, version)
-        if spec.mode == "warm":
-            pool = self.pools.get(spec.name)
-            if pool is None:
-                self.pools[spec.name] = WarmPool(spec, version)
-            else:
-                pool.update(spec, version)
-        else:
-            old = self.pools.pop(spec.name, None)
-            if old is not None:
-                old.retire_all()
-            self._oneshot.forget(spec.name)
-
-    def get(self, name: str) -> tuple[FunctionSpec, int]:
-        """The spec and version of a deployed function; raises FunctionNotFound."""
-        try:
-            return self.functions[name]
-        except KeyError:
-            raise FunctionNotFound(name) from None
-
-    async def deploy(self, spec: FunctionSpec) -> int:
-        """Deploy or update ``spec``; returns its new version."""
-        if not spec.image:
-            raise SpecError({"image": "an image is required (build it first: swarmless build)"})
-        try:
-            await self.backend.ensure_image(spec.image)
-        except EngineUnavailable:
-            raise  # not the spec's fault: 503, retry once the engine answers
-        except SwarmlessError as e:
-            raise SpecError({"image": e.message}) from e
-        if spec.secrets:
-            missing = set(spec.secrets) - set(await self.backend.list_secrets())
-            if missing:
-                raise SpecError(
-                    {
-                        "secrets": f"no secret named {', '.join(sorted(missing))}; create it "
-                        "first: swarmless secret create NAME FILE"
-                    }
-                )
-        async with self._deploying:
-            self._check_routes(spec)
-            version = await self.store.put_function(spec)
-            self._install(spec, version)
-        return version
-
-    def _check_routes(self, spec: FunctionSpec) -> None:
-        """SpecError when another function is served at one of ``spec``'s routes."""
-        for name, (other, _) in self.functions.items():
-            taken = set(spec.routes) & set(other.routes) if name != spec.name else set()
-            if taken:
-                raise SpecError(
-                    {
-                        "routes": f"{sorted(taken)[0]!r} is already function {name!r}'s "
-                        "route: remove it there first"
-                    }
-                )
-
-    async def remove(self, name: str) -> None:
-        """Remove a function: its queue is failed, its workers drained."""
-        self.get(name)
-        await self.store.delete_function(name)
-        self.functions.pop(name, None)
-        self._oneshot.forget(name)
-        pool = self.pools.pop(name, None)
-        if pool is not None:
-            pool.fail_pending(lambda: FunctionNotFound(name))
-            for w in pool.retire_all():
-                if w.container:
-                    self.spawn(self.stop_worker(w, grace=w.busy * 5.0))
 
     # -- invocations -----------------------------------------------------------------
 
@@ -398,31 +316,6 @@ class Dispatcher:
         """The engine no longer runs ``worker``'s container (a reconciler asked)."""
         self._workers.lost(worker)
 
-    # -- what the reconciler asks (the worker registry and the background do it) ---------
-
-    def new_worker(self, pool: WarmPool) -> Worker:
-        return self._workers.new(pool)
-
-    def forget_worker(self, worker: Worker) -> None:
-        self._workers.forget(worker)
-
-    async def stop_worker(self, worker: Worker, grace: float = 0) -> None:
-        await self._workers.stop(worker, grace)
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` in the background, keeping a reference and logging its failure."""
-        self._background.spawn(coro)
-
-    @property
-    def tokens(self) -> Mapping[str, tuple[Worker, WarmPool]]:
-        """Live warm workers by token."""
-        return self._workers.tokens
-
-    @property
-    def workers(self) -> Mapping[str, tuple[Worker, WarmPool]]:
-        """Live warm workers by id."""
-        return self._workers.workers
-
     # -- lifecycle -------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, dict[str, int]]:
@@ -479,46 +372,3 @@ class Dispatcher:
                         stops.append(self.backend.stop_container(c.id))
         await asyncio.gather(*stops, return_exceptions=True)
         await self._recorder.flush()
-
-
-class _Deadlines:
-    """The deadlines of the warm calls waiting for their answer, with one timer for all of
-    them, set at the earliest: a call costs a dict entry, not a timer of the event loop.
-    Each firing expires what is due (its future gets a TimeoutError) and sets the timer at
-    the next deadline; answered calls leave the table at once, so it holds only the calls
-    in flight."""
-
-    def __init__(self) -> None:
-        self._calls: dict[asyncio.Future[Result], float] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._at = math.inf
-
-    def add(self, future: asyncio.Future[Result], deadline: float) -> None:
-        """``future`` gets a TimeoutError at ``deadline`` (monotonic) unless done before."""
-        self._calls[future] = deadline
-        if deadline < self._at:
-            self._arm(deadline)
-
-    def discard(self, future: asyncio.Future[Result]) -> None:
-        self._calls.pop(future, None)
-
-    def _arm(self, at: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._at = at
-        delay = max(0.0, at - time.monotonic())
-        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
-
-    def _fire(self) -> None:
-        self._timer, self._at = None, math.inf
-        now = time.monotonic()
-        after = math.inf
-        for future, at in list(self._calls.items()):
-            if at <= now:
-                del self._calls[future]
-                if not future.done():
-                    future.set_exception(TimeoutError())
-            elif at < after:
-                after = at
-        if after < math.inf:
-            self._arm(after)
