@@ -3,7 +3,8 @@
 - :mod:`~swarmless.dispatch.dispatcher`: the warm hot path, in-flight accounting, drain;
   its base :mod:`~swarmless.dispatch.table`: the function table (deploy, update, remove);
   :mod:`~swarmless.dispatch.deadlines`: the warm calls' deadlines, one timer for all;
-  :mod:`~swarmless.dispatch.pool`: a warm function's workers;
+  :mod:`~swarmless.dispatch.pool`: a warm function's workers (what travels through it
+  in :mod:`~swarmless.dispatch.pool_types`);
 - :mod:`~swarmless.dispatch.workers`: worker ids and tokens, deaths, crashes;
 - :mod:`~swarmless.dispatch.oneshot`: one-shot and CGI calls (:mod:`~swarmless.dispatch.cgi`);
 - :mod:`~swarmless.dispatch.recorder`: records and logs, written behind;
@@ -29,6 +30,7 @@ __all__ = [
     "metrics",
     "oneshot",
     "pool",
+    "pool_types",
     "recorder",
     "request",
     "scheduler",

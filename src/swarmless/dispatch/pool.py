@@ -11,105 +11,26 @@ request awaits, :meth:`WarmPool.next`) or a framed connection of the runtime API
 writes the call to its socket when handed one: no task, no future per call).
 
 Everything here runs on the event loop; nothing blocks and nothing touches Docker.
+:class:`Call`, :class:`Result`, :class:`Worker`, :class:`Waiter` and :data:`RETIRE` are
+defined in :mod:`~swarmless.dispatch.pool_types` and re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Literal, Protocol
 
+from swarmless.dispatch.pool_types import RETIRE, Call, Result, Waiter, Worker
+from swarmless.dispatch.pool_types import Retire as _Retire
+from swarmless.dispatch.pool_types import WorkerState as WorkerState
 from swarmless.exceptions import FunctionFailed, QueueFull
-from swarmless.records import InvocationRecord, now_ms
+from swarmless.records import now_ms
 from swarmless.spec import FunctionSpec
 
 __all__ = ["RETIRE", "Call", "Result", "Waiter", "WarmPool", "Worker"]
-
-WorkerState = Literal["starting", "ready", "paused", "draining", "gone"]
-
-
-class _Retire:
-    """The answer to a poll that tells the worker to finish and exit (HTTP 410)."""
-
-    def __repr__(self) -> str:
-        return "RETIRE"
-
-
-RETIRE = _Retire()
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Result:
-    """What a worker answered for one call."""
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-    error: str | None = None
-    exit_code: int | None = None
-
-
-@dataclasses.dataclass(eq=False, kw_only=True)
-class Call:
-    """One invocation travelling through a pool."""
-
-    record: InvocationRecord
-    #: The JSON event header (method, path, query, headers) sent to the worker.
-    event: bytes
-    body: bytes
-    #: Monotonic deadline, and the same instant in epoch ms for the worker.
-    deadline: float
-    deadline_ms: int
-    future: asyncio.Future[Result]
-    queued: float = dataclasses.field(default_factory=time.monotonic)
-    worker: Worker | None = None
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-    @property
-    def finished(self) -> bool:
-        return self.future.done()
-
-
-@dataclasses.dataclass(eq=False, kw_only=True)
-class Worker:
-    """A warm container as the gateway sees it."""
-
-    id: str
-    token: str
-    function: str
-    version: int
-    container: str | None = None
-    state: WorkerState = "starting"
-    created: float = dataclasses.field(default_factory=time.monotonic)
-    ready_at: float | None = None
-    last_active: float = dataclasses.field(default_factory=time.monotonic)
-    in_hand: dict[str, Call] = dataclasses.field(default_factory=dict)
-
-    @property
-    def busy(self) -> bool:
-        return bool(self.in_hand)
-
-
-class Waiter(Protocol):
-    """A poller of ``worker`` waiting for its next call."""
-
-    @property
-    def worker(self) -> Worker: ...
-
-    def live(self) -> bool:
-        """Whether it still waits (its connection is open, nothing was handed to it)."""
-        ...
-
-    def deliver(self, got: Call | _Retire) -> None:
-        """Hand it ``got`` (it then no longer waits); called only while :meth:`live`."""
-        ...
 
 
 class _Poll:
