@@ -96,11 +96,10 @@ async def accept_async(gw: GatewayContext, scope: Scope, receive: Receive, send:
                 gw.check_admin(token)
             waiting = await replicas.waiting(name)
         passed = gw.edge(scope, consumed=CONSUMED)
-        callback = header(scope, b"x-callback-url")
+        callback, key = _consumed(scope)
         if callback is not None:
             gw.callbacks.check_url(callback)
         body = await read_body(scope, receive, spec.max_body)
-        key = header(scope, b"idempotency-key")
         if key is not None and not 0 < len(key) <= 200:
             raise InvalidArgument("Idempotency-Key must be 1 to 200 characters")
         if waiting >= spec.queue_size:
@@ -143,13 +142,34 @@ async def accept_async(gw: GatewayContext, scope: Scope, receive: Receive, send:
         return
     if created and runner is None and replicas is not None:
         replicas.queued(name)
-    answer = {"call_id": call_id, "status": "queued" if created else "duplicate"}
     await send_response(
         send,
         202,
-        json.dumps(answer).encode(),
+        _answer(call_id, created),
         [(b"content-type", b"application/json"), (b"x-call-id", call_id.encode())],
     )
+
+
+def _consumed(scope: Scope) -> tuple[str | None, str | None]:
+    """The first ``X-Callback-Url`` and ``Idempotency-Key`` of a request (one pass over
+    its headers, not one per name)."""
+    callback = key = None
+    for k, v in scope["headers"]:
+        if k == b"x-callback-url":
+            if callback is None:
+                callback = str(v.decode("latin-1"))
+        elif k == b"idempotency-key" and key is None:
+            key = str(v.decode("latin-1"))
+    return callback, key
+
+
+def _answer(call_id: str, created: bool) -> bytes:
+    """The 202's JSON body, ``{"call_id": ..., "status": "queued"|"duplicate"}``: written
+    out for an id of the gateway's own form (letters, digits, ``-``), else by ``json``."""
+    status = "queued" if created else "duplicate"
+    if call_id.isascii() and call_id.replace("-", "").isalnum():
+        return f'{{"call_id": "{call_id}", "status": "{status}"}}'.encode()
+    return json.dumps({"call_id": call_id, "status": status}).encode()
 
 
 async def get_result(gw: GatewayContext, request: HTTPRequest) -> Response:
