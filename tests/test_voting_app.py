@@ -340,5 +340,5 @@ def test_the_app_on_a_swarm(
             assert data["votes"] == {"a": 2, "b": 1}
     finally:
         gw.stop()
-        swarm.remove_swarm(manager, names)
+        swarm.remove_swarm(manager, names, proof=labels)  # what this session made
     assert not manager.api.services(filters={"label": f"swarmless.gateway={gw.instance}"})
