@@ -320,7 +320,7 @@ class Node:
             }
         finally:
             with contextlib.suppress(docker.errors.DockerException):
-                api.remove_container(probe, force=True)
+                api.remove_container(probe, force=True, v=True)  # its image has a VOLUME
 
     @property
     def url(self) -> str:
