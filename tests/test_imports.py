@@ -13,15 +13,9 @@ from __future__ import annotations
 import ast
 import pathlib
 
-import pytest
-
 import swarmless
 
 ROOT = pathlib.Path(swarmless.__file__).parent
-
-#: Cycles that exist today, in files this test's author does not own: each must be
-#: broken by its owner (then its strict xfail turns into a failure that says so).
-KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 
 def _modules() -> dict[str, pathlib.Path]:
@@ -117,22 +111,10 @@ def test_the_graph_sees_type_only_and_local_imports() -> None:
     assert "swarmless.gateway.ui.context" in graph["swarmless.gateway.ui.site"]
 
 
-def test_no_new_import_cycles() -> None:
+def test_no_import_cycles() -> None:
     graph = import_graph()
-    new = [c for c in cycles(graph) if c not in KNOWN_CYCLES]
-    assert not new, "import cycles: " + " | ".join(_describe(graph, c) for c in new)
-
-
-@pytest.mark.parametrize(
-    "component",
-    [
-        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=why), id=min(c))
-        for c, why in KNOWN_CYCLES.items()
-    ],
-)
-def test_known_cycle_is_broken(component: frozenset[str]) -> None:
-    graph = import_graph()
-    assert component not in cycles(graph), _describe(graph, component)
+    found = cycles(graph)
+    assert not found, "import cycles: " + " | ".join(_describe(graph, c) for c in found)
 
 
 def test_sdk_and_errors_import_nothing_of_the_gateway() -> None:
