@@ -142,11 +142,13 @@ def _peer(host: str, nets: tuple[IPNetwork, ...]) -> tuple[IPAddress | None, str
     return addr, str(addr), within(addr, nets)
 
 
-#: Header names already checked (:func:`_check_name`) and found valid, with their lower
-#: case; bounded (cleared when full), so a client sending ever new names costs memory only
-#: up to the bound.
-_GOOD_NAMES: dict[str, str] = {}
-_GOOD_NAMES_MAX = 4096
+@functools.lru_cache(maxsize=4096)
+def _checked_name(name: str) -> str:
+    """The lower case of header ``name``, checked by :func:`_check_name` (which raises for an
+    invalid one: never remembered). Remembered for valid names, bounded, so a client sending
+    ever new names costs memory only up to the bound."""
+    _check_name(name)
+    return name.lower()
 
 
 def networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
@@ -201,17 +203,10 @@ def filter_headers(
     pairs: list[tuple[str, str]] = []
     hosts = 0
     named: set[str] = set()
-    good = _GOOD_NAMES
     for k, v in raw:
         raw_name = k.decode("latin-1")
         value = v.decode("latin-1").strip(" \t")
-        name = good.get(raw_name)
-        if name is None:
-            _check_name(raw_name)
-            name = raw_name.lower()
-            if len(good) >= _GOOD_NAMES_MAX:
-                good.clear()
-            good[raw_name] = name
+        name = _checked_name(raw_name)
         if _CTL.search(value):
             raise InvalidArgument(
                 f"header {raw_name[:80]!r} has a control character in its value; refused"
