@@ -33,6 +33,17 @@ def leftpad(build_image: Callable[..., str]) -> str:
     )
 
 
+@pytest.fixture
+def labels() -> dict[str, str]:
+    """This test's own label beside the session's.
+
+    A check like "nothing of mine is left" must count only what this test made: other test
+    files' containers carry the session label too, and some go away only later (CI once
+    failed every test here on three of them).
+    """
+    return {"swarmless.test": SESSION, "swarmless.test.case": uuid.uuid4().hex[:12]}
+
+
 def _containers(engine: docker.DockerClient, labels: dict[str, str]) -> list[str]:
     flt = {"label": [f"{k}={v}" for k, v in labels.items()]}
     return [c.id for c in engine.containers.list(all=True, filters=flt)]
