@@ -13,6 +13,9 @@
 #   scripts/swarm-cluster.sh untrust ADDR... ... and no longer
 #   scripts/swarm-cluster.sh status          nodes, their engines and the Swarm's view
 #   scripts/swarm-cluster.sh env             shell lines: DOCKER_HOST of the manager, node IPs
+#   scripts/swarm-cluster.sh remove-node K   node K (a worker) leaves the Swarm; its entry, its
+#                                            container and its volume are removed (a node added
+#                                            with SWARMLESS_SWARM_NODES=K up, e.g. by a test)
 #   scripts/swarm-cluster.sh down            remove the nodes, their volumes and the network
 #
 # Layout: the bridge network swarmless-swarm-nodes (a /24 with static addresses .11-.13),
@@ -411,6 +414,28 @@ cmd_env() {
   for ((k = 1; k <= NODES; k++)); do echo "SWARMLESS_NODE_${k}=$(node_ip "$k")"; done
 }
 
+cmd_remove_node() {
+  local k=${1:-} name id host ids
+  [[ $k =~ ^[0-9]+$ ]] && [ "$k" -gt 1 ] || die "usage: $0 remove-node K (K > 1: node 1 is the manager)"
+  name=$(node_name "$k")
+  if running "$name"; then ndocker "$k" swarm leave --force >/dev/null 2>&1 || true; fi
+  if running "$(node_name 1)"; then
+    ndocker 1 node ls --format '{{.ID}} {{.Hostname}}' 2>/dev/null | while read -r id host; do
+      if [ "$host" = "$name" ]; then ndocker 1 node rm --force "$id" >/dev/null 2>&1 || true; fi
+    done
+  fi
+  # Only the cluster's own objects: the node label *and* the node's name.
+  ids=$(docker ps -aq --filter "label=$LABEL" --filter "name=^/$name\$")
+  if [ -n "$ids" ]; then
+    # shellcheck disable=SC2086
+    docker rm -f -v $ids >/dev/null
+  fi
+  if [ "$(docker volume inspect -f '{{index .Labels "swarmless.swarm-node"}}' "$name-data" 2>/dev/null)" = true ]; then
+    docker volume rm -f "$name-data" >/dev/null
+  fi
+  say "removed $name"
+}
+
 cmd_down() {
   # Only the cluster's own objects: the node label *and* the node names (a label alone can
   # come from anyone's image or command line).
@@ -439,10 +464,11 @@ case "${1:-}" in
   untrust) shift; cmd_trust remove "$@" ;;
   status) cmd_status ;;
   env) cmd_env ;;
+  remove-node) shift; cmd_remove_node "$@" ;;
   down) shift; cmd_down "$@" ;;
   *)
     say "usage: $0 up [IMAGE...] | load IMAGE... | image | trust|untrust ADDR... | status | env" \
-      "| down [--purge]"
+      "| remove-node K | down [--purge]"
     exit 2
     ;;
 esac

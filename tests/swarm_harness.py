@@ -38,8 +38,10 @@ SCRIPT = ROOT / "scripts" / "swarm-cluster.sh"
 PORT = 2375
 
 
-def _script(*args: str, labels: str = "", timeout: float = 900) -> str:
+def _script(*args: str, labels: str = "", timeout: float = 900, nodes: int | None = None) -> str:
     env = dict(os.environ)
+    if nodes is not None:
+        env["SWARMLESS_SWARM_NODES"] = str(nodes)
     if labels:
         env["SWARMLESS_SWARM_LABELS"] = labels
     done = subprocess.run(
@@ -77,6 +79,19 @@ class Cluster:
 
     def load(self, *images: str) -> None:
         _script("load", *images, labels=self.labels)
+
+    def add_node(self, k: int, *trusted: str) -> str:
+        """Node ``k`` (past the three) made anew and joined as a worker, its engine trusting
+        the registries ``trusted``; returns its name. It has no image at all. Take it away
+        with :meth:`remove_node`: the other tests count on three nodes."""
+        _script("up", labels=self.labels, nodes=k)
+        if trusted:
+            _script("trust", *trusted, labels=self.labels, nodes=k, timeout=120)
+        return f"swarmless-node-{k}"
+
+    def remove_node(self, k: int) -> None:
+        self._clients.pop(f"swarmless-node-{k}", None)
+        _script("remove-node", str(k), timeout=300)
 
     def ip(self, name: str) -> str:
         attrs = self.host.api.inspect_container(name)
