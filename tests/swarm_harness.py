@@ -4,7 +4,8 @@ The cluster is made once per session and removed at its end, failed or not
 (``SWARMLESS_SWARM_KEEP=1`` keeps it for the next run, to iterate faster). Nodes are
 watched through their Engine APIs over TCP with the Docker SDK, never with ``docker exec``.
 The gateway runs in the test process, on the host: containers on the nodes reach it at the
-host's address on the nodes' bridge, where it also listens.
+host's address on the nodes' bridge, where it also listens. Images reach the nodes through a
+registry of the session's own (pushed once, pulled by each node), as in a real cluster.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import re
 import struct
 import subprocess
+import tempfile
 import threading
 import urllib.parse
 import uuid
@@ -38,8 +40,17 @@ SCRIPT = ROOT / "scripts" / "swarm-cluster.sh"
 PORT = 2375
 
 
-def _script(*args: str, labels: str = "", timeout: float = 900, nodes: int | None = None) -> str:
+def _script(
+    *args: str,
+    labels: str = "",
+    timeout: float = 900,
+    nodes: int | None = None,
+    registry: str | None = None,
+) -> str:
     env = dict(os.environ)
+    env.pop("SWARMLESS_SWARM_REGISTRY", None)
+    if registry:
+        env["SWARMLESS_SWARM_REGISTRY"] = registry
     if nodes is not None:
         env["SWARMLESS_SWARM_NODES"] = str(nodes)
     if labels:
@@ -65,6 +76,7 @@ class Cluster:
         self.labels = labels
         self.names = ["swarmless-node-1", "swarmless-node-2", "swarmless-node-3"]
         self._clients: dict[str, docker.DockerClient] = {}
+        self.registry: str | None = None  # HOST:PORT the nodes pull loaded images from
 
     def up(self) -> Cluster:
         _script("up", labels=self.labels)
@@ -78,7 +90,7 @@ class Cluster:
         _script("down", timeout=300)
 
     def load(self, *images: str) -> None:
-        _script("load", *images, labels=self.labels)
+        _script("load", *images, labels=self.labels, registry=self.registry)
 
     def add_node(self, k: int, *trusted: str) -> str:
         """Node ``k`` (past the three) made anew and joined as a worker, its engine trusting
@@ -398,8 +410,22 @@ def cluster_session(host: docker.DockerClient, labels: str) -> Iterator[Cluster]
     cluster = Cluster(host, labels)
     existed = bool(host.api.containers(all=True, filters={"label": "swarmless.swarm-node=true"}))
     try:
-        yield cluster.up()
+        with contextlib.ExitStack() as stack:
+            cluster.up()
+            if os.environ.get("SWARMLESS_SWARM_LOAD", "registry") == "registry":
+                # Images reach the nodes as a real cluster's do: pushed once to a registry
+                # (Debian's docker-registry, `swarmless registry up`), pulled by each node,
+                # only the layers it lacks. SWARMLESS_SWARM_LOAD=save: docker save | load.
+                from tests.registry_harness import cluster_registry
+
+                key, _, value = labels.partition("=")
+                data = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="swarmless-")))
+                name = f"swarmless-creg-{re.sub(r'[^a-z0-9-]', '-', value.lower())[:30]}"
+                settings = stack.enter_context(cluster_registry(cluster, name, data, {key: value}))
+                cluster.registry = settings.registry
+            yield cluster
     finally:
+        cluster.registry = None
         if not existed and os.environ.get("SWARMLESS_SWARM_KEEP") != "1":
             cluster.down()
 
