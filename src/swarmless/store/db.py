@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -82,6 +83,14 @@ def _note_writes(
         conn.info[_WROTE] = True
 
 
+def _single(order: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """The picker of a statement with one parameter, or none (a 1-tuple, or an empty one)."""
+    if not order:
+        return lambda _row: ()
+    name = order[0]
+    return lambda row: (row[name],)
+
+
 class Database:
     """Engines, the write turn, and whether the database answers (the store's base)."""
 
@@ -102,8 +111,8 @@ class Database:
         self._watchers = Watchers()
         #: Upserts built once per table (building one costs more than running it).
         self._upserts: dict[tuple[str, str], Any] = {}
-        #: SQLite: statements compiled once, with the names of their parameters in order.
-        self._compiled: dict[Any, tuple[str, tuple[str, ...]]] = {}
+        #: SQLite: statements compiled once, with what picks a row's parameters in order.
+        self._compiled: dict[Any, tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]] = {}
 
     # -- health --------------------------------------------------------------------------
 
@@ -254,9 +263,12 @@ class Database:
         compiled = self._compiled.get(stmt)
         if compiled is None:
             done = stmt.compile(dialect=self._writer.dialect)
-            compiled = self._compiled[stmt] = (str(done), tuple(done.positiontup or ()))
-        sql, names = compiled
-        params = [tuple(row[n] for n in names) for row in rows]
+            order = tuple(done.positiontup or ())
+            # A row's values in the statement's order, picked in C (always a tuple).
+            pick = operator.itemgetter(*order) if len(order) > 1 else _single(order)
+            compiled = self._compiled[stmt] = (str(done), pick)
+        sql, pick = compiled
+        params = [pick(row) for row in rows]
         await self._on_driver(conn, lambda driver: driver.executemany(sql, params))
         self._wrote(conn)
 

@@ -38,7 +38,7 @@ Op = Callable[[AsyncConnection], Awaitable[Any]]
 BulkRun = Callable[[AsyncConnection, list[Any]], Awaitable[None]]
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class _Pending:
     op: Op
     fut: asyncio.Future[Any]

@@ -37,6 +37,7 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
@@ -64,6 +65,19 @@ def _record_row(rec: InvocationRecord) -> dict[str, Any]:
     return rec.to_dict()
 
 
+def headers_json(headers: Sequence[tuple[str, str]]) -> str:
+    """``json.dumps([list(h) for h in headers])``, the same text, written out: each name
+    and value through json's own (C) string encoder, no lists built, no encoder object
+    (anything but pairs of strings goes through ``json.dumps``)."""
+    if not headers:
+        return "[]"
+    enc = encode_basestring_ascii
+    try:
+        return "[" + ", ".join([f"[{enc(k)}, {enc(v)}]" for k, v in headers]) + "]"
+    except (TypeError, ValueError):
+        return json.dumps([list(h) for h in headers])
+
+
 class QueueOps(ClaimOps):
     """Async-queue operations of the store (a part of :class:`~swarmless.store.Store`):
     accepts, running marks and outcomes here, claims in :class:`ClaimOps`."""
@@ -80,6 +94,13 @@ class QueueOps(ClaimOps):
             lease_until=bindparam("lease_until"),
         )
         self._done_clear = self._done_keep.values(body=bindparam("body"))
+        # A started call's record says running (unless it already says more): one
+        # statement built once, run for every call marked (by primary key).
+        self._mark = (
+            update(invocations)
+            .where(invocations.c.id == bindparam("mid"), invocations.c.status == bindparam("was"))
+            .values(status=bindparam("now"))
+        )
         #: Calls started whose record does not say so yet, and the write that will say it
         #: (see :meth:`mark_running`).
         self._marks: set[str] = set()
@@ -99,7 +120,39 @@ class QueueOps(ClaimOps):
         not_before: int | None = None,
         leased_to: tuple[str, int] | None = None,
     ) -> tuple[str, bool]:
-        """Queue an async call durably; returns (call id, created).
+        """Queue an async call durably; returns (call id, created) once it is committed
+        (:meth:`enqueue_future`, awaited)."""
+        result: tuple[str, bool] = await self.enqueue_future(
+            rec,
+            method=method,
+            path=path,
+            query=query,
+            headers=headers,
+            body=body,
+            callback_url=callback_url,
+            idempotency_key=idempotency_key,
+            not_before=not_before,
+            leased_to=leased_to,
+        )
+        return result
+
+    def enqueue_future(
+        self,
+        rec: InvocationRecord,
+        *,
+        method: str,
+        path: str,
+        query: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        not_before: int | None = None,
+        leased_to: tuple[str, int] | None = None,
+    ) -> asyncio.Future[tuple[str, bool]]:
+        """Queue an async call durably: the future of (call id, created), done when the
+        group holding the call has committed (no task of its own: a caller that goes on
+        with the call once written adds a done callback).
 
         With an ``idempotency_key`` already used for this function, nothing is queued and
         the id of the first call comes back with ``created`` False. While the database is
@@ -120,7 +173,7 @@ class QueueOps(ClaimOps):
             "method": method,
             "path": path,
             "query": query,
-            "headers": json.dumps([list(h) for h in headers]),
+            "headers": headers_json(headers),
             "body": body,
             "callback_url": callback_url,
             "idempotency_key": idempotency_key,
@@ -153,8 +206,8 @@ class QueueOps(ClaimOps):
             if idempotency_key is not None
             else ("enqueue", self._enqueue_many, (row, record), (rec.id, True))
         )
-        result: tuple[str, bool] = await self._group.run(op, bulk, size=len(body))
-        return result
+        fut: asyncio.Future[tuple[str, bool]] = self._group.submit(op, bulk, size=len(body))
+        return fut
 
     async def _enqueue_many(self, conn: AsyncConnection, items: list[Any]) -> None:
         await self._executemany(conn, self._queue_insert, [row for row, _ in items])
@@ -183,13 +236,10 @@ class QueueOps(ClaimOps):
         await self._running_many_op(conn)
 
     async def _running_many_op(self, conn: AsyncConnection) -> None:
-        ids, self._marks = list(self._marks), set()
+        ids, self._marks = self._marks, set()
         if ids:
-            await conn.execute(
-                update(invocations)
-                .where(invocations.c.id.in_(ids), invocations.c.status == "queued")
-                .values(status="running")
-            )
+            rows = [{"mid": i, "was": "queued", "now": "running"} for i in ids]
+            await self._executemany(conn, self._mark, rows)
 
     async def finish(self, rec: InvocationRecord, result: StoredResult | None = None) -> None:
         """An async call is over (succeeded, or dead): record, result, queue row done.
@@ -200,7 +250,7 @@ class QueueOps(ClaimOps):
             stored = {
                 "id": rec.id,
                 "status": result.status,
-                "headers": json.dumps([list(h) for h in result.headers]),
+                "headers": headers_json(result.headers),
                 "body": result.body,
             }
         # A dead call keeps its request, so that it can be redriven.
