@@ -4,7 +4,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # Short tracebacks: CI shows only a part of the output, and every failure should fit in it.
-.venv/bin/python -m pytest --tb=short "$@"
+.venv/bin/python -m pytest --tb=short --durations=25 "$@"
 rc=$?
 if [ "$rc" = 5 ]; then
   echo "pytest collected no tests: failing on purpose" >&2
