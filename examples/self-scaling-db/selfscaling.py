@@ -45,7 +45,15 @@ def build_image(
     say: Callable[[str], None] = lambda _msg: None,
 ) -> str:
     """The example's image (built when missing; the apt step reaches Debian's mirror once)."""
-    base = votingapp.build_images(engine, python=python, say=say).base
+    try:
+        engine.images.get(python)
+    except docker.errors.ImageNotFound:
+        raise SwarmlessError(
+            f"the base image {python} is missing; build it: bash scripts/base-images.sh"
+        ) from None
+    # Only the voting app's base (Python, psycopg2, the Docker SDK), not its other images.
+    base_files = votingapp._files(votingapp.HERE / "images" / "base")
+    base = votingapp._build(engine, "base", base_files, {"PYTHON": python}, say)
     files = {
         **votingapp._files(HERE / "image"),
         **votingapp._files(HERE / "function", "function/"),

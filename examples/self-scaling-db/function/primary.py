@@ -204,17 +204,18 @@ class Controller:
     # -- the Docker API ----------------------------------------------------------------------
 
     def own_address(self) -> str:
-        """This container's address on the function network: the source address towards
-        the scoped API (which listens on that network); else what the hostname resolves to."""
+        """This container's address on the function network, where the replicas reach it:
+        what its hostname resolves to (Docker writes the address on the container's network
+        into /etc/hosts: the bridge on one engine, the overlay on a Swarm, never the
+        node's gateway bridge); else the source address towards the scoped API."""
+        with contextlib.suppress(OSError):
+            found = socket.gethostbyname(socket.gethostname())
+            if not found.startswith("127."):
+                return found
         url = urllib.parse.urlsplit(os.environ.get("DOCKER_HOST", ""))
-        if url.hostname:
-            with (
-                contextlib.suppress(OSError),
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s,
-            ):
-                s.connect((url.hostname, url.port or 2375))
-                return str(s.getsockname()[0])
-        return socket.gethostbyname(socket.gethostname())
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((url.hostname or "192.0.2.1", url.port or 2375))
+            return str(s.getsockname()[0])
 
     def read_nodes(self) -> list[dict[str, str]]:
         """The live nodes: (hostname, state, availability, role), ready and active ones."""
