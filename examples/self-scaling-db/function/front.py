@@ -6,9 +6,10 @@ cached for a second): addresses on the function network, which replicas stream.
 
 - ``POST /write`` (body: text): one row on the primary; answers its id and the primary's
   WAL position after the commit (``lsn``).
-- ``GET /read[?after=LSN][&replica=NAME]``: the row count and the highest id, read on a
-  streaming replica (round robin, or the one named). With ``after`` the replica is first
-  given up to 5 s to replay that far (read your writes); one that does not is a 504.
+- ``GET /read[?after=LSN][&replica=NAME][&ids]``: the row count and the highest id (and
+  with ``ids`` every id), read on a streaming replica (round robin, or the one named;
+  ``primary`` names the primary, to compare). With ``after`` the replica is first given up
+  to 5 s to replay that far (read your writes); one that does not is a 504.
 - ``GET /status``: the primary's view (replicas, nodes, events).
 
 Settings: ``SELFDB_PRIMARY`` (the primary's function name, default ``selfdb``),
@@ -93,13 +94,16 @@ def write(body: str) -> dict[str, Any]:
     return {"id": row_id, "lsn": lsn, "primary": host}
 
 
-def read(after: str | None, name: str | None) -> dict[str, Any]:
+def read(after: str | None, name: str | None, ids: bool = False) -> dict[str, Any]:
     top = topology()
     streaming = [r for r in top.get("replicas", []) if r["state"] == "streaming" and r["host"]]
-    if name:
+    if name == "primary":  # to compare with (the primary is the writes' place)
+        primary = top.get("primary") or {}
+        streaming = [{"name": "primary", "node": primary.get("node"), "host": primary.get("host")}]
+    elif name:
         streaming = [r for r in streaming if r["name"] == name]
-    if not streaming:
-        topology(fresh=True)
+    if not streaming or not streaming[0]["host"]:
+        forget()
         raise Unavailable(f"no streaming replica{' named ' + name if name else ''}")
     replica = streaming[next(_turn) % len(streaming)]
     conn = connect(replica["host"])
@@ -108,20 +112,30 @@ def read(after: str | None, name: str | None) -> dict[str, Any]:
             if after:
                 deadline = time.monotonic() + CATCH_UP
                 while True:
-                    cur.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (after,))
+                    cur.execute(
+                        "SELECT coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn()) "
+                        ">= %s::pg_lsn",
+                        (after,),
+                    )
                     if cur.fetchone()[0]:
                         break
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"{replica['name']} did not replay {after} in time")
                     time.sleep(0.05)
             cur.execute(
-                "SELECT count(*), coalesce(max(id), 0), pg_last_wal_replay_lsn()::text, "
+                "SELECT count(*), coalesce(max(id), 0), "
+                "coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text, "
                 "pg_is_in_recovery() FROM items"
             )
             count, max_id, lsn, recovering = cur.fetchone()
+            found = None
+            if ids:
+                cur.execute("SELECT id FROM items ORDER BY id")
+                found = [row[0] for row in cur.fetchall()]
     finally:
         conn.close()
     return {
+        **({"ids": found} if ids else {}),
         "replica": replica["name"],
         "node": replica["node"],
         "count": count,
@@ -141,12 +155,17 @@ def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
             body = environ["wsgi.input"].read(size).decode("utf-8", "replace")
             status, answer = "200 OK", write(body)
         elif method == "GET" and path == "/read":
-            status, answer = "200 OK", read(query.get("after"), query.get("replica"))
+            status, answer = (
+                "200 OK",
+                read(query.get("after"), query.get("replica"), "ids" in query),
+            )
         elif method == "GET" and path == "/status":
             status, answer = "200 OK", topology(fresh=True)
         else:
             status = "404 Not Found"
-            answer = {"error": "POST /write, GET /read[?after=LSN][&replica=NAME], GET /status"}
+            answer = {
+                "error": "POST /write, GET /read[?after=LSN][&replica=NAME][&ids], GET /status"
+            }
     except Unavailable as e:
         status, answer = "503 Service Unavailable", {"error": str(e)}
     except TimeoutError as e:
