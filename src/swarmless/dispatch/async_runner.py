@@ -25,6 +25,9 @@ How calls reach it, with as few store round trips as a call can have:
   transaction (bounded; a call's slot is free before its outcome is written). An outcome
   not yet committed when the gateway dies is not lost: the call is still leased, and runs
   again once its lease passes (at once when this gateway restarts). At-least-once.
+- **running marks, late and together**: a call's record says ``running`` once it has run
+  up to :data:`MARK_AFTER` (the marks of the calls started meanwhile in one write); a call
+  over by then goes from ``queued`` straight to its outcome, with no write of its own.
 
 A gateway that restarts gives back the leases it held when it died (they run again:
 at-least-once); a call whose runs were lost that way too often goes to the dead letter
@@ -63,6 +66,10 @@ log = logging.getLogger("swarmless.async")
 
 #: While calls run, how long the runner lets finished slots gather before it claims.
 COALESCE = 0.003
+#: A started call's record says ``running`` once it has run up to this long (seconds):
+#: the marks of the calls started meanwhile go out together, and a call that is over by
+#: then is not marked at all (its outcome, written next, says more).
+MARK_AFTER = 0.05
 
 #: Seconds between two tries to take back the calls held before a restart (doubling).
 TAKE_BACK_MIN = 1.0
@@ -109,6 +116,9 @@ class AsyncRunner:
         self._attempts = Attempts(dispatcher, store, self._callbacks)
         #: Calls waiting per function, refreshed as the runner goes (metrics, ls).
         self._queued: dict[str, int] = {}
+        #: Calls started since the last marks went out (:data:`MARK_AFTER`).
+        self._unmarked: set[str] = set()
+        self._mark_timer: asyncio.TimerHandle | None = None
         self._stopping = False
 
     # -- what collaborators ask ------------------------------------------------------------
@@ -154,21 +164,20 @@ class AsyncRunner:
             if created:
                 self.accepted(name)
             return call_id, created
+        # The group's own future, no task: written with the calls accepted with it.
+        enqueued = self.store.enqueue_future(
+            rec,
+            method=method,
+            path=path,
+            query=query,
+            headers=headers,
+            body=body,
+            callback_url=callback_url,
+            idempotency_key=idempotency_key,
+            leased_to=(self.owner, lease_ms(found[0])),
+        )
         self._incoming[name] = self._incoming.get(name, 0) + 1
         self._ahead_bytes += len(body)
-        enqueued = asyncio.ensure_future(
-            self.store.enqueue(
-                rec,
-                method=method,
-                path=path,
-                query=query,
-                headers=headers,
-                body=body,
-                callback_url=callback_url,
-                idempotency_key=idempotency_key,
-                leased_to=(self.owner, lease_ms(found[0])),
-            )
-        )
 
         def settled(done: asyncio.Future[tuple[str, bool]]) -> None:
             # Runs whether or not the caller is still there: a call written claimed by
@@ -345,12 +354,23 @@ class AsyncRunner:
             self._ahead_bytes -= len(call.body)
             self._running[name] = self._running.get(name, 0) + 1
             self._slot_held[call.id] = True
-            self.store.mark_running(call.id)
+            self._unmarked.add(call.id)
             task = loop.create_task(self._run(call))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         if not ahead:
             del self._ahead[name]
+        if self._mark_timer is None and self._unmarked:
+            self._mark_timer = loop.call_later(MARK_AFTER, self._mark_started)
+
+    def _mark_started(self) -> None:
+        """The records of the calls started since the last marks, and still running, say
+        ``running`` (one write for all of them, with the store's next group)."""
+        self._mark_timer = None
+        started, self._unmarked = self._unmarked, set()
+        for call_id in started:
+            if call_id in self._slot_held:
+                self.store.mark_running(call_id)
 
     async def _run(self, call: Claimed) -> None:
         try:
@@ -368,7 +388,8 @@ class AsyncRunner:
         if self._slot_held.pop(call.id, False):
             self._running[call.function] -= 1
             self._start(call.function)
-            self._wake.set()
+            if self._backlog:  # calls wait in the store: claim for the slot
+                self._wake.set()
 
     async def _execute(self, call: Claimed) -> None:
         await self._attempts.execute(call, self._free_slot)
@@ -387,6 +408,9 @@ class AsyncRunner:
         calls running; the rest stay leased."""
         self._stopping = True
         self._wake.set()
+        if self._mark_timer is not None:
+            self._mark_timer.cancel()
+            self._mark_timer = None
         await self._give_back()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
