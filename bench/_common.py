@@ -55,8 +55,12 @@ def pct(values: list[float], p: float) -> float:
 class Gateway:
     """A ``swarmless up`` process with its own data dir, network and instance name."""
 
-    def __init__(self, url: str, token: str, instance: str) -> None:
+    def __init__(
+        self, url: str, token: str, instance: str, pid: int = 0, data: Path | None = None
+    ) -> None:
         self.url, self.token, self.instance = url, token, instance
+        #: The gateway's process id and data dir (its SQLite store is ``data/swarmless.db``).
+        self.pid, self.data = pid, data
 
     @property
     def headers(self) -> dict[str, str]:
@@ -95,7 +99,7 @@ def gateway(engine: docker.DockerClient, name: str) -> Iterator[Gateway]:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise SystemExit(f"gateway did not start; see {data / 'gateway.log'}")
             time.sleep(0.1)
-        yield Gateway(url, (data / "token").read_text().strip(), instance)
+        yield Gateway(url, (data / "token").read_text().strip(), instance, proc.pid, data)
         started_fine = True
     finally:
         proc.send_signal(signal.SIGTERM)

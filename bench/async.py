@@ -1,13 +1,22 @@
 """Async invocations: enqueue rate, enqueue-to-start delay, async drain vs sync drain.
 
     .venv/bin/python bench/async.py [--calls 2000] [--clients 64] [--rounds 3]
-                                    [--start-samples 200] [--json PATH]
+                                    [--start-samples 200] [--enqueue-rounds 5]
+                                    [--enqueue-seconds 5] [--enqueue-connections 32]
+                                    [--json PATH]
 
 Starts a gateway as its own process (SQLite store in a temporary directory), deploys a
 warm no-op function with its containers kept ready, and measures over loopback:
 
-- enqueue rate: async calls accepted (durable, 202) per second, ``--clients`` at once;
-  target >= 3,000/s on SQLite;
+- enqueue rate: async calls accepted (durable, 202) per second under a flood from
+  ``wrk`` (C, one thread, ``--enqueue-connections`` keep-alive connections, so the load
+  generator does not starve the gateway of the 2 cores; ``apt-get install -y wrk``),
+  ``--enqueue-seconds`` a round; every 202's id is then checked to be a row of the
+  store's queue. Two kinds of rounds alternate: ``run``, calls of the no-op function
+  while its 4 warm containers run them as they come (target >= 3,000/s on SQLite), and
+  ``held``, calls of a function whose one container is busy, so they wait in the queue
+  (the intake alone). CPU per accepted call: the whole machine, the gateway process, the
+  worker containers, wrk;
 - enqueue-to-start delay with a free warm container (calls sent one at a time), beside
   the same delay of sync calls, samples alternating: ``started_at - queued_at`` from the
   records of both; target async p50 <= 10 ms;
@@ -31,19 +40,39 @@ import argparse
 import contextlib
 import dataclasses
 import http.client
+import os
 import statistics
+import tempfile
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 import docker
 import httpx
 
-from _common import build_image, check, exit_on_sigterm, gateway, pct, target, write_json
+from _common import (
+    Gateway,
+    build_image,
+    check,
+    children_cpu,
+    container_cpu,
+    exit_on_sigterm,
+    gateway,
+    host_cpu,
+    pct,
+    proc_cpu,
+    target,
+    write_json,
+)
+from enqueue_load import have_wrk, queue_ids, wrk_enqueue
 
 IMAGE = "swarmless-bench/async-noop:latest"
-HANDLER = "def handle(event, context):\n    return b'ok'\n"
+HANDLER = (
+    "import time\n\n\ndef handle(event, context):\n    return b'ok'\n\n\n"
+    "def hold(event, context):\n    time.sleep(900)\n    return b'ok'\n"
+)
 FINAL = ("succeeded", "failed", "timeout", "dead", "cancelled")
 
 
@@ -171,7 +200,140 @@ def drain(http: httpx.Client, url: str, kind: str, calls: int, clients: int) -> 
     }
 
 
-def measure(url: str, token: str, args: argparse.Namespace) -> dict[str, Any]:
+#: The enqueue rounds' second function: one container, one call at a time, each call
+#: sleeping: what is accepted waits in the queue (intake alone, nothing runs meanwhile).
+HOLD = {
+    "name": "hold",
+    "image": IMAGE,
+    "mode": "warm",
+    "handler": "handler:hold",
+    "concurrency": 1,
+    "min_containers": 1,
+    "max_containers": 1,
+    "async_concurrency": 1,
+    "timeout": 900,
+    "retries": 0,
+    "idle_timeout": 900,
+    "queue_size": 200_000,
+}
+
+
+def enqueue_burst(
+    engine: docker.DockerClient,
+    gw: Gateway,
+    function: str,
+    args: argparse.Namespace,
+    tmp: Path,
+) -> dict[str, Any]:
+    """One flood of ``/async-function/FUNCTION`` by ``wrk`` (``--enqueue-seconds``,
+    ``--enqueue-connections`` keep-alive connections, one thread), then the proof: every
+    202's id is a row of the store's queue (read from the SQLite file beside the running
+    gateway), and the rows written beyond them are at most the connections (calls in
+    flight when wrk stopped). CPU seconds over the flood, per call accepted: the whole
+    machine (``/proc/stat``), the gateway process, the gateway's worker containers (their
+    cgroups), wrk; *other* is the rest (the engine, the kernel, other tenants)."""
+    assert gw.data is not None
+    db = gw.data / "swarmless.db"
+    flt = {"label": f"swarmless.gateway={gw.instance}"}
+    cids = [c["Id"] for c in engine.api.containers(filters=flt)]
+    before = queue_ids(db, function)
+
+    def cpu() -> tuple[float, float, float, float, float]:
+        busy, total = host_cpu()
+        workers = sum(container_cpu(engine, c) for c in cids)
+        return busy, total, proc_cpu(gw.pid), workers, children_cpu()
+
+    c0 = cpu()
+    burst = wrk_enqueue(
+        f"{gw.url}/async-function/{function}",
+        args.enqueue_connections,
+        args.enqueue_seconds,
+        tmp,
+    )
+    c1 = cpu()
+    rows = queue_ids(db, function)
+    accepted = set(burst.ids)
+    check(len(accepted) == burst.accepted, ("202s without an id", burst.accepted))
+    lost = accepted - rows
+    check(not lost, f"{len(lost)} calls answered 202 are not in the store's queue")
+    extra = rows - before - accepted
+    check(len(extra) <= args.enqueue_connections, ("rows beyond the 202s", len(extra)))
+    n = max(1, burst.accepted)
+    us = {
+        "machine": (c1[0] - c0[0]) / n * 1e6,
+        "gateway": (c1[2] - c0[2]) / n * 1e6,
+        "workers": (c1[3] - c0[3]) / n * 1e6,
+        "wrk": (c1[4] - c0[4]) / n * 1e6,
+    }
+    us["other"] = us["machine"] - us["gateway"] - us["workers"] - us["wrk"]
+    return {
+        "function": function,
+        "accepted": burst.accepted,
+        "answers": burst.requests,
+        "seconds": burst.seconds,
+        "rate": burst.rate,
+        "p50_ms": burst.p50_ms,
+        "p99_ms": burst.p99_ms,
+        "other_statuses": burst.other,
+        "socket_errors": burst.socket_errors,
+        "rows_beyond_202s": len(extra),
+        "machine_busy": (c1[0] - c0[0]) / max(1e-9, c1[1] - c0[1]),
+        "cpu_us_per_accept": us,
+        "loadavg": os.getloadavg()[0],
+    }
+
+
+def enqueue_rounds(
+    engine: docker.DockerClient, gw: Gateway, http: httpx.Client, args: argparse.Namespace
+) -> dict[str, list[dict[str, Any]]]:
+    """The enqueue rate, two kinds of rounds alternating (:func:`enqueue_burst` each):
+
+    - ``run``: calls of ``noop`` while its 4 warm containers run what is accepted, as it
+      comes (the gateway accepts and runs at once, as under a real burst); each round
+      starts with nothing of it pending. The target is judged on these.
+    - ``held``: calls of ``hold`` (:data:`HOLD`), whose one container is busy the whole
+      time: what is accepted waits in the queue, so the gateway only accepts.
+    """
+    http.post("/system/functions", json=HOLD).raise_for_status()
+    out: dict[str, list[dict[str, Any]]] = {"run": [], "held": []}
+    try:
+        deadline = time.monotonic() + 120
+        while http.get("/system/functions/hold").json()["containers"].get("ready", 0) < 1:
+            if time.monotonic() > deadline:
+                raise SystemExit("the hold function's container not ready after 120 s")
+            time.sleep(0.2)
+        with tempfile.TemporaryDirectory(prefix="swarmless-bench-enqueue-") as tmp:
+            for i in range(args.enqueue_rounds):
+                for kind in ("run", "held") if i % 2 == 0 else ("held", "run"):
+                    if kind == "run":
+                        deadline = time.monotonic() + 300
+                        while pending(http):
+                            if time.monotonic() > deadline:
+                                raise SystemExit("async calls still pending after 300 s")
+                            time.sleep(0.05)
+                    fn = "noop" if kind == "run" else "hold"
+                    got = enqueue_burst(engine, gw, fn, args, Path(tmp))
+                    out[kind].append(got)
+                    us = got["cpu_us_per_accept"]
+                    print(
+                        f"  enqueue round {i + 1} {kind:<4}: {got['accepted']} accepted (202)"
+                        f" in {got['seconds']:.2f} s = {got['rate']:,.0f}/s, every one a row"
+                        f" of the queue (+{got['rows_beyond_202s']} in flight at the end);"
+                        f" p50 {got['p50_ms']:.1f} ms p99 {got['p99_ms']:.1f} ms; other"
+                        f" answers {got['other_statuses'] or 'none'}; CPU us/accept machine"
+                        f" {us['machine']:.0f} (gateway {us['gateway']:.0f}, workers"
+                        f" {us['workers']:.0f}, wrk {us['wrk']:.0f}, other {us['other']:.0f});"
+                        f" machine busy {got['machine_busy']:.0%}, load {got['loadavg']:.2f}",
+                        flush=True,
+                    )
+    finally:
+        with contextlib.suppress(httpx.HTTPError):
+            http.delete("/system/functions/hold")
+    return out
+
+
+def measure(engine: docker.DockerClient, gw: Gateway, args: argparse.Namespace) -> dict[str, Any]:
+    url, token = gw.url, gw.token
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=url, headers=headers, timeout=120) as http:
         spec = {
@@ -210,7 +372,13 @@ def measure(url: str, token: str, args: argparse.Namespace) -> dict[str, Any]:
                     f" {got['server_seconds']:.2f} s by the records",
                     flush=True,
                 )
-    return {"start_delays_ms": delays, "drains": rounds}
+        print(
+            f"enqueue rate: {args.enqueue_rounds} rounds of {args.enqueue_seconds:g} s of each"
+            f" kind, wrk -t1 -c{args.enqueue_connections}...",
+            flush=True,
+        )
+        enqueues = enqueue_rounds(engine, gw, http, args)
+    return {"start_delays_ms": delays, "drains": rounds, "enqueue": enqueues}
 
 
 def main() -> None:
@@ -219,6 +387,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="drain rounds of each kind")
     parser.add_argument("--start-samples", type=int, default=200)
+    parser.add_argument("--enqueue-rounds", type=int, default=5, help="enqueue-rate rounds")
+    parser.add_argument("--enqueue-seconds", type=float, default=5.0)
+    parser.add_argument("--enqueue-connections", type=int, default=32)
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args()
     if not (
@@ -228,12 +399,22 @@ def main() -> None:
         and 0 < args.start_samples <= 2000
     ):
         parser.error("--calls 1..20000, --clients 1..256, --rounds 1..20, --start-samples 1..2000")
+    if not (
+        0 < args.enqueue_rounds <= 20
+        and 0 < args.enqueue_seconds <= 60
+        and 0 < args.enqueue_connections <= 256
+    ):
+        parser.error(
+            "--enqueue-rounds 1..20, --enqueue-seconds 1..60, --enqueue-connections 1..256"
+        )
+    if not have_wrk():
+        parser.error("the enqueue rate needs wrk: apt-get install -y wrk")
     exit_on_sigterm()
     engine = docker.from_env()
     build_image(engine, IMAGE, HANDLER, "async")
     try:
         with gateway(engine, "async") as gw:
-            result = measure(gw.url, gw.token, args)
+            result = measure(engine, gw, args)
     finally:
         with contextlib.suppress(docker.errors.DockerException):
             engine.images.remove(IMAGE, force=True)
@@ -248,7 +429,16 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
     s_client = statistics.median(r["client_seconds"] for r in d["sync"])
     a_server = statistics.median(r["server_seconds"] for r in d["async"])
     s_server = statistics.median(r["server_seconds"] for r in d["sync"])
-    enqueue = calls / statistics.median(r["accepted_seconds"] for r in d["async"])
+    enq = result["enqueue"]
+    enqueue = statistics.median(r["rate"] for r in enq["run"])
+    held = statistics.median(r["rate"] for r in enq["held"])
+    enq_cpu = {
+        kind: {
+            k: statistics.median(r["cpu_us_per_accept"][k] for r in enq[kind])
+            for k in enq[kind][0]["cpu_us_per_accept"]
+        }
+        for kind in ("run", "held")
+    }
     delays = result["start_delays_ms"]
     ap50, ap99 = pct(delays["async"], 50), pct(delays["async"], 99)
     sp50, sp99 = pct(delays["sync"], 50), pct(delays["sync"], 99)
@@ -266,6 +456,17 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
         f" {s_server:.2f} s by the records"
     )
     print(f"ratio by the records (check): {a_server / s_server:.2f}")
+    for kind, what, rate in (
+        ("run", "calls run as they come", enqueue),
+        ("held", "calls wait (function busy)", held),
+    ):
+        u = enq_cpu[kind]
+        rates = ", ".join(f"{r['rate']:,.0f}" for r in enq[kind])
+        print(
+            f"enqueue, {what}: {rate:,.0f} accepted/s (median of {rates}), every 202 a row"
+            f" of the queue; CPU us/accept: machine {u['machine']:.0f}, gateway"
+            f" {u['gateway']:.0f}, workers {u['workers']:.0f}, wrk {u['wrk']:.0f}"
+        )
     result["targets"] = [
         target("async-enqueue-rate", enqueue, ">=", 3000, "calls/s"),
         target("async-enqueue-to-start-p50", ap50, "<=", 10, "ms"),
@@ -276,6 +477,9 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
         "drain_sync_s": s_client,
         "drain_ratio_records": a_server / s_server,
         "enqueue_per_s": enqueue,
+        "enqueue_cpu_us": enq_cpu["run"],
+        "enqueue_held_per_s": held,
+        "enqueue_held_cpu_us": enq_cpu["held"],
         "start_async_p50_ms": ap50,
         "start_sync_p50_ms": sp50,
     }

@@ -299,10 +299,10 @@ class FramedWorker(asyncio.Protocol):
 
 
 class _OneWrite(asyncio.Transport):
-    """The transport as one response of ``/function/*`` sees it: the status line and
-    headers are held until the body comes, and both go out in one write (one system call
-    and one wake-up of the client instead of two). Only the first write after the
-    response started is held; closing sends what is held first."""
+    """The transport as one response of ``/function/*`` (or ``/async-function/*``) sees
+    it: the status line and headers are held until the body comes, and both go out in one
+    write (one system call and one wake-up of the client instead of two). Only the first
+    write after the response started is held; closing sends what is held first."""
 
     def __init__(self, transport: asyncio.Transport, started: Callable[[], bool]) -> None:
         super().__init__()
@@ -335,10 +335,14 @@ class _OneWrite(asyncio.Transport):
         return self._transport.get_extra_info(name, default)
 
 
+#: The paths answered in one write: sync calls, and the 202 (or refusal) of an async one.
+_ONE_WRITE = ("/function/", "/async-function/")
+
+
 def upgrade_protocol(runtime: Callable[[], RuntimeAPI | None]) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol that also upgrades ``POST /runtime/connect`` to a
     :class:`FramedWorker` (``runtime()``: the active gateway's runtime API, or None), and
-    answers ``/function/*`` in one write (:class:`_OneWrite`)."""
+    answers ``/function/*`` and ``/async-function/*`` in one write (:class:`_OneWrite`)."""
 
     class GatewayHttpProtocol(HttpToolsProtocol):
         def on_headers_complete(self) -> None:
@@ -348,7 +352,7 @@ def upgrade_protocol(runtime: Callable[[], RuntimeAPI | None]) -> type[HttpTools
                 cycle is not None
                 and cycle.scope is self.scope
                 and self.scope["method"] != "HEAD"
-                and self.scope.get("path", "").startswith("/function/")
+                and self.scope.get("path", "").startswith(_ONE_WRITE)
             ):
                 cycle.transport = _OneWrite(self.transport, lambda: cycle.response_started)
 

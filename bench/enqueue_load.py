@@ -1,0 +1,144 @@
+"""A light load of async calls, and the proof that what was accepted is in the store.
+
+:func:`wrk_enqueue` floods ``POST /async-function/NAME`` with ``wrk`` (C, one thread,
+keep-alive connections: a fraction of a Python client's CPU per request, so on a 2-core
+machine the gateway, not the load generator, is what is measured). Its Lua script counts
+the answers by status and keeps the ``X-Call-Id`` of every ``202``. :func:`queue_ids`
+reads the ids of the function's rows in the gateway's SQLite queue (a read-only
+connection beside the running gateway): every call answered 202 must be a row there.
+
+``wrk`` is Debian's package: ``apt-get install -y wrk``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+#: The script: POST the body, count statuses, keep the ids of the 202s (per thread),
+#: and at the end write one JSON line (counts, latency) and the ids, one a line, to the
+#: file named by ``ENQUEUE_OUT``.
+LUA = r"""
+wrk.method = "POST"
+wrk.body = "{}"
+wrk.headers["Content-Type"] = "application/json"
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) ids = {}; n = 0; statuses = {} end
+function response(status, headers, body)
+  if status == 202 then
+    n = n + 1
+    ids[n] = headers["x-call-id"] or headers["X-Call-Id"] or ""
+  else
+    statuses[status] = (statuses[status] or 0) + 1
+  end
+end
+function done(summary, latency, requests)
+  local f = assert(io.open(os.getenv("ENQUEUE_OUT"), "w"))
+  local other, accepted = {}, 0
+  local all = {}
+  for _, t in ipairs(threads) do
+    local got = t:get("ids")
+    for i = 1, #got do all[#all + 1] = got[i] end
+    accepted = accepted + t:get("n")
+    for s, c in pairs(t:get("statuses")) do
+      other[#other + 1] = string.format('"%d": %d', s, c)
+    end
+  end
+  f:write(string.format(
+    '{"requests": %d, "duration_us": %d, "accepted": %d, "p50_us": %d, "p99_us": %d, ' ..
+    '"socket_errors": %d, "other": {%s}}\n',
+    summary.requests, summary.duration, accepted, latency:percentile(50),
+    latency:percentile(99),
+    summary.errors.connect + summary.errors.read + summary.errors.write +
+    summary.errors.timeout, table.concat(other, ", ")))
+  for i = 1, #all do f:write(all[i], "\n") end
+  f:close()
+end
+"""
+
+
+@dataclasses.dataclass
+class Burst:
+    """One fixed-duration flood of async calls, as ``wrk`` saw it."""
+
+    #: Answers received (any status), and of them 202s.
+    requests: int
+    accepted: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    #: {status: count} of answers other than 202; connect/read/write/timeout errors.
+    other: dict[str, int]
+    socket_errors: int
+    ids: list[str]
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / self.seconds
+
+
+def have_wrk() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def wrk_enqueue(
+    url: str, connections: int, seconds: float, workdir: Path, threads: int = 1
+) -> Burst:
+    """``connections`` keep-alive connections POSTing to ``url`` for ``seconds``."""
+    script = workdir / "enqueue.lua"
+    script.write_text(LUA)
+    out = workdir / "enqueue.out"
+    out.unlink(missing_ok=True)
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        url,
+    ]
+    env = {**os.environ, "ENQUEUE_OUT": str(out)}
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=seconds + 60, check=False, env=env
+    )
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(
+            f"wrk failed ({proc.returncode}): {proc.stdout[-500:]}{proc.stderr[-500:]}"
+        )
+    head, _, rest = out.read_text().partition("\n")
+    r = json.loads(head)
+    ids = [ln for ln in rest.splitlines() if ln]
+    return Burst(
+        requests=r["requests"],
+        accepted=r["accepted"],
+        seconds=r["duration_us"] / 1e6,
+        p50_ms=r["p50_us"] / 1000,
+        p99_ms=r["p99_us"] / 1000,
+        other={str(k): int(v) for k, v in r["other"].items()},
+        socket_errors=r["socket_errors"],
+        ids=ids,
+    )
+
+
+def queue_ids(db: Path, function: str) -> set[str]:
+    """Ids of every row of ``function`` in the SQLite queue at ``db`` (read-only)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = conn.execute("SELECT id FROM async_queue WHERE function = ?", (function,))
+        return {str(r[0]) for r in rows}
+    finally:
+        conn.close()
+
+
+def valid_id(call_id: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9-]{1,100}", call_id) is not None
