@@ -19,7 +19,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import docker
+import docker.constants
 import docker.errors
+import docker.tls
+import docker.utils
 import requests.exceptions
 
 from swarmless.exceptions import EngineUnavailable, ImageNotFound, SwarmlessError
@@ -102,17 +105,50 @@ def connect(docker_host: str | None = None, *, timeout: float = 120) -> docker.D
     """A Docker SDK client whose every call waits at most ``timeout`` seconds for an answer;
     raises :class:`EngineUnavailable` when no engine answers."""
     try:
-        if docker_host:
-            client = docker.DockerClient(
-                base_url=docker_host, version="auto", timeout=timeout, max_pool_size=POOL_SIZE
-            )
-        else:
-            client = docker.from_env(timeout=timeout, max_pool_size=POOL_SIZE)
+        client = _client(docker_host, timeout)
     except docker.errors.DockerException as e:
         raise EngineUnavailable(engine_address(docker_host), _short(e)) from e
     # Errors met later through this client name the address it was made for.
     client.api.swarmless_address = engine_address(docker_host)
     return client
+
+
+def _client(docker_host: str | None, timeout: float) -> docker.DockerClient:
+    kwargs: dict[str, Any]
+    if docker_host:
+        kwargs = {"base_url": docker_host, "tls": _tls_from_env(docker_host)}
+    else:
+        kwargs = docker.utils.kwargs_from_env()  # what docker.from_env reads
+    tls = kwargs.get("tls")
+    if not (isinstance(tls, docker.tls.TLSConfig) and tls.verify and tls.ca_cert):
+        return docker.DockerClient(
+            version="auto", timeout=timeout, max_pool_size=POOL_SIZE, **kwargs
+        )
+    # The engine's CA (DOCKER_CERT_PATH/ca.pem) alone: requests would let REQUESTS_CA_BUNDLE
+    # or CURL_CA_BUNDLE replace it on every call (the system's bundle, which never signed
+    # the engine's certificate), so the session must not read the environment, and the
+    # API version is asked only once it does not.
+    client = docker.DockerClient(
+        version=docker.constants.MINIMUM_DOCKER_API_VERSION,
+        timeout=timeout,
+        max_pool_size=POOL_SIZE,
+        **kwargs,
+    )
+    client.api.trust_env = False
+    client.api._version = client.api._retrieve_server_version()
+    return client
+
+
+def _tls_from_env(docker_host: str) -> docker.tls.TLSConfig | None:
+    """TLS for an explicit engine address, from ``DOCKER_TLS_VERIFY`` and ``DOCKER_CERT_PATH``
+    as the Docker CLI reads them (and as :func:`endpoint` decides ``tls``): the server's
+    certificate checked against ``ca.pem``, ``cert.pem`` and ``key.pem`` presented; missing
+    files are an error, never a silent plain-text connection."""
+    if os.environ.get("DOCKER_TLS_VERIFY", "") in ("", "0") or endpoint(docker_host).socket:
+        return None
+    env = {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": os.environ.get("DOCKER_CERT_PATH", "")}
+    tls = docker.utils.kwargs_from_env(environment=env).get("tls")
+    return tls if isinstance(tls, docker.tls.TLSConfig) else None
 
 
 def _short(e: BaseException) -> str:
