@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import os
 import statistics
 import threading
 import time
@@ -40,6 +41,7 @@ from typing import Any
 import docker
 import httpx
 
+import swarmless
 from _common import (
     build_image,
     check,
@@ -51,7 +53,7 @@ from _common import (
     write_json,
 )
 
-IMAGE = "swarmless-bench/scaling:latest"
+IMAGE = f"swarmless-bench/scaling:{os.getpid()}"
 HANDLER = """
 import time
 
@@ -80,23 +82,49 @@ def wait(predicate: object, timeout: float = 120) -> float:
     return time.perf_counter() - t0
 
 
+def create_options(
+    engine: docker.DockerClient, http: httpx.Client, instance: str
+) -> dict[str, Any]:
+    """The create options of a container of function ``ten`` as the gateway made it (one
+    started and inspected): its environment, binds (the runtime package), limits, network
+    and name length, for the baseline to create its containers with the same."""
+    http.post("/system/scale/ten", json={"replicas": 1}).raise_for_status()
+    wait(lambda: containers(http, "ten").get("ready", 0) >= 1)
+    flt = {"label": [f"swarmless.gateway={instance}", "swarmless.function=ten"]}
+    info = engine.api.inspect_container(engine.api.containers(filters=flt)[0]["Id"])
+    http.post("/system/scale/ten", json={"replicas": 0}).raise_for_status()
+    wait(lambda: not engine.api.containers(all=True, filters=flt), 60)
+    cfg, hc = info["Config"], info["HostConfig"]
+    host: dict[str, Any] = {"NetworkMode": hc["NetworkMode"], "Binds": hc.get("Binds") or []}
+    for key in ("NanoCpus", "PidsLimit", "LogConfig", "Memory"):
+        if hc.get(key):
+            host[key] = hc[key]
+    return {"env": cfg.get("Env") or [], "host": host, "workdir": cfg.get("WorkingDir")}
+
+
 def engine_parallel_start(
-    engine: docker.DockerClient, n: int, network: str
+    engine: docker.DockerClient, n: int, options: dict[str, Any], tag: str
 ) -> tuple[float, list[float]]:
-    """The engine's own rate: n containers of the image created and started at once, on
-    the same network as the function's (a user-defined bridge costs more than the default).
-    The total time and when each container's start returned (seconds from the beginning)."""
+    """The engine's own rate: n containers of the image created and started at once, in
+    threads, with the create options of the function's containers (``create_options``:
+    the same network, binds, limits, environment), a command that only waits. The total
+    time and when each container's start returned (seconds from the beginning)."""
     ids: list[str] = []
     started: list[float] = []
     lock = threading.Lock()
+    host = engine.api.create_host_config(network_mode=options["host"]["NetworkMode"])
+    host.update(options["host"])
     t0 = time.perf_counter()
 
-    def one(_: int) -> None:
+    def one(i: int) -> None:
         c = engine.api.create_container(
             IMAGE,
             command=["python3", "-c", "import time; time.sleep(60)"],
-            labels={"swarmless.bench": "scaling", "swarmless.test": "helper-bench"},
-            host_config=engine.api.create_host_config(network_mode=network),
+            environment=options["env"],
+            working_dir=options["workdir"],
+            labels={"swarmless.bench": "scaling", "swarmless.bench-sample": tag},
+            host_config=host,
+            name=f"swarmless-base-{tag}-{i}-{os.getpid()}",
         )
         with lock:
             ids.append(c["Id"])
@@ -116,23 +144,34 @@ def engine_parallel_start(
 
 
 def zero_to_ten(
-    http: httpx.Client, engine: docker.DockerClient, network: str, reps: int
+    http: httpx.Client,
+    engine: docker.DockerClient,
+    events: EngineEvents,
+    instance: str,
+    reps: int,
 ) -> dict[str, Any]:
-    """Rounds alternate: ours, engine, engine, ours, ..."""
-    engine_parallel_start(engine, 2, network)  # warm the engine's caches
+    """Rounds alternate: ours, engine, engine, ours, ... Each round of ours begins with no
+    container of the function in the engine, and the engine's create events of the round
+    are counted (10 expected, no more)."""
+    options = create_options(engine, http, instance)
+    engine_parallel_start(engine, 2, options, "warm-up")  # warm the engine's caches
     ours: list[float] = []
     base: list[float] = []
+    created: list[int] = []
     timelines: dict[str, list[list[float]]] = {"ours": [], "engine": []}
+    flt = {"label": [f"swarmless.gateway={instance}", "swarmless.function=ten"]}
+    labels = {"swarmless.gateway": instance, "swarmless.function": "ten"}
     for rep in range(reps):
         order = ("ours", "engine") if rep % 2 == 0 else ("engine", "ours")
         for kind in order:
             if kind == "engine":
-                took, started = engine_parallel_start(engine, 10, network)
+                took, started = engine_parallel_start(engine, 10, options, f"ten-{rep}")
                 base.append(took)
                 timelines["engine"].append(started)
                 continue
+            wait(lambda: not engine.api.containers(all=True, filters=flt), 60)
             line: list[tuple[float, int]] = [(0.0, 0)]
-            t0 = time.perf_counter()
+            wall0, t0 = time.time(), time.perf_counter()
             http.post("/system/scale/ten", json={"replicas": 10}).raise_for_status()
             deadline = t0 + 120
             while True:
@@ -145,16 +184,199 @@ def zero_to_ten(
                 if time.perf_counter() > deadline:
                     raise SystemExit("zero to ten: not 10 ready after 120 s")
                 time.sleep(0.01)
-            ours.append(time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            ours.append(took)
+            evs = events.wait_for(labels, wall0, ("create", "start"))
+            creates = [t - wall0 for t, a, _ in evs if a == "create" and t <= wall0 + took]
+            starts = [t - wall0 for t, a, _ in evs if a == "start" and t <= wall0 + took]
+            created.append(len(creates))
+            print(
+                f"  ours {took * 1000:.0f} ms: {len(creates)} created, the last create at "
+                f"{max(creates, default=0) * 1000:.0f} ms, the last start at "
+                f"{max(starts, default=0) * 1000:.0f} ms",
+                flush=True,
+            )
             # the time each container became ready, as the engine baseline's list
             times: list[float] = []
             for t, n in line[1:]:
                 times += [t] * max(0, n - len(times))
             timelines["ours"].append(times)
             http.post("/system/scale/ten", json={"replicas": 0}).raise_for_status()
-            wait(lambda: sum(containers(http, "ten").get(k, 0) for k in ("ready", "starting")) == 0)
+            wait(lambda: not engine.api.containers(all=True, filters=flt), 60)
             time.sleep(1)
-    return {"ours": ours, "engine": base, "timelines": timelines}
+    for kind in ("engine",):
+        for took in base:
+            print(f"  {kind} {took * 1000:.0f} ms", flush=True)
+    return {"ours": ours, "engine": base, "timelines": timelines, "created": created}
+
+
+class EngineEvents:
+    """The engine's container events (create, start, die), read in a thread as they come:
+    what the engine itself did and when (its clock is this host's wall clock)."""
+
+    def __init__(self, engine: docker.DockerClient) -> None:
+        self._stream = engine.events(
+            decode=True,
+            filters={"type": "container", "event": ["create", "start", "die"]},
+        )
+        self._seen: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(Exception):  # closed: the stream ends
+            for ev in self._stream:
+                with self._lock:
+                    self._seen.append(ev)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._stream.close()
+
+    def of(
+        self, labels: dict[str, str], since: float, until: float
+    ) -> list[tuple[float, str, str]]:
+        """(wall time, action, container id) of the containers carrying ``labels``."""
+        out = []
+        with self._lock:
+            seen = list(self._seen)
+        for ev in seen:
+            attrs = ev.get("Actor", {}).get("Attributes", {})
+            t = int(ev.get("timeNano", 0)) / 1e9
+            if since <= t <= until and all(attrs.get(k) == v for k, v in labels.items()):
+                out.append((t, str(ev.get("Action")), str(ev.get("id", ""))[:12]))
+        return sorted(out)
+
+    def wait_for(
+        self, labels: dict[str, str], since: float, actions: tuple[str, ...], timeout: float = 5
+    ) -> list[tuple[float, str, str]]:
+        """The events of ``labels`` since ``since``, once each of ``actions`` was seen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.of(labels, since, time.time() + 1)
+            if {a for _, a, _ in got} >= set(actions) or time.monotonic() > deadline:
+                return got
+            time.sleep(0.01)
+
+
+#: ``run()``'s command: the handler imported and called once, its answer on stdout.
+RUN_ONCE = (
+    "import sys; from handler import handle; sys.stdout.buffer.write(handle({'body': b''}, None))"
+)
+#: Seconds after a first call's answer during which a second container would still count
+#: (a planner step or two: the gateway plans every second).
+COUNT_GRACE = 1.5
+
+
+def first_call_vs_run(
+    http: httpx.Client,
+    engine: docker.DockerClient,
+    events: EngineEvents,
+    instance: str,
+    samples: int,
+) -> dict[str, Any]:
+    """The first call of a warm function with no container vs ``run()`` of the same image,
+    alternating, both on the client's clocks (``perf_counter`` for the latency, the wall
+    clock to place the engine's events: create, start, the runtime asking for work, the
+    answer). Each first call is to a function deployed just before with room to scale
+    (``max_containers`` 10): no container of it existed (checked in the engine), and the
+    engine's create events for it are counted from the call until ``COUNT_GRACE`` seconds
+    after its answer."""
+    client = swarmless.from_env()
+    cmd = ["python3", "-c", RUN_ONCE]
+    check(client.run(IMAGE, cmd, labels={"swarmless.bench": "scaling"}) == b"ok", "run()")
+    out: dict[str, Any] = {"first": [], "run": [], "samples": [], "containers": []}
+    for i in range(samples):
+        for kind in ("first", "run") if i % 2 == 0 else ("run", "first"):
+            if kind == "run":
+                tag = {"swarmless.bench": "scaling", "swarmless.bench-sample": f"run-{i}"}
+                wall0, t0 = time.time(), time.perf_counter()
+                got = client.run(IMAGE, cmd, labels=tag)
+                took = time.perf_counter() - t0
+                wall1 = wall0 + took
+                check(got == b"ok", got)
+                evs = events.wait_for(tag, wall0, ("create", "start", "die"))
+                at = {a: t for t, a, _ in reversed(evs)}  # the first of each
+                out["run"].append(took)
+                out["samples"].append(
+                    {
+                        "kind": "run",
+                        "seconds": took,
+                        "phases": _phases(
+                            wall0,
+                            wall1,
+                            [
+                                ("create", at.get("create")),
+                                ("start", at.get("start")),
+                                ("exited", at.get("die")),
+                            ],
+                        ),
+                    }
+                )
+                continue
+            name = f"first-{i}"
+            deploy(http, name=name, max_containers=10, idle_timeout=600)
+            labels = {"swarmless.gateway": instance, "swarmless.function": name}
+            flt = [f"{k}={v}" for k, v in labels.items()]
+            before = container_states(engine, flt)
+            wall0, t0 = time.time(), time.perf_counter()
+            r = http.post(f"/function/{name}", content=b"0")
+            took = time.perf_counter() - t0
+            wall1 = wall0 + took
+            check(r.status_code == 200 and r.content == b"ok", (r.status_code, r.text))
+            rec = call_record(http, r.headers["x-call-id"])
+            time.sleep(max(0.0, wall1 + COUNT_GRACE - time.time()))
+            evs = events.wait_for(labels, wall0, ("create", "start"))
+            # in the order the engine created them
+            created = list(
+                dict.fromkeys(
+                    cid for t, a, cid in evs if a == "create" and t <= wall1 + COUNT_GRACE
+                )
+            )
+            after = container_states(engine, flt)
+            http.delete(f"/system/functions/{name}").raise_for_status()
+            # the container that served it: the record's short id (or its worker's id
+            # when it asked for work before its start returned), else the first created
+            served = str(rec.get("container") or "")
+            mine = [c for c in created if c.startswith(served) or served.startswith(c)]
+            cid = (mine or created or [""])[0]
+            at = {a: t for t, a, c in reversed(evs) if c == cid}
+            ready = rec["started_at"] / 1000 if rec.get("started_at") else None
+            cold = not before and rec.get("cold") is True
+            sample = {
+                "kind": "first",
+                "was": "cold" if cold else "not cold",
+                "seconds": took,
+                "engine_before": before,
+                "engine_after": after,
+                "created": created,
+                "record_cold": rec.get("cold"),
+                "phases": _phases(
+                    wall0,
+                    wall1,
+                    [("create", at.get("create")), ("start", at.get("start")), ("ready", ready)],
+                ),
+            }
+            out["samples"].append(sample)
+            if cold:
+                out["first"].append(took)
+                out["containers"].append(len(created))
+            else:
+                print(f"warning: first call {name} was not cold: {before} {rec}", flush=True)
+    return out
+
+
+def _phases(t0: float, t1: float, marks: list[tuple[str, float | None]]) -> dict[str, float | None]:
+    """Milliseconds of each phase: from the previous mark (the request) to this one, and
+    from the last mark to the answer (``answered``)."""
+    out: dict[str, float | None] = {}
+    prev: float | None = t0
+    for name, t in marks:
+        out[name] = (t - prev) * 1000 if t is not None and prev is not None else None
+        prev = t
+    out["answered"] = (t1 - prev) * 1000 if prev is not None else None
+    return out
 
 
 def call_record(http: httpx.Client, call_id: str) -> dict[str, Any]:
@@ -289,75 +511,161 @@ def step_load(http: httpx.Client, url: str, seconds: float) -> dict[str, Any]:
     }
 
 
+SECTIONS = ("first", "ten", "paused", "memory", "step")
+
+
+def count_target(name: str, value: int, goal: int) -> dict[str, object]:
+    """The one line of a count's target (``NAME containers N (target <= G: PASS)``)."""
+    ok = value <= goal
+    print(f"{name} containers {value} (target <= {goal}: {'PASS' if ok else 'FAIL'})", flush=True)
+    return {
+        "name": name,
+        "unit": "containers",
+        "value": value,
+        "op": "<=",
+        "target": goal,
+        "pass": ok,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--reps", type=int, default=3, help="zero-to-ten rounds of each side")
     parser.add_argument("--samples", type=int, default=5, help="cold and paused first calls")
+    parser.add_argument(
+        "--first-samples", type=int, default=0, help="first calls vs run() (default: --samples)"
+    )
     parser.add_argument("--step-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="run only these parts (repeat; default: all)",
+    )
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args()
-    if not (0 < args.reps <= 20 and 0 < args.samples <= 50 and 2 <= args.step_seconds <= 120):
-        parser.error("--reps 1..20, --samples 1..50, --step-seconds 2..120")
+    first_samples = args.first_samples or args.samples
+    if not (
+        0 < args.reps <= 20
+        and 0 < args.samples <= 50
+        and 0 < first_samples <= 50
+        and 2 <= args.step_seconds <= 120
+    ):
+        parser.error("--reps 1..20, --samples 1..50, --first-samples 1..50, --step-seconds 2..120")
+    only = set(args.only or SECTIONS)
     exit_on_sigterm()
     engine = docker.from_env()
     build_image(engine, IMAGE, HANDLER, "scaling")
-    result: dict[str, Any] = {"targets": []}
+    result: dict[str, Any] = {"targets": [], "loadavg": [os.getloadavg()[0]]}
+    events = EngineEvents(engine)
     try:
         with (
             gateway(engine, "scaling") as gw,
             httpx.Client(base_url=gw.url, headers=gw.headers, timeout=120) as http,
         ):
-            print("1/4 zero to ten (interleaved with the engine's parallel start)...", flush=True)
-            deploy(http, name="ten", max_containers=10, idle_timeout=600)
-            network = f"swarmless-{gw.instance}"
-            ten = zero_to_ten(http, engine, network, args.reps)
-            ours, base = statistics.median(ten["ours"]), statistics.median(ten["engine"])
-            print(f"zero to 10 ready:    {ours * 1000:.0f} ms (median of {args.reps})")
-            print(f"engine, 10 parallel: {base * 1000:.0f} ms (create+start, median)")
-            result["zero_to_ten"] = ten
-            result["targets"].append(target("scaling-zero-to-ten", ours / base, "<=", 1.1))
+            if "first" in only:
+                print("first call from zero vs run() (interleaved, engine-checked)...", flush=True)
+                fc = first_call_vs_run(http, engine, events, gw.instance, first_samples)
+                result["first_call"] = fc
+                report_first_calls(fc)
+                if not fc["first"]:
+                    raise SystemExit("no first call was checked cold: no ratio to print")
+                ours, base = statistics.median(fc["first"]), statistics.median(fc["run"])
+                result["targets"].append(
+                    target("scaling-first-call-vs-run", ours / base, "<=", 1.1)
+                )
+                result["targets"].append(
+                    count_target("scaling-single-first-call", max(fc["containers"]), 1)
+                )
 
-            print("2/4 cold vs paused first calls (interleaved, engine-checked)...", flush=True)
-            cp = cold_vs_paused(http, engine, gw.instance, args.samples)
-            result["first_calls"] = cp
-            for s in cp["samples"]:
-                states = ",".join(sorted(set(s["engine_states_before"].values()))) or "none"
+            if "ten" in only:
+                print("zero to ten (interleaved with the engine's parallel start)...", flush=True)
+                deploy(http, name="ten", max_containers=10, idle_timeout=600)
+                ten = zero_to_ten(http, engine, events, gw.instance, args.reps)
+                ours, base = statistics.median(ten["ours"]), statistics.median(ten["engine"])
+                print(f"zero to 10 ready:    {ours * 1000:.0f} ms (median of {args.reps})")
+                print(f"engine, 10 parallel: {base * 1000:.0f} ms (create+start, median)")
+                result["zero_to_ten"] = ten
+                result["targets"].append(target("scaling-zero-to-ten", ours / base, "<=", 1.1))
+
+            if "paused" in only:
+                print("cold vs paused first calls (interleaved, engine-checked)...", flush=True)
+                cp = cold_vs_paused(http, engine, gw.instance, args.samples)
+                result["first_calls"] = cp
+                for s in cp["samples"]:
+                    states = ",".join(sorted(set(s["engine_states_before"].values()))) or "none"
+                    print(
+                        f"  asked {s['asked']:<6} was {s['was']:<6} {s['seconds'] * 1000:7.1f} ms"
+                        f"  (engine before: {states}; record cold={s['record_cold']})"
+                    )
+                if not cp["paused"] or not cp["cold"]:
+                    raise SystemExit("no checked paused or cold sample: the ratio would be a lie")
+                cold, thaw = statistics.median(cp["cold"]), statistics.median(cp["paused"])
+                print(f"first call from zero:   {cold * 1000:.0f} ms (median of {len(cp['cold'])})")
                 print(
-                    f"  asked {s['asked']:<6} was {s['was']:<6} {s['seconds'] * 1000:7.1f} ms"
-                    f"  (engine before: {states}; record cold={s['record_cold']})"
+                    f"first call from paused: {thaw * 1000:.0f} ms (median of {len(cp['paused'])})"
                 )
-            if not cp["paused"] or not cp["cold"]:
-                raise SystemExit("no checked paused or cold sample: the ratio would be a lie")
-            cold, thaw = statistics.median(cp["cold"]), statistics.median(cp["paused"])
-            print(f"first call from zero:   {cold * 1000:.0f} ms (median of {len(cp['cold'])})")
-            print(f"first call from paused: {thaw * 1000:.0f} ms (median of {len(cp['paused'])})")
-            result["targets"].append(target("scaling-paused-vs-cold", thaw / cold, "<=", 0.1))
+                result["targets"].append(target("scaling-paused-vs-cold", thaw / cold, "<=", 0.1))
 
-            print("3/4 idle memory...", flush=True)
-            mem = idle_memory(http, engine, gw.instance)
-            result["idle_memory"] = mem
-            print(f"idle warm container: cgroup {mem['cgroup_mb']:.1f} MB")
-            result["targets"].append(target("scaling-idle-rss", mem["rss_mb"], "<=", 30, "MB"))
+            if "memory" in only:
+                print("idle memory...", flush=True)
+                mem = idle_memory(http, engine, gw.instance)
+                result["idle_memory"] = mem
+                print(f"idle warm container: cgroup {mem['cgroup_mb']:.1f} MB")
+                result["targets"].append(target("scaling-idle-rss", mem["rss_mb"], "<=", 30, "MB"))
 
-            print("4/4 step load 1 -> 32 clients...", flush=True)
-            step = step_load(http, gw.url, args.step_seconds)
-            result["step"] = step
-            recovered = step["recovered_after"]
-            print(
-                f"step 1 -> 32 clients: steady p99 {step['steady_p99'] * 1000:.1f} ms; "
-                + (
-                    f"p99 back under 2x after {recovered:.1f} s"
-                    if recovered is not None
-                    else f"p99 not back under 2x within {args.step_seconds:g} s"
+            if "step" in only:
+                print("step load 1 -> 32 clients...", flush=True)
+                step = step_load(http, gw.url, args.step_seconds)
+                result["step"] = step
+                recovered = step["recovered_after"]
+                print(
+                    f"step 1 -> 32 clients: steady p99 {step['steady_p99'] * 1000:.1f} ms; "
+                    + (
+                        f"p99 back under 2x after {recovered:.1f} s"
+                        if recovered is not None
+                        else f"p99 not back under 2x within {args.step_seconds:g} s"
+                    )
+                    + f"; containers now {step['containers']}"
                 )
-                + f"; containers now {step['containers']}"
-            )
     finally:
+        events.close()
         with contextlib.suppress(docker.errors.DockerException):
             engine.images.remove(IMAGE, force=True)
+    result["loadavg"].append(os.getloadavg()[0])
+    print(
+        f"load average (1 min) at start and end: {result['loadavg'][0]:.2f}, "
+        f"{result['loadavg'][1]:.2f}"
+    )
     write_json(args.json, result)
+
+
+def report_first_calls(fc: dict[str, Any]) -> None:
+    """Each sample with its phases, and the medians of each side's phases."""
+    for s in fc["samples"]:
+        ph = "  ".join(
+            f"{k} {v:6.1f}" if v is not None else f"{k}      ?" for k, v in s["phases"].items()
+        )
+        extra = ""
+        if s["kind"] == "first":
+            states = ",".join(sorted(set(s["engine_before"].values()))) or "none"
+            extra = f"  (engine before: {states}; created {len(s['created'])})"
+        print(f"  {s['kind']:<5} {s['seconds'] * 1000:7.1f} ms  {ph}{extra}", flush=True)
+    for kind in ("first", "run"):
+        rows = [s["phases"] for s in fc["samples"] if s["kind"] == kind]
+        if not rows:
+            continue
+        med = {
+            k: statistics.median(v for r in rows if (v := r.get(k)) is not None)
+            for k in rows[0]
+            if any(r.get(k) is not None for r in rows)
+        }
+        total = statistics.median(fc[kind]) * 1000 if fc[kind] else float("nan")
+        shown = ", ".join(f"{k} {v:.0f}" for k, v in med.items())
+        print(f"{kind:<5} median {total:.0f} ms; phases (ms, medians): {shown}", flush=True)
+    print(f"containers created per first call: {fc['containers']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from swarmless.scaling import (
     Action,
     BackOff,
     Kill,
+    Observation,
     Pause,
     Retire,
     ScalingSettings,
@@ -118,7 +119,9 @@ CASES = {
     "one-kept-nothing-to-do": Case((w("a"),), []),
     "nothing-wanted-nothing-running": Case((), [], state=IDLE),
     # Size: start the difference, retire the least recently used idle, kill paused surplus.
-    "start-for-queued": Case((), [("start", 5)], queued=3, reason="0 -> 5: panic"),
+    "start-for-queued": Case((), [("start", 3)], queued=3, reason="0 -> 3: panic"),
+    "one-start-for-a-lone-call": Case((), [("start", 1)], queued=1, reason="0 -> 1"),
+    "no-second-start-while-starting": Case((w("s", "starting", age=1),), [], queued=1),
     "pinned-starts-exactly": Case((), [("start", 3)], pinned=3, reason="pinned to 3"),
     "retire-least-recently-used": Case(
         (w("a", idle=20), w("b", idle=90), w("c", idle=50), w("d", idle=5)),
@@ -161,7 +164,7 @@ CASES = {
         pinned=0,
     ),
     "old-paused-not-thawed": Case(
-        (w("p1", "paused", version=1),), [("start", 2)], version=2, queued=1
+        (w("p1", "paused", version=1),), [("start", 1)], version=2, queued=1
     ),
     # Pause: with paused_buffer, an idle ready container after pause_after, at steady size.
     "pause-idle": Case((w("a", idle=5),), [("pause", "a")], spec=PAUSING, reason="idle 5s >= 2s"),
@@ -239,7 +242,7 @@ CASES = {
     ),
     "backoff-doubles": Case((), [("back-off", 1.0)], queued=1, crashes=3, last_crash=NOW - 3),
     "backoff-capped": Case((), [("back-off", 1.0)], queued=1, crashes=10, last_crash=NOW - 29),
-    "backoff-over": Case((), [("start", 2)], queued=1, crashes=3, last_crash=NOW - 4),
+    "backoff-over": Case((), [("start", 1)], queued=1, crashes=3, last_crash=NOW - 4),
     "backoff-is-a-setting": Case(
         (),
         [("back-off", 2.0)],
@@ -366,7 +369,7 @@ def test_pinned_leaves_the_policy_alone() -> None:
 def test_plan_to_dict() -> None:
     p = plan(CASES["backoff-after-a-crash"].snapshot(), SPEC)
     d = p.to_dict()
-    assert d["desired"] == 2
+    assert d["desired"] == 1
     assert not d["panic"]
     assert d["actions"] == [
         {"action": "back-off", "for_s": 0.5, "reason": p.actions[0].reason},
@@ -523,3 +526,53 @@ def test_a_silent_idle_ready_worker_is_checked_once_per_silent_after() -> None:
         dataclasses.replace(snap, silent_after=None),
     ):
         assert not [a for a in plan(away, SPEC).actions if isinstance(a, Check)]
+
+
+def _answered_lone_call(**snap: Any) -> Snapshot:
+    """A lone call queued for three seconds (its container slow to start), then served and
+    answered: the stable average is still 0.75, the policy's count 2."""
+    history = tuple(
+        Observation(at=NOW - 4 + i, in_flight=0, queued=1, ready=0, starting=1) for i in range(3)
+    )
+    fields: dict[str, Any] = {
+        "now": NOW,
+        "version": 1,
+        "workers": (w("a", idle=0.5, age=4),),
+        "history": history,
+        "state": State(last_busy=NOW - 1),
+        **snap,
+    }
+    return Snapshot(**fields)
+
+
+def test_no_start_for_no_work() -> None:
+    p = plan(_answered_lone_call(), SPEC)
+    assert p.actions == ()
+    assert p.decision.desired == 1
+    assert "nothing in flight or queued: no start, holding 1" in p.decision.reason
+    # the policy alone would have said 2: no scale-up happened, none is remembered
+    assert (
+        decide(
+            (*_answered_lone_call().history, p.observation),
+            scaling_spec(SPEC),
+            State(last_busy=NOW - 1),
+            NOW,
+            1,
+        )[0].desired
+        == 2
+    )
+    assert p.state is not None
+    assert p.state.last_scale_up is None
+
+
+def test_no_work_still_starts_the_floor() -> None:
+    spec = dataclasses.replace(SPEC, buffer=1)
+    p = plan(_answered_lone_call(workers=()), spec)
+    assert [brief(a) for a in p.actions] == [("start", 1)]
+
+
+def test_a_crash_is_still_retried_without_work() -> None:
+    """The back-off's retries are how a crashed function comes back: held only without a
+    crash."""
+    p = plan(_answered_lone_call(workers=(), crashes=1, last_crash=NOW - 30), SPEC)
+    assert [brief(a) for a in p.actions] == [("start", 2)]

@@ -73,6 +73,20 @@ CASES = {
     "first-call-waits-for-one": Case(
         load((59, 0), (1, 0, 1)), current=0, desired=1, reason="1 queued, no containers"
     ),
+    # Nothing served yet: the queue's own need, not the utilisation's headroom.
+    "lone-first-call-fresh-history-one": Case(
+        load((1, 0, 1)), current=0, desired=1, reason="none served yet: 1"
+    ),
+    "lone-first-call-while-starting-still-one": Case(
+        load((3, 0, 1)), current=1, desired=1, reason="none served yet: 1"
+    ),
+    "queued-from-zero-one-each": Case(
+        load((1, 0, 3)), current=0, desired=3, panic=True, reason="none served yet: 3"
+    ),
+    "queued-from-zero-concurrency-2": Case(
+        load((1, 0, 3)), current=0, desired=2, spec=ScalingSpec(concurrency=2)
+    ),
+    "served-calls-get-headroom": Case(load((3, 1, 1)), current=1, desired=3, panic=True),
     # Steady load: ceil(avg / (concurrency * target_utilization)).
     "steady-load": Case(load((60, 7)), current=10, desired=10, reason="stable"),
     "steady-load-concurrency-4": Case(

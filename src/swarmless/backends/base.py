@@ -229,6 +229,12 @@ class Backend(abc.ABC):
         new version); None when it is not there, or the backend cannot tell."""
         return None
 
+    async def prepare_worker(self, spec: FunctionSpec) -> None:
+        """Get ready to start warm containers of ``spec`` (the docker backend builds the
+        bytecode of the runtime's imports for its image, in the background); by default,
+        nothing. Never raises for the function: a start without it is only slower."""
+        return
+
     @abc.abstractmethod
     async def start_worker(self, launch: WorkerLaunch) -> str:
         """Start a warm container; returns the id the backend knows it by: the container's

@@ -38,6 +38,7 @@ import docker.errors
 import docker.types
 
 from swarmless.backends.base import ContainerInfo, OneShotResult, WorkerLaunch
+from swarmless.backends.docker_bytecode import WorkerBytecode
 from swarmless.backends.docker_config import RUNTIME_MOUNT, ContainerConfig, runtime_package_dir
 
 # Public here before the watcher had a module of its own: still importable from here.
@@ -70,7 +71,7 @@ log = logging.getLogger("swarmless.backend")
 LABEL_VERSION = "swarmless.version"
 
 
-class DockerBackend(ContainerConfig, EngineWatch):
+class DockerBackend(ContainerConfig, WorkerBytecode, EngineWatch):
     """Function containers on one Docker Engine."""
 
     scoped_docker_api = True
@@ -88,6 +89,7 @@ class DockerBackend(ContainerConfig, EngineWatch):
         #: is never over the host's, and log sizes apply only to drivers that take them.
         self._host_cpus = float("inf")
         self._log_driver = ""
+        self._init_bytecode()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -115,6 +117,8 @@ class DockerBackend(ContainerConfig, EngineWatch):
 
     async def close(self) -> None:
         self._closing.set()
+        if self._client is not None:
+            await self._stop_bytecode_builds()
         if self._events is not None:
             with contextlib.suppress(Exception):
                 self._events.close()
@@ -148,6 +152,13 @@ class DockerBackend(ContainerConfig, EngineWatch):
         if self._callers is not None:
             env.update(self._callers.grant(spec, worker_id=launch.worker_id)[1])
         labels = self._labels("worker", spec, worker=launch.worker_id, version=str(launch.version))
+        # The bytecode of the runtime's imports, once built for the image (the first start
+        # of an image without it has it built for the next ones).
+        bytecode = self._bytecode_binds(spec, env)
+        for mount in bytecode.values():
+            env["PYTHONPYCACHEPREFIX"] = mount
+        if not bytecode:
+            await self.prepare_worker(spec)
 
         def create_and_start() -> str:
             api = self.client.api
@@ -156,6 +167,7 @@ class DockerBackend(ContainerConfig, EngineWatch):
                 *cfg.get("binds", []),
                 *self._socket_binds(spec),
                 f"{self._runtime_dir}:{RUNTIME_MOUNT}:ro",
+                *(f"{host}:{mount}:ro" for host, mount in bytecode.items()),
             ]
             host_config = api.create_host_config(**cfg)
             host_config.update(self.limits(spec))

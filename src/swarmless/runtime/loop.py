@@ -34,12 +34,14 @@ process exits 1.
 
 from __future__ import annotations
 
+import importlib  # noqa: F401  the handler's loader: imported with the runtime's bytecode
 import os
 import random
+import signal
 import threading
 import time
 
-from swarmless.runtime import capture
+from swarmless.runtime import bytecode, capture
 from swarmless.runtime.config import RuntimeConfig, log
 from swarmless.runtime.handlers import FailedHandler, Handler, load_handler, run_handler
 from swarmless.runtime.invocation import Call, Result, error_result
@@ -224,6 +226,9 @@ def serve(config: RuntimeConfig) -> int:
     # Before the handler is imported: a logging handler it sets up at import time then
     # writes through the router too, so its records land in each call's log.
     capture.install()
+    # Everything the runtime needs is imported: the handler's modules use their own
+    # __pycache__, not the backend's cache of the runtime's imports.
+    bytecode.release()
     handler = load_handler(
         config.handler_kind,
         config.handler,
@@ -239,8 +244,6 @@ def serve(config: RuntimeConfig) -> int:
 
 
 def _on_signals(runtime: Runtime) -> None:
-    import signal
-
     def drain(signum: int, frame: object) -> None:
         runtime.retire(f"signal {signum}")
 

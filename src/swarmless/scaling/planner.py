@@ -15,7 +15,9 @@ The rules, in order; a worker gets at most one action per plan, the first rule w
 1. **Thaw**: calls are queued and paused containers of the current version wait: thaw
    one per ``concurrency`` queued calls (a thaw is the cheapest start there is).
 2. **Size** (paused containers count as capacity):
-   - fewer than the policy wants: **start** the difference, unless the gateway is
+   - fewer than the policy wants: **start** the difference (while nothing is in flight
+     or queued, only up to the floor ``min_containers + buffer``: no start for no work,
+     unless a crash is retried), unless the gateway is
      closing (nothing at all), the engine does not answer (**back off** until it does)
      or a crash backoff runs (**back off** instead: after the n-th crash in a row before
      a container was ready, no start for ``backoff_base * 2**(n-1)`` seconds, at most
@@ -45,6 +47,7 @@ The rules, in order; a worker gets at most one action per plan, the first rule w
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from swarmless.scaling.actions import (
     Action,
@@ -131,6 +134,7 @@ def plan(snapshot: Snapshot, spec: FunctionSpec, settings: ScalingSettings = _DE
     else:
         sspec = scaling_spec(spec, settings)
         decision, state = decide((*s.history, obs), sspec, s.state, now, len(current))
+        decision, state = _hold_without_work(decision, state, s, sspec, len(current), obs)
 
     out = _Actions()
     thawed = _thaw(out, s, spec, paused)
@@ -140,6 +144,28 @@ def plan(snapshot: Snapshot, spec: FunctionSpec, settings: ScalingSettings = _DE
     _reap(out, s, spec, settings)
     _check(out, s)
     return Plan(at=now, decision=decision, actions=tuple(out), observation=obs, state=state)
+
+
+def _hold_without_work(
+    decision: Decision,
+    state: State,
+    s: Snapshot,
+    sspec: ScalingSpec,
+    current: int,
+    obs: Observation,
+) -> tuple[Decision, State | None]:
+    """Nothing in flight or queued now: no start beyond the floor (``min_containers +
+    buffer``), whatever the policy's averages say (still high from calls answered already,
+    they would start containers no call waits for: a lone first call whose container took
+    a few seconds to start would get a second one after its answer). Not while a crash is
+    retried: the back-off's retries are how a function that crashed comes back."""
+    hold = max(current, sspec.size(0))
+    if obs.demand or s.crashes or decision.desired <= hold:
+        return decision, state
+    reason = f"{decision.reason}; nothing in flight or queued: no start, holding {hold}"
+    # No scale-up happened: the scale-down delay still counts from the last real one.
+    kept = replace(state, last_scale_up=s.state.last_scale_up) if hold <= current else state
+    return Decision(hold, reason, decision.panic), kept
 
 
 class _Actions(list[Action]):

@@ -19,7 +19,11 @@ The policy follows Knative's KPA (concurrency-based, a stable and a panic window
    time the threshold was crossed it **never scales down**. A burst is served at once;
    the stable average catches up meanwhile.
 4. **Cold start**: a queued call with no container at all gets one immediately (first
-   calls wait in the queue, they never fail for want of a container).
+   calls wait in the queue, they never fail for want of a container). While nothing is
+   served yet (calls queued, none in flight: from zero, or containers still starting),
+   the count is at most ``max(current, ceil(queued / concurrency))``: the queue's own
+   need, without ``target_utilization``'s headroom, so a lone first call starts one
+   container, not two (the headroom comes once calls are served).
 5. **Buffer and bounds**: ``desired = min(max(n, min_containers) + buffer,
    max_containers)``: ``buffer`` pre-warmed containers are kept beyond demand (and beyond
    the ``min_containers`` floor), all counted within ``max_containers``.
@@ -247,6 +251,15 @@ def decide(
         if state.panic_until is not None:
             parts[-1] = f"panic over; {parts[-1]}"
 
+    if latest.queued > 0 and latest.in_flight == 0:
+        # Every call wanting a container waits for one (a start from zero, or containers
+        # still starting): start what the queue needs, not the utilisation's headroom
+        # (a lone first call starts one container, not two); the headroom comes with
+        # the first calls served.
+        by_queue = max(current, _ceil(latest.queued / spec.concurrency))
+        if needed > by_queue:
+            needed = by_queue
+            parts.append(f"{latest.queued} queued, none served yet: {by_queue}")
     if latest.queued > 0 and current == 0:
         needed = max(needed, 1)
         parts.append(f"{latest.queued} queued, no containers: starting")
@@ -291,7 +304,7 @@ class Autoscaler:
     >>> scaler = Autoscaler()
     >>> scaler.observe(Observation(at=1.0, in_flight=0, queued=3, ready=0, starting=0))
     >>> scaler.decide(1.0, ScalingSpec(), current=0).desired
-    5
+    3
     """
 
     def __init__(self, *, max_samples: int = 600) -> None:

@@ -116,6 +116,9 @@ class Reconciler:
     async def run(self) -> None:
         """Reconcile until cancelled (or the pool's function is removed)."""
         pool = self.pool
+        # In the background: the first container starts sooner once its image is ready.
+        with contextlib.suppress(Exception):
+            await self.dispatcher.backend.prepare_worker(pool.spec)
         while self.installed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(pool.wake.wait(), self.settings.interval)

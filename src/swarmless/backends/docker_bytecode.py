@@ -1,0 +1,213 @@
+"""The bytecode of the runtime's imports, once per image, part of
+:class:`swarmless.backends.docker.DockerBackend` (see :mod:`swarmless.runtime.bytecode`).
+
+A warm container of an image whose standard library ships no ``.pyc`` compiles every
+module the runtime imports before it can ask for work: most of what a first call from
+zero spends beyond ``run()`` of the same image, and ten times that CPU when ten start at
+once. So when a warm function is deployed (or loaded), :meth:`prepare_worker` runs one
+container of its image, in the background (:func:`swarmless.runtime.bytecode.main`), with
+no network and no host path writable, which writes the bytecode inside the container; it
+is copied out (regular ``.pyc`` files only, bounded in size) to
+``<data_dir>/bytecode/<image id>`` and mounted read-only into the image's warm containers
+from then on (:meth:`_bytecode_binds`). Trust stays where it was: the bytecode is what the
+image's own Python compiled from the image's own files, read only by containers of that
+image, and Python checks each file against its source (a stale one is compiled again,
+never run). An image without Python, or one that sets ``PYTHONPYCACHEPREFIX`` itself, gets
+no cache (its containers start as before); a build that fails is not tried again by this
+gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import docker.errors
+import requests.exceptions
+
+from swarmless.backends.base import EngineBackend
+from swarmless.backends.docker_config import RUNTIME_MOUNT
+from swarmless.engine import managed_labels
+from swarmless.runtime.bytecode import BYTECODE_MOUNT
+from swarmless.spec import FunctionSpec
+
+__all__ = ["BUILD_TIMEOUT", "BYTECODE_LIMIT", "WorkerBytecode"]
+
+log = logging.getLogger("swarmless.backend")
+
+#: Seconds the build container may run.
+BUILD_TIMEOUT = 60.0
+#: Bytes of bytecode copied out at most (the runtime's imports take about 2 MB).
+BYTECODE_LIMIT = 32 << 20
+#: Where the build container writes the bytecode (inside itself).
+_INSIDE = "/tmp/swarmless-pyc"
+_ENV = "PYTHONPYCACHEPREFIX"
+#: The build's command (``-c``: ``-m`` would import the module twice, as the package's and
+#: as ``__main__``).
+_BUILD = "import sys; from swarmless.runtime.bytecode import main; sys.exit(main())"
+
+
+class WorkerBytecode(EngineBackend):
+    """The per-image bytecode of :class:`swarmless.backends.docker.DockerBackend`."""
+
+    _runtime_dir: Path | None
+    #: Image reference -> the bytecode folder (None: the image gets none).
+    _bytecode: dict[str, Path | None]
+    _bytecode_builds: dict[str, asyncio.Task[None]]
+    #: Build containers running now (removed by :meth:`_stop_bytecode_builds` at close).
+    _bytecode_containers: set[str]
+
+    def _init_bytecode(self) -> None:
+        self._bytecode = {}
+        self._bytecode_builds = {}
+        self._bytecode_containers = set()
+
+    async def _stop_bytecode_builds(self) -> None:
+        """The gateway stops: no build goes on, no build container stays."""
+        for task in list(self._bytecode_builds.values()):
+            task.cancel()
+        for cid in list(self._bytecode_containers):
+            with contextlib.suppress(Exception):
+                await self._call(self.client.api.remove_container, cid, force=True)
+
+    async def prepare_worker(self, spec: FunctionSpec) -> None:
+        """Build the bytecode of the runtime's imports for ``spec``'s image, in the
+        background, unless it is there (or failed) already."""
+        key = spec.image_id or spec.image or ""
+        if not key or key in self._bytecode or key in self._bytecode_builds:
+            return
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._build_bytecode(key))
+        self._bytecode_builds[key] = task
+
+    async def _build_bytecode(self, image: str) -> None:
+        try:
+            found = await self._call(self._bytecode_of, image)
+        except Exception as e:  # an optimisation: never the reason a function fails
+            log.warning("no bytecode cache for image %s: %s", image, e)
+            found = None
+        finally:
+            self._bytecode_builds.pop(image, None)
+        self._bytecode[image] = found
+
+    def _bytecode_binds(self, spec: FunctionSpec, env: Mapping[str, str]) -> dict[str, str]:
+        """The bind of the bytecode folder of ``spec``'s image, ``{host path: mount}`` (empty
+        while it is not built, or when the function sets ``PYTHONPYCACHEPREFIX``)."""
+        folder = self._bytecode.get(spec.image_id or spec.image or "")
+        if folder is None or _ENV in env or not folder.is_dir():
+            return {}
+        return {str(folder): BYTECODE_MOUNT}
+
+    # -- in a thread -------------------------------------------------------------------
+
+    def _bytecode_of(self, image: str) -> Path | None:
+        """The bytecode folder of ``image``: found on disk, or built; None if it gets none."""
+        api = self.client.api
+        info = api.inspect_image(image)
+        if any(str(e).startswith(f"{_ENV}=") for e in (info.get("Config") or {}).get("Env") or []):
+            return None  # the image's own setting: left alone
+        image_id = str(info["Id"]).split(":")[-1]
+        root = self.settings.data_dir / "bytecode"
+        dest = root / image_id[:32]
+        if dest.is_dir():
+            return dest
+        assert self._runtime_dir is not None
+        # The instance's ownership labels (its `swarmless gc` finds it), not the gateway's
+        # label of function containers: this one is no function's.
+        labels = {**self.extra_labels, **managed_labels("bytecode")}
+        host_config = api.create_host_config(
+            network_mode="none",
+            binds=[f"{self._runtime_dir}:{RUNTIME_MOUNT}:ro"],
+            mem_limit="256m",
+            nano_cpus=int(1e9),
+            pids_limit=64,
+        )
+        created = api.create_container(
+            image=str(info["Id"]),
+            command=["python3", "-c", _BUILD],
+            environment={"PYTHONPATH": RUNTIME_MOUNT, _ENV: _INSIDE},
+            labels=labels,
+            host_config=host_config,
+            network_disabled=True,
+        )
+        cid = str(created["Id"])
+        self._bytecode_containers.add(cid)
+        try:
+            api.start(cid)
+            try:
+                status = int(api.wait(cid, timeout=BUILD_TIMEOUT).get("StatusCode", -1))
+            except requests.exceptions.RequestException:
+                log.warning("image %s: the bytecode build ran over %gs", image, BUILD_TIMEOUT)
+                return None
+            if status != 0:
+                log.info("image %s: no bytecode cache (the build exited %d)", image, status)
+                return None
+            try:
+                stream, _ = api.get_archive(cid, _INSIDE)
+            except docker.errors.NotFound:
+                return None
+            data = _read_bounded(stream, BYTECODE_LIMIT)
+        finally:
+            self._bytecode_containers.discard(cid)
+            with contextlib.suppress(docker.errors.DockerException):
+                api.remove_container(cid, force=True)
+        if data is None:
+            log.warning("image %s: bytecode over %d bytes: not cached", image, BYTECODE_LIMIT)
+            return None
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{image_id[:12]}-", dir=root))
+        try:
+            _extract(data, tmp)
+            tmp.chmod(0o755)
+            try:
+                os.replace(tmp, dest)
+            except OSError:  # built meanwhile by another gateway on this data dir
+                if not dest.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return dest
+
+
+def _read_bounded(stream: Any, limit: int) -> bytes | None:
+    """The bytes of ``stream``, or None past ``limit``."""
+    buf = io.BytesIO()
+    for chunk in stream:
+        buf.write(chunk)
+        if buf.tell() > limit:
+            return None
+    return buf.getvalue()
+
+
+def _extract(data: bytes, dest: Path) -> None:
+    """The ``.pyc`` files of the archive (under its top folder) into ``dest``: regular files
+    only, no absolute path, no ``..``; readable by any user, writable by none but us."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar:
+            parts = PurePosixPath(member.name).parts
+            top = PurePosixPath(_INSIDE).name
+            if len(parts) < 2 or parts[0] != top or ".." in parts or member.name.startswith("/"):
+                continue
+            if not (member.isfile() and parts[-1].endswith(".pyc")):
+                continue
+            source = tar.extractfile(member)
+            if source is None:
+                continue
+            target = dest.joinpath(*parts[1:])
+            for folder in reversed(target.relative_to(dest).parents):
+                d = dest / folder
+                if not d.is_dir():
+                    d.mkdir()
+                    d.chmod(0o755)
+            with open(target, "wb") as out:
+                shutil.copyfileobj(source, out)
+            target.chmod(0o644)
