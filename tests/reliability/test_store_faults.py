@@ -22,6 +22,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import httpx
@@ -250,6 +251,7 @@ def outage_under_load(
         assert len(records) < 10_000, "too many calls for one page: lower the load"
         recorded = sum(1 for r in records if r["kind"] == "sync")
         assert http.get("/healthz").json()["role"] == "active"
+        wait_until(lambda: http.get("/healthz").json()["status"] == "ok", 30, "/healthz ok again")
     print(
         f"\n[store faults] {what}: away {away:.1f} s; sync calls {load.ok} ok "
         f"({ok_during} during the outage), {dict(load.outcomes)}; async: "
@@ -344,9 +346,15 @@ def test_postgres_stopped_and_started_under_load(
     pg, url = cluster
     gw = RunningGateway(tmp_path, labels, store_url=url, lease_ttl=2).start()
 
+    def health() -> dict[str, Any]:
+        return dict(httpx.get(f"{gw.url}/healthz", timeout=10).json())
+
     def outage() -> float:
         t0 = time.monotonic()
         pg.stop()
+        # Alive (a replica keeps its lease on it) but saying its store is away.
+        wait_until(lambda: health()["status"] == "degraded", 10, "/healthz saying degraded")
+        assert "unavailable" in health()["store"]
         wait_until(lambda: time.monotonic() - t0 > 10, 15, "the outage's length")
         pg.start()
         return time.monotonic() - t0

@@ -361,7 +361,9 @@ class Health(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"]
     version: str
     role: str | None = None
     active: str | None = None
+    #: Only while the store is away after start (``status`` is then ``degraded``).
+    store: str | None = None

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -237,7 +238,8 @@ class Gateway(Lifecycle):
         )
 
     async def healthz(self, _request: HTTPRequest) -> Response:
-        """Liveness: answers 200 while the gateway runs (active or standby replica); 503
+        """Liveness: answers 200 while the gateway runs (active or standby replica), with
+        ``status: degraded`` and why while its store is away after start; 503
         ``gateway_unavailable`` saying why while it is not ready (its store did not open)."""
         not_ready = self.not_ready
         if not_ready is not None:
@@ -246,6 +248,16 @@ class Gateway(Lifecycle):
             headers = {"retry-after": retry, "x-swarmless-error": "1"}
             return Response(error_body(err), 503, headers, media_type="application/json")
         body: dict[str, Any] = {"status": "ok", "version": __version__}
+        store = self.store
+        since = store.down_since if store is not None else None
+        if since is not None:
+            # Still alive (200: a replica keeps its lease, sync calls to warm functions run),
+            # but say so: what needs the store answers 503 until it is back.
+            body["status"] = "degraded"
+            body["store"] = (
+                f"unavailable for {time.monotonic() - since:.0f} s; what needs it "
+                "(deploys, async calls, records) answers 503 until it is back"
+            )
         if self.replicas is not None:
             body["role"] = self.replicas.role
             body["active"] = self.replicas.leader_url
