@@ -1543,7 +1543,10 @@ table(
         "create a config": lambda p: p.raw(
             "POST", f"{API}/configs/create", b'{"Name": "c", "Data": "eA=="}'
         ),
-        "list nodes": lambda p: p.raw("GET", f"{API}/nodes"),
+        "inspect a node (GET /nodes lists a few fields of each: docs/security.md)": lambda p: (
+            p.raw("GET", f"{API}/nodes/self")
+        ),
+        "update a node": lambda p: p.raw("POST", f"{API}/nodes/self/update?version=1", b"{}"),
         "list tasks": lambda p: p.raw("GET", f"{API}/tasks"),
         "auth against a registry": lambda p: p.raw(
             "POST", f"{API}/auth", b'{"username": "u", "password": "p"}'

@@ -81,6 +81,11 @@ RUNTIME_DIR = "/opt/swarmless"
 class SwarmBackend(OneShotServices, TaskWatch):
     """Function containers as services on a Docker Swarm (through one of its managers)."""
 
+    #: The scoped Docker API runs children as services on the Swarm
+    #: (:mod:`swarmless.proxy.swarm_server`), reached like the runtime API.
+    scoped_docker_api = True
+    scoped_docker_swarm = True
+
     def __init__(
         self,
         settings: Settings,

@@ -10,11 +10,18 @@
   request) and :mod:`~swarmless.proxy.relay` (one client connection, relayed to the engine);
 - :mod:`~swarmless.proxy.children`: children's lives after their parent's
   (``children_timeout``) and how each ended;
-- :mod:`~swarmless.proxy.tokens`: which container is calling (the gateway and the proxy).
+- :mod:`~swarmless.proxy.tokens`: which container is calling (the gateway and the proxy);
+- :mod:`~swarmless.proxy.nodes`: ``GET /nodes`` and where a child may run;
+- on a Swarm: :mod:`~swarmless.proxy.swarm_server` (the proxy), with
+  :mod:`~swarmless.proxy.swarm_view` (what it asks the manager),
+  :mod:`~swarmless.proxy.swarm_api` (the container API emulated over services) and
+  :mod:`~swarmless.proxy.swarm_spec` (a child as a service, a service as a container);
+- :mod:`~swarmless.proxy.start`: the one of the two the backend needs.
 """
 
 from swarmless.proxy.policy import Caller, ProxyRequest, Verdict, check
-from swarmless.proxy.server import DockerProxy, start_proxy
+from swarmless.proxy.server import DockerProxy
+from swarmless.proxy.start import start_proxy
 from swarmless.proxy.tokens import CallerTokens, Grant
 
 __all__ = [

@@ -21,10 +21,10 @@ import dataclasses
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Protocol
 
 from swarmless.config import Settings
 from swarmless.proxy import policy
-from swarmless.proxy.engine_view import EngineView
 from swarmless.proxy.http import Incoming
 from swarmless.proxy.policy import Caller, ProxyRequest, Target, Verdict
 from swarmless.proxy.tokens import PATH_PREFIX, CallerTokens, Grant
@@ -37,6 +37,26 @@ log = logging.getLogger("swarmless.proxy")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
+class View(Protocol):
+    """What admission asks of the engine (:class:`~swarmless.proxy.engine_view.EngineView`)
+    or of the Swarm (:class:`~swarmless.proxy.swarm_view.SwarmView`)."""
+
+    async def caller(self, key: str, value: str) -> tuple[str, frozenset[str]] | None:
+        """The running container (on a Swarm: service) with label ``key=value``, and the
+        addresses its connections come from; None unless exactly one runs."""
+        ...
+
+    async def allowed_images(self) -> tuple[dict[str, str], dict[str, dict[str, str]]]: ...
+
+    async def container(self, ref: str) -> Target | None: ...
+
+    async def exec_container(self, exec_id: str) -> Target | None: ...
+
+    async def children(self, caller: str) -> tuple[int, int]:
+        """The caller's children: (not exited, exited)."""
+        ...
+
+
 class Admission:
     """The verdict on each request of the scoped Docker API of one gateway."""
 
@@ -46,7 +66,7 @@ class Admission:
         settings: Settings,
         tokens: CallerTokens,
         spec_of: Callable[[str], FunctionSpec | None],
-        engine: EngineView,
+        engine: View,
         labels: Mapping[str, str],
     ) -> None:
         self.settings = settings
@@ -77,13 +97,10 @@ class Admission:
             )
         found = self._callers.get(grant.token)
         if found is None:
-            key, value = grant.label
-            rows = await self.engine.list(f"{key}={value}", running=True)
-            if len(rows) != 1:
+            found = await self.engine.caller(*grant.label)
+            if found is None:
                 return policy.refuse("caller", "the container of this token is not running")
-            networks = (rows[0].get("NetworkSettings") or {}).get("Networks") or {}
-            ips = frozenset(n["IPAddress"] for n in networks.values() if n.get("IPAddress"))
-            found = self._callers[grant.token] = (str(rows[0]["Id"]), ips)
+            self._callers[grant.token] = found
         container, ips = found
         if peer not in ips:
             return policy.refuse(
@@ -157,6 +174,7 @@ class Admission:
             reserved = self._reserved.get(who, 0)
             request = dataclasses.replace(request, children=live + reserved, exited=exited)
             verdict = _logged(policy.check(request), caller)
+            log.debug("children of %s: %d live, %d reserved", who[:12], live, reserved)
             if verdict.allowed:
                 self._reserved[who] = reserved + 1
         if not verdict.allowed:

@@ -24,6 +24,7 @@ from swarmless.labels import (
 )
 from swarmless.proxy.rules import (
     SDK_LABELS,
+    BadValue,
     Caller,
     ProxyRequest,
     Refused,
@@ -40,7 +41,7 @@ from swarmless.proxy.rules import (
     to_json,
 )
 
-__all__ = ["check_create", "child_name"]
+__all__ = ["check_create", "child_name", "placement"]
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -156,11 +157,44 @@ def check_create(req: ProxyRequest, route: Route) -> Verdict:
     network = _network(host, caller)
     config["NetworkingConfig"] = _networking(config.get("NetworkingConfig"), network, caller)
     config["HostConfig"] = host
+    env, where = placement(config.get("Env"))
+    if where:
+        config["Env"] = env
     query = query_params(req.query, allowed=("name", "platform"))
     name = dict(query).get("name")
     if name:
         child_name(name, caller, "name")
-    return allow(req, route, "containers/create", query, to_json(config))
+    return allow(req, route, "containers/create", query, to_json(config), placement=where)
+
+
+#: Classic Swarm's placement in a create's Env (2016): ``constraint:node==HOSTNAME`` and
+#: ``constraint:node!=HOSTNAME``. Any other ``constraint:`` or ``affinity:`` entry is refused.
+_CONSTRAINT = re.compile(r"^constraint:node(==|!=)([A-Za-z0-9][A-Za-z0-9_.-]{0,252})$")
+_DIRECTIVES = ("constraint:", "affinity:")
+
+
+def placement(value: Any) -> tuple[list[str], tuple[tuple[str, str], ...]]:
+    """A create's Env without its placement entries, and those entries as ``(op, host)``
+    pairs (consumed: the child never sees them). An entry that looks like a classic Swarm
+    directive but is not one of the two forms is refused (400), never ignored."""
+    env = strings(value, "Env")
+    kept: list[str] = []
+    found: list[tuple[str, str]] = []
+    for entry in env:
+        if not entry.lower().startswith(_DIRECTIVES):
+            kept.append(entry)
+            continue
+        m = _CONSTRAINT.match(entry)
+        if m is None:
+            raise BadValue(
+                "constraint",
+                f"Env entry {entry[:120]!r}: only constraint:node==HOSTNAME and "
+                "constraint:node!=HOSTNAME place a child",
+            )
+        found.append((m[1], m[2]))
+    if len(found) > 16:
+        raise BadValue("constraint", "more than 16 placement constraints")
+    return kept, tuple(found)
 
 
 def _labels(

@@ -70,6 +70,16 @@ class EngineView:
             own.append(row)
         return own
 
+    async def caller(self, key: str, value: str) -> tuple[str, frozenset[str]] | None:
+        """The running container labelled ``key=value`` and its addresses (a function
+        container's connections come from its address on the function network)."""
+        rows = await self.list(f"{key}={value}", running=True)
+        if len(rows) != 1:
+            return None
+        networks = (rows[0].get("NetworkSettings") or {}).get("Networks") or {}
+        ips = frozenset(n["IPAddress"] for n in networks.values() if n.get("IPAddress"))
+        return str(rows[0]["Id"]), ips
+
     async def image_labels(self, image_id: str) -> dict[str, str] | None:
         """An image's labels by id (cached: an id names fixed content); None if gone."""
         if image_id in self._labels_by_id:

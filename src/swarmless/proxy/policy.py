@@ -20,7 +20,9 @@ Decisions are taken on the request body as well as the path:
   (and set when absent) and the ``swarmless.*`` labels are forced.
 - Container routes (inspect, logs, wait, kill, remove, attach, exec...) only for the
   caller's own children; ``GET /containers/json`` and ``/events`` are filtered to them.
-- Everything else (build, swarm, services, nodes, secrets, plugins, volumes, networks,
+- ``GET /nodes``: answered by the proxy (the Swarm's nodes, a few fields of each; one
+  node on a single engine).
+- Everything else (build, swarm, services, node updates, secrets, plugins, volumes, networks,
   prune, commit, update...) is refused.
 
 Every refusal names its rule: ``{"message": "... (rule privileged)"}``.
@@ -42,6 +44,7 @@ from swarmless.proxy.create import check_create, child_name
 from swarmless.proxy.routes import route
 from swarmless.proxy.rules import (
     MIN_API,
+    BadValue,
     Caller,
     NotFound,
     ProxyRequest,
@@ -155,6 +158,9 @@ def _decide(req: ProxyRequest, r: Route) -> Verdict:
         return allow(req, r, endpoint.replace("ping", "_ping"), query_params(req.query, allowed=()))
     if endpoint == "create":
         return check_create(req, r)
+    if endpoint == "nodes":
+        # Answered by the proxy itself (swarmless.proxy.nodes), never by the engine.
+        return allow(req, r, "nodes", query_params(req.query, allowed=("filters",)))
     if endpoint in ("list", "events"):
         names = ("since", "until", "filters") if endpoint == "events" else _LIST_PARAMS
         query = _filters(
@@ -240,6 +246,8 @@ def check(request: ProxyRequest) -> Verdict:
         return _decide(request, r)
     except NotFound as e:
         return refuse(e.rule, e.reason, status=404)
+    except BadValue as e:
+        return refuse(e.rule, e.reason, status=400)
     except Refused as e:
         return refuse(e.rule, e.reason)
     except (TypeError, ValueError, AttributeError, KeyError) as e:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 import h11
@@ -35,7 +35,7 @@ from swarmless.proxy.http import (
 )
 from swarmless.proxy.policy import Verdict
 
-__all__ = ["HEAD_TIMEOUT", "MAX_BODY", "MAX_HEAD", "Decide", "serve_client"]
+__all__ = ["HEAD_TIMEOUT", "MAX_BODY", "MAX_HEAD", "Decide", "Handle", "serve_client"]
 
 log = logging.getLogger("swarmless.proxy")
 
@@ -48,12 +48,21 @@ HEAD_TIMEOUT = 30.0
 #: The verdict on a request from a peer address, held while the request is forwarded
 #: (:meth:`swarmless.proxy.admission.Admission.decide`).
 Decide = Callable[[Incoming, str], AbstractAsyncContextManager[Verdict]]
+#: Answers an allowed request itself (an endpoint the proxy emulates: ``GET /nodes``,
+#: children on a Swarm); True/False as :func:`_one` (may the connection go on), None: not
+#: one of its own, forward it to the engine.
+Handle = Callable[[Verdict, Incoming, ClientSide], Awaitable[bool | None]]
 
 
 async def serve_client(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, decide: Decide, engine: Endpoint
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    decide: Decide,
+    engine: Endpoint,
+    handle: Handle | None = None,
 ) -> None:
-    """Answer the requests of one client connection until it ends, then close it."""
+    """Answer the requests of one client connection until it ends, then close it; the
+    allowed requests ``handle`` answers itself are not forwarded."""
     peer = writer.get_extra_info("peername")
     client = ClientSide(reader, writer, max_head=MAX_HEAD, max_body=MAX_BODY)
     try:
@@ -66,7 +75,8 @@ async def serve_client(
                 return
             if incoming is None:
                 return
-            if not await _one(client, incoming, str(peer[0]) if peer else "", decide, engine):
+            address = str(peer[0]) if peer else ""
+            if not await _one(client, incoming, address, decide, engine, handle):
                 return
             if not client.next_cycle():
                 return
@@ -79,7 +89,12 @@ async def serve_client(
 
 
 async def _one(
-    client: ClientSide, incoming: Incoming, peer: str, decide: Decide, engine: Endpoint
+    client: ClientSide,
+    incoming: Incoming,
+    peer: str,
+    decide: Decide,
+    engine: Endpoint,
+    handle: Handle | None,
 ) -> bool:
     """Answer one request; False when the connection cannot go on."""
     try:
@@ -93,6 +108,10 @@ async def _one(
                 ).message
                 await client.answer(400, {"message": message})
                 return False
+            if handle is not None:
+                done = await handle(verdict, incoming, client)
+                if done is not None:
+                    return done
             return await _forward(verdict, incoming, client, engine)
     except (httpx.HTTPError, OSError, h11.ProtocolError) as e:
         if isinstance(e, ConnectionError) and client.writer.is_closing():

@@ -91,6 +91,8 @@ def route(method: str, path: str) -> Route | Verdict:
         return Route(endpoint="version", version=version)
     if head == "events" and not rest and method == "GET":
         return Route(endpoint="events", version=version)
+    if head == "nodes" and not rest and method == "GET":
+        return Route(endpoint="nodes", version=version)
     if head == "containers":
         return _container_route(method, rest, version)
     if head == "exec" and len(rest) == 2 and _REF.match(rest[0]):

@@ -20,6 +20,7 @@ from swarmless.labels import LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED, LABEL_OW
 __all__ = [
     "MIN_API",
     "SDK_LABELS",
+    "BadValue",
     "Caller",
     "NotFound",
     "ProxyRequest",
@@ -129,6 +130,9 @@ class Verdict:
     #: The body to forward (None: none); stdio endpoints hijack the connection.
     body: bytes | None = None
     hijack: bool = False
+    #: Where a child may run (create only): ``(op, hostname)`` pairs, op ``==`` or
+    #: ``!=``, from classic Swarm's ``constraint:node==HOSTNAME`` entries of its Env.
+    placement: tuple[tuple[str, str], ...] = ()
 
     @property
     def message(self) -> str:
@@ -234,6 +238,10 @@ class NotFound(Refused):
     """A container or exec instance the caller may not see: 404, as if it did not exist."""
 
 
+class BadValue(Refused):
+    """A value the proxy cannot read the way the caller meant it: 400."""
+
+
 # -- images -----------------------------------------------------------------------------
 
 _HEX64 = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
@@ -304,6 +312,7 @@ def allow(
     body: bytes | None = None,
     *,
     hijack: bool = False,
+    placement: tuple[tuple[str, str], ...] = (),
 ) -> Verdict:
     prefix = f"/{route.version}" if route.version else ""
     return Verdict(
@@ -314,4 +323,5 @@ def allow(
         query=urlencode(query),
         body=body,
         hijack=hijack,
+        placement=placement,
     )

@@ -34,12 +34,15 @@ import httpx
 from swarmless.config import Settings
 from swarmless.engine import endpoint
 from swarmless.labels import LABEL_GATEWAY, LABEL_KIND
+from swarmless.proxy import nodes, policy
 from swarmless.proxy.admission import Admission
 from swarmless.proxy.children import ChildWatch
 from swarmless.proxy.engine_view import EngineView
+from swarmless.proxy.http import ClientSide, Incoming
 from swarmless.proxy.relay import HEAD_TIMEOUT as HEAD_TIMEOUT
 from swarmless.proxy.relay import MAX_BODY as MAX_BODY
 from swarmless.proxy.relay import MAX_HEAD, serve_client
+from swarmless.proxy.rules import Refused, Verdict
 from swarmless.proxy.tokens import CallerTokens
 from swarmless.records import ChildOutcome
 from swarmless.spec import FunctionSpec
@@ -90,6 +93,9 @@ class DockerProxy:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._connections: set[asyncio.Task[Any]] = set()
+        self._host = ""
+        #: The engine's /info (its name, for GET /nodes and placement), once asked.
+        self._info: dict[str, Any] | None = None
         #: Who is asking, and may they (the verdict on each request).
         self.admission = Admission(
             settings=settings,
@@ -105,6 +111,7 @@ class DockerProxy:
         """Listen on ``host:port`` (0: a free port) and follow the engine's events."""
         await self.engine.remove_children()  # left by a gateway that crashed
         self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
+        self._host = host
         bound = self._server.sockets[0].getsockname()
         self.url = f"tcp://{bound[0]}:{bound[1]}"
         self.tokens.docker_url = self.url
@@ -140,7 +147,33 @@ class DockerProxy:
         if task is not None:
             self._connections.add(task)
             task.add_done_callback(self._connections.discard)
-        await serve_client(reader, writer, self.admission.decide, self._engine)
+        await serve_client(reader, writer, self.admission.decide, self._engine, self._handle)
+
+    async def _handle(
+        self, verdict: Verdict, incoming: Incoming, client: ClientSide
+    ) -> bool | None:
+        """``GET /nodes`` (this engine, as one node) and the placement of a create (it must
+        name this engine); the rest goes to the engine."""
+        if verdict.rule not in ("nodes", "create") or not (
+            verdict.rule == "nodes" or verdict.placement
+        ):
+            return None
+        if self._info is None:
+            r = await self.engine.api.get("/info")
+            r.raise_for_status()
+            self._info = dict(r.json())
+        if verdict.rule == "create":
+            why = nodes.single_engine_placement(verdict.placement, str(self._info.get("Name")))
+            if why is None:
+                return None
+            await client.answer(400, {"message": policy.refuse("constraint", why).message})
+            return False
+        try:
+            rows = nodes.filtered([nodes.engine_node(self._info, self._host)], verdict.query)
+        except Refused as e:
+            await client.answer(400, {"message": policy.refuse(e.rule, e.reason).message})
+            return False
+        return await nodes.reply(client, 200, rows)
 
     # -- children outlive their parent, for children_timeout ----------------------------
 
@@ -185,45 +218,3 @@ class DockerProxy:
             await asyncio.sleep(SWEEP_INTERVAL)
             with contextlib.suppress(httpx.HTTPError):
                 await self.children.sweep()
-
-
-async def start_proxy(
-    settings: Settings,
-    backend: Any,
-    functions: Mapping[str, tuple[FunctionSpec, int]],
-    tokens: CallerTokens,
-    on_child: Callable[[ChildOutcome], None] | None = None,
-) -> DockerProxy | None:
-    """Start the scoped Docker API beside ``backend`` when it runs its containers on one
-    engine (``Backend.scoped_docker_api``); None otherwise.
-
-    The allowlist is the images of the deployed ``functions`` (a live mapping: name ->
-    spec and version) plus ``settings.proxy_images``. The backend gets ``tokens`` from
-    the gateway's wiring (``Backend.use_caller_tokens``), not from here. ``on_child`` hears
-    how each child of a one-shot or cgi call ended (for the call's record).
-    """
-    if not backend.scoped_docker_api:
-        return None
-
-    def spec_of(name: str) -> FunctionSpec | None:
-        found = functions.get(name)
-        return found[0] if found else None
-
-    def images() -> list[str]:
-        return [s.image for s, _ in functions.values() if s.image]
-
-    proxy = DockerProxy(
-        settings=settings,
-        tokens=tokens,
-        spec_of=spec_of,
-        images=images,
-        labels=backend.extra_labels,
-        on_child=on_child,
-    )
-    try:
-        await proxy.start(backend.runtime_host(), settings.proxy_port)
-    except (OSError, httpx.HTTPError) as e:
-        log.error("the scoped Docker API could not start: %s", e)
-        await proxy.close()
-        return None
-    return proxy
