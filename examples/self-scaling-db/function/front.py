@@ -148,7 +148,7 @@ def read(after: str | None, name: str | None, ids: bool = False) -> dict[str, An
 def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     path = environ.get("PATH_INFO") or "/"
     method = environ.get("REQUEST_METHOD", "GET")
-    query = dict(urllib.parse.parse_qsl(environ.get("QUERY_STRING", "")))
+    query = dict(urllib.parse.parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True))
     try:
         if method == "POST" and path == "/write":
             size = int(environ.get("CONTENT_LENGTH") or 0)

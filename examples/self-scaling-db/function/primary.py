@@ -56,6 +56,8 @@ NODE = os.environ.get("SWARMLESS_NODE", "")
 TICK = 1.0
 #: A replica that started but is not streaming after this long is replaced.
 STREAM_DEADLINE = 180.0
+#: Seconds a node that lost a replica is the last choice for a new one.
+SUSPECT_FOR = 60.0
 #: The primary's WAL senders give up on a silent replica after this (its slot is then free).
 WAL_SENDER_TIMEOUT = "10s"
 SETTINGS = """
@@ -120,6 +122,9 @@ class Controller:
         self.replicas: dict[str, Replica] = {}
         #: Slots of lost replicas still to drop (the primary may hold them a moment).
         self.stale_slots: set[str] = set()
+        #: Nodes that just lost a replica, and when: avoided for a while (a node whose
+        #: child died is often a node about to be marked down).
+        self.suspect: dict[str, float] = {}
         self.nodes: list[dict[str, str]] = []
         self.nodes_known = False
         self.events: collections.deque[str] = collections.deque(maxlen=50)
@@ -330,6 +335,7 @@ class Controller:
         with self.lock:
             del self.replicas[replica.name]
         self.stale_slots.add(replica.slot)
+        self.suspect[replica.node] = time.monotonic()
 
         def remove() -> None:  # a dead node's child may keep a request waiting
             with contextlib.suppress(Exception):
@@ -348,9 +354,21 @@ class Controller:
                 self.event(f"dropped the slot {slot}")
 
     def place(self, live: list[str]) -> str:
-        """The live node with the fewest replicas, this primary's own last."""
+        """The live node with the fewest replicas; a node that lost one in the last
+        ``SUSPECT_FOR`` seconds last, then this primary's own (each only while there is a
+        choice)."""
         load = collections.Counter(r.node for r in self.replicas.values())
-        return min(live, key=lambda n: (n == NODE and len(live) > 1, load[n], n))
+        now = time.monotonic()
+        recent = {n for n, at in self.suspect.items() if now - at < SUSPECT_FOR}
+        return min(
+            live,
+            key=lambda n: (
+                n in recent and len(set(live) - recent) > 0,
+                n == NODE and len(live) > 1,
+                load[n],
+                n,
+            ),
+        )
 
     def launch(self, live: list[str]) -> None:
         node = self.place(live)
