@@ -1,16 +1,29 @@
-"""Scaling: zero to ten, paused vs cold first calls, idle memory, recovery from a step load.
+"""Scaling: first calls from zero, zero to ten, paused vs cold, idle memory, a step load.
 
-    .venv/bin/python bench/scaling.py [--reps 3] [--samples 5] [--step-seconds 15]
-                                      [--json PATH]
+    .venv/bin/python bench/scaling.py [--reps 3] [--samples 5] [--first-samples N]
+                                      [--step-seconds 15] [--only PART ...] [--json PATH]
 
 One run, a gateway process of its own, loopback only. Prints, each against a baseline
 measured in the same run, rounds interleaved (ours, baseline, baseline, ours, ...):
 
-- zero to 10 ready containers (``swarmless scale fn 10``, until all 10 asked for work) vs
+- the first call of a warm function with no container vs ``run()`` of the same image (a
+  one-liner importing and calling the same handler), and ``run()`` on the function network
+  for context, in rotating order; target ratio <= 1.1. Each first call is to a function
+  deployed just before with room to scale (``max_containers`` 10), checked cold in the
+  engine (no container of it before, the record says cold); the engine's create events
+  for the function from the call until 1.5 s after its answer are counted: a single first
+  call must create one container (``scaling-single-first-call containers N``). Each
+  sample's phases come from the engine's events on the same wall clock: ``create`` (from
+  the request to the create event), ``start``, then ``ready`` (the runtime asked for work,
+  the record's start) and ``answered`` for ours, ``exited`` and the rest for ``run()``;
+- zero to 10 ready containers (``POST /system/scale``, until all 10 asked for work) vs
   the engine's own rate: 10 containers of the same image created and started in parallel
-  with the Docker SDK on the same network; target ratio <= 1.1 (ours also includes each
-  runtime's Python start and first poll). The timeline of both (ready count over time) is
-  kept for the report;
+  threads with the Docker SDK, with the create options of the function's containers (read
+  from one the gateway started: network, binds, limits, environment) and a command that
+  only waits; target ratio <= 1.1 (ours also includes each runtime's Python start and
+  first poll). Each round of ours starts with no container of the function in the engine
+  and counts the engine's create events (10, no more). The timeline of both (ready count
+  over time) is kept for the report;
 - first-call latency from a paused buffer vs from zero (a cold start); target <= 0.1x.
   Every sample is checked against the engine, not the gateway: a *paused* sample is taken
   only once every container of the function is ``paused`` in the engine (none running),
@@ -23,8 +36,10 @@ measured in the same run, rounds interleaved (ours, baseline, baseline, ours, ..
 - a step load from 1 to 32 concurrent clients: time until the p99 latency of a 0.5 s
   window is back under 2x its steady (1 client) value.
 
-Each target prints one line ``NAME ratio X (target OP Y: PASS|FAIL)``. Everything is
-labelled ``swarmless.bench=scaling`` or the gateway's instance (``bench-...``) and removed.
+Each target prints one line ``NAME ratio X (target OP Y: PASS|FAIL)`` (a count:
+``NAME containers N (...)``); the 1-minute load average at the start and the end is
+printed and kept. Everything is labelled ``swarmless.bench=scaling`` or the gateway's
+instance (``bench-...``) and removed.
 """
 
 from __future__ import annotations
@@ -183,7 +198,9 @@ def zero_to_ten(
                     break
                 if time.perf_counter() > deadline:
                     raise SystemExit("zero to ten: not 10 ready after 120 s")
-                time.sleep(0.01)
+                # every look is a request the gateway serves beside the starts: 50 a second
+                # (a ready seen up to 20 ms late counts against us)
+                time.sleep(0.02)
             took = time.perf_counter() - t0
             ours.append(took)
             evs = events.wait_for(labels, wall0, ("create", "start"))
@@ -264,6 +281,8 @@ class EngineEvents:
 RUN_ONCE = (
     "import sys; from handler import handle; sys.stdout.buffer.write(handle({'body': b''}, None))"
 )
+#: Where warm containers have the bytecode of the runtime's imports (swarmless.runtime.bytecode).
+BYTECODE_MOUNT = "/opt/swarmless-pyc"
 #: Seconds after a first call's answer during which a second container would still count
 #: (a planner step or two: the gateway plans every second).
 COUNT_GRACE = 1.5
@@ -276,42 +295,48 @@ def first_call_vs_run(
     instance: str,
     samples: int,
 ) -> dict[str, Any]:
-    """The first call of a warm function with no container vs ``run()`` of the same image,
-    alternating, both on the client's clocks (``perf_counter`` for the latency, the wall
-    clock to place the engine's events: create, start, the runtime asking for work, the
-    answer). Each first call is to a function deployed just before with room to scale
+    """The first call of a warm function with no container vs ``run()`` of the same image
+    (and, for context, ``run()`` on the function network), in rotating order, on the
+    client's clocks (``perf_counter`` for the latency, the wall clock to place the engine's
+    events: create, start, the runtime asking for work, the answer).
+
+    Each first call is to a function deployed just before with room to scale
     (``max_containers`` 10): no container of it existed (checked in the engine), and the
     engine's create events for it are counted from the call until ``COUNT_GRACE`` seconds
-    after its answer."""
+    after its answer. Both sides are warmed up first: a ``run()`` (the page cache) and one
+    first call of a function of the image (the image's one-time bytecode build, done in
+    the background at deploy: its end is awaited, and each sample says whether its
+    container had the bytecode mounted)."""
     client = swarmless.from_env()
     cmd = ["python3", "-c", RUN_ONCE]
+    network = f"swarmless-{instance}"
     check(client.run(IMAGE, cmd, labels={"swarmless.bench": "scaling"}) == b"ok", "run()")
-    out: dict[str, Any] = {"first": [], "run": [], "samples": [], "containers": []}
+    deploy(http, name="first-warm-up", max_containers=1, idle_timeout=600)
+    check(http.post("/function/first-warm-up", content=b"0").status_code == 200, "warm-up")
+    http.delete("/system/functions/first-warm-up").raise_for_status()
+    building = {"label": [f"swarmless.instance={instance}", "swarmless.kind=bytecode"]}
+    wait(lambda: not engine.api.containers(all=True, filters=building), 120)
+    out: dict[str, Any] = {"first": [], "run": [], "run-net": [], "samples": [], "containers": []}
+    kinds = ["first", "run", "run-net"]
     for i in range(samples):
-        for kind in ("first", "run") if i % 2 == 0 else ("run", "first"):
-            if kind == "run":
-                tag = {"swarmless.bench": "scaling", "swarmless.bench-sample": f"run-{i}"}
+        for kind in kinds:
+            if kind != "first":
+                tag = {"swarmless.bench": "scaling", "swarmless.bench-sample": f"{kind}-{i}"}
                 wall0, t0 = time.time(), time.perf_counter()
-                got = client.run(IMAGE, cmd, labels=tag)
+                got = client.run(
+                    IMAGE, cmd, labels=tag, network=network if kind == "run-net" else None
+                )
                 took = time.perf_counter() - t0
-                wall1 = wall0 + took
                 check(got == b"ok", got)
                 evs = events.wait_for(tag, wall0, ("create", "start", "die"))
                 at = {a: t for t, a, _ in reversed(evs)}  # the first of each
-                out["run"].append(took)
+                out[kind].append(took)
+                marks = [("create", at.get("create")), ("start", at.get("start"))]
                 out["samples"].append(
                     {
-                        "kind": "run",
+                        "kind": kind,
                         "seconds": took,
-                        "phases": _phases(
-                            wall0,
-                            wall1,
-                            [
-                                ("create", at.get("create")),
-                                ("start", at.get("start")),
-                                ("exited", at.get("die")),
-                            ],
-                        ),
+                        "phases": _phases(wall0, wall0 + took, [*marks, ("exited", at.get("die"))]),
                     }
                 )
                 continue
@@ -335,12 +360,15 @@ def first_call_vs_run(
                 )
             )
             after = container_states(engine, flt)
-            http.delete(f"/system/functions/{name}").raise_for_status()
             # the container that served it: the record's short id (or its worker's id
             # when it asked for work before its start returned), else the first created
             served = str(rec.get("container") or "")
             mine = [c for c in created if c.startswith(served) or served.startswith(c)]
             cid = (mine or created or [""])[0]
+            mounts: list[str] = []
+            with contextlib.suppress(docker.errors.DockerException):
+                mounts = [m["Destination"] for m in engine.api.inspect_container(cid)["Mounts"]]
+            http.delete(f"/system/functions/{name}").raise_for_status()
             at = {a: t for t, a, c in reversed(evs) if c == cid}
             ready = rec["started_at"] / 1000 if rec.get("started_at") else None
             cold = not before and rec.get("cold") is True
@@ -352,6 +380,7 @@ def first_call_vs_run(
                 "engine_after": after,
                 "created": created,
                 "record_cold": rec.get("cold"),
+                "bytecode": BYTECODE_MOUNT in mounts,
                 "phases": _phases(
                     wall0,
                     wall1,
@@ -364,6 +393,7 @@ def first_call_vs_run(
                 out["containers"].append(len(created))
             else:
                 print(f"warning: first call {name} was not cold: {before} {rec}", flush=True)
+        kinds = kinds[1:] + kinds[:1]  # each kind in each position in turn
     return out
 
 
@@ -651,9 +681,12 @@ def report_first_calls(fc: dict[str, Any]) -> None:
         extra = ""
         if s["kind"] == "first":
             states = ",".join(sorted(set(s["engine_before"].values()))) or "none"
-            extra = f"  (engine before: {states}; created {len(s['created'])})"
-        print(f"  {s['kind']:<5} {s['seconds'] * 1000:7.1f} ms  {ph}{extra}", flush=True)
-    for kind in ("first", "run"):
+            extra = (
+                f"  (engine before: {states}; created {len(s['created'])}; "
+                f"bytecode {'mounted' if s['bytecode'] else 'NOT mounted'})"
+            )
+        print(f"  {s['kind']:<7} {s['seconds'] * 1000:7.1f} ms  {ph}{extra}", flush=True)
+    for kind in ("first", "run", "run-net"):
         rows = [s["phases"] for s in fc["samples"] if s["kind"] == kind]
         if not rows:
             continue
@@ -664,7 +697,7 @@ def report_first_calls(fc: dict[str, Any]) -> None:
         }
         total = statistics.median(fc[kind]) * 1000 if fc[kind] else float("nan")
         shown = ", ".join(f"{k} {v:.0f}" for k, v in med.items())
-        print(f"{kind:<5} median {total:.0f} ms; phases (ms, medians): {shown}", flush=True)
+        print(f"{kind:<7} median {total:.0f} ms; phases (ms, medians): {shown}", flush=True)
     print(f"containers created per first call: {fc['containers']}", flush=True)
 
 
