@@ -125,6 +125,7 @@ def engine_parallel_start(
     the same network, binds, limits, environment), a command that only waits. The total
     time and when each container's start returned (seconds from the beginning)."""
     ids: list[str] = []
+    created: list[float] = []
     started: list[float] = []
     lock = threading.Lock()
     host = engine.api.create_host_config(network_mode=options["host"]["NetworkMode"])
@@ -143,6 +144,7 @@ def engine_parallel_start(
         )
         with lock:
             ids.append(c["Id"])
+            created.append(time.perf_counter() - t0)
         engine.api.start(c["Id"])
         with lock:
             started.append(time.perf_counter() - t0)
@@ -151,6 +153,12 @@ def engine_parallel_start(
         with concurrent.futures.ThreadPoolExecutor(n) as pool:
             list(pool.map(one, range(n)))
         took = time.perf_counter() - t0
+        if tag != "warm-up":
+            print(
+                f"  engine {took * 1000:.0f} ms: the last create at {max(created) * 1000:.0f} ms,"
+                f" the last start at {max(started) * 1000:.0f} ms",
+                flush=True,
+            )
     finally:
         for cid in ids:
             with contextlib.suppress(docker.errors.DockerException):
@@ -221,9 +229,6 @@ def zero_to_ten(
             http.post("/system/scale/ten", json={"replicas": 0}).raise_for_status()
             wait(lambda: not engine.api.containers(all=True, filters=flt), 60)
             time.sleep(1)
-    for kind in ("engine",):
-        for took in base:
-            print(f"  {kind} {took * 1000:.0f} ms", flush=True)
     return {"ours": ours, "engine": base, "timelines": timelines, "created": created}
 
 

@@ -315,3 +315,30 @@ def test_restart_leaves_exactly_the_desired_set(
                 engine.api.remove_container(c["Id"], force=True)
         with contextlib.suppress(docker.errors.DockerException):
             engine.networks.get(network).remove()
+
+
+def test_a_lone_first_call_starts_one_container(
+    gw: RunningGateway, image: str, engine: docker.DockerClient
+) -> None:
+    """With room to scale, one call from zero starts one container: not one more for the
+    utilisation's headroom while it waits, nor after its answer (the averages still
+    remember it); the plans until the function is back at zero hold one start of one."""
+    gw.client().deploy(
+        {
+            "name": "lone",
+            "image": image,
+            "mode": "warm",
+            "handler": "handler:handle",
+            "max_containers": 10,
+            "idle_timeout": 2,
+        }
+    )
+    assert call(gw, "lone").status_code == 200
+
+    def back_to_zero() -> bool:
+        retired = any(a["action"] == "retire" for a in planned(gw, "lone"))
+        return retired and running(gw, engine, "lone") == 0
+
+    gw.wait_for(back_to_zero, 90, "the function back at zero")
+    starts = [a for a in planned(gw, "lone") if a["action"] == "start"]
+    assert [a["count"] for a in starts] == [1], starts
