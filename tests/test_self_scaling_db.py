@@ -30,6 +30,9 @@ sys.path.insert(0, str(ROOT / "examples" / "self-scaling-db"))
 
 import selfscaling as db  # noqa: E402
 
+# The first run builds the image (one apt step from Debian's mirror).
+pytestmark = pytest.mark.timeout(600)
+
 
 @pytest.fixture(scope="module")
 def image(engine: docker.DockerClient) -> str:

@@ -27,7 +27,8 @@ import pytest
 from tests.swarm_harness import Cluster, SwarmGateway
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.swarm, pytest.mark.slow]
+# The image reaches the nodes through the session's registry first (~2 min on a new one).
+pytestmark = [pytest.mark.swarm, pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples" / "self-scaling-db"))
