@@ -233,13 +233,13 @@ def zero_to_ten(
 
 
 class EngineEvents:
-    """The engine's container events (create, start, die), read in a thread as they come:
+    """The engine's container events (create, start, die, destroy), read in a thread:
     what the engine itself did and when (its clock is this host's wall clock)."""
 
     def __init__(self, engine: docker.DockerClient) -> None:
         self._stream = engine.events(
             decode=True,
-            filters={"type": "container", "event": ["create", "start", "die"]},
+            filters={"type": "container", "event": ["create", "start", "die", "destroy"]},
         )
         self._seen: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -316,11 +316,15 @@ def first_call_vs_run(
     cmd = ["python3", "-c", RUN_ONCE]
     network = f"swarmless-{instance}"
     check(client.run(IMAGE, cmd, labels={"swarmless.bench": "scaling"}) == b"ok", "run()")
+    since = time.time()
     deploy(http, name="first-warm-up", max_containers=1, idle_timeout=600)
     check(http.post("/function/first-warm-up", content=b"0").status_code == 200, "warm-up")
     http.delete("/system/functions/first-warm-up").raise_for_status()
-    building = {"label": [f"swarmless.instance={instance}", "swarmless.kind=bytecode"]}
-    wait(lambda: not engine.api.containers(all=True, filters=building), 120)
+    # the build container goes once the bytecode is in place
+    building = {"swarmless.instance": instance, "swarmless.kind": "bytecode"}
+    seen = events.wait_for(building, since, ("destroy",), timeout=120)
+    built = any(a == "destroy" for _, a, _ in seen)
+    print(f"  the image's bytecode build: {'done' if built else 'not seen'}", flush=True)
     out: dict[str, Any] = {"first": [], "run": [], "run-net": [], "samples": [], "containers": []}
     kinds = ["first", "run", "run-net"]
     for i in range(samples):

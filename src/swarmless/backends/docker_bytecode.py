@@ -156,26 +156,32 @@ class WorkerBytecode(EngineBackend):
             except docker.errors.NotFound:
                 return None
             data = _read_bounded(stream, BYTECODE_LIMIT)
+            if data is None:
+                log.warning("image %s: bytecode over %d bytes: not cached", image, BYTECODE_LIMIT)
+                return None
+            # In place before the build container goes: once it is gone, the cache is there.
+            return _install(data, dest)
         finally:
             self._bytecode_containers.discard(cid)
             with contextlib.suppress(docker.errors.DockerException):
                 api.remove_container(cid, force=True)
-        if data is None:
-            log.warning("image %s: bytecode over %d bytes: not cached", image, BYTECODE_LIMIT)
-            return None
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{image_id[:12]}-", dir=root))
+
+
+def _install(data: bytes, dest: Path) -> Path:
+    """The archive's bytecode at ``dest``, whole or not at all (a folder renamed in)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name[:12]}-", dir=dest.parent))
+    try:
+        _extract(data, tmp)
+        tmp.chmod(0o755)
         try:
-            _extract(data, tmp)
-            tmp.chmod(0o755)
-            try:
-                os.replace(tmp, dest)
-            except OSError:  # built meanwhile by another gateway on this data dir
-                if not dest.is_dir():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return dest
+            os.replace(tmp, dest)
+        except OSError:  # built meanwhile by another gateway on this data dir
+            if not dest.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def _read_bounded(stream: Any, limit: int) -> bytes | None:
