@@ -43,8 +43,8 @@ def refused(fn):
 
 
 def raw(method, path, body=None):
-    r = api._result(api._post(api._url(path), data=body) if method == "POST" else api._get(api._url(path)))
-    return r
+    url = api._url(path)
+    return api._result(api._post(url, data=body) if method == "POST" else api._get(url))
 
 
 if scenario == "place":
@@ -60,12 +60,14 @@ if scenario == "place":
     for h, kid in kids.items():
         k = c.containers.get(kid)
         codes[h] = k.wait()["StatusCode"]
-        logs[h] = [k.logs(stdout=True, stderr=False).decode(), k.logs(stdout=False, stderr=True).decode()]
+        logs[h] = [k.logs(stdout=True, stderr=False).decode(),
+                   k.logs(stdout=False, stderr=True).decode()]
         k.reload()
         env[h] = [k.attrs["Config"]["Env"], k.attrs["Node"]["Name"], k.attrs["State"]["Status"]]
     out["codes"], out["logs"], out["env"] = codes, logs, env
     # docker-py's run() to completion, and swarmless's own
-    out["run"] = c.containers.run(BUSYBOX, ["echo", "hello", "from", "docker-py"], remove=True).decode()
+    out["run"] = c.containers.run(
+        BUSYBOX, ["echo", "hello", "from", "docker-py"], remove=True).decode()
     try:
         c.containers.run(BUSYBOX, ["sh", "-c", "echo bad >&2; exit 3"], remove=True)
     except docker.errors.ContainerError as e:
@@ -153,7 +155,8 @@ elif scenario == "attack":
     }
     for name, env in bad_env.items():
         a[f"env {name}"] = refused(lambda: c.containers.create(BUSYBOX, ["true"], environment=env))
-    a["big env"] = refused(lambda: c.containers.create(BUSYBOX, ["true"], environment=["X=" + "x" * 300_000]))
+    a["big env"] = refused(
+        lambda: c.containers.create(BUSYBOX, ["true"], environment=["X=" + "x" * 300_000]))
     a["tty"] = refused(lambda: c.containers.create(BUSYBOX, ["true"], tty=True))
     a["stdin"] = refused(lambda: c.containers.create(BUSYBOX, ["true"], stdin_open=True))
     a["privileged"] = refused(lambda: c.containers.create(BUSYBOX, ["true"], privileged=True))
@@ -174,7 +177,8 @@ elif scenario == "attack":
                 got += part
     body = b'{"Image": "' + BUSYBOX.encode() + b'"}'
     a["smuggle"] = send(
-        f"POST {prefix}/v1.41/containers/create HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+        f"POST {prefix}/v1.41/containers/create HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Length: {len(body)}\r\n"
         f"Transfer-Encoding: chunked\r\n\r\n".encode() + body)[:200]
     a["pipelined"] = send(
         f"GET {prefix}/v1.41/containers/json HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -258,7 +262,8 @@ def test_children_on_chosen_nodes_with_output_and_exit_codes(
         assert out["codes"][host] == 7
         assert out["logs"][host] == [f"out-{host}\n", f"err-{host}\n"]
         env, node, status = out["env"][host]
-        assert "A=1" in env and not any(e.startswith("constraint:") for e in env)
+        assert "A=1" in env
+        assert not any(e.startswith("constraint:") for e in env)
         assert (node, status) == (host, "exited")
     assert out["run"] == "hello from docker-py\n"
     assert out["run_error"] == [3, "bad\n"]
@@ -266,7 +271,8 @@ def test_children_on_chosen_nodes_with_output_and_exit_codes(
     # A child on another node, reached at its address on the function network.
     server_node, ip, networks, server = out["server"]
     assert server_node != out["node"]
-    assert networks == [gw.settings.network] and ip
+    assert networks == [gw.settings.network]
+    assert ip
     assert out["pong"] == "pong\n"
     assert out["killed"] == 137
     # Listed: its own children still there (the run() ones removed themselves).
@@ -294,7 +300,8 @@ def test_the_cap_holds_under_concurrent_creates(gw: SwarmGateway) -> None:
     made = [r for r in out["results"] if not r.startswith("refused")]
     refused = [r for r in out["results"] if r.startswith("refused")]
     assert len(made) == 20, out["results"]
-    assert len(refused) == 6 and all("rule max-children" in r for r in refused), refused
+    assert len(refused) == 6
+    assert all("rule max-children" in r for r in refused), refused
     assert out["listed"] == 20
     wait_for(
         lambda: not _children(gw, **{"swarmless.parent-call": out["call"]}),
@@ -359,20 +366,54 @@ def test_nothing_else_is_visible_or_reachable(gw: SwarmGateway) -> None:
             status, message = a[f"{what} {ref}"]
             assert status == 404, (what, ref, message)
     assert a["list"] == []
-    assert a["image"][0] == 403 and "rule image" in a["image"][1]
-    assert a["services"][0] == 403 and a["tasks"][0] == 403 and a["info"][0] == 403
+    assert a["image"][0] == 403
+    assert "rule image" in a["image"][1]
+    for what in ("services", "tasks", "info"):
+        assert a[what][0] == 403, (what, a[what])
     assert a["node inspect"][0] == 403
     for what in ("exec", "top", "rename"):
-        assert a[what] is not None and a[what][0] in (403, 404), (what, a[what])
+        assert a[what] is not None
+        assert a[what][0] in (403, 404), (what, a[what])
     for name in ("soft", "label", "affinity", "inject", "newline", "unknown"):
         status, message = a[f"env {name}"]
-        assert status == 400 and "constraint" in message, (name, message)
+        assert status == 400, (name, message)
+        assert "constraint" in message
     assert a["big env"][0] == 413, a["big env"]
-    assert a["tty"][0] == 403 and a["stdin"][0] == 403
-    assert a["privileged"][0] == 403 and a["host network"][0] == 403
+    for what in ("tty", "stdin", "privileged", "host network"):
+        assert a[what][0] == 403, (what, a[what])
     assert a["swarmless label"][0] == 403
     assert a["smuggle"].startswith("HTTP/1.1 400"), a["smuggle"]
     assert a["pipelined"] == 1
     assert "HTTP/1.1 403" in a["no token"]
     # The other call's child is untouched.
     assert {s["ID"] for s in _children(gw)} >= set(theirs)
+
+
+def test_children_go_when_the_gateway_stops(
+    cluster: Cluster,
+    labels: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    sdk_image: str,  # noqa: F811
+) -> None:
+    cluster.load(sdk_image, BUSYBOX)
+    g = SwarmGateway(
+        cluster, tmp_path_factory.mktemp("swarm-kids-stop"), labels, proxy_images=(BUSYBOX,)
+    ).start()
+    try:
+        g.deploy(
+            name="keeper",
+            image=sdk_image,
+            mode="oneshot",
+            command=["python3", "-c", SCRIPT],
+            env={"CHILD_IMAGE": BUSYBOX},
+            docker="scoped",
+            timeout=120,
+            children_timeout=600,  # they would outlive the call by ten minutes
+        )
+        out = _call(g, "keeper", "detach", "1")
+        assert [s["ID"] for s in _children(g)] == out["kids"]
+        g.shutdown()
+        # The proxy removed them itself (the harness's stop() below removes the rest).
+        wait_for(lambda: not _children(g), 15, "the children removed by the stopping gateway")
+    finally:
+        g.stop()

@@ -48,7 +48,7 @@ MAX_SPEC = 256 * 1024
 #: The most of a child's log one answer carries.
 MAX_LOG = 16 * 1024 * 1024
 #: How often a wait looks at the child again.
-POLL = 0.3
+POLL = 0.5
 #: How long ``start`` waits for Swarm to run the child (a node may pull its image).
 START_WAIT = 120.0
 #: How long ``stop`` waits for the child to end.

@@ -30,6 +30,7 @@ from swarmless.proxy.rules import Refused, is_zero
 
 __all__ = [
     "LABEL_AUTO_REMOVE",
+    "LABEL_STARTED",
     "LABEL_STATE",
     "LOST",
     "NOT_RUN",
@@ -41,6 +42,8 @@ __all__ = [
 
 #: A child service's life as the proxy set it: ``created``, ``started``, ``killed``.
 LABEL_STATE = "swarmless.child-state"
+#: When ``start`` scaled a child to 1 (epoch ms): when it started, for its record.
+LABEL_STARTED = "swarmless.child-started"
 #: ``true`` on a child created with ``HostConfig.AutoRemove``: removed once it ended.
 LABEL_AUTO_REMOVE = "swarmless.child-auto-remove"
 #: The exit status of a child killed, or lost with its node.
@@ -268,7 +271,10 @@ class Child:
 
     def times(self) -> tuple[float, float]:
         """(started, finished) in epoch seconds; 0 when not yet."""
-        started = _epoch(str(self.service.get("UpdatedAt") or "")) if self.started else 0.0
+        try:
+            started = int(self.labels.get(LABEL_STARTED, "0")) / 1000 if self.started else 0.0
+        except ValueError:
+            started = 0.0
         finished = 0.0
         if self.ended:
             finished = _epoch(str(((self.task or {}).get("Status") or {}).get("Timestamp") or ""))
@@ -363,7 +369,8 @@ def inspect_shape(child: Child) -> dict[str, Any]:
 
 def _shown_labels(labels: Mapping[str, str]) -> dict[str, str]:
     """A child's labels as its container carries them (not the proxy's bookkeeping)."""
-    return {k: v for k, v in labels.items() if k not in (LABEL_STATE, LABEL_AUTO_REMOVE)}
+    hidden = (LABEL_STATE, LABEL_AUTO_REMOVE, LABEL_STARTED)
+    return {k: v for k, v in labels.items() if k not in hidden}
 
 
 def list_row(child: Child) -> dict[str, Any]:

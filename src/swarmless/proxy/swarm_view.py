@@ -28,7 +28,7 @@ import docker.types
 from swarmless.labels import LABEL_GATEWAY, LABEL_KIND, LABEL_PARENT
 from swarmless.proxy.nodes import node_row
 from swarmless.proxy.rules import Target, normalize_image
-from swarmless.proxy.swarm_spec import LABEL_STATE, TERMINAL, Child, is_child
+from swarmless.proxy.swarm_spec import LABEL_STARTED, LABEL_STATE, TERMINAL, Child, is_child
 
 __all__ = ["SwarmView"]
 
@@ -205,6 +205,8 @@ class SwarmView:
         it was read at: a change made meanwhile fails the update (APIError)."""
         spec = child.service["Spec"]
         labels = {**(spec.get("Labels") or {}), LABEL_STATE: state}
+        if state == "started":
+            labels[LABEL_STARTED] = str(int(time.time() * 1000))
         await self.run(
             self.api.update_service,
             child.id,
