@@ -11,11 +11,19 @@
   gateway down, and start-up must not be crash-looped by the calls it takes back (the
   count: the call's claims less the attempts whose outcome was written).
 
+Outcomes of calls that end together are written together: the first success after a
+quiet moment is written at once, the ones after it within :data:`OUTCOME_WINDOW` wait for
+the window's end and go to the store at the same moment, so they share one group commit
+(and its statements) rather than riding, a few at a time, on every commit of the calls
+being accepted. The call's slot is free meanwhile; until its outcome is committed the call
+stays leased (a crash then runs it again: at-least-once).
+
 Then the callback, if one was asked for (:mod:`swarmless.dispatch.async_callbacks`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Callable
@@ -34,6 +42,9 @@ log = logging.getLogger("swarmless.async")
 
 #: Runs of one call lost with their gateway (killed, crashed) before it is dead.
 POISON_STARTS = 3
+#: Successful outcomes go to the store at most once per this many seconds (the first
+#: after a quiet moment at once; those after it together, at the window's end).
+OUTCOME_WINDOW = 0.02
 
 
 class Attempts:
@@ -44,6 +55,10 @@ class Attempts:
         self.dispatcher = dispatcher
         self.store = store
         self.callbacks = callbacks
+        #: When the last outcomes went to the store (loop time), and those waiting for
+        #: the current window's end (None: no window open).
+        self._released = -OUTCOME_WINDOW
+        self._waiting: list[asyncio.Future[None]] | None = None
 
     async def execute(self, call: Claimed, free_slot: Callable[[Claimed], None]) -> None:
         """Run ``call`` through the dispatcher and write its outcome durably; ``free_slot``
@@ -67,7 +82,7 @@ class Attempts:
             await self.store.finish(rec)
             return
         rec.mode = spec.mode
-        lost = await self._lost_runs(call)
+        lost = await self._lost_runs(call) if call.attempt > POISON_STARTS else 0
         if lost >= POISON_STARTS:
             rec.status = "dead"
             rec.error = (
@@ -102,8 +117,35 @@ class Attempts:
             return
         free_slot(call)
         result = StoredResult(status=response.status, headers=response.headers, body=response.body)
+        wait = self._window()
+        if wait is not None:
+            await wait
         await self.store.finish(rec, result)
-        await self.callbacks.send(call, rec, result)
+        if call.callback_url:
+            await self.callbacks.send(call, rec, result)
+
+    def _window(self) -> asyncio.Future[None] | None:
+        """What this outcome waits for before it goes to the store (:data:`OUTCOME_WINDOW`):
+        None when it may go at once."""
+        loop = asyncio.get_running_loop()
+        if self._waiting is None:
+            now = loop.time()
+            if now >= self._released + OUTCOME_WINDOW:
+                self._released = now
+                return None
+            self._waiting = []
+            loop.call_at(self._released + OUTCOME_WINDOW, self._open)
+        wait: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(wait)
+        return wait
+
+    def _open(self) -> None:
+        """The window's end: the outcomes waiting go to the store, together."""
+        self._released = asyncio.get_running_loop().time()
+        waiting, self._waiting = self._waiting or [], None
+        for wait in waiting:
+            if not wait.done():
+                wait.set_result(None)
 
     async def _lost_runs(self, call: Claimed) -> int:
         """How many earlier runs of ``call`` ended with no outcome written (their gateway

@@ -111,7 +111,8 @@ class AsyncRunner:
         #: every function at each idle poll: retries come due, other replicas queue).
         self._backlog: set[str] = set()
         self._sweep = True
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: The task running each call started, by call id (it leaves when it ends).
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._callbacks = CallbackSender(store, callbacks)
         self._attempts = Attempts(dispatcher, store, self._callbacks)
         #: Calls waiting per function, refreshed as the runner goes (metrics, ls).
@@ -178,15 +179,27 @@ class AsyncRunner:
         )
         self._incoming[name] = self._incoming.get(name, 0) + 1
         self._ahead_bytes += len(body)
+        # What the caller awaits: its own future, so that a caller that goes away (its
+        # await cancelled) never cancels the write, and the call is taken in hand anyway.
+        answer: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
 
         def settled(done: asyncio.Future[tuple[str, bool]]) -> None:
             # Runs whether or not the caller is still there: a call written claimed by
             # this gateway is always taken in hand.
             self._incoming[name] -= 1
             self._ahead_bytes -= len(body)
-            if done.cancelled() or done.exception() is not None:
+            if done.cancelled():
+                if not answer.done():
+                    answer.cancel()
+                return
+            failed = done.exception()
+            if failed is not None:
+                if not answer.done():
+                    answer.set_exception(failed)
                 return
             call_id, created = done.result()
+            if not answer.done():
+                answer.set_result((call_id, created))
             if not created:
                 return
             self._queued[name] = self._queued.get(name, 0) + 1
@@ -208,8 +221,7 @@ class AsyncRunner:
             )
 
         enqueued.add_done_callback(settled)
-        result: tuple[str, bool] = await asyncio.shield(enqueued)
-        return result
+        return await answer
 
     def accepted(self, function: str) -> None:
         """A call of ``function`` was queued in the store (not through :meth:`submit`):
@@ -355,9 +367,7 @@ class AsyncRunner:
             self._running[name] = self._running.get(name, 0) + 1
             self._slot_held[call.id] = True
             self._unmarked.add(call.id)
-            task = loop.create_task(self._run(call))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks[call.id] = loop.create_task(self._run(call))
         if not ahead:
             del self._ahead[name]
         if self._mark_timer is None and self._unmarked:
@@ -374,12 +384,13 @@ class AsyncRunner:
 
     async def _run(self, call: Claimed) -> None:
         try:
-            await self._execute(call)
+            await self._attempts.execute(call, self._free_slot)
         except Exception:
             log.exception("async call %s: unexpected failure (it stays leased and reruns)", call.id)
         finally:
             self._free_slot(call)
             self._held.discard(call.id)
+            self._tasks.pop(call.id, None)
 
     def _free_slot(self, call: Claimed) -> None:
         """The call no longer needs a container: the next call in memory starts, and its
@@ -390,9 +401,6 @@ class AsyncRunner:
             self._start(call.function)
             if self._backlog:  # calls wait in the store: claim for the slot
                 self._wake.set()
-
-    async def _execute(self, call: Claimed) -> None:
-        await self._attempts.execute(call, self._free_slot)
 
     async def refresh_counts(self) -> None:
         with contextlib.suppress(SwarmlessError):
@@ -413,7 +421,7 @@ class AsyncRunner:
             self._mark_timer = None
         await self._give_back()
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+            await asyncio.wait(set(self._tasks.values()), timeout=timeout)
         await self._give_back()  # claimed meanwhile (a claim that was under way)
         await self._callbacks.aclose()
 
