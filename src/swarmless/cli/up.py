@@ -31,6 +31,7 @@ def up(host: str | None, port: int | None, data_dir: str | None, log_level: str)
     gateway = Gateway(settings, token=token)
 
     def started(gw: Gateway, bound: int) -> None:
+        settle_gc()
         url = f"http://{gw.settings.host}:{bound}"
         console.print(f"[green]swarmless gateway[/green] on {url}  (data: {settings.data_dir})")
         if gw.not_ready is not None:
@@ -59,3 +60,21 @@ def up(host: str | None, port: int | None, data_dir: str | None, log_level: str)
     asyncio.run(serve(gateway, started=started, log_level="warning"))
     if gateway.fatal:  # it lost the lease of the active replica: let it be restarted
         raise click.ClickException(f"the gateway stopped: {gateway.fatal}")
+
+
+#: The cyclic collector's thresholds once the gateway runs (Python's default: 700, 10, 10).
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def settle_gc() -> None:
+    """The gateway answers: what it made until now (modules, clients, compiled statements,
+    its pools) lives as long as it does, so the cyclic collector stops scanning it
+    (``gc.freeze``), and it collects young objects less often (a call's garbage dies by its
+    reference count, not by the collector). Measured on an async drain: the collector took
+    ~18 % of the gateway's CPU per async call (its full scans of ~115,000 objects most of
+    it) and ~8 % per sync call; ~3 % each after."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
