@@ -184,6 +184,14 @@ elif scenario == "attack":
         f"GET {prefix}/v1.41/containers/json HTTP/1.1\r\nHost: x\r\n\r\n"
         f"GET {prefix}/v1.41/services HTTP/1.1\r\nHost: x\r\n\r\n".encode()).count("rule services")
     a["no token"] = send(b"GET /v1.41/containers/json HTTP/1.1\r\nHost: x\r\n\r\n")[:200]
+    # this call's token, used by a child on another node: refused
+    url = "http://" + os.environ["DOCKER_HOST"][len("tcp://"):] + "/v1.41/containers/json"
+    thief = c.containers.run(
+        BUSYBOX, ["sh", "-c", f"wget -S -O- {url} 2>&1; true"],
+        environment=[f"constraint:node!={out['node']}"], detach=True)
+    thief.wait()
+    a["stolen token"] = thief.logs().decode()
+    thief.remove()
     out["attacks"] = a
 
 print(json.dumps(out))
@@ -385,6 +393,8 @@ def test_nothing_else_is_visible_or_reachable(gw: SwarmGateway) -> None:
     assert a["smuggle"].startswith("HTTP/1.1 400"), a["smuggle"]
     assert a["pipelined"] == 1
     assert "HTTP/1.1 403" in a["no token"]
+    assert "403" in a["stolen token"], a["stolen token"]
+    assert "[" not in a["stolen token"]  # no listing came back
     # The other call's child is untouched.
     assert {s["ID"] for s in _children(gw)} >= set(theirs)
 
