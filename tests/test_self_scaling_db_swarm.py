@@ -177,6 +177,6 @@ def test_a_replicas_node_dies_under_writes_and_a_new_replica_catches_up(
             f"\nkilled {victim_node} (replica {victim}); new replica {new['name']} on "
             f"{new['node']}, streaming {streaming_after:.1f}s after the kill (polled every "
             f"0.5s); {len(writes.acked)} writes acknowledged, "
-            f"{len(writes.failed)} failed; rows on primary and new replica: {got['count']}\n"
-            + "\n".join(view["events"])
+            f"{len(writes.failed)} failed {writes.failed[:3]}; rows on primary and new replica: "
+            f"{got['count']}\n" + "\n".join(view["events"])
         )

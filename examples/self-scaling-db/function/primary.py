@@ -286,7 +286,7 @@ class Controller:
             try:
                 self.tick()
             except Exception as e:  # logged; the next tick tries again
-                log(f"tick failed: {type(e).__name__}: {e}")
+                self.event(f"tick failed: {type(e).__name__}: {str(e)[:300]}")
                 if self.conn is not None and self.conn.closed:
                     with contextlib.suppress(Exception):
                         self.conn = psycopg2.connect(
@@ -383,14 +383,20 @@ class Controller:
         ]
         if self.nodes_known:
             env.append(f"constraint:node=={node}")
-        container = self.docker.containers.run(
-            IMAGE,
-            ["sh", "/function/replica.sh"],
-            detach=True,
-            name=name,
-            environment=env,
-            labels={"selfdb.role": "replica", "selfdb.slot": slot, "selfdb.node": node},
-        )
+        try:
+            container = self.docker.containers.run(
+                IMAGE,
+                ["sh", "/function/replica.sh"],
+                detach=True,
+                name=name,
+                environment=env,
+                labels={"selfdb.role": "replica", "selfdb.slot": slot, "selfdb.node": node},
+            )
+        except docker.errors.DockerException as e:
+            # Created but not started, maybe: not left behind (the next tick tries again).
+            with contextlib.suppress(docker.errors.DockerException):
+                self.docker.containers.get(name).remove(force=True)
+            raise RuntimeError(f"starting replica {name} on {node}: {e}") from None
         with self.lock:
             self.replicas[name] = Replica(name, slot, node, container)
         self.event(f"started replica {name} on {node}")
