@@ -7,18 +7,24 @@ the answers by status and keeps the ``X-Call-Id`` of every ``202``. :func:`queue
 reads the ids of the function's rows in the gateway's SQLite queue (a read-only
 connection beside the running gateway): every call answered 202 must be a row there.
 
-``wrk`` is Debian's package: ``apt-get install -y wrk``.
+``wrk`` is Debian's package: ``apt-get install -y wrk``. Without it, :func:`python_enqueue`
+is the fallback (keep-alive ``http.client`` connections from threads): heavier, so on a
+small machine it takes CPU from the gateway it measures; the benchmark says which it used.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import os
 import re
 import shutil
 import sqlite3
 import subprocess
+import threading
+import time
+import urllib.parse
 from pathlib import Path
 
 #: The script: POST the body, count statuses, keep the ids of the 202s (per thread),
@@ -126,6 +132,70 @@ def wrk_enqueue(
         p99_ms=r["p99_us"] / 1000,
         other={str(k): int(v) for k, v in r["other"].items()},
         socket_errors=r["socket_errors"],
+        ids=ids,
+    )
+
+
+def python_enqueue(url: str, connections: int, seconds: float) -> Burst:
+    """The fallback of :func:`wrk_enqueue`: ``connections`` threads, each POSTing on its
+    own keep-alive connection until ``seconds`` have passed."""
+    parts = urllib.parse.urlsplit(url)
+    lock = threading.Lock()
+    ids: list[str] = []
+    other: dict[str, int] = {}
+    latencies: list[float] = []
+    errors = [0]
+    t0 = time.monotonic()
+    stop_at = t0 + seconds
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+        mine: list[str] = []
+        lat: list[float] = []
+        seen: dict[str, int] = {}
+        try:
+            while time.monotonic() < stop_at:
+                t = time.monotonic()
+                conn.request(
+                    "POST", parts.path, body=b"{}", headers={"Content-Type": "application/json"}
+                )
+                r = conn.getresponse()
+                r.read()
+                lat.append(time.monotonic() - t)
+                if r.status == 202:
+                    mine.append(r.getheader("x-call-id") or "")
+                else:
+                    seen[str(r.status)] = seen.get(str(r.status), 0) + 1
+        except OSError:
+            with lock:
+                errors[0] += 1
+        finally:
+            conn.close()
+            with lock:
+                ids.extend(mine)
+                latencies.extend(lat)
+                for k, v in seen.items():
+                    other[k] = other.get(k, 0) + v
+
+    threads = [threading.Thread(target=worker) for _ in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 30)
+    took = time.monotonic() - t0
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, round(p * (len(latencies) - 1)))] * 1000
+
+    return Burst(
+        requests=len(latencies),
+        accepted=len(ids),
+        seconds=took,
+        p50_ms=pct(0.5) if latencies else 0.0,
+        p99_ms=pct(0.99) if latencies else 0.0,
+        other=other,
+        socket_errors=errors[0],
         ids=ids,
     )
 

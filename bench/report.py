@@ -611,16 +611,16 @@ def markdown(result: dict[str, Any], figures: dict[str, str], plot_error: str | 
         if "enqueue_held_per_s" in s:
             run, held = s["enqueue_cpu_us"], s["enqueue_held_cpu_us"]
             lines += [
-                "Accepted durably (`wrk`, one thread, keep-alive connections, rounds of the "
-                "two kinds alternating; every call answered 202 then found as a row of the "
-                "store's queue): "
+                f"Accepted durably (load: {s.get('enqueue_loadgen', 'wrk -t1')}, keep-alive "
+                "connections; rounds of the two kinds alternating; every call answered 202 "
+                "then found as a row of the store's queue): "
                 f"{s['enqueue_per_s']:,.0f}/s while the 4 warm containers run the calls as "
                 f"they come (the target), CPU per call accepted: machine {run['machine']:.0f} "
-                f"µs (gateway {run['gateway']:.0f}, workers {run['workers']:.0f}, wrk "
-                f"{run['wrk']:.0f}); {s['enqueue_held_per_s']:,.0f}/s when the function is "
-                f"busy and the calls wait in the queue (the intake alone): machine "
-                f"{held['machine']:.0f} µs (gateway {held['gateway']:.0f}, wrk "
-                f"{held['wrk']:.0f}).",
+                f"µs (gateway {run['gateway']:.0f}, workers {run['workers']:.0f}, load "
+                f"generator {run['load']:.0f}); {s['enqueue_held_per_s']:,.0f}/s when the "
+                f"function is busy and the calls wait in the queue (the intake alone): machine "
+                f"{held['machine']:.0f} µs (gateway {held['gateway']:.0f}, load generator "
+                f"{held['load']:.0f}).",
                 "",
             ]
     if result["extras"]:
