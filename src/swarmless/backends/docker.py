@@ -3,7 +3,9 @@
 Warm containers run ``python -m swarmless.runtime`` from a read-only copy of the gateway's
 own runtime package, bind-mounted at ``/opt/swarmless``: any image with Python 3 becomes a
 warm function without a rebuild, and the runtime always speaks the gateway's protocol
-version. They are watched through the engine's event stream, so a worker that dies is
+version. Beside it, once built for the image, the bytecode of the runtime's imports
+(:mod:`~swarmless.backends.docker_bytecode`): a container then starts without compiling
+them. Warm containers are watched through the engine's event stream, so a worker that dies is
 noticed at once: the backend's subscribers are told (:meth:`~.base.Backend.subscribe`: the
 worker registry requeues its calls in hand, and reads a container that crashed before
 asking for work for its last lines before it is removed). When the stream breaks (the

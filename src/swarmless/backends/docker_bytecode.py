@@ -13,8 +13,8 @@ from then on (:meth:`_bytecode_binds`). Trust stays where it was: the bytecode i
 image's own Python compiled from the image's own files, read only by containers of that
 image, and Python checks each file against its source (a stale one is compiled again,
 never run). An image without Python, or one that sets ``PYTHONPYCACHEPREFIX`` itself, gets
-no cache (its containers start as before); a build that fails is not tried again by this
-gateway.
+no cache (its containers start as before); a build that ran and failed is not tried again
+by this gateway, one that could not run (the engine away) is tried at the next start.
 """
 
 from __future__ import annotations
@@ -92,9 +92,13 @@ class WorkerBytecode(EngineBackend):
     async def _build_bytecode(self, image: str) -> None:
         try:
             found = await self._call(self._bytecode_of, image)
-        except Exception as e:  # an optimisation: never the reason a function fails
-            log.warning("no bytecode cache for image %s: %s", image, e)
+        except docker.errors.APIError as e:  # the engine's answer (no python3 there, ...)
+            log.info("no bytecode cache for image %s: %s", image, e.explanation or e)
             found = None
+        except Exception as e:  # an optimisation: never the reason a function fails
+            # Not the image's answer (the engine away): the next start asks again.
+            log.warning("no bytecode cache for image %s (yet): %s", image, e)
+            return
         finally:
             self._bytecode_builds.pop(image, None)
         self._bytecode[image] = found

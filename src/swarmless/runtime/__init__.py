@@ -27,6 +27,8 @@ The layout (each imports only those below it):
   exception as a result);
 - :mod:`~swarmless.runtime.capture`: thread-aware ``sys.stdout``/``sys.stderr`` so each
   invocation's prints become that invocation's logs;
+- :mod:`~swarmless.runtime.bytecode`: the runtime's imports compiled once per image (the
+  docker backend mounts them; the runtime lets go of the prefix before the handler);
 - :mod:`~swarmless.runtime.client`: the SDK inside a function (``swarmless.from_env()``:
   invoke, spawn, result, with the container's caller token), loaded only when used.
 
