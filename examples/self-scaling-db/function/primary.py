@@ -54,7 +54,7 @@ FUNCTION = os.environ.get("SWARMLESS_FUNCTION", "selfdb")
 #: Where this container runs (the swarm backend sets it; one engine: the engine's name).
 NODE = os.environ.get("SWARMLESS_NODE", "")
 TICK = 1.0
-#: A replica that started but is not streaming after this long is replaced.
+#: A replica not streaming for this long (since its start, or since it last did) is replaced.
 STREAM_DEADLINE = 180.0
 #: Seconds a node that lost a replica is the last choice for a new one.
 SUSPECT_FOR = 60.0
@@ -99,6 +99,8 @@ class Replica:
         self.id = str(container.id)
         self.host = ""
         self.started = time.monotonic()
+        #: When the primary last saw it stream (its start, until it does).
+        self.seen = self.started
         self.state = "starting"
         self.replay_lsn: str | None = None
 
@@ -325,9 +327,9 @@ class Controller:
             for net in ((attrs.get("NetworkSettings") or {}).get("Networks") or {}).values():
                 if net.get("IPAddress"):
                     replica.host = str(net["IPAddress"])
-        waited = time.monotonic() - replica.started
+        waited = time.monotonic() - replica.seen
         if replica.state != "streaming" and waited > STREAM_DEADLINE:
-            return f"not streaming after {waited:.0f}s"
+            return f"not streaming for {waited:.0f}s"
         return None
 
     def retire(self, replica: Replica, reason: str) -> None:
@@ -421,6 +423,7 @@ class Controller:
                         log(f"replica {replica.name} streaming")
                     replica.state = "streaming"
                     replica.replay_lsn = lsn
+                    replica.seen = time.monotonic()
                 elif replica.state == "streaming":
                     replica.state = "disconnected"
 
