@@ -40,13 +40,30 @@ SMALL_BODIES = 1 << 20
 _COLUMNS = tuple(c.name for c in async_queue.c if c.name != "body")
 _NO_BODY = ", ".join(f'"{c}"' for c in _COLUMNS)
 _DUE = "((state = 'queued' AND not_before <= ?) OR (state = 'leased' AND lease_until < ?))"
+#: Due calls of one function (parameters: now, function, now, function, how many). Each
+#: state read through the (state, not_before) index: only live rows are visited, never the
+#: done ones a busy queue keeps until retention removes them (through the function's own
+#: index, every claim read all of them).
+_DUE_OF = (
+    f"SELECT * FROM (SELECT {_NO_BODY}, length(body) AS size FROM async_queue"
+    " INDEXED BY ix_async_queue_state_not_before"
+    " WHERE state = 'queued' AND not_before <= ? AND function = ?"
+    f" UNION ALL SELECT {_NO_BODY}, length(body) AS size FROM async_queue"
+    " INDEXED BY ix_async_queue_state_not_before"
+    " WHERE state = 'leased' AND lease_until < ? AND function = ?)"
+    " ORDER BY not_before, id LIMIT ?"
+)
 
 
 def _due(now: int) -> Any:
-    """Queued with ``not_before`` passed, or leased by anyone whose lease expired."""
-    return or_(
-        and_(async_queue.c.state == "queued", async_queue.c.not_before <= now),
-        and_(async_queue.c.state == "leased", async_queue.c.lease_until < now),
+    """Queued with ``not_before`` passed, or leased by anyone whose lease expired (the
+    state named first, so that the (state, not_before) index can serve it)."""
+    return and_(
+        async_queue.c.state.in_(("queued", "leased")),
+        or_(
+            and_(async_queue.c.state == "queued", async_queue.c.not_before <= now),
+            and_(async_queue.c.state == "leased", async_queue.c.lease_until < now),
+        ),
     )
 
 
@@ -141,11 +158,7 @@ class ClaimOps(Database):
         """Up to ``n`` due calls of ``function``, oldest first, without their bodies (their
         ``size`` instead); locked, skipping those locked, on PostgreSQL."""
         if self.dialect == "sqlite":
-            sql = (
-                f"SELECT {_NO_BODY}, length(body) AS size FROM async_queue WHERE function = ?"
-                f" AND {_DUE} ORDER BY not_before, id LIMIT ?"
-            )
-            found = await self._fetch(conn, sql, (function, now, now, n))
+            found = await self._fetch(conn, _DUE_OF, (now, function, now, function, n))
             return [dict(zip((*_COLUMNS, "size"), r, strict=True)) for r in found]
         query = (
             select(
