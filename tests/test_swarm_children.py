@@ -66,13 +66,17 @@ if scenario == "place":
         env[h] = [k.attrs["Config"]["Env"], k.attrs["Node"]["Name"], k.attrs["State"]["Status"]]
     out["codes"], out["logs"], out["env"] = codes, logs, env
     # docker-py's run() to completion, and swarmless's own
+    t0 = time.monotonic()
     out["run"] = c.containers.run(
         BUSYBOX, ["echo", "hello", "from", "docker-py"], remove=True).decode()
+    out["run_s"] = time.monotonic() - t0
     try:
         c.containers.run(BUSYBOX, ["sh", "-c", "echo bad >&2; exit 3"], remove=True)
     except docker.errors.ContainerError as e:
         out["run_error"] = [e.exit_status, e.stderr.decode()]
+    t0 = time.monotonic()
     out["swarmless_run"] = swarmless.from_env().run(BUSYBOX, ["echo", "swarmless"], text=True)
+    out["swarmless_run_s"] = time.monotonic() - t0
     # a server child: its address on the function network, reached from here
     server = c.containers.run(
         BUSYBOX, ["sh", "-c", "while true; do echo pong | nc -l -p 7000; done"],
@@ -276,6 +280,10 @@ def test_children_on_chosen_nodes_with_output_and_exit_codes(
     assert out["run"] == "hello from docker-py\n"
     assert out["run_error"] == [3, "bad\n"]
     assert out["swarmless_run"] == "swarmless\n"
+    print(
+        f"\na child run to completion on the Swarm: docker-py {out['run_s']:.2f}s, "
+        f"swarmless run() {out['swarmless_run_s']:.2f}s"
+    )
     # A child on another node, reached at its address on the function network.
     server_node, ip, networks, server = out["server"]
     assert server_node != out["node"]
