@@ -368,6 +368,16 @@ def test_children_die_with_a_parent_that_is_killed(gw: SwarmGateway) -> None:
         "the children removed once their parent was killed",
     )
 
+    # The call's record says its two children were killed by swarmless.
+    def detached() -> list[dict[str, Any]]:
+        with gw.http() as http:
+            found = http.get(f"/invocations/{result['call']}").json().get("detached") or []
+        return list(found) if len(found) == 2 else []
+
+    ended = wait_for(detached, 20, "the children's ends in the call's record")
+    assert all(d["killed"] for d in ended), ended
+    assert all("killed" in d["error"] for d in ended), ended
+
 
 def test_nothing_else_is_visible_or_reachable(gw: SwarmGateway) -> None:
     # Another call's children (kept for 30 s after it), and that call's own service.
