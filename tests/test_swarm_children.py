@@ -143,6 +143,8 @@ elif scenario == "attack":
     a["tasks"] = refused(lambda: raw("GET", "/tasks"))
     a["info"] = refused(lambda: c.info())
     a["node inspect"] = refused(lambda: raw("GET", "/nodes/self"))
+    a["bad limit"] = refused(lambda: raw("GET", "/containers/json?limit=abc"))
+    a["odd filter"] = refused(lambda: c.containers.list(filters={"before": "x"}))
     a["exec"] = None
     kid = c.containers.create(BUSYBOX, ["sleep", "30"])
     a["exec"] = refused(lambda: api.exec_create(kid.id, ["true"]))
@@ -397,6 +399,8 @@ def test_nothing_else_is_visible_or_reachable(gw: SwarmGateway) -> None:
     for what in ("services", "tasks", "info"):
         assert a[what][0] == 403, (what, a[what])
     assert a["node inspect"][0] == 403
+    assert a["bad limit"][0] == 400, a["bad limit"]
+    assert a["odd filter"][0] == 400, a["odd filter"]
     for what in ("exec", "top", "rename"):
         assert a[what] is not None
         assert a[what][0] in (403, 404), (what, a[what])

@@ -109,6 +109,11 @@ class SwarmAPI:
             message = f"swarmless proxy: the Swarm manager said: {e.explanation or e}"
             await client.answer(status, {"message": message})
             return False
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            # A value of a shape the checks did not foresee: refused, never acted on.
+            reason = f"the request has a value of an unexpected type ({e})"
+            await client.answer(400, {"message": _refusal("json", reason)})
+            return False
 
     def _lock(self, ref: str) -> asyncio.Lock:
         if len(self._locks) > 4096:
