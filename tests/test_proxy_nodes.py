@@ -1,13 +1,15 @@
 """GET /nodes and classic Swarm placement through the scoped Docker API (pure parts).
 
 The Swarm end to end is tests/test_swarm_children.py; here the policy's reading of
-``constraint:`` entries, the node rows and filters, and a checked create made a service.
+``constraint:`` entries, the node rows and filters, a checked create made a service, and
+``GET /nodes`` and placement through the scoped API of one engine, from a function.
 """
 
 from __future__ import annotations
 
 import json
 
+import docker
 import pytest
 
 from swarmless.proxy import Caller, ProxyRequest, check
@@ -20,6 +22,9 @@ from swarmless.proxy.nodes import (
 )
 from swarmless.proxy.rules import Refused
 from swarmless.proxy.swarm_spec import LABEL_STATE, Child, inspect_shape, task_spec
+from tests.conftest import BUSYBOX, SESSION
+from tests.gateway_harness import RunningGateway
+from tests.test_proxy import deploy, invoke, sdk_image  # noqa: F401  (the SDK image)
 
 IMAGES = {"docker.io/library/busybox:latest": "busybox"}
 CALLER = Caller(container="p" * 25, function="fn", network="net")
@@ -130,3 +135,64 @@ def test_fields_without_a_swarm_equivalent_are_refused(field: str, value: object
     with pytest.raises(Refused) as e:
         task_spec({**sent, field: value}, network="net", constraints=[])
     assert e.value.rule == "swarm"
+
+
+# -- on one engine, end to end ------------------------------------------------------------
+
+ONE_ENGINE = r"""
+import json, os
+import docker, docker.errors
+c = docker.from_env(version="1.41")
+rows = c.api._result(c.api._get(c.api._url("/nodes")), json=True)
+me = rows[0]["Description"]["Hostname"]
+out = {"nodes": rows}
+out["here"] = c.containers.run(
+    os.environ["CHILD_IMAGE"], ["sh", "-c", "echo $A; env | grep -c constraint || true"],
+    environment=["A=placed", f"constraint:node=={me}"], remove=True).decode()
+for name, env in {"elsewhere": f"constraint:node==not-{me}", "not here": f"constraint:node!={me}",
+                  "soft": f"constraint:node==~{me}"}.items():
+    try:
+        c.containers.create(os.environ["CHILD_IMAGE"], ["true"], environment=[env])
+        out[name] = None
+    except docker.errors.APIError as e:
+        out[name] = [e.status_code, str(e.explanation)]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_nodes_and_placement_on_one_engine(
+    engine: docker.DockerClient,
+    labels: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    sdk_image: str,  # noqa: F811
+) -> None:
+    g = RunningGateway(
+        tmp_path_factory.mktemp("proxy-nodes"),
+        labels,
+        network=f"swarmless-test-nodes-{SESSION}",
+        proxy_images=(BUSYBOX,),
+    ).start()
+    try:
+        deploy(
+            g,
+            name="placer",
+            image=sdk_image,
+            command=["python3", "-c", ONE_ENGINE],
+            env={"CHILD_IMAGE": BUSYBOX},
+            docker="scoped",
+            timeout=120,
+        )
+        out = json.loads(invoke(g, "placer").text)
+        (node,) = out["nodes"]
+        assert node["Description"]["Hostname"] == engine.info()["Name"]
+        assert (node["Status"]["State"], node["Spec"]["Role"]) == ("ready", "manager")
+        assert set(node) == {"ID", "Description", "Status", "Spec"}
+        assert out["here"] == "placed\n0\n"  # run, and the constraint was not passed on
+        for name in ("elsewhere", "not here", "soft"):
+            assert out[name] is not None, name
+            assert out[name][0] == 400, out[name]
+            assert "rule constraint" in out[name][1]
+    finally:
+        g.stop(engine)
+    assert g.containers(engine) == []
