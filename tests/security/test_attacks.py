@@ -251,6 +251,9 @@ def arena(
             mode="warm",
             handler="probe:make_child",
             docker="scoped",
+            # Kept up through the whole battery (longer than the scale-to-zero window on a
+            # loaded machine): only an attack may change it, never the autoscaler.
+            min_containers=1,
         )
         _deploy(
             gw,
