@@ -173,14 +173,25 @@ class SwarmView:
 
     async def child_rows(self, *labels: str) -> list[Child]:
         """This instance's children with ``labels``, each with its newest task."""
-        services = await self.run(
-            self.api.services, filters=self._own(f"{LABEL_KIND}=child", *labels)
-        )
-        services = [s for s in services if is_child(s)]
-        if not services:
-            return []
-        tasks = await self.run(self.api.tasks, filters={"service": [s["ID"] for s in services]})
-        return [await self.read(s, tasks) for s in services]
+        for attempt in range(3):
+            services = await self.run(
+                self.api.services, filters=self._own(f"{LABEL_KIND}=child", *labels)
+            )
+            services = [s for s in services if is_child(s)]
+            if not services:
+                return []
+            try:
+                tasks = await self.run(
+                    self.api.tasks, filters={"service": [s["ID"] for s in services]}
+                )
+            except docker.errors.NotFound:
+                # A service removed between the two questions (a child reaped meanwhile):
+                # the manager answers 404 for the whole filter. Ask both again.
+                if attempt == 2:
+                    raise
+                continue
+            return [await self.read(s, tasks) for s in services]
+        raise AssertionError("unreachable")
 
     async def create(
         self, name: str, template: docker.types.TaskTemplate, labels: dict[str, str]
