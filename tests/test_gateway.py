@@ -271,8 +271,16 @@ def test_timeouts_are_504_and_kill(
     assert time.monotonic() - t0 < 10
     assert r.json()["error"] == "timeout"
     gw.wait_for(lambda: gw.containers(engine, **{"swarmless.function": "sleepy"}) == [], 15)
+    # min_containers 1: the stuck worker's replacement is the floor's (with no call in
+    # flight or queued nothing else starts one).
     deploy(
-        gw, name="slowwarm", image=images["warm"], mode="warm", handler="handler:slow", timeout=1
+        gw,
+        name="slowwarm",
+        image=images["warm"],
+        mode="warm",
+        handler="handler:slow",
+        timeout=1,
+        min_containers=1,
     )
     with gw.http(token=None) as http:
         r = http.post("/function/slowwarm", content=b"20")

@@ -251,9 +251,11 @@ def arena(
             mode="warm",
             handler="probe:make_child",
             docker="scoped",
-            # Kept up through the whole battery (longer than the scale-to-zero window on a
-            # loaded machine): only an attack may change it, never the autoscaler.
+            # One container kept up through the whole battery (longer than the scale-to-zero
+            # window on a loaded machine), never a second one whose scale-down could retire
+            # the one that served: only an attack may change it, never the autoscaler.
             min_containers=1,
+            max_containers=1,
         )
         _deploy(
             gw,
