@@ -103,16 +103,30 @@ class HttpChannel:
         self, path: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
         headers["Authorization"] = self._auth
+        resp, data = self._exchange(path, body, headers)
+        status = resp.status
+        if status >= 500 or status == 429:
+            raise Retry(f"HTTP {status} on {path}")
+        return status, resp.headers, data
+
+    def _exchange(
+        self, path: str, body: bytes, headers: dict[str, str], *, upgrade: bool = False
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        """One ``POST`` and its answer, read whole (a 101 asked for with ``upgrade`` is
+        handed back unread: the connection is the caller's then). A kept-alive connection
+        the server closed meanwhile is retried once, at once; other failures are Retry, a
+        401 Refused."""
         for attempt in (1, 2):
             reused = self._used
             try:
                 self._conn.request("POST", self._prefix + path, body=body, headers=headers)
                 resp = self._conn.getresponse()
+                if upgrade and resp.status == 101:
+                    return resp, b""
                 data = resp.read()
             except (OSError, http.client.HTTPException) as e:
                 self._conn.close()
                 self._used = False
-                # A kept-alive connection the server closed meanwhile: retry once, at once.
                 stale = isinstance(e, ConnectionResetError | BrokenPipeError)
                 if attempt == 1 and reused and stale:
                     continue
@@ -121,12 +135,9 @@ class HttpChannel:
             if resp.will_close:
                 self._conn.close()
                 self._used = False
-            status = resp.status
-            if status == 401:
+            if resp.status == 401:
                 raise Refused(f"the gateway refused the worker token (401 on {path})")
-            if status >= 500 or status == 429:
-                raise Retry(f"HTTP {status} on {path}")
-            return status, resp.headers, data
+            return resp, data
         raise AssertionError("unreachable")
 
     def post_next(self, pending: Result | None) -> tuple[int, Handed | None]:
@@ -164,29 +175,8 @@ class HttpChannel:
             "Connection": "Upgrade",
             "Upgrade": frames.UPGRADE,
         }
-        for attempt in (1, 2):
-            reused = self._used
-            try:
-                self._conn.request("POST", self._prefix + frames.PATH, body=b"", headers=headers)
-                resp = self._conn.getresponse()
-                if resp.status == 101:
-                    return resp
-                resp.read()
-            except (OSError, http.client.HTTPException) as e:
-                self._conn.close()
-                self._used = False
-                stale = isinstance(e, ConnectionResetError | BrokenPipeError)
-                if attempt == 1 and reused and stale:
-                    continue
-                raise Retry(f"{type(e).__name__}: {e}") from e
-            self._used = True
-            if resp.will_close:
-                self._conn.close()
-                self._used = False
-            if resp.status == 401:
-                raise Refused(f"the gateway refused the worker token (401 on {frames.PATH})")
-            return None
-        raise AssertionError("unreachable")
+        resp, _ = self._exchange(frames.PATH, b"", headers, upgrade=True)
+        return resp if resp.status == 101 else None
 
     def send_logs(self, result: Result) -> None:
         payload = json.dumps({"stdout": cut(result.stdout), "stderr": cut(result.stderr)}).encode(
