@@ -68,12 +68,7 @@ class DockerProxy:
         labels: Mapping[str, str] | None = None,
         on_child: Callable[[ChildOutcome], None] | None = None,
     ) -> None:
-        self.settings = settings
-        self.tokens = tokens
-        self.spec_of = spec_of
-        #: Labels forced on every child (the gateway instance, a test session...).
-        self.labels = {**(labels or {}), LABEL_GATEWAY: settings.instance}
-        self.url = ""
+        self._init_common(settings, tokens, spec_of, labels)
         engine = endpoint(settings.docker_host)
         if engine.tls:
             raise ValueError(
@@ -89,11 +84,6 @@ class DockerProxy:
         )
         #: Children's lives after their parent's; ``on_child`` hears how each one ended.
         self.children = ChildWatch(self.engine, report=on_child)
-        self._server: asyncio.Server | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[None]] = set()
-        self._connections: set[asyncio.Task[Any]] = set()
-        self._host = ""
         #: The engine's /info (its name, for GET /nodes and placement), once asked.
         self._info: dict[str, Any] | None = None
         #: Who is asking, and may they (the verdict on each request).
@@ -104,6 +94,27 @@ class DockerProxy:
             engine=self.engine,
             labels=self.labels,
         )
+
+    def _init_common(
+        self,
+        settings: Settings,
+        tokens: CallerTokens,
+        spec_of: Callable[[str], FunctionSpec | None],
+        labels: Mapping[str, str] | None,
+    ) -> None:
+        """What every scoped API has, on one engine or a Swarm: who it serves, the labels
+        it forces, its server and the tasks it runs."""
+        self.settings = settings
+        self.tokens = tokens
+        self.spec_of = spec_of
+        #: Labels forced on every child (the gateway instance, a test session...).
+        self.labels = {**(labels or {}), LABEL_GATEWAY: settings.instance}
+        self.url = ""
+        self._server: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._host = ""
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -28,7 +28,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 from swarmless.config import Settings
 from swarmless.engine import connect, endpoint
@@ -70,19 +69,10 @@ class SwarmProxy(DockerProxy):
     ) -> None:
         # Not DockerProxy.__init__: that one drives one engine's socket, this the manager
         # through the Docker SDK (TLS included).
-        self.settings = settings
-        self.tokens = tokens
-        self.spec_of = spec_of
-        self.labels = {**(labels or {}), LABEL_GATEWAY: settings.instance}
-        self.url = ""
+        self._init_common(settings, tokens, spec_of, labels)
         self._images = images
         self._report = on_child
-        self._server: asyncio.Server | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[None]] = set()
-        self._connections: set[asyncio.Task[Any]] = set()
         self._engine = endpoint(settings.docker_host)  # never dialled: SwarmAPI answers
-        self._host = ""
         self.view: SwarmView | None = None
         self.swarm: SwarmAPI | None = None
         #: Child ids whose outcome was reported (bounded, oldest forgotten first).
