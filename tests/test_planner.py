@@ -56,15 +56,18 @@ def w(
     idle: float = 100.0,
     age: float = 200.0,
     calls: int = 0,
+    used: bool = True,
     **kw: Any,
 ) -> WorkerView:
-    """A worker ``idle`` seconds since its last call, started ``age`` seconds ago."""
+    """A worker ``idle`` seconds since its last call, started ``age`` seconds ago (with
+    ``used=False``: one that never served a call, last heard ``idle`` seconds ago)."""
     return WorkerView(
         id=id,
         version=version,
         state=state,  # type: ignore[arg-type]
         created=NOW - age,
         last_active=NOW - idle,
+        last_call=NOW - idle if used else None,
         calls=calls,
         **kw,
     )
@@ -131,6 +134,28 @@ CASES = {
             ("retire", "a", "scale-down"),
         ],
         reason="4 -> 1, least recently used (idle 90s)",
+    ),
+    # A container that never served goes first, however recently it polled (its polls are
+    # not use): the one that just served stays.
+    "never-used-retired-before-the-one-that-served": Case(
+        (w("served", idle=30), w("fresh", idle=0, age=40, used=False)),
+        [("retire", "fresh", "scale-down")],
+        pinned=1,
+        reason="2 -> 1, never used",
+    ),
+    "never-used-oldest-first-then-lru": Case(
+        (
+            w("a", idle=90),
+            w("n1", idle=1, age=10, used=False),
+            w("n2", idle=1, age=50, used=False),
+            w("b", idle=20),
+        ),
+        [
+            ("retire", "n2", "scale-down"),
+            ("retire", "n1", "scale-down"),
+            ("retire", "a", "scale-down"),
+        ],
+        pinned=1,
     ),
     "busy-never-retired": Case(
         (w("a", calls=1), w("b", calls=1), w("c")), [("retire", "c", "scale-down")], pinned=1

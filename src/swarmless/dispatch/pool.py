@@ -179,7 +179,7 @@ class WarmPool:
         now = time.monotonic()
         call.worker = worker
         worker.in_hand[call.id] = call
-        worker.last_active = now
+        worker.last_active = worker.last_call = now
         rec = call.record
         rec.status = "running"
         rec.started_at = now_ms()
@@ -257,7 +257,7 @@ class WarmPool:
 
     def complete(self, worker: Worker, call_id: str, result: Result) -> Call | None:
         """A worker posted the result of ``call_id``."""
-        worker.last_active = time.monotonic()
+        worker.last_active = worker.last_call = time.monotonic()
         call = worker.in_hand.pop(call_id, None)
         if call is not None:
             call.worker = None

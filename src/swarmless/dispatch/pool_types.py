@@ -78,6 +78,8 @@ class Worker:
     created: float = dataclasses.field(default_factory=time.monotonic)
     ready_at: float | None = None
     last_active: float = dataclasses.field(default_factory=time.monotonic)
+    #: When it was last handed a call or answered one (None: it never served one).
+    last_call: float | None = None
     in_hand: dict[str, Call] = dataclasses.field(default_factory=dict)
 
     @property

@@ -22,7 +22,8 @@ The rules, in order; a worker gets at most one action per plan, the first rule w
      or a crash backoff runs (**back off** instead: after the n-th crash in a row before
      a container was ready, no start for ``backoff_base * 2**(n-1)`` seconds, at most
      ``backoff_max``);
-   - more: **retire** idle ready containers, least recently used first, then **kill**
+   - more: **retire** idle ready containers, those that never served a call first, then
+     the least recently used (by their last call: polls are not use), then **kill**
      paused ones (frozen, they cannot drain; they hold nothing);
    - as many, with ``paused_buffer`` and nothing queued: **pause** ready containers idle
      for ``pause_after``.
@@ -181,6 +182,14 @@ class _Actions(list[Action]):
             self.append(action)
 
 
+def _least_recently_used(w: WorkerView) -> tuple[bool, float]:
+    """The scale-down's order: containers that never served a call first (the oldest
+    first), then by their last call (its polls and heartbeats do not count as use)."""
+    if w.last_call is None:
+        return (False, w.created)
+    return (True, w.last_call)
+
+
 def _thaw(
     out: _Actions, s: Snapshot, spec: FunctionSpec, paused: Sequence[WorkerView]
 ) -> list[WorkerView]:
@@ -224,14 +233,18 @@ def _size(
         out.append(Start(count=desired - n, reason=f"{n} -> {desired}: {decision.reason}"))
     elif desired < n:
         surplus = n - desired
-        idle = sorted((w for w in ready if not w.busy), key=lambda w: w.last_active)
+        idle = sorted((w for w in ready if not w.busy), key=_least_recently_used)
         for w in idle[:surplus]:
+            used = (
+                "never used"
+                if w.last_call is None
+                else f"least recently used (idle {now - w.last_call:.0f}s)"
+            )
             out.on(
                 Retire(
                     worker=w.id,
                     cause="scale-down",
-                    reason=f"{n} -> {desired}, least recently used (idle "
-                    f"{now - w.last_active:.0f}s): {decision.reason}",
+                    reason=f"{n} -> {desired}, {used}: {decision.reason}",
                 )
             )
         thawing = {w.id for w in thawed}

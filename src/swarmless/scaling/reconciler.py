@@ -164,6 +164,7 @@ class Reconciler:
                 state=w.state,
                 created=w.created,
                 last_active=w.last_active,
+                last_call=w.last_call,
                 calls=len(w.in_hand),
                 has_container=bool(w.container),
                 thawing=w.id in self._thawing,

@@ -26,7 +26,11 @@ class WorkerView:
     version: int
     state: WorkerState
     created: float
+    #: When it was last heard from (a poll, a call, a heartbeat).
     last_active: float
+    #: When it was last handed a call or answered one (None: it never served one). The
+    #: scale-down retires never-used containers first, then the least recently used.
+    last_call: float | None = None
     #: Calls it holds right now.
     calls: int = 0
     #: Its container id is known (a start still in progress has none yet).
