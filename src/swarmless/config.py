@@ -140,6 +140,14 @@ class Settings:
     #: An engine that accepts connections and never answers is found within it: calls that
     #: need a container then get 503 ``engine_unavailable``.
     engine_timeout: float = 30.0
+    #: Seconds an image pull may take in all (a registry that stops answering mid-pull
+    #: is given up on after it: 504 ``pull_timeout``, nothing half-pulled is used).
+    pull_timeout: float = 300.0
+    #: Per-image bytecode folders of the runtime's imports kept in ``data_dir/bytecode``
+    #: beyond those in use (a container of the image exists, or one started within the
+    #: last 10 minutes): the least recently used go first; those of images the engine no
+    #: longer holds always go.
+    bytecode_keep: int = 16
     #: Address containers use to reach the gateway; empty means work it out from the network.
     advertise_url: str = ""
     #: Name of this gateway; its containers carry ``swarmless.gateway=<instance>``, so
@@ -240,6 +248,7 @@ class Settings:
             "scale_plan_history",
             "function_pids",
             "function_log_size",
+            "bytecode_keep",
         )
         for name, kind in ((n, int) for n in ints):
             if name in values:
@@ -289,6 +298,11 @@ class Settings:
         engine_timeout = values.get("engine_timeout", 1.0)
         if not engine_timeout > 0:  # NaN too
             raise InvalidArgument(f"engine_timeout must be > 0 seconds, got {engine_timeout!r}")
+        pull_timeout = values.get("pull_timeout", 1.0)
+        if not pull_timeout > 0:  # NaN too
+            raise InvalidArgument(f"pull_timeout must be > 0 seconds, got {pull_timeout!r}")
+        if values.get("bytecode_keep", 0) < 0:
+            raise InvalidArgument(f"bytecode_keep must be >= 0, got {values['bytecode_keep']!r}")
         if "metrics_public" in values:
             values["metrics_public"] = _boolean("metrics_public", values["metrics_public"])
         if "data_dir" in values:

@@ -108,6 +108,7 @@ class DockerBackend(ContainerConfig, WorkerBytecode, EngineWatch):
         self._log_driver = str(info.get("LoggingDriver") or "")
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self._runtime_dir = runtime_package_dir(self.settings.data_dir)
+        self._start_bytecode_upkeep()
         self._watcher = threading.Thread(
             target=self._watch_events, daemon=True, name="swarmless-events"
         )

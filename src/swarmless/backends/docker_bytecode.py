@@ -15,6 +15,18 @@ image, and Python checks each file against its source (a stale one is compiled a
 never run). An image without Python, or one that sets ``PYTHONPYCACHEPREFIX`` itself, gets
 no cache (its containers start as before); a build that ran and failed is not tried again
 by this gateway, one that could not run (the engine away) is tried at the next start.
+
+One build per image at a time: a function deployed by tag and another by the image's id,
+or a first call racing the deploy's build, wait for the one build and use its folder. The
+folder is built beside its place and renamed in with its mark (:data:`_MARK`) written
+last: a start mounts a whole folder or none (a folder without the mark is not used).
+
+Nothing grows without bound (:meth:`_prune_bytecode`, at start and after each build): the
+folder of an image the engine no longer holds goes (unless a container of it still
+exists), a crashed build's leftovers go, and of the rest, beyond those of images a
+container exists of or one started within :data:`RECENT_USE` seconds, at most
+``bytecode_keep`` stay (the least recently used go first). A folder leaves by a rename
+out of its place, then is deleted: a start never sees a half-deleted one.
 """
 
 from __future__ import annotations
@@ -27,7 +39,9 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -40,7 +54,7 @@ from swarmless.engine import managed_labels
 from swarmless.runtime.bytecode import BYTECODE_MOUNT
 from swarmless.spec import FunctionSpec
 
-__all__ = ["BUILD_TIMEOUT", "BYTECODE_LIMIT", "WorkerBytecode"]
+__all__ = ["BUILD_TIMEOUT", "BYTECODE_LIMIT", "RECENT_USE", "WorkerBytecode"]
 
 log = logging.getLogger("swarmless.backend")
 
@@ -48,6 +62,13 @@ log = logging.getLogger("swarmless.backend")
 BUILD_TIMEOUT = 60.0
 #: Bytes of bytecode copied out at most (the runtime's imports take about 2 MB).
 BYTECODE_LIMIT = 32 << 20
+#: Seconds a folder is kept after a container of its image last started with it.
+RECENT_USE = 600.0
+#: Written last into a folder before it is renamed in place: a folder without it is not
+#: used (a bind the engine created on its own for a folder deleted meanwhile, say).
+_MARK = ".complete"
+#: Seconds after which a hidden folder (a build's or a deletion's) is a crashed one's.
+_STALE = 4 * BUILD_TIMEOUT
 #: Where the build container writes the bytecode (inside itself).
 _INSIDE = "/tmp/swarmless-pyc"
 _ENV = "PYTHONPYCACHEPREFIX"
@@ -65,16 +86,41 @@ class WorkerBytecode(EngineBackend):
     _bytecode_builds: dict[str, asyncio.Task[None]]
     #: Build containers running now (removed by :meth:`_stop_bytecode_builds` at close).
     _bytecode_containers: set[str]
+    #: Image id -> (its build's lock, how many hold or wait for it): one build per image.
+    _bytecode_locks: dict[str, tuple[threading.Lock, int]]
+    _bytecode_guard: threading.Lock
+    _bytecode_prune: asyncio.Task[None] | None
+    #: Folders built by this gateway (a build that installed one prunes after it).
+    _bytecode_built: int
 
     def _init_bytecode(self) -> None:
         self._bytecode = {}
         self._bytecode_builds = {}
         self._bytecode_containers = set()
+        self._bytecode_locks = {}
+        self._bytecode_guard = threading.Lock()
+        self._bytecode_prune = None
+        self._bytecode_built = 0
+
+    def _start_bytecode_upkeep(self) -> None:
+        """The backend started: prune the bytecode folders once, in the background."""
+        self._bytecode_prune = asyncio.get_running_loop().create_task(self._prune())
+
+    async def _prune(self) -> None:
+        try:
+            removed = await self._call(self._prune_bytecode)
+        except Exception as e:  # housekeeping: tried again after the next build
+            log.warning("bytecode folders not pruned: %s", e)
+            return
+        if removed:
+            log.info("bytecode folders removed: %s", ", ".join(removed))
 
     async def _stop_bytecode_builds(self) -> None:
         """The gateway stops: no build goes on, no build container stays."""
-        for task in list(self._bytecode_builds.values()):
-            task.cancel()
+        tasks = [*self._bytecode_builds.values(), self._bytecode_prune]
+        for task in tasks:
+            if task is not None:
+                task.cancel()
         for cid in list(self._bytecode_containers):
             with contextlib.suppress(Exception):
                 await self._call(self.client.api.remove_container, cid, force=True)
@@ -90,6 +136,7 @@ class WorkerBytecode(EngineBackend):
         self._bytecode_builds[key] = task
 
     async def _build_bytecode(self, image: str) -> None:
+        built = self._bytecode_built
         try:
             found = await self._call(self._bytecode_of, image)
         except docker.errors.APIError as e:  # the engine's answer (no python3 there, ...)
@@ -102,14 +149,35 @@ class WorkerBytecode(EngineBackend):
         finally:
             self._bytecode_builds.pop(image, None)
         self._bytecode[image] = found
+        if self._bytecode_built != built:
+            await self._prune()
 
     def _bytecode_binds(self, spec: FunctionSpec, env: Mapping[str, str]) -> dict[str, str]:
         """The bind of the bytecode folder of ``spec``'s image, ``{host path: mount}`` (empty
         while it is not built, or when the function sets ``PYTHONPYCACHEPREFIX``)."""
         folder = self._bytecode.get(spec.image_id or spec.image or "")
-        if folder is None or _ENV in env or not folder.is_dir():
+        if folder is None or _ENV in env or not _complete(folder):
             return {}
+        with contextlib.suppress(OSError):  # its last use: the prune keeps it a while
+            os.utime(folder)
         return {str(folder): BYTECODE_MOUNT}
+
+    @contextlib.contextmanager
+    def _one_build(self, image_id: str) -> Iterator[None]:
+        """Held while ``image_id``'s folder is looked for or built: one build at a time."""
+        with self._bytecode_guard:
+            lock, n = self._bytecode_locks.get(image_id, (threading.Lock(), 0))
+            self._bytecode_locks[image_id] = (lock, n + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._bytecode_guard:
+                lock, n = self._bytecode_locks[image_id]
+                if n > 1:
+                    self._bytecode_locks[image_id] = (lock, n - 1)
+                else:
+                    del self._bytecode_locks[image_id]
 
     # -- in a thread -------------------------------------------------------------------
 
@@ -122,8 +190,14 @@ class WorkerBytecode(EngineBackend):
         image_id = str(info["Id"]).split(":")[-1]
         root = self.settings.data_dir / "bytecode"
         dest = root / image_id[:32]
-        if dest.is_dir():
-            return dest
+        with self._one_build(image_id):
+            if _complete(dest):
+                return dest
+            return self._build(image, str(info["Id"]), dest)
+
+    def _build(self, image: str, image_id: str, dest: Path) -> Path | None:
+        """Run the build container of ``image`` and install its bytecode at ``dest``."""
+        api = self.client.api
         assert self._runtime_dir is not None
         # The instance's ownership labels (its `swarmless gc` finds it), not the gateway's
         # label of function containers: this one is no function's.
@@ -136,7 +210,7 @@ class WorkerBytecode(EngineBackend):
             pids_limit=64,
         )
         created = api.create_container(
-            image=str(info["Id"]),
+            image=image_id,
             command=["python3", "-c", _BUILD],
             environment={"PYTHONPATH": RUNTIME_MOUNT, _ENV: _INSIDE},
             labels=labels,
@@ -164,24 +238,101 @@ class WorkerBytecode(EngineBackend):
                 log.warning("image %s: bytecode over %d bytes: not cached", image, BYTECODE_LIMIT)
                 return None
             # In place before the build container goes: once it is gone, the cache is there.
-            return _install(data, dest)
+            installed = _install(data, dest)
+            with self._bytecode_guard:
+                self._bytecode_built += 1
+            return installed
         finally:
             self._bytecode_containers.discard(cid)
             with contextlib.suppress(docker.errors.DockerException):
                 api.remove_container(cid, force=True)
 
+    # -- pruning (in a thread) -----------------------------------------------------------
+
+    def _prune_bytecode(self) -> list[str]:
+        """Remove the bytecode folders no longer wanted (see the module's docstring);
+        returns their names."""
+        root = self.settings.data_dir / "bytecode"
+        if not root.is_dir():
+            return []
+        api = self.client.api
+        held = {_short(i) for i in api.images(all=True, quiet=True)}
+        # Any container of the image (running or not, ours or not): its folder may be
+        # mounted, or be again at its restart.
+        in_use = {_short(c.get("ImageID")) for c in api.containers(all=True)}
+        now = time.time()
+        removed: list[str] = []
+        spare: list[tuple[float, Path]] = []
+        for entry in root.iterdir():
+            try:
+                st = entry.lstat()
+            except OSError:
+                continue
+            if entry.name.startswith("."):  # a build's or a deletion's, crashed
+                if now - st.st_mtime > _STALE:
+                    _remove(entry)
+                    removed.append(entry.name)
+                continue
+            if not entry.is_dir() or entry.is_symlink() or entry.name in in_use:
+                continue
+            if entry.name not in held:
+                _remove(entry)
+                removed.append(entry.name)
+            elif now - st.st_mtime >= RECENT_USE:
+                spare.append((st.st_mtime, entry))
+        spare.sort()
+        for _, entry in spare[: max(0, len(spare) - self.settings.bytecode_keep)]:
+            _remove(entry)
+            removed.append(entry.name)
+        gone = set(removed)
+        for key, folder in list(self._bytecode.items()):
+            if folder is not None and folder.name in gone:
+                self._bytecode.pop(key, None)  # built again at its next start
+        return removed
+
+
+def _short(image_id: object) -> str:
+    """The folder name of an image id (``sha256:`` dropped, 32 hex digits)."""
+    return str(image_id or "").split(":")[-1][:32]
+
+
+def _complete(folder: Path) -> bool:
+    """Whether ``folder`` is a whole bytecode folder (renamed in with its mark)."""
+    return (folder / _MARK).is_file()
+
+
+def _remove(entry: Path) -> None:
+    """Delete ``entry``: renamed out of its place first (atomic), then removed."""
+    if entry.name.startswith("."):
+        gone = entry
+    else:
+        gone = entry.with_name(f".gone-{entry.name[:12]}-{os.urandom(4).hex()}")
+        try:
+            os.replace(entry, gone)
+        except OSError:
+            return
+    if gone.is_dir() and not gone.is_symlink():
+        shutil.rmtree(gone, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            gone.unlink()
+
 
 def _install(data: bytes, dest: Path) -> Path:
-    """The archive's bytecode at ``dest``, whole or not at all (a folder renamed in)."""
+    """The archive's bytecode at ``dest``, whole or not at all (a folder renamed in, its
+    mark written last)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name[:12]}-", dir=dest.parent))
     try:
         _extract(data, tmp)
+        (tmp / _MARK).touch(mode=0o644)
         tmp.chmod(0o755)
+        if dest.exists() and not _complete(dest):
+            _remove(dest)  # not a whole folder (one the engine made for a bind, say)
         try:
             os.replace(tmp, dest)
         except OSError:  # built meanwhile by another gateway on this data dir
-            if not dest.is_dir():
+            if not _complete(dest):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,184 @@
+"""The bytecode folders' upkeep (swarmless.backends.docker_bytecode), on the real engine:
+one build per image however many ask at once (by tag and by id), a folder without its mark
+is never used (rebuilt whole), and the prune at start removes the folders of images the
+engine no longer holds, a crashed build's leftovers and the least recently used beyond
+``bytecode_keep``, never one of an image a container exists of, nor one used lately.
+
+Everything here is named or labelled ``h5rel``: an instance ``h5rel-...``, its network,
+containers labelled ``swarmless.test=h5rel``, images tagged ``swarmless-test/h5rel-...``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+
+from swarmless.backends.docker import DockerBackend
+from swarmless.backends.docker_bytecode import _MARK, RECENT_USE
+from swarmless.config import Settings
+from swarmless.spec import FunctionSpec
+from tests.conftest import BUSYBOX, PYTHON
+
+LABELS = {"swarmless.test": "h5rel"}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, engine: docker.DockerClient) -> Iterator[Settings]:
+    instance = f"h5rel-{uuid.uuid4().hex[:8]}"
+    yield Settings.load(
+        data_dir=tmp_path / "data",
+        instance=instance,
+        network=f"swarmless-{instance}",
+        bytecode_keep=1,
+    )
+    flt = {"label": [f"swarmless.instance={instance}", "swarmless.test=h5rel"]}
+    for c in engine.api.containers(all=True, filters=flt):
+        with contextlib.suppress(docker.errors.DockerException):
+            engine.api.remove_container(c["Id"], force=True)
+    with contextlib.suppress(docker.errors.DockerException):
+        engine.networks.get(f"swarmless-{instance}").remove()
+
+
+def _short(image_id: str) -> str:
+    return image_id.split(":")[-1][:32]
+
+
+def _builds(engine: docker.DockerClient, instance: str, since: float) -> int:
+    """Build containers of ``instance`` created since ``since`` (the engine's events)."""
+    until = time.time() + 1
+    flt = {
+        "type": "container",
+        "event": "create",
+        "label": ["swarmless.kind=bytecode", f"swarmless.instance={instance}"],
+    }
+    events = engine.api.events(since=int(since) - 1, until=int(until), filters=flt, decode=True)
+    return sum(1 for _ in events)
+
+
+async def _started(settings: Settings) -> DockerBackend:
+    backend = DockerBackend(settings, labels=LABELS)
+    await backend.start()
+    return backend
+
+
+def test_one_build_per_image_asked_by_tag_and_by_id(
+    settings: Settings, engine: docker.DockerClient
+) -> None:
+    image_id = str(engine.images.get(PYTHON).id)
+    folder = settings.data_dir / "bytecode" / _short(image_id)
+    by_tag = FunctionSpec(name="a", image=PYTHON, mode="warm", handler="h:handle")
+    by_id = FunctionSpec(name="b", image=PYTHON, image_id=image_id, mode="warm", handler="h:h")
+
+    async def scenario() -> float:
+        backend = await _started(settings)
+        try:
+            since = time.time()
+            await backend.prepare_worker(by_tag)
+            await backend.prepare_worker(by_id)
+            await asyncio.wait_for(asyncio.gather(*backend._bytecode_builds.values()), 180)
+            return since
+        finally:
+            await backend.close()
+
+    since = asyncio.run(scenario())
+    assert (folder / _MARK).is_file()
+    assert any(folder.rglob("*.pyc"))
+    assert _builds(engine, settings.instance, since) == 1
+    # No half-built folder left beside it.
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
+
+
+def test_a_folder_without_its_mark_is_not_used_and_is_built_whole(
+    settings: Settings, engine: docker.DockerClient
+) -> None:
+    image_id = str(engine.images.get(PYTHON).id)
+    folder = settings.data_dir / "bytecode" / _short(image_id)
+    folder.mkdir(parents=True)  # what the engine makes for a bind whose folder went
+    spec = FunctionSpec(name="a", image=PYTHON, image_id=image_id, mode="warm", handler="h:h")
+
+    async def scenario() -> tuple[dict[str, str], dict[str, str]]:
+        backend = await _started(settings)
+        try:
+            backend._bytecode[image_id] = folder  # as if found before the folder emptied
+            before = backend._bytecode_binds(spec, {})
+            backend._bytecode.clear()
+            await backend.prepare_worker(spec)
+            await asyncio.wait_for(asyncio.gather(*backend._bytecode_builds.values()), 180)
+            return before, backend._bytecode_binds(spec, {})
+        finally:
+            await backend.close()
+
+    before, after = asyncio.run(scenario())
+    assert before == {}
+    assert after == {str(folder): "/opt/swarmless-pyc"}
+    assert (folder / _MARK).is_file()
+    assert any(folder.rglob("*.pyc"))
+
+
+def _folder(root: Path, name: str, age: float) -> Path:
+    """A whole bytecode folder ``name`` last used ``age`` seconds ago."""
+    d = root / name
+    (d / "usr").mkdir(parents=True)
+    (d / "usr" / "x.cpython-311.pyc").write_bytes(b"pyc")
+    (d / _MARK).touch()
+    when = time.time() - age
+    os.utime(d, (when, when))
+    return d
+
+
+def test_the_prune_at_start_keeps_what_is_in_use_and_bounds_the_rest(
+    settings: Settings,
+    engine: docker.DockerClient,
+    build_image: Callable[..., str],
+) -> None:
+    images = {
+        n: str(
+            engine.images.get(
+                build_image(f"h5rel-prune-{n}", f"FROM {BUSYBOX}\nLABEL h5rel={n}")
+            ).id
+        )
+        for n in ("used", "older", "old", "recent")
+    }
+    root = settings.data_dir / "bytecode"
+    hour = 3600.0
+    folders = {
+        # The oldest, but a container of its image exists (not even running): kept.
+        "used": _folder(root, _short(images["used"]), 3 * hour),
+        # Beyond bytecode_keep=1, the least recently used goes ...
+        "older": _folder(root, _short(images["older"]), 2 * hour),
+        "old": _folder(root, _short(images["old"]), hour),
+        # ... but not one used within RECENT_USE.
+        "recent": _folder(root, _short(images["recent"]), RECENT_USE / 2),
+        # An image the engine no longer holds: goes, however recent.
+        "gone": _folder(root, "0" * 32, 0),
+        # A crashed build's leftovers go; a build going on now stays.
+        "crashed": _folder(root, ".0123456789ab-crash", 2 * hour),
+        "building": _folder(root, ".0123456789ab-now", 0),
+    }
+    labels: dict[str, Any] = {**LABELS, "swarmless.instance": settings.instance}
+    engine.api.create_container(
+        images["used"], command=["true"], labels=labels, name=f"{settings.instance}-used"
+    )
+
+    async def scenario() -> None:
+        backend = await _started(settings)
+        try:
+            assert backend._bytecode_prune is not None
+            await asyncio.wait_for(backend._bytecode_prune, 120)
+        finally:
+            await backend.close()
+
+    asyncio.run(scenario())
+    left = {k for k, d in folders.items() if d.exists()}
+    assert left == {"used", "old", "recent", "building"}
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".gone-")) == []
