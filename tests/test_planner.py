@@ -10,13 +10,18 @@ runs through the planner too.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from swarmless.dispatch.pool import WarmPool
+from swarmless.dispatch.pool_types import Call, Result, Worker
 from swarmless.exceptions import InvalidArgument
+from swarmless.records import InvocationRecord, new_call_id, now_ms
 from swarmless.scaling import (
     Action,
     BackOff,
@@ -601,3 +606,50 @@ def test_a_crash_is_still_retried_without_work() -> None:
     crash."""
     p = plan(_answered_lone_call(workers=(), crashes=1, last_crash=NOW - 30), SPEC)
     assert [brief(a) for a in p.actions] == [("start", 2)]
+
+
+def test_the_pool_tells_the_planner_which_container_served() -> None:
+    """WarmPool sets ``last_call`` when a call is handed over and answered, and nothing
+    else does (a poll refreshes ``last_active`` only): after one call, the container that
+    never served is the one the scale-down retires, though it polled last."""
+
+    async def scenario() -> tuple[Worker, Worker]:
+        pool = WarmPool(SPEC, 1)
+        served, idle = (Worker(id=i, token=i, function="fn", version=1) for i in ("s", "i"))
+        for worker in (served, idle):
+            pool.add_worker(worker)
+            assert pool.take(worker) is None  # ready, nothing queued
+        rec = InvocationRecord(id=new_call_id(), function="fn", mode="warm", queued_at=now_ms())
+        deadline = time.monotonic() + 60
+        call = Call(
+            record=rec,
+            event=b"{}",
+            body=b"",
+            deadline=deadline,
+            deadline_ms=now_ms() + 60_000,
+            future=asyncio.get_running_loop().create_future(),
+        )
+        pool.submit(call)
+        assert pool.take(served) is call
+        pool.complete(served, call.id, Result(status=200, headers=[], body=b""))
+        assert pool.take(idle) is None  # it polls again, after the call ended
+        return served, idle
+
+    served, idle = asyncio.run(scenario())
+    assert served.last_call is not None
+    assert idle.last_call is None
+    assert idle.last_active >= served.last_active
+    workers = tuple(
+        WorkerView(
+            id=w.id,
+            version=1,
+            state="ready",
+            created=w.created,
+            last_active=w.last_active,
+            last_call=w.last_call,
+        )
+        for w in (served, idle)
+    )
+    now = max(w.last_active for w in workers) + 1
+    p = plan(Snapshot(now=now, version=1, workers=workers, pinned=1), SPEC, ScalingSettings())
+    assert [brief(a) for a in p.actions] == [("retire", "i", "scale-down")]
