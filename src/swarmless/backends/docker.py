@@ -28,6 +28,7 @@ container starts (the default asyncio pool has only ``cpu + 4`` threads).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -64,6 +65,7 @@ from swarmless.engine import (
 from swarmless.exceptions import ContainerError, SwarmlessError
 from swarmless.ownership import select_containers
 from swarmless.sdk.run import RunOptions, execute
+from swarmless.sdk.run_steps import remove
 from swarmless.spec import FunctionSpec
 
 __all__ = ["DockerBackend", "runtime_package_dir"]
@@ -91,6 +93,9 @@ class DockerBackend(ContainerConfig, WorkerBytecode, EngineWatch):
         #: is never over the host's, and log sizes apply only to drivers that take them.
         self._host_cpus = float("inf")
         self._log_driver = ""
+        #: One-shot containers being removed after their call was answered.
+        self._removals: set[concurrent.futures.Future[None]] = set()
+        self._removals_lock = threading.Lock()
         self._init_bytecode()
 
     # -- lifecycle -----------------------------------------------------------------
@@ -125,6 +130,7 @@ class DockerBackend(ContainerConfig, WorkerBytecode, EngineWatch):
         if self._events is not None:
             with contextlib.suppress(Exception):
                 self._events.close()
+        await self._removed()
         self._close_client()
 
     def runtime_host(self) -> str:
@@ -250,6 +256,7 @@ class DockerBackend(ContainerConfig, WorkerBytecode, EngineWatch):
                     kind=spec.mode,
                     max_output=spec.max_output,
                     host_config=self.limits(spec),
+                    remove_with=self._remove_later,
                 )
             except ContainerError as e:  # the command could not be executed at all
                 return OneShotResult(
@@ -279,6 +286,31 @@ class DockerBackend(ContainerConfig, WorkerBytecode, EngineWatch):
         finally:
             if grant is not None and callers is not None:
                 callers.revoke(grant.token)
+
+    def _remove_later(self, api: Any, container_id: str) -> None:
+        """Remove a one-shot container off its call's critical path: once its output and
+        exit status are in hand nothing waits for the removal (tens of ms of the engine's
+        time), so the call is answered while it runs. :meth:`close` waits for those still
+        running; a gateway killed meanwhile leaves them to the next one (found by label)."""
+        try:
+            future = self._pool.submit(remove, api, container_id)
+        except RuntimeError:  # the pool is shut down: the backend is closing
+            remove(api, container_id)
+            return
+        with self._removals_lock:
+            self._removals.add(future)
+        future.add_done_callback(self._removal_done)
+
+    def _removal_done(self, future: concurrent.futures.Future[None]) -> None:
+        with self._removals_lock:
+            self._removals.discard(future)
+
+    async def _removed(self) -> None:
+        """Wait (at most ``engine_timeout``) for the one-shot removals still running."""
+        with self._removals_lock:
+            pending = [asyncio.wrap_future(f) for f in self._removals]
+        if pending:
+            await asyncio.wait(pending, timeout=self.settings.engine_timeout)
 
     async def pause_container(self, container_id: str) -> None:
         with translate(api=self.client.api):

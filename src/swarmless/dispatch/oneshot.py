@@ -4,7 +4,8 @@ At most ``max_containers`` run at once per function; the next calls wait for a s
 ``queue_size`` of them, then 429 at once) within the call's deadline. A ``cgi`` call gets a
 CGI/1.1 environment (:mod:`~swarmless.dispatch.cgi`) and answers a CGI response; a
 ``oneshot`` call gets ``X-Swarmless-Args`` as arguments and answers its stdout. The backend
-runs the container to completion or kills it at the deadline; what it printed becomes the
+runs the container to completion or kills it at the deadline, and removes it once the
+output and the exit status are in hand, off the answer's path; what it printed becomes the
 call's logs (:class:`~swarmless.dispatch.recorder.Recorder`).
 """
 

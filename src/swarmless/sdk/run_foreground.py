@@ -18,7 +18,7 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from docker.utils.socket import frames_iter
@@ -98,13 +98,16 @@ def execute(
     *,
     max_output: int | None = None,
     host_config: Mapping[str, Any] | None = None,
+    remove_with: Callable[[Any, str], None] = remove,
 ) -> Outcome:
     """Run to completion and report what happened, without raising for the exit status.
 
     With ``max_output``, at most that many bytes of each stream are held: the container is
     killed as soon as its stdout passes it (``Outcome.output_exceeded``), and stderr past
     it is dropped (a line at its end says how much). ``host_config`` entries of the Engine
-    API (``PidsLimit``, ``LogConfig``) go into the container's as they are.
+    API (``PidsLimit``, ``LogConfig``) go into the container's as they are. The container
+    is removed on every path by ``remove_with`` (default: at once, before returning; the
+    gateway's one-shot calls remove it after their answer).
     """
     t_create = time.monotonic()
     container_id = create(api, opts, kind, host_config)
@@ -174,7 +177,7 @@ def execute(
         if killer is not None:
             killer.cancel()
         if opts.remove:
-            remove(api, container_id)
+            remove_with(api, container_id)
 
 
 def run_container(api: Any, opts: RunOptions, kind: str = "run") -> bytes | str:
