@@ -31,14 +31,20 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import socket
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import docker
+import docker.auth
 import docker.errors
 import docker.types
+import docker.utils
+import requests.exceptions
+import urllib3.exceptions
 
 from swarmless.backends.base import ContainerInfo, OneShotResult, WorkerLaunch
 from swarmless.backends.docker_bytecode import WorkerBytecode
@@ -62,7 +68,12 @@ from swarmless.engine import (
     managed_labels,
     translate,
 )
-from swarmless.exceptions import ContainerError, SwarmlessError
+from swarmless.exceptions import (
+    ContainerError,
+    ImageNotFound,
+    InvocationTimeout,
+    SwarmlessError,
+)
 from swarmless.ownership import select_containers
 from swarmless.sdk.run import RunOptions, execute
 from swarmless.sdk.run_steps import remove
@@ -104,11 +115,18 @@ class DockerBackend(ContainerConfig, WorkerBytecode, EngineWatch):
         if self._client is not None:  # started already (the server binds before lifespan)
             return
         self._loop = asyncio.get_running_loop()
-        self._client = await self._call(
+        client = await self._call(
             connect, self.settings.docker_host, timeout=self.settings.engine_timeout
         )
-        self._gateway_ip = await self._call(self._ensure_network)
-        info = await self._call(self._engine_info)
+        self._client = client
+        try:
+            self._gateway_ip = await self._call(self._ensure_network)
+            info = await self._call(self._engine_info)
+        except BaseException:  # not started: the next start() begins again
+            self._client = None
+            with contextlib.suppress(Exception):
+                client.close()
+            raise
         self._host_cpus = float(info.get("NCPU") or "inf")
         self._log_driver = str(info.get("LoggingDriver") or "")
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -151,6 +169,84 @@ class DockerBackend(ContainerConfig, WorkerBytecode, EngineWatch):
     def _engine_info(self) -> dict[str, Any]:
         with translate(api=self.client.api):
             return dict(self.client.api.info())
+
+    # -- images --------------------------------------------------------------------
+
+    async def ensure_image(self, image: str) -> None:
+        """The image is on the engine, else pulled within ``pull_timeout`` seconds, else
+        ImageNotFound with the reason; a pull that takes longer (a registry that stopped
+        answering) is abandoned, which cancels it on the engine: InvocationTimeout (504)."""
+
+        def present() -> bool:
+            with translate(image=image, api=self.client.api):
+                try:
+                    self.client.api.inspect_image(image)
+                except docker.errors.ImageNotFound:
+                    return False
+            return True
+
+        if await self._call(present):
+            return
+        limit = self.settings.pull_timeout
+        if await self._call(self._pull, image, time.monotonic() + limit):
+            return
+        raise InvocationTimeout(
+            f"pulling {image} took over {limit:g} s (pull_timeout): the registry did not "
+            "finish sending it; nothing was run. Try again later, pull it on the engine "
+            "yourself, or raise pull_timeout",
+            timeout=limit,
+        )
+
+    def _pull(self, image: str, deadline: float) -> bool:
+        """Pull ``image`` by ``deadline`` (monotonic); False if it did not finish by then.
+
+        docker-py's own pull waits for ever (no read timeout): here the answer's head is
+        awaited for the time left, and each read of the progress stream too."""
+        api = self.client.api
+        repository, tag = docker.utils.parse_repository_tag(image)
+        registry, _ = docker.auth.resolve_repository_name(repository)
+        headers = {}
+        auth = docker.auth.get_config_header(api, registry)  # as docker-py's pull does
+        if auth:
+            headers["X-Registry-Auth"] = auth
+        params = {"fromImage": repository, "tag": tag or "latest"}
+        error: str | None = None
+        with translate(image=image, api=api):
+            try:
+                response = api._post(
+                    api._url("/images/create"),
+                    params=params,
+                    headers=headers,
+                    stream=True,
+                    timeout=max(deadline - time.monotonic(), 0.001),
+                )
+            except requests.exceptions.Timeout:
+                return False
+            try:
+                api._raise_for_status(response)
+                sock = _stream_socket(response)
+                try:
+                    for msg in api._stream_helper(response, decode=True):
+                        if isinstance(msg, dict) and msg.get("error"):
+                            error = str(msg["error"])
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            return False
+                        if sock is not None:
+                            sock.settimeout(left)
+                except (
+                    requests.exceptions.Timeout,
+                    urllib3.exceptions.ReadTimeoutError,
+                    TimeoutError,
+                ):
+                    return False
+            except docker.errors.APIError as e:
+                error = str(e.explanation or e)
+            finally:
+                response.close()  # an abandoned pull is cancelled with its connection
+        if error is not None:
+            raise ImageNotFound(image, f"{error}{self._pull_failed_hint(image)}")
+        return True
 
     # -- warm containers -----------------------------------------------------------
 
@@ -362,3 +458,11 @@ class DockerBackend(ContainerConfig, WorkerBytecode, EngineWatch):
             ]
 
         return await self._call(listing)
+
+
+def _stream_socket(response: Any) -> socket.socket | None:
+    """The socket a streamed answer is read from (its reads' timeout is set on it), or
+    None when the transport hides it."""
+    raw = getattr(getattr(getattr(response.raw, "_fp", None), "fp", None), "raw", None)
+    sock = getattr(raw, "_sock", raw)
+    return sock if isinstance(sock, socket.socket) else None

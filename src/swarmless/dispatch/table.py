@@ -19,7 +19,13 @@ from swarmless.dispatch.background import Background
 from swarmless.dispatch.oneshot import OneShotCalls
 from swarmless.dispatch.pool import WarmPool, Worker
 from swarmless.dispatch.workers import WorkerRegistry
-from swarmless.exceptions import EngineUnavailable, FunctionNotFound, SpecError, SwarmlessError
+from swarmless.exceptions import (
+    EngineUnavailable,
+    FunctionNotFound,
+    InvocationTimeout,
+    SpecError,
+    SwarmlessError,
+)
 from swarmless.spec import FunctionSpec
 from swarmless.store import Store
 
@@ -82,8 +88,8 @@ class FunctionTable:
             raise SpecError({"image": "an image is required (build it first: swarmless build)"})
         try:
             await self.backend.ensure_image(spec.image)
-        except EngineUnavailable:
-            raise  # not the spec's fault: 503, retry once the engine answers
+        except (EngineUnavailable, InvocationTimeout):
+            raise  # not the spec's fault: 503 (retry once the engine answers), 504 (a pull)
         except SwarmlessError as e:
             raise SpecError({"image": e.message}) from e
         if spec.secrets:

@@ -23,7 +23,7 @@ from typing import Any
 
 from swarmless.backends.base import Backend
 from swarmless.dispatch.dispatcher import Dispatcher
-from swarmless.exceptions import SpecError, SwarmlessError
+from swarmless.exceptions import InvocationTimeout, SpecError, SwarmlessError
 from swarmless.gateway.capacity import EngineCapacity, check_deployable
 from swarmless.spec import FunctionSpec
 
@@ -45,6 +45,8 @@ async def pin(spec: FunctionSpec, backend: Backend) -> FunctionSpec:
     try:
         await backend.ensure_image(spec.image)
         image_id = await backend.image_id(spec.image)
+    except InvocationTimeout:
+        raise  # the pull outlasted pull_timeout: not the spec's fault (504)
     except SwarmlessError as e:
         raise SpecError({"image": e.message}) from e
     if image_id is None or image_id == spec.image_id:
