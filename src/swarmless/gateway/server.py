@@ -2,7 +2,8 @@
 
 Warm containers reach the gateway at the host side of the function network's bridge
 (``172.x.0.1``), so when the public address is loopback the gateway also listens there.
-Both sockets serve the same app. On SIGTERM or SIGINT: the gateway stops taking calls and
+Both sockets serve the same app (an engine away at start: the second one once it answers,
+before the gateway starts any container). On SIGTERM or SIGINT: the gateway stops taking calls and
 drains (its calls in flight finish, or are answered 504 when ``drain_timeout`` runs out),
 then uvicorn closes the connections (what is left of ``drain_timeout``, a second at
 least, for the last answers to go out), then the lifespan stops the containers: one
@@ -21,6 +22,7 @@ from collections.abc import Callable
 import uvicorn
 
 from swarmless.config import Settings
+from swarmless.exceptions import EngineUnavailable
 from swarmless.gateway.app import Gateway
 from swarmless.gateway.runtime_frames import upgrade_protocol
 
@@ -70,6 +72,22 @@ class _Server(uvicorn.Server):
         )
         await super().shutdown(sockets)
 
+    async def listen_also(self, sock: socket.socket) -> None:
+        """Serve ``sock`` too, as :meth:`startup` serves those it was given."""
+        config = self.config
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
+
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(create_protocol, sock=sock, backlog=config.backlog)
+        self.servers.append(server)
+
 
 class GatewayServer:
     """Serves one :class:`Gateway` with uvicorn; ``stop()`` may be called from any thread."""
@@ -78,24 +96,28 @@ class GatewayServer:
         self.gateway = gateway
         self.log_level = log_level
         self.port = 0
-        self.server: uvicorn.Server | None = None
+        self.server: _Server | None = None
 
     async def serve(self, started: Callable[[Gateway, int], None] | None = None) -> None:
         """Run until SIGINT/SIGTERM (main thread) or ``stop()``."""
         gateway = self.gateway
         settings: Settings = gateway.settings
         # The backend knows the functions' network address; the lifespan's start reuses it.
-        await gateway.backend.start()
+        # An engine away: the lifespan waits for it, and tells when it answers.
+        try:
+            await gateway.backend.start()
+            engine = True
+        except EngineUnavailable:
+            engine = False
         public = bind(settings.host, settings.port)
         self.port = port = public.getsockname()[1]
         gateway.listening_on(port)
         sockets = [public]
         if _is_loopback(settings.host):
-            ip = gateway.backend.runtime_host()
-            try:
-                sockets.append(bind(ip, port))
-            except OSError as e:
-                log.error("cannot listen on %s:%d for containers: %s", ip, port, e)
+            if engine:
+                sockets.extend(self._for_containers(port))
+            else:
+                gateway.on_engine(lambda: self._listen_for_containers(port))
         config = uvicorn.Config(
             gateway,
             log_level=self.log_level,
@@ -126,6 +148,25 @@ class GatewayServer:
             await server.serve(sockets=sockets)
         finally:
             task.cancel()
+
+    def _for_containers(self, port: int) -> list[socket.socket]:
+        """The socket containers reach the gateway by (none if it cannot be bound)."""
+        ip = self.gateway.backend.runtime_host()
+        try:
+            return [bind(ip, port)]
+        except OSError as e:
+            log.error("cannot listen on %s:%d for containers: %s", ip, port, e)
+            return []
+
+    async def _listen_for_containers(self, port: int) -> None:
+        """The engine answers (it was away at start): listen for containers now."""
+        server = self.server
+        if server is None:
+            return
+        while not server.started and not server.should_exit:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)  # uvicorn makes its servers right after the lifespan
+        for sock in self._for_containers(port):
+            await server.listen_also(sock)
 
     @property
     def started(self) -> bool:
