@@ -5,7 +5,8 @@ and once it answers the gateway serves by itself.
 
 The engine is reached through a loopback TCP relay to its Unix socket (``DOCKER_HOST`` is
 ``tcp://127.0.0.1:PORT``): nothing listens there at start (refused), the relay is started
-on that port later. The real engine is never stopped. Docker objects: instance names
+on that port later; or the relay is there but frozen (accepts, never answers) until it
+thaws. The real engine is never stopped. Docker objects: instance names
 start ``h5rel-``, and carry ``swarmless.test=h5rel``.
 """
 
@@ -60,6 +61,34 @@ def health(url: str) -> httpx.Response:
     return httpx.get(f"{url}/healthz", timeout=5)
 
 
+def start_up(gateway: GatewayProcess, log: Path) -> Callable[[], int]:
+    """``swarmless up`` of ``gateway``; returns a probe: /healthz's status, an
+    AssertionError with the log's tail if the process exited."""
+    with log.open("ab") as out:
+        gateway.proc = subprocess.Popen(
+            [sys.executable, "-m", "swarmless", "up", "--log-level", "warning"],
+            env=gateway.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def answers() -> int:
+        assert gateway.proc is not None
+        if gateway.proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise AssertionError(f"swarmless up exited ({gateway.proc.returncode}):\n{tail}")
+        return health(gateway.url).status_code
+
+    return answers
+
+
+def engine_tries(log: Path) -> list[float]:
+    """The pauses the gateway's log announces after each try of the engine."""
+    text = log.read_text(errors="replace")
+    found = re.findall(r"engine still unavailable.*next try in ([0-9.]+) s", text)
+    return [float(p) for p in found]
+
+
 HANDLER = """
 def handle(event, context):
     return b"warm"
@@ -85,21 +114,7 @@ def test_up_waits_for_an_engine_away_at_start_and_serves_once_it_answers(
     log = tmp_path / "gateway.log"
     relay: LateRelay | None = None
     try:
-        with log.open("ab") as out:
-            gateway.proc = subprocess.Popen(
-                [sys.executable, "-m", "swarmless", "up", "--log-level", "warning"],
-                env=gateway.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-        def answers() -> int:
-            assert gateway.proc is not None
-            if gateway.proc.poll() is not None:
-                tail = log.read_text(errors="replace")[-3000:]
-                raise AssertionError(f"swarmless up exited ({gateway.proc.returncode}):\n{tail}")
-            return health(gateway.url).status_code
-
+        answers = start_up(gateway, log)
         wait_until(answers, 60, "the gateway to answer", interval=0.1, ignore=(httpx.HTTPError,))
         r = health(gateway.url)
         assert r.status_code == 503, r.text
@@ -117,12 +132,9 @@ def test_up_waits_for_an_engine_away_at_start_and_serves_once_it_answers(
                 assert r.json()["error"] == "engine_unavailable", r.text
 
             # Tried again, with a growing, bounded pause, a line each: no busy loop.
-            def tries() -> list[float]:
-                text = log.read_text(errors="replace")
-                found = re.findall(r"engine still unavailable.*next try in ([0-9.]+) s", text)
-                return [float(p) for p in found]
-
-            pauses = wait_until(tries, 30, "retries of the engine", ok=lambda p: len(p) >= 3)
+            pauses = wait_until(
+                lambda: engine_tries(log), 30, "retries of the engine", ok=lambda p: len(p) >= 3
+            )
             assert pauses == sorted(pauses), pauses
             assert pauses[0] < pauses[-1], pauses
             assert all(0 < p <= STORE_RETRY_MAX for p in pauses), pauses
@@ -160,4 +172,59 @@ def test_up_waits_for_an_engine_away_at_start_and_serves_once_it_answers(
         gateway.stop()  # through the relay: its containers are removed on the way out
         if relay is not None:
             relay.close()
+        remove_own(engine, instance)
+
+
+def test_up_waits_for_an_engine_frozen_at_start_and_serves_once_it_thaws(
+    engine: docker.DockerClient, tmp_path: Path
+) -> None:
+    relay = FreezableEngine()
+    relay.freeze()  # accepts, never answers
+    instance = f"h5rel-{uuid.uuid4().hex[:8]}"
+    gateway = GatewayProcess(
+        tmp_path,
+        instance,
+        f"swarmless-{instance}",
+        free_port(),
+        {"SWARMLESS_DOCKER_HOST": relay.url, "SWARMLESS_ENGINE_TIMEOUT": "5"},
+    )
+    log = tmp_path / "gateway.log"
+    try:
+        started = time.monotonic()
+        answers = start_up(gateway, log)
+        wait_until(answers, 60, "the gateway to answer", interval=0.1, ignore=(httpx.HTTPError,))
+        first_answer = time.monotonic() - started
+        r = health(gateway.url)
+        assert r.status_code == 503, r.text
+        body = r.json()
+        assert body["error"] == "engine_unavailable", body
+        assert "does not reply" in body["message"], body
+        assert relay.accepted_frozen >= 1
+        wait_until(lambda: engine_tries(log), 60, "a retry of the engine", ok=bool)
+        relay.thaw()
+        thawed = time.monotonic()
+        wait_until(
+            lambda: health(gateway.url).json().get("role") == "active",
+            STORE_RETRY_MAX + 60,
+            "the gateway active once the engine thawed",
+            interval=0.2,
+            ignore=(httpx.HTTPError,),
+        )
+        ready_after = time.monotonic() - thawed
+        headers = {"Authorization": f"Bearer {gateway.token}"}
+        with httpx.Client(base_url=gateway.url, headers=headers, timeout=60) as http:
+            spec = {"name": "echo", "image": BUSYBOX, "mode": "oneshot", "command": ["cat"]}
+            r = http.post("/system/functions", json=spec)
+            assert r.status_code == 201, r.text
+            r = http.post("/function/echo", content=b"thawed")
+            assert (r.status_code, r.content) == (200, b"thawed"), r.text
+        print(
+            f"\n[engine startup] engine frozen at start (engine_timeout 5 s): first answer "
+            f"(503) {first_answer:.1f} s after the start, active {ready_after:.1f} s after "
+            "the thaw"
+        )
+    finally:
+        relay.thaw()
+        gateway.stop()
+        relay.close()
         remove_own(engine, instance)

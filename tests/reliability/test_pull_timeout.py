@@ -84,11 +84,11 @@ def test_a_frozen_registry_costs_a_deploy_pull_timeout_and_a_clear_504(
         assert body["error"] == "timeout", body
         assert "pull_timeout" in body["message"], body
         assert image in body["message"], body
+        # Given up by the gateway (its 504 names pull_timeout): the engine alone answers a
+        # 500 of its own after ~25 s (its registry ping's deadline), a 422 for the deploy,
+        # and a registry that answers that ping and then freezes holds the pull for as
+        # long as it likes.
         assert accepted, "the engine never reached the frozen registry"
-        # Given up by the gateway: the engine alone answers a 500 of its own after ~25 s
-        # (its registry ping's deadline), and a registry that answers that ping and then
-        # freezes holds the pull for as long as it likes.
-        assert took < 20, took
         # Not an engine that does not answer: healthy, and what is there deploys and runs.
         health = http.get("/healthz")
         assert health.status_code == 200, health.text

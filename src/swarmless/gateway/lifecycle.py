@@ -119,7 +119,8 @@ class Lifecycle:
         if self.token is None:
             self.token, _ = admin_token(settings.data_dir)
         store = await self._try_store()
-        engine = await self._try_engine()
+        # The server asked the engine just before (and told it was away): try it later.
+        engine = self._engine_down is None and await self._try_engine()
         if store is None or not engine:
             self._say_not_ready()
             what = " and ".join(
@@ -256,6 +257,12 @@ class Lifecycle:
         self.begin_shutdown()
         if self._on_fatal is not None:
             self._on_fatal()
+
+    def engine_away(self, why: EngineUnavailable) -> None:
+        """The engine did not answer the server's start of the backend, before the
+        lifespan: the lifespan does not wait for it once more (a frozen engine would hold
+        the first answer for twice ``engine_timeout``), it tries again in the background."""
+        self._engine_down = why
 
     def on_engine(self, ready: Callable[[], Awaitable[None]]) -> None:
         """Await ``ready()`` once an engine that did not answer at start answers (before

@@ -107,7 +107,8 @@ class GatewayServer:
         try:
             await gateway.backend.start()
             engine = True
-        except EngineUnavailable:
+        except EngineUnavailable as e:
+            gateway.engine_away(e)  # the lifespan's start does not wait for it once more
             engine = False
         public = bind(settings.host, settings.port)
         self.port = port = public.getsockname()[1]
