@@ -68,10 +68,18 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def gateway(engine: docker.DockerClient, name: str) -> Iterator[Gateway]:
+def gateway(
+    engine: docker.DockerClient,
+    name: str,
+    *,
+    instance: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[Gateway]:
     """Start a gateway process; on exit stop it and remove all it created (its data dir
-    too, unless the run failed: then it stays, with the gateway's log)."""
-    instance = f"bench-{name}-{os.getpid()}"
+    too, unless the run failed: then it stays, with the gateway's log). ``instance``
+    replaces the default ``bench-NAME-PID``; ``env`` is added to the gateway's environment
+    (a store URL, say)."""
+    instance = instance or f"bench-{name}-{os.getpid()}"
     data = Path(tempfile.mkdtemp(prefix=f"swarmless-bench-{name}-"))
     port = free_port()
     env = {
@@ -80,6 +88,7 @@ def gateway(engine: docker.DockerClient, name: str) -> Iterator[Gateway]:
         "SWARMLESS_INSTANCE": instance,
         "SWARMLESS_NETWORK": f"swarmless-{instance}",
         "SWARMLESS_PORT": str(port),
+        **(env or {}),
     }
     log = open(data / "gateway.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(

@@ -3,10 +3,17 @@
     .venv/bin/python bench/async.py [--calls 2000] [--clients 64] [--rounds 3]
                                     [--start-samples 200] [--enqueue-rounds 5]
                                     [--enqueue-seconds 5] [--enqueue-connections 32]
-                                    [--json PATH]
+                                    [--store sqlite|postgres] [--pg-url URL]
+                                    [--drain-only] [--prefix bench] [--json PATH]
 
-Starts a gateway as its own process (SQLite store in a temporary directory), deploys a
-warm no-op function with its containers kept ready, and measures over loopback:
+Starts a gateway as its own process, deploys a warm no-op function with its containers
+kept ready, and measures over loopback. The store: ``--store sqlite`` (the default, a file
+in a temporary directory) or ``--store postgres``: a database of its own, created for the
+run on the server at ``--pg-url`` (``scripts/postgres.sh`` starts the project's one and
+prints its URL, the default) and dropped at the end. ``--drain-only`` measures the drain
+alone (no enqueue-to-start samples, no enqueue rounds). ``--prefix`` names what the run
+creates (instance ``PREFIX-async-PID``, image ``PREFIX-bench/async-noop``, database
+``PREFIX_async_PID``), so that runs side by side never touch each other's objects.
 
 - enqueue rate: async calls accepted (durable, 202) per second under a flood from
   ``wrk`` (C, one thread, ``--enqueue-connections`` keep-alive connections, so the load
@@ -37,18 +44,22 @@ removed at the end.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import http.client
 import os
+import re
 import statistics
 import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import docker
 import httpx
 
@@ -68,7 +79,10 @@ from _common import (
 )
 from enqueue_load import have_wrk, python_enqueue, queue_ids, wrk_enqueue
 
+#: The function's image (``--prefix`` names it: ``PREFIX-bench/async-noop``).
 IMAGE = "swarmless-bench/async-noop:latest"
+#: The default ``--pg-url``: what ``scripts/postgres.sh`` prints.
+PG_URL = "postgresql://postgres@127.0.0.1:54329/swarmless"
 HANDLER = (
     "import time\n\n\ndef handle(event, context):\n    return b'ok'\n\n\n"
     "def hold(event, context):\n    time.sleep(900)\n    return b'ok'\n"
@@ -137,6 +151,41 @@ def record(http: httpx.Client, call_id: str) -> dict[str, Any]:
         time.sleep(0.02)
 
 
+@contextlib.contextmanager
+def pg_database(server_url: str, name: str) -> Iterator[str]:
+    """A database ``name`` of its own on the PostgreSQL server at ``server_url``, created
+    for the run and dropped at its end (with the connections still open to it); its URL."""
+    check(re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name) is not None, name)
+    base = server_url.rsplit("/", 1)[0]
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(f"{base}/postgres", timeout=10)
+        try:
+            await conn.execute(sql, timeout=60)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def pg_queue_ids(url: str, function: str) -> set[str]:
+    """Ids of every row of ``function`` in the PostgreSQL queue at ``url``."""
+
+    async def read() -> set[str]:
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            rows = await conn.fetch("SELECT id FROM async_queue WHERE function = $1", function)
+            return {str(r[0]) for r in rows}
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
 def pending(http: httpx.Client) -> bool:
     """Any call of the function still queued or running in the store."""
     for status in ("queued", "running"):
@@ -178,12 +227,17 @@ def warm_state(http: httpx.Client) -> None:
         time.sleep(0.05)
 
 
-def drain(http: httpx.Client, url: str, kind: str, calls: int, clients: int) -> dict[str, float]:
+def drain(
+    http: httpx.Client, url: str, kind: str, calls: int, clients: int, gw_pid: int = 0
+) -> dict[str, float]:
     """One round: ``calls`` calls of ``kind``, timed on the client's monotonic clock.
 
     The sample is checked: the 4 warm containers ready and idle before and after it, every
-    call succeeded, warm (not cold), on at most those 4 containers."""
+    call succeeded, warm (not cold), on at most those 4 containers. CPU over the round, per
+    call: the whole machine and the gateway process (``gw_pid``)."""
     warm_state(http)
+    busy0, total0 = host_cpu()
+    gw0 = proc_cpu(gw_pid) if gw_pid else 0.0
     t0 = time.monotonic()
     if kind == "sync":
         answered = fire(url, "/function/noop", calls, clients)
@@ -204,6 +258,8 @@ def drain(http: httpx.Client, url: str, kind: str, calls: int, clients: int) -> 
                 raise SystemExit("async calls still pending after 600 s")
             time.sleep(0.005)
         t_end = time.monotonic()
+    busy1, total1 = host_cpu()
+    gw1 = proc_cpu(gw_pid) if gw_pid else 0.0
     ids = {r.headers["x-call-id"] for r in answered}
     check(len(ids) == calls, f"{calls - len(ids)} calls answered without an id of their own")
     rows = records(http, ids, 600)
@@ -220,6 +276,9 @@ def drain(http: httpx.Client, url: str, kind: str, calls: int, clients: int) -> 
         "server_seconds": (last_done - first) / 1000,
         "accepted_seconds": accepted_in,
         "containers_used": len(used),
+        "machine_cpu_us_per_call": (busy1 - busy0) / calls * 1e6,
+        "gateway_cpu_us_per_call": (gw1 - gw0) / calls * 1e6,
+        "machine_busy": (busy1 - busy0) / max(1e-9, total1 - total0),
     }
 
 
@@ -258,10 +317,15 @@ def enqueue_burst(
     cgroups), the load generator (wrk, or this process's threads without it); *other* is
     the rest (the engine, the kernel, other tenants)."""
     assert gw.data is not None
+    pg_url = getattr(args, "store_url", None)
     db = gw.data / "swarmless.db"
+
+    def rows_of() -> set[str]:
+        return pg_queue_ids(pg_url, function) if pg_url else queue_ids(db, function)
+
     flt = {"label": f"swarmless.gateway={gw.instance}"}
     cids = [c["Id"] for c in engine.api.containers(filters=flt)]
-    before = queue_ids(db, function)
+    before = rows_of()
 
     def cpu() -> tuple[float, float, float, float, float]:
         busy, total = host_cpu()
@@ -276,7 +340,7 @@ def enqueue_burst(
     else:
         burst = python_enqueue(url, args.enqueue_connections, args.enqueue_seconds)
     c1 = cpu()
-    rows = queue_ids(db, function)
+    rows = rows_of()
     accepted = set(burst.ids)
     check(len(accepted) == burst.accepted, ("202s without an id", burst.accepted))
     lost = accepted - rows
@@ -385,19 +449,26 @@ def measure(engine: docker.DockerClient, gw: Gateway, args: argparse.Namespace) 
         while pending(http):
             time.sleep(0.1)
 
-        print(f"enqueue-to-start, {args.start_samples} samples of each...", flush=True)
-        delays = start_delays(http, args.start_samples)
+        delays: dict[str, list[float]] = {"async": [], "sync": []}
+        if not args.drain_only:
+            print(f"enqueue-to-start, {args.start_samples} samples of each...", flush=True)
+            delays = start_delays(http, args.start_samples)
         rounds: dict[str, list[dict[str, float]]] = {"async": [], "sync": []}
         for i in range(args.rounds):
             for kind in ("async", "sync") if i % 2 == 0 else ("sync", "async"):
-                got = drain(http, url, kind, args.calls, args.clients)
+                got = drain(http, url, kind, args.calls, args.clients, gw.pid)
                 rounds[kind].append(got)
                 print(
                     f"  round {i + 1} {kind:<5} drain {got['client_seconds']:.2f} s client clock"
                     f" ({args.calls / got['client_seconds']:.0f} calls/s),"
-                    f" {got['server_seconds']:.2f} s by the records",
+                    f" {got['server_seconds']:.2f} s by the records; CPU us/call machine"
+                    f" {got['machine_cpu_us_per_call']:.0f}, gateway"
+                    f" {got['gateway_cpu_us_per_call']:.0f}; machine busy"
+                    f" {got['machine_busy']:.0%}",
                     flush=True,
                 )
+        if args.drain_only:
+            return {"start_delays_ms": delays, "drains": rounds, "enqueue": {}}
         print(
             f"enqueue rate: {args.enqueue_rounds} rounds of {args.enqueue_seconds:g} s of each"
             f" kind, {'wrk -t1' if have_wrk() else 'Python threads,'}"
@@ -418,6 +489,14 @@ def main() -> None:
     parser.add_argument("--enqueue-seconds", type=float, default=5.0)
     parser.add_argument("--enqueue-connections", type=int, default=32)
     parser.add_argument("--json", help="write the numbers here")
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--pg-url", default=PG_URL, help="the PostgreSQL server (--store postgres)")
+    parser.add_argument(
+        "--drain-only", action="store_true", help="only the drain rounds (async vs sync)"
+    )
+    parser.add_argument(
+        "--prefix", default="bench", help="names what the run creates (lowercase, a-z0-9-)"
+    )
     args = parser.parse_args()
     if not (
         0 < args.calls <= 20_000
@@ -434,21 +513,36 @@ def main() -> None:
         parser.error(
             "--enqueue-rounds 1..20, --enqueue-seconds 1..60, --enqueue-connections 1..256"
         )
-    if not have_wrk():
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", args.prefix):
+        parser.error("--prefix: lowercase letters, digits and '-', starting with a letter")
+    if not have_wrk() and not args.drain_only:
         print(
             "wrk not found: the enqueue rate is measured with Python threads, heavier on a"
             " small machine (apt-get install -y wrk for the light load generator)",
             flush=True,
         )
     exit_on_sigterm()
+    global IMAGE
+    IMAGE = f"{args.prefix}-bench/async-noop:latest"
+    HOLD["image"] = IMAGE
+    instance = f"{args.prefix}-async-{os.getpid()}"
     engine = docker.from_env()
     build_image(engine, IMAGE, HANDLER, "async")
     try:
-        with gateway(engine, "async") as gw:
+        with contextlib.ExitStack() as stack:
+            env: dict[str, str] = {}
+            args.store_url = None
+            if args.store == "postgres":
+                args.store_url = stack.enter_context(
+                    pg_database(args.pg_url, instance.replace("-", "_"))
+                )
+                env["SWARMLESS_STORE_URL"] = args.store_url
+            gw = stack.enter_context(gateway(engine, "async", instance=instance, env=env))
             result = measure(engine, gw, args)
     finally:
         with contextlib.suppress(docker.errors.DockerException):
             engine.images.remove(IMAGE, force=True)
+    result["store"] = args.store
     report(args, result)
     write_json(args.json, result)
 
@@ -460,6 +554,24 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
     s_client = statistics.median(r["client_seconds"] for r in d["sync"])
     a_server = statistics.median(r["server_seconds"] for r in d["async"])
     s_server = statistics.median(r["server_seconds"] for r in d["sync"])
+    print(f"async bench: {calls} calls, {args.clients} clients, 4 warm containers x concurrency 4")
+    print(f"store: {args.store}")
+    if args.drain_only:
+        for kind in ("async", "sync"):
+            rounds = ", ".join(f"{r['client_seconds']:.2f}" for r in d[kind])
+            print(
+                f"drain {kind}: median {a_client if kind == 'async' else s_client:.2f} s"
+                f" (rounds {rounds}) client clock"
+            )
+        print(f"ratio by the records (check): {a_server / s_server:.2f}")
+        result["targets"] = [target("async-drain-vs-sync", a_client / s_client, "<=", 1.3)]
+        result["summary"] = {
+            "drain_async_s": a_client,
+            "drain_sync_s": s_client,
+            "drain_ratio_records": a_server / s_server,
+            "store": args.store,
+        }
+        return
     enq = result["enqueue"]
     enqueue = statistics.median(r["rate"] for r in enq["run"])
     held = statistics.median(r["rate"] for r in enq["held"])
@@ -473,7 +585,6 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
     delays = result["start_delays_ms"]
     ap50, ap99 = pct(delays["async"], 50), pct(delays["async"], 99)
     sp50, sp99 = pct(delays["sync"], 50), pct(delays["sync"], 99)
-    print(f"async bench: {calls} calls, {args.clients} clients, 4 warm containers x concurrency 4")
     print(
         f"enqueue-to-start:  async p50 {ap50:.1f} ms p99 {ap99:.1f} ms | sync queue-to-start"
         f" p50 {sp50:.1f} ms p99 {sp99:.1f} ms  (n={len(delays['async'])} each)"

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from swarmless.exceptions import SwarmlessError
-from swarmless.records import now_ms
+from swarmless.records import InvocationRecord, now_ms
 from swarmless.store import Store, StoredResult
 from tests.conftest import handler_image
 from tests.gateway_harness import TOKEN, RunningGateway
@@ -139,6 +139,55 @@ def test_outcomes_that_end_together_are_all_written(url: str) -> None:  # noqa: 
                 assert (result.body if result else None) == (
                     r.id.encode() if r.status == "succeeded" else None
                 )
+
+    run(main())
+
+
+def test_outcomes_written_as_one_op_all_or_none(url: str) -> None:  # noqa: F811
+    """``finish_many``: the outcomes of many calls (successes and dead ones, mixed) in one
+    op, every record, result and queue row written; a batch holding a value the database
+    refuses writes none of them, and the calls stay leased (written one by one, the others
+    then go through)."""
+
+    async def main() -> None:
+        async with await Store.open(url) as store:
+            recs = [arec() for _ in range(30)]
+            await asyncio.gather(*(put(store, r) for r in recs))
+            assert len(await store.claim("gw", {"echo": (100, 60_000)})) == 30
+            outcomes: list[tuple[InvocationRecord, StoredResult | None]] = []
+            for i, r in enumerate(recs):
+                r.status, r.finished_at = ("succeeded" if i % 4 else "dead"), now_ms()
+                body = r.id.encode()
+                outcomes.append((r, StoredResult(status=200, headers=[("k", "v")], body=body)))
+            outcomes = [(r, None if r.status == "dead" else res) for r, res in outcomes]
+            bad = arec()
+            await put(store, bad)
+            assert len(await store.claim("gw", {"echo": (10, 60_000)})) == 1
+            bad.status, bad.finished_at = "succeeded", now_ms()
+            bad.exit_code = 1 << 40  # out of an INTEGER column's range on PostgreSQL
+            if store.dialect == "postgresql":
+                with pytest.raises(SwarmlessError):
+                    await store.finish_many([*outcomes[:5], (bad, None)])
+                for r, _ in outcomes[:5]:
+                    got = await store.get_invocation(r.id)
+                    assert got is not None
+                    assert got.status == "queued"
+            await store.finish_many(outcomes)
+            assert await store.queued_counts() == ({"echo": 1})  # the bad one, still leased
+            for r, res in outcomes:
+                got = await store.get_invocation(r.id)
+                assert got is not None
+                assert got.status == r.status
+                kept = await store.get_result(r.id)
+                if res is None:
+                    assert kept is None
+                else:
+                    assert kept is not None
+                    assert (kept.status, kept.headers, kept.body) == (
+                        200,
+                        [("k", "v")],
+                        r.id.encode(),
+                    )
 
     run(main())
 

@@ -13,10 +13,12 @@
 
 Outcomes of calls that end together are written together: the first success after a
 quiet moment is written at once, the ones after it within :data:`OUTCOME_WINDOW` wait for
-the window's end and go to the store at the same moment, so they share one group commit
-(and its statements) rather than riding, a few at a time, on every commit of the calls
-being accepted. The call's slot is free meanwhile; until its outcome is committed the call
-stays leased (a crash then runs it again: at-least-once).
+the window's end and go to the store as one op (:meth:`~swarmless.store.Store.finish_many`:
+one future for the lot, not one per call), so they share one group commit (and its
+statements) rather than riding, a few at a time, on every commit of the calls being
+accepted. If the database refuses that op, its outcomes are written again one by one, so
+that only the one refused fails. The call's slot is free meanwhile; until its outcome is
+committed the call stays leased (a crash then runs it again: at-least-once).
 
 Then the callback, if one was asked for (:mod:`swarmless.dispatch.async_callbacks`).
 """
@@ -26,12 +28,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from swarmless.dispatch.async_callbacks import CallbackSender
 from swarmless.dispatch.dispatcher import Dispatcher
 from swarmless.dispatch.request import Request
-from swarmless.exceptions import EngineUnavailable, FunctionNotFound, QueueFull, SwarmlessError
+from swarmless.exceptions import (
+    EngineUnavailable,
+    FunctionNotFound,
+    GatewayUnavailable,
+    QueueFull,
+    SwarmlessError,
+)
 from swarmless.records import InvocationRecord, now_ms
 from swarmless.spec import FunctionSpec
 from swarmless.store import Claimed, Store, StoredResult
@@ -47,6 +55,21 @@ POISON_STARTS = 3
 OUTCOME_WINDOW = 0.02
 
 
+#: A success waiting for its window's end: its record, its answer, what its call awaits.
+_Outcome = tuple[InvocationRecord, StoredResult, "asyncio.Future[None]"]
+
+
+def _settle(outcomes: list[_Outcome], error: BaseException | None) -> None:
+    """The futures of ``outcomes`` done: written (``error`` None), or failed with it."""
+    for _, _, done in outcomes:
+        if done.done():
+            continue  # its call went away (cancelled): its outcome was written all the same
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+
 class Attempts:
     """Runs async calls through the dispatcher and writes each outcome (retry, dead,
     succeeded) to the store, then sends its callback."""
@@ -56,9 +79,12 @@ class Attempts:
         self.store = store
         self.callbacks = callbacks
         #: When the last outcomes went to the store (loop time), and those waiting for
-        #: the current window's end (None: no window open).
+        #: the current window's end, each with the future its call awaits (None: no
+        #: window open).
         self._released = -OUTCOME_WINDOW
-        self._waiting: list[asyncio.Future[None]] | None = None
+        self._waiting: list[_Outcome] | None = None
+        #: The writes of windows under way (one task per window, not per call).
+        self._writing: set[asyncio.Task[None]] = set()
 
     async def execute(self, call: Claimed, free_slot: Callable[[Claimed], None]) -> None:
         """Run ``call`` through the dispatcher and write its outcome durably; ``free_slot``
@@ -117,35 +143,59 @@ class Attempts:
             return
         free_slot(call)
         result = StoredResult(status=response.status, headers=response.headers, body=response.body)
-        wait = self._window()
-        if wait is not None:
-            await wait
-        await self.store.finish(rec, result)
+        await self._outcome(rec, result)
         if call.callback_url:
             await self.callbacks.send(call, rec, result)
 
-    def _window(self) -> asyncio.Future[None] | None:
-        """What this outcome waits for before it goes to the store (:data:`OUTCOME_WINDOW`):
-        None when it may go at once."""
+    def _outcome(self, rec: InvocationRecord, result: StoredResult) -> Awaitable[None]:
+        """Write a success durably (:data:`OUTCOME_WINDOW`): at once after a quiet moment,
+        else with the others of the window, at its end; done once it is committed."""
         loop = asyncio.get_running_loop()
         if self._waiting is None:
             now = loop.time()
             if now >= self._released + OUTCOME_WINDOW:
                 self._released = now
-                return None
+                return self.store.finish(rec, result)
             self._waiting = []
             loop.call_at(self._released + OUTCOME_WINDOW, self._open)
-        wait: asyncio.Future[None] = loop.create_future()
-        self._waiting.append(wait)
-        return wait
+        done: asyncio.Future[None] = loop.create_future()
+        self._waiting.append((rec, result, done))
+        return done
 
     def _open(self) -> None:
         """The window's end: the outcomes waiting go to the store, together."""
-        self._released = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        self._released = loop.time()
         waiting, self._waiting = self._waiting or [], None
-        for wait in waiting:
-            if not wait.done():
-                wait.set_result(None)
+        if waiting:
+            task = loop.create_task(self._write(waiting))
+            self._writing.add(task)
+            task.add_done_callback(self._writing.discard)
+
+    async def _write(self, waiting: list[_Outcome]) -> None:
+        """The outcomes of one window in one op; each call's future is done when its
+        outcome is committed (or failed: one the database refuses fails alone)."""
+        try:
+            await self.store.finish_many([(rec, result) for rec, result, _ in waiting])
+        except GatewayUnavailable as e:  # the database stayed away: none was written
+            _settle(waiting, e)
+        except SwarmlessError as e:
+            if len(waiting) == 1:
+                _settle(waiting, e)
+                return
+            log.warning("%d async outcomes refused together (%s): one by one", len(waiting), e)
+            for rec, result, done in waiting:
+                try:
+                    await self.store.finish(rec, result)
+                except SwarmlessError as one:
+                    _settle([(rec, result, done)], one)
+                else:
+                    _settle([(rec, result, done)], None)
+        except BaseException as e:  # cancelled (the gateway stops): not written
+            _settle(waiting, RuntimeError(f"outcome not written: {type(e).__name__}"))
+            raise
+        else:
+            _settle(waiting, None)
 
     async def _lost_runs(self, call: Claimed) -> int:
         """How many earlier runs of ``call`` ended with no outcome written (their gateway

@@ -254,22 +254,93 @@ class Database:
     async def _executemany(
         self, conn: AsyncConnection, stmt: Any, rows: list[dict[str, Any]]
     ) -> None:
-        """``stmt`` once per row, in ``conn``'s transaction. On SQLite straight through the
-        driver: one trip to aiosqlite's thread and no per-row work of SQLAlchemy (values
-        as SQLite takes them: str, int, float, bool, bytes, None)."""
-        if self.dialect != "sqlite":
-            await conn.execute(stmt, rows)
+        """``stmt`` once per row, in ``conn``'s transaction, straight through the driver
+        with no per-row work of SQLAlchemy (values as the driver takes them: str, int,
+        float, bool, bytes, None): on SQLite one trip to aiosqlite's thread, on PostgreSQL
+        asyncpg's own ``executemany`` (the rows pipelined in one exchange)."""
+        await self._executemany_all(conn, [(stmt, rows)])
+
+    async def _executemany_all(
+        self, conn: AsyncConnection, work: list[tuple[Any, list[dict[str, Any]]]]
+    ) -> None:
+        """:meth:`_executemany` of each (statement, rows) of ``work`` in turn; on SQLite
+        all of them in one trip to aiosqlite's thread (not one trip each)."""
+        work = [(stmt, rows) for stmt, rows in work if rows]
+        if not work:
             return
+        if self.dialect != "sqlite":
+            for stmt, rows in work:
+                await self._executemany_pg(conn, stmt, rows)
+            return
+        batches = []
+        for stmt, rows in work:
+            sql, pick = self._compile(stmt)
+            batches.append((sql, [pick(row) for row in rows]))
+
+        async def run(driver: Any) -> None:
+            raw = getattr(driver, "_conn", None)
+            execute = getattr(driver, "_execute", None)
+            if raw is None or execute is None:  # another aiosqlite: a trip each
+                for sql, params in batches:
+                    await driver.executemany(sql, params)
+                return
+
+            def all_of_them() -> None:
+                for sql, params in batches:
+                    raw.executemany(sql, params)
+
+            await execute(all_of_them)
+
+        await self._on_driver(conn, run)
+        self._wrote(conn)
+
+    def _compile(self, stmt: Any) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
+        """``stmt`` compiled once for the writer's dialect, with what picks a row's values
+        in the statement's order (in C, always a tuple)."""
         compiled = self._compiled.get(stmt)
         if compiled is None:
             done = stmt.compile(dialect=self._writer.dialect)
             order = tuple(done.positiontup or ())
-            # A row's values in the statement's order, picked in C (always a tuple).
             pick = operator.itemgetter(*order) if len(order) > 1 else _single(order)
             compiled = self._compiled[stmt] = (str(done), pick)
-        sql, pick = compiled
+        return compiled
+
+    async def _executemany_pg(
+        self, conn: AsyncConnection, stmt: Any, rows: list[dict[str, Any]]
+    ) -> None:
+        """PostgreSQL: ``stmt`` once per row through asyncpg's ``executemany``, in the
+        transaction of SQLAlchemy's adapter (begun first if it was not yet: the adapter
+        begins lazily, at its first statement), under its lock; asyncpg's errors raised as
+        SQLAlchemy's. An adapter without those parts (another SQLAlchemy version) goes
+        through SQLAlchemy."""
+        adapter: Any = (await conn.get_raw_connection()).dbapi_connection
+        driver = getattr(adapter, "_connection", None)
+        mutex = getattr(adapter, "_execute_mutex", None)
+        if (
+            mutex is None
+            or driver is None
+            or not hasattr(adapter, "_transaction")
+            or not hasattr(adapter, "_start_transaction")
+            or not hasattr(driver, "executemany")
+        ):
+            await conn.execute(stmt, rows)
+            return
+        sql, pick = self._compile(stmt)
         params = [pick(row) for row in rows]
-        await self._on_driver(conn, lambda driver: driver.executemany(sql, params))
+        async with mutex:
+            try:
+                if adapter._transaction is None:
+                    await adapter._start_transaction()
+                await driver.executemany(sql, params)
+            except Exception as e:
+                base = getattr(getattr(adapter, "dbapi", None), "Error", None)
+                try:
+                    adapter._handle_exception(e)  # the dialect's own exception classes
+                except Exception as translated:
+                    if base is None or not isinstance(translated, base):
+                        raise  # not the database's (OSError, a timeout): as it is
+                    raise DBAPIError.instance(sql, None, translated, base) from translated
+                raise
         self._wrote(conn)
 
     async def _fetch(self, conn: AsyncConnection, sql: str, params: tuple[Any, ...]) -> list[Any]:

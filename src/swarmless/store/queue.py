@@ -210,9 +210,12 @@ class QueueOps(ClaimOps):
         return fut
 
     async def _enqueue_many(self, conn: AsyncConnection, items: list[Any]) -> None:
-        await self._executemany(conn, self._queue_insert, [row for row, _ in items])
-        await self._executemany(
-            conn, self._upsert(invocations, "id"), [record for _, record in items]
+        await self._executemany_all(
+            conn,
+            [
+                (self._queue_insert, [row for row, _ in items]),
+                (self._upsert(invocations, "id"), [record for _, record in items]),
+            ],
         )
 
     def mark_running(self, call_id: str) -> None:
@@ -244,36 +247,60 @@ class QueueOps(ClaimOps):
     async def finish(self, rec: InvocationRecord, result: StoredResult | None = None) -> None:
         """An async call is over (succeeded, or dead): record, result, queue row done.
         Retried while the database is away (a bounded time: ``db.DURABLE_RETRY``)."""
-        record = _record_row(rec)
-        stored = None
-        if result is not None:
-            stored = {
-                "id": rec.id,
-                "status": result.status,
-                "headers": headers_json(result.headers),
-                "body": result.body,
-            }
-        # A dead call keeps its request, so that it can be redriven.
-        item = (record, stored, rec.status == "dead")
-        self._marks.discard(rec.id)  # not marked running if not yet: its outcome says more
+        await self.finish_many([(rec, result)])
+
+    async def finish_many(
+        self, outcomes: Sequence[tuple[InvocationRecord, StoredResult | None]]
+    ) -> None:
+        """Async calls are over (:meth:`finish` for each), written together: one op of the
+        next group (its statements shared with the other outcomes of that group). All or
+        none: if the database refuses one of them, none is written and the error is raised
+        (write them one by one, :meth:`finish`, to find which). Retried while the
+        database is away (a bounded time: ``db.DURABLE_RETRY``)."""
+        if not outcomes:
+            return
+        items: list[tuple[dict[str, Any], dict[str, Any] | None, bool]] = []
+        size = 0
+        for rec, result in outcomes:
+            stored = None
+            if result is not None:
+                stored = {
+                    "id": rec.id,
+                    "status": result.status,
+                    "headers": headers_json(result.headers),
+                    "body": result.body,
+                }
+                size += len(result.body)
+            # A dead call keeps its request, so that it can be redriven.
+            items.append((_record_row(rec), stored, rec.status == "dead"))
+            self._marks.discard(rec.id)  # not marked running if not yet: its outcome says more
 
         async def op(conn: AsyncConnection) -> None:
-            await self._finish_many(conn, [item])
+            await self._finish_many(conn, items)
 
-        size = len(result.body) if result is not None else 0
-        await self._durably(
-            f"the outcome of {rec.id}",
-            lambda: self._group.run(op, ("finish", self._finish_many, item, None), size=size),
+        what = (
+            f"the outcome of {outcomes[0][0].id}"
+            if len(outcomes) == 1
+            else f"the outcomes of {len(outcomes)} calls"
         )
-        self._watchers.changed(rec.id)
+        await self._durably(
+            what,
+            lambda: self._group.run(op, ("finish", self._finish_lists, items, None), size=size),
+        )
+        for rec, _ in outcomes:
+            self._watchers.changed(rec.id)
+
+    async def _finish_lists(self, conn: AsyncConnection, lists: list[Any]) -> None:
+        """The bulk form of :meth:`finish_many`: the outcomes of every op of a group."""
+        await self._finish_many(conn, [item for items in lists for item in items])
 
     async def _finish_many(self, conn: AsyncConnection, items: list[Any]) -> None:
-        await self._executemany(
-            conn, self._upsert(invocations, "id"), [record for record, _, _ in items]
-        )
-        stored = [s for _, s, _ in items if s is not None]
-        if stored:
-            await self._executemany(conn, self._upsert(invocation_results, "id"), stored)
+        """Records, results and queue rows of ``items``: every statement in one trip to the
+        driver on SQLite (:meth:`~swarmless.store.db.Database._executemany_all`)."""
+        work: list[tuple[Any, list[dict[str, Any]]]] = [
+            (self._upsert(invocations, "id"), [record for record, _, _ in items]),
+            (self._upsert(invocation_results, "id"), [s for _, s, _ in items if s is not None]),
+        ]
         for keep, stmt in ((True, self._done_keep), (False, self._done_clear)):
             rows = [
                 {"qid": record["id"], "state": "done", "lease_owner": None, "lease_until": None}
@@ -281,8 +308,8 @@ class QueueOps(ClaimOps):
                 for record, _, dead in items
                 if dead is keep
             ]
-            if rows:
-                await self._executemany(conn, stmt, rows)
+            work.append((stmt, rows))
+        await self._executemany_all(conn, work)
 
     async def retry_later(
         self, rec: InvocationRecord, not_before: int, *, uncount: bool = False
