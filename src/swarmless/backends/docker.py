@@ -402,10 +402,11 @@ class DockerBackend(ContainerConfig, WorkerBytecode, EngineWatch):
             self._removals.discard(future)
 
     async def _removed(self) -> None:
-        """Wait (at most ``engine_timeout``) for the one-shot removals still running."""
+        """Wait (at most ``engine_timeout``) for the one-shot removals still running; not
+        for an engine known not to answer (the next gateway removes what is left)."""
         with self._removals_lock:
             pending = [asyncio.wrap_future(f) for f in self._removals]
-        if pending:
+        if pending and self.engine_down is None:
             await asyncio.wait(pending, timeout=self.settings.engine_timeout)
 
     async def pause_container(self, container_id: str) -> None:
