@@ -95,11 +95,19 @@ def have_wrk() -> bool:
 
 
 def wrk_enqueue(
-    url: str, connections: int, seconds: float, workdir: Path, threads: int = 1
+    url: str,
+    connections: int,
+    seconds: float,
+    workdir: Path,
+    threads: int = 1,
+    delay_ms: int = 0,
 ) -> Burst:
-    """``connections`` keep-alive connections POSTing to ``url`` for ``seconds``."""
+    """``connections`` keep-alive connections POSTing to ``url`` for ``seconds``; with
+    ``delay_ms``, each connection waits that long after an answer before its next request
+    (a load below the gateway's ceiling, for its CPU per call at a moderate rate)."""
     script = workdir / "enqueue.lua"
-    script.write_text(LUA)
+    pause = f"function delay() return {int(delay_ms)} end\n" if delay_ms > 0 else ""
+    script.write_text(LUA + pause)
     out = workdir / "enqueue.out"
     out.unlink(missing_ok=True)
     cmd = [

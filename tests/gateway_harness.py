@@ -29,7 +29,7 @@ from swarmless.backends.base import Backend
 from swarmless.backends.docker import DockerBackend
 from swarmless.config import Settings
 from swarmless.gateway.app import Gateway
-from swarmless.gateway.server import GatewayServer
+from swarmless.gateway.server import GatewayServer, loop_factory
 from swarmless.sdk.gateway import GatewayClient
 from tests.waiting import wait_until
 
@@ -63,7 +63,9 @@ class RunningGateway:
     def start(self) -> RunningGateway:
         def run() -> None:
             try:
-                asyncio.run(self.server.serve())
+                # The event loop `swarmless up` runs on (uvloop), not asyncio.run's.
+                with asyncio.Runner(loop_factory=loop_factory()) as runner:
+                    runner.run(self.server.serve())
             except BaseException as e:  # surfaced by start()/stop()
                 self._error = e
 

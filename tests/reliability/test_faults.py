@@ -526,17 +526,17 @@ def _engine_restart(gw: NodeGateway, node: Node, image: str) -> None:
 #: A gateway process with a short drain timeout and the test's labels (``swarmless up``
 #: waits 30 s and labels nothing for the test session's cleanup).
 LAUNCHER = """
-import asyncio, json, os, sys
+import json, os, sys
 from swarmless.backends.docker import DockerBackend
 from swarmless.config import Settings
 from swarmless.gateway.app import Gateway
-from swarmless.gateway.server import serve
+from swarmless.gateway.server import run
 
 settings = Settings.load()
 backend = DockerBackend(settings, labels=json.loads(os.environ["FAULT_LABELS"]))
 gateway = Gateway(settings, backend=backend, token=os.environ["FAULT_TOKEN"],
                   drain_timeout=float(os.environ["FAULT_DRAIN"]))
-asyncio.run(serve(gateway))
+run(gateway)  # as `swarmless up` runs it: on its event loop (uvloop)
 """
 
 

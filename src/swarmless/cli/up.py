@@ -15,12 +15,11 @@ from swarmless.cli._base import console, main
 def up(host: str | None, port: int | None, data_dir: str | None, log_level: str) -> None:
     """Start the gateway (SQLite store, local Docker backend) until Ctrl-C."""
     # The gateway's stack is imported here, not with the module: `up --help` stays quick.
-    import asyncio
     import logging
 
     from swarmless.config import Settings
     from swarmless.gateway.app import Gateway, admin_token
-    from swarmless.gateway.server import serve
+    from swarmless.gateway.server import run
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     if log_level != "debug":  # httpx logs every Docker API request the scoped proxy makes
@@ -57,7 +56,7 @@ def up(host: str | None, port: int | None, data_dir: str | None, log_level: str)
             soft_wrap=True,  # a line to copy: never cut in two
         )
 
-    asyncio.run(serve(gateway, started=started, log_level="warning"))
+    run(gateway, started=started, log_level="warning")
     if gateway.fatal:  # it lost the lease of the active replica: let it be restarted
         raise click.ClickException(f"the gateway stopped: {gateway.fatal}")
 

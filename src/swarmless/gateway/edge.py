@@ -46,11 +46,11 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import dataclasses
 import functools
 import ipaddress
 import re
 from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import NamedTuple
 
 from swarmless.exceptions import InvalidArgument
 
@@ -106,6 +106,8 @@ _FORWARDING = frozenset(
 _OURS_KEPT = frozenset({"x-swarmless-args"})
 #: A host, with an optional port, as ``Host`` and ``X-Forwarded-Host`` carry it.
 _HOST_PORT = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+#: No forwarding header sent (or none believed): what :func:`filter_headers` reads then.
+_NOTHING_SENT: dict[str, list[str]] = {n: [] for n in FORWARDED_SET}
 #: Fragments of a credential (token68 characters and a bit more).
 _WORD = re.compile(r"[A-Za-z0-9._~+/=-]+")
 
@@ -142,13 +144,42 @@ def _peer(host: str, nets: tuple[IPNetwork, ...]) -> tuple[IPAddress | None, str
     return addr, str(addr), within(addr, nets)
 
 
+#: What a header name is to :func:`filter_headers` (see :func:`_name`).
+_K_PLAIN, _K_DROP, _K_HOST, _K_CONNECTION = 0, 1, 2, 3
+_K_AUTHORIZATION, _K_FORWARD_SET, _K_FORWARDING = 4, 5, 6
+
+
 @functools.lru_cache(maxsize=4096)
-def _checked_name(name: str) -> str:
-    """The lower case of header ``name``, checked by :func:`_check_name` (which raises for an
-    invalid one: never remembered). Remembered for valid names, bounded, so a client sending
-    ever new names costs memory only up to the bound."""
+def _name(raw: bytes) -> tuple[str, int]:
+    """A header's name as it came (``raw``): its lower case, checked by :func:`_check_name`
+    (which raises for an invalid one: never remembered), and what it is to
+    :func:`filter_headers`: dropped whoever sends it (hop-by-hop, ``Proxy``, the gateway's
+    own ``X-Swarmless-*``), ``Host``, ``Connection``, ``Authorization``, a forwarding header
+    the gateway sets itself, another forwarding header (trusted proxies only), or plain.
+    Remembered for valid names, bounded, so a client sending ever new names costs memory
+    only up to the bound."""
+    name = raw.decode("latin-1")
     _check_name(name)
-    return name.lower()
+    lower = name.lower()
+    if lower == "connection":  # hop-by-hop too: dropped, once what it names is read
+        return lower, _K_CONNECTION
+    if lower in HOP_BY_HOP or (lower.startswith("x-swarmless-") and lower not in _OURS_KEPT):
+        return lower, _K_DROP
+    if lower == "host":
+        return lower, _K_HOST
+    if lower == "authorization":
+        return lower, _K_AUTHORIZATION
+    if lower in FORWARDED_SET:
+        return lower, _K_FORWARD_SET
+    if lower.startswith("x-forwarded-") or lower in _FORWARDING:
+        return lower, _K_FORWARDING
+    return lower, _K_PLAIN
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_port(value: str) -> bool:
+    """Whether ``value`` is a host with an optional port (:data:`_HOST_PORT`), remembered."""
+    return _HOST_PORT.fullmatch(value) is not None
 
 
 def networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
@@ -165,9 +196,9 @@ def within(addr: IPAddress, nets: Iterable[IPNetwork]) -> bool:
     return any(addr.version == n.version and addr in n for n in nets)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Passed:
-    """What the edge lets through to a function."""
+class Passed(NamedTuple):
+    """What the edge lets through to a function (a named tuple: immutable, and cheaper to
+    make, once per call, than a frozen dataclass)."""
 
     #: The request's headers (lower-case names), the gateway's forwarding headers last.
     headers: list[tuple[str, str]]
@@ -200,48 +231,59 @@ def filter_headers(
     (400) for a request whose headers cannot be passed on unambiguously.
     """
     secret = admin_token or ""
-    pairs: list[tuple[str, str]] = []
+    nets = trusted_proxies if isinstance(trusted_proxies, tuple) else tuple(trusted_proxies)
+    peer_ip, peer_text, trusted = _peer(str(peer[0]), nets) if peer else (None, "", False)
+    # One pass: every header checked (the first bad one refused, in order), and dropped or
+    # kept; what a Connection header names is dropped after, if there was one.
+    headers: list[tuple[str, str]] = []
+    sent: dict[str, list[str]] | None = None  # the client's X-Forwarded-*: a trusted peer's
+    named: set[str] | None = None
+    host_header = ""
     hosts = 0
-    named: set[str] = set()
     for k, v in raw:
-        raw_name = k.decode("latin-1")
+        name, kind = _name(k)
         value = v.decode("latin-1").strip(" \t")
-        name = _checked_name(raw_name)
-        if _CTL.search(value):
+        if not (value.isascii() and value.isprintable()) and _CTL.search(value):
             raise InvalidArgument(
-                f"header {raw_name[:80]!r} has a control character in its value; refused"
+                f"header {k.decode('latin-1')[:80]!r} has a control character in its value; refused"
             )
-        if name == "host":
+        if kind == _K_HOST:
             hosts += 1
             if hosts > 1:
                 raise InvalidArgument("the request has two Host headers; refused")
-        elif name == "connection":
+        elif kind == _K_CONNECTION:
+            if named is None:
+                named = set()
             named.update(t.strip().lower() for t in value.split(","))
-        pairs.append((name, value))
-    named -= _PROTECTED
-
-    nets = trusted_proxies if isinstance(trusted_proxies, tuple) else tuple(trusted_proxies)
-    peer_ip, peer_text, trusted = _peer(str(peer[0]), nets) if peer else (None, "", False)
-    headers: list[tuple[str, str]] = []
-    sent: dict[str, list[str]] = {n: [] for n in FORWARDED_SET}
-    host_header = ""
-    for name, value in pairs:
-        if name in HOP_BY_HOP or name in named or name in consumed:
+            continue
+        if kind == _K_DROP or name in consumed:
             continue
         if secret and (secret in value or secret in name):
             continue  # the admin token, wherever a client put it
-        if name.startswith("x-swarmless-") and name not in _OURS_KEPT:
+        if kind == _K_AUTHORIZATION:
+            if _carries_credential(value, secret, is_credential):
+                continue
+        elif kind == _K_FORWARD_SET:
+            if trusted:
+                if sent is None:
+                    sent = {n: [] for n in FORWARDED_SET}
+                sent[name].append(value)
             continue
-        if name == "authorization" and _carries_credential(value, secret, is_credential):
-            continue
-        if name in sent:
-            sent[name].append(value)
-            continue
-        if (name.startswith("x-forwarded-") or name in _FORWARDING) and not trusted:
-            continue
-        if name == "host":
+        elif kind == _K_FORWARDING:
+            if not trusted:
+                continue
+        elif kind == _K_HOST:
             host_header = value
         headers.append((name, value))
+    if named is not None:
+        named -= _PROTECTED
+        if named:
+            headers = [h for h in headers if h[0] not in named]
+            if sent is not None:
+                # A named forwarding header is not believed, even from a trusted proxy.
+                sent = {n: ([] if n in named else vs) for n, vs in sent.items()}
+    if sent is None:
+        sent = _NOTHING_SENT
 
     # X-Forwarded-For: the chain the trusted proxies vouch for, and the peer.
     vouched: list[str] = []
@@ -265,14 +307,14 @@ def filter_headers(
         if first in ("http", "https"):
             proto = first
     headers.append(("x-forwarded-proto", proto))
-    forwarded_host = host_header if _HOST_PORT.fullmatch(host_header) else ""
+    forwarded_host = host_header if host_header and _host_port(host_header) else ""
     if trusted and sent["x-forwarded-host"]:
         first = sent["x-forwarded-host"][0].split(",")[0].strip()
-        if _HOST_PORT.fullmatch(first):
+        if _host_port(first):
             forwarded_host = first
     if not forwarded_host and server:
         forwarded_host = f"{server[0]}:{server[1]}" if server[1] else str(server[0])
-        if not _HOST_PORT.fullmatch(forwarded_host):
+        if not _host_port(forwarded_host):
             forwarded_host = ""
     if forwarded_host:
         headers.append(("x-forwarded-host", forwarded_host))

@@ -35,7 +35,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -138,8 +138,8 @@ class FramedWorker(asyncio.Protocol):
     # -- asyncio --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport: asyncio's, or uvloop's (which is not an asyncio.Transport).
+        self._transport = cast(asyncio.Transport, transport)
         self._connections.add(self)
         self._api.framed_opened(self)
 

@@ -8,6 +8,10 @@ drains (its calls in flight finish, or are answered 504 when ``drain_timeout`` r
 then uvicorn closes the connections (what is left of ``drain_timeout``, a second at
 least, for the last answers to go out), then the lifespan stops the containers: one
 timeout for the whole, not one per step.
+
+:func:`run` (what ``swarmless up`` runs) serves on uvloop's event loop (:data:`EVENT_LOOP`);
+uvicorn's own ``loop`` setting would not choose it, since the server is awaited in a loop
+its caller made.
 """
 
 from __future__ import annotations
@@ -26,9 +30,13 @@ from swarmless.exceptions import EngineUnavailable
 from swarmless.gateway.app import Gateway
 from swarmless.gateway.runtime_frames import upgrade_protocol
 
-__all__ = ["GatewayServer", "bind", "serve"]
+__all__ = ["EVENT_LOOP", "GatewayServer", "bind", "loop_factory", "run", "serve"]
 
 log = logging.getLogger("swarmless.gateway")
+
+#: The event loop :func:`run` serves on: ``uvloop`` (libuv: a call's reads, writes, timers
+#: and wake-ups cost the gateway less CPU than asyncio's selector loop), or ``asyncio``.
+EVENT_LOOP = "uvloop"
 
 #: Seconds uvicorn waits, at the least, for the last answers to go out at shutdown.
 ANSWERS_GRACE = 1
@@ -129,7 +137,8 @@ class GatewayServer:
             http=upgrade_protocol(
                 lambda: gateway.active.runtime_api if gateway.active is not None else None
             ),
-            loop="asyncio",
+            # Not uvicorn's to choose: serve() runs in its caller's loop (see run()).
+            loop="none",
             timeout_keep_alive=60,
             # The edge (gateway/edge.py) decides whose X-Forwarded-* to believe
             # (trusted_proxies); uvicorn's own rewrite of the peer would decide before it.
@@ -187,3 +196,30 @@ async def serve(
 ) -> None:
     """Run the gateway until SIGINT/SIGTERM; ``started`` is called once it answers."""
     await GatewayServer(gateway, log_level=log_level).serve(started)
+
+
+def loop_factory(name: str | None = None) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop ``name`` (default :data:`EVENT_LOOP`) makes: uvloop's, or asyncio's
+    when asked for, or when uvloop cannot be imported (a platform without its wheel)."""
+    if (name or EVENT_LOOP) == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("uvloop is not installed: the gateway runs on asyncio's event loop")
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def run(
+    gateway: Gateway,
+    *,
+    started: Callable[[Gateway, int], None] | None = None,
+    log_level: str = "warning",
+    loop: str | None = None,
+) -> None:
+    """:func:`serve` on a new event loop of its own (:func:`loop_factory`), until
+    SIGINT/SIGTERM: what ``swarmless up`` runs. (uvicorn's ``loop`` setting only applies to
+    ``uvicorn.run``; a server awaited in a running loop keeps that loop.)"""
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        runner.run(serve(gateway, started=started, log_level=log_level))
