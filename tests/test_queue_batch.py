@@ -15,6 +15,7 @@ import docker
 import httpx
 import pytest
 
+from swarmless.dispatch.async_limits import HAND_OVER
 from swarmless.exceptions import SwarmlessError
 from swarmless.records import InvocationRecord, now_ms
 from swarmless.store import Store, StoredResult
@@ -222,8 +223,10 @@ def _accept(gw: RunningGateway, function: str, n: int) -> list[str]:
 def test_a_burst_runs_every_call_once(
     gw: RunningGateway, image: str, engine: docker.DockerClient
 ) -> None:
-    """More calls than the runner holds: some are handed over at accept, the rest claimed
-    in batches; each runs once, at its first attempt, and its outcome is written."""
+    """More calls than the runner holds (``HAND_OVER`` x the limit): some are handed over
+    at accept, the rest claimed in batches; each runs once, at its first attempt, and its
+    outcome is written."""
+    n = HAND_OVER * 2 + 40  # the function's limit is 2 (concurrency 2, 1 container)
     network = engine.networks.get(gw.settings.network)
     witness = Sink(network.attrs["IPAM"]["Config"][0]["Gateway"])  # reachable from containers
     try:
@@ -239,14 +242,14 @@ def test_a_burst_runs_every_call_once(
                 return str(r.headers["x-call-id"])
 
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                ids = list(pool.map(accept, range(120)))
+                ids = list(pool.map(accept, range(n)))
         with gw.http() as http:
 
             def all_done() -> bool:
                 rows = http.get("/invocations", params={"function": "burst", "limit": 500}).json()
-                return sum(r["status"] == "succeeded" for r in rows if r["id"] in set(ids)) == 120
+                return sum(r["status"] == "succeeded" for r in rows if r["id"] in set(ids)) == n
 
-            wait_until(all_done, 120, "120 calls succeeded", interval=0.2)
+            wait_until(all_done, 180, f"{n} calls succeeded", interval=0.2)
             rows = http.get("/invocations", params={"function": "burst", "limit": 500}).json()
         mine = [r for r in rows if r["id"] in set(ids)]
         assert {r["attempt"] for r in mine} == {1}, Counter(r["attempt"] for r in mine)

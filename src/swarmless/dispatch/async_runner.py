@@ -12,9 +12,11 @@ answer, nothing is claimed (the wiring wakes the runner when it answers again).
 How calls reach it, with as few store round trips as a call can have:
 
 - **handed over at accept**: a call accepted by this gateway (:meth:`AsyncRunner.submit`)
-  while the runner has room and nothing of its function waits in the store is written
-  already claimed by this gateway, in the transaction that accepts it (group-committed with
-  the calls accepted with it), and kept in memory: it starts without being read back;
+  while the runner has room (``HAND_OVER`` times the function's limit held, deeper than a
+  claim goes: a burst is taken in hand as it comes) and nothing of its function waits in
+  the store is written already claimed by this gateway, in the transaction that accepts it
+  (group-committed with the calls accepted with it), its lease as long as the calls held
+  before it need, and kept in memory: it starts without being read back;
 - **claimed in batches**: otherwise the runner claims due calls in one transaction per
   batch (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), up to ``AHEAD`` times the function's
   limit held: the calls beyond its free slots wait in memory (their bodies
@@ -52,7 +54,14 @@ from swarmless.dispatch.async_callbacks import CALLBACK_PAUSE as CALLBACK_PAUSE
 from swarmless.dispatch.async_callbacks import CALLBACK_TRIES as CALLBACK_TRIES
 from swarmless.dispatch.async_callbacks import MAX_REDIRECTS as MAX_REDIRECTS
 from swarmless.dispatch.async_callbacks import CallbackSender, CallbackTargets
-from swarmless.dispatch.async_limits import AHEAD, async_limit, in_flight_limit, lease_ms
+from swarmless.dispatch.async_limits import (
+    AHEAD,
+    HAND_OVER,
+    async_limit,
+    hand_over_lease_ms,
+    in_flight_limit,
+    lease_ms,
+)
 from swarmless.dispatch.async_limits import LEASE_SLACK as LEASE_SLACK
 from swarmless.dispatch.dispatcher import Dispatcher
 from swarmless.exceptions import SwarmlessError
@@ -143,13 +152,14 @@ class AsyncRunner:
         """
         name = rec.function
         found = self.dispatcher.functions.get(name)
+        held = self._held_count(name)
         room = (
             found is not None
             and not self._stopping
             and self.dispatcher.engine_down is None
             and name not in self._backlog
             and self._ahead_bytes + len(body) <= CLAIM_BYTES
-            and self._held_count(name) < AHEAD * async_limit(found[0])
+            and held < HAND_OVER * async_limit(found[0])
         )
         if not room or found is None:
             call_id, created = await self.store.enqueue(
@@ -175,7 +185,7 @@ class AsyncRunner:
             body=body,
             callback_url=callback_url,
             idempotency_key=idempotency_key,
-            leased_to=(self.owner, lease_ms(found[0])),
+            leased_to=(self.owner, hand_over_lease_ms(found[0], held)),
         )
         self._incoming[name] = self._incoming.get(name, 0) + 1
         self._ahead_bytes += len(body)
