@@ -19,7 +19,8 @@ measures, for each variant in turn (the order rotating from round to round), wit
 - ``sync``: warm sync calls (``POST /function/noop``, 200s per second) at ``--connections``.
 
 Every 202's id is checked to be a row of the gateway's queue. CPU per call: the gateway
-process, its worker containers, the whole machine. Medians per variant and kind are
+process (and of it, its main thread: the event loop, which one process cannot spread over
+cores), its worker containers, the whole machine. Medians per variant and kind are
 printed at the end, one line each. Everything started is removed on every exit path.
 """
 
@@ -149,6 +150,16 @@ def gateway(engine: docker.DockerClient, instance: str, src: str, loop: str) -> 
             print(f"  ({instance}: log {data / 'gateway.log'})", flush=True)
 
 
+def main_thread_cpu(pid: int) -> float:
+    """CPU seconds of a process's main thread (its event loop; the SQLite writer's thread
+    and the others are the rest of :func:`proc_cpu`)."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pending(http: httpx.Client) -> bool:
     for status in ("queued", "running"):
         r = http.get("/invocations", params={"function": "noop", "status": status, "limit": 1})
@@ -185,9 +196,10 @@ def burst(
     before = queue_ids(db, fn) if kind != "sync" else set()
     path = "/function/noop" if kind == "sync" else f"/async-function/{fn}"
 
-    def cpu() -> tuple[float, float, float]:
+    def cpu() -> tuple[float, float, float, float]:
         busy, _ = host_cpu()
-        return busy, proc_cpu(gw.pid), sum(container_cpu(engine, c) for c in cids)
+        workers = sum(container_cpu(engine, c) for c in cids)
+        return busy, proc_cpu(gw.pid), workers, main_thread_cpu(gw.pid)
 
     c0 = cpu()
     b = wrk_enqueue(gw.url + path, args.connections, args.seconds, tmp, delay_ms=args.delay_ms)
@@ -211,6 +223,7 @@ def burst(
         "machine_us": (c1[0] - c0[0]) / n * 1e6,
         "gateway_us": (c1[1] - c0[1]) / n * 1e6,
         "workers_us": (c1[2] - c0[2]) / n * 1e6,
+        "main_us": (c1[3] - c0[3]) / n * 1e6,
     }
 
 
@@ -268,7 +281,8 @@ def main() -> None:
                         print(
                             f"round {i + 1} {name:<12} {kind:<4} {got['rate']:7,.0f}/s  p50"
                             f" {got['p50_ms']:5.1f} ms p99 {got['p99_ms']:6.1f} ms  CPU us/call"
-                            f" gateway {got['gateway_us']:4.0f} workers {got['workers_us']:4.0f}"
+                            f" gateway {got['gateway_us']:4.0f} (loop {got['main_us']:4.0f})"
+                            f" workers {got['workers_us']:4.0f}"
                             f" machine {got['machine_us']:4.0f}  load {os.getloadavg()[0]:.2f}",
                             flush=True,
                         )
@@ -286,7 +300,8 @@ def main() -> None:
             rates = ", ".join(f"{r['rate']:,.0f}" for r in rs)
             print(
                 f"  {kind:<4} {name:<12} {m['rate']:7,.0f}/s ({rates})  CPU us/call gateway"
-                f" {m['gateway_us']:.0f} workers {m['workers_us']:.0f} machine"
+                f" {m['gateway_us']:.0f} (its loop's thread {m['main_us']:.0f}) workers"
+                f" {m['workers_us']:.0f} machine"
                 f" {m['machine_us']:.0f}"
             )
 
