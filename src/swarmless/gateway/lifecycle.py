@@ -130,7 +130,7 @@ class Lifecycle:
             )
             log.error(
                 "%s; the gateway answers 503 until the %s: next try in %g s",
-                self.not_ready.rstrip("."),
+                (self.not_ready or "").rstrip("."),
                 what,
                 STORE_RETRY_MIN,
             )
