@@ -15,9 +15,18 @@ import docker
 import httpx
 import pytest
 
-from swarmless.dispatch.async_limits import HAND_OVER
+from swarmless.dispatch.async_limits import (
+    AHEAD,
+    HAND_OVER,
+    HAND_OVER_MAX,
+    LEASE_SLACK,
+    hand_over_lease_ms,
+    hand_over_limit,
+    lease_ms,
+)
 from swarmless.exceptions import SwarmlessError
 from swarmless.records import InvocationRecord, now_ms
+from swarmless.spec import FunctionSpec
 from swarmless.store import Store, StoredResult
 from tests.conftest import handler_image
 from tests.gateway_harness import TOKEN, RunningGateway
@@ -193,6 +202,21 @@ def test_outcomes_written_as_one_op_all_or_none(url: str) -> None:  # noqa: F811
     run(main())
 
 
+def test_hand_over_goes_deeper_than_a_claim_bounded_with_a_lease_to_match() -> None:
+    """A burst is handed over deeper than a claim holds (``HAND_OVER`` x the limit), never
+    more than ``HAND_OVER_MAX`` calls (nor fewer than a claim); each call's lease covers
+    the rounds of the limit held before it, never shorter than a claim's lease."""
+    small = FunctionSpec(name="s", image="i", mode="warm", handler="h:h", concurrency=2,
+                         max_containers=1, timeout=10)  # fmt: skip
+    big = FunctionSpec(name="b", image="i", mode="warm", handler="h:h", concurrency=10,
+                       max_containers=100, timeout=10)  # fmt: skip
+    assert hand_over_limit(small) == HAND_OVER * 2 > AHEAD * 2
+    assert hand_over_limit(big) == max(AHEAD * 1000, HAND_OVER_MAX)
+    assert hand_over_lease_ms(small, 0) == lease_ms(small)  # the first rounds: a claim's
+    deep = hand_over_lease_ms(small, HAND_OVER * 2 - 1)
+    assert deep == int(((HAND_OVER + 1) * 10 + LEASE_SLACK) * 1000) > lease_ms(small)
+
+
 # -- the runner, end to end ----------------------------------------------------------------
 
 
@@ -226,7 +250,7 @@ def test_a_burst_runs_every_call_once(
     """More calls than the runner holds (``HAND_OVER`` x the limit): some are handed over
     at accept, the rest claimed in batches; each runs once, at its first attempt, and its
     outcome is written."""
-    n = HAND_OVER * 2 + 40  # the function's limit is 2 (concurrency 2, 1 container)
+    n = HAND_OVER * 2 + 40  # over hand_over_limit: the limit is 2 (concurrency 2, 1 container)
     network = engine.networks.get(gw.settings.network)
     witness = Sink(network.attrs["IPAM"]["Config"][0]["Gateway"])  # reachable from containers
     try:

@@ -5,8 +5,9 @@ A function's limit (:func:`async_limit`) is its ``async_concurrency``, by defaul
 and waiting in memory) and hands :func:`in_flight_limit` calls to the dispatcher at once.
 
 A call accepted by this gateway is handed over (written leased to it, kept in memory)
-while fewer than :data:`HAND_OVER` times the limit are held: a burst is taken in hand as
-it is accepted, not written queued and claimed back a batch at a time.
+while fewer than :func:`hand_over_limit` calls are held (:data:`HAND_OVER` times the
+limit, at most :data:`HAND_OVER_MAX`, never fewer than a claim holds): a burst is taken in
+hand as it is accepted, not written queued and claimed back a batch at a time.
 
 A lease covers the wait in memory too: ``AHEAD x timeout + 30 s`` for a claim (a call in
 memory has fewer than ``AHEAD - 1`` rounds of the function's limit before it, each round
@@ -24,9 +25,11 @@ from swarmless.spec import FunctionSpec
 __all__ = [
     "AHEAD",
     "HAND_OVER",
+    "HAND_OVER_MAX",
     "LEASE_SLACK",
     "async_limit",
     "hand_over_lease_ms",
+    "hand_over_limit",
     "in_flight_limit",
     "lease_ms",
 ]
@@ -37,6 +40,9 @@ AHEAD = 8
 #: Calls held per function, as a multiple of its limit, up to which a call accepted by
 #: this gateway is handed over at accept (bodies bounded by ``CLAIM_BYTES`` in all).
 HAND_OVER = 64
+#: Calls held per function up to which calls are handed over at accept, at most (memory
+#: stays bounded for functions with a large limit).
+HAND_OVER_MAX = 4096
 #: A lease is ``AHEAD x timeout`` plus this (seconds).
 LEASE_SLACK = 30.0
 
@@ -59,6 +65,12 @@ def in_flight_limit(spec: FunctionSpec) -> int:
 def lease_ms(spec: FunctionSpec) -> int:
     """How long a claim of a call of ``spec`` lasts: its wait in memory and its run."""
     return int((AHEAD * spec.timeout + LEASE_SLACK) * 1000)
+
+
+def hand_over_limit(spec: FunctionSpec) -> int:
+    """Calls of ``spec`` held below which one accepted here is handed over at accept."""
+    limit = async_limit(spec)
+    return max(AHEAD * limit, min(HAND_OVER * limit, HAND_OVER_MAX))
 
 
 def hand_over_lease_ms(spec: FunctionSpec, held: int) -> int:

@@ -12,9 +12,9 @@ answer, nothing is claimed (the wiring wakes the runner when it answers again).
 How calls reach it, with as few store round trips as a call can have:
 
 - **handed over at accept**: a call accepted by this gateway (:meth:`AsyncRunner.submit`)
-  while the runner has room (``HAND_OVER`` times the function's limit held, deeper than a
-  claim goes: a burst is taken in hand as it comes) and nothing of its function waits in
-  the store is written already claimed by this gateway, in the transaction that accepts it
+  while the runner has room (``hand_over_limit``: deeper than a claim goes, so that a
+  burst is taken in hand as it comes) and nothing of its function waits in the store is
+  written already claimed by this gateway, in the transaction that accepts it
   (group-committed with the calls accepted with it), its lease as long as the calls held
   before it need, and kept in memory: it starts without being read back;
 - **claimed in batches**: otherwise the runner claims due calls in one transaction per
@@ -56,9 +56,9 @@ from swarmless.dispatch.async_callbacks import MAX_REDIRECTS as MAX_REDIRECTS
 from swarmless.dispatch.async_callbacks import CallbackSender, CallbackTargets
 from swarmless.dispatch.async_limits import (
     AHEAD,
-    HAND_OVER,
     async_limit,
     hand_over_lease_ms,
+    hand_over_limit,
     in_flight_limit,
     lease_ms,
 )
@@ -159,7 +159,7 @@ class AsyncRunner:
             and self.dispatcher.engine_down is None
             and name not in self._backlog
             and self._ahead_bytes + len(body) <= CLAIM_BYTES
-            and held < HAND_OVER * async_limit(found[0])
+            and held < hand_over_limit(found[0])
         )
         if not room or found is None:
             call_id, created = await self.store.enqueue(
