@@ -11,7 +11,7 @@ The targets, each printed on one line ``NAME ratio X (target OP Y: PASS|FAIL)``:
 
 1. **throughput** (closed loop): a warm no-op function through the gateway vs the same
    handler served directly by uvicorn in one process (same uvicorn settings as the
-   gateway: httptools, asyncio loop), at each of ``--connections``; the target (>= 0.3x)
+   gateway: httptools, uvloop's event loop), at each of ``--connections``; the target (>= 0.3x)
    at 8 and 16. Load: ``wrk`` (keep-alive, fixed duration) when installed, else a
    keep-alive asyncio client in a separate process. Beside each run, the **whole
    machine's** CPU per call (``/proc/stat``), split into the server process, the worker

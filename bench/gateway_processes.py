@@ -213,7 +213,7 @@ def serve_direct() -> None:
         access_log=False,
         lifespan="off",
         http="httptools",
-        loop="asyncio",
+        loop="none",  # the loop is the Runner's below: uvloop's, as the gateway's
         timeout_keep_alive=60,
     )
     server = uvicorn.Server(config)
@@ -228,7 +228,11 @@ def serve_direct() -> None:
         await server.serve(sockets=[sock])
         task.cancel()
 
-    asyncio.run(main())
+    # The same event loop as the gateway's (swarmless.gateway.server.run: uvloop's).
+    from swarmless.gateway.server import loop_factory
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(main())
 
 
 def serve_gateway(data_dir: str, instance: str, label: str) -> None:
@@ -236,7 +240,7 @@ def serve_gateway(data_dir: str, instance: str, label: str) -> None:
     from swarmless.backends.docker import DockerBackend
     from swarmless.config import Settings
     from swarmless.gateway.app import Gateway
-    from swarmless.gateway.server import GatewayServer
+    from swarmless.gateway.server import run
 
     key, _, value = label.partition("=")
     settings = Settings.load(
@@ -253,7 +257,7 @@ def serve_gateway(data_dir: str, instance: str, label: str) -> None:
     def started(_gw: Gateway, port: int) -> None:
         print(f"PORT {port}", flush=True)
 
-    asyncio.run(GatewayServer(gateway).serve(started))
+    run(gateway, started=started)  # what swarmless up runs (uvloop's event loop)
 
 
 @dataclasses.dataclass

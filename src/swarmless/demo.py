@@ -16,7 +16,6 @@ Run it again and nothing is rebuilt or redeployed: the image and the deployed fu
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import shlex
 import sys
@@ -33,7 +32,7 @@ from swarmless.config import Settings
 from swarmless.engine import connect, translate
 from swarmless.exceptions import FunctionNotFound, ImageNotFound, SwarmlessError
 from swarmless.gateway.app import Gateway, admin_token
-from swarmless.gateway.server import serve
+from swarmless.gateway.server import run
 from swarmless.sdk.gateway import GatewayClient
 from swarmless.spec import FunctionSpec
 
@@ -153,7 +152,7 @@ def main() -> int:
         ).start()
 
     try:
-        asyncio.run(serve(gateway, started=started))
+        run(gateway, started=started)  # swarmless up's event loop (uvloop's)
     except KeyboardInterrupt:
         pass
     except SwarmlessError as e:
