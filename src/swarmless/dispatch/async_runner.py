@@ -264,14 +264,17 @@ class AsyncRunner:
             self._wake.clear()
             if self.dispatcher.engine_down is not None:  # nothing could run: claim nothing
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.idle_poll)
+                    async with asyncio.timeout(self.idle_poll):
+                        await self._wake.wait()
                 continue
             wants = self._wants(self._sweep)
             self._sweep = False
             if wants and await self._claim(wants):
                 continue  # there may be more; claim again before sleeping
             try:
-                await asyncio.wait_for(self._wake.wait(), self.idle_poll)
+                # asyncio.timeout, not wait_for: no task per wait, woken a loop turn sooner.
+                async with asyncio.timeout(self.idle_poll):
+                    await self._wake.wait()
             except TimeoutError:
                 self._sweep = True
             if any(self._running.values()):
