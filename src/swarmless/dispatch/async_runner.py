@@ -264,17 +264,14 @@ class AsyncRunner:
             self._wake.clear()
             if self.dispatcher.engine_down is not None:  # nothing could run: claim nothing
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.idle_poll):
-                        await self._wake.wait()
+                    await asyncio.wait_for(self._wake.wait(), self.idle_poll)
                 continue
             wants = self._wants(self._sweep)
             self._sweep = False
             if wants and await self._claim(wants):
                 continue  # there may be more; claim again before sleeping
             try:
-                # asyncio.timeout, not wait_for: no task per wait, woken a loop turn sooner.
-                async with asyncio.timeout(self.idle_poll):
-                    await self._wake.wait()
+                await asyncio.wait_for(self._wake.wait(), self.idle_poll)
             except TimeoutError:
                 self._sweep = True
             if any(self._running.values()):

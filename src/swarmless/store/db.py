@@ -206,12 +206,9 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
-        """The write turn, waited for at most ``write_timeout`` (then 503). A free turn is
-        taken at once (``asyncio.timeout``, not ``wait_for``: that runs the acquire in a
-        task of its own, two turns of a busy event loop, milliseconds, before every write)."""
+        """The write turn, waited for at most ``write_timeout`` (then 503)."""
         try:
-            async with asyncio.timeout(self._write_timeout):
-                await self._write_lock.acquire()
+            await asyncio.wait_for(self._write_lock.acquire(), self._write_timeout)
         except TimeoutError:
             raise GatewayUnavailable(
                 f"the gateway's store did not take a write within {self._write_timeout:g} s "

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from swarmless.exceptions import GatewayUnavailable
 from swarmless.store.db import RETRY_AFTER, Database
 
-__all__ = ["GROUP_EAGER", "GROUP_MAX", "GROUP_WINDOW", "BulkRun", "GroupCommit", "Op", "Work"]
+__all__ = ["GROUP_EAGER", "GROUP_MAX", "GROUP_WINDOW", "BulkRun", "GroupCommit", "Op"]
 
 #: How long a batch waits for company before it commits (seconds).
 GROUP_WINDOW = 0.002
@@ -35,11 +35,7 @@ MAX_WAITING = 20_000
 MAX_WAITING_BYTES = 512 << 20
 
 Op = Callable[[AsyncConnection], Awaitable[Any]]
-#: The statements that write the payloads of a kind's ops: (statement, rows) pairs, run
-#: by :meth:`~swarmless.store.db.Database._executemany_all` (the statements of every kind
-#: of a batch together: one trip to SQLite's thread, not one per kind).
-Work = list[tuple[Any, list[dict[str, Any]]]]
-BulkRun = Callable[[list[Any]], Work]
+BulkRun = Callable[[AsyncConnection, list[Any]], Awaitable[None]]
 
 
 @dataclasses.dataclass(eq=False, slots=True)
@@ -132,19 +128,16 @@ class GroupCommit:
         await self._commit_carefully(batch)
 
     async def _commit_bulk(self, batch: list[_Pending]) -> bool:
-        """``batch`` (bulk ops only) in one transaction, one statement per kind and table,
-        the statements of every kind in one go (on SQLite one trip to its thread); False
-        if the database refused it (nothing was written: try carefully)."""
+        """``batch`` (bulk ops only) in one transaction, one statement per kind and table;
+        False if the database refused it (nothing was written: try carefully)."""
         kinds: dict[str, list[_Pending]] = {}
         for p in batch:
             kinds.setdefault(p.bulk[0], []).append(p)  # type: ignore[index]
         try:
             async with self._db._write() as conn:
-                work: Work = []
                 for group in kinds.values():
                     writer = group[0].bulk[1]  # type: ignore[index]
-                    work += writer([p.bulk[2] for p in group])  # type: ignore[index]
-                await self._db._executemany_all(conn, work)
+                    await writer(conn, [p.bulk[2] for p in group])  # type: ignore[index]
         except GatewayUnavailable as e:  # the database is away: every op fails
             for p in batch:
                 if not p.fut.done():
@@ -177,8 +170,7 @@ class GroupCommit:
                     writer = group[0].bulk[1]  # type: ignore[index]
                     try:
                         async with conn.begin_nested():
-                            payloads = [p.bulk[2] for p in group]  # type: ignore[index]
-                            await self._db._executemany_all(conn, writer(payloads))
+                            await writer(conn, [p.bulk[2] for p in group])  # type: ignore[index]
                     except Exception:
                         single.extend(group)  # one by one, to find the one that fails
                     else:

@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from swarmless.exceptions import SwarmlessError
 from swarmless.records import InvocationRecord, now_ms
-from swarmless.store.group import GroupCommit, Work
+from swarmless.store.group import GroupCommit
 from swarmless.store.queue_claim import CLAIM_BYTES, Claimed, ClaimOps
 from swarmless.store.schema import async_queue, invocation_results, invocations
 
@@ -204,17 +204,19 @@ class QueueOps(ClaimOps):
         bulk = (
             None
             if idempotency_key is not None
-            else ("enqueue", self._enqueue_work, (row, record), (rec.id, True))
+            else ("enqueue", self._enqueue_many, (row, record), (rec.id, True))
         )
         fut: asyncio.Future[tuple[str, bool]] = self._group.submit(op, bulk, size=len(body))
         return fut
 
-    def _enqueue_work(self, items: list[Any]) -> Work:
-        """The statements that queue ``items`` (row, record): the bulk form of an enqueue."""
-        return [
-            (self._queue_insert, [row for row, _ in items]),
-            (self._upsert(invocations, "id"), [record for _, record in items]),
-        ]
+    async def _enqueue_many(self, conn: AsyncConnection, items: list[Any]) -> None:
+        await self._executemany_all(
+            conn,
+            [
+                (self._queue_insert, [row for row, _ in items]),
+                (self._upsert(invocations, "id"), [record for _, record in items]),
+            ],
+        )
 
     def mark_running(self, call_id: str) -> None:
         """The record of a claimed call says ``running``: it started. Written with the next
@@ -226,20 +228,21 @@ class QueueOps(ClaimOps):
             return  # the op waiting for the next group writes it too
         try:
             fut = self._group.submit(
-                self._running_many_op, ("running", self._running_work, 0, None)
+                self._running_many_op, ("running", self._running_bulk, 0, None)
             )
         except SwarmlessError:  # the group is full (the database is behind): next time
             return
         self._marking = fut
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
-    def _running_work(self, _items: list[Any]) -> Work:
-        """The statement that marks the calls started since the last marks (taken now)."""
-        ids, self._marks = self._marks, set()
-        return [(self._mark, [{"mid": i, "was": "queued", "now": "running"} for i in ids])]
+    async def _running_bulk(self, conn: AsyncConnection, _items: list[Any]) -> None:
+        await self._running_many_op(conn)
 
     async def _running_many_op(self, conn: AsyncConnection) -> None:
-        await self._executemany_all(conn, self._running_work([]))
+        ids, self._marks = self._marks, set()
+        if ids:
+            rows = [{"mid": i, "was": "queued", "now": "running"} for i in ids]
+            await self._executemany(conn, self._mark, rows)
 
     async def finish(self, rec: InvocationRecord, result: StoredResult | None = None) -> None:
         """An async call is over (succeeded, or dead): record, result, queue row done.
@@ -287,18 +290,14 @@ class QueueOps(ClaimOps):
         for rec, _ in outcomes:
             self._watchers.changed(rec.id)
 
-    def _finish_lists(self, lists: list[Any]) -> Work:
+    async def _finish_lists(self, conn: AsyncConnection, lists: list[Any]) -> None:
         """The bulk form of :meth:`finish_many`: the outcomes of every op of a group."""
-        return self._finish_work([item for items in lists for item in items])
+        await self._finish_many(conn, [item for items in lists for item in items])
 
     async def _finish_many(self, conn: AsyncConnection, items: list[Any]) -> None:
         """Records, results and queue rows of ``items``: every statement in one trip to the
         driver on SQLite (:meth:`~swarmless.store.db.Database._executemany_all`)."""
-        await self._executemany_all(conn, self._finish_work(items))
-
-    def _finish_work(self, items: list[Any]) -> Work:
-        """The statements of :meth:`_finish_many`."""
-        work: Work = [
+        work: list[tuple[Any, list[dict[str, Any]]]] = [
             (self._upsert(invocations, "id"), [record for record, _, _ in items]),
             (self._upsert(invocation_results, "id"), [s for _, s, _ in items if s is not None]),
         ]
@@ -310,7 +309,7 @@ class QueueOps(ClaimOps):
                 if dead is keep
             ]
             work.append((stmt, rows))
-        return work
+        await self._executemany_all(conn, work)
 
     async def retry_later(
         self, rec: InvocationRecord, not_before: int, *, uncount: bool = False
