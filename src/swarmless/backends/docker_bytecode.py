@@ -124,6 +124,7 @@ class WorkerBytecode(EngineBackend):
         for cid in list(self._bytecode_containers):
             with contextlib.suppress(Exception):
                 await self._call(self.client.api.remove_container, cid, force=True)
+                self._bytecode_containers.discard(cid)
 
     async def prepare_worker(self, spec: FunctionSpec) -> None:
         """Build the bytecode of the runtime's imports for ``spec``'s image, in the
@@ -243,9 +244,16 @@ class WorkerBytecode(EngineBackend):
                 self._bytecode_built += 1
             return installed
         finally:
-            self._bytecode_containers.discard(cid)
-            with contextlib.suppress(docker.errors.DockerException):
+            # Forgotten only once it is gone: a removal that failed (an engine too slow to
+            # answer within engine_timeout, say) is tried again when the gateway stops.
+            try:
                 api.remove_container(cid, force=True)
+            except docker.errors.NotFound:
+                self._bytecode_containers.discard(cid)
+            except Exception as e:
+                log.warning("bytecode build container %s: not removed yet: %s", cid[:12], e)
+            else:
+                self._bytecode_containers.discard(cid)
 
     # -- pruning (in a thread) -----------------------------------------------------------
 
