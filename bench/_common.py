@@ -74,11 +74,13 @@ def gateway(
     *,
     instance: str | None = None,
     env: dict[str, str] | None = None,
+    launch: list[str] | None = None,
 ) -> Iterator[Gateway]:
     """Start a gateway process; on exit stop it and remove all it created (its data dir
     too, unless the run failed: then it stays, with the gateway's log). ``instance``
     replaces the default ``bench-NAME-PID``; ``env`` is added to the gateway's environment
-    (a store URL, say)."""
+    (a store URL, say); ``launch`` replaces ``python -m swarmless`` (the program that is
+    given ``up --log-level warning``)."""
     instance = instance or f"bench-{name}-{os.getpid()}"
     data = Path(tempfile.mkdtemp(prefix=f"swarmless-bench-{name}-"))
     port = free_port()
@@ -92,7 +94,7 @@ def gateway(
     }
     log = open(data / "gateway.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "swarmless", "up", "--log-level", "warning"],
+        [*(launch or [sys.executable, "-m", "swarmless"]), "up", "--log-level", "warning"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -125,6 +127,8 @@ def gateway(
         log.close()
         if started_fine:  # a run that failed keeps its data dir and gateway.log to read
             shutil.rmtree(data, ignore_errors=True)
+        else:
+            print(f"  ({instance}: log {data / 'gateway.log'})", flush=True)
 
 
 # -- what every benchmark reports ---------------------------------------------------------

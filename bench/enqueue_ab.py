@@ -29,14 +29,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +45,10 @@ from _common import (
     check,
     container_cpu,
     exit_on_sigterm,
-    free_port,
     host_cpu,
     proc_cpu,
 )
+from _common import gateway as _common_gateway
 from enqueue_load import queue_ids, wrk_enqueue
 
 HANDLER = (
@@ -99,55 +95,17 @@ def spec(name: str, image: str) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def gateway(engine: docker.DockerClient, instance: str, src: str, loop: str) -> Iterator[Gateway]:
-    data = Path(tempfile.mkdtemp(prefix=f"{instance}-"))
-    port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": src,
-        "SWARMLESS_DATA_DIR": str(data),
-        "SWARMLESS_INSTANCE": instance,
-        "SWARMLESS_NETWORK": f"swarmless-{instance}",
-        "SWARMLESS_PORT": str(port),
-    }
-    log = open(data / "gateway.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-c", LAUNCH, loop, "up", "--log-level", "warning"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+def gateway(
+    engine: docker.DockerClient, instance: str, src: str, loop: str
+) -> contextlib.AbstractContextManager[Gateway]:
+    """:func:`_common.gateway` running the ``swarmless`` package in ``src`` on ``loop``."""
+    return _common_gateway(
+        engine,
+        instance,
+        instance=instance,
+        env={"PYTHONPATH": src},
+        launch=[sys.executable, "-c", LAUNCH, loop],
     )
-    url = f"http://127.0.0.1:{port}"
-    fine = False
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit(f"gateway did not start; see {data / 'gateway.log'}")
-            time.sleep(0.1)
-        yield Gateway(url, (data / "token").read_text().strip(), instance, proc.pid, data)
-        fine = True
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        flt = {"label": f"swarmless.gateway={instance}"}
-        for c in engine.api.containers(all=True, filters=flt):
-            with contextlib.suppress(docker.errors.DockerException):
-                engine.api.remove_container(c["Id"], force=True)
-        with contextlib.suppress(docker.errors.DockerException):
-            engine.networks.get(f"swarmless-{instance}").remove()
-        log.close()
-        if fine:  # a run that failed keeps its data dir and gateway.log to read
-            shutil.rmtree(data, ignore_errors=True)
-        else:
-            print(f"  ({instance}: log {data / 'gateway.log'})", flush=True)
 
 
 def main_thread_cpu(pid: int) -> float:
