@@ -5,39 +5,22 @@ removed by those only."""
 from __future__ import annotations
 
 import contextlib
-import uuid
-from pathlib import Path
-from typing import Any
 
 import docker
 import docker.errors
 
-from swarmless.backends.docker import DockerBackend
-from swarmless.config import Settings
-from swarmless.gateway.app import Gateway
-from swarmless.gateway.server import GatewayServer
-from tests.gateway_harness import TOKEN, RunningGateway
+from tests.reliability.own_gateway import OwnGateway
 
 #: On every Docker object these suites make (with an instance named ``h5rel-...``).
 LABELS = {"swarmless.test": "h5rel"}
 
 
-class H5Gateway(RunningGateway):
-    """:class:`~tests.gateway_harness.RunningGateway` named ``h5rel-...``, labelled LABELS."""
+class H5Gateway(OwnGateway):
+    """:class:`~tests.reliability.own_gateway.OwnGateway` named ``h5rel-...``, labelled
+    LABELS."""
 
-    def __init__(self, data_dir: Path, **settings: Any) -> None:
-        # Not RunningGateway's __init__: it names the instance test-...; the rest is its.
-        self.instance = f"h5rel-{uuid.uuid4().hex[:8]}"
-        settings.setdefault("network", f"swarmless-{self.instance}")
-        self.settings = Settings.load(
-            data_dir=data_dir, host="127.0.0.1", port=0, instance=self.instance, **settings
-        )
-        self.backend = DockerBackend(self.settings, labels=LABELS)
-        self.gateway = Gateway(self.settings, backend=self.backend, token=TOKEN, drain_timeout=5)
-        self.server = GatewayServer(self.gateway)
-        self._thread = None
-        self._error = None
-        self.url = ""
+    PREFIX = "h5rel"
+    labels = LABELS
 
 
 def remove_own(engine: docker.DockerClient, instance: str) -> None:

@@ -23,16 +23,20 @@ LABELS = {"swarmless.test": "helper-rel"}
 
 
 class OwnGateway(RunningGateway):
-    """:class:`~tests.gateway_harness.RunningGateway` named ``hrel-...``, labelled LABELS."""
+    """:class:`~tests.gateway_harness.RunningGateway` named ``PREFIX-...`` (``hrel-...``),
+    labelled :attr:`labels` (LABELS); a suite with names of its own sets both."""
+
+    PREFIX = "hrel"
+    labels: dict[str, str] = LABELS
 
     def __init__(self, data_dir: Path, **settings: Any) -> None:
         # Not RunningGateway's __init__: it names the instance test-...; the rest is its.
-        self.instance = f"hrel-{uuid.uuid4().hex[:8]}"
+        self.instance = f"{self.PREFIX}-{uuid.uuid4().hex[:8]}"
         settings.setdefault("network", f"swarmless-{self.instance}")
         self.settings = Settings.load(
             data_dir=data_dir, host="127.0.0.1", port=0, instance=self.instance, **settings
         )
-        self.backend = DockerBackend(self.settings, labels=LABELS)
+        self.backend = DockerBackend(self.settings, labels=self.labels)
         self.gateway = Gateway(self.settings, backend=self.backend, token=TOKEN, drain_timeout=5)
         self.server = GatewayServer(self.gateway)
         self._thread = None
