@@ -227,7 +227,7 @@ class Database:
         that only read proves nothing: SQLite reads while another process locks writes)."""
         with self._translated():
             async with self._turn():
-                async with self._writer.begin() as conn:
+                async with self._begin(self._writer) as conn:
                     conn.info.pop(_WROTE, None)
                     yield conn
                     wrote = conn.info.pop(_WROTE, False)
@@ -237,8 +237,44 @@ class Database:
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         with self._translated():
-            async with self._reader.connect() as conn:
-                yield conn
+            if self.dialect == "sqlite":
+                async with self._reader.connect() as conn:
+                    yield conn
+            else:
+                async with self._begin_pg(self._reader) as conn:
+                    yield conn
+
+    def _begin(
+        self, engine: AsyncEngine
+    ) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """``engine.begin()``: a transaction, committed at the end (rolled back on an
+        error); on PostgreSQL begun again once if the pooled connection was dead."""
+        if self.dialect == "sqlite":
+            return engine.begin()
+        return self._begin_pg(engine)
+
+    @contextlib.asynccontextmanager
+    async def _begin_pg(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+        """PostgreSQL's :meth:`_begin`. A connection that died while idle in the pool fails
+        its BEGIN (sent as the transaction begins, see :mod:`~swarmless.store.db_engines`)
+        as a disconnect: it is invalidated and the transaction begun once more on a fresh
+        connection. Nothing was sent before BEGIN, so nothing can happen twice. Anything
+        that fails after BEGIN succeeded (a statement, COMMIT: its outcome may be unknown)
+        is never retried here: it leaves as it came."""
+        for attempt in (1, 2):
+            begun = False
+            try:
+                async with engine.begin() as conn:
+                    begun = True
+                    yield conn
+                return
+            except DBAPIError as e:
+                if begun or attempt == 2 or not e.connection_invalidated:
+                    raise
+                log.info(
+                    "store: a pooled connection was dead (%s); beginning on a new one", describe(e)
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _upsert(self, table: Table, key: str) -> Any:
         """``INSERT ... ON CONFLICT (key) DO UPDATE`` every other column of ``table``."""

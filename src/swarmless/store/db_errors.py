@@ -2,7 +2,9 @@
 retrying cannot help, a 500) or it is **unavailable** (:func:`unavailable`: away, locked,
 full or too slow, a 503 that a retry resolves); :func:`describe` puts the driver's error
 in one line. :class:`~swarmless.store.db.Database` turns one into the other (and
-re-exports :func:`refused` and :func:`describe`).
+re-exports :func:`refused` and :func:`describe`). :func:`dead_connection` tells a
+PostgreSQL connection that died (its error is a disconnect: see
+:mod:`~swarmless.store.db_engines`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-__all__ = ["describe", "refused", "unavailable"]
+__all__ = ["dead_connection", "describe", "refused", "unavailable"]
 
 
 def refused(e: BaseException) -> bool:
@@ -54,6 +56,30 @@ def unavailable(e: BaseException) -> bool:
             return True
         state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
         if isinstance(state, str) and state.startswith(_PG_AWAY):
+            return True
+        cause = cause.__cause__ or getattr(cause, "orig", None)
+    return False
+
+
+#: SQLSTATEs of a PostgreSQL backend going away: terminated by an administrator
+#: (``pg_terminate_backend``), the server crashing, the server starting or stopping.
+_PG_GONE = ("57P01", "57P02", "57P03")
+#: asyncpg's errors of a connection that is closed, by class name (no import of asyncpg).
+_CLOSED = ("ConnectionDoesNotExistError", "ConnectionResetError", "BrokenPipeError")
+
+
+def dead_connection(e: BaseException) -> bool:
+    """The connection ``e`` happened on is dead (the server closed it, or is going away):
+    a new connection may well work. Not a refusal, not a timeout."""
+    cause: BaseException | None = e
+    for _ in range(10):
+        if cause is None:
+            break
+        name = type(cause).__name__
+        state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        if name in _CLOSED or (isinstance(state, str) and state.startswith(_PG_GONE)):
+            return True
+        if name == "InterfaceError" and "connection is closed" in str(cause):
             return True
         cause = cause.__cause__ or getattr(cause, "orig", None)
     return False

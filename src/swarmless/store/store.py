@@ -250,7 +250,7 @@ class Store(QueueOps, LeaseOps, RetentionOps, ChildrenOps, WriteBehind):
             older = self._pending.pop(rec.id, None)
             try:
                 with self._translated():
-                    async with self._writer.begin() as conn:
+                    async with self._begin(self._writer) as conn:
                         await conn.execute(self._upsert(invocations, "id"), [row])
                 self._answered()
             except BaseException:

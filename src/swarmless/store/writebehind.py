@@ -176,7 +176,7 @@ class WriteBehind(Database):
     async def _write_batch(self, rows: dict[str, _Row], logs: dict[str, _Row]) -> None:
         """Upsert a batch in one transaction; rows written (or dropped) leave the dicts."""
         try:
-            async with self._writer.begin() as conn:
+            async with self._begin(self._writer) as conn:
                 if rows:
                     await conn.execute(self._upsert(invocations, "id"), list(rows.values()))
                 if logs:
@@ -192,7 +192,7 @@ class WriteBehind(Database):
         for table, batch in ((invocations, rows), (invocation_logs, logs)):
             for key, row in list(batch.items()):
                 try:
-                    async with self._writer.begin() as conn:
+                    async with self._begin(self._writer) as conn:
                         await conn.execute(self._upsert(table, "id"), [row])
                 except Exception as e:
                     if not refused(e):
