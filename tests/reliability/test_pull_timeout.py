@@ -34,10 +34,10 @@ pytestmark = pytest.mark.fault
 
 
 @contextlib.contextmanager
-def frozen_registry() -> Iterator[tuple[int, list[socket.socket]]]:
-    """A TCP listener on 127.0.0.1 that accepts connections and never answers."""
+def frozen_registry(host: str = "127.0.0.1") -> Iterator[tuple[int, list[socket.socket]]]:
+    """A TCP listener on ``host`` that accepts connections and never answers."""
     srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
+    srv.bind((host, 0))
     srv.listen(64)
     accepted: list[socket.socket] = []
 
@@ -54,6 +54,8 @@ def frozen_registry() -> Iterator[tuple[int, list[socket.socket]]]:
     try:
         yield int(srv.getsockname()[1]), accepted
     finally:
+        with contextlib.suppress(OSError):  # wakes the accept() (close() alone does not)
+            srv.shutdown(socket.SHUT_RDWR)
         srv.close()
         for conn in accepted:
             conn.close()

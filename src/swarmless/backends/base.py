@@ -29,8 +29,9 @@ import docker.errors
 
 from swarmless.config import Settings
 from swarmless.engine import LABEL_FUNCTION, LABEL_GATEWAY, managed_labels, translate
-from swarmless.exceptions import ImageNotFound, SwarmlessError
+from swarmless.exceptions import SwarmlessError
 from swarmless.ownership import ownership_labels
+from swarmless.sdk.run_steps import pull_image
 from swarmless.spec import FunctionSpec
 
 __all__ = [
@@ -222,7 +223,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def ensure_image(self, image: str) -> None:
-        """Raise ImageNotFound unless ``image`` is on the engine or can be pulled."""
+        """Raise ImageNotFound unless ``image`` is on the engine or can be pulled, and
+        InvocationTimeout when pulling it takes over ``pull_timeout``."""
 
     async def image_id(self, image: str) -> str | None:
         """The engine's id of ``image`` (what it holds: a deploy whose image changed is a
@@ -330,20 +332,23 @@ class EngineBackend(Backend):
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
     async def ensure_image(self, image: str) -> None:
-        """The image is on the engine, else pulled, else ImageNotFound with the reason."""
+        """The image is on the engine, else pulled within ``pull_timeout`` seconds
+        (:func:`~swarmless.sdk.run_steps.pull_image`, on a Swarm by the manager), else
+        ImageNotFound with the reason; a pull that takes longer (a registry that stopped
+        answering) is abandoned, which cancels it on the engine: InvocationTimeout (504)."""
 
-        def check() -> None:
+        def present() -> bool:
             with translate(image=image, api=self.client.api):
                 try:
-                    self.client.images.get(image)
+                    self.client.api.inspect_image(image)
                 except docker.errors.ImageNotFound:
-                    try:
-                        self.client.images.pull(image)
-                    except docker.errors.APIError as e:
-                        why = f"{e.explanation or e}{self._pull_failed_hint(image)}"
-                        raise ImageNotFound(image, why) from e
+                    return False
+            return True
 
-        await self._call(check)
+        if await self._call(present):
+            return
+        hint = self._pull_failed_hint(image)
+        await self._call(pull_image, self.client.api, image, self.settings.pull_timeout, hint=hint)
 
     async def image_id(self, image: str) -> str | None:
         def inspect() -> str | None:

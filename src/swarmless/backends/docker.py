@@ -31,20 +31,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import socket
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import docker
-import docker.auth
 import docker.errors
 import docker.types
-import docker.utils
-import requests.exceptions
-import urllib3.exceptions
 
 from swarmless.backends.base import ContainerInfo, OneShotResult, WorkerLaunch
 from swarmless.backends.docker_bytecode import WorkerBytecode
@@ -68,12 +62,7 @@ from swarmless.engine import (
     managed_labels,
     translate,
 )
-from swarmless.exceptions import (
-    ContainerError,
-    ImageNotFound,
-    InvocationTimeout,
-    SwarmlessError,
-)
+from swarmless.exceptions import ContainerError, InvocationTimeout, SwarmlessError
 from swarmless.ownership import select_containers
 from swarmless.sdk.run import RunOptions, execute
 from swarmless.sdk.run_steps import remove
@@ -170,84 +159,6 @@ class DockerBackend(ContainerConfig, WorkerBytecode, EngineWatch):
         with translate(api=self.client.api):
             return dict(self.client.api.info())
 
-    # -- images --------------------------------------------------------------------
-
-    async def ensure_image(self, image: str) -> None:
-        """The image is on the engine, else pulled within ``pull_timeout`` seconds, else
-        ImageNotFound with the reason; a pull that takes longer (a registry that stopped
-        answering) is abandoned, which cancels it on the engine: InvocationTimeout (504)."""
-
-        def present() -> bool:
-            with translate(image=image, api=self.client.api):
-                try:
-                    self.client.api.inspect_image(image)
-                except docker.errors.ImageNotFound:
-                    return False
-            return True
-
-        if await self._call(present):
-            return
-        limit = self.settings.pull_timeout
-        if await self._call(self._pull, image, time.monotonic() + limit):
-            return
-        raise InvocationTimeout(
-            f"pulling {image} took over {limit:g} s (pull_timeout): the registry did not "
-            "finish sending it; nothing was run. Try again later, pull it on the engine "
-            "yourself, or raise pull_timeout",
-            timeout=limit,
-        )
-
-    def _pull(self, image: str, deadline: float) -> bool:
-        """Pull ``image`` by ``deadline`` (monotonic); False if it did not finish by then.
-
-        docker-py's own pull waits for ever (no read timeout): here the answer's head is
-        awaited for the time left, and each read of the progress stream too."""
-        api = self.client.api
-        repository, tag = docker.utils.parse_repository_tag(image)
-        registry, _ = docker.auth.resolve_repository_name(repository)
-        headers = {}
-        auth = docker.auth.get_config_header(api, registry)  # as docker-py's pull does
-        if auth:
-            headers["X-Registry-Auth"] = auth
-        params = {"fromImage": repository, "tag": tag or "latest"}
-        error: str | None = None
-        with translate(image=image, api=api):
-            try:
-                response = api._post(
-                    api._url("/images/create"),
-                    params=params,
-                    headers=headers,
-                    stream=True,
-                    timeout=max(deadline - time.monotonic(), 0.001),
-                )
-            except requests.exceptions.Timeout:
-                return False
-            try:
-                api._raise_for_status(response)
-                sock = _stream_socket(response)
-                try:
-                    for msg in api._stream_helper(response, decode=True):
-                        if isinstance(msg, dict) and msg.get("error"):
-                            error = str(msg["error"])
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            return False
-                        if sock is not None:
-                            sock.settimeout(left)
-                except (
-                    requests.exceptions.Timeout,
-                    urllib3.exceptions.ReadTimeoutError,
-                    TimeoutError,
-                ):
-                    return False
-            except docker.errors.APIError as e:
-                error = str(e.explanation or e)
-            finally:
-                response.close()  # an abandoned pull is cancelled with its connection
-        if error is not None:
-            raise ImageNotFound(image, f"{error}{self._pull_failed_hint(image)}")
-        return True
-
     # -- warm containers -----------------------------------------------------------
 
     async def start_worker(self, launch: WorkerLaunch) -> str:
@@ -322,6 +233,8 @@ class DockerBackend(ContainerConfig, WorkerBytecode, EngineWatch):
         command = [*(spec.command or []), *args] or None
         callers = self._callers
         grant, access = callers.grant(spec, call_id=call_id) if callers else (None, {})
+        # An image gone from the engine since the deploy is pulled within the call's time.
+        pull_timeout = min(self.settings.pull_timeout, timeout)
         opts = RunOptions(
             spec.image or "",
             command,
@@ -341,6 +254,7 @@ class DockerBackend(ContainerConfig, WorkerBytecode, EngineWatch):
             stdout=True,
             stderr=False,
             pull="missing",
+            pull_timeout=pull_timeout,
             binds=[*self._secret_binds(spec), *self._socket_binds(spec)],
         )
 
@@ -354,6 +268,14 @@ class DockerBackend(ContainerConfig, WorkerBytecode, EngineWatch):
                     host_config=self.limits(spec),
                     remove_with=self._remove_later,
                 )
+            except InvocationTimeout as e:  # its image is pulled and was not in time
+                if pull_timeout == self.settings.pull_timeout:
+                    raise
+                raise InvocationTimeout(
+                    f"function {spec.name!r} did not finish within {spec.timeout:g}s: pulling "
+                    f"its image {spec.image} took all of it; nothing was run",
+                    timeout=spec.timeout,
+                ) from e
             except ContainerError as e:  # the command could not be executed at all
                 return OneShotResult(
                     container=e.container or "",
@@ -459,11 +381,3 @@ class DockerBackend(ContainerConfig, WorkerBytecode, EngineWatch):
             ]
 
         return await self._call(listing)
-
-
-def _stream_socket(response: Any) -> socket.socket | None:
-    """The socket a streamed answer is read from (its reads' timeout is set on it), or
-    None when the transport hides it."""
-    raw = getattr(getattr(getattr(response.raw, "_fp", None), "fp", None), "raw", None)
-    sock = getattr(raw, "_sock", raw)
-    return sock if isinstance(sock, socket.socket) else None

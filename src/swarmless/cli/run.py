@@ -70,6 +70,7 @@ def run(
         cpus=cpus,
         network=network,
         pull=pull,  # type: ignore[arg-type]  # click.Choice checked it
+        pull_timeout=client.settings.pull_timeout,
         stderr=sys.stderr.buffer,
         # Detached, the caller owns the container (docker logs / rm); it stays labelled.
         remove=not detach,

@@ -247,7 +247,9 @@ class Client:
         The container carries ``swarmless.*`` labels, among them this instance's
         (``swarmless.instance``, ``swarmless.owner``: ``swarmless gc`` of this instance
         may remove it, no other's), and is removed on every path unless ``remove=False``.
-        ``pull="missing"`` pulls an image that is not on the engine.
+        ``pull="missing"`` pulls an image that is not on the engine; a pull that takes over
+        ``settings.pull_timeout`` seconds (``SWARMLESS_PULL_TIMEOUT``, 300 by default) is
+        abandoned: :class:`~swarmless.InvocationTimeout`, nothing was run.
 
         >>> client = from_env()
         >>> client.run("swarmless/busybox", ["echo", "hello"], text=True)
@@ -272,6 +274,7 @@ class Client:
             stderr=stderr,
             remove=remove,
             pull=pull,
+            pull_timeout=self.settings.pull_timeout,
             text=text,
             owner=run_labels(self.settings),
             **{**taken, **aliases},

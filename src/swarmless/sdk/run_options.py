@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, Literal
 
+from swarmless.config import Settings
 from swarmless.engine import managed_labels
 from swarmless.exceptions import InvalidArgument
 from swarmless.sdk.options import split_command
@@ -38,6 +39,7 @@ class RunOptions:
         "network",
         "owner",
         "pull",
+        "pull_timeout",
         "remove",
         "stderr",
         "stderr_sink",
@@ -67,6 +69,7 @@ class RunOptions:
         stderr: bool | IO[bytes] = False,
         remove: bool = True,
         pull: Pull = "missing",
+        pull_timeout: float = Settings.pull_timeout,
         text: bool = False,
         binds: Sequence[str] | None = None,
         owner: Mapping[str, str] | None = None,
@@ -112,6 +115,14 @@ class RunOptions:
         if pull not in ("missing", "always", "never"):
             raise InvalidArgument(f"pull must be 'missing', 'always' or 'never', got {pull!r}")
         self.pull: Pull = pull
+        if isinstance(pull_timeout, bool) or not (
+            isinstance(pull_timeout, int | float) and pull_timeout > 0
+        ):
+            raise InvalidArgument(
+                f"pull_timeout must be a positive number of seconds, got {pull_timeout!r}"
+            )
+        #: Seconds a pull of the image may take in all (the settings' ``pull_timeout``).
+        self.pull_timeout = float(pull_timeout)
         if isinstance(labels, Sequence) and not isinstance(labels, str):
             labels = dict.fromkeys(labels, "")  # docker-py: a list of names, no values
         if labels is not None and not (

@@ -1,7 +1,8 @@
 """The Engine API steps a container run is made of, shared by a run in the foreground
 (:mod:`swarmless.sdk.run_foreground`) and a detached one (:mod:`swarmless.sdk.run`).
 
-Create (pulling the image when the options allow), start (a command that cannot be executed
+Create (pulling the image when the options allow, within ``pull_timeout``: :func:`pull_image`,
+the one pull of swarmless, the backends' too), start (a command that cannot be executed
 fails as with ``docker run``: status 127 or 126), feed stdin and half-close it, kill at the
 deadline (:class:`Killer`), read the exit status and whether the kernel killed it for
 memory, and remove: on every path, never masking the error that brought us there.
@@ -12,14 +13,18 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
+import docker.auth
 import docker.errors
 import docker.utils
+import requests.exceptions
+import urllib3.exceptions
 
 from swarmless.engine import translate
-from swarmless.exceptions import ContainerError, OOMKilled
+from swarmless.exceptions import ContainerError, ImageNotFound, InvocationTimeout, OOMKilled
 from swarmless.sdk.run_options import RunOptions
 
 __all__ = [
@@ -49,22 +54,93 @@ def create(
         kwargs["host_config"].update(host_config)
     with translate(image=opts.image, api=api):
         if opts.pull == "always":
-            pull_image(api, opts.image)
+            pull_image(api, opts.image, opts.pull_timeout)
         try:
             return str(api.create_container(**kwargs)["Id"])
         except docker.errors.ImageNotFound:
             if opts.pull == "never":
                 raise
-        pull_image(api, opts.image)
+        pull_image(api, opts.image, opts.pull_timeout)
         return str(api.create_container(**kwargs)["Id"])
 
 
-def pull_image(api: Any, image: str) -> None:
-    repo, tag = docker.utils.parse_repository_tag(image)
-    try:
-        api.pull(repo, tag=tag or "latest")
-    except docker.errors.APIError as e:
-        raise docker.errors.ImageNotFound(str(e.explanation or e)) from e
+def pull_image(api: Any, image: str, timeout: float, *, hint: str = "") -> None:
+    """Pull ``image`` onto the engine within ``timeout`` seconds in all (``pull_timeout``).
+
+    The one pull of swarmless: ``Client.run`` and ``swarmless run`` (``pull=``), a deploy
+    on either backend (:meth:`~swarmless.backends.base.EngineBackend.ensure_image`) and a
+    one-shot call on one engine. A pull not done in time (a registry that stopped
+    answering) is abandoned, which cancels it on the engine: InvocationTimeout (504),
+    nothing was run. A registry that refuses it: ImageNotFound with its reason, then
+    ``hint``. Neither is taken for an engine that does not answer.
+    """
+    if _pulled(api, image, time.monotonic() + timeout, hint):
+        return
+    raise InvocationTimeout(
+        f"pulling {image} took over {timeout:g} s (pull_timeout): the registry did not "
+        "finish sending it; nothing was run. Try again later, pull it on the engine "
+        "yourself, or raise pull_timeout",
+        timeout=timeout,
+    )
+
+
+def _pulled(api: Any, image: str, deadline: float, hint: str) -> bool:
+    """Pull ``image`` by ``deadline`` (monotonic); False if it did not finish by then.
+
+    docker-py's own pull waits for ever (no read timeout): here the answer's head is
+    awaited for the time left, and each read of the progress stream too."""
+    repository, tag = docker.utils.parse_repository_tag(image)
+    registry, _ = docker.auth.resolve_repository_name(repository)
+    headers = {}
+    auth = docker.auth.get_config_header(api, registry)  # as docker-py's pull does
+    if auth:
+        headers["X-Registry-Auth"] = auth
+    params = {"fromImage": repository, "tag": tag or "latest"}
+    error: str | None = None
+    with translate(image=image, api=api):
+        try:
+            response = api._post(
+                api._url("/images/create"),
+                params=params,
+                headers=headers,
+                stream=True,
+                timeout=max(deadline - time.monotonic(), 0.001),
+            )
+        except requests.exceptions.Timeout:
+            return False
+        try:
+            api._raise_for_status(response)
+            sock = _stream_socket(response)
+            try:
+                for msg in api._stream_helper(response, decode=True):
+                    if isinstance(msg, dict) and msg.get("error"):
+                        error = str(msg["error"])
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    if sock is not None:
+                        sock.settimeout(left)
+            except (
+                requests.exceptions.Timeout,
+                urllib3.exceptions.ReadTimeoutError,
+                TimeoutError,
+            ):
+                return False
+        except docker.errors.APIError as e:
+            error = str(e.explanation or e)
+        finally:
+            response.close()  # an abandoned pull is cancelled with its connection
+    if error is not None:
+        raise ImageNotFound(image, f"{error}{hint}")
+    return True
+
+
+def _stream_socket(response: Any) -> socket.socket | None:
+    """The socket a streamed answer is read from (its reads' timeout is set on it), or
+    None when the transport hides it."""
+    raw = getattr(getattr(getattr(response.raw, "_fp", None), "fp", None), "raw", None)
+    sock = getattr(raw, "_sock", raw)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def remove(api: Any, container_id: str) -> None:
