@@ -8,8 +8,9 @@ timeout on each path that pulls, through the one pull (``run_steps.pull_image``)
 - a deploy on the swarm backend (pulled by the manager; needs the test Swarm).
 
 Before, each of these pulled with docker-py's unbounded pull: the engine's own answer
-(~25 s for this registry, its ping's deadline) came back as ImageNotFound, and a registry
-that answers the ping and then freezes held the pull for ever.
+(~25 s for a listener that never answers, its ping's deadline) came back as ImageNotFound,
+and a registry that answers the ping and then stalls (:func:`ping_only`) held the
+pull for ever (``Client.run`` still waiting after 150 s).
 
 Docker objects: instance names start ``h-pull-`` and carry the label ``h-pull=1``.
 """
@@ -18,13 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
 import docker.errors
+import h11
 import pytest
 
 import swarmless
@@ -100,6 +103,59 @@ def test_client_run_pulls_within_pull_timeout(engine: docker.DockerClient) -> No
                 client.run(image, ["true"], detach=True, labels=LABELS)
         assert accepted, "the engine never reached the frozen registry"
     assert not engine.api.containers(all=True, filters={"label": "h-pull=1"})
+
+
+def ping_only(targets: list[str]) -> Callable[[socket.socket], None]:
+    """A registry's side of one connection (for :func:`frozen_registry`): it answers the
+    engine's ping (``GET /v2/``) and nothing else (a manifest asked for waits for ever);
+    the request targets it reads go to ``targets``. The engine gives up on no such pull
+    by itself."""
+
+    def serve(conn: socket.socket) -> None:
+        http = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                event = http.next_event()
+                if event is h11.NEED_DATA:
+                    http.receive_data(conn.recv(65536))
+                    continue
+                if isinstance(event, h11.Request):
+                    targets.append(event.target.decode())
+                    if event.target != b"/v2/":
+                        return  # read, never answered (the connection stays open)
+                    headers = [
+                        ("docker-distribution-api-version", "registry/2.0"),
+                        ("content-type", "application/json"),
+                        ("content-length", "2"),
+                    ]
+                    conn.sendall(http.send(h11.Response(status_code=200, headers=headers)))
+                    conn.sendall(http.send(h11.Data(data=b"{}")) + http.send(h11.EndOfMessage()))
+                elif isinstance(event, h11.EndOfMessage):
+                    http.start_next_cycle()
+                else:  # ConnectionClosed, PAUSED
+                    return
+        except h11.ProtocolError:  # not HTTP (the engine tries TLS first): refused at once
+            conn.close()
+        except OSError:
+            return
+
+    return serve
+
+
+def test_client_run_gives_up_on_a_registry_that_stalls_after_its_ping() -> None:
+    """What no engine deadline ends: the registry answers the ping, then holds the
+    manifest's request (before, ``Client.run`` waited for ever)."""
+    targets: list[str] = []
+    with frozen_registry(serve=ping_only(targets)) as (port, _):
+        image = f"127.0.0.1:{port}/h-pull/stalled:latest"
+        with swarmless.from_env(pull_timeout=3) as client:
+            t0 = time.monotonic()
+            with pytest.raises(InvocationTimeout, match="pull_timeout"):
+                client.run(image, ["true"], labels=LABELS)
+            took = time.monotonic() - t0
+    assert "/v2/" in targets, targets
+    assert any("/manifests/" in t for t in targets), targets
+    print(f"\n[pull timeout] stalling registry: gave up after {took:.1f} s (pull_timeout 3 s)")
 
 
 def test_dockerrun_pulls_within_pull_timeout(monkeypatch: pytest.MonkeyPatch) -> None:

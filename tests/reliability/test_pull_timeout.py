@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -34,8 +34,11 @@ pytestmark = pytest.mark.fault
 
 
 @contextlib.contextmanager
-def frozen_registry(host: str = "127.0.0.1") -> Iterator[tuple[int, list[socket.socket]]]:
-    """A TCP listener on ``host`` that accepts connections and never answers."""
+def frozen_registry(
+    host: str = "127.0.0.1", serve: Callable[[socket.socket], None] | None = None
+) -> Iterator[tuple[int, list[socket.socket]]]:
+    """A TCP listener on ``host`` that accepts connections and never answers, or hands
+    each one to ``serve`` (in a thread of its own)."""
     srv = socket.socket()
     srv.bind((host, 0))
     srv.listen(64)
@@ -48,6 +51,9 @@ def frozen_registry(host: str = "127.0.0.1") -> Iterator[tuple[int, list[socket.
             except OSError:
                 return
             accepted.append(conn)
+            if serve is not None:
+                name = "h5rel-registry-conn"
+                threading.Thread(target=serve, args=(conn,), daemon=True, name=name).start()
 
     thread = threading.Thread(target=accept, daemon=True, name="h5rel-frozen-registry")
     thread.start()
@@ -58,6 +64,8 @@ def frozen_registry(host: str = "127.0.0.1") -> Iterator[tuple[int, list[socket.
             srv.shutdown(socket.SHUT_RDWR)
         srv.close()
         for conn in accepted:
+            with contextlib.suppress(OSError):  # wakes a reader (close() alone does not)
+                conn.shutdown(socket.SHUT_RDWR)
             conn.close()
         thread.join(5)
 
