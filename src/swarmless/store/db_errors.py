@@ -64,8 +64,9 @@ def unavailable(e: BaseException) -> bool:
 #: SQLSTATEs of a PostgreSQL backend going away: terminated by an administrator
 #: (``pg_terminate_backend``), the server crashing, the server starting or stopping.
 _PG_GONE = ("57P01", "57P02", "57P03")
-#: asyncpg's errors of a connection that is closed, by class name (no import of asyncpg).
-_CLOSED = ("ConnectionDoesNotExistError", "ConnectionResetError", "BrokenPipeError")
+#: asyncpg's error of a connection closed in the middle of an operation (by name: the
+#: store does not import asyncpg).
+_CLOSED = "ConnectionDoesNotExistError"
 
 
 def dead_connection(e: BaseException) -> bool:
@@ -77,7 +78,9 @@ def dead_connection(e: BaseException) -> bool:
             break
         name = type(cause).__name__
         state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
-        if name in _CLOSED or (isinstance(state, str) and state.startswith(_PG_GONE)):
+        if name == _CLOSED or (isinstance(state, str) and state.startswith(_PG_GONE)):
+            return True
+        if isinstance(cause, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
             return True
         if name == "InterfaceError" and "connection is closed" in str(cause):
             return True
