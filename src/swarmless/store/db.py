@@ -3,7 +3,9 @@
 :class:`Database` is the base of every part of :class:`~swarmless.store.Store` (the queue,
 the leases, the write-behind buffer, retention): it holds the SQLAlchemy engines and gives
 them :meth:`Database._write` (one transaction on the writer, in turn with every other
-write) and :meth:`Database._read`.
+write) and :meth:`Database._read`. On SQLite, a small group of bulk writes is written on
+the event loop's own thread (:meth:`Database._write_now`): handing it to the driver's thread
+and back costs more than writing it, and the two threads take turns at the GIL.
 
 Every wait is bounded: a write waits at most ``write_timeout`` for its turn, SQLite's
 ``busy_timeout`` for a lock another process holds, PostgreSQL ``connect_timeout`` for a
@@ -65,6 +67,13 @@ RETRY_AFTER = 2.0
 #: How long a write that must not be lost (an async call's outcome, leases given back)
 #: is retried while the database is away, seconds.
 DURABLE_RETRY = 60.0
+#: Payload bytes a group of bulk writes may hold to be written on the event loop's thread
+#: (SQLite, :meth:`Database._write_now`); a larger one is written in the driver's thread.
+WRITE_NOW_BYTES = 256 << 10
+#: Rows written on the event loop's thread (whose commits do not checkpoint the WAL) after
+#: which the WAL is checkpointed, in the driver's thread: about the 1,000 pages after which
+#: SQLite's own commits do (a row of a call takes about half a page of WAL).
+CHECKPOINT_ROWS = 2_000
 
 T = TypeVar("T")
 
@@ -113,6 +122,11 @@ class Database:
         self._upserts: dict[tuple[str, str], Any] = {}
         #: SQLite: statements compiled once, with what picks a row's parameters in order.
         self._compiled: dict[Any, tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]] = {}
+        #: SQLite: the transaction :meth:`_write_now` runs (its connection, the driver's).
+        self._now: tuple[AsyncConnection, sqlite3.Connection] | None = None
+        self._checkpointing: asyncio.Task[None] | None = None
+        #: Rows written by :meth:`_write_now` since its last checkpoint.
+        self._unchecked = 0
 
     # -- health --------------------------------------------------------------------------
 
@@ -234,6 +248,64 @@ class Database:
                 if wrote:
                     self._answered()
 
+    async def _write_now(self, body: Callable[[AsyncConnection], Awaitable[None]]) -> bool:
+        """SQLite: :meth:`_write` with ``body`` run on the event loop's own thread, False
+        (nothing written) if it cannot be: another process holds the write lock (then
+        :meth:`_write` waits for it, ``busy_timeout``, in the driver's thread), another
+        database, or a driver of another shape.
+
+        No wait happens on the loop's thread: BEGIN IMMEDIATE is tried once (no busy
+        wait), and the commit does not checkpoint the WAL (its fsyncs): a checkpoint follows
+        in the driver's thread (:meth:`_checkpoint`). ``body``'s bulk statements
+        (:meth:`_executemany_all`) run on the driver's connection directly; only the ones
+        given ``conn`` do. Errors are the driver's, translated as :meth:`_write` does."""
+        if self.dialect != "sqlite":
+            return False
+        with self._translated():
+            async with self._turn(), self._writer.connect() as conn:
+                record = await conn.get_raw_connection()
+                raw = getattr(record.driver_connection, "_conn", None)
+                if not isinstance(raw, sqlite3.Connection):
+                    return False
+                try:
+                    if not _begin_now(raw, record.info):
+                        return False
+                    self._now = (conn, raw)
+                    try:
+                        await body(conn)
+                        _commit_now(raw, record.info)
+                    finally:
+                        self._now = None
+                        if raw.in_transaction:
+                            raw.rollback()
+                except sqlite3.Error as e:
+                    raise DBAPIError.instance(None, None, e, sqlite3.Error) from e
+        self._answered()
+        self._checkpoint_soon()
+        return True
+
+    def _checkpoint_soon(self) -> None:
+        """Checkpoint (in the background) once :data:`CHECKPOINT_ROWS` were written on the
+        loop's thread: the WAL holds at most about that many rows beyond the last one
+        (fewer when the writes stop: SQLite checkpoints at the last close)."""
+        if self._unchecked >= CHECKPOINT_ROWS and (
+            self._checkpointing is None or self._checkpointing.done()
+        ):
+            self._unchecked = 0
+            self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
+
+    async def _checkpoint(self) -> None:
+        """Checkpoint the WAL on the writer, in its thread, in turn with the writes: a
+        checkpoint that ran beside writes would never catch up with them, and the WAL
+        would never start over (it would grow with every write). PASSIVE: it does not wait
+        for readers. Housekeeping: a failure is tried again after the next
+        :data:`CHECKPOINT_ROWS` rows."""
+        try:
+            async with self._turn(), self._writer.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except (SwarmlessError, SQLAlchemyError, OSError) as e:
+            log.debug("store: WAL checkpoint failed: %s", e)
+
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         with self._translated():
@@ -312,6 +384,12 @@ class Database:
         for stmt, rows in work:
             sql, pick = self._compile(stmt)
             batches.append((sql, [pick(row) for row in rows]))
+        now = self._now
+        if now is not None and now[0] is conn:  # in _write_now: here, on the loop's thread
+            for sql, params in batches:
+                now[1].executemany(sql, params)
+                self._unchecked += len(params)
+            return
 
         async def run(driver: Any) -> None:
             raw = getattr(driver, "_conn", None)
@@ -403,6 +481,43 @@ class Database:
             raise DBAPIError.instance(None, None, e, sqlite3.Error) from e
 
     async def _dispose(self) -> None:
+        if self._checkpointing is not None:
+            self._checkpointing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointing
         await self._writer.dispose()
         if self._reader is not self._writer:
             await self._reader.dispose()
+
+
+def _begin_now(raw: sqlite3.Connection, info: dict[Any, Any]) -> bool:
+    """BEGIN IMMEDIATE on ``raw`` without a busy wait: False if another connection holds
+    the write lock. ``info`` (the pooled connection's) keeps its busy timeout and WAL
+    auto-checkpoint, read once."""
+    if "swarmless.busy_ms" not in info:
+        info["swarmless.busy_ms"] = int(raw.execute("PRAGMA busy_timeout").fetchone()[0])
+        info["swarmless.autocheckpoint"] = int(
+            raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        )
+    if raw.in_transaction:  # left open (the pool rolls back on return): not ours
+        raw.rollback()
+    raw.execute("PRAGMA busy_timeout=0")
+    try:
+        raw.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as e:
+        if e.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+            return False
+        raise
+    finally:
+        raw.execute(f"PRAGMA busy_timeout={info['swarmless.busy_ms']}")
+    return True
+
+
+def _commit_now(raw: sqlite3.Connection, info: dict[Any, Any]) -> None:
+    """COMMIT without the WAL checkpoint SQLite would otherwise run in it (see
+    :meth:`Database._checkpoint`)."""
+    raw.execute("PRAGMA wal_autocheckpoint=0")
+    try:
+        raw.commit()
+    finally:
+        raw.execute(f"PRAGMA wal_autocheckpoint={info['swarmless.autocheckpoint']}")

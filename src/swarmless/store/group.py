@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from swarmless.exceptions import GatewayUnavailable
-from swarmless.store.db import RETRY_AFTER, Database
+from swarmless.store.db import RETRY_AFTER, WRITE_NOW_BYTES, Database
 
 __all__ = ["GROUP_EAGER", "GROUP_MAX", "GROUP_WINDOW", "BulkRun", "GroupCommit", "Op"]
 
@@ -133,11 +133,17 @@ class GroupCommit:
         kinds: dict[str, list[_Pending]] = {}
         for p in batch:
             kinds.setdefault(p.bulk[0], []).append(p)  # type: ignore[index]
+
+        async def write(conn: AsyncConnection) -> None:
+            for group in kinds.values():
+                writer = group[0].bulk[1]  # type: ignore[index]
+                await writer(conn, [p.bulk[2] for p in group])  # type: ignore[index]
+
         try:
-            async with self._db._write() as conn:
-                for group in kinds.values():
-                    writer = group[0].bulk[1]  # type: ignore[index]
-                    await writer(conn, [p.bulk[2] for p in group])  # type: ignore[index]
+            small = sum(p.size for p in batch) <= WRITE_NOW_BYTES
+            if not (small and await self._db._write_now(write)):
+                async with self._db._write() as conn:
+                    await write(conn)
         except GatewayUnavailable as e:  # the database is away: every op fails
             for p in batch:
                 if not p.fut.done():

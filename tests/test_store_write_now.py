@@ -1,0 +1,110 @@
+"""Group writes on SQLite written on the event loop's own thread (``Database._write_now``),
+against a real SQLite file: the loop never waits there for a lock another process holds,
+and the writes reach the database file (the WAL is checkpointed and starts over, it does
+not grow with every write)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from swarmless.records import InvocationRecord, new_call_id, now_ms
+from swarmless.store import Store
+
+GROUP = 32
+
+
+def call() -> InvocationRecord:
+    return InvocationRecord(
+        id=new_call_id(), function="f", mode="warm", kind="async", queued_at=now_ms()
+    )
+
+
+async def accept(store: Store, n: int = GROUP) -> list[str]:
+    """``n`` async calls accepted together (one group): their ids."""
+    futs = [
+        store.enqueue_future(call(), method="POST", path="/", query="", headers=[], body=b"x" * 256)
+        for _ in range(n)
+    ]
+    return [call_id for call_id, _ in await asyncio.gather(*futs)]
+
+
+def ids_in(db: Path) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        return {row[0] for row in conn.execute("SELECT id FROM async_queue")}
+
+
+def test_a_write_lock_held_by_another_process_does_not_stop_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """While another process holds the write lock, a group waits for it in the driver's
+    thread (``busy_timeout``, 30 s here), not on the loop's: the loop runs on, and the
+    group is written once the lock is released. Waiting on the loop's thread, the loop
+    would stand still until the busy timeout ran out (the ticks below never came in time)."""
+    db = tmp_path / "swarmless.db"
+
+    async def main() -> None:
+        store = await Store.open(f"sqlite:///{db}", busy_timeout=30.0)
+        try:
+            first = await accept(store)
+            holder = sqlite3.connect(db, isolation_level=None)
+            try:
+                holder.execute("BEGIN IMMEDIATE")
+                waiting = asyncio.ensure_future(accept(store, 4))
+                ticks = 0
+
+                async def ticking() -> None:
+                    nonlocal ticks
+                    while ticks < 20:
+                        await asyncio.sleep(0.01)
+                        ticks += 1
+
+                await asyncio.wait_for(ticking(), 10)
+                assert not waiting.done(), "written while another process held the lock"
+            finally:
+                holder.execute("COMMIT")
+                holder.close()
+            later = await asyncio.wait_for(waiting, 30)
+        finally:
+            await store.close()
+        assert ids_in(db) == {*first, *later}
+
+    asyncio.run(main())
+
+
+def wal_generation(wal: Path) -> bytes:
+    """The WAL header's checkpoint sequence number and salt: they change each time the WAL
+    starts over (its frames all checkpointed into the database file)."""
+    with open(wal, "rb") as f:
+        return f.read(24)[12:20]
+
+
+def test_the_wal_is_checkpointed_and_starts_over_while_writes_go_on(tmp_path: Path) -> None:
+    """The commits on the loop's thread do not checkpoint; the checkpoint that follows
+    them (in the driver's thread, in turn with the writes) moves their pages into the
+    database file, and the WAL starts over instead of growing with every write."""
+    db = tmp_path / "swarmless.db"
+    wal = Path(f"{db}-wal")
+
+    async def main() -> int:
+        store = await Store.open(f"sqlite:///{db}")
+        groups = 1
+        try:
+            await accept(store)
+            seen = {wal_generation(wal)}
+            deadline = asyncio.get_running_loop().time() + 60
+            while len(seen) < 3:  # started over twice
+                assert asyncio.get_running_loop().time() < deadline, (
+                    f"the WAL never started over in {groups} groups of writes"
+                )
+                assert groups < 20_000
+                await accept(store)
+                groups += 1
+                seen.add(wal_generation(wal))
+        finally:
+            await store.close()
+        return groups
+
+    groups = asyncio.run(main())
+    assert len(ids_in(db)) == groups * GROUP
