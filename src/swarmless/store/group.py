@@ -3,11 +3,11 @@
 An accepted async call is written before the gateway answers 202; written one
 transaction each, durability would cost one fsync per call. :class:`GroupCommit` gathers
 what arrives within :data:`GROUP_WINDOW` (at most :data:`GROUP_MAX` ops) and commits it
-at once; when :data:`GROUP_EAGER` ops or more gathered while the last batch committed,
-they go at once, without the window. What waits for a commit is bounded too: at most
-:data:`MAX_WAITING` ops and :data:`MAX_WAITING_BYTES` of payload (the bodies of calls
-being accepted); beyond that a write is refused at once with 503, so a stalled database
-cannot make the gateway hold every request it receives.
+at once; when :data:`GROUP_EAGER` ops or more gathered (while the last batch committed, or
+in the window), they go at once, the window cut short. What waits for a commit is bounded
+too: at most :data:`MAX_WAITING` ops and :data:`MAX_WAITING_BYTES` of payload (the bodies
+of calls being accepted); beyond that a write is refused at once with 503, so a stalled
+database cannot make the gateway hold every request it receives.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ class GroupCommit:
         self._ops: list[_Pending] = []
         self._bytes = 0
         self._wake = asyncio.Event()
+        #: Set when the window may end: it ran out, or :data:`GROUP_EAGER` ops gathered.
+        self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -96,6 +98,8 @@ class GroupCommit:
         self._ops.append(_Pending(op, fut, bulk, size))
         self._bytes += size
         self._wake.set()
+        if len(self._ops) >= GROUP_EAGER:
+            self._full.set()
         return fut
 
     async def close(self) -> None:
@@ -117,7 +121,12 @@ class GroupCommit:
         while True:
             await self._wake.wait()
             if len(self._ops) < GROUP_EAGER:  # a few: wait a moment for company
-                await asyncio.sleep(GROUP_WINDOW)
+                self._full.clear()
+                timer = asyncio.get_running_loop().call_later(GROUP_WINDOW, self._full.set)
+                try:
+                    await self._full.wait()  # ends early once GROUP_EAGER ops gathered
+                finally:
+                    timer.cancel()
             batch = self._take()
             if batch:
                 await self._commit(batch)
