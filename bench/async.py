@@ -1,6 +1,6 @@
 """Async invocations: enqueue rate, enqueue-to-start delay, async drain vs sync drain.
 
-    .venv/bin/python bench/async.py [--calls 2000] [--clients 64] [--rounds 3]
+    .venv/bin/python bench/async.py [--calls 2000] [--clients 64] [--rounds 5]
                                     [--start-samples 200] [--enqueue-rounds 5]
                                     [--enqueue-seconds 5] [--enqueue-connections 32]
                                     [--store sqlite|postgres] [--pg-url URL]
@@ -486,7 +486,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3, help="drain rounds of each kind")
+    parser.add_argument("--rounds", type=int, default=5, help="drain rounds of each kind")
     parser.add_argument("--start-samples", type=int, default=200)
     parser.add_argument("--enqueue-rounds", type=int, default=5, help="enqueue-rate rounds")
     parser.add_argument("--enqueue-seconds", type=float, default=5.0)

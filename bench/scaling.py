@@ -1,6 +1,6 @@
 """Scaling: first calls from zero, zero to ten, paused vs cold, idle memory, a step load.
 
-    .venv/bin/python bench/scaling.py [--reps 3] [--samples 5] [--first-samples N]
+    .venv/bin/python bench/scaling.py [--reps 5] [--samples 5] [--first-samples N]
                                       [--step-seconds 15] [--only PART ...] [--json PATH]
 
 One run, a gateway process of its own, loopback only. Prints, each against a baseline
@@ -606,7 +606,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--reps", type=int, default=3, help="zero-to-ten rounds of each side")
+    parser.add_argument("--reps", type=int, default=5, help="zero-to-ten rounds of each side")
     parser.add_argument("--samples", type=int, default=5, help="cold and paused first calls")
     parser.add_argument(
         "--first-samples", type=int, default=0, help="first calls vs run() (default: --samples)"
