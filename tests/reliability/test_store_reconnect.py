@@ -20,10 +20,11 @@ Every backend of the store's database is terminated from the server side
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -134,14 +135,21 @@ async def use_everything(store: Store, known: InvocationRecord) -> None:
     assert store.available
 
 
+@contextlib.asynccontextmanager
+async def filled(url: str) -> AsyncIterator[tuple[Store, InvocationRecord]]:
+    """A store on ``url`` with a record saved and every pooled connection opened."""
+    async with await Store.open(url) as store:
+        known = srec()
+        await store.save(known)
+        await fill_pool(store, known)
+        yield store, known
+
+
 def test_connections_the_server_closed_while_idle_are_replaced_at_checkout(
     postgres_url: str, postgres_database: str, store_logs: pytest.LogCaptureFixture
 ) -> None:
     async def main() -> None:
-        async with await Store.open(postgres_database) as store:
-            known = srec()
-            await store.save(known)
-            await fill_pool(store, known)
+        async with filled(postgres_database) as (store, known):
             # The event loop runs meanwhile: the driver sees the server hang up.
             assert await _terminate(postgres_url, dbname(postgres_database)) >= 1
             await use_everything(store, known)
@@ -155,10 +163,7 @@ def test_a_begin_on_a_dead_connection_is_begun_again_on_a_new_one(
     postgres_url: str, postgres_database: str, store_logs: pytest.LogCaptureFixture
 ) -> None:
     async def main() -> None:
-        async with await Store.open(postgres_database) as store:
-            known = srec()
-            await store.save(known)
-            await fill_pool(store, known)
+        async with filled(postgres_database) as (store, known):
             # The event loop is held meanwhile: the driver has not seen the hang-up when
             # the next read sends BEGIN on its pooled connection.
             assert terminate(postgres_url, dbname(postgres_database)) >= 1
