@@ -11,10 +11,29 @@ cases still test validation.
 
 from __future__ import annotations
 
+import ast
+import functools
+import threading
 import zlib
 from typing import Any
 
 import schemathesis
+
+_parse = ast.parse
+_parse_lock = threading.Lock()
+
+
+@functools.wraps(_parse)
+def _serialised_parse(*args: Any, **kwargs: Any) -> Any:
+    with _parse_lock:
+        return _parse(*args, **kwargs)
+
+
+# The run has several workers (threads). CPython 3.11's AST constructor keeps its recursion
+# depth per interpreter, not per thread: two ast.parse at once (Hypothesis parses a filter's
+# lambda to describe it) fail with "AST constructor recursion depth mismatch", an error of
+# the fuzzer, not of the gateway. One parse at a time (they are rare: a cache keeps them).
+ast.parse = _serialised_parse  # type: ignore[assignment]
 
 #: A local image, or one that is surely absent (its pull fails at once: no such host).
 IMAGES = ("swarmless/busybox:latest", "swarmless-fuzz/absent:1")

@@ -9,11 +9,16 @@ answer must be documented and conform to its schema; no operation may answer a s
 ``fuzz_hooks.filter_failure``); and the gateway must log no unexpected error.
 
 Bounded: ``--max-examples`` per operation and a request timeout. The time goes to the
-function calls (each call of a one-shot function the fuzzer deployed starts a container,
-about 0.5 s), and the fuzzing and stateful phases make them in proportion to
-``--max-examples``: 20 a phase and operation give about 3,200 cases (the coverage phase
-alone about 2,400; at least 2,000 are required), a few minutes on 2 cores. What the fuzzer
-deploys is steered to cheap values (``fuzz_hooks.steer``).
+function calls: of about 3,200 cases (the coverage phase alone about 2,400; at least 2,000
+are required) about 300 call a one-shot function the fuzzer deployed, each starting a
+container (0.5 to 1 s on the 2-core engine: 85-90% of a run with one worker; every other
+request takes a few ms, the fuzzer's own generating most of the rest), and the fuzzing phase
+makes them in proportion to ``--max-examples``. So ``WORKERS`` workers (schemathesis'
+threads, each taking whole operations) fuzz two operations at once: one's container starts
+overlap the other's (the engine starts two in about 1.5 times one's time) and the fuzzer's
+generating; the cases are the same, and the gateway also sees its operations interleaved (a
+function redeployed or deleted while another operation calls it: its answers must still be
+documented). What the fuzzer deploys is steered to cheap values (``fuzz_hooks.steer``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(900)]
 
 #: Cases per operation in the fuzzing phase (the coverage phase adds its own).
 MAX_EXAMPLES = int(os.environ.get("SWARMLESS_FUZZ_EXAMPLES", "20"))
+#: Operations fuzzed at once (see the module's docstring).
+WORKERS = int(os.environ.get("SWARMLESS_FUZZ_WORKERS", "2"))
 #: At least this many cases in all, or the run did not test enough.
 MIN_CASES = 2000
 CHECKS = (
@@ -90,7 +97,7 @@ def test_fuzz_every_operation(gw: RunningGateway, tmp_path: Path) -> None:
                 "--exclude-tag",
                 "undescribed",  # routes of other parts (the UI) without described shapes
                 "--workers",
-                "1",
+                str(WORKERS),
                 "--request-timeout",
                 "30",
                 "--suppress-health-check",
