@@ -90,6 +90,8 @@ class WorkerBytecode(EngineBackend):
     _bytecode_locks: dict[str, tuple[threading.Lock, int]]
     _bytecode_guard: threading.Lock
     _bytecode_prune: asyncio.Task[None] | None
+    #: Removals of build containers tried again in the background (see :meth:`_build`).
+    _bytecode_removals: set[asyncio.Task[None]]
     #: Folders built by this gateway (a build that installed one prunes after it).
     _bytecode_built: int
 
@@ -100,6 +102,7 @@ class WorkerBytecode(EngineBackend):
         self._bytecode_locks = {}
         self._bytecode_guard = threading.Lock()
         self._bytecode_prune = None
+        self._bytecode_removals = set()
         self._bytecode_built = 0
 
     def _start_bytecode_upkeep(self) -> None:
@@ -117,7 +120,7 @@ class WorkerBytecode(EngineBackend):
 
     async def _stop_bytecode_builds(self) -> None:
         """The gateway stops: no build goes on, no build container stays."""
-        tasks = [*self._bytecode_builds.values(), self._bytecode_prune]
+        tasks = [*self._bytecode_builds.values(), *self._bytecode_removals, self._bytecode_prune]
         for task in tasks:
             if task is not None:
                 task.cancel()
@@ -245,15 +248,42 @@ class WorkerBytecode(EngineBackend):
             return installed
         finally:
             # Forgotten only once it is gone: a removal that failed (an engine too slow to
-            # answer within engine_timeout, say) is tried again when the gateway stops.
-            try:
-                api.remove_container(cid, force=True)
-            except docker.errors.NotFound:
-                self._bytecode_containers.discard(cid)
-            except Exception as e:
-                log.warning("bytecode build container %s: not removed yet: %s", cid[:12], e)
-            else:
-                self._bytecode_containers.discard(cid)
+            # answer within engine_timeout, say) is tried again in the background, and at
+            # the latest when the gateway stops.
+            if not self._remove_build_container(cid):
+                loop = self._loop
+                if loop is not None and not loop.is_closed():
+                    loop.call_soon_threadsafe(self._retry_removal, cid)
+
+    def _remove_build_container(self, cid: str) -> bool:
+        """Remove a build container (in a thread): True once it is gone."""
+        try:
+            self.client.api.remove_container(cid, force=True)
+        except docker.errors.NotFound:
+            pass
+        except Exception as e:
+            log.warning("bytecode build container %s: not removed yet: %s", cid[:12], e)
+            return False
+        self._bytecode_containers.discard(cid)
+        return True
+
+    def _retry_removal(self, cid: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._removal_retried(cid))
+        self._bytecode_removals.add(task)
+        task.add_done_callback(self._bytecode_removals.discard)
+
+    async def _removal_retried(self, cid: str) -> None:
+        """Try the removal again: after 1 s, then doubling to 16 s, for about a minute
+        (then it waits for the gateway's stop)."""
+        pause = 1.0
+        for _ in range(6):
+            await asyncio.sleep(pause)
+            if cid not in self._bytecode_containers:
+                return
+            with contextlib.suppress(Exception):
+                if await self._call(self._remove_build_container, cid):
+                    return
+            pause = min(pause * 2, 16.0)
 
     # -- pruning (in a thread) -----------------------------------------------------------
 
