@@ -126,8 +126,7 @@ class WorkerBytecode(EngineBackend):
                 task.cancel()
         for cid in list(self._bytecode_containers):
             with contextlib.suppress(Exception):
-                await self._call(self.client.api.remove_container, cid, force=True)
-                self._bytecode_containers.discard(cid)
+                await self._call(self._remove_build_container, cid)
 
     async def prepare_worker(self, spec: FunctionSpec) -> None:
         """Build the bytecode of the runtime's imports for ``spec``'s image, in the
