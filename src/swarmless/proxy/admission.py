@@ -11,6 +11,10 @@ lock (counting the children on the engine plus the creates in flight) and gives 
 once the engine has answered (the end of :meth:`Admission.decide`'s block). Exited
 children stop counting towards ``max_children``; at most as many again may be kept exited
 before the caller has to remove some.
+
+A gateway that stops closes admission (:meth:`Admission.close`): creates are refused from
+then on, and the stop waits for those in flight to be answered before it removes the
+children, so that a create the engine was still making is not left behind, unseen.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from swarmless.proxy.policy import Caller, ProxyRequest, Target, Verdict
 from swarmless.proxy.tokens import PATH_PREFIX, CallerTokens, Grant
 from swarmless.spec import FunctionSpec
 
-__all__ = ["Admission"]
+__all__ = ["CREATE_SETTLE", "Admission"]
 
 log = logging.getLogger("swarmless.proxy")
+
+#: Seconds a stopping gateway waits for the creates in flight to be answered by the engine.
+CREATE_SETTLE = 15.0
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
@@ -80,6 +87,26 @@ class Admission:
         #: Per caller container: creates in flight, and the lock that counts them.
         self._reserved: dict[str, int] = {}
         self._create_locks: dict[str, asyncio.Lock] = {}
+        #: Set while no create is in flight (for every caller); admission closed.
+        self._settled = asyncio.Event()
+        self._settled.set()
+        self._closed = False
+
+    async def close(self, timeout: float = CREATE_SETTLE) -> None:
+        """Refuse every create from now on, and wait up to ``timeout`` seconds for those in
+        flight to be answered by the engine (a stopping gateway, before it removes the
+        children: a create the engine was still making would be left behind)."""
+        self._closed = True
+        try:
+            await asyncio.wait_for(self._settled.wait(), timeout)
+        except TimeoutError:
+            log.warning(
+                "stopping with %d container creates still unanswered after %g s: a container "
+                "they make may be left behind (label %s)",
+                sum(self._reserved.values()),
+                timeout,
+                "swarmless.kind=child",
+            )
 
     def forget(self, container: str) -> None:
         """Container ``container`` died: the tokens it used name no caller any more."""
@@ -175,8 +202,13 @@ class Admission:
             request = dataclasses.replace(request, children=live + reserved, exited=exited)
             verdict = _logged(policy.check(request), caller)
             log.debug("children of %s: %d live, %d reserved", who[:12], live, reserved)
+            if verdict.allowed and self._closed:
+                verdict = policy.refuse(
+                    "caller", "the gateway is stopping: no new containers", status=503
+                )
             if verdict.allowed:
                 self._reserved[who] = reserved + 1
+                self._settled.clear()
         if not verdict.allowed:
             yield verdict
             return
@@ -188,6 +220,8 @@ class Admission:
                 self._reserved[who] = left
             else:
                 self._reserved.pop(who, None)
+                if not self._reserved:
+                    self._settled.set()
 
 
 def _logged(verdict: Verdict, caller: Caller) -> Verdict:

@@ -124,6 +124,8 @@ class SwarmProxy(DockerProxy):
         self.tokens.docker_url = None
         if self._server is not None:
             self._server.close()
+        if self.view is not None:
+            await self.admission.close()  # creates in flight answered first
         running = [*self._tasks, *self._background, *self._connections]
         for task in running:
             task.cancel()
