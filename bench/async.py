@@ -58,7 +58,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -231,16 +231,26 @@ def warm_state(http: httpx.Client) -> None:
 
 
 def drain(
-    http: httpx.Client, url: str, kind: str, calls: int, clients: int, gw_pid: int = 0
+    http: httpx.Client,
+    url: str,
+    kind: str,
+    calls: int,
+    clients: int,
+    gw_pid: int = 0,
+    workers: Callable[[], float] | None = None,
 ) -> dict[str, float]:
     """One round: ``calls`` calls of ``kind``, timed on the client's monotonic clock.
 
     The sample is checked: the 4 warm containers ready and idle before and after it, every
     call succeeded, warm (not cold), on at most those 4 containers. CPU over the round, per
-    call: the whole machine and the gateway process (``gw_pid``)."""
+    call: the whole machine, the gateway process (``gw_pid``), this process (the client:
+    its HTTP threads and its polling) and the worker containers (``workers``, their
+    cgroups' CPU seconds so far)."""
     warm_state(http)
     busy0, total0 = host_cpu()
     gw0 = proc_cpu(gw_pid) if gw_pid else 0.0
+    me0 = proc_cpu(os.getpid())
+    wk0 = workers() if workers else 0.0
     t0 = time.monotonic()
     if kind == "sync":
         answered = fire(url, "/function/noop", calls, clients)
@@ -263,6 +273,8 @@ def drain(
         t_end = time.monotonic()
     busy1, total1 = host_cpu()
     gw1 = proc_cpu(gw_pid) if gw_pid else 0.0
+    me1 = proc_cpu(os.getpid())
+    wk1 = workers() if workers else 0.0
     ids = {r.headers["x-call-id"] for r in answered}
     check(len(ids) == calls, f"{calls - len(ids)} calls answered without an id of their own")
     rows = records(http, ids, 600)
@@ -281,6 +293,8 @@ def drain(
         "containers_used": len(used),
         "machine_cpu_us_per_call": (busy1 - busy0) / calls * 1e6,
         "gateway_cpu_us_per_call": (gw1 - gw0) / calls * 1e6,
+        "client_cpu_us_per_call": (me1 - me0) / calls * 1e6,
+        "workers_cpu_us_per_call": (wk1 - wk0) / calls * 1e6,
         "machine_busy": (busy1 - busy0) / max(1e-9, total1 - total0),
     }
 
@@ -452,6 +466,12 @@ def measure(engine: docker.DockerClient, gw: Gateway, args: argparse.Namespace) 
         while pending(http):
             time.sleep(0.1)
 
+        flt = {"label": f"swarmless.gateway={gw.instance}"}
+        cids = [c["Id"] for c in engine.api.containers(filters=flt)]
+
+        def workers() -> float:
+            return sum(container_cpu(engine, cid) for cid in cids)
+
         delays: dict[str, list[float]] = {"async": [], "sync": []}
         if not args.drain_only:
             print(f"enqueue-to-start, {args.start_samples} samples of each...", flush=True)
@@ -459,14 +479,17 @@ def measure(engine: docker.DockerClient, gw: Gateway, args: argparse.Namespace) 
         rounds: dict[str, list[dict[str, float]]] = {"async": [], "sync": []}
         for i in range(args.rounds):
             for kind in ("async", "sync") if i % 2 == 0 else ("sync", "async"):
-                got = drain(http, url, kind, args.calls, args.clients, gw.pid)
+                got = drain(http, url, kind, args.calls, args.clients, gw.pid, workers)
                 rounds[kind].append(got)
                 print(
                     f"  round {i + 1} {kind:<5} drain {got['client_seconds']:.2f} s client clock"
                     f" ({args.calls / got['client_seconds']:.0f} calls/s),"
-                    f" {got['server_seconds']:.2f} s by the records; CPU us/call machine"
+                    f" {got['server_seconds']:.2f} s by the records"
+                    f" (all answered in {got['accepted_seconds']:.2f} s); CPU us/call machine"
                     f" {got['machine_cpu_us_per_call']:.0f}, gateway"
-                    f" {got['gateway_cpu_us_per_call']:.0f}; machine busy"
+                    f" {got['gateway_cpu_us_per_call']:.0f}, client"
+                    f" {got['client_cpu_us_per_call']:.0f}, workers"
+                    f" {got['workers_cpu_us_per_call']:.0f}; machine busy"
                     f" {got['machine_busy']:.0%}",
                     flush=True,
                 )
