@@ -162,7 +162,16 @@ def test_a_oneshot_answer_is_bounded_by_max_output_on_the_swarm(gw: OwnSwarmGate
         log_size="1m",
         timeout=60,
     )
-    gw.deploy(name="fits", image=BUSYBOX, mode="oneshot", command=["cat"], max_output="256k")
+    # timeout 60 as "lines": the full suite once found its task still "preparing" on a
+    # loaded in-container node when the default 30 s ran out.
+    gw.deploy(
+        name="fits",
+        image=BUSYBOX,
+        mode="oneshot",
+        command=["cat"],
+        max_output="256k",
+        timeout=60,
+    )
     with gw.http(token=None, timeout=120) as http:
         r = http.post("/function/flood")
         assert r.status_code == 502, r.text

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import operator
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import Table, event
@@ -100,6 +101,20 @@ def _single(order: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...
     return lambda row: (row[name],)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Bulk:
+    """A statement PostgreSQL runs for many rows at once (:meth:`Database._unnest`): an
+    insert of every column of ``table`` (an upsert on ``key``), or (``update``) an update
+    of the columns ``names[1:]`` of the row whose ``key`` is the rows' ``param``. Rows
+    are taken by ``names``; rows of one ``param`` are written once, the last one."""
+
+    table: Table
+    key: str | None
+    param: str | None
+    names: tuple[str, ...]
+    update: bool = False
+
+
 class Database:
     """Engines, the write turn, and whether the database answers (the store's base)."""
 
@@ -120,6 +135,11 @@ class Database:
         self._watchers = Watchers()
         #: Upserts built once per table (building one costs more than running it).
         self._upserts: dict[tuple[str, str], Any] = {}
+        #: Statements whose rows PostgreSQL takes in one statement (:meth:`_unnest`): an
+        #: insert (the table, its conflict key or None) or an update by key
+        #: (:meth:`_update_by_key`).
+        self._bulk: dict[Any, _Bulk] = {}
+        self._unnests: dict[tuple[int, ...], tuple[str, list[_Bulk]]] = {}
         #: SQLite: statements compiled once, with what picks a row's parameters in order.
         self._compiled: dict[Any, tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]] = {}
         #: SQLite: the transaction :meth:`_write_now` runs (its connection, the driver's).
@@ -357,6 +377,70 @@ class Database:
             found = self._upserts[(table.name, key)] = ins.on_conflict_do_update(
                 index_elements=[key], set_={name: ins.excluded[name] for name in names}
             )
+            self._bulk[found] = _Bulk(table, key, key, tuple(c.name for c in table.columns))
+        return found
+
+    def _insert_all(self, table: Table) -> Any:
+        """``INSERT`` of every column of ``table`` (written with :meth:`_executemany`, its
+        rows go in one statement on PostgreSQL)."""
+        found = self._upserts.get((table.name, ""))
+        if found is None:
+            found = self._upserts[(table.name, "")] = table.insert()
+            self._bulk[found] = _Bulk(table, None, None, tuple(c.name for c in table.columns))
+        return found
+
+    def _update_by_key(self, stmt: Any, table: Table, key: str, param: str) -> None:
+        """Register ``stmt``, ``UPDATE table SET col = :col ... WHERE key = :param`` (its
+        rows give ``param`` and every column it sets, by name): on PostgreSQL its rows go
+        in one statement (:meth:`_unnest`)."""
+        sets = tuple(name for name in stmt.compile().params if name != param)
+        self._bulk[stmt] = _Bulk(table, key, param, (param, *sets), update=True)
+
+    def _unnest(self, stmts: Sequence[Any]) -> tuple[str, list[_Bulk]]:
+        """PostgreSQL: the rows of ``stmts`` (each an insert, an upsert or an update by key
+        registered for it) as one statement: ``INSERT ... SELECT * FROM unnest($1::type[],
+        ...)`` (``UPDATE ... FROM unnest(...)``), one array per column, the statements after
+        the first in ``WITH`` clauses of the last. One plan and one round trip for any
+        number of rows and statements, where ``executemany`` runs each statement once per
+        row, and each in a round trip of its own. Their rows are disjoint (different tables,
+        or different rows of one: a call's queue row is done or dead, not both)."""
+        ident = tuple(id(stmt) for stmt in stmts)
+        found = self._unnests.get(ident)
+        if found is None:
+            dialect = self._writer.dialect
+            quote = dialect.identifier_preparer.quote
+            parts: list[str] = []
+            forms = [self._bulk[stmt] for stmt in stmts]
+            n = 0
+            for form in forms:
+                columns = {c.name: c for c in form.table.columns}
+                arrays = []
+                for name in form.names:
+                    column = columns[name] if name in columns else columns[str(form.key)]
+                    n += 1
+                    arrays.append(f"${n}::{column.type.compile(dialect=dialect)}[]")
+                table = dialect.identifier_preparer.format_table(form.table)
+                names = [quote(name) for name in form.names]
+                if form.update:
+                    assert form.key is not None
+                    sets = ", ".join(f"{name} = u.{name}" for name in names[1:])
+                    parts.append(
+                        f"UPDATE {table} AS t SET {sets} FROM unnest({', '.join(arrays)})"
+                        f" AS u({', '.join(names)}) WHERE t.{quote(form.key)} = u.{names[0]}"
+                    )
+                    continue
+                sql = f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest"
+                sql += f"({', '.join(arrays)})"
+                if form.key is not None:
+                    others = [name for name in names if name != quote(form.key)]
+                    sets = ", ".join(f"{name} = excluded.{name}" for name in others)
+                    sql += f" ON CONFLICT ({quote(form.key)}) DO UPDATE SET {sets}"
+                parts.append(sql)
+            sql = parts[-1]
+            if len(parts) > 1:
+                withs = ", ".join(f"w{i} AS ({part})" for i, part in enumerate(parts[:-1]))
+                sql = f"WITH {withs} {sql}"
+            found = self._unnests[ident] = (sql, forms)
         return found
 
     async def _executemany(
@@ -377,8 +461,11 @@ class Database:
         if not work:
             return
         if self.dialect != "sqlite":
+            if len(work) > 1 and all(stmt in self._bulk for stmt, _ in work):
+                await self._executemany_pg(conn, work)
+                return
             for stmt, rows in work:
-                await self._executemany_pg(conn, stmt, rows)
+                await self._executemany_pg(conn, [(stmt, rows)])
             return
         batches = []
         for stmt, rows in work:
@@ -420,13 +507,15 @@ class Database:
         return compiled
 
     async def _executemany_pg(
-        self, conn: AsyncConnection, stmt: Any, rows: list[dict[str, Any]]
+        self, conn: AsyncConnection, work: list[tuple[Any, list[dict[str, Any]]]]
     ) -> None:
-        """PostgreSQL: ``stmt`` once per row through asyncpg's ``executemany``, in the
-        transaction of SQLAlchemy's adapter (begun first if it was not yet: the adapter
-        begins lazily, at its first statement), under its lock; asyncpg's errors raised as
-        SQLAlchemy's. An adapter without those parts (another SQLAlchemy version) goes
-        through SQLAlchemy."""
+        """PostgreSQL: each (statement, rows) of ``work`` once per row through asyncpg's
+        ``executemany``, or (several statements, or many rows of one, every statement
+        registered: :meth:`_upsert`, :meth:`_insert_all`, :meth:`_update_by_key`) all in
+        one statement, :meth:`_unnest`; in the transaction of SQLAlchemy's adapter (begun
+        first if it was not yet: the adapter begins lazily, at its first statement), under
+        its lock; asyncpg's errors raised as SQLAlchemy's. An adapter without those parts
+        (another SQLAlchemy version) goes through SQLAlchemy."""
         adapter: Any = (await conn.get_raw_connection()).dbapi_connection
         driver = getattr(adapter, "_connection", None)
         mutex = getattr(adapter, "_execute_mutex", None)
@@ -437,15 +526,29 @@ class Database:
             or not hasattr(adapter, "_start_transaction")
             or not hasattr(driver, "executemany")
         ):
-            await conn.execute(stmt, rows)
+            for stmt, rows in work:
+                await conn.execute(stmt, rows)
             return
-        sql, pick = self._compile(stmt)
-        params = [pick(row) for row in rows]
+        stmt, rows = work[0]
+        bulk = len(work) > 1 or (len(rows) > 1 and stmt in self._bulk)
+        arrays: list[list[Any]] = []
+        if bulk:
+            sql, forms = self._unnest([stmt for stmt, _ in work])
+            for form, (_, rows) in zip(forms, work, strict=True):
+                if form.param is not None:  # one row per key, the last (as executemany)
+                    rows = list({row[form.param]: row for row in rows}.values())
+                arrays.extend([row[name] for row in rows] for name in form.names)
+        else:
+            sql, pick = self._compile(stmt)
+            params = [pick(row) for row in rows]
         async with mutex:
             try:
                 if adapter._transaction is None:
                     await adapter._start_transaction()
-                await driver.executemany(sql, params)
+                if bulk:
+                    await driver.execute(sql, *arrays)
+                else:
+                    await driver.executemany(sql, params)
             except Exception as e:
                 base = getattr(getattr(adapter, "dbapi", None), "Error", None)
                 try:

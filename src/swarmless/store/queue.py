@@ -84,7 +84,7 @@ class QueueOps(ClaimOps):
 
     def _init_queue(self) -> None:
         self._group = GroupCommit(self)
-        self._queue_insert = async_queue.insert()
+        self._queue_insert = self._insert_all(async_queue)
         # An async call is over: its row done (the body dropped, unless the call is dead:
         # a dead call keeps its request, so that it can be redriven).
         done = update(async_queue).where(async_queue.c.id == bindparam("qid"))
@@ -94,6 +94,8 @@ class QueueOps(ClaimOps):
             lease_until=bindparam("lease_until"),
         )
         self._done_clear = self._done_keep.values(body=bindparam("body"))
+        for stmt in (self._done_keep, self._done_clear):
+            self._update_by_key(stmt, async_queue, "id", "qid")
         # A started call's record says running (unless it already says more): one
         # statement built once, run for every call marked (by primary key).
         self._mark = (
