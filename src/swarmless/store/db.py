@@ -144,6 +144,9 @@ class Database:
         self._compiled: dict[Any, tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]] = {}
         #: SQLite: the transaction :meth:`_write_now` runs (its connection, the driver's).
         self._now: tuple[AsyncConnection, sqlite3.Connection] | None = None
+        #: PostgreSQL, in :meth:`_gathered`: its connection, and the rows of each bulk
+        #: statement run there so far (written at the block's end, in one statement).
+        self._gather: tuple[AsyncConnection, dict[Any, list[dict[str, Any]]]] | None = None
         self._checkpointing: asyncio.Task[None] | None = None
         #: Rows written by :meth:`_write_now` since its last checkpoint.
         self._unchecked = 0
@@ -240,9 +243,14 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
-        """The write turn, waited for at most ``write_timeout`` (then 503)."""
+        """The write turn, waited for at most ``write_timeout`` (then 503). A free turn is
+        taken at once: ``wait_for`` runs the wait as a task of its own, which starts only
+        at the event loop's next turn (milliseconds on a busy gateway, every write)."""
         try:
-            await asyncio.wait_for(self._write_lock.acquire(), self._write_timeout)
+            if self._write_lock.locked():
+                await asyncio.wait_for(self._write_lock.acquire(), self._write_timeout)
+            else:
+                await self._write_lock.acquire()  # free: returns without suspending
         except TimeoutError:
             raise GatewayUnavailable(
                 f"the gateway's store did not take a write within {self._write_timeout:g} s "
@@ -443,6 +451,32 @@ class Database:
             found = self._unnests[ident] = (sql, forms)
         return found
 
+    @contextlib.asynccontextmanager
+    async def _gathered(self, conn: AsyncConnection) -> AsyncIterator[None]:
+        """PostgreSQL: the bulk statements (:meth:`_executemany_all`, registered ones) run
+        on ``conn`` in the block are written at its end, all in one statement
+        (:meth:`_unnest`; the rows of one statement together): one round trip for the ops
+        of a group commit, not one per op. Any other statement run meanwhile writes what
+        was gathered first. Their rows must be disjoint (:meth:`_unnest`): accepted calls
+        and outcomes of other calls are."""
+        if self.dialect == "sqlite" or self._gather is not None:
+            yield
+            return
+        self._gather = (conn, {})
+        try:
+            yield
+            await self._flush_gathered()
+        finally:
+            self._gather = None
+
+    async def _flush_gathered(self) -> None:
+        gather = self._gather
+        if gather is None or not gather[1]:
+            return
+        work = list(gather[1].items())
+        gather[1].clear()
+        await self._executemany_pg(gather[0], work)
+
     async def _executemany(
         self, conn: AsyncConnection, stmt: Any, rows: list[dict[str, Any]]
     ) -> None:
@@ -461,6 +495,13 @@ class Database:
         if not work:
             return
         if self.dialect != "sqlite":
+            gather = self._gather
+            if gather is not None and gather[0] is conn:
+                if all(stmt in self._bulk for stmt, _ in work):
+                    for stmt, rows in work:
+                        gather[1].setdefault(stmt, []).extend(rows)
+                    return
+                await self._flush_gathered()  # in the order they were run
             if len(work) > 1 and all(stmt in self._bulk for stmt, _ in work):
                 await self._executemany_pg(conn, work)
                 return

@@ -151,7 +151,7 @@ class GroupCommit:
         try:
             small = sum(p.size for p in batch) <= WRITE_NOW_BYTES
             if not (small and await self._db._write_now(write)):
-                async with self._db._write() as conn:
+                async with self._db._write() as conn, self._db._gathered(conn):
                     await write(conn)
         except GatewayUnavailable as e:  # the database is away: every op fails
             for p in batch:
