@@ -15,10 +15,11 @@ forwarded (the ``async with`` block stands for the forward), so nothing is made.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import docker
 import pytest
@@ -66,7 +67,11 @@ def _create(token: str) -> Incoming:
     return Incoming("POST", target, [("content-type", "application/json")], body)
 
 
-def _admission(tokens: CallerTokens) -> tuple[Admission, EngineView]:
+@contextlib.asynccontextmanager
+async def _create_in_flight(caller: tuple[CallerTokens, str, str]) -> AsyncIterator[Admission]:
+    """An admission (on the real engine) with one create of ``caller`` allowed and in
+    flight for the block's duration."""
+    tokens, token, ip = caller
     settings = Settings(instance=INSTANCE)
     view = EngineView(endpoint(settings.docker_host), instance=INSTANCE, images=lambda: [BUSYBOX])
     admission = Admission(
@@ -76,32 +81,32 @@ def _admission(tokens: CallerTokens) -> tuple[Admission, EngineView]:
         engine=view,
         labels={LABEL_GATEWAY: INSTANCE},
     )
-    return admission, view
+    try:
+        async with admission.decide(_create(token), ip) as first:
+            assert first.allowed, first.message
+            yield admission
+    finally:
+        await view.close()
 
 
 def test_a_stop_waits_for_the_create_in_flight_and_refuses_new_ones(
     caller: tuple[CallerTokens, str, str],
 ) -> None:
-    tokens, token, ip = caller
+    token, ip = caller[1:]
 
     async def scenario() -> None:
-        admission, view = _admission(tokens)
-        try:
-            async with admission.decide(_create(token), ip) as first:
-                assert first.allowed, first.message
-                closing = asyncio.create_task(admission.close(timeout=120))
-                for _ in range(50):  # let it run as far as it can: to its wait
-                    await asyncio.sleep(0)
-                assert not closing.done(), "the stop went on with a create in flight"
-                async with admission.decide(_create(token), ip) as second:
-                    assert not second.allowed
-                    assert second.status == 503, second
-                    assert "the gateway is stopping" in second.message, second.message
-                assert not closing.done()
-            # The create in flight was answered: the stop goes on.
-            await asyncio.wait_for(closing, 30)
-        finally:
-            await view.close()
+        async with _create_in_flight(caller) as admission:
+            closing = asyncio.create_task(admission.close(timeout=120))
+            for _ in range(50):  # let it run as far as it can: to its wait
+                await asyncio.sleep(0)
+            assert not closing.done(), "the stop went on with a create in flight"
+            async with admission.decide(_create(token), ip) as second:
+                assert not second.allowed
+                assert second.status == 503, second
+                assert "the gateway is stopping" in second.message, second.message
+            assert not closing.done()
+        # The create in flight was answered: the stop goes on.
+        await asyncio.wait_for(closing, 30)
 
     asyncio.run(scenario())
 
@@ -109,17 +114,10 @@ def test_a_stop_waits_for_the_create_in_flight_and_refuses_new_ones(
 def test_a_stop_waits_for_creates_a_bounded_time(
     caller: tuple[CallerTokens, str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    tokens, token, ip = caller
-
     async def scenario() -> None:
-        admission, view = _admission(tokens)
-        try:
-            async with admission.decide(_create(token), ip) as first:
-                assert first.allowed, first.message
-                with caplog.at_level(logging.WARNING, logger="swarmless.proxy"):
-                    await asyncio.wait_for(admission.close(timeout=0.05), 30)
-            assert "1 container creates still unanswered" in caplog.text, caplog.text
-        finally:
-            await view.close()
+        async with _create_in_flight(caller) as admission:
+            with caplog.at_level(logging.WARNING, logger="swarmless.proxy"):
+                await asyncio.wait_for(admission.close(timeout=0.05), 30)
+        assert "1 container creates still unanswered" in caplog.text, caplog.text
 
     asyncio.run(scenario())
