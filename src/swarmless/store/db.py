@@ -402,6 +402,8 @@ class Database:
         rows give ``param`` and every column it sets, by name): on PostgreSQL its rows go
         in one statement (:meth:`_unnest`)."""
         sets = tuple(name for name in stmt.compile().params if name != param)
+        if param in table.c or key not in table.c or any(name not in table.c for name in sets):
+            raise ValueError(f"not an update of {table.name} by {key} = :{param}: {sets}")
         self._bulk[stmt] = _Bulk(table, key, param, (param, *sets), update=True)
 
     def _unnest(self, stmts: Sequence[Any]) -> tuple[str, list[_Bulk]]:
@@ -424,7 +426,7 @@ class Database:
                 columns = {c.name: c for c in form.table.columns}
                 arrays = []
                 for name in form.names:
-                    column = columns[name] if name in columns else columns[str(form.key)]
+                    column = columns[str(form.key) if name == form.param else name]
                     n += 1
                     arrays.append(f"${n}::{column.type.compile(dialect=dialect)}[]")
                 table = dialect.identifier_preparer.format_table(form.table)
