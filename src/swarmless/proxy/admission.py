@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Protocol
 
 from swarmless.config import Settings
+from swarmless.labels import LABEL_KIND
 from swarmless.proxy import policy
 from swarmless.proxy.http import Incoming
 from swarmless.proxy.policy import Caller, ProxyRequest, Target, Verdict
@@ -102,10 +103,10 @@ class Admission:
         except TimeoutError:
             log.warning(
                 "stopping with %d container creates still unanswered after %g s: a container "
-                "they make may be left behind (label %s)",
+                "they make may be left behind (label %s=child)",
                 sum(self._reserved.values()),
                 timeout,
-                "swarmless.kind=child",
+                LABEL_KIND,
             )
 
     def forget(self, container: str) -> None:

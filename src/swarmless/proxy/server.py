@@ -132,18 +132,25 @@ class DockerProxy:
 
     async def close(self) -> None:
         """Stop listening and remove every child container of this gateway."""
-        self.tokens.docker_url = None
-        if self._server is not None:
-            self._server.close()
-        await self.admission.close()  # creates in flight answered first
-        running = [*self._tasks, *self._background, *self._connections]
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        await self._stop_serving(self.admission)
         await self.children.close()
         with contextlib.suppress(httpx.HTTPError):
             await self.engine.remove_children()
         await self.engine.close()
+
+    async def _stop_serving(self, admission: Admission | None) -> None:
+        """Stop listening, let the creates in flight be answered (``admission`` closed
+        first: a child the engine was still making would be made after the children were
+        removed, and left behind), then end every connection and task of the API."""
+        self.tokens.docker_url = None
+        if self._server is not None:
+            self._server.close()
+        if admission is not None:
+            await admission.close()
+        running = [*self._tasks, *self._background, *self._connections]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -121,15 +121,7 @@ class SwarmProxy(DockerProxy):
 
     async def close(self) -> None:
         """Stop listening and remove every child service of this gateway."""
-        self.tokens.docker_url = None
-        if self._server is not None:
-            self._server.close()
-        if self.view is not None:
-            await self.admission.close()  # creates in flight answered first
-        running = [*self._tasks, *self._background, *self._connections]
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        await self._stop_serving(self.admission if self.view is not None else None)
         if self.view is not None:
             with contextlib.suppress(Exception):
                 await self._remove_all()
