@@ -139,7 +139,7 @@ class Database:
         #: insert (the table, its conflict key or None) or an update by key
         #: (:meth:`_update_by_key`).
         self._bulk: dict[Any, _Bulk] = {}
-        self._unnests: dict[tuple[int, ...], tuple[str, list[_Bulk]]] = {}
+        self._unnests: dict[tuple[Any, ...], tuple[str, list[_Bulk]]] = {}
         #: SQLite: statements compiled once, with what picks a row's parameters in order.
         self._compiled: dict[Any, tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]] = {}
         #: SQLite: the transaction :meth:`_write_now` runs (its connection, the driver's).
@@ -414,7 +414,7 @@ class Database:
         number of rows and statements, where ``executemany`` runs each statement once per
         row, and each in a round trip of its own. Their rows are disjoint (different tables,
         or different rows of one: a call's queue row is done or dead, not both)."""
-        ident = tuple(id(stmt) for stmt in stmts)
+        ident = tuple(stmts)
         found = self._unnests.get(ident)
         if found is None:
             dialect = self._writer.dialect
@@ -497,14 +497,15 @@ class Database:
         if not work:
             return
         if self.dialect != "sqlite":
+            bulk = all(stmt in self._bulk for stmt, _ in work)
             gather = self._gather
             if gather is not None and gather[0] is conn:
-                if all(stmt in self._bulk for stmt, _ in work):
+                if bulk:
                     for stmt, rows in work:
                         gather[1].setdefault(stmt, []).extend(rows)
                     return
                 await self._flush_gathered()  # in the order they were run
-            if len(work) > 1 and all(stmt in self._bulk for stmt, _ in work):
+            if len(work) > 1 and bulk:
                 await self._executemany_pg(conn, work)
                 return
             for stmt, rows in work:
