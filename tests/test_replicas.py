@@ -426,3 +426,85 @@ def test_a_standby_takes_an_expired_lease_only_from_a_holder_that_does_not_answe
         await replicas.close()
 
     asyncio.run(main())
+
+
+def test_a_holder_that_answers_late_once_keeps_its_lease_and_one_that_hangs_loses_it() -> None:
+    """A holder whose /healthz answers after the probe's timeout is busy, not gone: one
+    late answer (the last CI run's failure, on a loaded machine) leaves its expired lease
+    alone. A holder that hangs (it accepts, never answers) loses it after three probes in
+    a row that timed out, over at least one ``ttl``."""
+    ttl = 1.0
+    release = threading.Event()
+    mode = {"late": 1, "hang": False}
+    probes: list[float] = []
+
+    class Holder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            probes.append(time.monotonic())
+            if mode["late"] > 0 or mode["hang"]:
+                mode["late"] -= 1
+                release.wait(30)  # answers only once the test lets it
+            body = json.dumps({"status": "ok", "role": "active"}).encode()
+            with contextlib.suppress(OSError):  # a late answer's prober may be gone
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Holder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    holder_url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    async def main() -> None:
+        store, lost = LeaseTable(), []
+        store.rows["gateway:x"] = {
+            "holder": holder_url,
+            "url": holder_url,
+            "until": time.time() * 1000 - 10_000,
+            "contended": 0.0,
+        }
+        led: list[float] = []
+
+        async def lead() -> None:
+            led.append(time.monotonic())
+
+        replicas = Replicas(
+            store,  # type: ignore[arg-type]
+            "http://b:1",
+            holder="http://b:1",
+            lease="gateway:x",
+            ttl=ttl,
+            lead=lead,
+            lost=lost.append,
+        )
+        try:
+            # The first probe is held past its timeout: the standby tries again (a second
+            # probe, answered at once) instead of taking the lease.
+            await replicas.start()
+            await until(lambda: len(probes) >= 2, 10, "a second probe after a late one")
+            release.set()
+            await until(lambda: len(probes) >= 4, 10, "more probes, answered at once")
+            assert led == []
+            assert not replicas.active
+            assert store.rows["gateway:x"]["holder"] == holder_url
+            # Now it hangs: every probe held. Taken over, but only after three timeouts.
+            release.clear()
+            mode["hang"] = True
+            hung_at, before = time.monotonic(), len(probes)
+            await until(lambda: replicas.active, 20, "the standby takes over a hung holder")
+            assert len(probes) - before >= 3, "taken after fewer than three probes"
+            assert led[0] - hung_at >= ttl, "taken before the holder was silent a ttl"
+            assert store.rows["gateway:x"]["holder"] == "http://b:1"
+            print(f"\n[replicas] hung holder: taken over after {led[0] - hung_at:.2f} s")
+            assert lost == []
+        finally:
+            release.set()
+            await replicas.close()
+            server.shutdown()
+            server.server_close()
+
+    asyncio.run(main())

@@ -27,6 +27,10 @@ log = logging.getLogger("swarmless.gateway.replicas")
 #: Seconds between two warnings about a lease that cannot be renewed.
 _WARN_EVERY = 10.0
 
+#: Tries in a row (over at least a ``ttl``) whose ``/healthz`` probe timed out before a
+#: holder that does not refuse connections counts as gone.
+_SILENT_TRIES = 3
+
 
 class ReplicaLease:
     """The lease loop of one replica: whether it is the active one, and who is."""
@@ -65,6 +69,9 @@ class ReplicaLease:
         #: Whether another replica stood by at the last renewal.
         self._contended = False
         self._warned = 0.0
+        #: The expired holder's URL, since when its ``/healthz`` has not answered in time,
+        #: and how many tries in a row it did not.
+        self._silent: tuple[str, float, int] | None = None
         #: Why the store did not answer the last try for the lease (None: it did).
         self.store_error: str | None = None
         self._changed = asyncio.Event()
@@ -100,11 +107,14 @@ class ReplicaLease:
         asked = time.monotonic()
         try:
             state = await self._acquire(take_expired=False)
+            if not state.expired:
+                self._silent = None
             if state.holder != self.holder and state.expired and not self._holding:
-                if await self._holder_answers(state.url):
+                if not await self._holder_gone(state.url):
                     self._warn(
                         f"the gateway lease of {state.url} expired, but it still answers as "
-                        "the active replica (its store is slow or unreachable): not taking over"
+                        "the active replica, or has not stopped answering for long (its "
+                        "store is slow or unreachable): not taking over"
                     )
                 else:
                     asked = time.monotonic()
@@ -165,15 +175,28 @@ class ReplicaLease:
             self._warned = now
             log.warning("%s", message)
 
-    async def _holder_answers(self, url: str) -> bool:
-        """Whether the replica at ``url`` answers as the active one (or one starting)."""
+    async def _holder_gone(self, url: str) -> bool:
+        """Whether the replica at ``url``, whose lease expired, is gone: it refuses the
+        connection or answers as not active, or its ``/healthz`` has not answered in time for
+        :data:`_SILENT_TRIES` tries in a row spanning a whole ``ttl``. One probe that times
+        out is not enough: a holder on a busy machine may answer late, and taking its lease
+        then makes two active replicas."""
         if url == self.me:
-            return False
+            return True
         try:
             r = await self._http.get(f"{url}/healthz", timeout=min(1.0, self.ttl / 5))
-            return r.status_code == 200 and r.json().get("role") in ("active", "starting")
+            answers = r.status_code == 200 and r.json().get("role") in ("active", "starting")
+        except httpx.TimeoutException:
+            now = time.monotonic()
+            if self._silent is None or self._silent[0] != url:
+                self._silent = (url, now, 0)
+            since, tries = self._silent[1], self._silent[2] + 1
+            self._silent = (url, since, tries)
+            return tries >= _SILENT_TRIES and now - since >= self.ttl
         except (httpx.HTTPError, ValueError, AttributeError):
-            return False
+            answers = False
+        self._silent = None
+        return not answers
 
     async def _become_active(self) -> None:
         try:
