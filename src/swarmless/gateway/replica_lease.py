@@ -177,16 +177,18 @@ class ReplicaLease:
 
     async def _holder_gone(self, url: str) -> bool:
         """Whether the replica at ``url``, whose lease expired, is gone: it refuses the
-        connection or answers as not active, or its ``/healthz`` has not answered in time for
-        :data:`_SILENT_TRIES` tries in a row spanning a whole ``ttl``. One probe that times
-        out is not enough: a holder on a busy machine may answer late, and taking its lease
-        then makes two active replicas."""
+        connection (or none is made in time) or answers as not active, or its ``/healthz``
+        has not answered in time for :data:`_SILENT_TRIES` tries in a row spanning a whole
+        ``ttl``. One answer that comes late is not enough: a holder on a busy machine may
+        answer late, and taking its lease then makes two active replicas."""
         if url == self.me:
             return True
         try:
             r = await self._http.get(f"{url}/healthz", timeout=min(1.0, self.ttl / 5))
             answers = r.status_code == 200 and r.json().get("role") in ("active", "starting")
-        except httpx.TimeoutException:
+        except httpx.ConnectTimeout:  # no one at that address (a dead container's IP)
+            answers = False
+        except httpx.TimeoutException:  # connected, not answered in time: late, or hung
             now = time.monotonic()
             if self._silent is None or self._silent[0] != url:
                 self._silent = (url, now, 0)

@@ -17,10 +17,10 @@ They take turns holding the store's ``gateway:<instance>`` lease (:mod:`swarmles
   holder is replaced within ``ttl`` plus the new holder's start), or at once when the
   holder gave it up on a clean shutdown. Before taking an expired lease, a replica asks
   the holder's ``/healthz``: a holder that still answers as the active one (its store is
-  slow or unreachable, not the holder) keeps it. A holder that refuses the connection is
-  gone at once; one whose ``/healthz`` times out only once it has not answered in time
-  for three tries in a row over a whole ``ttl`` (a busy holder answers late, and is still
-  active).
+  slow or unreachable, not the holder) keeps it. A holder that refuses the connection (or
+  where no connection is made in time) is gone at once; one that takes the connection
+  but does not answer in time only once it has not for three tries in a row over a whole
+  ``ttl`` (a busy holder answers late, and is still active).
 - A store that is slow or away never ends a gateway by itself. A holder that cannot renew
   keeps serving what needs no store (sync calls; the rest answers 503) and keeps trying,
   **unless another replica stands by** (the lease is contended, see
