@@ -573,6 +573,12 @@ def main() -> None:
     write_json(args.json, result)
 
 
+def drain_target(store: str) -> str:
+    """The drain target's name: ``async-drain-vs-sync`` on SQLite (the default store),
+    ``async-drain-vs-sync-postgres`` on PostgreSQL (both have the same goal, issue 16)."""
+    return "async-drain-vs-sync" + ("" if store == "sqlite" else f"-{store}")
+
+
 def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
     calls = args.calls
     d = result["drains"]
@@ -590,7 +596,7 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
                 f" (rounds {rounds}) client clock"
             )
         print(f"ratio by the records (check): {a_server / s_server:.2f}")
-        result["targets"] = [target("async-drain-vs-sync", a_client / s_client, "<=", 1.3)]
+        result["targets"] = [target(drain_target(args.store), a_client / s_client, "<=", 1.3)]
         result["summary"] = {
             "drain_async_s": a_client,
             "drain_sync_s": s_client,
@@ -645,7 +651,7 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
     result["targets"] = [
         target("async-enqueue-rate", held, ">=", 3000, "calls/s"),
         target("async-enqueue-to-start-p50", ap50, "<=", 10, "ms"),
-        target("async-drain-vs-sync", a_client / s_client, "<=", 1.3),
+        target(drain_target(args.store), a_client / s_client, "<=", 1.3),
     ]
     result["summary"] = {
         "drain_async_s": a_client,
