@@ -10,8 +10,11 @@ protocol runs in every warm container of the other suites (tests/test_gateway.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,10 +29,14 @@ from swarmless.dispatch.background import Background
 from swarmless.dispatch.pool import Call, Result, WarmPool
 from swarmless.dispatch.recorder import Recorder
 from swarmless.dispatch.workers import WorkerRegistry
+from swarmless.gateway import runtime_frames
 from swarmless.gateway.runtime_api import RuntimeAPI
 from swarmless.gateway.runtime_frames import upgrade_protocol
 from swarmless.records import InvocationRecord, new_call_id, now_ms
 from swarmless.runtime import frames
+from swarmless.runtime.config import RuntimeConfig
+from swarmless.runtime.poll_common import Refused
+from swarmless.runtime.poll_frames import Channel
 from swarmless.spec import FunctionSpec
 from swarmless.store import Store
 
@@ -60,6 +67,29 @@ class Client:
 
     def close(self) -> None:
         self.writer.close()
+
+
+async def hello(port: int, raw: bytes) -> tuple[bytes, Client]:
+    """A new connection whose first bytes are ``raw`` (a HELLO frame, or one that is
+    not): the answer's head as read (empty: closed unanswered) and the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    head = b""
+    with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+        head = await asyncio.wait_for(reader.readexactly(frames.HEAD.size), 10)
+    return head, Client(reader, writer)
+
+
+def hello_frame(token: str) -> bytes:
+    return frames.frame(frames.HELLO, json.dumps({"token": token}).encode())
+
+
+async def closed(client: Client) -> bool:
+    """Whether the gateway closed the connection without another byte."""
+    try:
+        return await asyncio.wait_for(client.reader.read(1), 10) == b""
+    except ConnectionError:
+        return True
 
 
 async def upgrade(port: int, token: str) -> tuple[int, Client | None]:
@@ -109,7 +139,18 @@ async def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0
         await asyncio.sleep(0.01)
 
 
-def serve(tmp_path: Path, test: Callable[..., Awaitable[None]]) -> None:
+def serve(
+    tmp_path: Path,
+    test: Callable[..., Awaitable[None]],
+    *,
+    standby: bool = False,
+    plain: bool = False,
+) -> None:
+    """``test(port, workers, pool, store)`` against the gateway's HTTP protocol serving a
+    real runtime API: the active gateway's, a ``standby``'s (no runtime API of its own: it
+    takes no HELLO and no upgrade), or ``plain`` uvicorn's (an older gateway: it knows
+    neither; ``/runtime/next`` only)."""
+
     async def main() -> None:
         settings = Settings.load(data_dir=tmp_path, instance="test-frames")
         store = await Store.open(settings.store)
@@ -123,8 +164,9 @@ def serve(tmp_path: Path, test: Callable[..., Awaitable[None]]) -> None:
         sock.bind(("127.0.0.1", 0))
         sock.listen(16)
         sock.setblocking(False)
+        protocol = upgrade_protocol(lambda: None if standby else api)
         config = uvicorn.Config(
-            api, http=upgrade_protocol(lambda: api), lifespan="off", log_level="warning"
+            api, http="httptools" if plain else protocol, lifespan="off", log_level="warning"
         )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -254,3 +296,130 @@ def test_a_silent_poller_is_taken_for_gone(tmp_path: Path) -> None:
         await eventually(lambda: not pool.polling(), "the silent poller forgotten")
 
     serve(tmp_path, test)
+
+
+def test_a_hello_opens_the_framed_connection_without_http(tmp_path: Path) -> None:
+    """A connection whose first bytes are a HELLO frame with a live worker's token is
+    answered WELCOME and is framed from then on; frames sent right behind the HELLO, in the
+    same write, are read as such."""
+
+    async def test(port: int, workers: WorkerRegistry, pool: WarmPool, store: Store) -> None:
+        worker = workers.new(pool)
+        queued = new_call(b"first")
+        pool.submit(queued)
+        head, client = await hello(port, hello_frame(worker.token) + frames.frame(frames.NEXT))
+        assert frames.HEAD.unpack(head) == (frames.WELCOME, 0, 0)
+        kind, meta, body = await client.read()
+        assert kind == frames.CALL
+        assert meta["id"] == queued.id
+        assert body == b"first"
+        client.send(frames.NEXT, {"id": queued.id, "status": 200}, b"answer")
+        assert (await asyncio.wait_for(queued.future, 10)).body == b"answer"
+        await eventually(lambda: pool.polling() == {worker.id}, "the poller to wait")
+        # The same guarantees as an upgraded connection: retired, then gone, its next NEXT
+        # is REFUSED and the connection closed.
+        pool.retire(worker)
+        assert (await client.read())[0] == frames.RETIRE
+        pool.gone(worker)
+        workers.forget(worker)
+        client.send(frames.NEXT)
+        assert (await client.read())[0] == frames.REFUSED
+        assert await closed(client)
+
+    serve(tmp_path, test)
+
+
+def test_a_hello_is_checked_and_bounded(tmp_path: Path, monkeypatch: Any) -> None:
+    """An unknown token is REFUSED; a HELLO that is not one (meta not JSON, no token, a
+    body, meta over the limit) or that never ends is closed unanswered, the last once
+    ``HELLO_TIMEOUT`` ran out. HTTP on the same port is not affected."""
+    monkeypatch.setattr(runtime_frames, "HELLO_TIMEOUT", 0.5)
+
+    async def test(port: int, workers: WorkerRegistry, pool: WarmPool, store: Store) -> None:
+        worker = workers.new(pool)
+        head, client = await hello(port, hello_frame("not-a-worker"))
+        assert frames.HEAD.unpack(head) == (frames.REFUSED, 0, 0)
+        assert await closed(client)
+        bad = [
+            frames.frame(frames.HELLO, b"{not json"),
+            frames.frame(frames.HELLO, b'{"token": 7}'),
+            frames.frame(frames.HELLO, b"[]"),
+            frames.frame(frames.HELLO, json.dumps({"token": worker.token}).encode(), b"x"),
+            frames.HEAD.pack(frames.HELLO, frames.HELLO_LIMIT + 1, 0),
+        ]
+        for raw in bad:
+            head, client = await hello(port, raw)
+            assert head == b"", (raw[:40], head)
+        # Half a HELLO, then nothing: closed once HELLO_TIMEOUT ran out.
+        t0 = time.monotonic()
+        head, client = await hello(port, hello_frame(worker.token)[:12])
+        assert head == b""
+        assert time.monotonic() - t0 >= 0.5
+        # Not one of those reached the pool, and the worker's own HELLO still works.
+        assert not pool.polling()
+        head, client = await hello(port, hello_frame(worker.token))
+        assert frames.HEAD.unpack(head) == (frames.WELCOME, 0, 0)
+        client.close()
+        status, upgraded = await upgrade(port, worker.token)
+        assert status == 101
+        assert upgraded is not None
+        upgraded.close()
+
+    serve(tmp_path, test)
+
+
+def test_a_standby_answers_a_hello_unavailable(tmp_path: Path) -> None:
+    async def test(port: int, workers: WorkerRegistry, pool: WarmPool, store: Store) -> None:
+        worker = workers.new(pool)
+        head, client = await hello(port, hello_frame(worker.token))
+        assert frames.HEAD.unpack(head) == (frames.UNAVAILABLE, 0, 0)
+        assert await closed(client)
+
+    serve(tmp_path, test, standby=True)
+
+
+def channel_call(port: int, token: str, pool: WarmPool, imports: bool = False) -> str:
+    """The runtime's own :class:`Channel` (in a thread, as a poller) takes one call;
+    the call's id."""
+    config = RuntimeConfig(api=f"http://127.0.0.1:{port}", token=token)
+    channel = Channel(config, lambda: None)
+    try:
+        status, handed = channel.exchange(None)
+        while status == 204:
+            status, handed = channel.exchange(None)
+        assert status == 200, status
+        assert handed is not None
+        return handed[0]
+    finally:
+        channel.close()
+
+
+def test_the_runtime_says_hello_and_falls_back_to_http(tmp_path: Path) -> None:
+    """The runtime's channel opens its framed connection with a HELLO (no HTTP client
+    imported for it), keeps to HTTP on a standby (UNAVAILABLE, then the upgrade's 503:
+    ``/runtime/next``) and on an older gateway (its 400 to the HELLO), and stops on a
+    refused token."""
+    probe = (
+        "import sys, swarmless.runtime.loop; "
+        "print(sorted(m for m in ('http.client', 'email.parser', 'ssl') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+    def check(standby: bool = False, plain: bool = False) -> None:
+        async def test(port: int, workers: WorkerRegistry, pool: WarmPool, store: Store) -> None:
+            worker = workers.new(pool)
+            queued = new_call(b"one")
+            pool.submit(queued)
+            got = await asyncio.to_thread(channel_call, port, worker.token, pool)
+            assert got == queued.id
+            if not (standby or plain):
+                with contextlib.suppress(Refused):
+                    await asyncio.to_thread(channel_call, port, "not-a-worker", pool)
+                    raise AssertionError("a refused token did not raise Refused")
+
+        serve(tmp_path / f"{standby}-{plain}", test, standby=standby, plain=plain)
+
+    check()
+    check(standby=True)
+    check(plain=True)

@@ -1,9 +1,12 @@
 """The framed runtime connection, the gateway's side (:mod:`swarmless.runtime.frames`).
 
-A warm container's poller asks for it with ``POST /runtime/connect`` and
-``Upgrade: swarmless-runtime/1``. The gateway's HTTP protocol (:func:`upgrade_protocol`,
-uvicorn's httptools protocol that also knows this upgrade; the request is parsed by
-httptools as every other) checks the worker token before answering ``101``, and the
+A warm container's poller opens it with a HELLO frame as the first bytes of a new
+connection, or asks for it with ``POST /runtime/connect`` and ``Upgrade:
+swarmless-runtime/1``. The gateway's HTTP protocol (:func:`upgrade_protocol`, uvicorn's
+httptools protocol that also knows both; a request is parsed by httptools as every other)
+tells a HELLO from a request by the connection's first byte (a frame type, never a letter
+of an HTTP method): the HELLO is read by :class:`_Hello`, bounded in size and time. Either
+way the worker token is checked before the answer (WELCOME, or ``101``), and the
 connection becomes a :class:`FramedWorker`: an :class:`asyncio.Protocol`, no ASGI, no task
 and no future per call. A NEXT frame carries the result of the poller's previous call; the
 answer is the next call, written to the socket as soon as the pool has one
@@ -24,8 +27,8 @@ so the worker is no longer counted as polling and the reconciler checks it, as w
 poll is not renewed. ALIVE counts as activity, as a renewed long poll does. Any frame that
 breaks the protocol closes the connection.
 
-An active gateway only: a standby replica answers 503 and the runtime keeps to
-``/runtime/next`` (which the standby forwards).
+An active gateway only: a standby replica answers UNAVAILABLE (to a HELLO) or 503 (to the
+upgrade), and the runtime keeps to ``/runtime/next`` (which the standby forwards).
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ _HEAD_SIZE = frames.HEAD.size
 _RETIRE = frames.frame(frames.RETIRE)
 _IDLE = frames.frame(frames.IDLE)
 _REFUSED = frames.frame(frames.REFUSED)
+_WELCOME = frames.frame(frames.WELCOME)
+_UNAVAILABLE = frames.frame(frames.UNAVAILABLE)
+#: Seconds a connection that began with a HELLO frame has to send the rest of it.
+HELLO_TIMEOUT = 10.0
 _SWITCH = (
     b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: " + _UPGRADE + b"\r\n\r\n"
 )
@@ -335,16 +342,116 @@ class _OneWrite(asyncio.Transport):
         return self._transport.get_extra_info(name, default)
 
 
+class _Hello(asyncio.Protocol):
+    """A connection whose first byte was a HELLO frame's, until the frame is whole (at most
+    :data:`~swarmless.runtime.frames.HELLO_LIMIT` bytes of meta, within
+    :data:`HELLO_TIMEOUT`): a live worker's token makes it a :class:`FramedWorker`
+    (WELCOME); an unknown one is answered REFUSED, a standby's UNAVAILABLE; anything else
+    closes the connection unanswered."""
+
+    def __init__(self, runtime: Callable[[], RuntimeAPI | None], connections: set[Any]) -> None:
+        self._runtime = runtime
+        self._connections = connections
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._connections.add(self)
+        self._timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT, self._close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._done()
+
+    def shutdown(self) -> None:
+        """The server stops (uvicorn asks every connection): close."""
+        self._close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        buf = self._buf
+        buf += data
+        if len(buf) < _HEAD_SIZE:
+            return
+        kind, meta_len, body_len = _HEAD.unpack_from(buf)
+        if kind != frames.HELLO or body_len or meta_len > frames.HELLO_LIMIT:
+            self._close()
+            return
+        end = _HEAD_SIZE + meta_len
+        if len(buf) < end:
+            return
+        try:
+            meta = json.loads(bytes(buf[_HEAD_SIZE:end]))
+        except ValueError:
+            meta = None
+        token = meta.get("token") if isinstance(meta, dict) else None
+        if not isinstance(token, str) or not token:
+            self._close()
+            return
+        self._answer(token, bytes(buf[end:]))
+
+    def _answer(self, token: str, rest: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        api = self._runtime()
+        if api is None:
+            transport.write(_UNAVAILABLE)
+            self._close()
+            return
+        found = api.workers.for_token(token)
+        if found is None:
+            transport.write(_REFUSED)
+            self._close()
+            return
+        self._done()
+        worker, pool = found
+        framed = FramedWorker(api, worker, pool, self._connections)
+        transport.write(_WELCOME)
+        transport.set_protocol(framed)
+        framed.connection_made(transport)
+        if rest:
+            framed.data_received(rest)
+
+    def _close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        self._done()
+
+    def _done(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._connections.discard(self)
+
+
 #: The paths answered in one write: sync calls, and the 202 (or refusal) of an async one.
 _ONE_WRITE = ("/function/", "/async-function/")
 
 
 def upgrade_protocol(runtime: Callable[[], RuntimeAPI | None]) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol that also upgrades ``POST /runtime/connect`` to a
-    :class:`FramedWorker` (``runtime()``: the active gateway's runtime API, or None), and
+    """uvicorn's httptools protocol that also makes a connection opened with a HELLO
+    frame, or upgraded with ``POST /runtime/connect``, a :class:`FramedWorker`
+    (``runtime()``: the active gateway's runtime API, or None), and
     answers ``/function/*`` and ``/async-function/*`` in one write (:class:`_OneWrite`)."""
 
     class GatewayHttpProtocol(HttpToolsProtocol):
+        #: Whether the connection's first bytes were looked at (a HELLO, or HTTP).
+        _sniffed = False
+
+        def data_received(self, data: bytes) -> None:
+            if not self._sniffed:
+                self._sniffed = True
+                if data[0] == frames.HELLO:
+                    self.connections.discard(self)
+                    hello = _Hello(runtime, self.connections)
+                    self.transport.set_protocol(hello)
+                    hello.connection_made(self.transport)
+                    hello.data_received(data)
+                    return
+            super().data_received(data)
+
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
             cycle = self.cycle

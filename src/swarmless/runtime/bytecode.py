@@ -26,8 +26,10 @@ __all__ = ["BYTECODE_MOUNT", "MODULES", "main", "release"]
 BYTECODE_MOUNT = "/opt/swarmless-pyc"
 
 #: What the runtime imports before it loads a handler (the poll loop imports everything
-#: the runtime needs on its way to the first call); their own imports come with them.
-MODULES = ("swarmless.runtime.loop",)
+#: the runtime needs on its way to the first call), and its HTTP side (imported only when
+#: the gateway takes no HELLO: a standby, an ``https`` runtime API); their own imports
+#: come with them.
+MODULES = ("swarmless.runtime.loop", "swarmless.runtime.poll_http")
 
 
 def release() -> None:

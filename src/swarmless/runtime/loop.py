@@ -10,13 +10,13 @@ Each of ``SWARMLESS_CONCURRENCY`` poller threads owns one keep-alive connection 
         410 -> retired: drain, then the process exits 0
         401 -> the token is refused: the process exits 1
 
-A poller first asks its gateway to upgrade the connection to frames
-(:mod:`~swarmless.runtime.frames`, ``POST /runtime/connect``): the same loop, a NEXT frame
-for the request and a CALL, IDLE, RETIRE or REFUSED frame for its answer (200, 204, 410,
-401), without HTTP on the way. A gateway that answers anything but 101 (an older one, a
-standby replica) is asked again after ``FRAMED_RETRY`` seconds; until then the poller uses
-``/runtime/next``. The connection is a poller's :class:`~swarmless.runtime.poll_frames.Channel`
-(the frames there, the HTTP requests in :mod:`~swarmless.runtime.poll_http`); this module
+A poller first opens a framed connection (:mod:`~swarmless.runtime.frames`: a HELLO frame,
+else ``POST /runtime/connect``): the same loop, a NEXT frame for the request and a CALL,
+IDLE, RETIRE or REFUSED frame for its answer (200, 204, 410, 401), without HTTP on the
+way. A gateway that takes neither (a standby replica) is asked again after
+``FRAMED_RETRY`` seconds; until then the poller uses ``/runtime/next``. The connection is
+a poller's :class:`~swarmless.runtime.poll_frames.Channel` (the frames there, the HTTP
+requests in :mod:`~swarmless.runtime.poll_http`, imported only when needed); this module
 re-exports ``POLL_TIMEOUT`` and ``FRAMED_RETRY``, every import path unchanged.
 
 Draining: on 410 (or SIGTERM) no poller starts a new poll without a result in hand; pollers
@@ -45,10 +45,10 @@ from swarmless.runtime import bytecode, capture
 from swarmless.runtime.config import RuntimeConfig, log
 from swarmless.runtime.handlers import FailedHandler, Handler, load_handler, run_handler
 from swarmless.runtime.invocation import Call, Result, error_result
+from swarmless.runtime.poll_common import POLL_TIMEOUT as POLL_TIMEOUT
+from swarmless.runtime.poll_common import Dropped, Refused, Retry
 from swarmless.runtime.poll_frames import FRAMED_RETRY as FRAMED_RETRY
 from swarmless.runtime.poll_frames import Channel
-from swarmless.runtime.poll_http import POLL_TIMEOUT as POLL_TIMEOUT
-from swarmless.runtime.poll_http import Dropped, Refused, Retry
 
 __all__ = ["Poller", "Runtime", "RuntimeConfig", "main", "serve"]
 

@@ -1,32 +1,37 @@
 """The poller's framed connection: one exchange per call, without HTTP on the way.
 
-:class:`Channel` asks its gateway to upgrade the poller's connection
-(``POST /runtime/connect``, :meth:`~swarmless.runtime.poll_http.HttpChannel.upgrade`) and
-then sends a NEXT frame (the result in hand, after a LOGS frame of its prints) and reads a
+:class:`Channel` opens a connection to its gateway's runtime API with a HELLO frame (no
+HTTP: a runtime that gets its WELCOME never imports an HTTP client, a third of its start)
+or, when the gateway takes no HELLO (UNAVAILABLE from a standby, an older gateway, an
+``https`` runtime API or one below a path), asks for the upgrade (``POST
+/runtime/connect``, :meth:`~swarmless.runtime.poll_http.HttpChannel.upgrade`). Then it
+sends a NEXT frame (the result in hand, after a LOGS frame of its prints) and reads a
 CALL, IDLE, RETIRE or REFUSED frame for its answer (200, 204, 410, 401), the frames of
-:mod:`~swarmless.runtime.frames`. A gateway that answers anything but 101 (an older one, a
-standby replica) is asked again after :data:`FRAMED_RETRY` seconds; until then the channel
-uses ``/runtime/next`` (:class:`~swarmless.runtime.poll_http.HttpChannel`).
+:mod:`~swarmless.runtime.frames`. A gateway that takes neither (a standby replica) is asked
+again after :data:`FRAMED_RETRY` seconds; until then the channel uses ``/runtime/next``
+(:class:`~swarmless.runtime.poll_http.HttpChannel`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import time
+import urllib.parse
 
 from swarmless.runtime import frames
-from swarmless.runtime.poll_http import HttpChannel, Refused, Retry, cut
+from swarmless.runtime.poll_common import POLL_TIMEOUT, Refused, Retry, cut, no_delay
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import io
-    import socket
     from collections.abc import Callable
 
     from swarmless.runtime.config import RuntimeConfig
     from swarmless.runtime.invocation import Result
-    from swarmless.runtime.poll_http import Handed
+    from swarmless.runtime.poll_common import Handed
+    from swarmless.runtime.poll_http import HttpChannel
 
 __all__ = ["FRAMED_RETRY", "Channel"]
 
@@ -39,12 +44,21 @@ _JOIN_LIMIT = 64 << 10
 _ALIVE = frames.frame(frames.ALIVE)
 
 
-class Channel(HttpChannel):
+class Channel:
     """A poller's connection to its gateway: framed when the gateway offers it, else
     ``POST /runtime/next``."""
 
     def __init__(self, config: RuntimeConfig, contact: Callable[[], None]) -> None:
-        super().__init__(config, contact)
+        self._config = config
+        self._contact = contact
+        parts = urllib.parse.urlsplit(config.api)
+        #: Where a HELLO goes (None: the runtime API takes none: https, or below a path).
+        self._direct: tuple[str, int] | None = None
+        if parts.scheme == "http" and not parts.path.strip("/") and parts.hostname:
+            self._direct = (parts.hostname, parts.port or 80)
+        self._hello = frames.frame(frames.HELLO, json.dumps({"token": config.token}).encode())
+        #: The HTTP side, made (and ``http.client`` imported) when first needed.
+        self._http: HttpChannel | None = None
         # The framed connection (None: not open), its reader, and whether a NEXT sent on
         # it waits for its answer.
         self._sock: socket.socket | None = None
@@ -52,20 +66,31 @@ class Channel(HttpChannel):
         self._asked = False
         #: Monotonic time before which the poller does not ask for frames again.
         self._http_until = 0.0
+        #: Monotonic time before which it sends no HELLO (a standby answered UNAVAILABLE).
+        self._hello_until = 0.0
 
     def exchange(self, pending: Result | None) -> tuple[int, Handed | None]:
         """Deliver ``pending`` (if any) and take the gateway's answer: 200 with a call,
         204, or 410; raises Retry, Refused or Dropped."""
         got = self._frame_next(pending) if time.monotonic() >= self._http_until else None
         if got is None:
+            http = self._http_side()
             if pending is not None and (pending.stdout or pending.stderr):
-                self.send_logs(pending)
-            got = self.post_next(pending)
+                http.send_logs(pending)
+            got = http.post_next(pending)
         return got
 
     def close(self) -> None:
         self._drop_framed()
-        super().close()
+        if self._http is not None:
+            self._http.close()
+
+    def _http_side(self) -> HttpChannel:
+        if self._http is None:
+            from swarmless.runtime.poll_http import HttpChannel
+
+            self._http = HttpChannel(self._config, self._contact)
+        return self._http
 
     def _frame_next(self, pending: Result | None) -> tuple[int, Handed | None] | None:
         """One exchange on the framed connection (opened first if need be); None when the
@@ -102,22 +127,61 @@ class Channel(HttpChannel):
         raise Retry(f"the gateway sent a frame of unknown type {kind}")
 
     def _open_framed(self) -> bool:
-        """Ask for the framed connection on this poller's connection: True once it is."""
-        resp = self.upgrade()
+        """Open the framed connection: with a HELLO, else with the upgrade on this
+        poller's HTTP connection. True once it is open."""
+        if self._direct is not None and time.monotonic() >= self._hello_until and self._say_hello():
+            return True
+        http = self._http_side()
+        resp = http.upgrade()
         if resp is None:
             self._http_until = time.monotonic() + FRAMED_RETRY
             return False
-        sock = self._conn.sock
+        sock = http.taken_socket()
         # The response's buffered reader goes on reading the frames (the gateway sends
         # nothing before the first NEXT, but nothing it buffered would be lost either).
         reader, resp.fp = resp.fp, None  # type: ignore[assignment]
-        self._conn.sock = None  # the HTTP connection reconnects if it is ever used again
-        self._used = False
         if sock is None or reader is None:
             raise Retry("the upgraded connection has no socket")
         self._sock, self._reader = sock, reader
         self._asked = False
         return True
+
+    def _say_hello(self) -> bool:
+        """A new connection opened with a HELLO frame: True once the gateway answered
+        WELCOME; False when it takes no HELLO (the caller asks with HTTP, and keeps to
+        HTTP from then on). Refused on REFUSED, Retry when the gateway cannot be reached."""
+        assert self._direct is not None
+        try:
+            sock = socket.create_connection(self._direct, timeout=POLL_TIMEOUT)
+        except OSError as e:
+            raise Retry(f"{type(e).__name__}: {e}") from e
+        no_delay(sock)
+        reader = sock.makefile("rb")
+        kind = None
+        try:
+            sock.sendall(self._hello)
+            head = reader.read(frames.HEAD.size)
+            if len(head) == frames.HEAD.size:
+                kind, meta_len, body_len = frames.HEAD.unpack(head)
+                if meta_len or body_len:  # not an answer to a HELLO (an HTTP 400, ...)
+                    kind = None
+        except OSError as e:
+            reader.close()
+            sock.close()
+            raise Retry(f"{type(e).__name__}: {e}") from e
+        if kind == frames.WELCOME:
+            self._sock, self._reader = sock, reader
+            self._asked = False
+            return True
+        reader.close()
+        sock.close()
+        if kind == frames.REFUSED:
+            raise Refused("the gateway refused the worker token (REFUSED frame)")
+        if kind == frames.UNAVAILABLE:  # a standby: it may be the active one later
+            self._hello_until = time.monotonic() + FRAMED_RETRY
+        else:  # a gateway that does not know HELLO (an older one: its 400, or a close)
+            self._direct = None
+        return False
 
     def _drop_framed(self) -> None:
         reader, sock = self._reader, self._sock

@@ -3,21 +3,30 @@
 :class:`HttpChannel` sends ``POST /runtime/next`` (carrying the result in hand, answered
 with the next call, 204, 410 or 401), a call's prints to ``/runtime/logs/{id}``, and asks
 for the upgrade to frames (``POST /runtime/connect``, :mod:`~swarmless.runtime.frames`);
-:class:`~swarmless.runtime.poll_frames.Channel` adds the framed connection on top. The
+:class:`~swarmless.runtime.poll_frames.Channel` uses it when its gateway takes no HELLO
+(imported then only: ``http.client`` is a third of the runtime's import time). The
 failures the poll loop (:mod:`~swarmless.runtime.loop`) tells apart: :class:`Retry`,
-:class:`Refused`, :class:`Dropped`.
+:class:`Refused`, :class:`Dropped` (:mod:`~swarmless.runtime.poll_common`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import socket
 import urllib.parse
 
-from swarmless.runtime import capture, frames
+from swarmless.runtime import frames
 from swarmless.runtime.config import log
+from swarmless.runtime.poll_common import (
+    POLL_TIMEOUT,
+    Dropped,
+    Handed,
+    Refused,
+    Retry,
+    cut,
+    no_delay,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -26,26 +35,8 @@ if TYPE_CHECKING:
     from swarmless.runtime.config import RuntimeConfig
     from swarmless.runtime.invocation import Result
 
+# The poll loop's names, also importable from here (:mod:`~swarmless.runtime.poll_common`).
 __all__ = ["POLL_TIMEOUT", "Dropped", "Handed", "HttpChannel", "Refused", "Retry", "cut"]
-
-#: Socket timeout of a poll: longer than the gateway's long-poll window (about 25 s).
-POLL_TIMEOUT = 70.0
-
-#: A call as the gateway handed it out: id, deadline (epoch ms), event (a ValueError when it
-#: could not be parsed), body.
-Handed = tuple[str, object, object, bytes]
-
-
-class Retry(Exception):
-    """A failure worth retrying after a backoff (connection error, 5xx, 429)."""
-
-
-class Refused(Exception):
-    """The gateway refused the token: stop."""
-
-
-class Dropped(Exception):
-    """A result the gateway will not take even as an error: give it up."""
 
 
 class _HTTPConnection(http.client.HTTPConnection):
@@ -58,27 +49,13 @@ class _HTTPConnection(http.client.HTTPConnection):
 
     def connect(self) -> None:
         super().connect()
-        _no_delay(self.sock)
+        no_delay(self.sock)
 
 
 class _HTTPSConnection(http.client.HTTPSConnection):
     def connect(self) -> None:
         super().connect()
-        _no_delay(self.sock)
-
-
-def _no_delay(sock: socket.socket | None) -> None:
-    if sock is not None:
-        with contextlib.suppress(OSError):  # not every socket family has the option
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def cut(text: str) -> str:
-    """At most 1 MiB of UTF-8, cut on a character boundary."""
-    data = text.encode("utf-8", "replace")
-    if len(data) <= capture.LOG_LIMIT:
-        return text
-    return data[: capture.LOG_LIMIT].decode("utf-8", "ignore")
+        no_delay(self.sock)
 
 
 class HttpChannel:
@@ -177,6 +154,13 @@ class HttpChannel:
         }
         resp, _ = self._exchange(frames.PATH, b"", headers, upgrade=True)
         return resp if resp.status == 101 else None
+
+    def taken_socket(self) -> socket.socket | None:
+        """The socket of the connection :meth:`upgrade` switched: the caller's from now on
+        (this channel opens a new connection if it is used again)."""
+        sock, self._conn.sock = self._conn.sock, None
+        self._used = False
+        return sock
 
     def send_logs(self, result: Result) -> None:
         payload = json.dumps({"stdout": cut(result.stdout), "stderr": cut(result.stderr)}).encode(
