@@ -33,10 +33,12 @@ import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -1680,6 +1682,63 @@ def _chain(p: Probe) -> Resp:
 def _token_variant(p: Probe, path: str) -> Resp:
     return p.raw("GET", path + f"{API}/containers/json", token=False)
 
+
+# -- the runtime API's HELLO (swarmless.runtime.frames: a 9-byte head, type then lengths) ---
+
+_HELLO, _REFUSED = 4, 14
+
+
+def _frame(kind: int, meta: bytes = b"", body: bytes = b"") -> bytes:
+    return struct.pack(">BII", kind, len(meta), len(body)) + meta + body
+
+
+def _hello(p: Probe, raw: bytes, answer: int | None) -> Check:
+    """``raw`` as the first bytes of a connection to the gateway's runtime API: the gateway
+    must answer one frame of type ``answer`` (None: nothing at all) and close, and still
+    answer a call afterwards."""
+    api = urllib.parse.urlsplit(os.environ["SWARMLESS_RUNTIME_API"])
+    got = b""
+    with socket.create_connection((api.hostname or "", api.port or 80), timeout=20) as s:
+        s.sendall(raw)
+        while len(got) < 65536:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    want = b"" if answer is None else _frame(answer)
+    after = p.gateway("GET", "/healthz", None)
+    return Check(
+        got == want and after.status == 200,
+        f"answered {got[:120]!r} (want {want!r}); /healthz then: {after.status}",
+    )
+
+
+table(
+    "tokens",
+    "ok",
+    {
+        "a HELLO with a guessed worker token is refused": lambda p: _hello(
+            p, _frame(_HELLO, json.dumps({"token": "x" * 43}).encode()), _REFUSED
+        ),
+        "a HELLO with the function's caller token is refused": lambda p: _hello(
+            p,
+            _frame(_HELLO, json.dumps({"token": os.environ.get("SWARMLESS_TOKEN")}).encode()),
+            _REFUSED,
+        ),
+        "a HELLO claiming 4 GiB of meta is closed unanswered": lambda p: _hello(
+            p, struct.pack(">BII", _HELLO, 0xFFFFFFFF, 0) + b"{" * 4096, None
+        ),
+        "a HELLO with a body and HTTP behind it is closed, the HTTP not run": lambda p: _hello(
+            p,
+            _frame(_HELLO, b'{"token": "x"}', b"x")
+            + b"GET /system/functions HTTP/1.1\r\nHost: gw\r\n\r\n",
+            None,
+        ),
+        "a HELLO whose meta is not an object is closed unanswered": lambda p: _hello(
+            p, _frame(_HELLO, b'["token"]'), None
+        ),
+    },
+)
 
 table(
     "tokens",
