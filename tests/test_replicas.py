@@ -383,34 +383,51 @@ def test_a_contended_active_replica_steps_down_before_its_lease_expires() -> Non
     assert margin > 0, f"stepped down {-margin:.2f} s after the lease expired"
 
 
-def test_a_standby_takes_an_expired_lease_only_from_a_holder_that_does_not_answer() -> None:
-    """A lease expired because its holder's store hangs, the holder still up: a standby
-    asks the holder's /healthz first and leaves the lease alone while it answers."""
+def holder_server(
+    before: Callable[[], None] | None = None,
+) -> tuple[http.server.ThreadingHTTPServer, str]:
+    """An active replica's ``/healthz`` (``before()`` runs before each answer, in the
+    server's thread): the server, serving, and its URL."""
 
     class Holder(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            if before is not None:
+                before()
             body = json.dumps({"status": "ok", "role": "active"}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            with contextlib.suppress(OSError):  # a late answer's prober may be gone
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
         def log_message(self, *args: object) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Holder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    holder_url = f"http://127.0.0.1:{server.server_address[1]}"
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def expired_lease_of(store: LeaseTable, holder_url: str) -> None:
+    """The lease held by ``holder_url``, expired 10 s ago."""
+    store.rows["gateway:x"] = {
+        "holder": holder_url,
+        "url": holder_url,
+        "until": time.time() * 1000 - 10_000,
+        "contended": 0.0,
+    }
+
+
+def test_a_standby_takes_an_expired_lease_only_from_a_holder_that_does_not_answer() -> None:
+    """A lease expired because its holder's store hangs, the holder still up: a standby
+    asks the holder's /healthz first and leaves the lease alone while it answers."""
+
+    server, holder_url = holder_server()
 
     async def main() -> None:
         store, lost = LeaseTable(), []
-        store.rows["gateway:x"] = {
-            "holder": holder_url,
-            "url": holder_url,
-            "until": time.time() * 1000 - 10_000,
-            "contended": 0.0,
-        }
+        expired_lease_of(store, holder_url)
         replicas = lease_replica(store, "http://b:1", lost)
         await replicas.start()
         assert not replicas.active
@@ -438,35 +455,17 @@ def test_a_holder_that_answers_late_once_keeps_its_lease_and_one_that_hangs_lose
     mode = {"late": 1, "hang": False}
     probes: list[float] = []
 
-    class Holder(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            probes.append(time.monotonic())
-            if mode["late"] > 0 or mode["hang"]:
-                mode["late"] -= 1
-                release.wait(30)  # answers only once the test lets it
-            body = json.dumps({"status": "ok", "role": "active"}).encode()
-            with contextlib.suppress(OSError):  # a late answer's prober may be gone
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+    def probed() -> None:
+        probes.append(time.monotonic())
+        if mode["late"] > 0 or mode["hang"]:
+            mode["late"] -= 1
+            release.wait(30)  # answers only once the test lets it
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Holder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    holder_url = f"http://127.0.0.1:{server.server_address[1]}"
+    server, holder_url = holder_server(probed)
 
     async def main() -> None:
         store, lost = LeaseTable(), []
-        store.rows["gateway:x"] = {
-            "holder": holder_url,
-            "url": holder_url,
-            "until": time.time() * 1000 - 10_000,
-            "contended": 0.0,
-        }
+        expired_lease_of(store, holder_url)
         led: list[float] = []
 
         async def lead() -> None:
