@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,7 +35,7 @@ from swarmless.gateway import runtime_frames
 from swarmless.gateway.runtime_api import RuntimeAPI
 from swarmless.gateway.runtime_frames import upgrade_protocol
 from swarmless.records import InvocationRecord, new_call_id, now_ms
-from swarmless.runtime import frames
+from swarmless.runtime import frames, poll_frames
 from swarmless.runtime.config import RuntimeConfig
 from swarmless.runtime.poll_common import Refused
 from swarmless.runtime.poll_frames import Channel
@@ -423,3 +425,32 @@ def test_the_runtime_says_hello_and_falls_back_to_http(tmp_path: Path) -> None:
     check()
     check(standby=True)
     check(plain=True)
+
+
+def test_a_hello_to_a_server_that_does_not_know_it_is_given_up(monkeypatch: Any) -> None:
+    """A server that reads HTTP by lines answers the HELLO 400 at once (its meta ends with
+    CRLF CRLF); one that waits silently is given up after ``HELLO_WAIT``. Either way the
+    channel asks with HTTP from then on."""
+
+    class Lines(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    lines = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Lines)
+    threading.Thread(target=lines.serve_forever, daemon=True).start()
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel does), never reads
+    try:
+        # Waiting 60 s would mean the 400 did not come at once; 0.5 s is the silent one's.
+        for port, wait in ((lines.server_address[1], 60.0), (silent.getsockname()[1], 0.5)):
+            monkeypatch.setattr(poll_frames, "HELLO_WAIT", wait)
+            channel = Channel(RuntimeConfig(api=f"http://127.0.0.1:{port}", token="t"), print)
+            t0 = time.monotonic()
+            assert channel._say_hello() is False
+            took = time.monotonic() - t0
+            assert channel._direct is None
+            assert took < 60.0 if wait == 60.0 else took >= 0.5, (port, took)
+            channel.close()
+    finally:
+        lines.shutdown()
+        lines.server_close()
+        silent.close()

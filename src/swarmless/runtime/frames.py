@@ -7,8 +7,9 @@ A poller opens it one of two ways:
   from an HTTP request by its first byte (a frame type, never a letter of an HTTP method)
   and answers WELCOME (frames from then on), REFUSED (the token opens nothing: exit 1, as
   401) or UNAVAILABLE (not the active gateway), and closes on anything else. A runtime
-  that gets no WELCOME (UNAVAILABLE, an older gateway's 400, a closed connection) asks
-  with HTTP instead. The runtime then needs no HTTP client to start: its start is
+  that gets no WELCOME (UNAVAILABLE, an older gateway's 400, a closed connection, 10 s of
+  silence) asks with HTTP instead; it ends the meta with CRLF CRLF (JSON whitespace), so a
+  server that reads HTTP by lines answers 400 at once. The runtime then needs no HTTP client to start: its start is
   shorter (``http.client`` and its imports are a third of the runtime's import time).
 - **Upgrade**: ``POST /runtime/connect`` carrying its worker token and
   ``Upgrade: swarmless-runtime/1`` (``Connection: Upgrade``). A gateway that speaks it

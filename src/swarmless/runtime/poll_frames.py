@@ -42,6 +42,9 @@ _NEXT = frames.frame(frames.NEXT)
 #: Up to this size a result's body is joined to its frame's head (one send, one copy).
 _JOIN_LIMIT = 64 << 10
 _ALIVE = frames.frame(frames.ALIVE)
+#: Seconds a HELLO waits for its answer: the gateway answers at once; a server that is
+#: silent for this long (waiting for more bytes) is taken for one that does not know it.
+HELLO_WAIT = 10.0
 
 
 class Channel:
@@ -56,7 +59,10 @@ class Channel:
         self._direct: tuple[str, int] | None = None
         if parts.scheme == "http" and not parts.path.strip("/") and parts.hostname:
             self._direct = (parts.hostname, parts.port or 80)
-        self._hello = frames.frame(frames.HELLO, json.dumps({"token": config.token}).encode())
+        # The meta ends with CRLF CRLF (JSON whitespace): a server that reads HTTP by lines
+        # (not the gateway) sees a bad request line and answers 400 at once.
+        meta = json.dumps({"token": config.token}).encode() + b"\r\n\r\n"
+        self._hello = frames.frame(frames.HELLO, meta)
         #: The HTTP side, made (and ``http.client`` imported) when first needed.
         self._http: HttpChannel | None = None
         # The framed connection (None: not open), its reader, and whether a NEXT sent on
@@ -160,11 +166,15 @@ class Channel:
         kind = None
         try:
             sock.sendall(self._hello)
+            sock.settimeout(HELLO_WAIT)  # a server that waits for more does not know HELLO
             head = reader.read(frames.HEAD.size)
+            sock.settimeout(POLL_TIMEOUT)
             if len(head) == frames.HEAD.size:
                 kind, meta_len, body_len = frames.HEAD.unpack(head)
                 if meta_len or body_len:  # not an answer to a HELLO (an HTTP 400, ...)
                     kind = None
+        except TimeoutError:
+            kind = None
         except OSError as e:
             reader.close()
             sock.close()
