@@ -9,8 +9,9 @@ A poller opens it one of two ways:
   401) or UNAVAILABLE (not the active gateway), and closes on anything else. A runtime
   that gets no WELCOME (UNAVAILABLE, an older gateway's 400, a closed connection, 10 s of
   silence) asks with HTTP instead; it ends the meta with CRLF CRLF (JSON whitespace), so a
-  server that reads HTTP by lines answers 400 at once. The runtime then needs no HTTP client to start: its start is
-  shorter (``http.client`` and its imports are a third of the runtime's import time).
+  server that reads HTTP by lines answers 400 at once. The runtime then needs no HTTP
+  client to start: its start is shorter (``http.client`` and its imports are a third of
+  the runtime's import time).
 - **Upgrade**: ``POST /runtime/connect`` carrying its worker token and
   ``Upgrade: swarmless-runtime/1`` (``Connection: Upgrade``). A gateway that speaks it
   answers ``101 Switching Protocols`` and from then on both sides send frames; any other
