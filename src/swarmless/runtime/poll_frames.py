@@ -154,8 +154,9 @@ class Channel:
 
     def _say_hello(self) -> bool:
         """A new connection opened with a HELLO frame: True once the gateway answered
-        WELCOME; False when it takes no HELLO (the caller asks with HTTP, and keeps to
-        HTTP from then on). Refused on REFUSED, Retry when the gateway cannot be reached."""
+        WELCOME; False when it takes no HELLO (the caller asks with HTTP: for
+        :data:`FRAMED_RETRY` seconds after UNAVAILABLE, from then on after anything else).
+        Refused on REFUSED, Retry when the gateway cannot be reached."""
         assert self._direct is not None
         try:
             sock = socket.create_connection(self._direct, timeout=POLL_TIMEOUT)
