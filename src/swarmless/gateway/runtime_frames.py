@@ -342,6 +342,23 @@ class _OneWrite(asyncio.Transport):
         return self._transport.get_extra_info(name, default)
 
 
+def _switch(
+    api: RuntimeAPI,
+    found: tuple[Worker, WarmPool],
+    transport: asyncio.Transport,
+    connections: set[Any],
+    answer: bytes,
+) -> FramedWorker:
+    """The connection of a live worker's poller becomes its :class:`FramedWorker`, told so
+    by ``answer`` (WELCOME, or the 101 of the upgrade)."""
+    worker, pool = found
+    framed = FramedWorker(api, worker, pool, connections)
+    transport.write(answer)
+    transport.set_protocol(framed)
+    framed.connection_made(transport)
+    return framed
+
+
 class _Hello(asyncio.Protocol):
     """A connection whose first byte was a HELLO frame's, until the frame is whole (at most
     :data:`~swarmless.runtime.frames.HELLO_LIMIT` bytes of meta, within
@@ -406,11 +423,7 @@ class _Hello(asyncio.Protocol):
             self._close()
             return
         self._done()
-        worker, pool = found
-        framed = FramedWorker(api, worker, pool, self._connections)
-        transport.write(_WELCOME)
-        transport.set_protocol(framed)
-        framed.connection_made(transport)
+        framed = _switch(api, found, transport, self._connections, _WELCOME)
         if rest:
             framed.data_received(rest)
 
@@ -501,10 +514,6 @@ def upgrade_protocol(runtime: Callable[[], RuntimeAPI | None]) -> type[HttpTools
                 )
                 transport.close()
                 return
-            worker, pool = found
-            framed = FramedWorker(api, worker, pool, self.connections)
-            transport.write(_SWITCH)
-            transport.set_protocol(framed)
-            framed.connection_made(transport)
+            _switch(api, found, transport, self.connections, _SWITCH)
 
     return GatewayHttpProtocol
