@@ -427,6 +427,27 @@ def test_the_runtime_says_hello_and_falls_back_to_http(tmp_path: Path) -> None:
     check(plain=True)
 
 
+def test_a_poller_connects_without_the_idna_codec() -> None:
+    """The HELLO's connection looks its host up as bytes: CPython runs a ``str`` host
+    through the ``idna`` codec, an import of about 9 ms at every container start. A
+    numeric address and a name both connect; neither imports ``encodings.idna``."""
+    probe = (
+        "import socket, sys\n"
+        "from swarmless.runtime.poll_common import connect\n"
+        "server = socket.socket(); server.bind(('127.0.0.1', 0)); server.listen()\n"
+        "port = server.getsockname()[1]\n"
+        "for host in ('127.0.0.1', 'localhost'):\n"
+        "    connect(host, port, 5).close()\n"
+        "try:\n"
+        "    connect('127.0.0.1', 1, 5)\n"
+        "except OSError as e:\n"
+        "    print(type(e).__name__)\n"
+        "print('encodings.idna' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["ConnectionRefusedError", "False"], out.stdout + out.stderr
+
+
 def test_a_hello_to_a_server_that_does_not_know_it_is_given_up(monkeypatch: Any) -> None:
     """A server that reads HTTP by lines answers the HELLO 400 at once (its meta ends with
     CRLF CRLF); one that waits silently is given up after ``HELLO_WAIT``. Either way the

@@ -40,7 +40,7 @@ import docker
 import docker.errors
 import docker.types
 
-from swarmless.backends.base import ContainerInfo, OneShotResult, WorkerLaunch
+from swarmless.backends.base import RUNTIME_COMMAND, ContainerInfo, OneShotResult, WorkerLaunch
 from swarmless.backends.docker_bytecode import WorkerBytecode
 from swarmless.backends.docker_config import RUNTIME_MOUNT, ContainerConfig, runtime_package_dir
 
@@ -190,7 +190,7 @@ class DockerBackend(ContainerConfig, WorkerBytecode, EngineWatch):
             with translate(image=spec.image, api=api):
                 created = api.create_container(
                     image=spec.image,
-                    command=["python3", "-m", "swarmless.runtime"],
+                    command=list(RUNTIME_COMMAND),
                     environment=env,
                     labels=labels,
                     host_config=host_config,

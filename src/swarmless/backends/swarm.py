@@ -40,7 +40,7 @@ import docker
 import docker.errors
 import docker.types
 
-from swarmless.backends.base import ContainerInfo, WorkerLaunch
+from swarmless.backends.base import RUNTIME_COMMAND, ContainerInfo, WorkerLaunch
 from swarmless.backends.swarm_limits import SwarmLimits, swarm_facts
 from swarmless.backends.swarm_nodes import manager_runtime_ip
 from swarmless.backends.swarm_oneshot import OneShotServices, latest
@@ -293,7 +293,7 @@ class SwarmBackend(OneShotServices, TaskWatch):
                     spec,
                     labels=labels,
                     env=env,
-                    command=["python3", "-m", "swarmless.runtime"],
+                    command=list(RUNTIME_COMMAND),
                     args=None,
                 )
                 sid = self._create_service(

@@ -12,7 +12,7 @@ import socket
 
 from swarmless.runtime import capture
 
-__all__ = ["POLL_TIMEOUT", "Dropped", "Handed", "Refused", "Retry", "cut", "no_delay"]
+__all__ = ["POLL_TIMEOUT", "Dropped", "Handed", "Refused", "Retry", "connect", "cut", "no_delay"]
 
 #: Socket timeout of a poll: longer than the gateway's long-poll window (about 25 s).
 POLL_TIMEOUT = 70.0
@@ -47,3 +47,24 @@ def no_delay(sock: socket.socket | None) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):  # not every socket family has the option
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def connect(host: str, port: int, timeout: float) -> socket.socket:
+    """``socket.create_connection((host, port), timeout)``, with an ASCII host looked up as
+    bytes: CPython runs a ``str`` host through the ``idna`` codec, and importing it (with
+    ``stringprep``) costs a container's start about 9 ms of CPU, a sixth of the runtime's."""
+    name: str | bytes = host
+    with contextlib.suppress(UnicodeEncodeError):
+        name = host.encode("ascii")
+    error: OSError = OSError(f"getaddrinfo returned nothing for {host!r}")
+    for family, kind, proto, _, address in socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)  # a numeric address: no codec
+        except OSError as e:
+            sock.close()
+            error = e
+            continue
+        return sock
+    raise error

@@ -21,7 +21,7 @@ import time
 import urllib.parse
 
 from swarmless.runtime import frames
-from swarmless.runtime.poll_common import POLL_TIMEOUT, Refused, Retry, cut, no_delay
+from swarmless.runtime.poll_common import POLL_TIMEOUT, Refused, Retry, connect, cut, no_delay
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ class Channel:
         Refused on REFUSED, Retry when the gateway cannot be reached."""
         assert self._direct is not None
         try:
-            sock = socket.create_connection(self._direct, timeout=POLL_TIMEOUT)
+            sock = connect(*self._direct, POLL_TIMEOUT)
         except OSError as e:
             raise Retry(f"{type(e).__name__}: {e}") from e
         no_delay(sock)
