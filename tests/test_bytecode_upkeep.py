@@ -182,3 +182,55 @@ def test_the_prune_at_start_keeps_what_is_in_use_and_bounds_the_rest(
     left = {k for k, d in folders.items() if d.exists()}
     assert left == {"used", "old", "recent", "building"}
     assert sorted(p.name for p in root.iterdir() if p.name.startswith(".gone-")) == []
+
+
+def _build_containers(engine: docker.DockerClient, instance: str) -> list[str]:
+    flt = {"label": ["swarmless.kind=bytecode", f"swarmless.instance={instance}"]}
+    return [c["Id"] for c in engine.api.containers(all=True, filters=flt)]
+
+
+@pytest.mark.parametrize("lifted", ["by-the-retry", "at-close"])
+def test_a_build_container_the_engine_would_not_remove_is_removed_later(
+    settings: Settings, engine: docker.DockerClient, lifted: str
+) -> None:
+    """The engine fails the removal of the build container (as one too slow to answer
+    within ``engine_timeout`` would): the cache is still used, and the container goes all
+    the same, by the background retry (the engine answers again after two failures) or,
+    when the engine keeps failing, when the gateway stops. Checked on the engine."""
+    image_id = str(engine.images.get(PYTHON).id)
+    spec = FunctionSpec(name="a", image=PYTHON, image_id=image_id, mode="warm", handler="h:h")
+    failures = {"left": 2 if lifted == "by-the-retry" else 10**6}
+
+    async def scenario() -> tuple[list[str], list[str], dict[str, str]]:
+        backend = await _started(settings)
+        remove = backend.client.api.remove_container
+
+        def failing(cid: str, **kwargs: Any) -> None:
+            if cid in backend._bytecode_containers and failures["left"] > 0:
+                failures["left"] -= 1
+                raise docker.errors.APIError("injected: the engine did not answer in time")
+            remove(cid, **kwargs)
+
+        backend.client.api.remove_container = failing  # type: ignore[method-assign]
+        try:
+            await backend.prepare_worker(spec)
+            await asyncio.wait_for(asyncio.gather(*backend._bytecode_builds.values()), 180)
+            left_after_build = _build_containers(engine, settings.instance)
+            binds = backend._bytecode_binds(spec, {})
+            if lifted == "by-the-retry":
+                deadline = time.monotonic() + 60
+                while _build_containers(engine, settings.instance):
+                    assert time.monotonic() < deadline, "the retry did not remove it in 60 s"
+                    await asyncio.sleep(0.1)
+            else:
+                assert backend._bytecode_removals, "no retry was scheduled"
+                failures["left"] = 0  # the engine answers again, the retry waits its pause
+        finally:
+            await backend.close()
+        return left_after_build, _build_containers(engine, settings.instance), binds
+
+    left_after_build, left_at_end, binds = asyncio.run(scenario())
+    assert len(left_after_build) == 1  # the removal did fail
+    assert binds == {str(settings.data_dir / "bytecode" / _short(image_id)): "/opt/swarmless-pyc"}
+    assert left_at_end == []
+    assert failures["left"] == 0
