@@ -1,18 +1,19 @@
 """The local backend: function containers on one Docker Engine, on a user-defined bridge.
 
-Warm containers run ``python -m swarmless.runtime`` from a read-only copy of the gateway's
-own runtime package, bind-mounted at ``/opt/swarmless``: any image with Python 3 becomes a
-warm function without a rebuild, and the runtime always speaks the gateway's protocol
-version. Beside it, once built for the image, the bytecode of the runtime's imports
-(:mod:`~swarmless.backends.docker_bytecode`): a container then starts without compiling
-them. Warm containers are watched through the engine's event stream, so a worker that dies is
-noticed at once: the backend's subscribers are told (:meth:`~.base.Backend.subscribe`: the
-worker registry requeues its calls in hand, and reads a container that crashed before
-asking for work for its last lines before it is removed). When the stream breaks (the
-engine restarted, the connection dropped) the watcher reconnects with a backoff, and the
-engine's listeners (:meth:`~.base.Backend.watch_engine`) hear that it went down and came
-back: the gateway then lists the containers to find what it missed. Containers left
-by a gateway that crashed are found by label when the next one starts.
+Warm containers run the runtime (``RUNTIME_COMMAND``: ``python -m swarmless.runtime``
+without ``runpy``) from a read-only copy of the gateway's own runtime package, bind-mounted
+at ``/opt/swarmless``: any image with Python 3 becomes a warm function without a rebuild,
+and the runtime always speaks the gateway's protocol version. Beside it, once built for the
+image, the bytecode of the runtime's imports (:mod:`~swarmless.backends.docker_bytecode`): a
+container then starts without compiling them. Warm containers are watched through the
+engine's event stream, so a worker that dies is noticed at once: the backend's subscribers
+are told (:meth:`~.base.Backend.subscribe`: the worker registry requeues its calls in hand,
+and reads a container that crashed before asking for work for its last lines before it is
+removed). When the stream breaks (the engine restarted, the connection dropped) the watcher
+reconnects with a backoff, and the engine's listeners (:meth:`~.base.Backend.watch_engine`)
+hear that it went down and came back: the gateway then lists the containers to find what it
+missed. Containers left by a gateway that crashed are found by label when the next one
+starts.
 
 An engine that accepts connections but never answers (a frozen ``dockerd``) leaves the
 event stream silent, not broken. So every call waits at most ``engine_timeout`` for an

@@ -22,7 +22,7 @@ docs/swarm.md and docs/swarm-production.md have the whole picture.
 - **Secrets** held by the gateway become Swarm secrets named by their content's hash (Swarm
   secrets are immutable), mounted at ``/run/secrets/NAME``; they and the task templates are
   built by :mod:`swarmless.backends.swarm_specs`.
-- Warm containers run ``python3 -m swarmless.runtime`` from ``/opt/swarmless`` inside the
+- Warm containers run the runtime (``RUNTIME_COMMAND``) from ``/opt/swarmless`` inside the
   image (bind mounts do not span nodes): ``swarmless build`` puts it there.
 """
 
