@@ -49,6 +49,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _common import environment, pct  # noqa: E402
+from scaling import cpu_line  # noqa: E402
 
 CORE: dict[str, dict[str, list[str]]] = {
     "gateway": {
@@ -602,6 +603,11 @@ def markdown(result: dict[str, Any], figures: dict[str, str], plot_error: str | 
             + ", ".join(ms(x) for x in z["ours"])
             + "; engine: "
             + ", ".join(ms(x) for x in z["engine"])
+            + (
+                ". CPU seconds per round (medians), ours / engine: " + cpu_line(z["cpu"])
+                if "cpu" in z
+                else ""
+            )
             + f". Idle warm container: runtime RSS {sc['idle_memory']['rss_mb']:.1f} MB, "
             f"cgroup {sc['idle_memory']['cgroup_mb']:.1f} MB. Step load 1 → 32 clients: "
             f"steady p99 {ms(sc['step']['steady_p99'])}, "

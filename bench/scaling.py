@@ -62,10 +62,13 @@ import swarmless
 from _common import (
     build_image,
     check,
+    container_cpu,
     container_states,
     exit_on_sigterm,
     gateway,
+    host_cpu,
     pct,
+    proc_cpu,
     target,
     write_json,
 )
@@ -99,6 +102,20 @@ def wait(predicate: object, timeout: float = 120) -> float:
     return time.perf_counter() - t0
 
 
+def cpu_line(cpu: dict[str, list[dict[str, float]]]) -> str:
+    """The median CPU seconds per zero-to-ten round, ours beside the engine's."""
+
+    def med(kind: str, key: str) -> str:
+        got = [r[key] for r in cpu[kind] if key in r]
+        return f"{statistics.median(got):.2f}" if got else "-"
+
+    return (
+        f"machine {med('ours', 'machine')} / {med('engine', 'machine')}, the ten containers "
+        f"{med('ours', 'containers')} / {med('engine', 'containers')}, the gateway "
+        f"{med('ours', 'gateway')}"
+    )
+
+
 def create_options(
     engine: docker.DockerClient, http: httpx.Client, instance: str
 ) -> dict[str, Any]:
@@ -121,17 +138,21 @@ def create_options(
 
 def engine_parallel_start(
     engine: docker.DockerClient, n: int, options: dict[str, Any], tag: str
-) -> tuple[float, list[float]]:
+) -> tuple[float, list[float], dict[str, float]]:
     """The engine's own rate: n containers of the image created and started at once, in
     threads, with the create options of the function's containers (``create_options``:
     the same network, binds, limits, environment), a command that only waits. The total
-    time and when each container's start returned (seconds from the beginning)."""
+    time, when each container's start returned (seconds from the beginning), and the CPU
+    seconds of the whole machine until the last start and of the containers themselves
+    (their cgroups, read before they are removed)."""
     ids: list[str] = []
     created: list[float] = []
     started: list[float] = []
     lock = threading.Lock()
     host = engine.api.create_host_config(network_mode=options["host"]["NetworkMode"])
     host.update(options["host"])
+    cpu: dict[str, float] = {}
+    busy0 = host_cpu()[0]
     t0 = time.perf_counter()
 
     def one(i: int) -> None:
@@ -155,9 +176,12 @@ def engine_parallel_start(
         with concurrent.futures.ThreadPoolExecutor(n) as pool:
             list(pool.map(one, range(n)))
         took = time.perf_counter() - t0
+        cpu["machine"] = host_cpu()[0] - busy0
+        cpu["containers"] = sum(container_cpu(engine, cid) for cid in ids)
         print(
             f"  engine {took * 1000:.0f} ms: the last create at {max(created) * 1000:.0f} ms,"
-            f" the last start at {max(started) * 1000:.0f} ms"
+            f" the last start at {max(started) * 1000:.0f} ms; CPU s: machine"
+            f" {cpu['machine']:.2f}, containers {cpu['containers']:.2f}"
             + (" (warm-up)" if tag == "warm-up" else ""),
             flush=True,
         )
@@ -165,7 +189,7 @@ def engine_parallel_start(
         for cid in ids:
             with contextlib.suppress(docker.errors.DockerException):
                 engine.api.remove_container(cid, force=True)
-    return took, sorted(started)
+    return took, sorted(started), cpu
 
 
 class ReadyCount:
@@ -196,16 +220,23 @@ def zero_to_ten(
     events: EngineEvents,
     instance: str,
     reps: int,
+    gw_pid: int = 0,
 ) -> dict[str, Any]:
     """Rounds alternate: ours, engine, engine, ours, ... after one round of each, not
     counted (the engine's caches, the gateway's first starts of the function). Each round
     of ours begins with no container of the function in the engine, and the engine's
-    create events of the round are counted (10 expected, no more)."""
+    create events of the round are counted (10 expected, no more).
+
+    The CPU of each round, in seconds: the whole machine (until ten ready; the engine's:
+    until its last start), the ten containers' own (their cgroups, before they go) and,
+    for ours, the gateway process (``gw_pid``). On 2 cores the rounds keep the machine
+    busy, so what the containers burn in boot shows in the time."""
     options = create_options(engine, http, instance)
     ours: list[float] = []
     base: list[float] = []
     created: list[int] = []
     timelines: dict[str, list[list[float]]] = {"ours": [], "engine": []}
+    cpu: dict[str, list[dict[str, float]]] = {"ours": [], "engine": []}
     flt = {"label": [f"swarmless.gateway={instance}", "swarmless.function=ten"]}
     labels = {"swarmless.gateway": instance, "swarmless.function": "ten"}
     look = ReadyCount(http, "ten")
@@ -213,6 +244,7 @@ def zero_to_ten(
     def round_ours(counted: bool) -> None:
         wait(lambda: not engine.api.containers(all=True, filters=flt), 60)
         line: list[tuple[float, int]] = [(0.0, 0)]
+        busy0, gw0 = host_cpu()[0], proc_cpu(gw_pid) if gw_pid else 0.0
         wall0, t0 = time.time(), time.perf_counter()
         http.post("/system/scale/ten", json={"replicas": 10}).raise_for_status()
         deadline = t0 + 120
@@ -229,13 +261,21 @@ def zero_to_ten(
             # (a ready seen up to 25 ms late counts against us)
             time.sleep(0.025)
         took = time.perf_counter() - t0
+        used = {"machine": host_cpu()[0] - busy0}
+        if gw_pid:
+            used["gateway"] = proc_cpu(gw_pid) - gw0
+        used["containers"] = sum(
+            container_cpu(engine, c["Id"]) for c in engine.api.containers(filters=flt)
+        )
         evs = events.wait_for(labels, wall0, ("create", "start"))
         creates = [t - wall0 for t, a, _ in evs if a == "create" and t <= wall0 + took]
         starts = [t - wall0 for t, a, _ in evs if a == "start" and t <= wall0 + took]
         print(
             f"  ours {took * 1000:.0f} ms: {len(creates)} created, the last create at "
             f"{max(creates, default=0) * 1000:.0f} ms, the last start at "
-            f"{max(starts, default=0) * 1000:.0f} ms" + ("" if counted else " (warm-up)"),
+            f"{max(starts, default=0) * 1000:.0f} ms; CPU s: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in used.items())
+            + ("" if counted else " (warm-up)"),
             flush=True,
         )
         http.post("/system/scale/ten", json={"replicas": 0}).raise_for_status()
@@ -248,6 +288,7 @@ def zero_to_ten(
             for t, n in line[1:]:
                 times += [t] * max(0, n - len(times))
             timelines["ours"].append(times)
+            cpu["ours"].append(used)
         time.sleep(1)
 
     round_ours(counted=False)
@@ -259,12 +300,19 @@ def zero_to_ten(
             if kind == "ours":
                 round_ours(counted=True)
                 continue
-            took, started = engine_parallel_start(engine, 10, options, f"ten-{rep}")
+            took, started, used = engine_parallel_start(engine, 10, options, f"ten-{rep}")
             base.append(took)
             timelines["engine"].append(started)
+            cpu["engine"].append(used)
             time.sleep(1)
     look.close()
-    return {"ours": ours, "engine": base, "timelines": timelines, "created": created}
+    return {
+        "ours": ours,
+        "engine": base,
+        "timelines": timelines,
+        "created": created,
+        "cpu": cpu,
+    }
 
 
 class EngineEvents:
@@ -657,10 +705,11 @@ def main() -> None:
             if "ten" in only:
                 print("zero to ten (interleaved with the engine's parallel start)...", flush=True)
                 deploy(http, name="ten", max_containers=10, idle_timeout=600)
-                ten = zero_to_ten(http, engine, events, gw.instance, args.reps)
+                ten = zero_to_ten(http, engine, events, gw.instance, args.reps, gw.pid)
                 ours, base = statistics.median(ten["ours"]), statistics.median(ten["engine"])
                 print(f"zero to 10 ready:    {ours * 1000:.0f} ms (median of {args.reps})")
                 print(f"engine, 10 parallel: {base * 1000:.0f} ms (create+start, median)")
+                print("CPU s per round (medians), ours / engine: " + cpu_line(ten["cpu"]))
                 result["zero_to_ten"] = ten
                 result["targets"].append(target("scaling-zero-to-ten", ours / base, "<=", 1.1))
 
