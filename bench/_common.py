@@ -154,12 +154,25 @@ def write_json(path: str | None, data: dict[str, object]) -> None:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+def _proc_stat() -> list[int]:
+    return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
 def host_cpu() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far (all cores, /proc/stat)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
+    """(busy, total) CPU seconds of the whole machine so far (all cores, /proc/stat). Time
+    stolen by the hypervisor (a virtual machine's ``steal``) is in the total, not busy: it
+    is no one's work here (see :func:`host_steal`)."""
+    values = _proc_stat()
+    idle = values[3] + values[4] + values[7]  # idle + iowait + steal
     total = sum(values[:8])  # guest time is already counted in user
     return (total - idle) / _TICK, total / _TICK
+
+
+def host_steal() -> tuple[float, float]:
+    """(stolen, total) CPU seconds so far: the time this virtual machine's cores were ready
+    to run and the hypervisor ran another guest (0 on bare metal)."""
+    values = _proc_stat()
+    return values[7] / _TICK, sum(values[:8]) / _TICK
 
 
 def proc_cpu(pid: int) -> float:

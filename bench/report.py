@@ -48,7 +48,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import environment, pct  # noqa: E402
+from _common import environment, host_steal, pct  # noqa: E402
 from scaling import cpu_line  # noqa: E402
 
 CORE: dict[str, dict[str, list[str]]] = {
@@ -105,6 +105,9 @@ TARGET_LINE = re.compile(
 
 #: The 1-minute load average when each benchmark started and ended.
 LOADS: dict[str, list[float]] = {}
+#: Per benchmark: the share of the machine's CPU time the hypervisor gave to other guests
+#: while it ran (``steal`` of /proc/stat; 0 on bare metal).
+STEAL: dict[str, float] = {}
 
 
 def postgres() -> str | None:
@@ -129,6 +132,7 @@ def run_bench(name: str, args: list[str], log: Path, deadline: float) -> tuple[i
     print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.monotonic()
     LOADS[name] = [os.getloadavg()[0]]
+    steal0 = host_steal()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=HERE.parent)
         shown = 0
@@ -150,8 +154,19 @@ def run_bench(name: str, args: list[str], log: Path, deadline: float) -> tuple[i
     sys.stdout.write(text[shown:])
     took = time.monotonic() - t0
     LOADS[name].append(os.getloadavg()[0])
-    print(f"=== {name}: exit {proc.returncode} after {took:.0f} s", flush=True)
+    STEAL[name] = stolen_share(steal0, host_steal())
+    print(
+        f"=== {name}: exit {proc.returncode} after {took:.0f} s"
+        f" (CPU time stolen by the hypervisor: {STEAL[name]:.1%})",
+        flush=True,
+    )
     return proc.returncode, text, took
+
+
+def stolen_share(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """The share of the machine's CPU time stolen between two :func:`host_steal` readings."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
 
 
 def parse_targets(text: str) -> list[dict[str, Any]]:
@@ -465,11 +480,15 @@ def markdown(result: dict[str, Any], figures: dict[str, str], plot_error: str | 
         f"| load average (1, 5, 15 min) at start | "
         f"{', '.join(f'{x:.2f}' for x in env.get('loadavg', []))} |",
         f"| load average at end | {', '.join(f'{x:.2f}' for x in result['loadavg_end'])} |",
+        f"| CPU time stolen by the hypervisor during the run | {result.get('steal', 0):.1%} |",
         "",
         "The machine is shared: other agents' builds and test suites run on the same 2 cores "
         "during the run (the load averages above), which moves every absolute figure. The "
         "ratios compare sides measured in the same run, interleaved, so that load weighs on "
         "both; the whole machine's CPU per call includes other tenants' work under *other*. "
+        "On a virtual machine the hypervisor also gives part of the cores' time to other "
+        "guests (*stolen*, above and per benchmark under Durations): that time is not "
+        "counted as busy, but it slows both sides. "
         "The gateway runs from this checkout (an editable install): the code measured is the "
         "commit above plus the work-tree changes listed (other sessions' work in progress).",
         "",
@@ -681,9 +700,11 @@ def markdown(result: dict[str, Any], figures: dict[str, str], plot_error: str | 
         "",
         "## Durations",
         "",
-        "Each benchmark's time, and the 1-minute load average when it started and ended: "
+        "Each benchmark's time, the 1-minute load average when it started and ended, and the "
+        "share of the machine's CPU time the hypervisor gave other guests meanwhile: "
         + ", ".join(
-            f"{k} {v:.0f} s (load {' → '.join(f'{x:.1f}' for x in result['loads'].get(k, []))})"
+            f"{k} {v:.0f} s (load {' → '.join(f'{x:.1f}' for x in result['loads'].get(k, []))}"
+            f", stolen {result.get('steals', {}).get(k, 0):.1%})"
             for k, v in result["durations"].items()
         )
         + ".",
@@ -719,6 +740,7 @@ def main() -> None:
     started = datetime.datetime.now(datetime.UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     env = environment()
+    steal0 = host_steal()
     t0 = time.monotonic()
     core: dict[str, Any] = {}
     durations: dict[str, float] = {}
@@ -764,8 +786,10 @@ def main() -> None:
         "seconds": time.monotonic() - t0,
         "environment": env,
         "loadavg_end": list(os.getloadavg()),
+        "steal": stolen_share(steal0, host_steal()),
         "durations": durations,
         "loads": LOADS,
+        "steals": STEAL,
         "core": core,
         "extras": extras,
         "not_run": NOT_RUN,
