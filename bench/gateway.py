@@ -29,6 +29,12 @@ engine: a *warm* run is one whose function containers were the same ones, all
 ``running``, before and after it; a *cold* first call is one with no container of its
 function before it and a record saying ``cold``.
 
+On a virtual machine the hypervisor may give the cores to other guests for a while (the
+``steal`` of ``/proc/stat``): a load sample (both sides of one interleaved pair, closed and
+open loop) during which more than 5% of the machine's CPU time was stolen is run again,
+three tries at most, the last kept (``_common.calm``); the JSON keeps every pair discarded
+(``discarded``) and the share stolen during each one kept (``stolen``).
+
 The gateway and the direct server run in their own processes (``gateway_processes.py``
 beside this file), so neither shares an interpreter with the load or the benchmark. It
 builds its two images, labels everything it starts ``swarmless.bench=<run id>`` (instance
@@ -57,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
+    calm,
     children_cpu,
     container_cpu,
     container_states,
@@ -139,6 +146,10 @@ class Bench:
         self.http: httpx.Client | None = None
         self._httpx = httpx
         self.warm_checks: list[dict[str, Any]] = []
+        #: Load samples run again because the hypervisor stole CPU time during them
+        #: (:func:`_common.calm`), and the share stolen during each one kept.
+        self.discarded: list[dict[str, Any]] = []
+        self.stolen: list[float] = []
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -275,22 +286,30 @@ class Bench:
         order = ["direct", "gateway"]
         for rep in range(self.args.reps):
             for connections in self.args.connections:
-                for name in order:
-                    server, path = targets[name]
-                    before = self.warm_states() if name == "gateway" else {}
-                    got = self.load(server, path, connections, self.args.duration)
-                    if name == "gateway":
-                        self.check_warm(before, self.warm_states())
-                    results.setdefault((name, connections), []).append(got)
-                    ld, cpu = got.load, got.cpu
-                    print(
-                        f"  rep {rep + 1} c={connections:<2} {name:<7} {ld.rps:8.0f} req/s  "
-                        f"p50 {ms(ld.p50)}  p99 {ms(ld.p99)}  CPU/call: machine"
-                        f" {cpu['machine'] * 1e6:.0f} us (server {cpu['server'] * 1e6:.0f},"
-                        f" workers {cpu['workers'] * 1e6:.0f}, load {cpu['loadgen'] * 1e6:.0f})"
-                        f"  host busy {ld.host_busy:.0%}",
-                        flush=True,
-                    )
+
+                def pair(rep: int = rep, connections: int = connections) -> dict[str, Run]:
+                    got: dict[str, Run] = {}
+                    for name in order:
+                        server, path = targets[name]
+                        before = self.warm_states() if name == "gateway" else {}
+                        got[name] = run = self.load(server, path, connections, self.args.duration)
+                        if name == "gateway":
+                            self.check_warm(before, self.warm_states())
+                        ld, cpu = run.load, run.cpu
+                        print(
+                            f"  rep {rep + 1} c={connections:<2} {name:<7} {ld.rps:8.0f} req/s"
+                            f"  p50 {ms(ld.p50)}  p99 {ms(ld.p99)}  CPU/call: machine"
+                            f" {cpu['machine'] * 1e6:.0f} us (server {cpu['server'] * 1e6:.0f},"
+                            f" workers {cpu['workers'] * 1e6:.0f},"
+                            f" load {cpu['loadgen'] * 1e6:.0f})  host busy {ld.host_busy:.0%}",
+                            flush=True,
+                        )
+                    return got
+
+                got, stolen = calm(pair, f"rep {rep + 1} c={connections}", self.discarded)
+                self.stolen.append(stolen)
+                for name, run in got.items():
+                    results.setdefault((name, connections), []).append(run)
                 order.reverse()
         return results
 
@@ -313,34 +332,46 @@ class Bench:
         script = Path(__file__).with_name("openloop.py")
         for rep in range(self.args.ol_reps):
             for rate in self.args.rates:
-                for name in order:
-                    server, path = targets[name]
-                    before = self.warm_states() if name == "gateway" else {}
-                    cmd = [sys.executable, str(script), server.url + path, str(rate)]
-                    cmd.append(str(self.args.ol_duration))
-                    proc = subprocess.run(
-                        cmd,
-                        capture_output=True,
-                        text=True,
-                        timeout=self.args.ol_duration + 120,
-                        check=False,
-                    )
-                    m = re.search(r"^RESULT (\{.*\})$", proc.stdout, re.M)
-                    if proc.returncode != 0 or m is None:
-                        raise RuntimeError(f"open-loop load failed: {proc.stderr[-800:]}")
-                    got = json.loads(m[1])
-                    if name == "gateway":
-                        self.check_warm(before, self.warm_states())
-                    if got["errors"]:
-                        raise RuntimeError(f"{name}: {got['errors']} failed requests at {rate}/s")
+
+                def pair(rep: int = rep, rate: float = rate) -> dict[str, dict[str, Any]]:
+                    got_pair: dict[str, dict[str, Any]] = {}
+                    for name in order:
+                        server, path = targets[name]
+                        before = self.warm_states() if name == "gateway" else {}
+                        cmd = [sys.executable, str(script), server.url + path, str(rate)]
+                        cmd.append(str(self.args.ol_duration))
+                        proc = subprocess.run(
+                            cmd,
+                            capture_output=True,
+                            text=True,
+                            timeout=self.args.ol_duration + 120,
+                            check=False,
+                        )
+                        m = re.search(r"^RESULT (\{.*\})$", proc.stdout, re.M)
+                        if proc.returncode != 0 or m is None:
+                            raise RuntimeError(f"open-loop load failed: {proc.stderr[-800:]}")
+                        got = json.loads(m[1])
+                        if name == "gateway":
+                            self.check_warm(before, self.warm_states())
+                        if got["errors"]:
+                            raise RuntimeError(
+                                f"{name}: {got['errors']} failed requests at {rate}/s"
+                            )
+                        got_pair[name] = got
+                        lat = got["latencies"]
+                        print(
+                            f"  rep {rep + 1} {rate:>6g}/s {name:<7} p50 {ms(pct(lat, 50))}"
+                            f"  p99 {ms(pct(lat, 99))}  max {ms(max(lat))}"
+                            f"  (achieved {got['achieved_rate']:.0f}/s,"
+                            f" {got['connections']} conns)",
+                            flush=True,
+                        )
+                    return got_pair
+
+                sides, stolen = calm(pair, f"open loop rep {rep + 1} {rate:g}/s", self.discarded)
+                self.stolen.append(stolen)
+                for name, got in sides.items():
                     out.setdefault(str(rate), {}).setdefault(name, []).append(got)
-                    lat = got["latencies"]
-                    print(
-                        f"  rep {rep + 1} {rate:>6g}/s {name:<7} p50 {ms(pct(lat, 50))}"
-                        f"  p99 {ms(pct(lat, 99))}  max {ms(max(lat))}"
-                        f"  (achieved {got['achieved_rate']:.0f}/s, {got['connections']} conns)",
-                        flush=True,
-                    )
                 order.reverse()
         return out
 
@@ -702,6 +733,8 @@ def main() -> None:
                     ],
                     "open_loop": open_loop,
                     "warm_checks": bench.warm_checks,
+                    "discarded": bench.discarded,
+                    "stolen": bench.stolen,
                     "first_calls": {"cold": cold[0], "run": cold[1], "records": cold[2]},
                     "cgi": cgi,
                 },

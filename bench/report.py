@@ -48,7 +48,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import environment, host_steal, pct  # noqa: E402
+from _common import (  # noqa: E402
+    STEAL_MAX,
+    STEAL_TRIES,
+    environment,
+    host_steal,
+    pct,
+    stolen_share,
+)
 from scaling import cpu_line  # noqa: E402
 
 CORE: dict[str, dict[str, list[str]]] = {
@@ -161,12 +168,6 @@ def run_bench(name: str, args: list[str], log: Path, deadline: float) -> tuple[i
         flush=True,
     )
     return proc.returncode, text, took
-
-
-def stolen_share(before: tuple[float, float], after: tuple[float, float]) -> float:
-    """The share of the machine's CPU time stolen between two :func:`host_steal` readings."""
-    total = after[1] - before[1]
-    return (after[0] - before[0]) / total if total > 0 else 0.0
 
 
 def parse_targets(text: str) -> list[dict[str, Any]]:
@@ -453,6 +454,34 @@ def fmt_target(t: dict[str, Any]) -> str:
     return f"| `{t['name']}` | {v} | {t['op']} {t['target']:g} | {verdict} |"
 
 
+def redone(core: dict[str, Any]) -> str:
+    """What the report says of the load samples run again because the hypervisor stole more
+    than ``STEAL_MAX`` of the machine's CPU time during them (``_common.calm``)."""
+    parts, kept = [], []
+    for name, got in (
+        ("gateway load pairs", (core.get("gateway") or {})),
+        ("async drain rounds", (core.get("async") or {})),
+        ("zero-to-ten round pairs", (core.get("scaling") or {}).get("zero_to_ten") or {}),
+    ):
+        if "stolen" not in got:
+            continue
+        gone = [float(d["stolen"]) for d in got.get("discarded", [])]
+        kept += got["stolen"]
+        shares = ", ".join(f"{x:.0%}" for x in gone)
+        parts.append(
+            f"{name}: {len(got['stolen'])} kept, {len(gone)} discarded"
+            + (f" ({shares} stolen)" if gone else "")
+        )
+    if not parts:
+        return "No sample was checked for stolen time."
+    return (
+        f"A sample (both sides of an interleaved pair) during which more than {STEAL_MAX:.0%} "
+        f"of the machine's CPU time was stolen is run again, {STEAL_TRIES} tries at most, the "
+        f"last kept: {'; '.join(parts)}. The most stolen during a sample kept: "
+        f"{max(kept, default=0):.1%}."
+    )
+
+
 def markdown(result: dict[str, Any], figures: dict[str, str], plot_error: str | None) -> str:
     env = result["environment"]
     core = result["core"]
@@ -491,6 +520,8 @@ def markdown(result: dict[str, Any], figures: dict[str, str], plot_error: str | 
         "counted as busy, but it slows both sides. "
         "The gateway runs from this checkout (an editable install): the code measured is the "
         "commit above plus the work-tree changes listed (other sessions' work in progress).",
+        "",
+        redone(core),
         "",
         "## Targets",
         "",
