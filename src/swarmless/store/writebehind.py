@@ -174,13 +174,19 @@ class WriteBehind(Database):
                 )
 
     async def _write_batch(self, rows: dict[str, _Row], logs: dict[str, _Row]) -> None:
-        """Upsert a batch in one transaction; rows written (or dropped) leave the dicts."""
+        """Upsert a batch in one transaction; rows written (or dropped) leave the dicts.
+
+        The rows go straight to the driver (:meth:`~swarmless.store.db.Database._executemany_all`:
+        no per-row work of SQLAlchemy on the event loop's thread, where every sync call is
+        served): on SQLite one trip to the driver's thread for both tables, on PostgreSQL
+        one statement. A batch the database refuses is written again row by row."""
+        work = [
+            (self._upsert(invocations, "id"), list(rows.values())),
+            (self._upsert(invocation_logs, "id"), list(logs.values())),
+        ]
         try:
-            async with self._begin(self._writer) as conn:
-                if rows:
-                    await conn.execute(self._upsert(invocations, "id"), list(rows.values()))
-                if logs:
-                    await conn.execute(self._upsert(invocation_logs, "id"), list(logs.values()))
+            async with self._begin(self._writer) as conn, self._gathered(conn):
+                await self._executemany_all(conn, work)
         except Exception as e:
             if not refused(e):
                 raise
