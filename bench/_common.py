@@ -188,8 +188,10 @@ def stolen_share(before: tuple[float, float], after: tuple[float, float]) -> flo
 #: this share of the machine's CPU time measured the other guests as much as this code: it
 #: is run again (:func:`calm`).
 STEAL_MAX = 0.05
-#: Tries of one sample at most: the last one is kept, whatever was stolen during it.
-STEAL_TRIES = 3
+#: Tries of one sample at most: the last one is kept, whatever was stolen during it
+#: (``$SWARMLESS_BENCH_STEAL_TRIES``; ``make bench-quick``, which only checks that every
+#: number is produced, runs each sample once).
+STEAL_TRIES = max(1, int(os.environ.get("SWARMLESS_BENCH_STEAL_TRIES") or 3))
 
 
 def calm(
