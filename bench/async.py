@@ -39,7 +39,7 @@ creates (instance ``PREFIX-async-PID``, image ``PREFIX-bench/async-noop``, datab
   same ratio from the records' own timestamps (first ``queued_at`` to last
   ``finished_at``, both kinds) is printed beside it as a check. A round (its async and
   its sync drain) during which the hypervisor stole more than 5% of the machine's CPU time
-  is run again, three tries at most, the last kept (``_common.calm``; the JSON keeps the
+  is run again, three tries at most, the calmest kept (``_common.calm``; the JSON keeps the
   rounds discarded and the share stolen during each one kept).
 
 Each target prints one line ``NAME ratio X (target OP Y: PASS|FAIL)``. Everything it

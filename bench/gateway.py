@@ -32,7 +32,7 @@ function before it and a record saying ``cold``.
 On a virtual machine the hypervisor may give the cores to other guests for a while (the
 ``steal`` of ``/proc/stat``): a load sample (both sides of one interleaved pair, closed and
 open loop) during which more than 5% of the machine's CPU time was stolen is run again,
-three tries at most, the last kept (``_common.calm``); the JSON keeps every pair discarded
+three tries at most, the calmest kept (``_common.calm``); the JSON keeps every pair discarded
 (``discarded``) and the share stolen during each one kept (``stolen``).
 
 The gateway and the direct server run in their own processes (``gateway_processes.py``

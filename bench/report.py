@@ -477,7 +477,7 @@ def redone(core: dict[str, Any], tries: int) -> str:
     return (
         f"A sample (both sides of an interleaved pair) during which more than {STEAL_MAX:.0%} "
         f"of the machine's CPU time was stolen is run again, {tries} tries at most, the "
-        f"last kept: {'; '.join(parts)}. The most stolen during a sample kept: "
+        f"calmest kept: {'; '.join(parts)}. The most stolen during a sample kept: "
         f"{max(kept, default=0):.1%}."
     )
 

@@ -234,7 +234,7 @@ def zero_to_ten(
     busy, so what the containers burn in boot shows in the time.
 
     A pair of rounds (ours and the engine's) during which the hypervisor stole more than 5%
-    of the machine's CPU time is run again, three tries at most, the last kept
+    of the machine's CPU time is run again, three tries at most, the calmest kept
     (``_common.calm``); ``discarded`` and ``stolen`` (per pair kept) say so."""
     options = create_options(engine, http, instance)
     ours: list[float] = []
