@@ -125,6 +125,9 @@ def test_warm_containers_get_the_image_bytecode_read_only(
     pycs = [p.name for p in folder.rglob("*.pyc")]
     assert any(name.startswith("client.") for name in pycs), pycs  # http.client
     assert any(name.startswith("loop.") for name in pycs), pycs  # swarmless.runtime.loop
+    # The handler kinds' modules too: a container imports its own kind's before release.
+    ours = {p.name.split(".")[0] for p in folder.rglob("swarmless/runtime/*.pyc")}
+    assert {"loop", "cgi", "command", "wsgi"} <= ours, ours
     flt = {"label": [f"{k}={v}" for k, v in labels.items()] + ["swarmless.kind=bytecode"]}
     wait_until(lambda: not engine.api.containers(all=True, filters=flt), 60, "no build container")
 

@@ -530,6 +530,31 @@ def test_a_handler_that_cannot_load_fails_each_call(
     assert rp.proc.poll() is None
 
 
+def test_only_the_handler_kind_in_use_is_imported() -> None:
+    """A python handler's runtime loads no fork, CGI or WSGI machinery (each warm start
+    pays for what it imports); each other kind's module comes with ``import_kind``, which
+    the runtime calls before it lets go of the image's bytecode cache."""
+    kinds = ("swarmless.runtime.cgi", "swarmless.runtime.command", "swarmless.runtime.wsgi")
+    probe = (
+        "import json, sys\n"
+        "import swarmless.runtime.loop\n"
+        "from swarmless.runtime.handlers import import_kind\n"
+        f"kinds = {kinds!r}\n"
+        "seen = {'python': [k for k in kinds if k in sys.modules]}\n"
+        "for kind in ('wsgi', 'cgi'):\n"
+        "    import_kind(kind)\n"
+        "    seen[kind] = [k for k in kinds if k in sys.modules]\n"
+        "print(json.dumps(seen))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    seen = json.loads(done.stdout)
+    assert seen["python"] == []
+    assert seen["wsgi"] == ["swarmless.runtime.wsgi"]
+    assert set(seen["cgi"]) == set(kinds)  # a cgi script is forked as a command is
+
+
 # -- wsgi ---------------------------------------------------------------------------------
 
 WSGI_APP = """

@@ -30,7 +30,8 @@ from swarmless.exceptions import InvalidArgument
 from swarmless.gateway.callbacks import CallbackPolicy
 from swarmless.gateway.edge import HOP_BY_HOP, filter_headers, ip, networks
 from swarmless.gateway.replicas import peer_url
-from swarmless.runtime.handlers import Call, wsgi_environ
+from swarmless.runtime.handlers import Call
+from swarmless.runtime.wsgi import wsgi_environ
 from tests.conftest import BUSYBOX, handler_image
 from tests.gateway_harness import TOKEN, RunningGateway
 

@@ -26,10 +26,16 @@ __all__ = ["BYTECODE_MOUNT", "MODULES", "main", "release"]
 BYTECODE_MOUNT = "/opt/swarmless-pyc"
 
 #: What the runtime imports before it loads a handler (the poll loop imports everything
-#: the runtime needs on its way to the first call), and its HTTP side (imported only when
-#: the gateway takes no HELLO: a standby, an ``https`` runtime API); their own imports
-#: come with them.
-MODULES = ("swarmless.runtime.loop", "swarmless.runtime.poll_http")
+#: the runtime needs on its way to the first call), the modules of the handler kinds (each
+#: container imports its own kind's, :func:`swarmless.runtime.handlers.import_kind`), and
+#: the HTTP side (imported only when the gateway takes no HELLO: a standby, an ``https``
+#: runtime API); their own imports come with them.
+MODULES = (
+    "swarmless.runtime.loop",
+    "swarmless.runtime.cgi",
+    "swarmless.runtime.wsgi",
+    "swarmless.runtime.poll_http",
+)
 
 
 def release() -> None:

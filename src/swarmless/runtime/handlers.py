@@ -25,8 +25,6 @@ import threading
 import time
 
 from swarmless.runtime import capture
-from swarmless.runtime.cgi import CgiHandler
-from swarmless.runtime.command import CommandHandler
 from swarmless.runtime.invocation import (
     CURRENT,
     Call,
@@ -37,7 +35,6 @@ from swarmless.runtime.invocation import (
     error_result,
     header_list,
 )
-from swarmless.runtime.wsgi import WsgiHandler, wsgi_environ
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,21 +42,28 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "KIND_MODULES",
     "Call",
-    "CgiHandler",
-    "CommandHandler",
     "Context",
     "FailedHandler",
     "Handler",
     "PythonHandler",
     "Result",
-    "WsgiHandler",
     "error_result",
+    "import_kind",
     "load_handler",
     "python_event",
     "run_handler",
-    "wsgi_environ",
 ]
+
+#: The module of each handler kind not defined here. Only the kind a container runs is
+#: imported (:func:`import_kind`): a python handler's runtime does not load the fork and
+#: CGI machinery, and every warm start of it is that much cheaper in CPU and memory.
+KIND_MODULES = {
+    "wsgi": "swarmless.runtime.wsgi",
+    "command": "swarmless.runtime.command",
+    "cgi": "swarmless.runtime.cgi",
+}
 
 _CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect
 
@@ -160,6 +164,17 @@ def _import_target(spec: str, workdir: str) -> Any:
     return target
 
 
+def import_kind(kind: str) -> None:
+    """Import the module of handler ``kind`` (nothing for ``python`` or an unknown kind):
+    the runtime calls it before :func:`~swarmless.runtime.bytecode.release`, so the module
+    is read from the image's cache of the runtime's bytecode like the rest."""
+    name = KIND_MODULES.get(kind)
+    if name is not None:
+        import importlib
+
+        importlib.import_module(name)
+
+
 def load_handler(kind: str, spec: str, *, workdir: str, function: str, concurrency: int) -> Handler:
     """The handler for ``kind``; a :class:`FailedHandler` when it cannot be loaded.
 
@@ -172,10 +187,16 @@ def load_handler(kind: str, spec: str, *, workdir: str, function: str, concurren
         if kind == "python":
             return PythonHandler(_import_target(spec, workdir), function=function)
         if kind == "wsgi":
+            from swarmless.runtime.wsgi import WsgiHandler
+
             return WsgiHandler(_import_target(spec, workdir), multithread=concurrency > 1)
         if kind == "command":
+            from swarmless.runtime.command import CommandHandler
+
             return CommandHandler(spec, workdir=workdir)
         if kind == "cgi":
+            from swarmless.runtime.cgi import CgiHandler
+
             return CgiHandler(spec, workdir=workdir)
         raise ValueError(
             f"SWARMLESS_HANDLER_KIND must be python, wsgi, command or cgi, got {kind!r}"

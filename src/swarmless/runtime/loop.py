@@ -36,14 +36,19 @@ from __future__ import annotations
 
 import importlib  # noqa: F401  the handler's loader: imported with the runtime's bytecode
 import os
-import random
 import signal
 import threading
 import time
 
 from swarmless.runtime import bytecode, capture
 from swarmless.runtime.config import RuntimeConfig, log
-from swarmless.runtime.handlers import FailedHandler, Handler, load_handler, run_handler
+from swarmless.runtime.handlers import (
+    FailedHandler,
+    Handler,
+    import_kind,
+    load_handler,
+    run_handler,
+)
 from swarmless.runtime.invocation import Call, Result, error_result
 from swarmless.runtime.poll_common import POLL_TIMEOUT as POLL_TIMEOUT
 from swarmless.runtime.poll_common import Dropped, Refused, Retry
@@ -181,6 +186,8 @@ class Poller(threading.Thread):
                     silence = f"{rt.config.give_up:g}s"
                     rt.finish(1, f"no contact with {rt.config.api} for {silence} (last: {e})")
                     return
+                import random  # only after a failed exchange: not on every start's path
+
                 rt.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
@@ -226,8 +233,10 @@ def serve(config: RuntimeConfig) -> int:
     # Before the handler is imported: a logging handler it sets up at import time then
     # writes through the router too, so its records land in each call's log.
     capture.install()
-    # Everything the runtime needs is imported: the handler's modules use their own
-    # __pycache__, not the backend's cache of the runtime's imports.
+    # Everything the runtime needs is imported (with its handler kind's module): the
+    # handler's modules use their own __pycache__, not the backend's cache of the
+    # runtime's imports.
+    import_kind(config.handler_kind)
     bytecode.release()
     handler = load_handler(
         config.handler_kind,
