@@ -30,10 +30,11 @@ engine: a *warm* run is one whose function containers were the same ones, all
 function before it and a record saying ``cold``.
 
 On a virtual machine the hypervisor may give the cores to other guests for a while (the
-``steal`` of ``/proc/stat``): a load sample (both sides of one interleaved pair, closed and
-open loop) during which more than 5% of the machine's CPU time was stolen is run again,
-three tries at most, the calmest kept (``_common.calm``); the JSON keeps every pair discarded
-(``discarded``) and the share stolen during each one kept (``stolen``).
+``steal`` of ``/proc/stat``): a sample (both sides of one interleaved pair, closed and
+open loop; a cgi request with its two ``run()`` beside it) during which more than 5% of the
+machine's CPU time was stolen is run again, three tries at most, the calmest kept
+(``_common.calm``); the JSON keeps every sample discarded (``discarded``) and the share
+stolen during each one kept (``stolen``).
 
 The gateway and the direct server run in their own processes (``gateway_processes.py``
 beside this file), so neither shares an interpreter with the load or the benchmark. It
@@ -440,7 +441,9 @@ class Bench:
         answering it; before each sample the bench waits, untimed, until no container of
         the function is left, so every sample starts from the same state and none pays for
         the removal of another. Each cgi sample's record gives its phases on the gateway's
-        clock (slot wait, create to started, started to exited).
+        clock (slot wait, create to started, started to exited). A sample is one of each
+        series (their order alternates), taken again as one when the hypervisor stole more
+        than 5% of the machine's CPU time during it (``_common.calm``).
         """
         assert self.http is not None
         self.deploy(name="cgi", image=image, mode="cgi", command=["/function/handler.sh"])
@@ -452,21 +455,34 @@ class Bench:
         self.http.post("/function/cgi", content=BODY)  # warm both paths once
         self.client.run(image, cmd, stdin=BODY, env=env, labels=self.labels)
         kinds = list(samples)
-        for _ in range(self.args.cgi_samples):
-            for kind in kinds:
+        http = self.http
+
+        def triple(order: tuple[str, ...]) -> dict[str, tuple[float, str]]:
+            """One sample of each series, in ``order`` (the call id of the cgi one)."""
+            got: dict[str, tuple[float, str]] = {}
+            for kind in order:
                 self.wait(lambda: not self.containers("cgi"), 30, "the cgi containers to go")
                 t0 = time.perf_counter()
                 if kind == "cgi":
-                    r = self.http.post("/function/cgi", content=BODY)
-                    samples[kind].append(time.perf_counter() - t0)
+                    r = http.post("/function/cgi", content=BODY)
+                    got[kind] = (time.perf_counter() - t0, r.headers.get("x-call-id", ""))
                     expect(r.status_code == 200 and r.content == b"ok\n", (r.status_code, r.text))
-                    records.append(self.record(r.headers["x-call-id"]))
                 else:
                     out = self.client.run(
                         image, cmd, stdin=BODY, env=env, labels=self.labels, network=networks[kind]
                     )
-                    samples[kind].append(time.perf_counter() - t0)
+                    got[kind] = (time.perf_counter() - t0, "")
                     expect(out.endswith(b"ok\n"), out)
+            return got
+
+        for i in range(self.args.cgi_samples):
+            got, share = calm(
+                lambda order=tuple(kinds): triple(order), f"cgi sample {i + 1}", self.discarded
+            )
+            self.stolen.append(share)
+            for kind, (took, _) in got.items():
+                samples[kind].append(took)
+            records.append(self.record(got["cgi"][1]))
             kinds.reverse()
         self.remove("cgi")
         return {**samples, "records": records}

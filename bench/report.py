@@ -459,7 +459,7 @@ def redone(core: dict[str, Any], tries: int) -> str:
     than ``STEAL_MAX`` of the machine's CPU time during them (``_common.calm``)."""
     parts, kept = [], []
     for name, got in (
-        ("gateway load pairs", (core.get("gateway") or {})),
+        ("gateway samples (load pairs, cgi)", (core.get("gateway") or {})),
         ("async drain rounds", (core.get("async") or {})),
         ("zero-to-ten round pairs", (core.get("scaling") or {}).get("zero_to_ten") or {}),
     ):
