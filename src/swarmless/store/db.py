@@ -290,7 +290,7 @@ class Database:
         if self.dialect != "sqlite":
             return False
         with self._translated():
-            async with self._turn(), self._writer.connect() as conn:
+            async with self._turn(), _connected(self._writer) as conn:
                 record = await conn.get_raw_connection()
                 raw = getattr(record.driver_connection, "_conn", None)
                 if not isinstance(raw, sqlite3.Connection):
@@ -348,9 +348,10 @@ class Database:
         self, engine: AsyncEngine
     ) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         """``engine.begin()``: a transaction, committed at the end (rolled back on an
-        error); on PostgreSQL begun again once if the pooled connection was dead."""
+        error; its connection closed in line, :func:`_connected`); on PostgreSQL begun
+        again once if the pooled connection was dead."""
         if self.dialect == "sqlite":
-            return engine.begin()
+            return _begun(engine)
         return self._begin_pg(engine)
 
     @contextlib.asynccontextmanager
@@ -364,7 +365,7 @@ class Database:
         for attempt in (1, 2):
             begun = False
             try:
-                async with engine.begin() as conn:
+                async with _begun(engine) as conn:
                     begun = True
                     yield conn
                 return
@@ -635,6 +636,40 @@ class Database:
         await self._writer.dispose()
         if self._reader is not self._writer:
             await self._reader.dispose()
+
+
+@contextlib.asynccontextmanager
+async def _connected(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """``engine.connect()``, closed in the caller's task when no transaction is left open.
+
+    SQLAlchemy's ``async with`` closes in a task of its own (shielded from cancellation),
+    which a busy event loop runs a turn later and answers a turn after that: on a busy
+    gateway, milliseconds added to every transaction before its callers hear it is in,
+    with the write turn held meanwhile (a group commit of the async drain of
+    ``bench/async.py`` on SQLite: 11.7 ms median from its window to its callers' answer,
+    3.0 ms with this). A connection whose transaction ended (committed or rolled back) goes
+    back to the pool without waiting for anything: the SQLite writer's pool rolls back only
+    a transaction still open (:func:`~swarmless.store.db_engines._rollback_if_open`), and
+    the asyncpg adapter's rollback of a transaction that has ended sends nothing. So such
+    a close cannot be cancelled halfway; one with a transaction still open (an error, a
+    cancellation in the middle of one) closes as SQLAlchemy's does."""
+    conn = engine.connect()
+    await conn.start()
+    try:
+        yield conn
+    finally:
+        sync = conn.sync_connection
+        if sync is not None and sync.in_transaction():
+            await conn.__aexit__(None, None, None)
+        else:
+            await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def _begun(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """``engine.begin()`` on a connection of :func:`_connected`."""
+    async with _connected(engine) as conn, conn.begin():
+        yield conn
 
 
 def _begin_now(raw: sqlite3.Connection, info: dict[Any, Any]) -> bool:
