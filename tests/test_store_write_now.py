@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from swarmless.records import InvocationRecord, new_call_id, now_ms
 from swarmless.store import Store
@@ -146,3 +147,57 @@ def test_a_group_is_answered_within_a_few_turns_of_the_event_loop(tmp_path: Path
 
     taken = asyncio.run(main())
     assert max(taken) <= 4, taken  # 3 here; 6 with SQLAlchemy's close
+
+
+def test_a_writes_hook_runs_in_the_commits_own_turn_once_even_if_cancelled(
+    tmp_path: Path,
+) -> None:
+    """``then`` (``GroupCommit.submit``): called once the write is in, in the same turn of
+    the event loop as the commit, before any done callback of its future (those run a
+    turn later); called once too for a write whose future was cancelled meanwhile (as a
+    done callback would be: the async runner counts what it hands over by it)."""
+    db = tmp_path / "swarmless.db"
+
+    async def main() -> list[tuple[str, int, object]]:
+        store = await Store.open(f"sqlite:///{db}")
+        turns = 0
+        stop = False
+        seen: list[tuple[str, int, object]] = []
+
+        async def ticking() -> None:
+            nonlocal turns
+            while not stop:
+                turns += 1
+                await asyncio.sleep(0)
+
+        def hook(name: str) -> Any:
+            def then(f: asyncio.Future[tuple[str, bool]]) -> None:
+                seen.append((name, turns, "cancelled" if f.cancelled() else f.result()[1]))
+
+            return then
+
+        ticker = asyncio.ensure_future(ticking())
+        try:
+            kept = store.enqueue_future(
+                call(), method="POST", path="/", query="", headers=[], body=b"", then=hook("kept")
+            )
+            kept.add_done_callback(lambda f: seen.append(("done", turns, f.result()[1])))
+            gone = store.enqueue_future(
+                call(), method="POST", path="/", query="", headers=[], body=b"", then=hook("gone")
+            )
+            gone.cancel()
+            await kept
+            await asyncio.sleep(0)
+            return seen
+        finally:
+            stop = True
+            await ticker
+            await store.close()
+
+    seen = asyncio.run(main())
+    assert [name for name, _, _ in seen] == ["kept", "gone", "done"], seen
+    (_, then_turn, created), (_, _, cancelled), (_, done_turn, _) = seen
+    assert created is True
+    assert cancelled == "cancelled"
+    assert then_turn < done_turn, seen
+    assert len(ids_in(db)) == 2  # the cancelled one's write went in with its group

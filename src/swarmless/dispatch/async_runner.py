@@ -176,19 +176,6 @@ class AsyncRunner:
                 self.accepted(name)
             return call_id, created
         # The group's own future, no task: written with the calls accepted with it.
-        enqueued = self.store.enqueue_future(
-            rec,
-            method=method,
-            path=path,
-            query=query,
-            headers=headers,
-            body=body,
-            callback_url=callback_url,
-            idempotency_key=idempotency_key,
-            leased_to=(self.owner, hand_over_lease_ms(found[0], held)),
-        )
-        self._incoming[name] = self._incoming.get(name, 0) + 1
-        self._ahead_bytes += len(body)
         # What the caller awaits: its own future, so that a caller that goes away (its
         # await cancelled) never cancels the write, and the call is taken in hand anyway.
         answer: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
@@ -230,7 +217,22 @@ class AsyncRunner:
                 )
             )
 
-        enqueued.add_done_callback(settled)
+        # ``settled`` runs in the commit's own turn of the event loop (not a turn later as
+        # a done callback would): the caller's 202 is one turn behind the commit, not two.
+        self.store.enqueue_future(
+            rec,
+            method=method,
+            path=path,
+            query=query,
+            headers=headers,
+            body=body,
+            callback_url=callback_url,
+            idempotency_key=idempotency_key,
+            leased_to=(self.owner, hand_over_lease_ms(found[0], held)),
+            then=settled,
+        )
+        self._incoming[name] = self._incoming.get(name, 0) + 1
+        self._ahead_bytes += len(body)
         return await answer
 
     def accepted(self, function: str) -> None:

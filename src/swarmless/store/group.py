@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +25,8 @@ from swarmless.exceptions import GatewayUnavailable
 from swarmless.store.db import RETRY_AFTER, WRITE_NOW_BYTES, Database
 
 __all__ = ["GROUP_EAGER", "GROUP_MAX", "GROUP_WINDOW", "BulkRun", "GroupCommit", "Op"]
+
+log = logging.getLogger("swarmless.store")
 
 #: How long a batch waits for company before it commits (seconds).
 GROUP_WINDOW = 0.002
@@ -46,6 +49,24 @@ class _Pending:
     #: (kind, the bulk writer, this op's payload, the result it then returns).
     bulk: tuple[str, BulkRun, Any, Any] | None = None
     size: int = 0
+    #: Called with ``fut`` as soon as it is done, in the same turn of the event loop (a
+    #: done callback runs a turn later, and a caller awaiting what it sets a turn after).
+    then: Callable[[asyncio.Future[Any]], None] | None = None
+
+    def settle(self, value: Any = None, error: BaseException | None = None) -> None:
+        """``fut``'s outcome (unless it is done already: cancelled), then :attr:`then`
+        (once, as a done callback would be called, cancelled or not)."""
+        if not self.fut.done():
+            if error is not None:
+                self.fut.set_exception(error)
+            else:
+                self.fut.set_result(value)
+        then, self.then = self.then, None
+        if then is not None:
+            try:
+                then(self.fut)
+            except Exception:  # a hook's failure is its own: the group goes on
+                log.exception("group commit: a write's hook failed")
 
 
 class GroupCommit:
@@ -82,10 +103,17 @@ class GroupCommit:
         return await self.submit(op, bulk, size=size)
 
     def submit(
-        self, op: Op, bulk: tuple[str, BulkRun, Any, Any] | None = None, *, size: int = 0
+        self,
+        op: Op,
+        bulk: tuple[str, BulkRun, Any, Any] | None = None,
+        *,
+        size: int = 0,
+        then: Callable[[asyncio.Future[Any]], None] | None = None,
     ) -> asyncio.Future[Any]:
         """:meth:`run` without waiting: the future of ``op``'s outcome (for a write that
-        nobody waits for, retrieve its exception)."""
+        nobody waits for, retrieve its exception). ``then(future)`` is called the moment
+        it is done, in the commit's own turn of the event loop: what the caller does with
+        the outcome (answer a request) is not a turn behind the commit."""
         if self._ops and (len(self._ops) >= MAX_WAITING or self._bytes + size > MAX_WAITING_BYTES):
             raise GatewayUnavailable(
                 f"the gateway's store is behind: {len(self._ops)} writes "
@@ -95,7 +123,7 @@ class GroupCommit:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._loop())
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._ops.append(_Pending(op, fut, bulk, size))
+        self._ops.append(_Pending(op, fut, bulk, size, then))
         self._bytes += size
         self._wake.set()
         if len(self._ops) >= GROUP_EAGER:
@@ -155,23 +183,20 @@ class GroupCommit:
                     await write(conn)
         except GatewayUnavailable as e:  # the database is away: every op fails
             for p in batch:
-                if not p.fut.done():
-                    p.fut.set_exception(e)
+                p.settle(error=e)
             return True
         except Exception:
             return False
         except BaseException as e:  # cancelled: every op fails, and so does the loop
             for p in batch:
-                if not p.fut.done():
-                    p.fut.set_exception(RuntimeError(str(e) or type(e).__name__))
+                p.settle(error=RuntimeError(str(e) or type(e).__name__))
             raise
         for p in batch:
-            if not p.fut.done():
-                p.fut.set_result(p.bulk[3])  # type: ignore[index]
+            p.settle(p.bulk[3])  # type: ignore[index]
         return True
 
     async def _commit_carefully(self, batch: list[_Pending]) -> None:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        results: list[tuple[_Pending, Any, BaseException | None]] = []
         kinds: dict[str, list[_Pending]] = {}
         single: list[_Pending] = []
         for p in batch:
@@ -189,27 +214,21 @@ class GroupCommit:
                     except Exception:
                         single.extend(group)  # one by one, to find the one that fails
                     else:
-                        results.extend((p.fut, p.bulk[3], None) for p in group)  # type: ignore[index]
+                        results.extend((p, p.bulk[3], None) for p in group)  # type: ignore[index]
                 for p in single:
                     try:
                         async with conn.begin_nested():
-                            results.append((p.fut, await p.op(conn), None))
+                            results.append((p, await p.op(conn), None))
                     except Exception as e:
                         failed = self._db._as_error(e)
                         if isinstance(failed, GatewayUnavailable):
                             raise failed from e  # the database is away: the whole batch fails
-                        results.append((p.fut, None, failed))
+                        results.append((p, None, failed))
         except BaseException as e:  # the commit itself failed: every op fails
             for p in batch:
-                if not p.fut.done():
-                    p.fut.set_exception(e if isinstance(e, Exception) else RuntimeError(str(e)))
+                p.settle(error=e if isinstance(e, Exception) else RuntimeError(str(e)))
             if not isinstance(e, Exception):
                 raise
             return
-        for fut, value, error in results:
-            if fut.done():
-                continue
-            if error is not None:
-                fut.set_exception(error)
-            else:
-                fut.set_result(value)
+        for p, value, error in results:
+            p.settle(value, error)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -151,6 +151,7 @@ class QueueOps(ClaimOps):
         idempotency_key: str | None = None,
         not_before: int | None = None,
         leased_to: tuple[str, int] | None = None,
+        then: Callable[[asyncio.Future[tuple[str, bool]]], None] | None = None,
     ) -> asyncio.Future[tuple[str, bool]]:
         """Queue an async call durably: the future of (call id, created), done when the
         group holding the call has committed (no task of its own: a caller that goes on
@@ -164,7 +165,8 @@ class QueueOps(ClaimOps):
         ``leased_to`` (owner, lease ms): the call is written already claimed by ``owner``
         (its first attempt), for a gateway that runs it from memory without claiming it
         back; if that gateway dies, the call is claimable again once the lease passes, as
-        any claimed call.
+        any claimed call. ``then(future)`` is called the moment the future is done, in
+        the commit's turn of the event loop (:meth:`GroupCommit.submit`).
         """
         self._check_room()
         owner, lease_ms = leased_to if leased_to is not None else (None, 0)
@@ -208,7 +210,9 @@ class QueueOps(ClaimOps):
             if idempotency_key is not None
             else ("enqueue", self._enqueue_many, (row, record), (rec.id, True))
         )
-        fut: asyncio.Future[tuple[str, bool]] = self._group.submit(op, bulk, size=len(body))
+        fut: asyncio.Future[tuple[str, bool]] = self._group.submit(
+            op, bulk, size=len(body), then=then
+        )
         return fut
 
     async def _enqueue_many(self, conn: AsyncConnection, items: list[Any]) -> None:
