@@ -175,7 +175,6 @@ class AsyncRunner:
             if created:
                 self.accepted(name)
             return call_id, created
-        # The group's own future, no task: written with the calls accepted with it.
         # What the caller awaits: its own future, so that a caller that goes away (its
         # await cancelled) never cancels the write, and the call is taken in hand anyway.
         answer: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
@@ -217,6 +216,7 @@ class AsyncRunner:
                 )
             )
 
+        # Written with the calls accepted with it (the group's own future, no task);
         # ``settled`` runs in the commit's own turn of the event loop (not a turn later as
         # a done callback would): the caller's 202 is one turn behind the commit, not two.
         self.store.enqueue_future(
