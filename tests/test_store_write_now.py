@@ -6,6 +6,7 @@ not grow with every write)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,29 @@ def test_the_wal_is_checkpointed_and_starts_over_while_writes_go_on(tmp_path: Pa
     assert len(ids_in(db)) == groups * GROUP
 
 
+class Turns:
+    """Counts the turns of the running event loop while open (a task that yields at each)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        while True:
+            self.count += 1
+            await asyncio.sleep(0)
+
+    async def __aenter__(self) -> Turns:
+        self._task = asyncio.ensure_future(self._tick())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
 def test_a_group_is_answered_within_a_few_turns_of_the_event_loop(tmp_path: Path) -> None:
     """A group commit answers its callers within a few turns of the event loop, whatever
     else it runs: on a busy gateway every turn is milliseconds (each request, each worker
@@ -122,27 +146,16 @@ def test_a_group_is_answered_within_a_few_turns_of_the_event_loop(tmp_path: Path
 
     async def main() -> list[int]:
         store = await Store.open(f"sqlite:///{db}")
-        turns = 0
-        stop = False
-
-        async def ticking() -> None:
-            nonlocal turns
-            while not stop:
-                turns += 1
-                await asyncio.sleep(0)
-
-        ticker = asyncio.ensure_future(ticking())
         try:
-            await accept(store)  # the writer's connection and statements are ready
-            taken = []
-            for _ in range(5):
-                before = turns
-                await accept(store)
-                taken.append(turns - before)
+            async with Turns() as turns:
+                await accept(store)  # the writer's connection and statements are ready
+                taken = []
+                for _ in range(5):
+                    before = turns.count
+                    await accept(store)
+                    taken.append(turns.count - before)
             return taken
         finally:
-            stop = True
-            await ticker
             await store.close()
 
     taken = asyncio.run(main())
@@ -160,38 +173,29 @@ def test_a_writes_hook_runs_in_the_commits_own_turn_once_even_if_cancelled(
 
     async def main() -> list[tuple[str, int, object]]:
         store = await Store.open(f"sqlite:///{db}")
-        turns = 0
-        stop = False
         seen: list[tuple[str, int, object]] = []
-
-        async def ticking() -> None:
-            nonlocal turns
-            while not stop:
-                turns += 1
-                await asyncio.sleep(0)
-
-        def hook(name: str) -> Any:
-            def then(f: asyncio.Future[tuple[str, bool]]) -> None:
-                seen.append((name, turns, "cancelled" if f.cancelled() else f.result()[1]))
-
-            return then
-
-        ticker = asyncio.ensure_future(ticking())
         try:
-            kept = store.enqueue_future(
-                call(), method="POST", path="/", query="", headers=[], body=b"", then=hook("kept")
-            )
-            kept.add_done_callback(lambda f: seen.append(("done", turns, f.result()[1])))
-            gone = store.enqueue_future(
-                call(), method="POST", path="/", query="", headers=[], body=b"", then=hook("gone")
-            )
-            gone.cancel()
-            await kept
-            await asyncio.sleep(0)
+            async with Turns() as turns:
+
+                def hook(name: str) -> Any:
+                    def then(f: asyncio.Future[tuple[str, bool]]) -> None:
+                        outcome = "cancelled" if f.cancelled() else f.result()[1]
+                        seen.append((name, turns.count, outcome))
+
+                    return then
+
+                kept, gone = (
+                    store.enqueue_future(
+                        call(), method="POST", path="/", query="", headers=[], body=b"", then=then
+                    )
+                    for then in (hook("kept"), hook("gone"))
+                )
+                kept.add_done_callback(lambda f: seen.append(("done", turns.count, f.result()[1])))
+                gone.cancel()
+                await kept
+                await asyncio.sleep(0)
             return seen
         finally:
-            stop = True
-            await ticker
             await store.close()
 
     seen = asyncio.run(main())
