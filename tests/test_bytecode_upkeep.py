@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -234,3 +235,46 @@ def test_a_build_container_the_engine_would_not_remove_is_removed_later(
     assert binds == {str(settings.data_dir / "bytecode" / _short(image_id)): "/opt/swarmless-pyc"}
     assert left_at_end == []
     assert failures["left"] == 0
+
+
+def test_a_gateway_that_stops_during_a_build_leaves_no_build_container(
+    settings: Settings, engine: docker.DockerClient
+) -> None:
+    """The gateway stops while a build's thread is creating its container (the engine
+    slow to answer): the stop waits for the build, which sees the gateway closing, starts
+    nothing and removes what it made; no build container is left when the stop returns.
+    Before, the stop removed only the containers it knew of, and the thread's container
+    stayed (a session's leftovers, found by its last teardown)."""
+    image_id = str(engine.images.get(PYTHON).id)
+    spec = FunctionSpec(name="a", image=PYTHON, image_id=image_id, mode="warm", handler="h:h")
+    creating = threading.Event()
+
+    async def scenario() -> list[str]:
+        backend = await _started(settings)
+        create = backend.client.api.create_container
+
+        def slow(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("labels", {}).get("swarmless.kind") == "bytecode":
+                creating.set()
+                backend._closing.wait(60)  # the engine answers once the stop has begun
+            return create(*args, **kwargs)
+
+        backend.client.api.create_container = slow  # type: ignore[method-assign]
+        try:
+            await backend.prepare_worker(spec)
+            deadline = time.monotonic() + 60
+            while not creating.is_set():
+                assert time.monotonic() < deadline, "the build did not begin in 60 s"
+                await asyncio.sleep(0.02)
+        finally:
+            await backend.close()
+        # None is left, and none comes: no build goes on behind the stop (before, the
+        # thread made its container just after, and it stayed at least while it ran).
+        seen = set(_build_containers(engine, settings.instance))
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            seen.update(_build_containers(engine, settings.instance))
+            await asyncio.sleep(0.05)
+        return sorted(seen)
+
+    assert asyncio.run(scenario()) == []

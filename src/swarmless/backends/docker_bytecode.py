@@ -94,6 +94,10 @@ class WorkerBytecode(EngineBackend):
     _bytecode_removals: set[asyncio.Task[None]]
     #: Folders built by this gateway (a build that installed one prunes after it).
     _bytecode_built: int
+    #: Builds running in a thread now (:meth:`_bytecode_of`): the gateway's stop waits for
+    #: them, so that none creates a container after the stop removed those it knew of.
+    _bytecode_running: int
+    _closing: threading.Event
 
     def _init_bytecode(self) -> None:
         self._bytecode = {}
@@ -104,6 +108,7 @@ class WorkerBytecode(EngineBackend):
         self._bytecode_prune = None
         self._bytecode_removals = set()
         self._bytecode_built = 0
+        self._bytecode_running = 0
 
     def _start_bytecode_upkeep(self) -> None:
         """The backend started: prune the bytecode folders once, in the background."""
@@ -119,14 +124,32 @@ class WorkerBytecode(EngineBackend):
             log.info("bytecode folders removed: %s", ", ".join(removed))
 
     async def _stop_bytecode_builds(self) -> None:
-        """The gateway stops: no build goes on, no build container stays."""
+        """The gateway stops: no build goes on, no build container stays.
+
+        A build runs in a thread, which its task's cancellation does not stop: one may be
+        creating its container right now, or wait for it, and its own removal would come
+        after the engine's client is closed (the container left behind). So the build
+        containers known are removed (which ends their waits), then the builds still in a
+        thread are waited for (``engine_timeout`` at most, not at all for an engine known
+        not to answer: a build that sees the gateway closing creates nothing more and
+        removes what it made), then what they made is removed too."""
         tasks = [*self._bytecode_builds.values(), *self._bytecode_removals, self._bytecode_prune]
         for task in tasks:
             if task is not None:
                 task.cancel()
-        for cid in list(self._bytecode_containers):
-            with contextlib.suppress(Exception):
-                await self._call(self._remove_build_container, cid)
+        deadline = time.monotonic() + self.settings.engine_timeout
+        while True:
+            for cid in list(self._bytecode_containers):
+                with contextlib.suppress(Exception):
+                    await self._call(self._remove_build_container, cid)
+            with self._bytecode_guard:
+                running = self._bytecode_running
+            # Not for an engine known not to answer: its calls would wait their timeout.
+            if not running or self.engine_down is not None or time.monotonic() > deadline:
+                if running:
+                    log.warning("%d bytecode build(s) still running at the stop", running)
+                return
+            await asyncio.sleep(0.05)
 
     async def prepare_worker(self, spec: FunctionSpec) -> None:
         """Build the bytecode of the runtime's imports for ``spec``'s image, in the
@@ -193,10 +216,18 @@ class WorkerBytecode(EngineBackend):
         image_id = str(info["Id"]).split(":")[-1]
         root = self.settings.data_dir / "bytecode"
         dest = root / image_id[:32]
-        with self._one_build(image_id):
-            if _complete(dest):
-                return dest
-            return self._build(image, str(info["Id"]), dest)
+        with self._bytecode_guard:
+            self._bytecode_running += 1
+        try:
+            with self._one_build(image_id):
+                if _complete(dest):
+                    return dest
+                if self._closing.is_set():  # the gateway stops: no container made now
+                    return None
+                return self._build(image, str(info["Id"]), dest)
+        finally:
+            with self._bytecode_guard:
+                self._bytecode_running -= 1
 
     def _build(self, image: str, image_id: str, dest: Path) -> Path | None:
         """Run the build container of ``image`` and install its bytecode at ``dest``."""
@@ -223,6 +254,8 @@ class WorkerBytecode(EngineBackend):
         cid = str(created["Id"])
         self._bytecode_containers.add(cid)
         try:
+            if self._closing.is_set():  # the stop began meanwhile: removed, not run
+                return None
             api.start(cid)
             try:
                 status = int(api.wait(cid, timeout=BUILD_TIMEOUT).get("StatusCode", -1))
