@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -60,6 +61,8 @@ from swarmless.spec import FunctionSpec
 from swarmless.store import Store
 
 __all__ = ["Dispatcher", "Request", "Response", "Result"]
+
+log = logging.getLogger("swarmless.dispatch")
 
 #: Seconds the drain gives the answers of the calls it stopped waiting for to go out.
 ANSWER_GRACE = 1.0
@@ -360,7 +363,8 @@ class Dispatcher(FunctionTable):
 
     async def close(self) -> None:
         """Stop every worker container, and the one-shot containers of the calls the drain
-        stopped waiting for; flush the store."""
+        stopped waiting for; wait for the work still running in the background (a start
+        removes what it made); flush the store."""
         stops: list[Coroutine[Any, Any, None]] = []
         for pool in self.pools.values():
             stops.extend(self.stop_worker(w) for w in pool.retire_all())
@@ -371,4 +375,16 @@ class Dispatcher(FunctionTable):
                     if c.kind != "worker" and c.labels.get(LABEL_CALL) in self._abandoned:
                         stops.append(self.backend.stop_container(c.id))
         await asyncio.gather(*stops, return_exceptions=True)
+        await self._settle()
         await self._recorder.flush()
+
+    async def _settle(self) -> None:
+        """Wait for the background work still running (``engine_timeout`` at most; not for
+        an engine known down, whose next gateway removes what is left): a container start
+        sees the gateway closing when it returns and removes its container; cut off by the
+        stop's end, that container would run on with nobody to remove it."""
+        if self.backend.engine_down is not None:
+            return
+        left = await self._background.settle(self.backend.settings.engine_timeout)
+        if left:
+            log.warning("stopped with %d background task(s) still running", left)
