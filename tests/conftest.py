@@ -60,8 +60,13 @@ def engine() -> Iterator[docker.DockerClient]:
         with contextlib.suppress(docker.errors.DockerException):
             client.api.remove_container(c["Id"], force=True)
     client.close()
-    names = [c["Names"] for c in leaked]
-    assert not leaked, f"swarmless containers left behind: {names}"
+    # Enough to tell which test left each: its kind, function, instance and image.
+    keys = ("swarmless.kind", "swarmless.function", "swarmless.instance", "swarmless.gateway")
+    seen = [
+        (c["Names"], c["Image"], c["Status"], {k: c["Labels"][k] for k in keys if k in c["Labels"]})
+        for c in leaked
+    ]
+    assert not leaked, f"swarmless containers left behind: {seen}"
 
 
 def _ours(labels: dict[str, str]) -> bool:
