@@ -278,3 +278,46 @@ def test_a_gateway_that_stops_during_a_build_leaves_no_build_container(
         return sorted(seen)
 
     assert asyncio.run(scenario()) == []
+
+
+def test_a_build_container_a_killed_gateway_left_is_removed_by_the_next(
+    settings: Settings, engine: docker.DockerClient, tmp_path: Path
+) -> None:
+    """A gateway killed during a build leaves its build container (nothing else removes
+    it: function containers are found by their gateway label, which it does not carry).
+    The next active gateway of the instance removes it; never one of another instance,
+    nor one that carries the instance's labels only through its image."""
+    mine = _fake_build(engine, settings)
+    other_settings = Settings.load(
+        data_dir=tmp_path / "other", instance=f"h5rel-{uuid.uuid4().hex[:8]}"
+    )
+    other = _fake_build(engine, other_settings)
+    try:
+
+        async def scenario() -> int:
+            backend = await _started(settings)
+            try:
+                return await backend.remove_leftovers()
+            finally:
+                await backend.close()
+
+        assert asyncio.run(scenario()) == 1
+        left = {c["Id"] for c in engine.api.containers(all=True, filters={"id": [mine, other]})}
+        assert left == {other}
+    finally:
+        for cid in (mine, other):
+            with contextlib.suppress(docker.errors.DockerException):
+                engine.api.remove_container(cid, force=True)
+
+
+def _fake_build(engine: docker.DockerClient, settings: Settings) -> str:
+    """A build container as a gateway of ``settings`` makes it, still running."""
+    from swarmless.engine import managed_labels
+    from swarmless.ownership import ownership_labels
+
+    labels = {**LABELS, **ownership_labels(settings), **managed_labels("bytecode")}
+    created = engine.api.create_container(
+        image=BUSYBOX, command=["sleep", "60"], labels=labels, network_disabled=True
+    )
+    engine.api.start(created["Id"])
+    return str(created["Id"])

@@ -242,6 +242,13 @@ class Backend(abc.ABC):
         nothing. Never raises for the function: a start without it is only slower."""
         return
 
+    async def remove_leftovers(self) -> int:
+        """The gateway starts as the active one: remove what a previous gateway of this
+        instance left besides function containers (the docker backend: bytecode build
+        containers of a gateway killed during a build); returns how many. By default,
+        nothing. Never raises: housekeeping."""
+        return 0
+
     @abc.abstractmethod
     async def start_worker(self, launch: WorkerLaunch) -> str:
         """Start a warm container; returns the id the backend knows it by: the container's

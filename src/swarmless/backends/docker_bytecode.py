@@ -51,6 +51,8 @@ import requests.exceptions
 from swarmless.backends.base import EngineBackend
 from swarmless.backends.docker_config import RUNTIME_MOUNT
 from swarmless.engine import managed_labels
+from swarmless.labels import LABEL_KIND, LABEL_MANAGED
+from swarmless.ownership import ownership_labels, select_containers
 from swarmless.runtime.bytecode import BYTECODE_MOUNT
 from swarmless.spec import FunctionSpec
 
@@ -150,6 +152,39 @@ class WorkerBytecode(EngineBackend):
                     log.warning("%d bytecode build(s) still running at the stop", running)
                 return
             await asyncio.sleep(0.05)
+
+    async def remove_leftovers(self) -> int:
+        """Build containers of this instance (its ownership labels, on the container
+        itself) that no build of this gateway runs: a previous gateway was killed during
+        its build (nothing else removes them; function containers are found by their
+        gateway label, which a build container does not carry)."""
+
+        def leftovers() -> int:
+            found = select_containers(
+                self.client.api,
+                ownership_labels(self.settings),
+                where={LABEL_MANAGED: "true", LABEL_KIND: "bytecode"},
+            )
+            if found.inherited:
+                log.warning(
+                    "%d build container(s) carry this instance's labels only through their "
+                    "image: left alone",
+                    len(found.inherited),
+                )
+            gone = 0
+            for c in found.owned:
+                if c.id not in self._bytecode_containers and self._remove_build_container(c.id):
+                    gone += 1
+            return gone
+
+        try:
+            removed = await self._call(leftovers)
+        except Exception as e:  # housekeeping: the next start looks again
+            log.warning("bytecode build containers left by a previous gateway: %s", e)
+            return 0
+        if removed:
+            log.info("removed %d bytecode build container(s) left by a previous gateway", removed)
+        return removed
 
     async def prepare_worker(self, spec: FunctionSpec) -> None:
         """Build the bytecode of the runtime's imports for ``spec``'s image, in the

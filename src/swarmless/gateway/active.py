@@ -175,6 +175,7 @@ class ActiveGateway:
         await asyncio.gather(
             *(self.backend.stop_container(c.id) for c in found), return_exceptions=True
         )
+        await self.backend.remove_leftovers()
 
     async def _refresh_counts(self) -> None:
         while True:
