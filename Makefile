@@ -51,8 +51,15 @@ bench-quick: setup bench-deps
 	$(PY) bench/report.py --quick
 
 # matplotlib is a dev dependency (pyproject.toml); a venv made before it was is topped up.
+# wrk is the load generator the results were measured with (Debian's package, installed
+# as root); without it the benchmarks say so and use their Python one, which loads the
+# 2 cores more and so lowers the gateway's ratios.
 bench-deps: venv
 	$(PY) -c "import matplotlib" 2>/dev/null || $(VENV)/bin/pip install -q matplotlib
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && { apt-get install -y -q wrk >/dev/null 2>&1 \
+	       || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }; }; } \
+	  || echo "bench-deps: wrk is missing (apt-get install -y wrk, as root): the benchmarks use their Python load generator"
 
 # Exited containers of this instance only (SWARMLESS_INSTANCE, SWARMLESS_DATA_DIR); other
 # users' and other instances' containers on a shared engine are never touched.
