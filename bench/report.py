@@ -216,6 +216,7 @@ def missing_numbers(core: dict[str, Any]) -> list[str]:
             "gateway-throughput-c16",
             "gateway-first-call-vs-run",
             "gateway-cgi-vs-run",
+            "gateway-containers-vs-one",
         ],
         "async": ["async-enqueue-rate", "async-enqueue-to-start-p50", "async-drain-vs-sync"],
         "scaling": ["scaling-zero-to-ten", "scaling-paused-vs-cold", "scaling-idle-rss"],
@@ -632,6 +633,23 @@ def markdown(result: dict[str, Any], figures: dict[str, str], plot_error: str | 
                 f"| {dc['machine'] * 1e6:.0f} ({dc['server'] * 1e6:.0f}, "
                 f"{dc['loadgen'] * 1e6:.0f}, {dc['other'] * 1e6:.0f}) |"
             )
+        fewer = gw.get("fewer_containers") or {}
+        if fewer.get("many") and fewer.get("one"):
+            many, one = (sorted(r["rps"] for r in fewer[k]) for k in ("many", "one"))
+            cpu = {
+                k: sorted(r["cpu"]["workers"] for r in fewer[k])[len(fewer[k]) // 2] * 1e6
+                for k in ("many", "one")
+            }
+            lines += [
+                "",
+                f"More warm containers, same load ({fewer['connections']} connections, runs "
+                f"alternating): {gw['containers']} containers {many[len(many) // 2]:,.0f} req/s "
+                f"(runs {', '.join(f'{x:,.0f}' for x in many)}) vs 1 container with as many "
+                f"slots {one[len(one) // 2]:,.0f} req/s (runs "
+                f"{', '.join(f'{x:,.0f}' for x in one)}); the worker containers' CPU per call "
+                f"{cpu['many']:.0f} vs {cpu['one']:.0f} µs. "
+                + verdict(core, "gateway", "gateway-containers-vs-one"),
+            ]
         cg = gw["cgi"]
         lines += [
             "",
