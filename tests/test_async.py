@@ -20,6 +20,7 @@ import pytest
 import swarmless
 from tests.conftest import BUSYBOX, handler_image
 from tests.gateway_harness import TOKEN, GatewayProcess, RunningGateway, free_port
+from tests.networks import remove_network
 from tests.waiting import wait_until
 
 HANDLERS = """
@@ -329,7 +330,7 @@ def test_gateway_sigkill_loses_nothing(
             all=True, filters={"label": f"swarmless.gateway={instance}"}
         ):
             engine.api.remove_container(c["Id"], force=True)
-        network.remove()
+        remove_network(engine, network)
     leftover = engine.api.containers(all=True, filters={"label": f"swarmless.gateway={instance}"})
     assert leftover == []
 

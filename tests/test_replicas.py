@@ -31,6 +31,7 @@ from swarmless.sdk.gateway import GatewayClient
 from swarmless.store.lease import LeaseState
 from tests.conftest import SESSION, handler_image
 from tests.gateway_harness import CallLoad, GatewayProcess, all_ended, free_port
+from tests.networks import remove_network
 from tests.waiting import eventually, wait_until
 
 pytestmark = [pytest.mark.slow]
@@ -80,7 +81,7 @@ def replicas(
             with contextlib.suppress(docker.errors.APIError):
                 engine.api.remove_container(c["Id"], force=True)
         wait_for(lambda: not engine.api.containers(all=True, filters=flt), 30, "containers gone")
-        network.remove()
+        remove_network(engine, network)
 
 
 def health(p: GatewayProcess) -> dict[str, object]:

@@ -40,6 +40,7 @@ from swarmless.store import Store
 from swarmless.store import db as store_db
 from tests.conftest import BUSYBOX
 from tests.gateway_harness import GatewayProcess, free_port
+from tests.networks import remove_network
 from tests.reliability.own_gateway import LABELS, OwnGateway, remove_own
 from tests.reliability.test_store_faults import Cluster
 from tests.waiting import wait_until
@@ -170,7 +171,7 @@ def test_up_starts_with_postgres_down_answers_503_and_serves_once_it_is_back(
     finally:
         gateway.stop()
         remove_own(engine, instance)
-        network.remove()
+        remove_network(engine, network)
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ from swarmless.records import InvocationRecord, new_call_id, now_ms
 from swarmless.store import Store
 from tests.conftest import handler_image
 from tests.gateway_harness import TOKEN, CallLoad, GatewayProcess, RunningGateway, free_port
+from tests.networks import remove_network
 from tests.postgres_harness import ROOT
 from tests.waiting import eventually, wait_until
 
@@ -434,4 +435,4 @@ def test_large_async_bodies_reclaimed_at_start_up_do_not_crash_loop(
         ):
             with contextlib.suppress(docker.errors.DockerException):
                 engine.api.remove_container(c["Id"], force=True)
-        network.remove()
+        remove_network(engine, network)
