@@ -567,7 +567,8 @@ def markdown(result: dict[str, Any], figures: dict[str, str], plot_error: str | 
             "- **warm** (middle): open-loop load at fixed rates (each request's latency counted "
             "from its due time, so queueing behind a stall is not hidden), gateway and direct "
             f"runs alternating. {warm_ok} of {len(gw['warm_checks'])} gateway runs (closed and "
-            "open loop) were checked warm: the same containers, all `running` in the engine, "
+            "open loop, and both sides of the more-containers comparison) were checked "
+            "warm: the same containers, all `running` in the engine, "
             "before and after the run.",
         ]
         for rate, sides in sorted(gw["open_loop"].items(), key=lambda kv: float(kv[0])):
