@@ -34,6 +34,7 @@ import shlex
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -395,9 +396,36 @@ def test_the_canary_alone_first(hostile: Hostile) -> None:
 
 
 def _host_config(ctx: Hostile, name: str) -> dict[str, Any]:
-    ids = wait_until(lambda: ctx.containers(name), 60, f"a container of {name}", interval=0.1)
-    cfg: dict[str, Any] = ctx.engine.api.inspect_container(ids[0])["HostConfig"]
-    return cfg
+    """The HostConfig of a container of ``name`` that still exists when inspected.
+
+    A container listed can be gone by its inspect: a one-shot one that finished, or a warm
+    one the gateway removed (a start that failed is removed and tried again). The next one
+    listed is looked at, so the limits are checked on a container the gateway made either
+    way; a warm container that went is named with the function's recent scaling plans (a
+    warning in the test summary), so a gateway that replaces fresh containers is seen."""
+    gone: list[str] = []
+
+    def inspect() -> dict[str, Any] | None:
+        for cid in ctx.containers(name):
+            try:
+                cfg: dict[str, Any] = ctx.engine.api.inspect_container(cid)["HostConfig"]
+            except docker.errors.NotFound:
+                gone.append(cid[:12])
+                continue
+            return cfg
+        return None
+
+    found = wait_until(inspect, 60, f"a container of {name} to inspect", interval=0.1)
+    assert found is not None
+    if gone:
+        r = ctx.http.get(f"/system/functions/{name}")
+        scale = r.json().get("scale") if r.status_code == 200 else r.text
+        warnings.warn(
+            f"container(s) {sorted(set(gone))} of {name} went between their listing and "
+            f"their inspect; the function's scaling: {scale}",
+            stacklevel=2,
+        )
+    return found
 
 
 def test_every_container_gets_default_limits_a_spec_may_override(hostile: Hostile) -> None:
