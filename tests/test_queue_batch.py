@@ -317,3 +317,80 @@ def test_a_graceful_stop_gives_back_the_calls_not_started(
     assert states["queued"] >= 1, states
     assert {r[2] for r in rows if r[1] == "queued"} == {0}, rows  # not counted
     assert {r[3] for r in rows if r[1] == "queued"} == {None}, rows
+
+
+def test_every_value_survives_a_group_commit_exactly(url: str) -> None:  # noqa: F811
+    """Calls accepted and finished together (one group commit each way, their rows in one
+    statement per table: on PostgreSQL arrays, one per column) read back exactly: every
+    byte value, a body of 640 KB, quotes, backslashes, control characters, text beyond
+    Latin-1, floats, booleans and NULLs."""
+    awkward = [
+        '"q"',
+        "back\\slash \\x00ff",
+        "tab\tnew\nline",
+        "snow\u2603man \U0001f600",
+        '{"a":[1]}',
+    ]
+    big = bytes(range(256)) * 2500  # 640 KB, alone in its groups
+
+    async def main() -> None:
+        async with await Store.open(url) as store:
+            recs = [arec(parent=awkward[i % 5], late=i % 2 == 0) for i in range(12)]
+            bodies = [bytes(range(256)) + str(i).encode() for i in range(11)] + [big]
+
+            def accept(i: int, r: InvocationRecord) -> asyncio.Future[tuple[str, bool]]:
+                return store.enqueue_future(
+                    r,
+                    method="POST",
+                    path=f"/p/{awkward[i % 5]}",
+                    query=awkward[(i + 1) % 5],
+                    headers=[("x-v", awkward[(i + 2) % 5]), ("x-e", "")],
+                    body=bodies[i],
+                    callback_url=None if i % 3 else f"http://cb/{awkward[i % 5]}",
+                    leased_to=None,
+                )
+
+            # Eleven in one group, then the big one alone.
+            futures = [accept(i, r) for i, r in enumerate(recs[:-1])]
+            assert [await f for f in futures] == [(r.id, True) for r in recs[:-1]]
+            assert await accept(len(recs) - 1, recs[-1]) == (recs[-1].id, True)
+            claimed = {c.id: c for c in await store.claim("gw", {"echo": (100, 60_000)})}
+            assert sorted(claimed) == sorted(r.id for r in recs)
+            for i, r in enumerate(recs):
+                c = claimed[r.id]
+                assert (c.path, c.query, c.body, c.parent, c.late) == (
+                    f"/p/{awkward[i % 5]}",
+                    awkward[(i + 1) % 5],
+                    bodies[i],
+                    awkward[i % 5],
+                    i % 2 == 0,
+                )
+                assert c.headers == [("x-v", awkward[(i + 2) % 5]), ("x-e", "")]
+                assert c.callback_url == (None if i % 3 else f"http://cb/{awkward[i % 5]}")
+            outcomes: list[tuple[InvocationRecord, StoredResult | None]] = []
+            for i, r in enumerate(recs):
+                r.status, r.started_at, r.finished_at = "succeeded", now_ms(), now_ms() + 1
+                r.wait_ms, r.run_ms, r.cold, r.exit_code = 0.125 * i, 1e-9, False, -i
+                r.error, r.container = awkward[(i + 3) % 5], None
+                headers = [("x-r", awkward[(i + 4) % 5])]
+                outcomes.append((r, StoredResult(status=200 + i, headers=headers, body=bodies[i])))
+            await asyncio.gather(*(store.finish_many([o]) for o in outcomes[:-1]))
+            await store.finish_many(outcomes[-1:])
+            for i, (r, res) in enumerate(outcomes):
+                got = await store.get_invocation(r.id)
+                assert got is not None
+                assert (got.status, got.wait_ms, got.run_ms, got.cold, got.exit_code) == (
+                    "succeeded",
+                    0.125 * i,
+                    1e-9,
+                    False,
+                    -i,
+                )
+                assert (got.error, got.parent, got.container) == (r.error, r.parent, None)
+                kept = await store.get_result(r.id)
+                assert kept is not None
+                assert res is not None
+                assert (kept.status, kept.headers, kept.body) == (res.status, res.headers, res.body)
+            assert await store.queued_counts() == {}
+
+    run(main())
