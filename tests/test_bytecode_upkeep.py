@@ -29,6 +29,7 @@ from swarmless.backends.docker_bytecode import _MARK, RECENT_USE
 from swarmless.config import Settings
 from swarmless.spec import FunctionSpec
 from tests.conftest import BUSYBOX, PYTHON
+from tests.networks import remove_network
 
 LABELS = {"swarmless.test": "h5rel"}
 
@@ -46,8 +47,7 @@ def settings(tmp_path: Path, engine: docker.DockerClient) -> Iterator[Settings]:
     for c in engine.api.containers(all=True, filters=flt):
         with contextlib.suppress(docker.errors.DockerException):
             engine.api.remove_container(c["Id"], force=True)
-    with contextlib.suppress(docker.errors.DockerException):
-        engine.networks.get(f"swarmless-{instance}").remove()
+    remove_network(engine, f"swarmless-{instance}")
 
 
 def _short(image_id: str) -> str:

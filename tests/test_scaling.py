@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import BUSYBOX, handler_image
 from tests.gateway_harness import GatewayProcess, RunningGateway, free_port
+from tests.networks import remove_network
 from tests.waiting import wait_until
 
 HANDLERS = """
@@ -313,8 +314,7 @@ def test_restart_leaves_exactly_the_desired_set(
         for c in engine.api.containers(all=True, filters=flt):
             with contextlib.suppress(docker.errors.DockerException):
                 engine.api.remove_container(c["Id"], force=True)
-        with contextlib.suppress(docker.errors.DockerException):
-            engine.networks.get(network).remove()
+        remove_network(engine, network)
 
 
 def test_a_lone_first_call_starts_one_container(

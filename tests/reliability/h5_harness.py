@@ -9,6 +9,7 @@ import contextlib
 import docker
 import docker.errors
 
+from tests.networks import remove_network
 from tests.reliability.own_gateway import OwnGateway
 
 #: On every Docker object these suites make (with an instance named ``h5rel-...``).
@@ -33,5 +34,4 @@ def remove_own(engine: docker.DockerClient, instance: str) -> None:
     for c in engine.api.containers(all=True, filters={"label": f"swarmless.gateway={instance}"}):
         with contextlib.suppress(docker.errors.DockerException):
             engine.api.remove_container(c["Id"], force=True)
-    with contextlib.suppress(docker.errors.DockerException):
-        engine.networks.get(f"swarmless-{instance}").remove()
+    remove_network(engine, f"swarmless-{instance}")

@@ -46,6 +46,7 @@ import pytest
 
 from tests.conftest import BUSYBOX, PYTHON, SESSION
 from tests.gateway_harness import GatewayProcess, free_port
+from tests.networks import remove_network
 
 pytestmark = pytest.mark.fault
 T = TypeVar("T")
@@ -377,8 +378,7 @@ def hostile(
         for c in left:
             with contextlib.suppress(docker.errors.DockerException):
                 engine.api.remove_container(c["Id"], force=True)
-        with contextlib.suppress(docker.errors.DockerException):
-            engine.networks.get(network).remove()
+        remove_network(engine, network)
     assert not left, f"containers left after the gateway stopped: {[c['Names'] for c in left]}"
 
 
