@@ -31,6 +31,7 @@ from swarmless.config import Settings
 from swarmless.gateway.app import Gateway
 from swarmless.gateway.server import GatewayServer, loop_factory
 from swarmless.sdk.gateway import GatewayClient
+from tests.networks import remove_network
 from tests.waiting import wait_until
 
 TOKEN = "test-admin-token"
@@ -49,6 +50,8 @@ class RunningGateway:
         **settings: Any,
     ) -> None:
         self.instance = f"test-{uuid.uuid4().hex[:8]}"
+        #: The function network is this harness's own (it removes it), not one it was given.
+        self.own_network = "network" not in settings
         settings.setdefault("network", f"{network_prefix}{self.instance}")
         self.settings = Settings.load(
             data_dir=data_dir, host="127.0.0.1", port=0, instance=self.instance, **settings
@@ -114,8 +117,8 @@ class RunningGateway:
             for cid in self.containers(engine):
                 with contextlib.suppress(docker.errors.DockerException):
                     engine.api.remove_container(cid, force=True)
-            with contextlib.suppress(docker.errors.DockerException):
-                engine.networks.get(self.settings.network).remove()
+            if self.own_network:  # a network given is its owner's to remove
+                remove_network(engine, self.settings.network)
         if self._error is not None:
             raise self._error
 
