@@ -60,6 +60,7 @@ from swarmless.spec import FunctionSpec
 from swarmless.store import Store
 from tests.conftest import BUSYBOX, SESSION, handler_image
 from tests.gateway_harness import TOKEN, GatewayProcess, RunningGateway, free_port
+from tests.networks import remove_network
 from tests.waiting import eventually, wait_until
 
 pytestmark = pytest.mark.fault
@@ -386,8 +387,7 @@ class Node:
             self._client.close()
         with contextlib.suppress(docker.errors.DockerException):
             self.host.api.remove_container(self.name, force=True, v=True)
-        with contextlib.suppress(docker.errors.DockerException):
-            self.host.networks.get(self.name).remove()
+        remove_network(self.host, self.name)
 
 
 @pytest.fixture(scope="module")
@@ -601,8 +601,7 @@ class Launched(GatewayProcess):
         for c in [*self.containers(engine), *engine.api.containers(all=True, filters=flt)]:
             with contextlib.suppress(docker.errors.DockerException):
                 engine.api.remove_container(c["Id"], force=True)
-        with contextlib.suppress(docker.errors.DockerException):
-            engine.networks.get(self.env["SWARMLESS_NETWORK"]).remove()
+        remove_network(engine, self.env["SWARMLESS_NETWORK"])
 
 
 def test_gateway_sigkill_under_load(
@@ -928,8 +927,7 @@ def test_silent_ready_worker_is_checked_and_replaced(
                 all=True, filters={"label": f"swarmless.gateway={instance}"}
             ):
                 engine.api.remove_container(c["Id"], force=True)
-            with contextlib.suppress(docker.errors.DockerException):
-                engine.networks.get(settings.network).remove()
+            remove_network(engine, settings.network)
 
     asyncio.run(main())
 
