@@ -40,6 +40,11 @@ TOKEN = "test-admin-token"
 class RunningGateway:
     """Start with ``start()``; ``stop()`` drains and removes every container it started."""
 
+    #: The function network is the harness's own, removed by :meth:`stop` (not one it was
+    #: given: its owner removes that). A class default: subclasses that name the instance
+    #: and the network themselves do not run this ``__init__``.
+    own_network = True
+
     def __init__(
         self,
         data_dir: Path,
@@ -50,7 +55,6 @@ class RunningGateway:
         **settings: Any,
     ) -> None:
         self.instance = f"test-{uuid.uuid4().hex[:8]}"
-        #: The function network is this harness's own (it removes it), not one it was given.
         self.own_network = "network" not in settings
         settings.setdefault("network", f"{network_prefix}{self.instance}")
         self.settings = Settings.load(
