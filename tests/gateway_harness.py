@@ -38,12 +38,11 @@ TOKEN = "test-admin-token"
 
 
 class RunningGateway:
-    """Start with ``start()``; ``stop()`` drains and removes every container it started."""
+    """Start with ``start()``; ``stop()`` drains and removes every container it started.
 
-    #: The function network is the harness's own, removed by :meth:`stop` (not one it was
-    #: given: its owner removes that). A class default: subclasses that name the instance
-    #: and the network themselves do not run this ``__init__``.
-    own_network = True
+    The instance is named ``<instance_prefix>-<8 hex digits>`` (a suite's own prefix keeps
+    its objects apart); it listens on 127.0.0.1 on a free port unless ``settings`` say
+    otherwise."""
 
     def __init__(
         self,
@@ -52,14 +51,16 @@ class RunningGateway:
         *,
         backend_class: Callable[..., Backend] = DockerBackend,
         network_prefix: str = "swarmless-",
+        instance_prefix: str = "test",
         **settings: Any,
     ) -> None:
-        self.instance = f"test-{uuid.uuid4().hex[:8]}"
+        self.instance = f"{instance_prefix}-{uuid.uuid4().hex[:8]}"
+        #: The function network is the harness's own, removed by :meth:`stop` (not one it
+        #: was given: its owner removes that).
         self.own_network = "network" not in settings
         settings.setdefault("network", f"{network_prefix}{self.instance}")
-        self.settings = Settings.load(
-            data_dir=data_dir, host="127.0.0.1", port=0, instance=self.instance, **settings
-        )
+        settings = {"host": "127.0.0.1", "port": 0, **settings}
+        self.settings = Settings.load(data_dir=data_dir, instance=self.instance, **settings)
         self.backend = backend_class(self.settings, labels=labels)
         self.gateway = Gateway(self.settings, backend=self.backend, token=TOKEN, drain_timeout=5)
         self.server = GatewayServer(self.gateway)

@@ -356,13 +356,13 @@ class SwarmGateway(RunningGateway):
         self, cluster: Cluster, data_dir: Path, labels: dict[str, str], **settings: Any
     ) -> None:
         self.cluster = cluster
+        settings.setdefault("docker_host", cluster.manager_url)
         super().__init__(
             data_dir,
             labels,
             backend_class=SwarmBackend,
             network_prefix="swarmless-swarm-",
             backend="swarm",
-            docker_host=cluster.manager_url,
             **settings,
         )
 

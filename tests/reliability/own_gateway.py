@@ -4,18 +4,12 @@ label ``swarmless.test=helper-rel`` on everything it creates, removed by those o
 from __future__ import annotations
 
 import contextlib
-import uuid
 from pathlib import Path
 from typing import Any
 
 import docker
 
-from swarmless.backends.docker import DockerBackend
-from swarmless.backends.swarm import SwarmBackend
-from swarmless.config import Settings
-from swarmless.gateway.app import Gateway
-from swarmless.gateway.server import GatewayServer
-from tests.gateway_harness import TOKEN, RunningGateway
+from tests.gateway_harness import RunningGateway
 from tests.swarm_harness import Cluster, SwarmGateway
 
 #: On every Docker object these suites make (with an instance named ``hrel-...``).
@@ -30,18 +24,7 @@ class OwnGateway(RunningGateway):
     labels: dict[str, str] = LABELS
 
     def __init__(self, data_dir: Path, **settings: Any) -> None:
-        # Not RunningGateway's __init__: it names the instance test-...; the rest is its.
-        self.instance = f"{self.PREFIX}-{uuid.uuid4().hex[:8]}"
-        settings.setdefault("network", f"swarmless-{self.instance}")
-        self.settings = Settings.load(
-            data_dir=data_dir, host="127.0.0.1", port=0, instance=self.instance, **settings
-        )
-        self.backend = DockerBackend(self.settings, labels=self.labels)
-        self.gateway = Gateway(self.settings, backend=self.backend, token=TOKEN, drain_timeout=5)
-        self.server = GatewayServer(self.gateway)
-        self._thread = None
-        self._error = None
-        self.url = ""
+        super().__init__(data_dir, self.labels, instance_prefix=self.PREFIX, **settings)
 
 
 def remove_own(engine: docker.DockerClient, instance: str) -> None:
@@ -57,22 +40,4 @@ class OwnSwarmGateway(SwarmGateway):
     """:class:`~tests.swarm_harness.SwarmGateway` named ``hrel-...``, labelled LABELS."""
 
     def __init__(self, cluster: Cluster, data_dir: Path, **settings: Any) -> None:
-        # Not SwarmGateway's __init__: it names the instance test-...; the rest is its.
-        self.cluster = cluster
-        self.instance = f"hrel-{uuid.uuid4().hex[:8]}"
-        settings.setdefault("docker_host", cluster.manager_url)
-        self.settings = Settings.load(
-            data_dir=data_dir,
-            host="127.0.0.1",
-            port=0,
-            instance=self.instance,
-            network=f"swarmless-swarm-{self.instance}",
-            backend="swarm",
-            **settings,
-        )
-        self.backend = SwarmBackend(self.settings, labels=LABELS)
-        self.gateway = Gateway(self.settings, backend=self.backend, token=TOKEN, drain_timeout=5)
-        self.server = GatewayServer(self.gateway)
-        self._thread = None
-        self._error = None
-        self.url = ""
+        super().__init__(cluster, data_dir, LABELS, instance_prefix="hrel", **settings)

@@ -53,8 +53,6 @@ from swarmless.dispatch.dispatcher import Dispatcher
 from swarmless.dispatch.oneshot import OneShotCalls
 from swarmless.dispatch.recorder import Recorder
 from swarmless.dispatch.workers import WorkerRegistry
-from swarmless.gateway.app import Gateway
-from swarmless.gateway.server import GatewayServer
 from swarmless.scaling.reconciler import Reconciler
 from swarmless.spec import FunctionSpec
 from swarmless.store import Store
@@ -411,25 +409,17 @@ class NodeGateway(RunningGateway):
     listens on the host's address on the node's network, where containers reach it."""
 
     def __init__(self, node: Node, data_dir: Path, labels: dict[str, str]) -> None:
-        self.instance = f"test-{uuid.uuid4().hex[:8]}"
         with socket.socket() as s:
             s.bind((node.host_ip, 0))
             port = int(s.getsockname()[1])
-        self.settings = Settings.load(
-            data_dir=data_dir,
+        super().__init__(
+            data_dir,
+            labels,
             host=node.host_ip,
             port=port,
-            instance=self.instance,
-            network=f"swarmless-{self.instance}",
             docker_host=node.url,
             advertise_url=f"http://{node.host_ip}:{port}",
         )
-        self.backend = DockerBackend(self.settings, labels=labels)
-        self.gateway = Gateway(self.settings, backend=self.backend, token=TOKEN, drain_timeout=5)
-        self.server = GatewayServer(self.gateway)
-        self._thread = None
-        self._error = None
-        self.url = ""
 
     def start(self) -> NodeGateway:
         super().start()
