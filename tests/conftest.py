@@ -3,7 +3,8 @@
 Every container a test starts carries ``swarmless.test=<session id>`` (through the
 ``labels`` fixture) or the session's instance (``swarmless.instance=test-<session id>``:
 plain runs); the session fixture removes whatever of those is left and fails the run if a
-swarmless container leaked. It touches nothing else on the engine.
+swarmless container leaked, or a swarmless network named with the session id (the name
+tests give a network of their own). It touches nothing else on the engine.
 """
 
 from __future__ import annotations
@@ -59,6 +60,16 @@ def engine() -> Iterator[docker.DockerClient]:
     for c in leaked:
         with contextlib.suppress(docker.errors.DockerException):
             client.api.remove_container(c["Id"], force=True)
+    # Networks named with this session (tests name the networks they give a gateway so;
+    # the harness removes those only when nothing holds them): what a test left.
+    networks = sorted(
+        n["Name"]
+        for n in client.api.networks()
+        if n["Name"].startswith("swarmless") and SESSION in n["Name"]
+    )
+    for name in networks:
+        with contextlib.suppress(docker.errors.DockerException):
+            client.api.remove_network(name)
     client.close()
     # Enough to tell which test left each: its kind, function, instance and image.
     keys = ("swarmless.kind", "swarmless.function", "swarmless.instance", "swarmless.gateway")
@@ -66,7 +77,8 @@ def engine() -> Iterator[docker.DockerClient]:
         (c["Names"], c["Image"], c["Status"], {k: c["Labels"][k] for k in keys if k in c["Labels"]})
         for c in leaked
     ]
-    assert not leaked, f"swarmless containers left behind: {seen}"
+    assert not leaked, f"swarmless containers left behind: {seen} (and networks: {networks})"
+    assert not networks, f"swarmless networks left behind: {networks}"
 
 
 def _ours(labels: dict[str, str]) -> bool:

@@ -55,8 +55,9 @@ class RunningGateway:
         **settings: Any,
     ) -> None:
         self.instance = f"{instance_prefix}-{uuid.uuid4().hex[:8]}"
-        #: The function network is the harness's own, removed by :meth:`stop` (not one it
-        #: was given: its owner removes that).
+        #: The function network is the harness's own name, removed by :meth:`stop` on a
+        #: deadline (:func:`~tests.networks.remove_network`). One given by name is removed
+        #: only if nothing holds it then: it may be another's, in use (the voting app's).
         self.own_network = "network" not in settings
         settings.setdefault("network", f"{network_prefix}{self.instance}")
         settings = {"host": "127.0.0.1", "port": 0, **settings}
@@ -122,8 +123,11 @@ class RunningGateway:
             for cid in self.containers(engine):
                 with contextlib.suppress(docker.errors.DockerException):
                     engine.api.remove_container(cid, force=True)
-            if self.own_network:  # a network given is its owner's to remove
+            if self.own_network:
                 remove_network(engine, self.settings.network)
+            else:  # given: removed if nothing holds it (else its owner does: the voting app)
+                with contextlib.suppress(docker.errors.DockerException):
+                    engine.networks.get(self.settings.network).remove()
         if self._error is not None:
             raise self._error
 
