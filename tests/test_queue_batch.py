@@ -372,6 +372,8 @@ def test_every_value_survives_a_group_commit_exactly(url: str) -> None:  # noqa:
                 r.status, r.started_at, r.finished_at = "succeeded", now_ms(), now_ms() + 1
                 r.wait_ms, r.run_ms, r.cold, r.exit_code = 0.125 * i, 1e-9, False, -i
                 r.error, r.container = awkward[(i + 3) % 5], None
+                r.init_ms, r.http_status, r.response_size = 0.5, 200 + i, len(bodies[i])
+                r.attempt, r.callback = 2 + i, f"delivered {awkward[i % 5]}"
                 headers = [("x-r", awkward[(i + 4) % 5])]
                 outcomes.append((r, StoredResult(status=200 + i, headers=headers, body=bodies[i])))
             await asyncio.gather(*(store.finish_many([o]) for o in outcomes[:-1]))
@@ -387,6 +389,7 @@ def test_every_value_survives_a_group_commit_exactly(url: str) -> None:  # noqa:
                     -i,
                 )
                 assert (got.error, got.parent, got.container) == (r.error, r.parent, None)
+                assert got == r  # every field of the outcome, and the accept's identity
                 kept = await store.get_result(r.id)
                 assert kept is not None
                 assert res is not None

@@ -102,18 +102,23 @@ class QueueOps(ClaimOps):
         self._done_clear = self._done_keep.values(body=bindparam("body"))
         for stmt in (self._done_keep, self._done_clear):
             self._update_by_key(stmt, async_queue, "id", "qid")
-        # An async call's outcome in its record: an update of what a run can change, not
-        # an upsert of every column. The record exists (written with the queue row, and
-        # kept while the row is not done: retention), and what names the call is set
-        # once, at accept: its function, when it was queued, the call that made it. An
-        # update that leaves those (two of the record's indexes) alone writes an outcome
-        # in about 60% of an upsert's time on SQLite (``bench/async.py`` drains).
-        self._outcome = (
-            update(invocations)
-            .where(invocations.c.id == bindparam("rid"))
-            .values({name: bindparam(name) for name in _OUTCOME_COLUMNS})
-        )
-        self._update_by_key(self._outcome, invocations, "id", "rid")
+        # An async call's outcome in its record. On SQLite: an update of what a run can
+        # change, not an upsert of every column. The record exists (written with the
+        # queue row, and kept while the row is not done: retention), and what names the
+        # call is set once, at accept: its function, when it was queued, the call that
+        # made it. An update that leaves those (two of the record's indexes) alone
+        # writes an outcome in about 60% of an upsert's time, on the loop's thread
+        # (:meth:`~swarmless.store.db.Database._write_now`). On PostgreSQL the upsert
+        # stays: it shares one statement with the records of the calls accepted in the
+        # same group (:meth:`~swarmless.store.db.Database._gathered`), where an update
+        # of its own costs the client more than it saves the server.
+        self._outcome = self._upsert(invocations, "id")
+        if self.dialect == "sqlite":
+            self._outcome = (
+                update(invocations)
+                .where(invocations.c.id == bindparam("rid"))
+                .values({name: bindparam(name) for name in _OUTCOME_COLUMNS})
+            )
         # A started call's record says running (unless it already says more): one
         # statement built once, run for every call marked (by primary key).
         self._mark = (
