@@ -6,10 +6,13 @@ import asyncio
 import time
 from typing import Any
 
+from sqlalchemy import select
+
 from swarmless.dispatch.scheduler import Scheduler, due_slot, next_fire
 from swarmless.records import InvocationRecord, new_call_id, now_ms
 from swarmless.spec import FunctionSpec
 from swarmless.store import Store, StoredResult
+from swarmless.store.schema import async_queue
 from tests.test_store import run, url  # noqa: F401  fixtures
 
 
@@ -92,6 +95,42 @@ def test_idempotency_key(url: str) -> None:  # noqa: F811
             got = await asyncio.gather(*(put(store, d, key="k2") for d in dupes))
             assert len({g[0] for g in got}) == 1
             assert sum(created for _, created in got) == 1
+
+    run(main())
+
+
+def test_an_outcome_keeps_a_queue_row_only_for_a_key_or_a_redrive(url: str) -> None:  # noqa: F811
+    """Outcomes written together (one statement per table on PostgreSQL): the queue row of
+    a call that succeeded goes, unless the call has an idempotency key (then it stays,
+    done, without its body, and the key still answers with the first call); a dead call
+    keeps its row and its request, for a redrive."""
+
+    async def main() -> None:
+        async with await Store.open(url) as store:
+            plain, keyed, dead = arec(), arec(), arec()
+            await put(store, plain)
+            await put(store, keyed, key="once")
+            await put(store, dead)
+            assert len(await store.claim("gw", {"echo": (10, 60_000)})) == 3
+            plain.status = keyed.status = "succeeded"
+            dead.status, dead.error = "dead", "dead after 1 attempt"
+            ok = StoredResult(status=200, headers=[], body=b"ok")
+            await store.finish_many([(plain, ok), (keyed, ok), (dead, None)])
+            async with store._read() as conn:
+                rows = {
+                    r.id: (r.state, bytes(r.body), r.lease_owner)
+                    for r in await conn.execute(select(async_queue))
+                }
+            assert rows == {keyed.id: ("done", b"", None), dead.id: ("done", b"data", None)}
+            for r in (plain, keyed):
+                assert (await store.get_invocation(r.id)).status == "succeeded"  # type: ignore[union-attr]
+                assert await store.get_result(r.id) == ok
+            again = arec()
+            assert await put(store, again, key="once") == (keyed.id, False)
+            assert await store.claim("gw", {"echo": (10, 60_000)}) == []
+            assert await store.redrive(dead.id)
+            [c] = await store.claim("gw", {"echo": (10, 60_000)})
+            assert (c.id, c.body) == (dead.id, b"data")
 
     run(main())
 

@@ -104,15 +104,19 @@ def _single(order: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...
 @dataclasses.dataclass(frozen=True)
 class _Bulk:
     """A statement PostgreSQL runs for many rows at once (:meth:`Database._unnest`): an
-    insert of every column of ``table`` (an upsert on ``key``), or (``update``) an update
-    of the columns ``names[1:]`` of the row whose ``key`` is the rows' ``param``. Rows
-    are taken by ``names``; rows of one ``param`` are written once, the last one."""
+    insert of every column of ``table`` (an upsert on ``key``), (``update``) an update of
+    the columns ``names[1:]`` of the row whose ``key`` is the rows' ``param``, or
+    (``delete``) a delete of that row; either only where ``where`` (a condition on the
+    row, as PostgreSQL SQL) holds too. Rows are taken by ``names``; rows of one ``param``
+    are written once, the last one."""
 
     table: Table
     key: str | None
     param: str | None
     names: tuple[str, ...]
     update: bool = False
+    delete: bool = False
+    where: str = ""
 
 
 class Database:
@@ -398,23 +402,48 @@ class Database:
             self._bulk[found] = _Bulk(table, None, None, tuple(c.name for c in table.columns))
         return found
 
-    def _update_by_key(self, stmt: Any, table: Table, key: str, param: str) -> None:
+    def _update_by_key(
+        self, stmt: Any, table: Table, key: str, param: str, where: Any = None
+    ) -> None:
         """Register ``stmt``, ``UPDATE table SET col = :col ... WHERE key = :param`` (its
-        rows give ``param`` and every column it sets, by name): on PostgreSQL its rows go
-        in one statement (:meth:`_unnest`)."""
+        rows give ``param`` and every column it sets, by name; ``AND where`` too, when the
+        statement has that condition besides): on PostgreSQL its rows go in one statement
+        (:meth:`_unnest`)."""
         sets = tuple(name for name in stmt.compile().params if name != param)
         if param in table.c or key not in table.c or any(name not in table.c for name in sets):
             raise ValueError(f"not an update of {table.name} by {key} = :{param}: {sets}")
-        self._bulk[stmt] = _Bulk(table, key, param, (param, *sets), update=True)
+        self._bulk[stmt] = _Bulk(
+            table, key, param, (param, *sets), update=True, where=self._pg_sql(where)
+        )
+
+    def _delete_by_key(
+        self, stmt: Any, table: Table, key: str, param: str, where: Any = None
+    ) -> None:
+        """Register ``stmt``, ``DELETE FROM table WHERE key = :param`` (``AND where`` too,
+        when the statement has that condition besides; its rows give ``param``): on
+        PostgreSQL its rows go in one statement (:meth:`_unnest`)."""
+        if set(stmt.compile().params) != {param} or param in table.c or key not in table.c:
+            raise ValueError(f"not a delete from {table.name} by {key} = :{param}")
+        self._bulk[stmt] = _Bulk(
+            table, key, param, (param,), delete=True, where=self._pg_sql(where)
+        )
+
+    @staticmethod
+    def _pg_sql(where: Any) -> str:
+        """A condition without parameters as PostgreSQL's SQL ("" for none)."""
+        if where is None:
+            return ""
+        return str(where.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
 
     def _unnest(self, stmts: Sequence[Any]) -> tuple[str, list[_Bulk]]:
         """PostgreSQL: the rows of ``stmts`` (each an insert, an upsert or an update by key
         registered for it) as one statement: ``INSERT ... SELECT * FROM unnest($1::type[],
-        ...)`` (``UPDATE ... FROM unnest(...)``), one array per column, the statements after
-        the first in ``WITH`` clauses of the last. One plan and one round trip for any
-        number of rows and statements, where ``executemany`` runs each statement once per
-        row, and each in a round trip of its own. Their rows are disjoint (different tables,
-        or different rows of one: a call's queue row is done or dead, not both)."""
+        ...)`` (``UPDATE ... FROM unnest(...)``, ``DELETE ... USING unnest(...)``), one
+        array per column, the statements after the first in ``WITH`` clauses of the last.
+        One plan and one round trip for any number of rows and statements, where
+        ``executemany`` runs each statement once per row, and each in a round trip of its
+        own. Their rows are disjoint (different tables, or different rows of one: a call's
+        queue row is dead, or done and kept for its key, or deleted, never two of them)."""
         ident = tuple(stmts)
         found = self._unnests.get(ident)
         if found is None:
@@ -432,13 +461,17 @@ class Database:
                     arrays.append(f"${n}::{column.type.compile(dialect=dialect)}[]")
                 table = dialect.identifier_preparer.format_table(form.table)
                 names = [quote(name) for name in form.names]
-                if form.update:
+                if form.update or form.delete:
                     assert form.key is not None
+                    rows = f"unnest({', '.join(arrays)}) AS u({', '.join(names)})"
+                    match = f"{table}.{quote(form.key)} = u.{names[0]}"
+                    if form.where:
+                        match += f" AND {form.where}"
+                    if form.delete:
+                        parts.append(f"DELETE FROM {table} USING {rows} WHERE {match}")
+                        continue
                     sets = ", ".join(f"{name} = u.{name}" for name in names[1:])
-                    parts.append(
-                        f"UPDATE {table} AS t SET {sets} FROM unnest({', '.join(arrays)})"
-                        f" AS u({', '.join(names)}) WHERE t.{quote(form.key)} = u.{names[0]}"
-                    )
+                    parts.append(f"UPDATE {table} SET {sets} FROM {rows} WHERE {match}")
                     continue
                 sql = f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest"
                 sql += f"({', '.join(arrays)})"
@@ -556,7 +589,8 @@ class Database:
     ) -> None:
         """PostgreSQL: each (statement, rows) of ``work`` once per row through asyncpg's
         ``executemany``, or (several statements, or many rows of one, every statement
-        registered: :meth:`_upsert`, :meth:`_insert_all`, :meth:`_update_by_key`) all in
+        registered: :meth:`_upsert`, :meth:`_insert_all`, :meth:`_update_by_key`,
+        :meth:`_delete_by_key`) all in
         one statement, :meth:`_unnest`; in the transaction of SQLAlchemy's adapter (begun
         first if it was not yet: the adapter begins lazily, at its first statement), under
         its lock; asyncpg's errors raised as SQLAlchemy's. An adapter without those parts
