@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import sqlite3
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import docker
 import httpx
 import pytest
@@ -330,9 +333,66 @@ def test_a_graceful_stop_gives_back_the_calls_not_started(
 
 def test_every_value_survives_a_group_commit_exactly(url: str) -> None:  # noqa: F811
     """Calls accepted and finished together (one group commit each way, their rows in one
-    statement per table: on PostgreSQL arrays, one per column) read back exactly: every
-    byte value, a body of 640 KB, quotes, backslashes, control characters, text beyond
-    Latin-1, floats, booleans and NULLs."""
+    statement per table: on PostgreSQL one array of rows of the statement's own composite
+    type) read back exactly: every byte value, a body of 640 KB, quotes, backslashes,
+    control characters, text beyond Latin-1, floats, booleans and NULLs."""
+
+    async def main() -> None:
+        async with await Store.open(url) as store:
+            if store.dialect == "postgresql":  # every bulk statement has its row type
+                assert set(store._bulk.values()) <= set(store._typed)
+            await every_value_survives(store)
+
+    run(main())
+
+
+def test_without_the_right_to_make_types_rows_go_as_arrays(
+    postgres_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store whose PostgreSQL role may write the tables but not create types (a gateway
+    run with least privilege, the schema made by an administrator) opens all the same,
+    says so in the log, and writes its rows as one array per column: every value intact."""
+    role = f"swarmless_test_dml_{uuid.uuid4().hex[:8]}"
+    admin_url = postgres_database.replace("postgresql+asyncpg://", "postgresql://")
+    name = admin_url.rsplit("/", 1)[1]
+    limited = admin_url.replace("postgres@", f"{role}@", 1)
+    assert limited != admin_url, admin_url
+
+    async def main() -> None:
+        async with await Store.open(postgres_database):
+            pass  # the schema, and the row types, made by the administrator
+        admin = await asyncpg.connect(admin_url)
+        created = False
+        try:
+            types = await admin.fetch(
+                "SELECT typname FROM pg_type WHERE typname LIKE 'swarmless\\_%' AND typtype = 'c'"
+            )
+            assert types, "no row type was made"
+            for t in types:
+                await admin.execute(f'DROP TYPE "{t["typname"]}"')
+            await admin.execute(f"CREATE ROLE {role} LOGIN")
+            created = True
+            await admin.execute(f'GRANT CONNECT ON DATABASE "{name}" TO {role}')
+            await admin.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+            await admin.execute(
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+            )
+            with caplog.at_level(logging.WARNING, logger="swarmless.store"):
+                async with await Store.open(limited) as store:
+                    assert store._typed == {}
+                    await every_value_survives(store)
+            assert "its rows go as arrays per column" in caplog.text
+        finally:
+            if created:
+                await admin.execute(f"DROP OWNED BY {role}")
+                await admin.execute(f"DROP ROLE {role}")
+            await admin.close()
+
+    run(main())
+
+
+async def every_value_survives(store: Store) -> None:
+    """The body of the two tests above."""
     awkward = [
         '"q"',
         "back\\slash \\x00ff",
@@ -342,67 +402,63 @@ def test_every_value_survives_a_group_commit_exactly(url: str) -> None:  # noqa:
     ]
     big = bytes(range(256)) * 2500  # 640 KB, alone in its groups
 
-    async def main() -> None:
-        async with await Store.open(url) as store:
-            recs = [arec(parent=awkward[i % 5], late=i % 2 == 0) for i in range(12)]
-            bodies = [bytes(range(256)) + str(i).encode() for i in range(11)] + [big]
+    recs = [arec(parent=awkward[i % 5], late=i % 2 == 0) for i in range(12)]
+    bodies = [bytes(range(256)) + str(i).encode() for i in range(11)] + [big]
 
-            def accept(i: int, r: InvocationRecord) -> asyncio.Future[tuple[str, bool]]:
-                return store.enqueue_future(
-                    r,
-                    method="POST",
-                    path=f"/p/{awkward[i % 5]}",
-                    query=awkward[(i + 1) % 5],
-                    headers=[("x-v", awkward[(i + 2) % 5]), ("x-e", "")],
-                    body=bodies[i],
-                    callback_url=None if i % 3 else f"http://cb/{awkward[i % 5]}",
-                    leased_to=None,
-                )
+    def accept(i: int, r: InvocationRecord) -> asyncio.Future[tuple[str, bool]]:
+        return store.enqueue_future(
+            r,
+            method="POST",
+            path=f"/p/{awkward[i % 5]}",
+            query=awkward[(i + 1) % 5],
+            headers=[("x-v", awkward[(i + 2) % 5]), ("x-e", "")],
+            body=bodies[i],
+            callback_url=None if i % 3 else f"http://cb/{awkward[i % 5]}",
+            leased_to=None,
+        )
 
-            # Eleven in one group, then the big one alone.
-            futures = [accept(i, r) for i, r in enumerate(recs[:-1])]
-            assert [await f for f in futures] == [(r.id, True) for r in recs[:-1]]
-            assert await accept(len(recs) - 1, recs[-1]) == (recs[-1].id, True)
-            claimed = {c.id: c for c in await store.claim("gw", {"echo": (100, 60_000)})}
-            assert sorted(claimed) == sorted(r.id for r in recs)
-            for i, r in enumerate(recs):
-                c = claimed[r.id]
-                assert (c.path, c.query, c.body, c.parent, c.late) == (
-                    f"/p/{awkward[i % 5]}",
-                    awkward[(i + 1) % 5],
-                    bodies[i],
-                    awkward[i % 5],
-                    i % 2 == 0,
-                )
-                assert c.headers == [("x-v", awkward[(i + 2) % 5]), ("x-e", "")]
-                assert c.callback_url == (None if i % 3 else f"http://cb/{awkward[i % 5]}")
-            outcomes: list[tuple[InvocationRecord, StoredResult | None]] = []
-            for i, r in enumerate(recs):
-                r.status, r.started_at, r.finished_at = "succeeded", now_ms(), now_ms() + 1
-                r.wait_ms, r.run_ms, r.cold, r.exit_code = 0.125 * i, 1e-9, False, -i
-                r.error, r.container = awkward[(i + 3) % 5], None
-                r.init_ms, r.http_status, r.response_size = 0.5, 200 + i, len(bodies[i])
-                r.attempt, r.callback = 2 + i, f"delivered {awkward[i % 5]}"
-                headers = [("x-r", awkward[(i + 4) % 5])]
-                outcomes.append((r, StoredResult(status=200 + i, headers=headers, body=bodies[i])))
-            await asyncio.gather(*(store.finish_many([o]) for o in outcomes[:-1]))
-            await store.finish_many(outcomes[-1:])
-            for i, (r, res) in enumerate(outcomes):
-                got = await store.get_invocation(r.id)
-                assert got is not None
-                assert (got.status, got.wait_ms, got.run_ms, got.cold, got.exit_code) == (
-                    "succeeded",
-                    0.125 * i,
-                    1e-9,
-                    False,
-                    -i,
-                )
-                assert (got.error, got.parent, got.container) == (r.error, r.parent, None)
-                assert got == r  # every field of the outcome, and the accept's identity
-                kept = await store.get_result(r.id)
-                assert kept is not None
-                assert res is not None
-                assert (kept.status, kept.headers, kept.body) == (res.status, res.headers, res.body)
-            assert await store.queued_counts() == {}
-
-    run(main())
+    # Eleven in one group, then the big one alone.
+    futures = [accept(i, r) for i, r in enumerate(recs[:-1])]
+    assert [await f for f in futures] == [(r.id, True) for r in recs[:-1]]
+    assert await accept(len(recs) - 1, recs[-1]) == (recs[-1].id, True)
+    claimed = {c.id: c for c in await store.claim("gw", {"echo": (100, 60_000)})}
+    assert sorted(claimed) == sorted(r.id for r in recs)
+    for i, r in enumerate(recs):
+        c = claimed[r.id]
+        assert (c.path, c.query, c.body, c.parent, c.late) == (
+            f"/p/{awkward[i % 5]}",
+            awkward[(i + 1) % 5],
+            bodies[i],
+            awkward[i % 5],
+            i % 2 == 0,
+        )
+        assert c.headers == [("x-v", awkward[(i + 2) % 5]), ("x-e", "")]
+        assert c.callback_url == (None if i % 3 else f"http://cb/{awkward[i % 5]}")
+    outcomes: list[tuple[InvocationRecord, StoredResult | None]] = []
+    for i, r in enumerate(recs):
+        r.status, r.started_at, r.finished_at = "succeeded", now_ms(), now_ms() + 1
+        r.wait_ms, r.run_ms, r.cold, r.exit_code = 0.125 * i, 1e-9, False, -i
+        r.error, r.container = awkward[(i + 3) % 5], None
+        r.init_ms, r.http_status, r.response_size = 0.5, 200 + i, len(bodies[i])
+        r.attempt, r.callback = 2 + i, f"delivered {awkward[i % 5]}"
+        headers = [("x-r", awkward[(i + 4) % 5])]
+        outcomes.append((r, StoredResult(status=200 + i, headers=headers, body=bodies[i])))
+    await asyncio.gather(*(store.finish_many([o]) for o in outcomes[:-1]))
+    await store.finish_many(outcomes[-1:])
+    for i, (r, res) in enumerate(outcomes):
+        got = await store.get_invocation(r.id)
+        assert got is not None
+        assert (got.status, got.wait_ms, got.run_ms, got.cold, got.exit_code) == (
+            "succeeded",
+            0.125 * i,
+            1e-9,
+            False,
+            -i,
+        )
+        assert (got.error, got.parent, got.container) == (r.error, r.parent, None)
+        assert got == r  # every field of the outcome, and the accept's identity
+        kept = await store.get_result(r.id)
+        assert kept is not None
+        assert res is not None
+        assert (kept.status, kept.headers, kept.body) == (res.status, res.headers, res.body)
+    assert await store.queued_counts() == {}

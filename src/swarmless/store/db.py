@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import operator
 import sqlite3
@@ -118,6 +119,23 @@ class _Bulk:
     delete: bool = False
     where: str = ""
 
+    def types(self, dialect: Any) -> list[str]:
+        """The SQL type of each of ``names`` (``param``'s: the ``key`` column's)."""
+        columns = {c.name: c for c in self.table.columns}
+        return [
+            columns[str(self.key) if name == self.param else name].type.compile(dialect=dialect)
+            for name in self.names
+        ]
+
+    def row_type(self, dialect: Any) -> str:
+        """PostgreSQL: the name of the composite type of a row of this statement (its
+        ``names`` and their types, in order): ``swarmless_<table>_<digest>``, so that a
+        statement of another shape (another version of swarmless) has a type of its own
+        and a type is never altered once made."""
+        shape = "|".join(f"{n} {t}" for n, t in zip(self.names, self.types(dialect), strict=True))
+        digest = hashlib.sha256(shape.encode()).hexdigest()[:12]
+        return f"swarmless_{self.table.name[:30]}_{digest}"
+
 
 class Database:
     """Engines, the write turn, and whether the database answers (the store's base)."""
@@ -144,6 +162,9 @@ class Database:
         #: (:meth:`_update_by_key`).
         self._bulk: dict[Any, _Bulk] = {}
         self._unnests: dict[tuple[Any, ...], tuple[str, list[_Bulk]]] = {}
+        #: PostgreSQL: the bulk statements whose row type exists (:meth:`_make_row_types`),
+        #: with what picks a row's values in the type's order.
+        self._typed: dict[_Bulk, Callable[[dict[str, Any]], tuple[Any, ...]]] = {}
         #: SQLite: statements compiled once, with what picks a row's parameters in order.
         self._compiled: dict[Any, tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]] = {}
         #: SQLite: the transaction :meth:`_write_now` runs (its connection, the driver's).
@@ -428,6 +449,41 @@ class Database:
             table, key, param, (param,), delete=True, where=self._pg_sql(where)
         )
 
+    async def _make_row_types(self) -> None:
+        """PostgreSQL: the composite type of a row of each bulk statement registered so far
+        (:meth:`_Bulk.row_type`), made if it does not exist yet (by whichever store opens
+        first; never altered). Their rows then go to the driver as one array of rows, not
+        one array per column: asyncpg checks every element of an array for being an array
+        itself (a Python-level ``isinstance`` against an ABC), so a row costs one check, not
+        one per value; a group's writes took about 40% less of the gateway's CPU that way
+        (and a little less of the server's). A type that cannot be made (no right to create
+        types) leaves its statement on arrays per column, as before: logged, not fatal."""
+        if self.dialect != "postgresql":
+            return
+        dialect = self._writer.dialect
+        quote = dialect.identifier_preparer.quote
+        made: set[str] = set()
+        for form in set(self._bulk.values()):
+            name = form.row_type(dialect)
+            try:
+                if name not in made:
+                    shape = zip(form.names, form.types(dialect), strict=True)
+                    attributes = ", ".join(f"{quote(n)} {t}" for n, t in shape)
+                    async with self._turn(), self._writer.begin() as conn:
+                        await conn.exec_driver_sql(
+                            f"DO $$ BEGIN CREATE TYPE {quote(name)} AS ({attributes});"
+                            " EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;"
+                            " END $$"
+                        )
+                    made.add(name)
+            except SQLAlchemyError as e:
+                log.warning("store: no row type %s (%s): its rows go as arrays per column", name, e)
+                continue
+            self._typed[form] = (
+                operator.itemgetter(*form.names) if len(form.names) > 1 else _single(form.names)
+            )
+        self._unnests.clear()
+
     @staticmethod
     def _pg_sql(where: Any) -> str:
         """A condition without parameters as PostgreSQL's SQL ("" for none)."""
@@ -453,17 +509,22 @@ class Database:
             forms = [self._bulk[stmt] for stmt in stmts]
             n = 0
             for form in forms:
-                columns = {c.name: c for c in form.table.columns}
-                arrays = []
-                for name in form.names:
-                    column = columns[str(form.key) if name == form.param else name]
-                    n += 1
-                    arrays.append(f"${n}::{column.type.compile(dialect=dialect)}[]")
                 table = dialect.identifier_preparer.format_table(form.table)
                 names = [quote(name) for name in form.names]
+                if form in self._typed:  # one array of rows: its columns by the type's names
+                    n += 1
+                    source = f"unnest(${n}::{quote(form.row_type(dialect))}[])"
+                    alias = "u"
+                else:  # one array per column
+                    arrays = []
+                    for sql_type in form.types(dialect):
+                        n += 1
+                        arrays.append(f"${n}::{sql_type}[]")
+                    source = f"unnest({', '.join(arrays)})"
+                    alias = f"u({', '.join(names)})"
                 if form.update or form.delete:
                     assert form.key is not None
-                    rows = f"unnest({', '.join(arrays)}) AS u({', '.join(names)})"
+                    rows = f"{source} AS {alias}"
                     match = f"{table}.{quote(form.key)} = u.{names[0]}"
                     if form.where:
                         match += f" AND {form.where}"
@@ -473,8 +534,7 @@ class Database:
                     sets = ", ".join(f"{name} = u.{name}" for name in names[1:])
                     parts.append(f"UPDATE {table} SET {sets} FROM {rows} WHERE {match}")
                     continue
-                sql = f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest"
-                sql += f"({', '.join(arrays)})"
+                sql = f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM {source}"
                 if form.key is not None:
                     others = [name for name in names if name != quote(form.key)]
                     sets = ", ".join(f"{name} = excluded.{name}" for name in others)
@@ -616,7 +676,11 @@ class Database:
             for form, (_, rows) in zip(forms, work, strict=True):
                 if form.param is not None:  # one row per key, the last (as executemany)
                     rows = list({row[form.param]: row for row in rows}.values())
-                arrays.extend([row[name] for row in rows] for name in form.names)
+                pick = self._typed.get(form)
+                if pick is not None:
+                    arrays.append([pick(row) for row in rows])
+                else:
+                    arrays.extend([row[name] for row in rows] for name in form.names)
         else:
             sql, pick = self._compile(stmt)
             params = [pick(row) for row in rows]

@@ -41,7 +41,14 @@ from swarmless.store.db import _unavailable as unavailable
 from swarmless.store.lease import LeaseOps
 from swarmless.store.queue import QueueOps
 from swarmless.store.retention import RetentionOps
-from swarmless.store.schema import functions, invocation_logs, invocations, meta, upgrade
+from swarmless.store.schema import (
+    functions,
+    invocation_logs,
+    invocation_results,
+    invocations,
+    meta,
+    upgrade,
+)
 from swarmless.store.waits import Change
 from swarmless.store.writebehind import WriteBehind
 
@@ -124,6 +131,15 @@ class Store(QueueOps, LeaseOps, RetentionOps, ChildrenOps, WriteBehind):
             raise SwarmlessError(message) from e
         if before != now:
             log.info("store: schema upgraded from version %d to %d", before, now)
+        # Every statement written in bulk is registered now, so that its row type is made
+        # before the first write (PostgreSQL: ``Database._make_row_types``).
+        for table in (invocations, invocation_logs, invocation_results):
+            store._upsert(table, "id")
+        try:
+            await store._make_row_types()
+        except Exception:
+            await store._dispose()
+            raise
         store._start_buffer()
         return store
 
