@@ -18,15 +18,15 @@ creates (instance ``PREFIX-async-PID``, image ``PREFIX-bench/async-noop``, datab
 - enqueue rate: async calls accepted (durable, 202) per second under a flood from
   ``wrk`` (C, one thread, ``--enqueue-connections`` keep-alive connections, so the load
   generator does not starve the gateway of the 2 cores; ``apt-get install -y wrk``),
-  ``--enqueue-seconds`` a round; every 202's id is then checked to be a row of the
-  store's queue. Two kinds of rounds alternate: ``held``, calls of a function whose one
-  container is busy, so they wait in the queue (the intake alone: **the target, >=
-  3,000/s on SQLite**), and ``run``, calls of the no-op function while its 4 warm
-  containers run them as they come (printed beside it, with the rate the whole machine's
-  CPU per accepted-and-run call allows on these cores: running 3,000 no-op calls a second
-  is more than this 2-core machine runs even as sync calls, so that figure is bound by the
-  running, not by the intake). CPU per accepted call: the whole machine, the gateway
-  process, the worker containers, wrk;
+  ``--enqueue-seconds`` a round; every 202's id is then checked to be in the store (a
+  row of its queue, or a record once the call succeeded). Two kinds of rounds alternate:
+  ``held``, calls of a function whose one container is busy, so they wait in the queue
+  (the intake alone: **the target, >= 3,000/s on SQLite**), and ``run``, calls of the
+  no-op function while its 4 warm containers run them as they come (printed beside it,
+  with the rate the whole machine's CPU per accepted-and-run call allows on these cores:
+  running 3,000 no-op calls a second is more than this 2-core machine runs even as sync
+  calls, so that figure is bound by the running, not by the intake). CPU per accepted
+  call: the whole machine, the gateway process, the worker containers, wrk;
 - enqueue-to-start delay with a free warm container (calls sent one at a time), beside
   the same delay of sync calls, samples alternating: ``started_at - queued_at`` from the
   records of both; target async p50 <= 10 ms;
@@ -84,7 +84,7 @@ from _common import (
     target,
     write_json,
 )
-from enqueue_load import have_wrk, python_enqueue, queue_ids, wrk_enqueue
+from enqueue_load import STORED, have_wrk, python_enqueue, stored_ids, wrk_enqueue
 
 #: The function's image (``--prefix`` names it: ``PREFIX-bench/async-noop``).
 IMAGE = "swarmless-bench/async-noop:latest"
@@ -179,13 +179,14 @@ def pg_database(server_url: str, name: str) -> Iterator[str]:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def pg_queue_ids(url: str, function: str) -> set[str]:
-    """Ids of every row of ``function`` in the PostgreSQL queue at ``url``."""
+def pg_stored_ids(url: str, function: str) -> set[str]:
+    """Ids of the async calls of ``function`` in the PostgreSQL store at ``url``: in its
+    queue, or recorded (``enqueue_load.STORED``)."""
 
     async def read() -> set[str]:
         conn = await asyncpg.connect(url, timeout=10)
         try:
-            rows = await conn.fetch("SELECT id FROM async_queue WHERE function = $1", function)
+            rows = await conn.fetch(STORED.format(p="$1"), function)
             return {str(r[0]) for r in rows}
         finally:
             await conn.close()
@@ -331,8 +332,9 @@ def enqueue_burst(
     """One flood of ``/async-function/FUNCTION`` by ``wrk`` (``--enqueue-seconds``,
     ``--enqueue-connections`` keep-alive connections, one thread; Python threads if wrk is
     not installed), then the proof: every
-    202's id is a row of the store's queue (read from the SQLite file beside the running
-    gateway), and the rows written beyond them are at most the connections (calls in
+    202's id is in the store, a row of its queue or a record (read beside the running
+    gateway; a call that succeeded keeps its record, not its queue row), and the calls
+    written beyond them are at most the connections (calls in
     flight when wrk stopped). CPU seconds over the flood, per call accepted: the whole
     machine (``/proc/stat``), the gateway process, the gateway's worker containers (their
     cgroups), the load generator (wrk, or this process's threads without it); *other* is
@@ -342,7 +344,7 @@ def enqueue_burst(
     db = gw.data / "swarmless.db"
 
     def rows_of() -> set[str]:
-        return pg_queue_ids(pg_url, function) if pg_url else queue_ids(db, function)
+        return pg_stored_ids(pg_url, function) if pg_url else stored_ids(db, function)
 
     flt = {"label": f"swarmless.gateway={gw.instance}"}
     cids = [c["Id"] for c in engine.api.containers(filters=flt)]
@@ -365,7 +367,7 @@ def enqueue_burst(
     accepted = set(burst.ids)
     check(len(accepted) == burst.accepted, ("202s without an id", burst.accepted))
     lost = accepted - rows
-    check(not lost, f"{len(lost)} calls answered 202 are not in the store's queue")
+    check(not lost, f"{len(lost)} calls answered 202 are not in the store")
     extra = rows - before - accepted
     check(len(extra) <= args.enqueue_connections, ("rows beyond the 202s", len(extra)))
     n = max(1, burst.accepted)
@@ -654,8 +656,8 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
         u = enq_cpu[kind]
         rates = ", ".join(f"{r['rate']:,.0f}" for r in enq[kind])
         print(
-            f"enqueue, {what}: {rate:,.0f} accepted/s (median of {rates}), every 202 a row"
-            f" of the queue; CPU us/accept: machine {u['machine']:.0f}, gateway"
+            f"enqueue, {what}: {rate:,.0f} accepted/s (median of {rates}), every 202 in"
+            f" the store; CPU us/accept: machine {u['machine']:.0f}, gateway"
             f" {u['gateway']:.0f}, workers {u['workers']:.0f}, load generator {u['load']:.0f}"
         )
     cores = os.cpu_count() or 1

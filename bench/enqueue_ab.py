@@ -49,7 +49,7 @@ from _common import (
     proc_cpu,
 )
 from _common import gateway as _common_gateway
-from enqueue_load import queue_ids, wrk_enqueue
+from enqueue_load import stored_ids, wrk_enqueue
 
 HANDLER = (
     "import time\n\n\ndef handle(event, context):\n    return b'ok'\n\n\n"
@@ -151,7 +151,7 @@ def burst(
             time.sleep(0.05)
     flt = {"label": f"swarmless.gateway={gw.instance}"}
     cids = [c["Id"] for c in engine.api.containers(filters=flt)]
-    before = queue_ids(db, fn) if kind != "sync" else set()
+    before = stored_ids(db, fn) if kind != "sync" else set()
     path = "/function/noop" if kind == "sync" else f"/async-function/{fn}"
 
     def cpu() -> tuple[float, float, float, float]:
@@ -168,9 +168,9 @@ def burst(
     else:
         n = b.accepted
         check(not b.other, ("answers other than 202", b.other))
-        rows = queue_ids(db, fn)
+        rows = stored_ids(db, fn)
         lost = set(b.ids) - rows
-        check(len(set(b.ids)) == n and not lost, f"{len(lost)} 202s not rows of the queue")
+        check(len(set(b.ids)) == n and not lost, f"{len(lost)} 202s not in the store")
         check(len(rows - before - set(b.ids)) <= args.connections, "rows beyond the 202s")
     check(b.socket_errors == 0, ("socket errors", b.socket_errors))
     n = max(1, n)

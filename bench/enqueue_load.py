@@ -3,9 +3,10 @@
 :func:`wrk_enqueue` floods ``POST /async-function/NAME`` with ``wrk`` (C, one thread,
 keep-alive connections: a fraction of a Python client's CPU per request, so on a 2-core
 machine the gateway, not the load generator, is what is measured). Its Lua script counts
-the answers by status and keeps the ``X-Call-Id`` of every ``202``. :func:`queue_ids`
-reads the ids of the function's rows in the gateway's SQLite queue (a read-only
-connection beside the running gateway): every call answered 202 must be a row there.
+the answers by status and keeps the ``X-Call-Id`` of every ``202``. :func:`stored_ids`
+reads the ids of the function's async calls in the gateway's SQLite store, rows of its
+queue or records (a read-only connection beside the running gateway): every call
+answered 202 must be there.
 
 ``wrk`` is Debian's package: ``apt-get install -y wrk``. Without it, :func:`python_enqueue`
 is the fallback (keep-alive ``http.client`` connections from threads): heavier, so on a
@@ -208,11 +209,21 @@ def python_enqueue(url: str, connections: int, seconds: float) -> Burst:
     )
 
 
-def queue_ids(db: Path, function: str) -> set[str]:
-    """Ids of every row of ``function`` in the SQLite queue at ``db`` (read-only)."""
+#: The async calls of a function the store holds: a row of its queue, or an async record
+#: (both written in the transaction that accepts a call; a call that succeeded keeps its
+#: record, and its queue row is deleted unless it has an idempotency key).
+STORED = (
+    "SELECT id FROM async_queue WHERE function = {p}"
+    " UNION SELECT id FROM invocations WHERE function = {p} AND kind = 'async'"
+)
+
+
+def stored_ids(db: Path, function: str) -> set[str]:
+    """Ids of the async calls of ``function`` in the SQLite store at ``db`` (read-only):
+    in its queue, or recorded (:data:`STORED`)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
-        rows = conn.execute("SELECT id FROM async_queue WHERE function = ?", (function,))
+        rows = conn.execute(STORED.format(p="?"), (function, function))
         return {str(r[0]) for r in rows}
     finally:
         conn.close()

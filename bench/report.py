@@ -712,7 +712,7 @@ def markdown(result: dict[str, Any], figures: dict[str, str], plot_error: str | 
             lines += [
                 f"Accepted durably (load: {s.get('enqueue_loadgen', 'wrk -t1')}, keep-alive "
                 "connections; rounds of the two kinds alternating; every call answered 202 "
-                "then found as a row of the store's queue): "
+                "then found in the store, in its queue or recorded): "
                 f"**{s['enqueue_held_per_s']:,.0f}/s** when the function is busy and the "
                 "calls wait in the queue (the intake alone: the target), CPU per call "
                 f"accepted: machine {held['machine']:.0f} µs (gateway {held['gateway']:.0f}, "
