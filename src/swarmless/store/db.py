@@ -494,8 +494,10 @@ class Database:
     def _unnest(self, stmts: Sequence[Any]) -> tuple[str, list[_Bulk]]:
         """PostgreSQL: the rows of ``stmts`` (each an insert, an upsert or an update by key
         registered for it) as one statement: ``INSERT ... SELECT * FROM unnest($1::type[],
-        ...)`` (``UPDATE ... FROM unnest(...)``, ``DELETE ... USING unnest(...)``), one
-        array per column, the statements after the first in ``WITH`` clauses of the last.
+        ...)`` (``UPDATE ... FROM unnest(...)``, ``DELETE ... USING unnest(...)``): one
+        array of rows of the statement's row type (:meth:`_make_row_types`), or without
+        one, one array per column; the statements after the first in ``WITH`` clauses of
+        the last.
         One plan and one round trip for any number of rows and statements, where
         ``executemany`` runs each statement once per row, and each in a round trip of its
         own. Their rows are disjoint (different tables, or different rows of one: a call's
