@@ -29,19 +29,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 
+from _common import proc_cpu
 from swarmless.records import InvocationRecord, new_call_id, now_ms
 from swarmless.store import Store, StoredResult
 
 PG_URL = "postgresql://postgres@127.0.0.1:54329/swarmless"
-HZ = os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.asynccontextmanager
@@ -59,24 +59,18 @@ async def database(server_url: str, name: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-def proc_seconds(pids: list[int]) -> float | None:
-    """CPU seconds of the processes ``pids`` so far (None if one is not on this machine)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        total += (int(fields[11]) + int(fields[12])) / HZ
-    return total
-
-
 async def server_cpu(admin: asyncpg.Connection, name: str) -> float | None:
     """CPU seconds of the server's backends for database ``name`` so far (None when the
     server is not on this machine)."""
     rows = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", name)
-    return proc_seconds([int(r["pid"]) for r in rows])
+    return backends_cpu([int(r["pid"]) for r in rows])
+
+
+def backends_cpu(pids: list[int]) -> float | None:
+    """CPU seconds of the server's processes ``pids`` (None if one is not on this machine)."""
+    if not all(Path(f"/proc/{pid}").exists() for pid in pids):
+        return None
+    return sum(proc_cpu(pid) for pid in pids)
 
 
 def call() -> InvocationRecord:
