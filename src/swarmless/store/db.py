@@ -455,9 +455,10 @@ class Database:
         first; never altered). Their rows then go to the driver as one array of rows, not
         one array per column: asyncpg checks every element of an array for being an array
         itself (a Python-level ``isinstance`` against an ABC), so a row costs one check, not
-        one per value; a group's writes took about 40% less of the gateway's CPU that way
-        (and a little less of the server's). A type that cannot be made (no right to create
-        types) leaves its statement on arrays per column, as before: logged, not fatal."""
+        one per value: a call's writes took a quarter less of the client's CPU and a fifth
+        less of the server's (``bench/store_writes.py``: 163 -> 123 and 113 -> 88 us). A
+        type that cannot be made (no right to create types) leaves its statement on arrays
+        per column, as before: logged, not fatal."""
         if self.dialect != "postgresql":
             return
         dialect = self._writer.dialect
