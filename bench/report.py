@@ -666,9 +666,10 @@ def markdown(result: dict[str, Any], figures: dict[str, str], plot_error: str | 
         if "scaleup" in figures:
             lines += [f"![scale-up]({figures['scaleup']})", ""]
         lines += [
-            "Ten containers of one warm function (`POST /system/scale`, until all ten have "
-            "asked for work) vs the engine creating and starting ten containers of the same "
-            "image in parallel on the same network; rounds alternate. Ours: "
+            "Ten containers of one warm function (`POST /system/scale` with `wait`: the "
+            "gateway answers once all ten have asked for work; the timeline samples the ready "
+            "count every 100 ms) vs the engine creating and starting ten containers of the "
+            "same image in parallel on the same network; rounds alternate. Ours: "
             + ", ".join(ms(x) for x in z["ours"])
             + "; engine: "
             + ", ".join(ms(x) for x in z["engine"])

@@ -16,6 +16,7 @@ import docker
 import httpx
 import pytest
 
+from swarmless.exceptions import FunctionFailed, WaitTimeout
 from tests.conftest import BUSYBOX, handler_image
 from tests.gateway_harness import GatewayProcess, RunningGateway, free_port
 from tests.networks import remove_network
@@ -268,6 +269,86 @@ def test_crash_backoff_is_planned_and_recorded(gw: RunningGateway) -> None:
     assert "crash(es) in a row" in back_off["reason"]
     assert "could not start a container" in back_off["reason"]
     assert 0 < back_off["for_s"] <= 30
+
+
+def test_scale_with_wait_answers_when_exactly_that_many_are_ready(
+    gw: RunningGateway, image: str, engine: docker.DockerClient
+) -> None:
+    """``scale --wait``: the answer comes when the function runs exactly N containers, all
+    ready (each takes a call at once, no other starts), up from zero and down; a wait too
+    short is a 504 that leaves the pin; bad waits are 400s."""
+    gw.client().deploy(
+        {
+            "name": "waited",
+            "image": image,
+            "mode": "warm",
+            "handler": "handler:handle",
+            "max_containers": 3,
+            "idle_timeout": 600,
+        }
+    )
+    flt = {"label": [f"swarmless.gateway={gw.instance}", "swarmless.function=waited"]}
+
+    def up() -> int:
+        return len(engine.api.containers(filters=flt))  # running ones only
+
+    def listed() -> int:
+        return len(engine.api.containers(all=True, filters=flt))
+
+    assert up() == 0
+    described = gw.client().scale("waited", 3, wait=120)
+    c = described["containers"]
+    assert (c["ready"], c["starting"], c["draining"]) == (3, 0, 0), c
+    assert described["scale"]["pinned"] == 3
+    assert up() == 3
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda _: call(gw, "waited", b"0.5"), range(3)))
+    assert [r.status_code for r in answers] == [200] * 3
+    assert len({r.json()["host"] for r in answers}) == 3  # one call in each, none queued
+    assert len(gw.containers(engine, **{"swarmless.function": "waited"})) == 3  # none more
+
+    c = gw.client().scale("waited", 1, wait=120)["containers"]
+    assert (c["ready"], c["starting"], c["draining"]) == (1, 0, 0), c
+    assert up() == listed() == 1  # the others stopped and removed
+
+    with gw.http() as http:
+        r = http.post("/system/scale/waited", json={"replicas": 3, "wait": 0.001})
+        assert r.status_code == 504, r.text
+        assert r.json()["error"] == "wait_timeout"
+        assert "of 3 containers ready after 0.001s" in r.json()["message"]
+        assert "stays pinned to 3" in r.json()["message"]
+        assert gw.client().function("waited")["scale"]["pinned"] == 3
+        for body in (
+            {"replicas": 1, "wait": -1},
+            {"replicas": 1, "wait": "5"},
+            {"replicas": 1, "wait": True},
+            {"replicas": 1, "wait": 3601},
+            {"replicas": None, "wait": 5},
+        ):
+            r = http.post("/system/scale/waited", json=body)
+            assert r.status_code == 400, (body, r.text)
+            assert "wait" in r.json()["message"]
+    assert gw.client().function("waited")["scale"]["pinned"] == 3
+
+    c = gw.client().scale("waited", 0, wait=120)["containers"]
+    assert (c["ready"], c["starting"], c["draining"], c["paused"]) == (0, 0, 0, 0), c
+    assert listed() == 0
+
+
+def test_scale_with_wait_fails_when_a_container_cannot_start(gw: RunningGateway) -> None:
+    """A warm function on an image without Python: the wait ends with the start's failure
+    (502), not at its deadline."""
+    gw.client().deploy(
+        {"name": "never-ready", "image": BUSYBOX, "mode": "warm", "handler": "handler:handle"}
+    )
+    t0 = time.monotonic()
+    with pytest.raises(FunctionFailed, match="could not start a container") as e:
+        gw.client().scale("never-ready", 1, wait=300)
+    assert "failed before it was ready" in e.value.message
+    assert time.monotonic() - t0 < 300
+    with pytest.raises(WaitTimeout, match="0 of 2 containers ready"):
+        gw.client().scale("never-ready", 2, wait=0.001)
+    gw.client().scale("never-ready", None)
 
 
 def test_restart_leaves_exactly_the_desired_set(

@@ -136,7 +136,11 @@ _EXAMPLES = {
         "echo data | swarmless run -i - swarmless/busybox tr a-z A-Z",
         "swarmless run --timeout 5 -e WHO=Ada swarmless/busybox sh -c 'echo $WHO'",
     ),
-    "scale": ("swarmless scale hello 3", "swarmless scale hello auto"),
+    "scale": (
+        "swarmless scale hello 3",
+        "swarmless scale hello 3 --wait 60",
+        "swarmless scale hello auto",
+    ),
     "schedules": ("swarmless schedules", "swarmless schedules -o json"),
     "secret": (
         "swarmless secret create db-password ./password.txt",

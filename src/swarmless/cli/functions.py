@@ -104,7 +104,15 @@ def rm(names: tuple[str, ...]) -> None:
 @main.command()
 @click.argument("name", shell_complete=function_names)
 @click.argument("replicas")
-def scale(name: str, replicas: str) -> None:
+@click.option(
+    "--wait",
+    "wait",
+    type=click.FloatRange(0, 3600, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Return once exactly REPLICAS containers run, all ready (at most SECONDS).",
+)
+def scale(name: str, replicas: str, wait: float | None) -> None:
     """Pin a warm function to REPLICAS containers (`auto` gives it back to the autoscaler)."""
     text = replicas.strip()
     if text != "auto" and not (text.isascii() and text.isdigit() and int(text) <= 1000):
@@ -113,8 +121,13 @@ def scale(name: str, replicas: str) -> None:
             param_hint="REPLICAS",
         )
     n = None if text == "auto" else int(text)
-    _gateway().scale(name, n)
-    console.print(f"{name}: {'autoscaled' if n is None else f'pinned to {n}'}")
+    if wait is not None and n is None:
+        raise click.BadParameter("--wait needs a number of containers, not 'auto'")
+    _gateway().scale(name, n, wait=wait)
+    if n is None:
+        console.print(f"{name}: autoscaled")
+    else:
+        console.print(f"{name}: pinned to {n}" + (", all ready" if wait is not None else ""))
 
 
 @main.command()

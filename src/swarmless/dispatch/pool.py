@@ -21,7 +21,8 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from swarmless.dispatch.pool_types import RETIRE, Call, Result, Waiter, Worker
 from swarmless.dispatch.pool_types import Retire as _Retire
@@ -70,6 +71,10 @@ class WarmPool:
         self.crashed: str | None = None
         self.crashes = 0
         self.crashed_at: float | None = None
+        #: Set (and dropped) at the next change of a container's state: see :meth:`changes`.
+        self._change: asyncio.Event | None = None
+        #: Containers of workers no longer counted (killed) that are still being stopped.
+        self.stopping = 0
 
     def update(self, spec: FunctionSpec, version: int) -> None:
         """A new version was deployed: containers started from now on run it (the
@@ -101,11 +106,40 @@ class WarmPool:
             self.retire(w)
         return workers
 
+    def changes(self) -> asyncio.Event:
+        """An event set at the next change of the containers: one added, ready, paused,
+        thawed, draining, gone, or crashed before it was ready (for whoever waits for a
+        count, :meth:`swarmless.scaling.reconciler.Reconciler.settled`; it looks again)."""
+        if self._change is None:
+            self._change = asyncio.Event()
+        return self._change
+
+    def _changed(self) -> None:
+        change, self._change = self._change, None
+        if change is not None:
+            change.set()
+
+    def stopping_while(self, stop: Coroutine[Any, Any, None]) -> Coroutine[Any, Any, None]:
+        """``stop`` (which stops the container of a worker the pool no longer counts),
+        counted in :attr:`stopping` from now until it ends: a scale that waits for N
+        containers waits for that one to go too. Counted at once, not when the task that
+        runs it begins (a waiter woken by the worker's going must see it)."""
+        self.stopping += 1
+        return self._counted(stop)
+
+    async def _counted(self, stop: Coroutine[Any, Any, None]) -> None:
+        try:
+            await stop
+        finally:
+            self.stopping -= 1
+            self._changed()
+
     def crash(self, reason: str) -> None:
         """A container died before it asked for work: fail the queue, remember the crash."""
         self.crashed = reason
         self.crashes += 1
         self.crashed_at = time.monotonic()
+        self._changed()
         while self.pending:
             call = self.pending.popleft()
             if not call.finished:
@@ -193,6 +227,7 @@ class WarmPool:
 
     def add_worker(self, worker: Worker) -> None:
         self.workers[worker.id] = worker
+        self._changed()
 
     def launched(self, worker: Worker, container: str) -> None:
         """The backend started ``worker``'s container: ``container`` is its id."""
@@ -206,6 +241,7 @@ class WarmPool:
             worker.state = "ready"
             worker.ready_at = now
             self.crashed, self.crashes, self.crashed_at = None, 0, None
+            self._changed()
         if worker.state in ("draining", "gone"):
             return RETIRE
         call = self._next_pending()
@@ -270,6 +306,7 @@ class WarmPool:
         if worker.state != "ready" or worker.busy:
             return
         worker.state = "paused"
+        self._changed()
         kept: deque[Waiter] = deque()
         for waiter in self._waiters:
             (self._frozen.append if waiter.worker is worker else kept.append)(waiter)
@@ -281,6 +318,7 @@ class WarmPool:
             return
         worker.state = "ready"
         worker.last_active = time.monotonic()
+        self._changed()
         mine = [w for w in self._frozen if w.worker is worker]
         self._frozen = [w for w in self._frozen if w.worker is not worker]
         for waiter in mine:
@@ -305,6 +343,7 @@ class WarmPool:
         if worker.state in ("draining", "gone"):
             return
         worker.state = "draining"
+        self._changed()
         kept: deque[Waiter] = deque()
         for waiter in self._waiters:
             if waiter.worker is worker:
@@ -325,6 +364,7 @@ class WarmPool:
         the caller fails those calls)."""
         worker.state = "gone"
         self.workers.pop(worker.id, None)
+        self._changed()
         self._waiters = deque(w for w in self._waiters if w.worker is not worker)
         self._frozen = [w for w in self._frozen if w.worker is not worker]
         held = list(worker.in_hand.values())

@@ -168,12 +168,15 @@ class WorkerRegistry:
                 len(failed),
             )
         crashed = before == "starting" and exit_code is not None and exit_code not in _KILLED
+        # Its container is removed in the background; the pool counts it until then.
         if failed or crashed:
             self._background.spawn(
-                self._explain(pool, worker, exit_code, oom=oom, calls=failed, crashed=crashed)
+                pool.stopping_while(
+                    self._explain(pool, worker, exit_code, oom=oom, calls=failed, crashed=crashed)
+                )
             )
         else:
-            self._background.spawn(self.stop(worker))
+            self._background.spawn(pool.stopping_while(self.stop(worker)))
 
     def _run_again(self, pool: WarmPool, held: list[Call]) -> list[Call]:
         """Requeue the calls of ``held`` that may run again; returns the others."""

@@ -131,7 +131,10 @@ class FunctionRoutes:
         return Response(status_code=204)
 
     async def scale(self, request: HTTPRequest) -> Response:
-        """Pin a warm function to N containers (``{"replicas": N}``; null unpins)."""
+        """Pin a warm function to N containers (``{"replicas": N}``; null unpins). With
+        ``"wait": S`` the answer comes once the function runs exactly N containers, all
+        ready, or a 504 after S seconds (the pin stays), or a 502 if one of them fails
+        before it is ready."""
         d = admin_dispatcher(self.gw, request)
         name = request.path_params["name"]
         spec, version = d.get(name)
@@ -151,5 +154,17 @@ class FunctionRoutes:
                 f"replicas {n} is over the max_containers of function {name!r} "
                 f"({spec.max_containers}); raise max_containers first"
             )
+        wait = data.get("wait", 0)
+        if wait is None:
+            wait = 0
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 3600:
+            raise InvalidArgument(f"wait must be a number of seconds from 0 to 3600, got {wait!r}")
+        if wait and n is None:
+            raise InvalidArgument(
+                "wait needs a number of replicas (null unpins: nothing to wait for)"
+            )
         rec.pin(n)
+        if wait and n is not None:
+            await rec.settled(n, float(wait))
+            spec, version = d.get(name)
         return JSONResponse(self._describe(spec, version))

@@ -270,11 +270,20 @@ class FunctionInfo(BaseModel):
 
 
 class ScaleBody(BaseModel):
-    """``{"replicas": N}`` pins a warm function to N containers; null unpins it."""
+    """``{"replicas": N}`` pins a warm function to N containers; null unpins it;
+    ``"wait": S`` answers once they are all ready (at most S seconds)."""
 
     model_config = ConfigDict(extra="allow")
 
     replicas: int | None = Field(ge=0, le=1000, description="Containers to keep; null: autoscale.")
+    wait: float = Field(
+        0,
+        ge=0,
+        le=3600,
+        description="Seconds to wait for exactly `replicas` containers, all ready, before "
+        "answering (0: answer at once). Past them: 504 `wait_timeout` (the pin stays); a "
+        "container that fails before it is ready: 502 `function_failed`.",
+    )
 
 
 class DetachedChild(BaseModel):

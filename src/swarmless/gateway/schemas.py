@@ -161,7 +161,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         params=(_FN_NAME,), responses={204: None}, errors=(401, 404)
     ),
     ("/system/scale/{name}", "post"): Operation(
-        params=(_FN_NAME,), body=ScaleBody, responses={200: FunctionInfo}, errors=(400, 401, 404)
+        params=(_FN_NAME,),
+        body=ScaleBody,
+        responses={200: FunctionInfo},
+        errors=(400, 401, 404, 502, 504),
     ),
     ("/invocations", "get"): Operation(
         params=(

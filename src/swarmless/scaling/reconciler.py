@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any
 from swarmless.backends.base import WorkerLaunch
 from swarmless.dispatch.pool import WarmPool, Worker
 from swarmless.dispatch.workers import ALIVE
-from swarmless.exceptions import EngineUnavailable, InvalidArgument, SwarmlessError
+from swarmless.exceptions import (
+    EngineUnavailable,
+    FunctionFailed,
+    FunctionNotFound,
+    InvalidArgument,
+    SwarmlessError,
+    WaitTimeout,
+)
 from swarmless.scaling.planner import (
     Action,
     BackOff,
@@ -94,6 +101,48 @@ class Reconciler:
     def wake(self) -> None:
         """Plan again now rather than at the next tick."""
         self.pool.wake.set()
+
+    async def settled(self, replicas: int, timeout: float) -> None:
+        """Wait, at most ``timeout`` seconds, until the function runs ``replicas``
+        containers, each ready (or paused) and none other starting or draining: what
+        ``swarmless scale --wait`` waits for, woken by each change of the containers (not
+        polling). Raises :class:`~swarmless.WaitTimeout` when the time is up (the function
+        stays pinned: its containers go on starting or draining), and
+        :class:`~swarmless.FunctionFailed` when one of its containers fails before it is
+        ready (the reconciler starts another after a back-off)."""
+        pool = self.pool
+        name = pool.spec.name
+        since = time.monotonic()
+        deadline = since + timeout
+        while True:
+            if not self.installed:
+                if self.dispatcher.pools.get(name) is None:
+                    raise FunctionNotFound(name)
+                raise FunctionFailed(
+                    f"function {name!r} was deployed again while this scale waited: it is "
+                    "scaled as its new version says"
+                )
+            c = pool.counts()
+            up = c["ready"] + c["paused"]
+            if up >= replicas and up + c["starting"] + c["draining"] + pool.stopping <= replicas:
+                return
+            if pool.crashed is not None and (pool.crashed_at or 0) >= since:
+                raise FunctionFailed(
+                    f"a container of function {name!r} failed before it was ready "
+                    f"({pool.crashed}); it stays pinned to {self._pinned}: another is "
+                    "started after a back-off"
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(
+                    f"function {name!r} has {c['ready'] + c['paused']} of {replicas} "
+                    f"containers ready after {timeout:g}s ({c['starting']} starting, "
+                    f"{c['draining'] + pool.stopping} stopping); it stays pinned to "
+                    f"{self._pinned}",
+                    timeout=timeout,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pool.changes().wait(), left)
 
     @property
     def last_plan(self) -> Plan | None:
@@ -283,7 +332,7 @@ class Reconciler:
         self._draining_since.pop(worker.id, None)
         self.pool.gone(worker)
         self.dispatcher.forget_worker(worker)
-        self._spawn(self.dispatcher.stop_worker(worker))
+        self._spawn(self.pool.stopping_while(self.dispatcher.stop_worker(worker)))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self.dispatcher.spawn(coro)

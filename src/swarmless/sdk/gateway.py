@@ -177,9 +177,15 @@ class GatewayClient(BaseGatewayClient):
         """Remove a function and its containers."""
         self._drive(self._op_remove(name))
 
-    def scale(self, name: str, replicas: int | None) -> dict[str, Any]:
-        """Pin ``replicas`` warm containers; ``None`` gives the function back to autoscaling."""
-        return self._drive(self._op_scale(name, replicas))
+    def scale(
+        self, name: str, replicas: int | None, *, wait: float | None = None
+    ) -> dict[str, Any]:
+        """Pin ``replicas`` warm containers; ``None`` gives the function back to autoscaling.
+        With ``wait`` (seconds), return once the function runs exactly ``replicas``
+        containers, all ready: :class:`~swarmless.WaitTimeout` if they are not after
+        ``wait`` seconds (the pin stays, they go on starting),
+        :class:`~swarmless.FunctionFailed` if one fails before it is ready."""
+        return self._drive(self._op_scale(name, replicas, wait))
 
     def invocation(self, call_id: str) -> InvocationRecord:
         """The record of one call."""

@@ -155,9 +155,15 @@ class AsyncGatewayClient(BaseGatewayClient):
         """Remove a function and its containers."""
         await self._drive(self._op_remove(name))
 
-    async def scale(self, name: str, replicas: int | None) -> dict[str, Any]:
-        """Pin ``replicas`` warm containers; ``None`` gives the function back to autoscaling."""
-        return await self._drive(self._op_scale(name, replicas))
+    async def scale(
+        self, name: str, replicas: int | None, *, wait: float | None = None
+    ) -> dict[str, Any]:
+        """Pin ``replicas`` warm containers; ``None`` gives the function back to autoscaling.
+        With ``wait`` (seconds), return once the function runs exactly ``replicas``
+        containers, all ready: :class:`~swarmless.WaitTimeout` if they are not after
+        ``wait`` seconds (the pin stays, they go on starting),
+        :class:`~swarmless.FunctionFailed` if one fails before it is ready."""
+        return await self._drive(self._op_scale(name, replicas, wait))
 
     async def invocation(self, call_id: str) -> InvocationRecord:
         """The record of one call."""

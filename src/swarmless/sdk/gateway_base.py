@@ -291,14 +291,36 @@ class BaseGatewayClient:
     def _op_remove(self, name: str) -> Steps[None]:
         yield from self._op_json("DELETE", f"/system/functions/{plain_name(name, 'name')}")
 
-    def _op_scale(self, name: str, replicas: int | None) -> Steps[dict[str, Any]]:
+    def _op_scale(
+        self, name: str, replicas: int | None, wait: float | None = None
+    ) -> Steps[dict[str, Any]]:
         if replicas is not None and (
             not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0
         ):
             raise InvalidArgument(f"replicas must be an integer >= 0 or None, got {replicas!r}")
-        path = f"/system/scale/{plain_name(name, 'name')}"
-        result = yield from self._op_json("POST", path, json={"replicas": replicas})
-        return cast(dict[str, Any], result)
+        if wait is not None and (
+            not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 <= wait <= 3600
+        ):
+            raise InvalidArgument(f"wait must be a number of seconds from 0 to 3600, got {wait!r}")
+        if wait and replicas is None:
+            raise InvalidArgument(
+                "wait needs a number of replicas (None unpins: nothing to wait for)"
+            )
+        body: dict[str, Any] = {"replicas": replicas}
+        if wait:
+            body["wait"] = wait
+        result = yield from self._exchange(
+            GatewayRequest(
+                "POST",
+                f"/system/scale/{plain_name(name, 'name')}",
+                headers={"Content-Type": "application/json"},
+                content=jsonlib.dumps(body).encode(),
+                # the gateway answers after ``wait`` at the latest
+                read_timeout=wait + 30.0 if wait else None,
+            )
+        )
+        raise_for(result)
+        return cast(dict[str, Any], result.json())
 
     def _op_invocation(self, call_id: str) -> Steps[InvocationRecord]:
         row = yield from self._op_json("GET", f"/invocations/{plain_name(call_id, 'call id')}")
