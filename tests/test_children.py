@@ -207,7 +207,7 @@ def test_orphans_whose_parent_died_unseen_get_the_timeout_too(
                 await watch.sweep()
                 assert _running(engine, child.id)
                 await asyncio.sleep(0.2)
-            await watch.sweep()
+            assert await watch.sweep() == 1  # it counts the child it found (and removes it)
             assert not _running(engine, child.id)
             # The engine's die event, as the proxy would pass it on: reported as killed.
             watch.child_event(
@@ -235,3 +235,35 @@ def test_orphans_whose_parent_died_unseen_get_the_timeout_too(
 
 def _exists(engine: docker.DockerClient, cid: str) -> bool:
     return bool(engine.api.containers(all=True, filters={"id": cid}))
+
+
+def test_the_sweep_asks_the_engine_only_while_a_child_may_exist(
+    gw: RunningGateway,
+    engine: docker.DockerClient,
+    sdk_image: str,  # noqa: F811
+) -> None:
+    """The orphan sweep lists the engine's children every few seconds only while one may
+    exist (children are made only through the scoped API): it stops once a sweep found none
+    and no create was asked for, starts again at the next create, and stops again once
+    that child is gone."""
+    assert gw.gateway.active is not None
+    proxy = gw.gateway.active.proxy
+    assert proxy is not None
+    with gw.http() as http:
+        r = http.post(
+            "/system/functions",
+            json={
+                "name": "fire-once",
+                "image": sdk_image,
+                "command": ["python3", "-c", FIRE],
+                "docker": "scoped",
+                "children_timeout": 30,
+            },
+        )
+        assert r.status_code in (200, 201), r.text
+    wait_until(lambda: not proxy._maybe_children, 60, "the sweep to find no child and rest")
+    call_id, child = _fire(gw, "fire-once", "sleep 1")
+    assert proxy._maybe_children  # a create was asked for: the sweep looks again
+    wait_until(lambda: _detached(gw, call_id), 60, "the child's end on the call's record")
+    wait_until(lambda: not engine.api.containers(all=True, filters={"id": child}), 60, "gone")
+    wait_until(lambda: not proxy._maybe_children, 60, "the sweep to rest again")

@@ -166,6 +166,39 @@ def test_retry_later_lease_expiry_release_and_redrive(url: str) -> None:  # noqa
     run(main())
 
 
+def test_any_due_sees_what_a_sweep_would_claim_and_nothing_else(url: str) -> None:  # noqa: F811
+    """The runner's idle sweep asks ``any_due`` first: it must say yes whenever a claim
+    would find a call (queued and due, a lease expired), and no otherwise (nothing, a call
+    not due yet, a live lease, a dead call, a finished one)."""
+
+    async def main() -> None:
+        async with await Store.open(url) as store:
+            assert not await store.any_due(now=now_ms())
+            r = arec()
+            await put(store, r)
+            now = now_ms()
+            assert await store.any_due(now=now)
+            await store.claim("gw1", {"echo": (5, 1_000)}, now=now)
+            assert not await store.any_due(now=now + 999)  # leased, the lease alive
+            assert await store.any_due(now=now + 1_001)  # the lease expired
+            r.status, r.error = "queued", "attempt 1 failed"
+            await store.retry_later(r, now + 10_000)
+            assert not await store.any_due(now=now + 9_999)  # a retry not due yet
+            assert await store.any_due(now=now + 10_000)
+            await store.claim("gw1", {"echo": (5, 60_000)}, now=now + 10_000)
+            r.status, r.error = "dead", "dead after 2 attempts"
+            await store.finish(r)
+            assert not await store.any_due(now=now + 100_000)  # dead: redriven by hand only
+            other = arec(function="other")
+            await put(store, other)
+            await store.claim("gw1", {"other": (5, 60_000)})
+            other.status = "succeeded"
+            await store.finish(other)
+            assert not await store.any_due(now=now_ms() + 100_000)
+
+    run(main())
+
+
 def test_claim_respects_per_function_limits(url: str) -> None:  # noqa: F811
     async def main() -> None:
         async with await Store.open(url) as store:

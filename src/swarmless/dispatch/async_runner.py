@@ -117,7 +117,8 @@ class AsyncRunner:
         self._held: set[str] = set()
         #: Functions whose due calls may wait in the store, not claimed: a call was queued
         #: there, or the last claim got all it asked for. Claims are for these (and for
-        #: every function at each idle poll: retries come due, other replicas queue).
+        #: every function at each idle poll when the store has any call due: retries come
+        #: due, other replicas queue, a dead gateway's leases expire).
         self._backlog: set[str] = set()
         self._sweep = True
         #: The task running each call started, by call id (it leaves when it ends).
@@ -268,8 +269,10 @@ class AsyncRunner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.idle_poll)
                 continue
-            wants = self._wants(self._sweep)
-            self._sweep = False
+            sweep, self._sweep = self._sweep, False
+            wants = self._wants(sweep)
+            if sweep and wants.keys() - self._backlog and not await self._any_due():
+                wants = self._wants(False)  # nothing due in the store: only where calls are known
             if wants and await self._claim(wants):
                 continue  # there may be more; claim again before sleeping
             try:
@@ -280,6 +283,14 @@ class AsyncRunner:
                 # Busy: let a few more calls finish, then claim their slots in one
                 # transaction rather than one each (an idle runner claims at once).
                 await asyncio.sleep(COALESCE)
+
+    async def _any_due(self) -> bool:
+        """Whether the store has a call due (True if it cannot say: the claim that follows
+        finds out, and says why it failed)."""
+        try:
+            return await self.store.any_due()
+        except SwarmlessError:
+            return True
 
     async def _take_back(self) -> None:
         """Give back the calls this gateway held when it stopped, before claiming any. The

@@ -165,9 +165,10 @@ class ChildWatch:
             self._reaping.discard(parent)
             self._dead.pop(parent, None)
 
-    async def sweep(self) -> None:
+    async def sweep(self) -> int:
         """Children whose parent is not running (its death maybe unseen): removed once
-        their timeout has passed since the death, or since this sweep first saw them."""
+        their timeout has passed since the death, or since this sweep first saw them.
+        Returns how many children it found (running or not)."""
         children = await self.engine.list(f"{LABEL_KIND}=child")
         running = {c["Id"] for c in await self.engine.list(running=True)} if children else set()
         now = time.monotonic()
@@ -183,6 +184,7 @@ class ChildWatch:
                 due.append(c)
         self._dead = {p: t for p, t in self._dead.items() if p in orphaned or p in self._reaping}
         await self._remove(due)
+        return len(children)
 
     async def _remove(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:

@@ -86,6 +86,10 @@ class DockerProxy:
         self.children = ChildWatch(self.engine, report=on_child)
         #: The engine's /info (its name, for GET /nodes and placement), once asked.
         self._info: dict[str, Any] | None = None
+        #: Creates asked for so far, and whether a child may exist (children are made only
+        #: through this API): the sweep lists the engine's children only then.
+        self._creates = 0
+        self._maybe_children = True
         #: Who is asking, and may they (the verdict on each request).
         self.admission = Admission(
             settings=settings,
@@ -173,6 +177,9 @@ class DockerProxy:
     ) -> bool | None:
         """``GET /nodes`` (this engine, as one node) and the placement of a create (it must
         name this engine); the rest goes to the engine."""
+        if verdict.rule == "create":
+            self._creates += 1
+            self._maybe_children = True
         if verdict.rule not in ("nodes", "create") or not (
             verdict.rule == "nodes" or verdict.placement
         ):
@@ -232,8 +239,21 @@ class DockerProxy:
             self.children.parent_died(cid)
 
     async def _sweep(self) -> None:
-        """Orphans (a parent whose death went unseen) are looked for every few seconds."""
+        """Orphans (a parent whose death went unseen) are looked for every few seconds,
+        while a child may exist: from the start (a gateway of this instance before may
+        have left some), until a sweep finds none and no create was asked for meanwhile.
+        An idle gateway whose functions make no children asks the engine nothing."""
+        before = self._creates  # the count when the previous sweep began
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
+            if not self._maybe_children:
+                before = self._creates
+                continue
+            creates = self._creates
             with contextlib.suppress(httpx.HTTPError):
-                await self.children.sweep()
+                found = await self.children.sweep()
+                # None found, and no create asked for since the sweep before this one
+                # began (one asked just before this list may not be in the engine yet)
+                if not found and self._creates == before:
+                    self._maybe_children = False
+            before = creates

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from swarmless.records import now_ms
@@ -52,6 +52,13 @@ _DUE_OF = (
     " INDEXED BY ix_async_queue_state_not_before"
     " WHERE state = 'leased' AND lease_until < ? AND function = ?)"
     " ORDER BY not_before, id LIMIT ?"
+)
+#: Whether any call is due (parameters: now twice), each state through the same index.
+_ANY_DUE = (
+    "SELECT 1 FROM async_queue INDEXED BY ix_async_queue_state_not_before"
+    " WHERE state = 'queued' AND not_before <= ?"
+    " UNION ALL SELECT 1 FROM async_queue INDEXED BY ix_async_queue_state_not_before"
+    " WHERE state = 'leased' AND lease_until < ? LIMIT 1"
 )
 
 
@@ -151,6 +158,18 @@ class ClaimOps(Database):
             )
             for r in rows
         ]
+
+    async def any_due(self, *, now: int | None = None) -> bool:
+        """Whether any call is due (of any function): queued with ``not_before`` passed, or
+        leased with its lease expired. One read, on the reader, through the (state,
+        not_before) index: a runner's periodic sweep asks it first, and when nothing is due
+        takes no write transaction and reads nothing per function."""
+        now = now if now is not None else now_ms()
+        async with self._read() as conn:
+            if self.dialect == "sqlite":
+                return bool(await self._fetch(conn, _ANY_DUE, (now, now)))
+            query = select(literal(1)).select_from(async_queue).where(_due(now)).limit(1)
+            return (await conn.execute(query)).first() is not None
 
     async def _due(
         self, conn: AsyncConnection, function: str, n: int, now: int
