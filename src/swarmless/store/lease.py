@@ -17,8 +17,9 @@ its lease can expire (see :mod:`swarmless.gateway.replicas`).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 
 from swarmless.records import now_ms
 from swarmless.store.db import Database
@@ -28,6 +29,8 @@ __all__ = ["CONTENDED_FOR", "LeaseOps", "LeaseState"]
 
 #: A replica's mark on a lease lasts this many times the lease's time to live.
 CONTENDED_FOR = 3
+#: What an acquire answers from.
+_COLUMNS = (leases.c.holder, leases.c.url, leases.c.until, leases.c.contended_until)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,26 +55,23 @@ class LeaseOps(Database):
         """Take or extend lease ``name`` for ``ttl`` seconds if it is free or already
         ``holder``'s, or expired (unless ``take_expired`` is False: the caller first wants
         to know whether the holder is really gone); returns who holds it now (compare
-        ``holder``). Asking for a lease another holds marks it contended."""
+        ``holder``). Asking for a lease another holds marks it contended.
+
+        One statement when the caller gets it (the upsert returns the row it wrote); the
+        row is read, and marked, only when another holds it. The statement is built once
+        (its values bound at each call): a renewal every second costs little."""
         now = now_ms()
-        ins = self._insert(leases).values(
-            name=name, holder=holder, url=url, until=now + int(ttl * 1000)
-        )
-        mine = leases.c.holder == holder
-        stmt = ins.on_conflict_do_update(
-            index_elements=["name"],
-            set_={
-                "holder": ins.excluded.holder,
-                "url": ins.excluded.url,
-                "until": ins.excluded.until,
-            },
-            where=or_(mine, leases.c.until < now) if take_expired else mine,
-        )
-        columns = (leases.c.holder, leases.c.url, leases.c.until, leases.c.contended_until)
+        values = {
+            "l_name": name,
+            "l_holder": holder,
+            "l_url": url,
+            "l_until": now + int(ttl * 1000),
+            "l_now": now,
+        }
         async with self._write() as conn:
-            await conn.execute(stmt)
-            row = (await conn.execute(select(*columns).where(leases.c.name == name))).one()
-            if row.holder != holder:
+            row = (await conn.execute(self._acquire_statement(take_expired), values)).first()
+            if row is None:  # another holds it: who, until when; it learns we stand by
+                row = (await conn.execute(select(*_COLUMNS).where(leases.c.name == name))).one()
                 mark = now + int(ttl * 1000 * CONTENDED_FOR)
                 await conn.execute(
                     update(leases).where(leases.c.name == name).values(contended_until=mark)
@@ -83,6 +83,29 @@ class LeaseOps(Database):
             contended=row.contended_until is not None and int(row.contended_until) > now,
             expired=row.holder != holder and int(row.until) < now,
         )
+
+    def _acquire_statement(self, take_expired: bool) -> Any:
+        """The upsert of :meth:`acquire_lease`, with bound values (built once per store)."""
+        cache: dict[bool, Any] = self.__dict__.setdefault("_lease_statements", {})
+        stmt = cache.get(take_expired)
+        if stmt is None:
+            ins = self._insert(leases).values(
+                name=bindparam("l_name"),
+                holder=bindparam("l_holder"),
+                url=bindparam("l_url"),
+                until=bindparam("l_until"),
+            )
+            mine = leases.c.holder == bindparam("l_holder")
+            stmt = cache[take_expired] = ins.on_conflict_do_update(
+                index_elements=["name"],
+                set_={
+                    "holder": ins.excluded.holder,
+                    "url": ins.excluded.url,
+                    "until": ins.excluded.until,
+                },
+                where=or_(mine, leases.c.until < bindparam("l_now")) if take_expired else mine,
+            ).returning(*_COLUMNS)
+        return stmt
 
     async def release_lease(self, name: str, holder: str) -> bool:
         """Give up lease ``name`` if ``holder`` holds it (a clean shutdown): another replica
