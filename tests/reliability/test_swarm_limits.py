@@ -149,6 +149,7 @@ def test_a_oneshot_answer_is_bounded_by_max_output_on_the_swarm(gw: OwnSwarmGate
         mode="oneshot",
         command=["sh", "-c", "head -c 3000 /dev/zero | tr '\\0' a"],
         max_output="1k",
+        timeout=60,  # as the two below: a task once stayed "preparing" past the default 30 s
     )
     # 200,000 empty lines: 200 kB, under its max_output (256 KiB), but some 14 MB in the
     # json-file log, which rotates at 2 MiB: read back, its beginning would be gone. It is
