@@ -93,6 +93,22 @@ def gw(
     g.stop(engine)
 
 
+def _deploy_firing(gw: RunningGateway, name: str, image: str, *, children_timeout: int) -> None:
+    """Deploy ``name``: a one-shot ``docker: scoped`` function that fires a detached child."""
+    with gw.http() as http:
+        r = http.post(
+            "/system/functions",
+            json={
+                "name": name,
+                "image": image,
+                "command": ["python3", "-c", FIRE],
+                "docker": "scoped",
+                "children_timeout": children_timeout,
+            },
+        )
+        assert r.status_code in (200, 201), r.text
+
+
 def _fire(gw: RunningGateway, name: str, child: str) -> tuple[str, str]:
     """Call ``name`` (which starts a detached child running ``child``): (call id, child id)."""
     with gw.http(token=None, timeout=120) as http:
@@ -117,18 +133,7 @@ def test_a_detached_child_outlives_its_call_and_its_end_is_recorded(
     engine: docker.DockerClient,
     sdk_image: str,  # noqa: F811
 ) -> None:
-    with gw.http() as http:
-        r = http.post(
-            "/system/functions",
-            json={
-                "name": "fire",
-                "image": sdk_image,
-                "command": ["python3", "-c", FIRE],
-                "docker": "scoped",
-                "children_timeout": 30,
-            },
-        )
-        assert r.status_code in (200, 201), r.text
+    _deploy_firing(gw, "fire", sdk_image, children_timeout=30)
     call_id, child = _fire(gw, "fire", "sleep 2; echo done; exit 3")
     assert _running(engine, child), "the child died with its caller"
     rec = wait_until(lambda: _detached(gw, call_id), 60, "the child's end on the call's record")
@@ -152,18 +157,7 @@ def test_a_child_still_running_at_children_timeout_is_killed_and_the_call_fails(
     engine: docker.DockerClient,
     sdk_image: str,  # noqa: F811
 ) -> None:
-    with gw.http() as http:
-        r = http.post(
-            "/system/functions",
-            json={
-                "name": "hang",
-                "image": sdk_image,
-                "command": ["python3", "-c", FIRE],
-                "docker": "scoped",
-                "children_timeout": 2,
-            },
-        )
-        assert r.status_code in (200, 201), r.text
+    _deploy_firing(gw, "hang", sdk_image, children_timeout=2)
     t0 = time.monotonic()
     call_id, child = _fire(gw, "hang", "sleep 300")
     rec = wait_until(lambda: _detached(gw, call_id), 60, "the killed child on the record")
@@ -249,18 +243,7 @@ def test_the_sweep_asks_the_engine_only_while_a_child_may_exist(
     assert gw.gateway.active is not None
     proxy = gw.gateway.active.proxy
     assert proxy is not None
-    with gw.http() as http:
-        r = http.post(
-            "/system/functions",
-            json={
-                "name": "fire-once",
-                "image": sdk_image,
-                "command": ["python3", "-c", FIRE],
-                "docker": "scoped",
-                "children_timeout": 30,
-            },
-        )
-        assert r.status_code in (200, 201), r.text
+    _deploy_firing(gw, "fire-once", sdk_image, children_timeout=30)
     wait_until(lambda: not proxy._maybe_children, 60, "the sweep to find no child and rest")
     call_id, child = _fire(gw, "fire-once", "sleep 1")
     assert proxy._maybe_children  # a create was asked for: the sweep looks again
