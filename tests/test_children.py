@@ -244,9 +244,9 @@ def test_the_sweep_asks_the_engine_only_while_a_child_may_exist(
     proxy = gw.gateway.active.proxy
     assert proxy is not None
     _deploy_firing(gw, "fire-once", sdk_image, children_timeout=30)
-    wait_until(lambda: not proxy._maybe_children, 60, "the sweep to find no child and rest")
+    wait_until(lambda: not proxy.may_have_children, 60, "the sweep to find no child and rest")
     call_id, child = _fire(gw, "fire-once", "sleep 1")
-    assert proxy._maybe_children  # a create was asked for: the sweep looks again
+    assert proxy.may_have_children  # a create was asked for: the sweep looks again
     wait_until(lambda: _detached(gw, call_id), 60, "the child's end on the call's record")
     wait_until(lambda: not engine.api.containers(all=True, filters={"id": child}), 60, "gone")
-    wait_until(lambda: not proxy._maybe_children, 60, "the sweep to rest again")
+    wait_until(lambda: not proxy.may_have_children, 60, "the sweep to rest again")

@@ -86,10 +86,11 @@ class DockerProxy:
         self.children = ChildWatch(self.engine, report=on_child)
         #: The engine's /info (its name, for GET /nodes and placement), once asked.
         self._info: dict[str, Any] | None = None
-        #: Creates asked for so far, and whether a child may exist (children are made only
-        #: through this API): the sweep lists the engine's children only then.
+        #: Creates asked for so far, and their count when a sweep last found no child and
+        #: none asked for meanwhile (None: not yet). Children are made only through this
+        #: API: while the two are equal no child can exist, and the sweep asks nothing.
         self._creates = 0
-        self._maybe_children = True
+        self._quiet_at: int | None = None
         #: Who is asking, and may they (the verdict on each request).
         self.admission = Admission(
             settings=settings,
@@ -179,7 +180,6 @@ class DockerProxy:
         name this engine); the rest goes to the engine."""
         if verdict.rule == "create":
             self._creates += 1
-            self._maybe_children = True
         if verdict.rule not in ("nodes", "create") or not (
             verdict.rule == "nodes" or verdict.placement
         ):
@@ -246,8 +246,7 @@ class DockerProxy:
         before = self._creates  # the count when the previous sweep began
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
-            if not self._maybe_children:
-                before = self._creates
+            if not self.may_have_children:
                 continue
             creates = self._creates
             with contextlib.suppress(httpx.HTTPError):
@@ -255,5 +254,10 @@ class DockerProxy:
                 # None found, and no create asked for since the sweep before this one
                 # began (one asked just before this list may not be in the engine yet)
                 if not found and self._creates == before:
-                    self._maybe_children = False
+                    self._quiet_at = before
             before = creates
+
+    @property
+    def may_have_children(self) -> bool:
+        """Whether a child of this gateway's containers may exist (the sweep looks then)."""
+        return self._quiet_at != self._creates

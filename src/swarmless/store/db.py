@@ -155,7 +155,8 @@ class Database:
         self._closed = False
         #: Requests waiting for a call's record to change (result long-polls).
         self._watchers = Watchers()
-        #: Upserts built once per table (building one costs more than running it).
+        #: Upserts built once per table (building one costs more than running it), and the
+        #: lease's (:meth:`LeaseOps._acquire_statement`).
         self._upserts: dict[tuple[str, str], Any] = {}
         #: Statements whose rows PostgreSQL takes in one statement (:meth:`_unnest`): an
         #: insert (the table, its conflict key or None) or an update by key

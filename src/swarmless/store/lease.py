@@ -85,9 +85,10 @@ class LeaseOps(Database):
         )
 
     def _acquire_statement(self, take_expired: bool) -> Any:
-        """The upsert of :meth:`acquire_lease`, with bound values (built once per store)."""
-        cache: dict[bool, Any] = self.__dict__.setdefault("_lease_statements", {})
-        stmt = cache.get(take_expired)
+        """The upsert of :meth:`acquire_lease`, with bound values, built once per store
+        (kept with the store's other upserts, :attr:`Database._upserts`)."""
+        key = (leases.name, "acquire, taking expired" if take_expired else "acquire")
+        stmt = self._upserts.get(key)
         if stmt is None:
             ins = self._insert(leases).values(
                 name=bindparam("l_name"),
@@ -96,7 +97,7 @@ class LeaseOps(Database):
                 until=bindparam("l_until"),
             )
             mine = leases.c.holder == bindparam("l_holder")
-            stmt = cache[take_expired] = ins.on_conflict_do_update(
+            stmt = self._upserts[key] = ins.on_conflict_do_update(
                 index_elements=["name"],
                 set_={
                     "holder": ins.excluded.holder,
