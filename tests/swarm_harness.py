@@ -19,6 +19,7 @@ import struct
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -172,28 +173,39 @@ class Cluster:
         broker drops it ("node ... is not available") and serves none of its tasks' logs
         until its engine restarts, most likely when the lost session's stream finally
         times out. A clean restart right away ends that stream; the node stayed healthy
-        for minutes after one. swarmless itself copes (a one-shot call whose logs cannot be
-        read fails saying so, and the node is avoided for a while); tests that run one-shot
-        calls after the node-loss tests should not depend on that.
+        for minutes after one. Some restarts leave the node "ready" but starting none of
+        its tasks; the node then leaves and joins again under a new ID, which has always
+        done. swarmless itself copes (a one-shot call whose logs cannot be read fails
+        saying so, and the node is avoided for a while); tests that run one-shot calls
+        after the node-loss tests should not depend on that.
         """
-        for attempt in range(4):  # a restart too soon after the node came back may not do
-            self._clients.pop(name, None)
-            self.host.api.restart(name, timeout=5)
-            wait_for(lambda: name in self.ready_nodes(), 60, f"{name} ready after a restart")
-            with contextlib.suppress(AssertionError):
+        seen: list[str] = []
+        for attempt in range(4):
+            began = time.monotonic()
+            if attempt == 0:
+                self._clients.pop(name, None)
+                self.host.api.restart(name, timeout=5)
+                wait_for(lambda: name in self.ready_nodes(), 60, f"{name} ready after a restart")
+                how = "restart"
+            else:
+                # The restart did not do: the manager still holds the lost session of this
+                # node's ID, and leaves the probe's task unstarted (CI saw four restarts
+                # fail, and a rejoin followed by restarts). A new ID ends it; a restart
+                # after it could only lose the new session the same way.
+                self.rejoin(name)
+                how = "rejoin"
+            try:
                 wait_until(
                     lambda: self.logs_work(name),
-                    20,
+                    30,
                     f"the manager to deliver the logs of a task on {name}",
                     interval=1,
                     ignore=(Exception,),
                 )
                 return
-            if attempt == 1:
-                # Two clean restarts did not do: the manager still holds the lost session
-                # of this node's ID (CI saw four restarts fail). A new ID ends it for good.
-                self.rejoin(name)
-        raise AssertionError(f"the manager delivers no logs of tasks on {name}")
+            except AssertionError as e:
+                seen.append(f"{how} ({time.monotonic() - began:.0f} s): {e}")
+        raise AssertionError(f"the manager delivers no logs of tasks on {name}: " + "; ".join(seen))
 
     def rejoin(self, name: str) -> None:
         """Node ``name`` leaves the Swarm and joins it again under a new node ID (what an
@@ -237,11 +249,18 @@ class Cluster:
         )["ID"]
         try:
 
-            def done() -> bool:
+            def states() -> list[str]:
                 tasks = api.tasks(filters={"service": sid})
-                return any(t["Status"]["State"] in ("complete", "failed") for t in tasks)
+                return [f"{t['Status']['State']} {t['Status'].get('Err', '')}" for t in tasks]
 
-            wait_for(done, 30, f"a probe task on {name}")
+            wait_until(
+                states,
+                30,
+                f"a probe task on {name} to end",
+                interval=0.1,
+                ok=lambda s: any(x.startswith(("complete", "failed")) for x in s),
+                ignore=(Exception,),
+            )
             return b"logs-ok" in b"".join(api.service_logs(sid, stdout=True))
         finally:
             with contextlib.suppress(docker.errors.DockerException):
