@@ -17,7 +17,7 @@ import docker.errors
 import pytest
 
 from swarmless.build import build_function
-from swarmless.registry import push_image
+from swarmless.registry import push_image, registry_reference
 from tests.conftest import PYTHON, SESSION, SWARM_HANDLER
 from tests.registry_harness import cluster_registry, has_image, node_engine
 from tests.swarm_harness import Cluster, SwarmGateway
@@ -41,8 +41,11 @@ def test_a_node_joined_mid_test_serves_a_function_within_seconds(
     image_id = build_function(
         folder, tag=tag, mode="warm", client=engine, base_image=PYTHON, labels=labels
     )
+    names = [tag]  # what this test names on the engine, removed at the end
     try:
         with cluster_registry(cluster, name, tmp_path / "reg", labels) as settings:
+            # The push names the image in the registry too (as `docker push` needs).
+            names.append(registry_reference(tag, settings.registry_push or settings.registry))
             ref = push_image(engine, tag, settings=settings)
             gw = SwarmGateway(cluster, tmp_path / "gw", labels, registry=settings.registry)
             gw.start()
@@ -89,5 +92,6 @@ def test_a_node_joined_mid_test_serves_a_function_within_seconds(
     finally:
         with contextlib.suppress(Exception):
             cluster.remove_node(NEW)
-        with contextlib.suppress(docker.errors.DockerException):
-            engine.api.remove_image(tag)
+        for image in names:
+            with contextlib.suppress(docker.errors.DockerException):
+                engine.api.remove_image(image)
