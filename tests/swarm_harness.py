@@ -253,13 +253,11 @@ class Cluster:
                 tasks = api.tasks(filters={"service": sid})
                 return [f"{t['Status']['State']} {t['Status'].get('Err', '')}" for t in tasks]
 
-            wait_until(
+            wait_for(
                 states,
                 30,
                 f"a probe task on {name} to end",
-                interval=0.1,
                 ok=lambda s: any(x.startswith(("complete", "failed")) for x in s),
-                ignore=(Exception,),
             )
             return b"logs-ok" in b"".join(api.service_logs(sid, stdout=True))
         finally:
@@ -267,10 +265,12 @@ class Cluster:
                 api.remove_service(sid)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, ok: Callable[[Any], object] = bool
+) -> Any:
     """:func:`tests.waiting.wait_until` where a node may be away: an error counts as "not
     yet" (and the last one is shown if it times out)."""
-    return wait_until(predicate, timeout, what, interval=0.1, ignore=(Exception,))
+    return wait_until(predicate, timeout, what, interval=0.1, ok=ok, ignore=(Exception,))
 
 
 class EngineProxy:
