@@ -54,6 +54,19 @@ class Metrics:
             "Function requests being answered by this gateway.",
             registry=self.registry,
         )
+        self.waits = Gauge(
+            "swarmless_gateway_waits_in_progress",
+            "Requests held open until what they wait for happens, by kind (result: "
+            "?wait= of a call's result, scale: a scale's wait, rollout: a deploy's).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.waits_abandoned = Counter(
+            "swarmless_gateway_waits_abandoned",
+            "Held requests whose client went away first (the wait was dropped), by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
 
     def observe(self, rec: InvocationRecord, seconds: float) -> None:
         # Labelled children are looked up once per label set, not once per call.

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from swarmless.dispatch.dispatcher import Dispatcher
 from swarmless.exceptions import InvalidArgument, SpecError
-from swarmless.gateway.admin_http import admin_dispatcher, read_json
+from swarmless.gateway.admin_http import admin_dispatcher, read_json, unless_gone
 from swarmless.gateway.capacity import EngineCapacity, check_deployable
 from swarmless.gateway.context import GatewayContext
 from swarmless.gateway.rollout import ROLLOUT_WAIT, check_name, pin, preview, settle
@@ -105,7 +105,12 @@ class FunctionRoutes:
             self.gw.start_reconciler(spec.name)
         body = self._describe(spec, version)
         body["previous_version"] = before
-        rollout = await settle(d, spec.name, version, wait if before != version else 0.0)
+        if before != version and wait > 0:
+            rollout = await unless_gone(
+                self.gw, request, "rollout", settle(d, spec.name, version, wait)
+            )
+        else:
+            rollout = await settle(d, spec.name, version, 0.0)
         body["rollout"] = rollout.to_dict()
         return JSONResponse(body, status_code=200 if current is not None else 201)
 
@@ -165,6 +170,6 @@ class FunctionRoutes:
             )
         rec.pin(n)
         if wait and n is not None:
-            await rec.settled(n, float(wait))
+            await unless_gone(self.gw, request, "scale", rec.settled(n, float(wait)))
             spec, version = d.get(name)
         return JSONResponse(self._describe(spec, version))

@@ -8,10 +8,11 @@ answered by :func:`exception_handlers` in the same JSON shape.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, TypeVar
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as HTTPRequest
@@ -19,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from swarmless.dispatch.dispatcher import Dispatcher
 from swarmless.exceptions import InvalidArgument, SwarmlessError
-from swarmless.gateway.asgi import bearer, header_safe
+from swarmless.gateway.asgi import ClientGone, bearer, disconnected, header_safe
 from swarmless.gateway.context import GatewayContext
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "read_body",
     "read_json",
     "safe_headers",
+    "unless_gone",
 ]
 
 log = logging.getLogger("swarmless.gateway")
@@ -42,6 +44,7 @@ MAX_JSON = 1024 * 1024
 MAX_SECRET = 512 * 1024
 
 Endpoint = Callable[[HTTPRequest], Awaitable[Response]]
+T = TypeVar("T")
 
 
 def by_method(handlers: dict[str, Endpoint]) -> Endpoint:
@@ -88,6 +91,41 @@ async def read_json(request: HTTPRequest, what: str) -> Any:
         raise InvalidArgument(f"{what} must be JSON ({why})") from None
 
 
+async def unless_gone(
+    gw: GatewayContext, request: HTTPRequest, kind: str, wait: Coroutine[Any, Any, T]
+) -> T:
+    """What ``wait`` gives, unless the client goes away first: then ``wait`` is cancelled
+    and :class:`~swarmless.gateway.asgi.ClientGone` raised (answered by an empty 499 that
+    nobody reads). A wait can last an hour (``scale --wait``), and holds a watcher or a
+    poll all along: nothing of it is kept for a client that is gone, one that gave up and
+    asked again included. Counted while it waits in
+    ``swarmless_gateway_waits_in_progress{kind}``, and in
+    ``swarmless_gateway_waits_abandoned_total{kind}`` when its client left first.
+
+    For a request whose body was read already (or that has none)."""
+    metrics = gw.dispatcher.metrics if gw.dispatcher is not None else None
+    task = asyncio.ensure_future(wait)
+    gone = asyncio.ensure_future(disconnected(request.receive))
+    if metrics is not None:
+        metrics.waits.labels(kind).inc()
+    done: set[asyncio.Future[Any]] = set()
+    try:
+        done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+        if metrics is not None:
+            metrics.waits.labels(kind).dec()
+    if task in done:
+        return task.result()
+    await asyncio.wait({task})  # its clean-up (a watcher given back) runs before the answer
+    if metrics is not None:
+        metrics.waits_abandoned.labels(kind).inc()
+    log.debug("%s %s: the client went away while it waited", request.method, request.url.path)
+    raise ClientGone()
+
+
 def safe_headers(exc: SwarmlessError) -> dict[str, str]:
     """The headers of an error answer: the call id only when it can be a header value."""
     headers = {"x-swarmless-error": "1"}
@@ -100,6 +138,7 @@ def exception_handlers() -> Mapping[Any, Any]:
     """Starlette's exception handlers: every error answers JSON, a crash too."""
     return {
         SwarmlessError: _on_error,
+        ClientGone: _on_gone,
         HTTPException: _on_http_error,
         Exception: _on_crash,
     }
@@ -108,6 +147,10 @@ def exception_handlers() -> Mapping[Any, Any]:
 async def _on_error(_request: HTTPRequest, exc: Exception) -> Response:
     assert isinstance(exc, SwarmlessError)
     return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=safe_headers(exc))
+
+
+async def _on_gone(_request: HTTPRequest, _exc: Exception) -> Response:
+    return Response(status_code=499)  # nobody reads it: the client has gone away
 
 
 async def _on_http_error(_request: HTTPRequest, exc: Exception) -> Response:

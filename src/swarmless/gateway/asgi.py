@@ -26,6 +26,7 @@ __all__ = [
     "Scope",
     "Send",
     "bearer",
+    "disconnected",
     "error_body",
     "header",
     "header_safe",
@@ -80,7 +81,18 @@ def bearer(scope: Scope) -> str | None:
 
 
 class ClientGone(Exception):
-    """The client disconnected before its request body arrived."""
+    """The client disconnected: before its request body arrived, or while its request
+    waited for something (:func:`disconnected`)."""
+
+
+async def disconnected(receive: Receive) -> None:
+    """Returns once the client has gone away (``http.disconnect``). For a request whose
+    body was read already (or that has none: the empty ``http.request`` is passed over),
+    so that a handler can race what it waits for against its client leaving."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int | None = None) -> bytes:

@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
@@ -35,6 +35,7 @@ from swarmless.exceptions import (
     QueueFull,
     SwarmlessError,
 )
+from swarmless.gateway.admin_http import unless_gone
 from swarmless.gateway.asgi import (
     ClientGone,
     Receive,
@@ -49,6 +50,9 @@ from swarmless.gateway.asgi import (
 )
 from swarmless.gateway.context import GatewayContext
 from swarmless.records import InvocationRecord, new_call_id, now_ms
+
+if TYPE_CHECKING:
+    from swarmless.store import Store
 
 __all__ = ["accept_async", "get_result", "list_schedules", "retry_invocation"]
 
@@ -172,6 +176,20 @@ def _answer(call_id: str, created: bool) -> bytes:
     return json.dumps({"call_id": call_id, "status": status}).encode()
 
 
+async def _record(store: Store, call_id: str, deadline: float) -> InvocationRecord:
+    """The record of ``call_id`` once it is final, or as it is at ``deadline``."""
+    # Woken in memory when the call's record changes (the store tells its watchers), not
+    # by reading the store over and over: one read now, one per change.
+    with store.watch(call_id) as changed:
+        while True:
+            rec = await store.get_invocation(call_id)
+            if rec is None:
+                raise InvocationNotFound(call_id)
+            if rec.status in FINAL or time.monotonic() >= deadline:
+                return rec
+            await changed.wait(deadline)
+
+
 async def get_result(gw: GatewayContext, request: HTTPRequest) -> Response:
     """The answer of a finished call; with ``?wait=S`` waits up to S seconds for it."""
     assert gw.store is not None
@@ -184,17 +202,8 @@ async def get_result(gw: GatewayContext, request: HTTPRequest) -> Response:
     if not wait >= 0:  # NaN too: a deadline of NaN never comes
         raise InvalidArgument(f"wait must be a number of seconds >= 0, got {raw!r}")
     wait = min(wait, MAX_WAIT)
-    deadline = time.monotonic() + wait
-    # Woken in memory when the call's record changes (the store tells its watchers), not
-    # by reading the store over and over: one read now, one per change.
-    with gw.store.watch(call_id) as changed:
-        while True:
-            rec = await gw.store.get_invocation(call_id)
-            if rec is None:
-                raise InvocationNotFound(call_id)
-            if rec.status in FINAL or time.monotonic() >= deadline:
-                break
-            await changed.wait(deadline)
+    awaited = _record(gw.store, call_id, time.monotonic() + wait)
+    rec = await (unless_gone(gw, request, "result", awaited) if wait > 0 else awaited)
     headers = {"x-call-id": call_id, "x-swarmless-status": rec.status}
     if rec.status == "succeeded":
         stored = await gw.store.get_result(call_id)

@@ -46,7 +46,7 @@ from starlette.routing import Route
 from swarmless import __version__
 from swarmless.exceptions import InvalidArgument, SpecError
 from swarmless.gateway.admin import MAX_JSON, Admin, Endpoint, by_method
-from swarmless.gateway.asgi import bearer
+from swarmless.gateway.asgi import Message, bearer
 from swarmless.gateway.context import GatewayContext
 from swarmless.gateway.openfaas_mapping import NAMESPACE, to_spec, to_status
 
@@ -75,10 +75,10 @@ def _replayed(request: HTTPRequest, body: bytes, **path_params: str) -> HTTPRequ
     scope["path_params"] = {**request.path_params, **path_params}
     sent = False
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
+        if sent:  # then what the client's connection says (its disconnect, when it leaves)
+            return await request.receive()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 

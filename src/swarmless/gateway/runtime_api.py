@@ -32,6 +32,7 @@ from swarmless.gateway.asgi import (
     Scope,
     Send,
     bearer,
+    disconnected,
     header,
     read_body,
     send_response,
@@ -142,7 +143,7 @@ class RuntimeAPI:
             return
         poll = asyncio.ensure_future(pool.next(worker, self.long_poll))
         if not poll.done():
-            gone = asyncio.ensure_future(_disconnected(receive))
+            gone = asyncio.ensure_future(disconnected(receive))
             await asyncio.wait({poll, gone}, return_when=asyncio.FIRST_COMPLETED)
             if not poll.done():  # the worker went away while it waited: forget the poll
                 poll.cancel()
@@ -187,13 +188,6 @@ class RuntimeAPI:
             return
         self._recorder.logs(call_id, stdout, stderr)
         await send_response(send, 204, b"")
-
-
-async def _disconnected(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 def _result(scope: Scope, body: bytes) -> Result:

@@ -1,0 +1,133 @@
+"""Requests that wait (a result's ``?wait=``, a scale's ``wait``, a deploy's rollout) are
+dropped when their client goes away, against a real gateway and engine.
+
+Each wait is held open by a raw socket until ``/metrics`` counts it, the socket is closed,
+and the gateway must give the wait up: ``swarmless_gateway_waits_in_progress`` back to 0
+and ``swarmless_gateway_waits_abandoned_total`` up by one, long before the wait's own end
+(a minute to ten). The same waits, kept, still answer as before.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import handler_image
+from tests.gateway_harness import TOKEN, RunningGateway
+from tests.waiting import wait_until
+
+HANDLERS = """
+import os, time
+
+if os.environ.get("HANG_AT_IMPORT"):  # a container that never gets ready
+    time.sleep(3600)
+
+def slow(event, context):
+    time.sleep(float(event["body"] or b"0"))
+    return "slept"
+"""
+
+
+@pytest.fixture(scope="module")
+def image(build_image: Callable[..., str]) -> str:
+    return handler_image(build_image, "waits-gone", HANDLERS)
+
+
+@pytest.fixture
+def gw(
+    tmp_path: Path, labels: dict[str, str], engine: docker.DockerClient
+) -> Iterator[RunningGateway]:
+    g = RunningGateway(tmp_path / "gw", labels).start()
+    yield g
+    g.stop(engine)
+
+
+def waits(gw: RunningGateway) -> dict[tuple[str, str], float]:
+    """``(metric, kind) -> value`` of the two metrics of held requests."""
+    with gw.http() as http:
+        text = http.get("/metrics").raise_for_status().text
+    out: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name in (
+                "swarmless_gateway_waits_in_progress",
+                "swarmless_gateway_waits_abandoned_total",
+            ):
+                out[(s.name.removeprefix("swarmless_gateway_waits_"), s.labels["kind"])] = s.value
+    return out
+
+
+def held(gw: RunningGateway, method: str, path: str, body: object = None) -> socket.socket:
+    """A request sent on a socket of its own, whose answer is never read."""
+    data = b"" if body is None else json.dumps(body).encode()
+    host, port = gw.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + data)
+    return sock
+
+
+def give_up(gw: RunningGateway, sock: socket.socket, kind: str) -> None:
+    """Once the gateway holds ``sock``'s request, close it; the wait must be dropped."""
+    wait_until(
+        lambda: waits(gw), 30, f"a {kind} wait held", ok=lambda w: w.get(("in_progress", kind)) == 1
+    )
+    before = waits(gw).get(("abandoned_total", kind), 0)
+    sock.close()
+    wait_until(
+        lambda: waits(gw),
+        30,
+        f"the {kind} wait dropped once its client left",
+        ok=lambda w: (
+            w.get(("in_progress", kind)) == 0 and w.get(("abandoned_total", kind)) == before + 1
+        ),
+    )
+
+
+def test_a_result_wait_is_dropped_when_its_client_leaves(gw: RunningGateway, image: str) -> None:
+    client = gw.client()
+    client.deploy({"name": "slow", "image": image, "mode": "warm", "handler": "handler:slow"})
+    with gw.http() as http:
+        busy = http.post("/async-function/slow", content=b"600").raise_for_status()
+        call_id = busy.json()["call_id"]
+        give_up(gw, held(gw, "GET", f"/invocations/{call_id}/result?wait=60"), "result")
+        # A wait that is kept still gets its answer, and is not counted as abandoned.
+        quick = http.post("/async-function/slow", content=b"0").raise_for_status()
+        got = http.get(f"/invocations/{quick.json()['call_id']}/result?wait=60")
+        assert got.status_code == 200, got.text
+        assert got.text == "slept"
+    after = waits(gw)
+    assert after[("in_progress", "result")] == 0
+    assert after[("abandoned_total", "result")] == 1
+
+
+def test_scale_and_rollout_waits_are_dropped_when_their_client_leaves(
+    gw: RunningGateway, image: str
+) -> None:
+    client = gw.client()
+    base = {"image": image, "mode": "warm", "handler": "handler:slow", "max_containers": 2}
+    client.deploy({"name": "hang", **base, "env": {"HANG_AT_IMPORT": "1"}})
+    give_up(gw, held(gw, "POST", "/system/scale/hang", {"replicas": 1, "wait": 600}), "scale")
+
+    client.deploy({"name": "roll", **base, "min_containers": 1}, wait=60)
+    gw.wait_for(lambda: gw.dispatcher.snapshot()["roll"]["ready"] == 1, 60, "roll ready")
+    spec = {"name": "roll", **base, "min_containers": 1, "env": {"HANG_AT_IMPORT": "1"}}
+    give_up(gw, held(gw, "PUT", "/system/functions/roll?wait=600", spec), "rollout")
+
+    # Kept, a scale's wait still answers once its containers are ready.
+    client.deploy({"name": "fine", **base})
+    with gw.http() as http:
+        ok = http.post("/system/scale/fine", json={"replicas": 2, "wait": 60})
+        assert ok.status_code == 200, ok.text
+    after = waits(gw)
+    assert after[("in_progress", "scale")] == after[("in_progress", "rollout")] == 0
+    assert after[("abandoned_total", "scale")] == after[("abandoned_total", "rollout")] == 1
