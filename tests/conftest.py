@@ -37,6 +37,31 @@ BUSYBOX = "swarmless/busybox:latest"
 PYTHON = os.environ.get("SWARMLESS_BASE_IMAGE", "swarmless/python:bookworm")
 
 
+#: The markers of tests that run for minutes: their files start first on a worker.
+LONG = ("slow", "soak", "fuzz", "bench")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """How ``make test`` runs the suite (scripts/pytest.sh): the files that use the Swarm
+    test cluster alone (``SWARMLESS_TEST_PART=cluster``, one process), and the others
+    (``SWARMLESS_TEST_PART=engine``) on 2 pytest-xdist workers, a file to a worker
+    (``--dist loadfile``: its module fixtures made once). The cluster's nodes have fixed
+    names, one cluster per engine, and its tests kill and cut off nodes: they do not share
+    the machine with another worker. Each worker is a session of its own (its own id,
+    labels and clean-up); under xdist the files with long tests come first, so that the
+    last file a worker takes is a short one."""
+    swarm = {i.path for i in items if "cluster" in getattr(i, "fixturenames", ())}
+    part = os.environ.get("SWARMLESS_TEST_PART")
+    if part in ("cluster", "engine"):
+        drop = [i for i in items if (i.path in swarm) != (part == "cluster")]
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = [i for i in items if (i.path in swarm) == (part == "cluster")]
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker collects, and sorts alike
+        long = {i.path for i in items if any(i.get_closest_marker(m) for m in LONG)}
+        items.sort(key=lambda i: i.path not in long)  # stable: the order within each kept
+
+
 @pytest.fixture(scope="session")
 def engine() -> Iterator[docker.DockerClient]:
     try:

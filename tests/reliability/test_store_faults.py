@@ -324,7 +324,7 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster() -> Iterator[tuple[Cluster, str]]:
+def pg_cluster() -> Iterator[tuple[Cluster, str]]:
     c = Cluster()
     try:
         url = c.start()
@@ -342,9 +342,9 @@ def test_postgres_stopped_and_started_under_load(
     labels: dict[str, str],
     tmp_path: Path,
     image: str,
-    cluster: tuple[Cluster, str],
+    pg_cluster: tuple[Cluster, str],
 ) -> None:
-    pg, url = cluster
+    pg, url = pg_cluster
     gw = RunningGateway(tmp_path, labels, store_url=url, lease_ttl=2).start()
 
     def health() -> dict[str, Any]:
