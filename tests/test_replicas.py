@@ -305,6 +305,51 @@ def lease_replica(store: LeaseTable, me: str, lost: list[str], ttl: float = 1.0)
     )
 
 
+def test_a_try_in_flight_when_the_replica_closes_starts_nothing_again() -> None:
+    """close() gives the lease up. A try of the lease already waiting on the store then
+    (its answer, from before the release, names this replica) must neither hold the lease
+    again nor start this replica as the active gateway a second time: a second start
+    registered the gateway's gauges twice (DuplicateTimeseries, seen once in a test run)
+    and replaced the active gateway that the stop was draining."""
+
+    async def main() -> None:
+        store, lost, leads = LeaseTable(), [], []
+
+        async def lead() -> None:
+            leads.append(1)
+
+        me = "http://a:1"
+        replicas = Replicas(
+            store,  # type: ignore[arg-type]
+            me,
+            holder=me,
+            lease="gateway:x",
+            ttl=1.0,
+            lead=lead,
+            lost=lost.append,
+        )
+        await replicas.start()
+        assert replicas.active
+        assert leads == [1]
+        started = replicas._starting
+        real = store.acquire_lease
+
+        async def answered_then_closed(*args: Any, **kwargs: Any) -> LeaseState:
+            state = await real(*args, **kwargs)
+            await replicas.close()  # the gateway stops while this try waits on the store
+            return state
+
+        store.acquire_lease = answered_then_closed  # type: ignore[method-assign]
+        await replicas._try()  # what the lease loop was doing
+        assert replicas._starting is started, "started as the active gateway again"
+        assert not replicas._holding
+        assert not replicas.active
+        assert leads == [1]
+        assert lost == []
+
+    asyncio.run(main())
+
+
 def test_a_lone_active_replica_keeps_serving_while_its_store_hangs() -> None:
     """No other replica stands by: a store that hangs for several lease lifetimes does not
     end the active one; it renews once the store answers again."""

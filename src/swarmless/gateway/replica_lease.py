@@ -122,6 +122,8 @@ class ReplicaLease:
         except (TimeoutError, SwarmlessError) as e:
             self._store_failed(str(e) or "the store did not answer in time")
             return
+        if self._done:  # closed while it waited on the store: the answer is stale
+            return
         if self.store_error is not None:
             log.warning("gateway lease: the store answers again")
             self.store_error = None
@@ -222,7 +224,9 @@ class ReplicaLease:
         self._lost(why)
 
     async def close(self) -> None:
-        """Stop trying; give the lease up if we hold it, so a standby takes over at once."""
+        """Stop trying; give the lease up if we hold it, so a standby takes over at once.
+        A try already waiting on the store then acts on nothing it is told."""
+        self._done = True
         for task in (self._task, self._starting):
             if task is not None:
                 task.cancel()
