@@ -53,10 +53,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     swarm = {i.path for i in items if "cluster" in getattr(i, "fixturenames", ())}
     part = os.environ.get("SWARMLESS_TEST_PART")
     if part in ("cluster", "engine"):
-        drop = [i for i in items if (i.path in swarm) != (part == "cluster")]
+        keep: list[pytest.Item] = []
+        drop: list[pytest.Item] = []
+        for item in items:
+            (keep if (item.path in swarm) == (part == "cluster") else drop).append(item)
         if drop:
             config.hook.pytest_deselected(items=drop)
-            items[:] = [i for i in items if (i.path in swarm) == (part == "cluster")]
+            items[:] = keep
     if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker collects, and sorts alike
         long = {i.path for i in items if any(i.get_closest_marker(m) for m in LONG)}
         items.sort(key=lambda i: i.path not in long)  # stable: the order within each kept

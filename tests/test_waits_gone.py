@@ -79,10 +79,10 @@ def held(gw: RunningGateway, method: str, path: str, body: object = None) -> soc
 
 def give_up(gw: RunningGateway, sock: socket.socket, kind: str) -> None:
     """Once the gateway holds ``sock``'s request, close it; the wait must be dropped."""
-    wait_until(
+    seen = wait_until(
         lambda: waits(gw), 30, f"a {kind} wait held", ok=lambda w: w.get(("in_progress", kind)) == 1
     )
-    before = waits(gw).get(("abandoned_total", kind), 0)
+    before = seen.get(("abandoned_total", kind), 0)
     sock.close()
     wait_until(
         lambda: waits(gw),
