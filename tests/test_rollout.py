@@ -9,10 +9,12 @@ a user would (``SWARMLESS_GATEWAY_URL``, ``SWARMLESS_TOKEN``). Images are tagged
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import threading
 import time
+import types
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +26,10 @@ import yaml
 from click.testing import CliRunner, Result
 
 from swarmless.cli import main
+from swarmless.dispatch.pool import WarmPool
+from swarmless.dispatch.pool_types import Worker
+from swarmless.gateway import rollout
+from swarmless.spec import FunctionSpec
 from tests.conftest import BUSYBOX, PYTHON
 from tests.gateway_harness import TOKEN, RunningGateway
 from tests.waiting import wait_until
@@ -334,3 +340,42 @@ def test_from_env_inside_functions_calls_other_functions(
         r = http.get(f"/invocations/{answer.call_id}/result", headers={"Authorization": "x"})
     assert r.status_code == 401
     assert json.loads(r.text)["error"] == "unauthorized"
+
+
+# -- the rollout's wait, alone -------------------------------------------------------------
+
+
+def test_the_rollout_wait_is_woken_by_changes_not_by_polling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A deploy's rollout wait looks at the containers when one changes, as a scale's wait
+    does: in 0.4 s without a change it looks once or twice (a poll every 20 ms looked 20
+    times), and it answers ``done`` as soon as the old version's container is retired."""
+    looks = 0
+    real = rollout._old_serving
+
+    def counted(d: object, name: str, version: int) -> int:
+        nonlocal looks
+        looks += 1
+        return real(d, name, version)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rollout, "_old_serving", counted)
+
+    async def main() -> None:
+        spec = FunctionSpec(name="rolled", image=PYTHON, mode="warm", handler="h:handle")
+        pool = WarmPool(spec, 2)
+        old = Worker(id="w1", token="t", function="rolled", version=1, state="ready")
+        pool.add_worker(old)
+        d = types.SimpleNamespace(pools={"rolled": pool})
+        waiting = asyncio.ensure_future(rollout.settle(d, "rolled", 2, 60.0))  # type: ignore[arg-type]
+        await asyncio.sleep(0.4)  # the window in which a poll would have looked 20 times
+        assert not waiting.done(), waiting
+        seen = looks
+        assert seen <= 3, f"the rollout wait looked {seen} times in 0.4 s with no change"
+        pool.retire(old)
+        got = await asyncio.wait_for(waiting, 30)
+        assert got.state == "done", got
+        assert got.old == 0, got
+        assert looks == seen + 1, "one look once the container changed"
+
+    asyncio.run(main())

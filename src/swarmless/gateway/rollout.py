@@ -17,6 +17,7 @@ that is not another's), nothing applied, and what would change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from typing import Any
@@ -31,6 +32,8 @@ __all__ = ["ROLLOUT_WAIT", "Rollout", "check_name", "pin", "preview", "settle"]
 
 #: Seconds a deploy waits by default for the old version to stop taking calls.
 ROLLOUT_WAIT = 60.0
+#: Seconds between two looks at a rollout that no change of the containers woke.
+RECHECK = 1.0
 #: Worker states in which a worker can still be handed a call (or becomes able to).
 _SERVING = ("starting", "ready", "paused")
 #: The label of the functions a Python-native app deploys (swarmless.native).
@@ -146,19 +149,27 @@ def _old_serving(d: Dispatcher, name: str, version: int) -> int:
 
 async def settle(d: Dispatcher, name: str, version: int, timeout: float) -> Rollout:
     """Wait until no container of an older version of warm function ``name`` can be handed
-    a call (retired ones finish what they hold), for ``timeout`` seconds at most."""
+    a call (retired ones finish what they hold), for ``timeout`` seconds at most.
+
+    Woken by each change of the function's containers (:meth:`WarmPool.changes
+    <swarmless.dispatch.pool.WarmPool.changes>`: one ready, draining, gone, crashed), as a
+    scale's wait is, not by polling; looked at again every :data:`RECHECK` seconds all the
+    same (a pool replaced meanwhile tells its changes to nobody who waits on the old one)."""
     start = time.monotonic()
-    old = _old_serving(d, name, version)
-    if old == 0:
+    if _old_serving(d, name, version) == 0:
         return Rollout("none")
     deadline = start + timeout
+    # One turn of the event loop first: what the deploy set in motion without a wait (the
+    # planner retiring the old containers when none of the new version is wanted) is seen.
+    await asyncio.sleep(0)
     while True:
-        await asyncio.sleep(0.02)
+        pool = d.pools.get(name)
+        # Taken before the look: a change that comes after it wakes the wait below.
+        change = pool.changes() if pool is not None else None
         old = _old_serving(d, name, version)
         waited = round(time.monotonic() - start, 3)
         if old == 0:
             return Rollout("done", waited=waited)
-        pool = d.pools.get(name)
         if pool is not None and pool.crashed and (pool.crashed_at or 0) > start:
             return Rollout(
                 "failed",
@@ -167,7 +178,8 @@ async def settle(d: Dispatcher, name: str, version: int, timeout: float) -> Roll
                 reason=f"a container of version {version} crashed before it was ready "
                 f"({pool.crashed}); version {version - 1} and older serve on",
             )
-        if time.monotonic() >= deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             return Rollout(
                 "pending",
                 old=old,
@@ -175,3 +187,6 @@ async def settle(d: Dispatcher, name: str, version: int, timeout: float) -> Roll
                 reason=f"no container of version {version} was ready after {timeout:g}s; "
                 f"{old} of an older version still serve (the rollout goes on)",
             )
+        assert change is not None  # old > 0: the pool is there
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(change.wait(), min(left, RECHECK))
