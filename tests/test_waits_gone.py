@@ -4,7 +4,8 @@ dropped when their client goes away, against a real gateway and engine.
 Each wait is held open by a raw socket until ``/metrics`` counts it, the socket is closed,
 and the gateway must give the wait up: ``swarmless_gateway_waits_in_progress`` back to 0
 and ``swarmless_gateway_waits_abandoned_total`` up by one, long before the wait's own end
-(a minute to ten). The same waits, kept, still answer as before.
+(a minute to ten). The same waits, kept, still answer as before. And attacked from inside
+a container: a function that holds 40 waits with its own token and drops them at once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tests.gateway_harness import TOKEN, RunningGateway
 from tests.waiting import wait_until
 
 HANDLERS = """
-import os, signal, time
+import json, os, signal, socket, struct, time, urllib.error, urllib.parse, urllib.request
 
 if os.environ.get("HANG_AT_IMPORT"):  # a container that never gets ready (and stops at once)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
@@ -32,6 +33,51 @@ if os.environ.get("HANG_AT_IMPORT"):  # a container that never gets ready (and s
 def slow(event, context):
     time.sleep(float(event["body"] or b"0"))
     return "slept"
+
+_held = []  # the waits a waiter opened and did not close yet (one container, one process)
+
+def _status(url, token, data=None):
+    req = urllib.request.Request(url, data=data, method="POST" if data else "GET",
+                                 headers={"Authorization": "Bearer " + token,
+                                          "Content-Type": "application/json"})
+    try:
+        return urllib.request.urlopen(req, timeout=30).status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+def waiter(event, context):
+    # A hostile function: from its own container, with its own token, it holds as many
+    # waits on the gateway as it can, then drops them all at once (RST, no FIN).
+    order = event["json"]
+    base, token = os.environ["SWARMLESS_GATEWAY_URL"], os.environ["SWARMLESS_TOKEN"]
+    if order.get("close"):
+        for s in _held:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        closed = len(_held)
+        _held.clear()
+        return {"closed": closed}
+    # A long call of its own: the waits wait for its result (a function may read those).
+    req = urllib.request.Request(base + "/async-function/" + order["callee"], data=b"600",
+                                 method="POST",
+                                 headers={"Authorization": "Bearer " + token,
+                                          "X-Swarmless-Parent": context.call_id})
+    child = json.loads(urllib.request.urlopen(req, timeout=30).read())["call_id"]
+    url = urllib.parse.urlsplit(base)
+    for _ in range(order["n"]):
+        s = socket.create_connection((url.hostname, url.port), timeout=10)
+        s.sendall(("GET /invocations/%s/result?wait=60 HTTP/1.1\\r\\nHost: gw\\r\\n"
+                   "Authorization: Bearer %s\\r\\n\\r\\n" % (child, token)).encode())
+        _held.append(s)
+    # Waits it may not hold: another's call's result, a scale's wait, a rollout's.
+    spec = json.dumps({"name": order["callee"], "image": "x", "mode": "warm"}).encode()
+    return {
+        "child": child,
+        "foreign": _status(base + "/invocations/%s/result?wait=60" % order["foreign"], token),
+        "scale": _status(base + "/system/scale/" + order["callee"], token,
+                         json.dumps({"replicas": 1, "wait": 600}).encode()),
+        "rollout": _status(base + "/system/functions?wait=600", token, spec),
+    }
 """
 
 
@@ -132,3 +178,54 @@ def test_scale_and_rollout_waits_are_dropped_when_their_client_leaves(
     after = waits(gw)
     assert after[("in_progress", "scale")] == after[("in_progress", "rollout")] == 0
     assert after[("abandoned_total", "scale")] == after[("abandoned_total", "rollout")] == 1
+
+
+@pytest.mark.security
+def test_a_function_that_drops_the_waits_it_holds_leaves_nothing_held(
+    gw: RunningGateway, image: str
+) -> None:
+    """Attacked from inside a container: a function, with its own token, holds 40 result
+    waits on a call it made, and drops them all at once (RST). The gateway gives every one
+    up (counted as abandoned), and the waits a function may not hold (another's result, a
+    scale's, a rollout's) are refused at once, never counted as held."""
+    client = gw.client()
+    base = {"image": image, "mode": "warm", "max_containers": 1}
+    client.deploy({"name": "waiter", **base, "handler": "handler:waiter", "concurrency": 1})
+    client.deploy({"name": "sleeper", **base, "handler": "handler:slow", "concurrency": 4})
+    n = 40
+    with gw.http(timeout=120) as http:
+        foreign = http.post("/async-function/sleeper", content=b"0").raise_for_status()
+        before = waits(gw)
+        order = {"n": n, "callee": "sleeper", "foreign": foreign.json()["call_id"]}
+        r = http.post("/function/waiter", json=order)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["foreign"] == 401, out
+        assert out["scale"] == 401, out
+        assert out["rollout"] == 401, out
+        held_now = wait_until(
+            lambda: waits(gw),
+            60,
+            f"the function's {n} result waits held",
+            ok=lambda w: w.get(("in_progress", "result"), 0) >= n,
+        )
+        assert held_now.get(("in_progress", "scale"), 0) == 0, held_now
+        assert held_now.get(("in_progress", "rollout"), 0) == 0, held_now
+        r = http.post("/function/waiter", json={"close": True})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"closed": n}
+        gone = before.get(("abandoned_total", "result"), 0) + n
+        wait_until(
+            lambda: waits(gw),
+            30,  # the waits' own end is 60 s away (MAX_WAIT)
+            f"the {n} waits the function dropped given up",
+            ok=lambda w: (
+                w.get(("in_progress", "result")) == 0
+                and w.get(("abandoned_total", "result")) == gone
+            ),
+        )
+        # The gateway serves on, and a wait that is kept still gets its answer.
+        quick = http.post("/async-function/sleeper", content=b"0").raise_for_status()
+        got = http.get(f"/invocations/{quick.json()['call_id']}/result?wait=60")
+        assert got.status_code == 200, got.text
+        assert got.text == "slept"
