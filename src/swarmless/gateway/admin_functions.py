@@ -105,12 +105,9 @@ class FunctionRoutes:
             self.gw.start_reconciler(spec.name)
         body = self._describe(spec, version)
         body["previous_version"] = before
-        if before != version and wait > 0:
-            rollout = await unless_gone(
-                self.gw, request, "rollout", settle(d, spec.name, version, wait)
-            )
-        else:
-            rollout = await settle(d, spec.name, version, 0.0)
+        waits = before != version and wait > 0
+        settled = settle(d, spec.name, version, wait if waits else 0.0)
+        rollout = await (unless_gone(self.gw, request, "rollout", settled) if waits else settled)
         body["rollout"] = rollout.to_dict()
         return JSONResponse(body, status_code=200 if current is not None else 201)
 

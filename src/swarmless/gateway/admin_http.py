@@ -108,7 +108,6 @@ async def unless_gone(
     gone = asyncio.ensure_future(disconnected(request.receive))
     if metrics is not None:
         metrics.waits.labels(kind).inc()
-    done: set[asyncio.Future[Any]] = set()
     try:
         done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
