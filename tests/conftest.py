@@ -16,6 +16,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import docker
@@ -25,6 +26,7 @@ import requests
 import swarmless
 
 if TYPE_CHECKING:
+    from tests.gateway_harness import RunningGateway
     from tests.swarm_harness import Cluster
 
 SESSION = uuid.uuid4().hex[:8]
@@ -124,6 +126,19 @@ def _ours(labels: dict[str, str]) -> bool:
 @pytest.fixture(scope="session")
 def labels() -> dict[str, str]:
     return {"swarmless.test": SESSION}
+
+
+@pytest.fixture
+def gateway(
+    tmp_path: Path, labels: dict[str, str], engine: docker.DockerClient
+) -> Iterator[RunningGateway]:
+    """A gateway of the test's own (tests/gateway_harness.py), stopped at the end: its
+    containers and networks removed."""
+    from tests.gateway_harness import RunningGateway
+
+    gw = RunningGateway(tmp_path / "gw", labels).start()
+    yield gw
+    gw.stop(engine)
 
 
 @pytest.fixture

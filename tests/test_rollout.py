@@ -60,15 +60,6 @@ def images(engine: docker.DockerClient) -> Iterator[Callable[[str], str]]:
                 engine.images.remove(image.id, force=True)
 
 
-@pytest.fixture
-def gateway(
-    tmp_path: Path, labels: dict[str, str], engine: docker.DockerClient
-) -> Iterator[RunningGateway]:
-    gw = RunningGateway(tmp_path / "gw", labels).start()
-    yield gw
-    gw.stop(engine)
-
-
 def cli(gw: RunningGateway, *args: str) -> Result:
     """``swarmless ARGS`` as a user of ``gw`` runs it."""
     env = {"SWARMLESS_GATEWAY_URL": gw.url, "SWARMLESS_TOKEN": TOKEN}

@@ -23,7 +23,7 @@ from swarmless.build import dockerfile_bases
 from swarmless.cli import main
 from swarmless.cli.new import ALIASES, TEMPLATES, write_template
 from tests.gateway_harness import RunningGateway
-from tests.test_rollout import cli, gateway, images  # noqa: F401  (fixtures)
+from tests.test_rollout import cli, images  # noqa: F401  (fixtures)
 
 TEMPLATE_DIR = Path(__file__).parent.parent / "src" / "swarmless" / "templates"
 
@@ -87,7 +87,7 @@ Deployed = Callable[[str, str], tuple[str, str, str]]
 @pytest.fixture
 def deployed(
     tmp_path: Path,
-    gateway: RunningGateway,  # noqa: F811
+    gateway: RunningGateway,
     images: Callable[[str], str],  # noqa: F811
 ) -> Deployed:
     """Deploys a template through the CLI: the deploy's output, the function's URL, its

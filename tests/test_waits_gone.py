@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-import docker
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -86,15 +84,6 @@ def image(build_image: Callable[..., str]) -> str:
     return handler_image(build_image, "waits-gone", HANDLERS)
 
 
-@pytest.fixture
-def gw(
-    tmp_path: Path, labels: dict[str, str], engine: docker.DockerClient
-) -> Iterator[RunningGateway]:
-    g = RunningGateway(tmp_path / "gw", labels).start()
-    yield g
-    g.stop(engine)
-
-
 def waits(gw: RunningGateway) -> dict[tuple[str, str], float]:
     """``(metric, kind) -> value`` of the two metrics of held requests."""
     with gw.http() as http:
@@ -140,62 +129,66 @@ def give_up(gw: RunningGateway, sock: socket.socket, kind: str) -> None:
     )
 
 
-def test_a_result_wait_is_dropped_when_its_client_leaves(gw: RunningGateway, image: str) -> None:
-    client = gw.client()
+def test_a_result_wait_is_dropped_when_its_client_leaves(
+    gateway: RunningGateway, image: str
+) -> None:
+    client = gateway.client()
     client.deploy({"name": "slow", "image": image, "mode": "warm", "handler": "handler:slow"})
-    with gw.http() as http:
+    with gateway.http() as http:
         busy = http.post("/async-function/slow", content=b"600").raise_for_status()
         call_id = busy.json()["call_id"]
-        give_up(gw, held(gw, "GET", f"/invocations/{call_id}/result?wait=60"), "result")
+        give_up(gateway, held(gateway, "GET", f"/invocations/{call_id}/result?wait=60"), "result")
         # A wait that is kept still gets its answer, and is not counted as abandoned.
         quick = http.post("/async-function/slow", content=b"0").raise_for_status()
         got = http.get(f"/invocations/{quick.json()['call_id']}/result?wait=60")
         assert got.status_code == 200, got.text
         assert got.text == "slept"
-    after = waits(gw)
+    after = waits(gateway)
     assert after[("in_progress", "result")] == 0
     assert after[("abandoned_total", "result")] == 1
 
 
 def test_scale_and_rollout_waits_are_dropped_when_their_client_leaves(
-    gw: RunningGateway, image: str
+    gateway: RunningGateway, image: str
 ) -> None:
-    client = gw.client()
+    client = gateway.client()
     base = {"image": image, "mode": "warm", "handler": "handler:slow", "max_containers": 2}
     client.deploy({"name": "hang", **base, "env": {"HANG_AT_IMPORT": "1"}})
-    give_up(gw, held(gw, "POST", "/system/scale/hang", {"replicas": 1, "wait": 600}), "scale")
+    give_up(
+        gateway, held(gateway, "POST", "/system/scale/hang", {"replicas": 1, "wait": 600}), "scale"
+    )
 
     client.deploy({"name": "roll", **base, "min_containers": 1}, wait=60)
-    gw.wait_for(lambda: gw.dispatcher.snapshot()["roll"]["ready"] == 1, 60, "roll ready")
+    gateway.wait_for(lambda: gateway.dispatcher.snapshot()["roll"]["ready"] == 1, 60, "roll ready")
     spec = {"name": "roll", **base, "min_containers": 1, "env": {"HANG_AT_IMPORT": "1"}}
-    give_up(gw, held(gw, "PUT", "/system/functions/roll?wait=600", spec), "rollout")
+    give_up(gateway, held(gateway, "PUT", "/system/functions/roll?wait=600", spec), "rollout")
 
     # Kept, a scale's wait still answers once its containers are ready.
     client.deploy({"name": "fine", **base})
-    with gw.http() as http:
+    with gateway.http() as http:
         ok = http.post("/system/scale/fine", json={"replicas": 2, "wait": 60})
         assert ok.status_code == 200, ok.text
-    after = waits(gw)
+    after = waits(gateway)
     assert after[("in_progress", "scale")] == after[("in_progress", "rollout")] == 0
     assert after[("abandoned_total", "scale")] == after[("abandoned_total", "rollout")] == 1
 
 
 @pytest.mark.security
 def test_a_function_that_drops_the_waits_it_holds_leaves_nothing_held(
-    gw: RunningGateway, image: str
+    gateway: RunningGateway, image: str
 ) -> None:
     """Attacked from inside a container: a function, with its own token, holds 40 result
     waits on a call it made, and drops them all at once (RST). The gateway gives every one
     up (counted as abandoned), and the waits a function may not hold (another's result, a
     scale's, a rollout's) are refused at once, never counted as held."""
-    client = gw.client()
+    client = gateway.client()
     base = {"image": image, "mode": "warm", "max_containers": 1}
     client.deploy({"name": "waiter", **base, "handler": "handler:waiter", "concurrency": 1})
     client.deploy({"name": "sleeper", **base, "handler": "handler:slow", "concurrency": 4})
     n = 40
-    with gw.http(timeout=120) as http:
+    with gateway.http(timeout=120) as http:
         foreign = http.post("/async-function/sleeper", content=b"0").raise_for_status()
-        before = waits(gw)
+        before = waits(gateway)
         order = {"n": n, "callee": "sleeper", "foreign": foreign.json()["call_id"]}
         r = http.post("/function/waiter", json=order)
         assert r.status_code == 200, r.text
@@ -204,7 +197,7 @@ def test_a_function_that_drops_the_waits_it_holds_leaves_nothing_held(
         assert out["scale"] == 401, out
         assert out["rollout"] == 401, out
         held_now = wait_until(
-            lambda: waits(gw),
+            lambda: waits(gateway),
             60,
             f"the function's {n} result waits held",
             ok=lambda w: w.get(("in_progress", "result"), 0) >= n,
@@ -216,7 +209,7 @@ def test_a_function_that_drops_the_waits_it_holds_leaves_nothing_held(
         assert r.json() == {"closed": n}
         gone = before.get(("abandoned_total", "result"), 0) + n
         wait_until(
-            lambda: waits(gw),
+            lambda: waits(gateway),
             30,  # the waits' own end is 60 s away (MAX_WAIT)
             f"the {n} waits the function dropped given up",
             ok=lambda w: (

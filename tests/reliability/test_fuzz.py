@@ -28,10 +28,8 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import docker
 import pytest
 
 from tests.gateway_harness import TOKEN, RunningGateway
@@ -67,16 +65,7 @@ class _Errors(logging.Handler):
         self.records.append(record)
 
 
-@pytest.fixture
-def gw(
-    engine: docker.DockerClient, labels: dict[str, str], tmp_path: Path
-) -> Iterator[RunningGateway]:
-    g = RunningGateway(tmp_path / "gw", labels).start()
-    yield g
-    g.stop(engine)
-
-
-def test_fuzz_every_operation(gw: RunningGateway, tmp_path: Path) -> None:
+def test_fuzz_every_operation(gateway: RunningGateway, tmp_path: Path) -> None:
     errors = _Errors()
     logger = logging.getLogger("swarmless")
     logger.addHandler(errors)
@@ -87,7 +76,7 @@ def test_fuzz_every_operation(gw: RunningGateway, tmp_path: Path) -> None:
             [
                 str(schemathesis),
                 "run",
-                f"{gw.url}/openapi.json",
+                f"{gateway.url}/openapi.json",
                 "--header",
                 f"Authorization: Bearer {TOKEN}",
                 "--max-examples",
@@ -121,7 +110,7 @@ def test_fuzz_every_operation(gw: RunningGateway, tmp_path: Path) -> None:
             timeout=800,
             check=False,
         )
-        with gw.http() as http:  # what the fuzzer deployed goes (its containers with it)
+        with gateway.http() as http:  # what the fuzzer deployed goes (its containers with it)
             for f in http.get("/system/functions").json():
                 http.delete(f"/system/functions/{f['name']}")
             for name in http.get("/system/secrets").json():
