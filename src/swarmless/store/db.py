@@ -39,14 +39,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, event
+from sqlalchemy import Table, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from swarmless.exceptions import GatewayUnavailable, SwarmlessError
 from swarmless.store.db_engines import async_url, engines
-from swarmless.store.db_errors import describe, refused, unavailable
+from swarmless.store.db_errors import dead_connection, describe, refused, unavailable
 from swarmless.store.waits import Watchers
 
 __all__ = [
@@ -84,6 +84,11 @@ _unavailable = unavailable
 
 
 _WROTE = "swarmless.wrote"
+
+
+class _NotAlone(Exception):
+    """A write of :meth:`Database._write_alone` is not one bulk statement: nothing of it
+    was sent, :meth:`Database._write` writes it instead."""
 
 
 def _note_writes(
@@ -173,6 +178,9 @@ class Database:
         #: PostgreSQL, in :meth:`_gathered`: its connection, and the rows of each bulk
         #: statement run there so far (written at the block's end, in one statement).
         self._gather: tuple[AsyncConnection, dict[Any, list[dict[str, Any]]]] | None = None
+        #: PostgreSQL, in :meth:`_write_alone`: its connection (nothing but bulk statements
+        #: may run there).
+        self._alone: AsyncConnection | None = None
         self._checkpointing: asyncio.Task[None] | None = None
         #: Rows written by :meth:`_write_now` since its last checkpoint.
         self._unchecked = 0
@@ -337,6 +345,80 @@ class Database:
         self._answered()
         self._checkpoint_soon()
         return True
+
+    async def _write_alone(self, body: Callable[[AsyncConnection], Awaitable[None]]) -> bool:
+        """PostgreSQL: :meth:`_write` of ``body`` as one statement sent alone, outside any
+        transaction; False if it was not written (then :meth:`_write` writes it, in a
+        transaction): on SQLite, or when ``body`` runs a statement other than the bulk
+        ones (nothing was sent), or when the connection was dead and the statement was
+        not written (below).
+
+        ``body``'s bulk statements (:meth:`_executemany_all`) are gathered, as in
+        :meth:`_gathered`, into the one statement of :meth:`_unnest`. A statement is atomic
+        by itself (the server runs it in a transaction of its own, and commits it as
+        durably as a COMMIT), so it needs no BEGIN and no COMMIT: one round trip instead
+        of three, and none of SQLAlchemy's transaction work on the event loop.
+
+        A transaction begins with BEGIN, which finds a pooled connection that died unseen
+        (:meth:`_begin_pg` begins again on a new one). Here the statement itself finds
+        it, and whether the server ran it first is not known: :meth:`_was_written` reads
+        it back on a new connection. Written: True; not: False, written again. Any other
+        error is :meth:`_write`'s (the outcome of a statement that failed otherwise is as
+        unknown as that of a failed COMMIT, and it is not sent again)."""
+        if self.dialect == "sqlite":
+            return False
+        try:
+            with self._translated():
+                async with self._turn(), _connected(self._writer) as conn:
+                    if self._gather is not None:  # the write-behind gathers: in a transaction
+                        return False
+                    gathered: dict[Any, list[dict[str, Any]]] = {}
+                    self._gather, self._alone = (conn, gathered), conn
+                    try:
+                        await body(conn)
+                    finally:
+                        self._gather = self._alone = None
+                    if conn.in_transaction():  # a statement ran through SQLAlchemy
+                        await conn.rollback()  # (unwritten): all of it in a transaction
+                        return False
+                    if not gathered:
+                        return True
+                    work = list(gathered.items())
+                    try:
+                        await self._executemany_pg(conn, work, alone=True)
+                    except Exception as e:
+                        if not dead_connection(e):
+                            raise
+                        await conn.invalidate()
+                        dead = describe(e)
+                    else:
+                        self._answered()
+                        return True
+                written = await self._was_written(work)
+        except _NotAlone:
+            return False
+        log.info(
+            "store: a pooled connection was dead (%s); its statement was %s", dead,
+            "written" if written else "not written: writing it in a transaction",
+        )  # fmt: skip
+        if written:
+            self._answered()
+        return written
+
+    async def _was_written(self, work: list[tuple[Any, list[dict[str, Any]]]]) -> bool:
+        """Whether the one statement of ``work`` (:meth:`_write_alone`) was written: it is
+        atomic, so one row it inserts tells (the first of the first insert, by its
+        primary key). One that inserts nothing is written again either way: its upserts,
+        and updates and deletes by key, write the same thing twice as once."""
+        for stmt, rows in work:
+            form = self._bulk[stmt]
+            if form.update or form.delete or form.key is not None or not rows:
+                continue
+            [key] = form.table.primary_key.columns
+            query = select(func.count()).select_from(form.table).where(key == rows[0][key.name])
+            async with self._read() as conn:
+                return bool((await conn.execute(query)).scalar_one())
+        return False
 
     def _checkpoint_soon(self) -> None:
         """Checkpoint (in the background) once :data:`CHECKPOINT_ROWS` were written on the
@@ -543,6 +625,7 @@ class Database:
                     others = [name for name in names if name != quote(form.key)]
                     sets = ", ".join(f"{name} = excluded.{name}" for name in others)
                     sql += f" ON CONFLICT ({quote(form.key)}) DO UPDATE SET {sets}"
+
                 parts.append(sql)
             sql = parts[-1]
             if len(parts) > 1:
@@ -597,11 +680,14 @@ class Database:
         if self.dialect != "sqlite":
             bulk = all(stmt in self._bulk for stmt, _ in work)
             gather = self._gather
-            if gather is not None and gather[0] is conn:
-                if bulk:
-                    for stmt, rows in work:
-                        gather[1].setdefault(stmt, []).extend(rows)
-                    return
+            mine = gather is not None and gather[0] is conn
+            if mine and bulk:
+                for stmt, rows in work:
+                    gather[1].setdefault(stmt, []).extend(rows)  # type: ignore[index]
+                return
+            if self._alone is conn:
+                raise _NotAlone  # another statement: written in a transaction instead
+            if mine:
                 await self._flush_gathered()  # in the order they were run
             if len(work) > 1 and bulk:
                 await self._executemany_pg(conn, work)
@@ -649,7 +735,11 @@ class Database:
         return compiled
 
     async def _executemany_pg(
-        self, conn: AsyncConnection, work: list[tuple[Any, list[dict[str, Any]]]]
+        self,
+        conn: AsyncConnection,
+        work: list[tuple[Any, list[dict[str, Any]]]],
+        *,
+        alone: bool = False,
     ) -> None:
         """PostgreSQL: each (statement, rows) of ``work`` once per row through asyncpg's
         ``executemany``, or (several statements, or many rows of one, every statement
@@ -658,7 +748,8 @@ class Database:
         one statement, :meth:`_unnest`; in the transaction of SQLAlchemy's adapter (begun
         first if it was not yet: the adapter begins lazily, at its first statement), under
         its lock; asyncpg's errors raised as SQLAlchemy's. An adapter without those parts
-        (another SQLAlchemy version) goes through SQLAlchemy."""
+        (another SQLAlchemy version) goes through SQLAlchemy. ``alone``: all of ``work`` in
+        one statement sent outside any transaction (:meth:`_write_alone`)."""
         adapter: Any = (await conn.get_raw_connection()).dbapi_connection
         driver = getattr(adapter, "_connection", None)
         mutex = getattr(adapter, "_execute_mutex", None)
@@ -669,11 +760,13 @@ class Database:
             or not hasattr(adapter, "_start_transaction")
             or not hasattr(driver, "executemany")
         ):
+            if alone:
+                raise _NotAlone  # another adapter: in a transaction, through SQLAlchemy
             for stmt, rows in work:
                 await conn.execute(stmt, rows)
             return
         stmt, rows = work[0]
-        bulk = len(work) > 1 or (len(rows) > 1 and stmt in self._bulk)
+        bulk = alone or len(work) > 1 or (len(rows) > 1 and stmt in self._bulk)
         arrays: list[list[Any]] = []
         if bulk:
             sql, forms = self._unnest([stmt for stmt, _ in work])
@@ -690,7 +783,7 @@ class Database:
             params = [pick(row) for row in rows]
         async with mutex:
             try:
-                if adapter._transaction is None:
+                if adapter._transaction is None and not alone:
                     await adapter._start_transaction()
                 if bulk:
                     await driver.execute(sql, *arrays)

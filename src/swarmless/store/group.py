@@ -178,7 +178,10 @@ class GroupCommit:
 
         try:
             small = sum(p.size for p in batch) <= WRITE_NOW_BYTES
-            if not (small and await self._db._write_now(write)):
+            if not (
+                (small and await self._db._write_now(write))  # SQLite, on the loop's thread
+                or await self._db._write_alone(write)  # PostgreSQL, one statement
+            ):
                 async with self._db._write() as conn, self._db._gathered(conn):
                     await write(conn)
         except GatewayUnavailable as e:  # the database is away: every op fails

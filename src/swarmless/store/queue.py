@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import bindparam, delete, func, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from swarmless.exceptions import SwarmlessError
@@ -135,12 +135,15 @@ class QueueOps(ClaimOps):
                 .values({name: bindparam(name) for name in _OUTCOME_COLUMNS})
             )
         # A started call's record says running (unless it already says more): one
-        # statement built once, run for every call marked (by primary key).
+        # statement built once, run for every call marked (by primary key); on PostgreSQL
+        # its rows join the one statement of the group that writes them.
+        queued = invocations.c.status == literal_column("'queued'")
         self._mark = (
             update(invocations)
-            .where(invocations.c.id == bindparam("mid"), invocations.c.status == bindparam("was"))
-            .values(status=bindparam("now"))
+            .where(invocations.c.id == bindparam("mid"), queued)
+            .values(status=bindparam("status"))
         )
+        self._update_by_key(self._mark, invocations, "id", "mid", where=queued)
         #: Calls started whose record does not say so yet, and the write that will say it
         #: (see :meth:`mark_running`).
         self._marks: set[str] = set()
@@ -285,7 +288,7 @@ class QueueOps(ClaimOps):
     async def _running_many_op(self, conn: AsyncConnection) -> None:
         ids, self._marks = self._marks, set()
         if ids:
-            rows = [{"mid": i, "was": "queued", "now": "running"} for i in ids]
+            rows = [{"mid": i, "status": "running"} for i in ids]
             await self._executemany(conn, self._mark, rows)
 
     async def finish(self, rec: InvocationRecord, result: StoredResult | None = None) -> None:
