@@ -48,6 +48,16 @@ def waiter(event, context):
     # waits on the gateway as it can, then drops them all at once (RST, no FIN).
     order = event["json"]
     base, token = os.environ["SWARMLESS_GATEWAY_URL"], os.environ["SWARMLESS_TOKEN"]
+    if order.get("peek"):  # what the gateway answered on each wait so far (diagnosis)
+        seen = []
+        for s in _held:
+            s.setblocking(False)
+            try:
+                seen.append(s.recv(300, socket.MSG_PEEK).split(b"\\r\\n")[0].decode())
+            except BlockingIOError:
+                seen.append("")
+            s.setblocking(True)
+        return {"answers": seen}
     if order.get("close"):
         for s in _held:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -196,12 +206,16 @@ def test_a_function_that_drops_the_waits_it_holds_leaves_nothing_held(
         assert out["foreign"] == 401, out
         assert out["scale"] == 401, out
         assert out["rollout"] == 401, out
-        held_now = wait_until(
-            lambda: waits(gateway),
-            60,
-            f"the function's {n} result waits held",
-            ok=lambda w: w.get(("in_progress", "result"), 0) >= n,
-        )
+        try:
+            held_now = wait_until(
+                lambda: waits(gateway),
+                60,
+                f"the function's {n} result waits held",
+                ok=lambda w: w.get(("in_progress", "result"), 0) >= n,
+            )
+        except AssertionError as e:
+            peek = http.post("/function/waiter", json={"peek": True}).json()
+            raise AssertionError(f"{e}; the waits' answers so far: {peek}") from None
         assert held_now.get(("in_progress", "scale"), 0) == 0, held_now
         assert held_now.get(("in_progress", "rollout"), 0) == 0, held_now
         r = http.post("/function/waiter", json={"close": True})

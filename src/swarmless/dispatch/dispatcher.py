@@ -95,8 +95,9 @@ class Dispatcher(FunctionTable):
         self._deadlines = Deadlines()
         # Read when metrics are scraped: nothing to count on the hot path.
         self.metrics.in_progress.set_function(lambda: self._inflight)
-        #: Ids of the calls in flight (a one-shot container of none of them is an orphan).
-        self._calls: set[str] = set()
+        #: The calls in flight, id -> function, from their start until their record is
+        #: kept (a one-shot container of none of them is an orphan).
+        self._calls: dict[str, str] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
@@ -143,7 +144,7 @@ class Dispatcher(FunctionTable):
         rec.error = None
         t0 = time.monotonic()
         self._inflight += 1
-        self._calls.add(rec.id)
+        self._calls[rec.id] = name
         self._idle.clear()
         try:
             if spec.mode == "warm":
@@ -174,9 +175,15 @@ class Dispatcher(FunctionTable):
                 self._recorder.record(rec)
             self.metrics.observe(rec, time.monotonic() - t0)
             self._inflight -= 1
-            self._calls.discard(rec.id)
+            self._calls.pop(rec.id, None)
             if self._inflight == 0:
                 self._idle.set()
+
+    def in_flight(self, call_id: str) -> str | None:
+        """The function of call ``call_id`` while this gateway runs it: from its start
+        until its record is kept (buffered: :meth:`Store.get_invocation` finds it from
+        then on), so that no moment of a call is known to neither; None for any other."""
+        return self._calls.get(call_id)
 
     async def _invoke_warm(
         self, spec: FunctionSpec, rec: InvocationRecord, request: Request
@@ -351,7 +358,7 @@ class Dispatcher(FunctionTable):
         if self._idle.is_set():
             return
         self._waited = timeout
-        self._abandoned |= self._calls
+        self._abandoned.update(self._calls)
         stopped = self._stopped_future()
         if not stopped.done():
             stopped.set_result(None)

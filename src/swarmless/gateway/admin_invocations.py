@@ -121,6 +121,10 @@ class InvocationRoutes:
             # The call this container serves now (its record may not be written yet)...
             if self.gw.callers.parent(grant, rec.parent, self.gw.dispatcher) == rec.parent:
                 return
+            # ...or a call of the same function still running here (answered, its record
+            # not kept yet: no longer in the container's hand, not yet in the store)...
+            if self.gw.dispatcher.in_flight(rec.parent) == grant.function:
+                return
             # ...or an earlier call of the same function.
             parent = await self.gw.store.get_invocation(rec.parent)
             if parent is not None and parent.function == grant.function:

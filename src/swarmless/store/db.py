@@ -625,7 +625,6 @@ class Database:
                     others = [name for name in names if name != quote(form.key)]
                     sets = ", ".join(f"{name} = excluded.{name}" for name in others)
                     sql += f" ON CONFLICT ({quote(form.key)}) DO UPDATE SET {sets}"
-
                 parts.append(sql)
             sql = parts[-1]
             if len(parts) > 1:
