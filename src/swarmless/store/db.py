@@ -679,14 +679,14 @@ class Database:
         if self.dialect != "sqlite":
             bulk = all(stmt in self._bulk for stmt, _ in work)
             gather = self._gather
-            mine = gather is not None and gather[0] is conn
-            if mine and bulk:
+            gathered = gather[1] if gather is not None and gather[0] is conn else None
+            if gathered is not None and bulk:
                 for stmt, rows in work:
-                    gather[1].setdefault(stmt, []).extend(rows)  # type: ignore[index]
+                    gathered.setdefault(stmt, []).extend(rows)
                 return
             if self._alone is conn:
                 raise _NotAlone  # another statement: written in a transaction instead
-            if mine:
+            if gathered is not None:
                 await self._flush_gathered()  # in the order they were run
             if len(work) > 1 and bulk:
                 await self._executemany_pg(conn, work)
