@@ -43,6 +43,23 @@ def _status(url, token, data=None):
     except urllib.error.HTTPError as e:
         return e.code
 
+def maker(event, context):
+    # Makes a call of its own (the callee slow), then stays in flight for a while.
+    order = event["json"]
+    base, token = os.environ["SWARMLESS_GATEWAY_URL"], os.environ["SWARMLESS_TOKEN"]
+    req = urllib.request.Request(base + "/async-function/" + order["callee"], data=b"600",
+                                 method="POST",
+                                 headers={"Authorization": "Bearer " + token,
+                                          "X-Swarmless-Parent": context.call_id})
+    urllib.request.urlopen(req, timeout=30).read()
+    time.sleep(order["hold"])
+    return "made"
+
+def snoop(event, context):
+    # Another function's container reads the result of a call it did not make.
+    base, token = os.environ["SWARMLESS_GATEWAY_URL"], os.environ["SWARMLESS_TOKEN"]
+    return {"status": _status(base + "/invocations/%s/result" % event["json"]["call"], token)}
+
 def waiter(event, context):
     # A hostile function: from its own container, with its own token, it holds as many
     # waits on the gateway as it can, then drops them all at once (RST, no FIN).
@@ -236,3 +253,32 @@ def test_a_function_that_drops_the_waits_it_holds_leaves_nothing_held(
         got = http.get(f"/invocations/{quick.json()['call_id']}/result?wait=60")
         assert got.status_code == 200, got.text
         assert got.text == "slept"
+
+
+@pytest.mark.security
+def test_a_function_cannot_read_the_result_of_a_call_another_function_made_while_it_runs(
+    gateway: RunningGateway, image: str
+) -> None:
+    """A call made by function ``maker`` whose own call is still in flight here (the
+    gateway knows it by function: ``Dispatcher.in_flight``): function ``snoop``, with its
+    own token, from its container, is refused its result (401) while the maker's call
+    runs."""
+    client = gateway.client()
+    base = {"image": image, "mode": "warm", "max_containers": 1}
+    for name in ("maker", "snoop"):
+        client.deploy({"name": name, **base, "handler": f"handler:{name}"})
+    client.deploy({"name": "sleeper", **base, "handler": "handler:slow", "concurrency": 4})
+    with gateway.http(timeout=120) as http:
+        made = http.post("/async-function/maker", json={"callee": "sleeper", "hold": 20})
+        maker = made.raise_for_status().json()["call_id"]
+
+        def child() -> str | None:
+            rows = http.get("/invocations", params={"function": "sleeper"}).json()
+            mine = [r["id"] for r in rows if r.get("parent") == maker]
+            return mine[0] if mine else None
+
+        call = wait_until(child, 60, "the maker's call of its own", ok=lambda c: c is not None)
+        assert gateway.dispatcher.in_flight(maker) == "maker"
+        got = http.post("/function/snoop", json={"call": call})
+        assert got.status_code == 200, got.text
+        assert got.json() == {"status": 401}
