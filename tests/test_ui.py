@@ -217,6 +217,66 @@ def test_deploy_invoke_and_watch_the_call_arrive_with_its_logs(
         page.context.close()
 
 
+# Reports each "counts" event the page's own EventSources receive to the test, through a
+# binding (test only: the page's script is unchanged; a listener added first runs first, on
+# the same event; the page's state cannot be read while a navigation is pending, a binding
+# still calls out).
+COUNTS_SEEN = """
+(() => {
+  const Original = window.EventSource;
+  window.EventSource = function (url, options) {
+    const source = new Original(url, options);
+    source.addEventListener("counts", (e) => window.__countsSeen(JSON.parse(e.data).functions));
+    return source;
+  };
+})();
+"""
+
+
+def pump_until(page: Any, predicate: Callable[[], Any], timeout: float, what: str) -> None:
+    """Wait for ``predicate`` while Playwright runs (it calls routes' handlers and bindings
+    only during one of its own calls)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        page.wait_for_timeout(50)
+
+
+def test_a_submitted_deploy_is_not_cancelled_by_the_lists_live_reload(
+    gw: RunningGateway, browser: Any
+) -> None:
+    """The functions list reloads itself when the set of functions changes. A deploy changes
+    it: the reload raced the deploy's redirect and won (the page ended on the list, not on
+    the new function). Here the deploy's request is held until the page has seen the list
+    change (another function deployed meanwhile); then the redirect must still arrive."""
+    from playwright.sync_api import expect
+
+    page = log_in(browser, gw)
+    seen: list[list[str]] = []
+    held: list[Any] = []
+    try:
+        page.expose_function("__countsSeen", lambda names: seen.append(names))
+        page.add_init_script(COUNTS_SEEN)
+        page.goto(f"{gw.url}/ui/")
+        pump_until(page, lambda: seen, 30, "the list's first counts")
+        page.route(f"{gw.url}/ui/deploy", lambda route: held.append(route))
+        page.fill("#spec", f"name: ui-held\nimage: {BUSYBOX}\nmode: oneshot\ncommand: [cat]\n")
+        page.click("#deploy button[type=submit]", no_wait_after=True)
+        pump_until(page, lambda: held, 30, "the deploy's request to be held")
+        deploy(gw, {"name": "ui-other", "image": BUSYBOX, "mode": "oneshot", "command": ["cat"]})
+        # The page's own listener ran right after the one that reported this event.
+        pump_until(page, lambda: any("ui-other" in names for names in seen), 30, "the change")
+        held[0].continue_()
+        expect(page).to_have_url(f"{gw.url}/ui/functions/ui-held?done=deployed")
+        expect(page.locator(".flash")).to_have_text("Deployed.")
+    finally:
+        page.context.close()
+        with gw.http() as http:
+            for name in ("ui-held", "ui-other"):
+                http.delete(f"/system/functions/{name}")
+
+
 def test_containers_scale_while_load_runs(
     gw: RunningGateway, browser: Any, warm_image: str
 ) -> None:

@@ -164,6 +164,14 @@
     return a && (a.tagName === "TEXTAREA" || a.tagName === "INPUT" || a.tagName === "SELECT");
   }
 
+  // Once a form is on its way (not stopped by its confirmation), the page is leaving: a
+  // reload now would cancel the navigation to the form's answer (a deploy's redirect to its
+  // function's page raced the list's reload on the "counts" event that deploy caused).
+  let leaving = false;
+  function mayReload() {
+    return !leaving && !editing();
+  }
+
   let lastFailures = null;
 
   function live() {
@@ -180,7 +188,7 @@
       const data = JSON.parse(e.data);
       if (view === "functions") {
         const shown = [...document.querySelectorAll("#functions tbody tr")].map((tr) => tr.dataset.fn);
-        if (shown.join("\n") !== data.functions.join("\n") && !editing()) {
+        if (shown.join("\n") !== data.functions.join("\n") && mayReload()) {
           location.reload();
           return;
         }
@@ -249,7 +257,9 @@
     }
     document.addEventListener("keydown", keys);
     const reload = Number(body.dataset.reload);
-    if (reload) setTimeout(() => { if (!editing()) location.reload(); }, reload);
+    // after the forms' own listeners (a confirmation may stop the submit)
+    document.addEventListener("submit", (e) => { if (!e.defaultPrevented) leaving = true; });
+    if (reload) setTimeout(() => { if (mayReload()) location.reload(); }, reload);
     live();
   });
 })();
