@@ -922,5 +922,70 @@ def test_silent_ready_worker_is_checked_and_replaced(
     asyncio.run(main())
 
 
+def test_a_resync_judges_only_the_workers_whose_container_started_before_its_list(
+    engine: docker.DockerClient, image: str, labels: dict[str, str], tmp_path: Path
+) -> None:
+    """When the engine answers again the gateway lists its containers and forgets the
+    workers the list lacks. A worker whose container started after the list was asked for
+    is missing from it and healthy: it stays (a slow list killed such a worker; a bench in
+    CI saw a ready container vanish). One started before and gone meanwhile is forgotten."""
+
+    async def main() -> None:
+        instance = f"test-{uuid.uuid4().hex[:8]}"
+        settings = Settings.load(
+            data_dir=tmp_path, instance=instance, network=f"swarmless-{instance}"
+        )
+        store = await Store.open(settings.store)
+        backend = DockerBackend(settings, labels=labels)
+        await backend.start()
+        background = Background()
+        recorder = Recorder(store, background)
+        workers = WorkerRegistry(backend, background)  # not subscribed: deaths go unheard
+        dispatcher = Dispatcher(
+            store=store,
+            backend=backend,
+            workers=workers,
+            oneshot=OneShotCalls(backend, recorder),
+            recorder=recorder,
+            background=background,
+            runtime_url="http://127.0.0.1:9",  # nobody: the runtime retries, unheard
+        )
+
+        async def one_ready(name: str) -> Any:
+            spec = FunctionSpec(name=name, image=image, mode="warm",
+                                handler="handler:handle", min_containers=1)  # fmt: skip
+            await dispatcher.deploy(spec)
+            pool = dispatcher.pools[name]
+            Reconciler(dispatcher, pool).step(time.monotonic())
+            worker = await eventually(lambda: _with_container(pool), 60, f"a {name} container")
+            pool.take(worker)  # what the runtime API does on its first poll: ready
+            return pool, worker
+
+        try:
+            gone_pool, gone = await one_ready("gone-before")
+            engine.api.remove_container(gone.container, force=True)  # unheard
+            asked = time.monotonic()
+            found = await backend.list_containers()
+            new_pool, new = await one_ready("started-after")
+            assert new.container not in {c.id for c in found}  # the list cannot know it
+            orphans = dispatcher.resync(found, asked=asked)
+            assert orphans == []
+            assert gone.id not in gone_pool.workers  # gone before the list: forgotten
+            assert new_pool.workers.get(new.id) is new, "a healthy new worker was forgotten"
+            assert new.state == "ready"
+            assert engine.api.inspect_container(new.container)["State"]["Running"]
+        finally:
+            await dispatcher.close()
+            await backend.close()
+            await store.close()
+            for c in engine.api.containers(
+                all=True, filters={"label": f"swarmless.gateway={instance}"}
+            ):
+                engine.api.remove_container(c["Id"], force=True)
+            remove_network(engine, settings.network)
+
+    asyncio.run(main())
+
+
 def _with_container(pool: Any) -> Any:
     return next((w for w in pool.workers.values() if w.container), None)

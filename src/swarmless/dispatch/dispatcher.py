@@ -308,12 +308,12 @@ class Dispatcher(FunctionTable):
         for pool in self.pools.values():
             pool.fail_pending(lambda: self._engine_unavailable(down))
 
-    def resync(self, found: list[ContainerInfo]) -> list[str]:
-        """The engine answers again and lists ``found``: workers that died meanwhile are
-        forgotten (their calls fail, or run again when idempotent); returns the containers
-        nobody owns any more (workers no longer known, one-shot containers of calls no
-        longer in flight), to be removed."""
-        orphans = self._workers.resync(found)
+    def resync(self, found: list[ContainerInfo], *, asked: float) -> list[str]:
+        """The engine answers again and lists ``found`` (asked for at ``asked``, monotonic):
+        workers that died meanwhile are forgotten (their calls fail, or run again when
+        idempotent); returns the containers nobody owns any more (workers no longer known,
+        one-shot containers of calls no longer in flight), to be removed."""
+        orphans = self._workers.resync(found, asked=asked)
         for c in found:
             call = c.labels.get(LABEL_CALL)
             if c.kind in ("oneshot", "cgi") and call is not None and call not in self._calls:

@@ -232,6 +232,7 @@ class WarmPool:
     def launched(self, worker: Worker, container: str) -> None:
         """The backend started ``worker``'s container: ``container`` is its id."""
         worker.container = container
+        worker.launched_at = time.monotonic()
 
     def take(self, worker: Worker) -> Call | _Retire | None:
         """What ``worker`` gets at once: a queued call, RETIRE, or None (it must wait)."""

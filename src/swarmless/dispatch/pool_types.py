@@ -74,6 +74,8 @@ class Worker:
     function: str
     version: int
     container: str | None = None
+    #: When its container's start returned (monotonic; None: not yet).
+    launched_at: float | None = None
     state: WorkerState = "starting"
     created: float = dataclasses.field(default_factory=time.monotonic)
     ready_at: float | None = None

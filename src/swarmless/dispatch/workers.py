@@ -135,18 +135,26 @@ class WorkerRegistry:
         if found is not None:
             self._died(found[1], found[0], None)
 
-    def resync(self, found: Sequence[ContainerInfo]) -> list[str]:
+    def resync(self, found: Sequence[ContainerInfo], *, asked: float) -> list[str]:
         """The engine answers again (it may have restarted): what it lists is what runs.
 
-        A worker whose container is not listed, or is no longer running, died while nobody
-        was told (its calls fail or run again, as in :meth:`container_exited`). Returns the
-        ids of the worker containers listed that belong to no live worker (to be removed).
+        ``found`` is the engine's list, asked for at ``asked`` (monotonic). A worker whose
+        container is not listed, or is no longer running, died while nobody was told (its
+        calls fail or run again, as in :meth:`container_exited`). Returns the ids of the
+        worker containers listed that belong to no live worker (to be removed).
+
+        Only the workers whose container had started before the list was asked for are
+        judged by it: one started since may be missing from it and be running (a slow list
+        killed a healthy worker that had just started; its own start, its exit event or
+        the reconciler's silence check tell about it).
         """
         listed = {c.id: c for c in found}
         orphans = [c.id for c in found if c.kind == "worker" and c.worker_id not in self._by_id]
         for worker, pool in list(self._by_id.values()):
             if not worker.container:  # being started: its start tells how that went
                 continue
+            if worker.launched_at is None or worker.launched_at >= asked:
+                continue  # started after the list was asked for: the list cannot tell
             c = listed.get(worker.container)
             if c is None or c.status not in ALIVE:
                 self._died(pool, worker, None)

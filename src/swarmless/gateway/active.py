@@ -225,12 +225,13 @@ class ActiveGateway:
                 await asyncio.sleep(RESYNC_AGAIN)
                 if self.backend.engine_down is not None:
                     return  # gone again: its return looks again
+            asked = time.monotonic()
             try:
                 found = await self.backend.list_containers()
             except SwarmlessError as e:  # gone again: the next reconnect tries again
                 log.warning("could not list the containers after the engine came back: %s", e)
                 return
-            orphans = self.dispatcher.resync(found)
+            orphans = self.dispatcher.resync(found, asked=asked)
             if orphans:
                 log.warning("removing %d container(s) nobody owns after the outage", len(orphans))
             await asyncio.gather(
