@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -864,6 +864,41 @@ def test_containers_killed_mid_call_under_load(
 # -- a death nobody heard of ---------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def _unheard_dispatcher(
+    engine: docker.DockerClient, labels: dict[str, str], tmp_path: Path
+) -> AsyncIterator[Dispatcher]:
+    """The parts of an active gateway of its own instance, but the registry is not
+    subscribed to the engine's container events: deaths go unheard. Its containers and
+    network go at the end."""
+    instance = f"test-{uuid.uuid4().hex[:8]}"
+    settings = Settings.load(data_dir=tmp_path, instance=instance, network=f"swarmless-{instance}")
+    store = await Store.open(settings.store)
+    backend = DockerBackend(settings, labels=labels)
+    await backend.start()
+    background = Background()
+    recorder = Recorder(store, background)
+    dispatcher = Dispatcher(
+        store=store,
+        backend=backend,
+        workers=WorkerRegistry(backend, background),  # not subscribed
+        oneshot=OneShotCalls(backend, recorder),
+        recorder=recorder,
+        background=background,
+        runtime_url="http://127.0.0.1:9",  # nobody: the runtime retries, unheard
+    )
+    try:
+        yield dispatcher
+    finally:
+        await dispatcher.close()
+        await backend.close()
+        await store.close()
+        flt = {"label": f"swarmless.gateway={instance}"}
+        for c in engine.api.containers(all=True, filters=flt):
+            engine.api.remove_container(c["Id"], force=True)
+        remove_network(engine, settings.network)
+
+
 def test_silent_ready_worker_is_checked_and_replaced(
     engine: docker.DockerClient, image: str, labels: dict[str, str], tmp_path: Path
 ) -> None:
@@ -872,26 +907,7 @@ def test_silent_ready_worker_is_checked_and_replaced(
     reconciler, finding it silent for longer than ``silent_after``, asks the engine."""
 
     async def main() -> None:
-        instance = f"test-{uuid.uuid4().hex[:8]}"
-        settings = Settings.load(
-            data_dir=tmp_path, instance=instance, network=f"swarmless-{instance}"
-        )
-        store = await Store.open(settings.store)
-        backend = DockerBackend(settings, labels=labels)
-        await backend.start()
-        background = Background()
-        recorder = Recorder(store, background)
-        workers = WorkerRegistry(backend, background)  # not subscribed: deaths go unheard
-        dispatcher = Dispatcher(
-            store=store,
-            backend=backend,
-            workers=workers,
-            oneshot=OneShotCalls(backend, recorder),
-            recorder=recorder,
-            background=background,
-            runtime_url="http://127.0.0.1:9",  # nobody: the runtime retries, unheard
-        )
-        try:
+        async with _unheard_dispatcher(engine, labels, tmp_path) as dispatcher:
             spec = FunctionSpec(name="quiet", image=image, mode="warm",
                                 handler="handler:handle", min_containers=1)  # fmt: skip
             await dispatcher.deploy(spec)
@@ -909,15 +925,6 @@ def test_silent_ready_worker_is_checked_and_replaced(
             rec.step(time.monotonic())
             second = await eventually(lambda: _with_container(pool), 60, "a replacement")
             assert second.id != first.id
-        finally:
-            await dispatcher.close()
-            await backend.close()
-            await store.close()
-            for c in engine.api.containers(
-                all=True, filters={"label": f"swarmless.gateway={instance}"}
-            ):
-                engine.api.remove_container(c["Id"], force=True)
-            remove_network(engine, settings.network)
 
     asyncio.run(main())
 
@@ -930,43 +937,23 @@ def test_a_resync_judges_only_the_workers_whose_container_started_before_its_lis
     is missing from it and healthy: it stays (a slow list killed such a worker; a bench in
     CI saw a ready container vanish). One started before and gone meanwhile is forgotten."""
 
+    async def one_ready(dispatcher: Dispatcher, name: str) -> Any:
+        spec = FunctionSpec(name=name, image=image, mode="warm",
+                            handler="handler:handle", min_containers=1)  # fmt: skip
+        await dispatcher.deploy(spec)
+        pool = dispatcher.pools[name]
+        Reconciler(dispatcher, pool).step(time.monotonic())
+        worker = await eventually(lambda: _with_container(pool), 60, f"a {name} container")
+        pool.take(worker)  # what the runtime API does on its first poll: ready
+        return pool, worker
+
     async def main() -> None:
-        instance = f"test-{uuid.uuid4().hex[:8]}"
-        settings = Settings.load(
-            data_dir=tmp_path, instance=instance, network=f"swarmless-{instance}"
-        )
-        store = await Store.open(settings.store)
-        backend = DockerBackend(settings, labels=labels)
-        await backend.start()
-        background = Background()
-        recorder = Recorder(store, background)
-        workers = WorkerRegistry(backend, background)  # not subscribed: deaths go unheard
-        dispatcher = Dispatcher(
-            store=store,
-            backend=backend,
-            workers=workers,
-            oneshot=OneShotCalls(backend, recorder),
-            recorder=recorder,
-            background=background,
-            runtime_url="http://127.0.0.1:9",  # nobody: the runtime retries, unheard
-        )
-
-        async def one_ready(name: str) -> Any:
-            spec = FunctionSpec(name=name, image=image, mode="warm",
-                                handler="handler:handle", min_containers=1)  # fmt: skip
-            await dispatcher.deploy(spec)
-            pool = dispatcher.pools[name]
-            Reconciler(dispatcher, pool).step(time.monotonic())
-            worker = await eventually(lambda: _with_container(pool), 60, f"a {name} container")
-            pool.take(worker)  # what the runtime API does on its first poll: ready
-            return pool, worker
-
-        try:
-            gone_pool, gone = await one_ready("gone-before")
+        async with _unheard_dispatcher(engine, labels, tmp_path) as dispatcher:
+            gone_pool, gone = await one_ready(dispatcher, "gone-before")
             engine.api.remove_container(gone.container, force=True)  # unheard
             asked = time.monotonic()
-            found = await backend.list_containers()
-            new_pool, new = await one_ready("started-after")
+            found = await dispatcher.backend.list_containers()
+            new_pool, new = await one_ready(dispatcher, "started-after")
             assert new.container not in {c.id for c in found}  # the list cannot know it
             orphans = dispatcher.resync(found, asked=asked)
             assert orphans == []
@@ -974,15 +961,6 @@ def test_a_resync_judges_only_the_workers_whose_container_started_before_its_lis
             assert new_pool.workers.get(new.id) is new, "a healthy new worker was forgotten"
             assert new.state == "ready"
             assert engine.api.inspect_container(new.container)["State"]["Running"]
-        finally:
-            await dispatcher.close()
-            await backend.close()
-            await store.close()
-            for c in engine.api.containers(
-                all=True, filters={"label": f"swarmless.gateway={instance}"}
-            ):
-                engine.api.remove_container(c["Id"], force=True)
-            remove_network(engine, settings.network)
 
     asyncio.run(main())
 
