@@ -98,7 +98,15 @@ def deploy(gw: RunningGateway, spec: dict[str, Any]) -> None:
         assert r.status_code in (200, 201), r.text
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    pause: Callable[[float], object] = time.sleep,
+) -> Any:
+    """``predicate``'s value once it is truthy; ``pause(seconds)`` between two asks (a page's
+    ``wait_for_timeout`` where Playwright must run meanwhile: it calls routes' handlers and
+    bindings only during one of its own calls)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -106,7 +114,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
+        pause(0.2)
 
 
 def test_unauthenticated_ui_goes_to_the_login_form(gw: RunningGateway, browser: Any) -> None:
@@ -233,16 +241,6 @@ COUNTS_SEEN = """
 """
 
 
-def pump_until(page: Any, predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    """Wait for ``predicate`` while Playwright runs (it calls routes' handlers and bindings
-    only during one of its own calls)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        page.wait_for_timeout(50)
-
-
 def test_a_submitted_deploy_is_not_cancelled_by_the_lists_live_reload(
     gw: RunningGateway, browser: Any
 ) -> None:
@@ -255,18 +253,22 @@ def test_a_submitted_deploy_is_not_cancelled_by_the_lists_live_reload(
     page = log_in(browser, gw)
     seen: list[list[str]] = []
     held: list[Any] = []
+
+    def pumped(seconds: float) -> None:
+        page.wait_for_timeout(seconds * 1000)
+
     try:
         page.expose_function("__countsSeen", lambda names: seen.append(names))
         page.add_init_script(COUNTS_SEEN)
         page.goto(f"{gw.url}/ui/")
-        pump_until(page, lambda: seen, 30, "the list's first counts")
+        wait_for(lambda: seen, 30, "the list's first counts", pumped)
         page.route(f"{gw.url}/ui/deploy", lambda route: held.append(route))
         page.fill("#spec", f"name: ui-held\nimage: {BUSYBOX}\nmode: oneshot\ncommand: [cat]\n")
         page.click("#deploy button[type=submit]", no_wait_after=True)
-        pump_until(page, lambda: held, 30, "the deploy's request to be held")
+        wait_for(lambda: held, 30, "the deploy's request to be held", pumped)
         deploy(gw, {"name": "ui-other", "image": BUSYBOX, "mode": "oneshot", "command": ["cat"]})
         # The page's own listener ran right after the one that reported this event.
-        pump_until(page, lambda: any("ui-other" in names for names in seen), 30, "the change")
+        wait_for(lambda: any("ui-other" in n for n in seen), 30, "the change", pumped)
         held[0].continue_()
         expect(page).to_have_url(f"{gw.url}/ui/functions/ui-held?done=deployed")
         expect(page.locator(".flash")).to_have_text("Deployed.")
