@@ -34,13 +34,18 @@ creates (instance ``PREFIX-async-PID``, image ``PREFIX-bench/async-noop``, datab
   same warm containers; target ratio <= 1.3. Both on the **same clock, the client's**
   (``time.monotonic``): from the first request sent to the moment the client knows the
   last call finished (sync: the last answer; async: the store has no queued nor running
-  call of the function left, polled every 20 ms once the last accepted call's result is
+  call of the function left, polled every 5 ms once the last accepted call's result is
   there). Rounds alternate (async, sync, sync, async, ...); the medians are compared. The
   same ratio from the records' own timestamps (first ``queued_at`` to last
   ``finished_at``, both kinds) is printed beside it as a check. A round (its async and
   its sync drain) during which the hypervisor stole more than 5% of the machine's CPU time
   is run again, three tries at most, the calmest kept (``_common.calm``; the JSON keeps the
-  rounds discarded and the share stolen during each one kept).
+  rounds discarded and the share stolen during each one kept);
+- the same drain rounds again with a light client, printed beside, no target: ``wrk`` (C,
+  one thread, the same ``--clients`` connections, exactly ``--calls`` requests; skipped
+  without wrk). The Python client's 64 threads spend about as much CPU per call as the
+  gateway, on the same 2 cores; with wrk the gateway's own cost of an async call against
+  a sync one shows (``NAME-light-client ratio X``).
 
 Each target prints one line ``NAME ratio X (target OP Y: PASS|FAIL)``. Everything it
 starts carries ``swarmless.bench=async`` or the gateway's instance (``bench-...``) and is
@@ -57,6 +62,7 @@ import http.client
 import os
 import re
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -132,6 +138,59 @@ def fire(url: str, path: str, n: int, clients: int) -> list[Answer]:
     for t in threads:
         t.join(300)
     return [a for a in answers if a is not None]
+
+
+#: The light client of the drain (``wrk``, C, one thread): exactly ``DRAIN_CALLS`` requests
+#: over its keep-alive connections (each request waits for a reservation in ``delay()``;
+#: past the count a connection sleeps), then, once every answer came, each one's status
+#: and call id to ``DRAIN_OUT`` and exit (the summary of a run that went to its duration
+#: means answers were missing).
+LIGHT_LUA = r"""
+wrk.method = "POST"
+wrk.body = "1"
+local limit = tonumber(os.getenv("DRAIN_CALLS"))
+local reserved, got, lines = 0, 0, {}
+function delay()
+  if reserved >= limit then return 3600000 end
+  reserved = reserved + 1
+  return 0
+end
+function response(status, headers, body)
+  got = got + 1
+  lines[got] = status .. " " .. (headers["x-call-id"] or headers["X-Call-Id"] or "")
+  if got >= limit then
+    local f = assert(io.open(os.getenv("DRAIN_OUT"), "w"))
+    f:write(table.concat(lines, "\n"), "\n")
+    f:close()
+    os.exit(0)
+  end
+end
+"""
+
+
+def fire_light(url: str, path: str, n: int, clients: int) -> list[Answer]:
+    """:func:`fire` with ``wrk`` as the client (:data:`LIGHT_LUA`): ``n`` POSTs over
+    ``clients`` keep-alive connections from one C thread, which leaves the cores to the
+    gateway (the Python client's threads use about as much CPU per call as the gateway)."""
+    with tempfile.TemporaryDirectory(prefix="swarmless-bench-drain-") as tmp:
+        script, out = Path(tmp) / "drain.lua", Path(tmp) / "drain.out"
+        script.write_text(LIGHT_LUA)
+        proc = subprocess.run(
+            ["wrk", "-t1", f"-c{clients}", "-d300s", "--timeout", "60s", "-s", str(script),
+             url + path],
+            capture_output=True, text=True, timeout=330, check=False,
+            env={**os.environ, "DRAIN_CALLS": str(n), "DRAIN_OUT": str(out)},
+        )  # fmt: skip
+        check(
+            proc.returncode == 0 and out.exists(),
+            f"wrk did not get {n} answers ({proc.returncode}): {proc.stdout[-400:]}"
+            f"{proc.stderr[-400:]}",
+        )
+        answers = []
+        for line in out.read_text().splitlines():
+            status, _, call_id = line.partition(" ")
+            answers.append(Answer(int(status), {"x-call-id": call_id} if call_id else {}))
+    return answers
 
 
 def records(http: httpx.Client, ids: set[str], timeout: float) -> list[dict[str, Any]]:
@@ -243,28 +302,30 @@ def drain(
     clients: int,
     gw_pid: int = 0,
     workers: Callable[[], float] | None = None,
+    light: bool = False,
 ) -> dict[str, float]:
     """One round: ``calls`` calls of ``kind``, timed on the client's monotonic clock.
 
     The sample is checked: the 4 warm containers ready and idle before and after it, every
     call succeeded, warm (not cold), on at most those 4 containers. CPU over the round, per
-    call: the whole machine, the gateway process (``gw_pid``), this process (the client:
-    its HTTP threads and its polling) and the worker containers (``workers``, their
-    cgroups' CPU seconds so far)."""
+    call: the whole machine, the gateway process (``gw_pid``), the client (this process:
+    its HTTP threads and its polling; and ``wrk`` when ``light``: :func:`fire_light` sends
+    the calls) and the worker containers (``workers``, their cgroups' CPU seconds so far)."""
+    send = fire_light if light else fire
     warm_state(http)
     busy0, total0 = host_cpu()
     gw0 = proc_cpu(gw_pid) if gw_pid else 0.0
-    me0 = proc_cpu(os.getpid())
+    me0 = proc_cpu(os.getpid()) + children_cpu()
     wk0 = workers() if workers else 0.0
     t0 = time.monotonic()
     if kind == "sync":
-        answered = fire(url, "/function/noop", calls, clients)
+        answered = send(url, "/function/noop", calls, clients)
         t_end = time.monotonic()
         check(len(answered) == calls, (len(answered), calls))
         check(all(r.status_code == 200 for r in answered), {r.status_code for r in answered})
         accepted_in = t_end - t0
     else:
-        answered = fire(url, "/async-function/noop", calls, clients)
+        answered = send(url, "/async-function/noop", calls, clients)
         accepted_in = time.monotonic() - t0
         codes = {r.status_code for r in answered}
         check(len(answered) == calls and codes == {202}, codes)
@@ -278,7 +339,7 @@ def drain(
         t_end = time.monotonic()
     busy1, total1 = host_cpu()
     gw1 = proc_cpu(gw_pid) if gw_pid else 0.0
-    me1 = proc_cpu(os.getpid())
+    me1 = proc_cpu(os.getpid()) + children_cpu()
     wk1 = workers() if workers else 0.0
     ids = {r.headers["x-call-id"] for r in answered}
     check(len(ids) == calls, f"{calls - len(ids)} calls answered without an id of their own")
@@ -482,36 +543,49 @@ def measure(engine: docker.DockerClient, gw: Gateway, args: argparse.Namespace) 
         if not args.drain_only:
             print(f"enqueue-to-start, {args.start_samples} samples of each...", flush=True)
             delays = start_delays(http, args.start_samples)
-        rounds: dict[str, list[dict[str, float]]] = {"async": [], "sync": []}
         discarded: list[dict[str, Any]] = []
         stolen: list[float] = []
-        for i in range(args.rounds):
 
-            def pair(i: int = i) -> dict[str, dict[str, float]]:
-                sides: dict[str, dict[str, float]] = {}
-                for kind in ("async", "sync") if i % 2 == 0 else ("sync", "async"):
-                    sides[kind] = got = drain(
-                        http, url, kind, args.calls, args.clients, gw.pid, workers
-                    )
-                    print(
-                        f"  round {i + 1} {kind:<5} drain {got['client_seconds']:.2f} s client"
-                        f" clock ({args.calls / got['client_seconds']:.0f} calls/s),"
-                        f" {got['server_seconds']:.2f} s by the records"
-                        f" (all answered in {got['accepted_seconds']:.2f} s); CPU us/call"
-                        f" machine {got['machine_cpu_us_per_call']:.0f}, gateway"
-                        f" {got['gateway_cpu_us_per_call']:.0f}, client"
-                        f" {got['client_cpu_us_per_call']:.0f}, workers"
-                        f" {got['workers_cpu_us_per_call']:.0f}; machine busy"
-                        f" {got['machine_busy']:.0%}",
-                        flush=True,
-                    )
-                return sides
+        def drain_rounds(light: bool) -> dict[str, list[dict[str, float]]]:
+            """``--rounds`` interleaved pairs (async, sync; then sync, async; ...)."""
+            rounds: dict[str, list[dict[str, float]]] = {"async": [], "sync": []}
+            what = "light-client drain" if light else "drain"
+            for i in range(args.rounds):
 
-            sides, share = calm(pair, f"drain round {i + 1}", discarded)
-            stolen.append(share)
-            for kind, got in sides.items():
-                rounds[kind].append(got)
-        drained = {"discarded": discarded, "stolen": stolen}
+                def pair(i: int = i) -> dict[str, dict[str, float]]:
+                    sides: dict[str, dict[str, float]] = {}
+                    for kind in ("async", "sync") if i % 2 == 0 else ("sync", "async"):
+                        sides[kind] = got = drain(
+                            http, url, kind, args.calls, args.clients, gw.pid, workers, light
+                        )
+                        print(
+                            f"  round {i + 1} {kind:<5} {what} {got['client_seconds']:.2f} s"
+                            f" client clock ({args.calls / got['client_seconds']:.0f} calls/s),"
+                            f" {got['server_seconds']:.2f} s by the records"
+                            f" (all answered in {got['accepted_seconds']:.2f} s); CPU us/call"
+                            f" machine {got['machine_cpu_us_per_call']:.0f}, gateway"
+                            f" {got['gateway_cpu_us_per_call']:.0f}, client"
+                            f" {got['client_cpu_us_per_call']:.0f}, workers"
+                            f" {got['workers_cpu_us_per_call']:.0f}; machine busy"
+                            f" {got['machine_busy']:.0%}",
+                            flush=True,
+                        )
+                    return sides
+
+                sides, share = calm(pair, f"{what} round {i + 1}", discarded)
+                stolen.append(share)
+                for kind, got in sides.items():
+                    rounds[kind].append(got)
+            return rounds
+
+        rounds = drain_rounds(light=False)
+        light: dict[str, list[dict[str, float]]] = {"async": [], "sync": []}
+        if have_wrk():
+            print(f"the drain again with wrk -t1 -c{args.clients} as the client...", flush=True)
+            light = drain_rounds(light=True)
+        else:
+            print("wrk not found: no light-client drain (apt-get install -y wrk)", flush=True)
+        drained = {"discarded": discarded, "stolen": stolen, "light_drains": light}
         if args.drain_only:
             return {"start_delays_ms": delays, "drains": rounds, "enqueue": {}, **drained}
         print(
@@ -598,6 +672,39 @@ def drain_target(store: str) -> str:
     return "async-drain-vs-sync" + ("" if store == "sqlite" else f"-{store}")
 
 
+def light_report(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
+    """Print the light-client drain (wrk as the client), if it ran; its summary."""
+    light = result.get("light_drains") or {}
+    if not (light.get("async") and light.get("sync")):
+        return {"drain_light_ratio": None}
+    med = {
+        kind: {
+            k: statistics.median(r[k] for r in light[kind])
+            for k in ("client_seconds", "gateway_cpu_us_per_call", "machine_busy")
+        }
+        for kind in ("async", "sync")
+    }
+    a, s = med["async"], med["sync"]
+    ratio = a["client_seconds"] / s["client_seconds"]
+    print(
+        f"drain with a light client (wrk -t1 -c{args.clients}, medians): async"
+        f" {a['client_seconds']:.2f} s, sync {s['client_seconds']:.2f} s; gateway CPU us/call"
+        f" async {a['gateway_cpu_us_per_call']:.0f}, sync {s['gateway_cpu_us_per_call']:.0f};"
+        f" machine busy async {a['machine_busy']:.0%}, sync {s['machine_busy']:.0%}"
+    )
+    name = f"{drain_target(args.store)}-light-client"
+    print(f"{name} ratio {ratio:.2f} (wrk as the client; no target)")
+    return {
+        "drain_light_ratio": ratio,
+        "drain_light_async_s": a["client_seconds"],
+        "drain_light_sync_s": s["client_seconds"],
+        "drain_light_gateway_cpu_us": {
+            "async": a["gateway_cpu_us_per_call"],
+            "sync": s["gateway_cpu_us_per_call"],
+        },
+    }
+
+
 def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
     calls = args.calls
     d = result["drains"]
@@ -621,6 +728,7 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
             "drain_sync_s": s_client,
             "drain_ratio_records": a_server / s_server,
             "store": args.store,
+            **light_report(args, result),
         }
         return
     enq = result["enqueue"]
@@ -685,6 +793,7 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
         "enqueue_loadgen": "wrk -t1" if have_wrk() else "Python threads (no wrk)",
         "start_async_p50_ms": ap50,
         "start_sync_p50_ms": sp50,
+        **light_report(args, result),
     }
 
 

@@ -38,6 +38,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -245,6 +246,10 @@ def missing_numbers(core: dict[str, Any]) -> list[str]:
         if bench == "async":
             need(bool(data["start_delays_ms"]["async"]), "async: enqueue-to-start samples")
             need(bool(data["drains"]["sync"]), "async: sync drains")
+            if shutil.which("wrk"):
+                light = data.get("light_drains") or {}
+                need(bool(light.get("async")) and bool(light.get("sync")), "async: light drains")
+                need(number(data["summary"].get("drain_light_ratio")), "async: light ratio")
         if bench == "scaling":
             tl = data.get("zero_to_ten", {}).get("timelines", {})
             need(bool(tl.get("ours")) and bool(tl.get("engine")), "scaling: timelines")
@@ -700,7 +705,7 @@ def markdown(result: dict[str, Any], figures: dict[str, str], plot_error: str | 
             "records). Right: the drain of the same number of calls, async and sync, rounds "
             "alternating, both timed on the client's monotonic clock from the first request "
             "to the moment the client knows the last call finished (async: none queued nor "
-            "running left in the store, polled every 20 ms after the last call's result).",
+            "running left in the store, polled every 5 ms after the last call's result).",
             "",
             f"Drain medians: async {s['drain_async_s']:.2f} s, sync {s['drain_sync_s']:.2f} s "
             f"(ratio {s['drain_async_s'] / s['drain_sync_s']:.2f}; by the records' own "
@@ -708,6 +713,17 @@ def markdown(result: dict[str, Any], figures: dict[str, str], plot_error: str | 
             f"{s['start_async_p50_ms']:.1f} ms, sync {s['start_sync_p50_ms']:.1f} ms.",
             "",
         ]
+        if s.get("drain_light_ratio") is not None:
+            cpu = s["drain_light_gateway_cpu_us"]
+            lines += [
+                "The same drain rounds with a light client (`wrk -t1`, the same connections, "
+                "no target): the Python client's threads spend about as much CPU per call as "
+                "the gateway, on the same cores, and hide part of the gateway's own cost. "
+                f"Async {s['drain_light_async_s']:.2f} s, sync {s['drain_light_sync_s']:.2f} s: "
+                f"**ratio {s['drain_light_ratio']:.2f}**; the gateway's CPU per call async "
+                f"{cpu['async']:.0f} µs, sync {cpu['sync']:.0f} µs.",
+                "",
+            ]
         if "enqueue_held_per_s" in s:
             run, held = s["enqueue_cpu_us"], s["enqueue_held_cpu_us"]
             lines += [
