@@ -307,12 +307,14 @@ def drain(
     """One round: ``calls`` calls of ``kind``, timed on the client's monotonic clock.
 
     The sample is checked: the 4 warm containers ready and idle before and after it, every
-    call succeeded, warm (not cold), on at most those 4 containers. CPU over the round, per
+    call succeeded, warm (not cold), on at most those 4 containers, and no call made
+    beyond those sent (the records since the round began). CPU over the round, per
     call: the whole machine, the gateway process (``gw_pid``), the client (this process:
     its HTTP threads and its polling; and ``wrk`` when ``light``: :func:`fire_light` sends
     the calls) and the worker containers (``workers``, their cgroups' CPU seconds so far)."""
     send = fire_light if light else fire
     warm_state(http)
+    since = int(time.time() * 1000)  # the records' clock: every call of the round after it
     busy0, total0 = host_cpu()
     gw0 = proc_cpu(gw_pid) if gw_pid else 0.0
     me0 = proc_cpu(os.getpid()) + children_cpu()
@@ -344,6 +346,9 @@ def drain(
     ids = {r.headers["x-call-id"] for r in answered}
     check(len(ids) == calls, f"{calls - len(ids)} calls answered without an id of their own")
     rows = records(http, ids, 600)
+    made = http.get("/invocations", params={"function": "noop", "limit": 10000}).json()
+    made = [r for r in made if r["queued_at"] >= since]
+    check(len(made) == calls, f"{len(made)} calls made in a round of {calls} sent")
     bad = [r["status"] for r in rows if r["status"] != "succeeded"]
     check(not bad, f"{len(bad)} calls did not succeed: {set(bad)}")
     cold = sum(1 for r in rows if r.get("cold"))
